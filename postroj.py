@@ -1,0 +1,2969 @@
+#!/usr/bin/env python3
+"""postroj: prove that a package installs and runs on every Linux distribution it ships to.
+
+postroj fetches operating system root filesystems (OCI registries through skopeo and umoci,
+HTTP tarballs, Debian's mirror through mmdebstrap), makes them boot systemd, starts them as
+ephemeral systemd-nspawn containers, runs probes inside (install a package, a unit that must be
+active, a port that must answer, a command that must succeed), reports in ways CI reads, and
+throws the containers away. Full virtual machines (Windows, other kernels) go through Vagrant
+and are probed the same way.
+
+Design: images are activated atomically under POSTROJ_HOME/images/NAME (a symlink to a complete
+version directory); a container is the image below a throw-away overlay, booted with
+`systemd-nspawn --boot`, found ready through nspawn's notify socket, entered with nsenter (or
+systemd-run where the host runs machined), and killed with everything it used.
+
+Host tools: systemd-nspawn (systemd-container), nsenter and setpriv (util-linux), skopeo and
+umoci for registries, mmdebstrap or debootstrap for bootstrapping, vagrant for VMs.
+postroj runs as root.
+
+usage: postroj.pyz probe --image debian-bookworm --command "systemctl is-active systemd-journald"
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import dataclasses
+import datetime
+import difflib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import select
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+__version__ = "0.9.0"
+
+log = logging.getLogger("postroj")
+
+
+# ==============================================================================
+# Settings and paths
+# ==============================================================================
+
+DEFAULT_HOME = "/var/lib/postroj"
+DEFAULT_CACHE = "/var/cache/postroj"
+DEFAULT_IMAGE = "debian-bookworm"
+
+# Exit codes, documented in the README.
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
+CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Where postroj keeps its state (POSTROJ_HOME) and its downloads (POSTROJ_CACHE)."""
+
+    home: Path
+    cache: Path
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        home = os.environ.get("POSTROJ_HOME") or DEFAULT_HOME
+        cache = os.environ.get("POSTROJ_CACHE") or DEFAULT_CACHE
+        return cls(Path(home).absolute(), Path(cache).absolute())
+
+    @property
+    def images(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def versions(self) -> Path:
+        return self.images / ".versions"
+
+    @property
+    def archives(self) -> Path:
+        return self.home / "oci"
+
+    @property
+    def locks(self) -> Path:
+        return self.home / "locks"
+
+    @property
+    def tmp(self) -> Path:
+        return self.home / "tmp"
+
+    @property
+    def runtime(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def vagrant(self) -> Path:
+        return self.home / "vagrant"
+
+    @property
+    def downloads(self) -> Path:
+        return self.cache / "downloads"
+
+    @property
+    def packages(self) -> Path:
+        return self.cache / "packages"
+
+
+def ensure_dir(path: Path, mode: int = 0o755) -> Path:
+    """Create a directory (and its parents) owned by us, with `mode`."""
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    return path
+
+
+def private_dir(path: Path) -> Path:
+    """Create a directory only root can enter: state that containers and other users must not see."""
+    ensure_dir(path, 0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file or directory tree, without following symlinks, ignoring what is gone."""
+    try:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+
+
+def tree_size(path: Path) -> int:
+    """Bytes used by the regular files below `path` (hard links counted once)."""
+    total = 0
+    seen = set()
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return "%.0f %s" % (value, unit) if unit == "B" else "%.1f %s" % (value, unit)
+        value /= 1024
+    return "%d B" % size
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, shared: bool = False, wait: bool = True) -> Iterator[bool]:
+    """Hold a flock on `path` for the block; yields False when `wait` is off and it is taken."""
+    ensure_dir(path.parent, 0o700)
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        flags = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        try:
+            fcntl.flock(fd, flags if wait else flags | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def lock_is_held(path: Path) -> bool:
+    """True when some process holds a flock on `path`."""
+    try:
+        fd = os.open(str(path), os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+# ==============================================================================
+# Errors
+# ==============================================================================
+
+
+class PostrojError(Exception):
+    """An expected failure: printed as `error: ...` and `hint: ...`, no traceback."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(PostrojError):
+    """The command line asks for something that cannot be: exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM so that every `finally` runs."""
+
+
+def die(message: str, hint: str = "", usage: bool = False) -> "NoReturn":  # noqa: F821
+    raise (UsageError if usage else PostrojError)(message, hint)
+
+
+# ==============================================================================
+# Data model
+# ==============================================================================
+
+PACKAGE_TYPES = {"apt": "deb", "dnf": "rpm", "microdnf": "rpm", "yum": "rpm", "zypper": "rpm", "pacman": "pkg"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    """A curated operating system release: where its image comes from and how to provision it."""
+
+    family: str
+    name: str
+    release: str
+    version: str
+    image: str
+    package_manager: str
+    checksum: str = ""
+    aliases: Tuple[str, ...] = ()
+
+    @property
+    def fullname(self) -> str:
+        return "%s-%s" % (self.name, self.release)
+
+    @property
+    def label(self) -> str:
+        return self.fullname
+
+    @property
+    def package_type(self) -> str:
+        return PACKAGE_TYPES[self.package_manager]
+
+    def can_bootstrap(self) -> bool:
+        return self.name in ("debian", "ubuntu")
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """A curated Vagrant box: a full virtual machine for what containers cannot do."""
+
+    label: str
+    box: str
+    guest: str
+    communicator: str
+    cpus: int = 2
+    memory: int = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    """What an activated image is, as recorded when it was acquired."""
+
+    name: str
+    source: str
+    digest: str
+    os_release: str
+    os_id: str
+    family: str
+    package_manager: str
+    acquired: str
+    size: int
+    path: Path
+
+    def as_json(self) -> Dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["path"] = str(self.path)
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One check to run in a container: package, copy, unit, network or command."""
+
+    kind: str
+    target: str
+    expect_status: Optional[int] = None
+    expect_body: str = ""
+
+    @property
+    def title(self) -> str:
+        return "%s %s" % (self.kind, self.target)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    """The outcome of one probe on one image (or VM)."""
+
+    image: str
+    probe: Probe
+    status: str  # "pass", "fail" or "skip"
+    duration: float
+    reason: str = ""
+    output: str = ""
+    details: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+
+# ==============================================================================
+# Distribution catalogue
+# ==============================================================================
+
+
+def _debian(release: str, version: str, *aliases: str) -> Distribution:
+    return Distribution("debian", "debian", release, version, "docker://docker.io/library/debian:%s-slim" % release,
+                        "apt", aliases=("debian-%s" % version,) + aliases if version else aliases)
+
+
+def _ubuntu(release: str, version: str) -> Distribution:
+    return Distribution("debian", "ubuntu", release, version, "docker://docker.io/library/ubuntu:%s" % version,
+                        "apt", aliases=("ubuntu-%s" % version,))
+
+
+def _redhat(name: str, release: str, image: str, manager: str = "dnf", *aliases: str) -> Distribution:
+    return Distribution("redhat", name, release, release.replace("stream", ""), image, manager, aliases=aliases)
+
+
+DISTRIBUTIONS: Tuple[Distribution, ...] = (
+    _debian("buster", "10"),
+    _debian("bullseye", "11"),
+    _debian("bookworm", "12"),
+    _debian("trixie", "13"),
+    _debian("sid", "", "debian-unstable"),
+    _ubuntu("focal", "20.04"),
+    _ubuntu("jammy", "22.04"),
+    _ubuntu("noble", "24.04"),
+    _redhat("fedora", "40", "docker://registry.fedoraproject.org/fedora:40"),
+    _redhat("fedora", "41", "docker://registry.fedoraproject.org/fedora:41"),
+    _redhat("fedora", "42", "docker://registry.fedoraproject.org/fedora:42"),
+    _redhat("centos", "stream9", "docker://quay.io/centos/centos:stream9", "dnf", "centos-9"),
+    _redhat("centos", "stream10", "docker://quay.io/centos/centos:stream10", "dnf", "centos-10"),
+    _redhat("rocky", "8", "docker://docker.io/rockylinux/rockylinux:8", "dnf", "rockylinux-8"),
+    _redhat("rocky", "9", "docker://docker.io/rockylinux/rockylinux:9", "dnf", "rockylinux-9"),
+    _redhat("almalinux", "8", "docker://docker.io/library/almalinux:8", "dnf", "alma-8"),
+    _redhat("almalinux", "9", "docker://docker.io/library/almalinux:9", "dnf", "alma-9"),
+    _redhat("amazonlinux", "2023", "docker://docker.io/library/amazonlinux:2023", "dnf", "al2023"),
+    _redhat("oraclelinux", "8", "docker://docker.io/library/oraclelinux:8", "dnf", "oracle-8"),
+    _redhat("oraclelinux", "9", "docker://docker.io/library/oraclelinux:9", "dnf", "oracle-9"),
+    _redhat("ubi", "8", "docker://registry.access.redhat.com/ubi8/ubi", "dnf", "rhel-ubi8", "rhel-8"),
+    _redhat("ubi", "9", "docker://registry.access.redhat.com/ubi9/ubi", "dnf", "rhel-ubi9", "rhel-9"),
+    Distribution("suse", "opensuse-leap", "15.6", "15.6", "docker://registry.opensuse.org/opensuse/leap:15.6",
+                 "zypper", aliases=("opensuse-leap", "leap-15.6")),
+    Distribution("suse", "opensuse", "tumbleweed", "", "docker://registry.opensuse.org/opensuse/tumbleweed",
+                 "zypper", aliases=("tumbleweed",)),
+    Distribution("suse", "sles", "15", "15.6", "docker://registry.suse.com/suse/sle15:15.6", "zypper",
+                 aliases=("sles-15.6", "sle-15")),
+    Distribution("suse", "sles-bci", "15", "15.6", "docker://registry.suse.com/bci/bci-base:15.6", "zypper",
+                 aliases=("bci-15", "bci-base")),
+    Distribution("arch", "archlinux", "latest", "", "docker://docker.io/library/archlinux:latest", "pacman",
+                 aliases=("archlinux", "arch")),
+)
+
+BOXES: Tuple[Box, ...] = (
+    Box("windows-2019", "StefanScherer/windows_2019", "windows", "winrm", 2, 4096),
+    Box("windows-2022", "StefanScherer/windows_2022", "windows", "winrm", 2, 4096),
+    Box("debian-12", "debian/bookworm64", "linux", "ssh", 2, 1024),
+    Box("debian-11", "debian/bullseye64", "linux", "ssh", 2, 1024),
+    Box("ubuntu-22.04", "generic/ubuntu2204", "linux", "ssh", 2, 2048),
+    Box("ubuntu-24.04", "bento/ubuntu-24.04", "linux", "ssh", 2, 2048),
+    Box("fedora-40", "generic/fedora40", "linux", "ssh", 2, 2048),
+    Box("freebsd-14", "generic/freebsd14", "bsd", "ssh", 2, 2048),
+)
+
+
+def all_labels() -> List[str]:
+    labels = []
+    for dist in DISTRIBUTIONS:
+        labels.append(dist.label)
+        labels.extend(dist.aliases)
+    return labels
+
+
+def find_distribution(name: str) -> Optional[Distribution]:
+    """The catalogue entry whose label or alias is `name`, or None."""
+    for dist in DISTRIBUTIONS:
+        if name == dist.label or name in dist.aliases:
+            return dist
+    return None
+
+
+def closest(name: str, candidates: Sequence[str]) -> List[str]:
+    found = difflib.get_close_matches(name, candidates, n=4, cutoff=0.5)
+    if not found:
+        found = [c for c in candidates if c.split("-")[0] == name.split("-")[0]][:4]
+    return found
+
+
+def unknown_name_error(kind: str, name: str, candidates: Sequence[str], hint: str) -> UsageError:
+    near = closest(name, candidates)
+    message = "unknown %s %r" % (kind, name)
+    if near:
+        message += "; did you mean %s?" % ", ".join(near)
+    return UsageError(message, hint)
+
+
+def find_box(name: str) -> Box:
+    """The curated box `name`, or a box made from `vagrant:OWNER/BOX`."""
+    for box in BOXES:
+        if box.label == name:
+            return box
+    if name.startswith("vagrant:"):
+        ref = name[len("vagrant:"):]
+        if not re.match(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", ref):
+            die("malformed box reference %r" % name, "write vagrant:OWNER/BOX, as on Vagrant Cloud", usage=True)
+        guest = "windows" if "windows" in ref.lower() else "bsd" if "bsd" in ref.lower() else "linux"
+        label = re.sub(r"[^a-z0-9.-]+", "-", ref.lower()).strip("-")
+        return Box(label, ref, guest, "winrm" if guest == "windows" else "ssh")
+    raise unknown_name_error("box", name, [b.label for b in BOXES],
+                             "see `postroj list-images` for curated boxes, or use vagrant:OWNER/BOX")
+
+
+def check_name(name: str, what: str = "image name") -> str:
+    """Refuse names that cannot be a directory and machine name: only [a-z0-9._-], no `..`."""
+    if not NAME_PATTERN.match(name) or ".." in name:
+        printable = name.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        die("invalid %s %r" % (what, printable[:80]),
+            "use lower-case letters, digits, '.', '_' and '-', at most 48 characters, starting with a letter or digit",
+            usage=True)
+    return name
+
+
+# ==============================================================================
+# Running programs
+# ==============================================================================
+
+TOOL_PACKAGES = {
+    "systemd-nspawn": "systemd-container",
+    "machinectl": "systemd-container",
+    "systemd-run": "systemd",
+    "nsenter": "util-linux",
+    "setpriv": "util-linux",
+    "skopeo": "skopeo",
+    "umoci": "umoci",
+    "mmdebstrap": "mmdebstrap",
+    "debootstrap": "debootstrap",
+    "tar": "tar",
+    "zstd": "zstd",
+    "xz": "xz-utils",
+    "vagrant": "vagrant",
+    "dpkg-deb": "dpkg",
+}
+
+
+def tool_hint(tool: str) -> str:
+    package = TOOL_PACKAGES.get(tool, tool)
+    return "install it: apt-get install %s (or `make setup`)" % package
+
+
+def require_tool(tool: str) -> str:
+    """The path of `tool` on PATH, or an error that says which package brings it."""
+    path = shutil.which(tool)
+    if not path:
+        die("%s not found" % tool, tool_hint(tool))
+    return path
+
+
+_SETPRIV: List[Optional[str]] = []
+
+
+def die_with_parent_prefix() -> List[str]:
+    """`setpriv --pdeathsig SIGTERM`: children end when postroj is killed, even by SIGKILL."""
+    if not _SETPRIV:
+        _SETPRIV.append(shutil.which("setpriv"))
+    return [_SETPRIV[0], "--pdeathsig", "SIGTERM", "--"] if _SETPRIV[0] else []
+
+
+def run(cmd: Sequence[str], *, check: bool = True, capture: bool = False, stdin: Any = subprocess.DEVNULL,
+        stdout: Any = None, stderr: Any = None, input: Optional[bytes] = None, env: Optional[Dict[str, str]] = None,
+        timeout: Optional[float] = None, die_with_parent: bool = True,
+        what: str = "") -> subprocess.CompletedProcess:
+    """Run one external program: argv list, stdin from /dev/null, clear errors.
+
+    With `capture`, stdout and stderr are kept (bytes) and stderr's tail goes into the error.
+    """
+    cmd = [str(c) for c in cmd]
+    log.debug("+ %s", shlex.join(cmd))
+    argv = (die_with_parent_prefix() if die_with_parent else []) + cmd
+    if capture:
+        stdout = subprocess.PIPE if stdout is None else stdout
+        stderr = subprocess.PIPE if stderr is None else stderr
+    if input is not None:
+        stdin = None
+    try:
+        proc = subprocess.run(argv, stdin=stdin, stdout=stdout, stderr=stderr, input=input, env=env,
+                              timeout=timeout, check=False)
+    except FileNotFoundError:
+        die("%s not found" % cmd[0], tool_hint(os.path.basename(cmd[0])))
+    except subprocess.TimeoutExpired:
+        die("%s did not finish within %s s" % (what or cmd[0], timeout))
+    if check and proc.returncode != 0:
+        tail = ""
+        if capture and proc.stderr:
+            text = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            tail = "\n" + "\n".join("  " + line for line in text[-15:])
+        die("%s returned non-zero exit code %d%s" % (what or shlex.join(cmd[:3]), proc.returncode, tail))
+    return proc
+
+
+def output_of(cmd: Sequence[str], **kwargs: Any) -> str:
+    """stdout of a successful command, as text."""
+    return run(cmd, capture=True, **kwargs).stdout.decode("utf-8", "replace")
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def require_root(action: str) -> None:
+    if not is_root():
+        die("%s needs root" % action, "run it as root, for example: sudo %s" % shlex.join(sys.argv))
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def process_cmdline(pid: int) -> List[str]:
+    try:
+        return Path("/proc/%d/cmdline" % pid).read_bytes().decode("utf-8", "replace").split("\0")
+    except OSError:
+        return []
+
+
+# ==============================================================================
+# Host checks (doctor)
+# ==============================================================================
+
+MACHINED_PATHS = ("/usr/lib/systemd/systemd-machined", "/lib/systemd/systemd-machined")
+
+
+def host_mode() -> str:
+    """`machined` when the host runs systemd with machined, else `nsenter` (doctor's rule)."""
+    forced = os.environ.get("POSTROJ_MODE", "")
+    if forced in ("machined", "nsenter"):
+        return forced
+    if (os.path.isdir("/run/systemd/system") and any(os.path.exists(p) for p in MACHINED_PATHS)
+            and shutil.which("machinectl") and shutil.which("systemd-run")):
+        return "machined"
+    return "nsenter"
+
+
+def tool_version(tool: str, args: Sequence[str] = ("--version",)) -> str:
+    path = shutil.which(tool)
+    if not path:
+        return ""
+    try:
+        proc = subprocess.run([path, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown version"
+    lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+    return lines[0].strip() if lines else "unknown version"
+
+
+def overlayfs_available() -> bool:
+    try:
+        return "overlay" in Path("/proc/filesystems").read_text()
+    except OSError:
+        return False
+
+
+def cgroup_layout() -> str:
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return "unified (cgroup v2)"
+    if os.path.isdir("/sys/fs/cgroup/unified"):
+        return "hybrid (cgroup v1 + v2)"
+    if os.path.isdir("/sys/fs/cgroup/systemd"):
+        return "legacy (cgroup v1)"
+    return ""
+
+
+def vagrant_providers() -> List[str]:
+    """Providers vagrant can use here, from its plugin list and the hypervisors on PATH."""
+    found = []
+    if shutil.which("VBoxManage"):
+        found.append("virtualbox")
+    plugins = ""
+    if shutil.which("vagrant"):
+        try:
+            plugins = subprocess.run(["vagrant", "plugin", "list"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, timeout=60, check=False).stdout.decode()
+        except (OSError, subprocess.TimeoutExpired):
+            plugins = ""
+    for provider in ("libvirt", "vmware_desktop", "parallels", "hyperv"):
+        if "vagrant-" + provider.replace("_desktop", "-desktop") in plugins:
+            found.append(provider)
+    if "docker" not in found and shutil.which("docker"):
+        found.append("docker")
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One line of `doctor`: what was checked, whether it is fine, and how to fix it."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def doctor_checks() -> List[Check]:
+    """Everything postroj needs from the host, in the order a reader fixes it."""
+    checks = [Check("root", is_root(), "running as uid %d" % os.geteuid(), "run postroj as root (sudo)")]
+    nspawn = tool_version("systemd-nspawn")
+    checks.append(Check("systemd-nspawn", bool(nspawn), nspawn or "not found", "apt-get install systemd-container"))
+    checks.append(Check("nsenter", bool(shutil.which("nsenter")), "util-linux", "apt-get install util-linux"))
+    mode = host_mode()
+    if mode == "machined":
+        detail = "reachable: containers are registered (mode: machined)"
+    else:
+        detail = "not running: --register=no, commands through nsenter (mode: nsenter)"
+    checks.append(Check("systemd-machined", True, detail, "", required=False))
+    checks.append(Check("overlayfs", overlayfs_available(), "in /proc/filesystems" if overlayfs_available()
+                        else "not in /proc/filesystems", "modprobe overlay"))
+    layout = cgroup_layout()
+    checks.append(Check("cgroups", bool(layout), layout or "no cgroup file system at /sys/fs/cgroup",
+                        "mount cgroup2 on /sys/fs/cgroup"))
+    for tool, what in (("skopeo", "registry images"), ("umoci", "registry images")):
+        version = tool_version(tool)
+        checks.append(Check(tool, bool(version), version or "not found (needed for %s)" % what,
+                            "apt-get install %s" % tool))
+    bootstrap = tool_version("mmdebstrap") or tool_version("debootstrap")
+    checks.append(Check("mmdebstrap", bool(bootstrap), bootstrap or "neither mmdebstrap nor debootstrap found",
+                        "apt-get install mmdebstrap", required=False))
+    vagrant = tool_version("vagrant")
+    if vagrant:
+        providers = vagrant_providers()
+        detail = "%s; providers: %s; winrm boxes need the winrm gem, which Debian does not package" % (
+            vagrant, ", ".join(providers) or "none found")
+    else:
+        detail = "not found (only needed for `postroj vm`)"
+    checks.append(Check("vagrant", bool(vagrant), detail, "apt-get install vagrant", required=False))
+    return checks
+
+
+# ==============================================================================
+# Images: sources
+# ==============================================================================
+
+TARBALL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tar.zstd")
+SKOPEO_TRANSPORTS = ("docker://", "oci:", "oci-archive:", "docker-archive:")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where an image comes from: kind is registry, http, tarball, directory or bootstrap."""
+
+    kind: str
+    location: str
+    distribution: Optional[Distribution] = None
+    sha256: str = ""
+
+
+def derive_name(reference: str) -> str:
+    """A default image name for a reference of the user's own: `docker://r/library/debian:12` → debian-12."""
+    ref = reference
+    for prefix in SKOPEO_TRANSPORTS:
+        if ref.startswith(prefix):
+            ref = ref[len(prefix):]
+    ref = ref.rstrip("/")
+    base = ref.rsplit("/", 1)[-1]
+    for suffix in TARBALL_SUFFIXES:
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    base = re.sub(r"[^a-z0-9._-]+", "-", base.lower().replace(":", "-")).strip("-._")
+    return base[:48] or "image"
+
+
+def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = "") -> Tuple[str, Source]:
+    """Turn what the user typed into (image name, Source); bad references are usage errors."""
+    if not reference or any(ch in reference for ch in "\n\r\0"):
+        die("invalid image reference %r" % reference[:80], "give a catalogue label, docker://, http(s):// or a path",
+            usage=True)
+    if sha256 and not re.match(r"^[0-9a-fA-F]{64}$", sha256):
+        die("invalid --sha256 %r" % sha256[:80], "give the 64 hex digits of the tarball's SHA-256", usage=True)
+    dist = find_distribution(reference)
+    if dist:
+        if via == "bootstrap" or (via == "" and False):
+            if not dist.can_bootstrap():
+                die("%s cannot be bootstrapped" % dist.label, "only Debian and Ubuntu bootstrap from a mirror; "
+                    "omit --via bootstrap", usage=True)
+            return dist.label, Source("bootstrap", mirror, dist)
+        if dist.image.startswith(("http://", "https://")):
+            return dist.label, Source("http", dist.image, dist, dist.checksum)
+        return dist.label, Source("registry", dist.image, dist)
+    if via == "bootstrap":
+        raise unknown_name_error("image", reference, all_labels(),
+                                 "--via bootstrap works for the Debian and Ubuntu labels of `postroj list-images`")
+    if reference.startswith(SKOPEO_TRANSPORTS):
+        body = reference.split(":", 1)[1].lstrip("/")
+        if not body or any(ch.isspace() for ch in reference):
+            die("malformed image reference %r" % reference, "write docker://REGISTRY/REPO:TAG", usage=True)
+        return derive_name(reference), Source("registry", reference)
+    parsed = urllib.parse.urlparse(reference)
+    if parsed.scheme in ("http", "https"):
+        if not parsed.netloc or any(ch.isspace() for ch in reference):
+            die("malformed URL %r" % reference, "write http(s)://HOST/PATH/ROOTFS.tar.xz", usage=True)
+        if not parsed.path.endswith(TARBALL_SUFFIXES):
+            die("%s does not name a root file system tarball" % reference,
+                "the URL must end in one of %s" % ", ".join(TARBALL_SUFFIXES), usage=True)
+        return derive_name(parsed.path), Source("http", reference, None, sha256.lower())
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", reference):
+        die("unsupported scheme in %r" % reference,
+            "use docker://, oci:, oci-archive:, docker-archive:, http://, https:// or a local path", usage=True)
+    path = Path(reference)
+    if "/" in reference or path.exists():
+        if path.is_dir():
+            return derive_name(str(path.absolute())), Source("directory", str(path.absolute()))
+        if path.is_file() or reference.endswith(TARBALL_SUFFIXES):
+            if not path.exists():
+                die("%s does not exist" % reference, "check the path of the tarball", usage=True)
+            return derive_name(path.name), Source("tarball", str(path.absolute()), None, sha256.lower())
+        die("%s does not exist" % reference, "give an existing tarball or directory", usage=True)
+    raise unknown_name_error("image", reference, all_labels(), "see `postroj list-images` for the catalogue")
+
+
+# --- downloads ----------------------------------------------------------------
+
+
+class Progress:
+    """A progress line on stderr, only when stderr is a terminal."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label = label
+        self.total = total
+        self.enabled = sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, done: int) -> None:
+        if not self.enabled or time.monotonic() - self.last < 0.2:
+            return
+        self.last = time.monotonic()
+        share = " %3d%%" % (100 * done // self.total) if self.total else ""
+        sys.stderr.write("\r%s: %s%s " % (self.label, human_size(done), share))
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def url_opener() -> urllib.request.OpenerDirector:
+    # HTTPS certificates are verified by the default context.
+    return urllib.request.build_opener()
+
+
+def download(url: str, dest_dir: Path, *, timeout: float = 60) -> Path:
+    """Fetch `url` into `dest_dir`: resumed when a partial file is there, not fetched again when unchanged."""
+    ensure_dir(dest_dir)
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(urllib.parse.urlparse(url).path)) or "download"
+    target = dest_dir / ("%s-%s" % (key, base))
+    partial = target.with_name(target.name + ".part")
+    meta_path = target.with_name(target.name + ".json")
+    meta: Dict[str, str] = {}
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError:
+            meta = {}
+    headers = {"User-Agent": "postroj/%s" % __version__}
+    if target.exists():
+        if meta.get("etag"):
+            headers["If-None-Match"] = meta["etag"]
+        if meta.get("last_modified"):
+            headers["If-Modified-Since"] = meta["last_modified"]
+    offset = partial.stat().st_size if partial.exists() and not target.exists() else 0
+    if offset:
+        headers["Range"] = "bytes=%d-" % offset
+        if meta.get("etag"):
+            headers["If-Range"] = meta["etag"]
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = url_opener().open(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 304 and target.exists():
+            log.info("%s has not changed, using %s", url, target)
+            return target
+        if exc.code == 416 and offset:
+            partial.unlink()
+            return download(url, dest_dir, timeout=timeout)
+        die("downloading %s failed: HTTP %d %s" % (url, exc.code, exc.reason), "check the URL")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        die("downloading %s failed: %s" % (url, reason), "check the URL and that the server can be reached")
+    with response:
+        if response.status == 200:
+            offset = 0
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else 0
+        meta = {"url": url, "etag": response.headers.get("ETag") or "",
+                "last_modified": response.headers.get("Last-Modified") or ""}
+        meta_path.write_text(json.dumps(meta))
+        progress = Progress(os.path.basename(target.name), total)
+        done = offset
+        try:
+            with open(partial, "ab" if offset else "wb") as out:
+                while True:
+                    chunk = response.read(1 << 20)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    done += len(chunk)
+                    progress.update(done)
+        except (OSError, urllib.error.URLError) as exc:
+            die("downloading %s failed after %s: %s" % (url, human_size(done), exc),
+                "run the same command again to resume")
+        finally:
+            progress.close()
+    if total and done != total:
+        die("downloading %s failed: got %d of %d bytes" % (url, done, total), "run the same command again to resume")
+    os.replace(partial, target)
+    log.info("downloaded %s (%s)", url, human_size(done))
+    return target
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_sha256sums(text: str, filename: str) -> str:
+    """The checksum of `filename` in a SHA256SUMS file, or ''."""
+    for line in text.splitlines():
+        parts = line.strip().split()
+        if len(parts) == 2 and re.match(r"^[0-9a-fA-F]{64}$", parts[0]) and parts[1].lstrip("*./") == filename:
+            return parts[0].lower()
+    return ""
+
+
+def fetch_published_sha256(url: str) -> str:
+    """The SHA-256 from a SHA256SUMS file beside `url`, or '' when there is none."""
+    sums_url = urllib.parse.urljoin(url, "SHA256SUMS")
+    try:
+        with url_opener().open(urllib.request.Request(sums_url), timeout=30) as response:
+            text = response.read(1 << 20).decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, ValueError):
+        log.info("no SHA256SUMS beside %s", url)
+        return ""
+    return parse_sha256sums(text, os.path.basename(urllib.parse.urlparse(url).path))
+
+
+def verify_sha256(path: Path, expected: str, what: str) -> str:
+    actual = sha256_of(path)
+    if expected and actual != expected.lower():
+        die("checksum mismatch for %s: expected %s, got %s" % (what, expected.lower(), actual),
+            "the file is corrupt or was replaced; check the source, or give the right --sha256")
+    return actual
+
+
+# --- tarballs -----------------------------------------------------------------
+
+
+def open_tar_stream(path: Path) -> Tuple[IO[bytes], Optional[subprocess.Popen]]:
+    """A readable stream of the uncompressed tar, decompressing zstd with the zstd tool."""
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic == b"\x28\xb5\x2f\xfd":
+        zstd = require_tool("zstd")
+        proc = subprocess.Popen([zstd, "-dc", str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        return proc.stdout, proc
+    return open(path, "rb"), None
+
+
+def check_tar_members(members: Iterator[tarfile.TarInfo], what: str) -> int:
+    """Refuse entries that would land outside the root or write through a link; returns the count."""
+    links = set()
+    count = 0
+    for member in members:
+        count += 1
+        name = member.name
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if name.startswith("/") or ".." in parts:
+            die("%s: entry %r would land outside the root" % (what, name), "this tarball is not a safe root file system")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in links:
+                die("%s: entry %r is written through the link %r" % (what, name, "/".join(parts[:i])),
+                    "this tarball is not a safe root file system")
+        if member.islnk():
+            target = [p for p in member.linkname.split("/") if p not in ("", ".")]
+            if member.linkname.startswith("/") or ".." in target:
+                die("%s: hard link %r points outside the root (%r)" % (what, name, member.linkname),
+                    "this tarball is not a safe root file system")
+        if member.issym() or member.islnk():
+            links.add("/".join(parts))
+        if (member.ischr() or member.isblk()) and not (parts and parts[0] == "dev"):
+            die("%s: device node %r outside /dev" % (what, name), "this tarball is not a safe root file system")
+    return count
+
+
+def extract_tarball(path: Path, root: Path) -> None:
+    """Check every entry of the tarball, then extract it into the empty directory `root`."""
+    what = path.name
+    stream, proc = open_tar_stream(path)
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            count = check_tar_members(iter(tar), what)
+    except tarfile.TarError as exc:
+        die("%s is not a tarball this postroj can read: %s" % (what, exc), "give a .tar, .tar.gz, .tar.xz or .tar.zst")
+    finally:
+        stream.close()
+        if proc:
+            proc.wait()
+    if count == 0:
+        die("%s is empty" % what, "give a tarball of a root file system")
+    ensure_dir(root)
+    tar_cmd = [require_tool("tar"), "--extract", "--file", str(path), "--directory", str(root), "--numeric-owner",
+               "--same-permissions", "--xattrs", "--xattrs-include=*", "--no-overwrite-dir"]
+    run(tar_cmd, capture=True, what="extracting %s" % what)
+
+
+# --- registries ---------------------------------------------------------------
+
+
+def skopeo_base() -> List[str]:
+    """skopeo with the registries configuration postroj hands over (CONTAINERS_REGISTRIES_CONF)."""
+    cmd = [require_tool("skopeo")]
+    conf = os.environ.get("CONTAINERS_REGISTRIES_CONF")
+    if conf:
+        cmd.append("--registries-conf=%s" % conf)
+    return cmd
+
+
+def copy_from_registry(reference: str, layout: Path, tag: str) -> str:
+    """`skopeo copy` the image into an OCI layout; returns the manifest digest."""
+    ensure_dir(layout.parent, 0o700)
+    run(skopeo_base() + ["copy", "--quiet", reference, "oci:%s:%s" % (layout, tag)], capture=True,
+        what="skopeo copy %s" % reference)
+    index = json.loads((layout / "index.json").read_text())
+    for manifest in index.get("manifests", []):
+        if manifest.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
+            return manifest.get("digest", "")
+    return ""
+
+
+def unpack_layout(layout: Path, tag: str, rootfs: Path) -> None:
+    """`umoci unpack` the image and move its root file system to `rootfs`."""
+    bundle = rootfs.with_name(rootfs.name + ".bundle")
+    remove_tree(bundle)
+    run([require_tool("umoci"), "unpack", "--image", "%s:%s" % (layout, tag), str(bundle)], capture=True,
+        what="umoci unpack")
+    os.rename(bundle / "rootfs", rootfs)
+    remove_tree(bundle)
+
+
+DEBIAN_MIRRORS = {"debian": "http://deb.debian.org/debian", "ubuntu": "http://archive.ubuntu.com/ubuntu"}
+SYSTEMD_PACKAGES = {
+    "apt": ["systemd", "systemd-sysv", "dbus"],
+    "dnf": ["systemd", "dbus", "procps-ng"],
+    "microdnf": ["systemd", "dbus", "procps-ng"],
+    "yum": ["systemd", "dbus"],
+    "zypper": ["systemd", "dbus-1", "systemd-sysvinit"],
+    "pacman": ["systemd", "dbus"],
+}
+
+
+def bootstrap(dist: Distribution, rootfs: Path, mirror: str, cache: Path) -> None:
+    """Build a root file system with systemd from a package mirror (mmdebstrap, else debootstrap)."""
+    mirror = mirror or os.environ.get("POSTROJ_MIRROR") or DEBIAN_MIRRORS[dist.name]
+    include = ",".join(SYSTEMD_PACKAGES["apt"])
+    if shutil.which("mmdebstrap"):
+        ensure_dir(cache)
+        cmd = ["mmdebstrap", "--variant=minbase", "--include=%s" % include, "--skip=download/empty",
+               "--skip=essential/unlink",
+               "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
+               "--setup-hook=sync-in %s /var/cache/apt/archives/" % cache,
+               "--customize-hook=sync-out /var/cache/apt/archives %s" % cache,
+               dist.release, str(rootfs), mirror]
+    elif shutil.which("debootstrap"):
+        cmd = ["debootstrap", "--variant=minbase", "--include=%s" % include, "--cache-dir=%s" % cache,
+               dist.release, str(rootfs), mirror]
+    else:
+        die("neither mmdebstrap nor debootstrap found", tool_hint("mmdebstrap"))
+    run(cmd, capture=True, what="bootstrapping %s from %s" % (dist.label, mirror))
+
+
+# ==============================================================================
+# Images: provisioning
+# ==============================================================================
+
+# Units that stall or fail a container's boot, found by booting each family.
+MASKED_UNITS = {
+    "all": ["systemd-networkd-wait-online.service", "NetworkManager-wait-online.service",
+            "systemd-remount-fs.service", "systemd-firstboot.service", "getty@tty1.service",
+            "console-getty.service", "systemd-logind.service"],
+    "debian": ["apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "e2scrub_reap.service"],
+    "redhat": ["dnf-makecache.timer", "sssd.service", "auditd.service"],
+    "suse": ["wickedd.service", "wicked.service"],
+    "arch": ["archlinux-keyring-wkd-sync.timer"],
+}
+OS_FAMILIES = {
+    "debian": "debian", "ubuntu": "debian", "fedora": "redhat", "centos": "redhat", "rhel": "redhat",
+    "rocky": "redhat", "almalinux": "redhat", "amzn": "redhat", "ol": "redhat", "opensuse": "suse",
+    "suse": "suse", "sles": "suse", "sle": "suse", "arch": "arch",
+}
+
+
+def read_os_release(root: Path) -> Dict[str, str]:
+    """Fields of the image's os-release (in /etc, else /usr/lib), without following links out of `root`."""
+    for rel in ("etc/os-release", "usr/lib/os-release"):
+        path = root / rel
+        if path.is_symlink():
+            target = os.readlink(path)
+            path = root / target.lstrip("/") if target.startswith("/") else path.parent / target
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        fields = {}
+        for line in text.splitlines():
+            if "=" in line and not line.startswith("#"):
+                key, value = line.split("=", 1)
+                fields[key.strip()] = value.strip().strip("\"'")
+        return fields
+    return {}
+
+
+def os_family(fields: Dict[str, str]) -> str:
+    for ident in [fields.get("ID", "")] + fields.get("ID_LIKE", "").split():
+        for prefix, family in OS_FAMILIES.items():
+            if ident == prefix or ident.startswith(prefix + "-"):
+                return family
+    return ""
+
+
+def detect_package_manager(root: Path) -> str:
+    for manager in ("apt-get", "dnf", "microdnf", "yum", "zypper", "pacman"):
+        for bindir in ("usr/bin", "bin", "usr/sbin"):
+            if (root / bindir / manager).exists():
+                return "apt" if manager == "apt-get" else manager
+    return ""
+
+
+def has_systemd(root: Path) -> bool:
+    return any((root / p).exists() for p in ("usr/lib/systemd/systemd", "lib/systemd/systemd"))
+
+
+def nspawn_run_argv(root: Path, binds: Sequence[Tuple[str, str]] = (), network: bool = True) -> List[str]:
+    """systemd-nspawn running one command in `root`, not booted (provisioning, package installs)."""
+    cmd = [
+        "systemd-nspawn",
+        "--quiet",
+        "--register=no",
+        "--keep-unit",
+        "--directory=%s" % root,
+        "--resolv-conf=replace-host" if network else "--private-network",
+        "--timezone=off",
+        "--link-journal=no",
+        "--setenv=DEBIAN_FRONTEND=noninteractive",
+        "--setenv=PATH=%s" % CONTAINER_PATH,
+    ]
+    cmd += ["--bind=%s:%s" % (src, dst) for src, dst in binds]
+    return cmd
+
+
+PACKAGE_CACHE_DIR = "/var/cache/postroj-packages"
+
+
+def install_command(manager: str, packages: Sequence[str]) -> List[str]:
+    """The package manager's command that installs `packages` (names or paths) with their dependencies."""
+    cache = PACKAGE_CACHE_DIR
+    if manager == "apt":
+        return ["apt-get", "-o", "Dir::Cache::Archives=%s/" % cache, "-o", "APT::Keep-Downloaded-Packages=true",
+                "-o", "APT::Sandbox::User=root", "-o", "Debug::NoLocking=0",
+                "install", "-y", "--no-install-recommends", *packages]
+    if manager in ("dnf", "yum"):
+        return [manager, "-y", "--setopt=keepcache=1", "--setopt=cachedir=%s" % cache, "--setopt=install_weak_deps=0",
+                "install", *packages]
+    if manager == "microdnf":
+        return ["microdnf", "-y", "--setopt=keepcache=1", "--nodocs", "install", *packages]
+    if manager == "zypper":
+        return ["zypper", "--non-interactive", "--pkg-cache-dir=%s" % cache, "install", "--no-recommends",
+                "--allow-unsigned-rpm", *packages]
+    if manager == "pacman":
+        return ["pacman", "-Sy", "--noconfirm", "--needed", "--cachedir=%s" % cache, *packages]
+    die("no package manager postroj knows in the image", "postroj supports apt, dnf, microdnf, yum, zypper, pacman")
+
+
+def refresh_command(manager: str) -> List[str]:
+    if manager == "apt":
+        return ["apt-get", "-o", "APT::Sandbox::User=root", "-q", "update"]
+    if manager == "zypper":
+        return ["zypper", "--non-interactive", "refresh"]
+    return []
+
+
+def package_cache_for(settings: Settings, os_fields: Dict[str, str]) -> Path:
+    """Package downloads are shared between images of one OS release."""
+    key = "%s-%s" % (os_fields.get("ID", "unknown"), os_fields.get("VERSION_ID") or os_fields.get("VERSION_CODENAME")
+                     or "rolling")
+    return ensure_dir(settings.packages / re.sub(r"[^A-Za-z0-9._-]", "_", key) / "partial").parent
+
+
+def provision(settings: Settings, root: Path) -> Tuple[Dict[str, str], str]:
+    """Make `root` bootable: install systemd where it lacks it, mask units that stall a container's boot."""
+    fields = read_os_release(root)
+    if not fields:
+        die("the image has no /etc/os-release or /usr/lib/os-release: it holds no operating system",
+            "give a root file system of a Linux distribution")
+    manager = detect_package_manager(root)
+    family = os_family(fields)
+    if not has_systemd(root):
+        if not manager:
+            die("%s has no systemd and no package manager postroj knows" % fields.get("PRETTY_NAME", "the image"),
+                "use an image with systemd, or with apt, dnf, yum, zypper or pacman")
+        cache = package_cache_for(settings, fields)
+        log.info("installing systemd into %s with %s", fields.get("PRETTY_NAME", "the image"), manager)
+        packages = SYSTEMD_PACKAGES[manager]
+        steps = [refresh_command(manager), install_command(manager, packages)]
+        argv = nspawn_run_argv(root, [(str(cache), PACKAGE_CACHE_DIR)])
+        for step in steps:
+            if step:
+                run(argv + ["--", *step], capture=True, what="installing systemd (%s)" % " ".join(step[:1] + step[-3:]))
+        if not has_systemd(root):
+            die("installing systemd into the image did not give /usr/lib/systemd/systemd",
+                "check the image's package sources")
+    mask_units(root, family)
+    return fields, manager
+
+
+def mask_units(root: Path, family: str) -> None:
+    etc = ensure_dir(root / "etc" / "systemd" / "system")
+    for unit in MASKED_UNITS["all"] + MASKED_UNITS.get(family, []):
+        link = etc / unit
+        if link.is_symlink() or link.exists():
+            remove_tree(link)
+        os.symlink("/dev/null", link)
+
+
+# ==============================================================================
+# Images: activation
+# ==============================================================================
+
+
+def image_link(settings: Settings, name: str) -> Path:
+    return settings.images / name
+
+
+def read_image(settings: Settings, name: str) -> Optional[ImageInfo]:
+    """The activated image `name`, or None when there is none."""
+    link = image_link(settings, name)
+    if not link.is_symlink():
+        return None
+    rootfs = Path(os.path.realpath(link))
+    try:
+        meta = json.loads((rootfs.parent / "image.json").read_text())
+    except (OSError, ValueError):
+        return None
+    fields = {f.name for f in dataclasses.fields(ImageInfo)}
+    meta = {k: v for k, v in meta.items() if k in fields}
+    meta["path"] = rootfs
+    try:
+        return ImageInfo(**meta)
+    except TypeError:
+        return None
+
+
+def list_images(settings: Settings) -> List[ImageInfo]:
+    if not settings.images.is_dir():
+        return []
+    found = []
+    for entry in sorted(settings.images.iterdir()):
+        if not entry.name.startswith("."):
+            info = read_image(settings, entry.name)
+            if info:
+                found.append(info)
+    return found
+
+
+def require_image(settings: Settings, name: str, pull: bool = False) -> ImageInfo:
+    """The activated image `name`; acquired first with `pull`, else an error that says how."""
+    info = read_image(settings, name)
+    if info:
+        return info
+    if pull:
+        return acquire_image(settings, name)
+    dist = find_distribution(name)
+    if dist and dist.label != name:
+        info = read_image(settings, dist.label)
+        if info:
+            return info
+    if not dist and not NAME_PATTERN.match(name):
+        check_name(name)
+    if not dist and name not in [i.name for i in list_images(settings)]:
+        known = [i.name for i in list_images(settings)] + all_labels()
+        if not closest(name, known) and not re.match(r"^[a-z0-9][a-z0-9._-]*$", name):
+            check_name(name)
+        if name not in all_labels():
+            near = closest(name, known)
+            raise PostrojError("image %r is not acquired%s" % (name, "; did you mean %s?" % ", ".join(near) if near else ""),
+                               "acquire it with `postroj image %s`, or pass --pull" % name)
+    raise PostrojError("image %r is not acquired" % name, "acquire it with `postroj image %s`, or pass --pull" % name)
+
+
+def acquire_image(settings: Settings, reference: str, *, force: bool = False, via: str = "", mirror: str = "",
+                  sha256: str = "", name: str = "") -> ImageInfo:
+    """Fetch, provision and atomically activate an image; a second caller waits and finds it done."""
+    default_name, source = parse_source(reference, via, mirror, sha256)
+    name = check_name(name or default_name)
+    require_root("acquiring images")
+    for directory in (settings.home, settings.images, settings.versions, settings.locks, settings.tmp):
+        private_dir(directory) if directory != settings.images else ensure_dir(directory, 0o700)
+    started = time.monotonic()
+    with file_lock(settings.locks / ("image-%s.lock" % name)):
+        existing = read_image(settings, name)
+        if existing and not force:
+            log.info("image %s is already acquired (%s)", name, existing.source)
+            return existing
+        remove_stale_staging(settings, name)
+        staging = Path(tempfile.mkdtemp(prefix="%s." % name, dir=str(settings.tmp)))
+        try:
+            info = build_image(settings, name, source, staging)
+            version = settings.versions / ("%s@%s" % (name, uuid.uuid4().hex[:12]))
+            os.rename(staging, version)
+            activate(settings, name, version)
+        except BaseException:
+            remove_tree(staging)
+            raise
+        prune_versions(settings, name)
+    log.info("image %s is ready (%.1f s)", name, time.monotonic() - started)
+    result = read_image(settings, name)
+    assert result is not None
+    return result
+
+
+def remove_stale_staging(settings: Settings, name: str) -> None:
+    """Staging directories of `name` left by a killed acquisition (we hold the image's lock)."""
+    if settings.tmp.is_dir():
+        for entry in settings.tmp.iterdir():
+            if entry.name.startswith(name + "."):
+                log.info("removing %s, left by an interrupted acquisition", entry)
+                remove_tree(entry)
+
+
+def build_image(settings: Settings, name: str, source: Source, staging: Path) -> Dict[str, Any]:
+    """Fill `staging` with rootfs/ and image.json for `source`."""
+    rootfs = staging / "rootfs"
+    digest = ""
+    origin = source.location
+    if source.kind == "registry":
+        layout = settings.archives / name
+        try:
+            digest = copy_from_registry(source.location, layout, "latest")
+            unpack_layout(layout, "latest", rootfs)
+        except PostrojError as exc:
+            if not (source.distribution and source.distribution.can_bootstrap()):
+                raise
+            remove_tree(rootfs)
+            print("postroj: %s cannot be fetched from the registry (%s); bootstrapping from the package mirror "
+                  "instead" % (source.location, exc.message.splitlines()[0]), file=sys.stderr)
+            source = Source("bootstrap", "", source.distribution)
+    if source.kind == "bootstrap":
+        assert source.distribution is not None
+        cache = settings.packages / ("%s-%s" % (source.distribution.name, source.distribution.release))
+        bootstrap(source.distribution, rootfs, source.location, cache)
+        origin = "bootstrap:%s %s" % (source.distribution.release,
+                                      source.location or DEBIAN_MIRRORS[source.distribution.name])
+    elif source.kind in ("http", "tarball"):
+        if source.kind == "http":
+            expected = source.sha256 or fetch_published_sha256(source.location)
+            tarball = download(source.location, settings.downloads)
+        else:
+            expected = source.sha256
+            tarball = Path(source.location)
+            if not os.access(tarball, os.R_OK):
+                die("cannot read %s" % tarball, "check its permissions")
+        if not expected:
+            log.warning("no SHA-256 known for %s: not verified", source.location)
+        digest = "sha256:" + verify_sha256(tarball, expected, source.location)
+        extract_tarball(tarball, rootfs)
+    elif source.kind == "directory":
+        log.info("copying %s", source.location)
+        run(["cp", "-a", "--reflink=auto", source.location, str(rootfs)], capture=True, what="copying the directory")
+    fields, manager = provision(settings, rootfs)
+    meta = {
+        "name": name,
+        "source": origin,
+        "digest": digest,
+        "os_release": fields.get("PRETTY_NAME", fields.get("ID", "")),
+        "os_id": fields.get("ID", ""),
+        "family": os_family(fields),
+        "package_manager": manager,
+        "acquired": now_iso(),
+        "size": tree_size(rootfs),
+    }
+    (staging / "image.json").write_text(json.dumps(meta, indent=2))
+    os.chmod(staging, 0o755)
+    return meta
+
+
+def activate(settings: Settings, name: str, version: Path) -> None:
+    """Point images/NAME at `version` with one rename: readers see the old image or the new one."""
+    link = image_link(settings, name)
+    tmp_link = settings.images / (".%s.%s.link" % (name, uuid.uuid4().hex[:8]))
+    os.symlink(os.path.relpath(version / "rootfs", settings.images), tmp_link)
+    os.replace(tmp_link, link)
+
+
+def version_in_use(version: Path) -> bool:
+    return lock_is_held(version / "image.json")
+
+
+def prune_versions(settings: Settings, name: Optional[str] = None) -> List[Path]:
+    """Delete image versions no link points at and no running container uses."""
+    if not settings.versions.is_dir():
+        return []
+    active = set()
+    for entry in settings.images.iterdir():
+        if entry.is_symlink():
+            active.add(Path(os.path.realpath(entry)).parent.name)
+    removed = []
+    for version in settings.versions.iterdir():
+        if version.name in active or (name and not version.name.startswith(name + "@")):
+            continue
+        with file_lock(version / "image.json", wait=False) as free:
+            if not free:
+                continue
+            doomed = settings.tmp / (".doomed-%s" % version.name)
+            os.rename(version, doomed)
+        remove_tree(doomed)
+        removed.append(version)
+    return removed
+
+
+def remove_image(settings: Settings, name: str) -> bool:
+    """Deactivate `name` and delete its versions and its OCI archive."""
+    with file_lock(settings.locks / ("image-%s.lock" % name)):
+        link = image_link(settings, name)
+        found = link.is_symlink()
+        if found:
+            link.unlink()
+        prune_versions(settings, name)
+        if (settings.archives / name).exists():
+            remove_tree(settings.archives / name)
+            found = True
+    return found
+
+
+# ==============================================================================
+# Containers
+# ==============================================================================
+
+CONTAINER_ENV = {"PATH": CONTAINER_PATH, "HOME": "/root", "LANG": "C.UTF-8", "container": "systemd-nspawn"}
+GUEST_RUNTIME = "/run/postroj"
+
+_live: "set[NspawnContainer]" = set()
+_live_lock = threading.Lock()
+
+
+def stop_all_containers() -> None:
+    """End every container of this process (signal handlers, fatal errors)."""
+    with _live_lock:
+        containers = list(_live)
+    for container in containers:
+        container.stop()
+
+
+@dataclasses.dataclass(frozen=True)
+class Bind:
+    source: str
+    target: str
+    readonly: bool = False
+
+    def option(self) -> str:
+        return "--%s=%s:%s" % ("bind-ro" if self.readonly else "bind", self.source.replace(":", r"\:"),
+                               self.target.replace(":", r"\:"))
+
+
+def parse_bind(spec: str, readonly: bool) -> Bind:
+    """`SRC[:DST]` with an existing absolute SRC and an absolute DST."""
+    source, _, target = spec.partition(":")
+    if not source:
+        die("invalid --bind %r" % spec, "write --bind SRC[:DST]", usage=True)
+    path = Path(source).absolute()
+    if not path.exists():
+        die("--bind source %s does not exist" % source, "create it, or fix the path", usage=True)
+    target = target or str(path)
+    if not target.startswith("/") or ".." in target.split("/"):
+        die("invalid bind target %r" % target, "give an absolute path inside the container", usage=True)
+    return Bind(str(path), target, readonly)
+
+
+def parse_setenv(spec: str) -> Tuple[str, str]:
+    name, sep, value = spec.partition("=")
+    if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+        die("invalid --setenv %r" % spec, "write --setenv NAME=VALUE", usage=True)
+    return name, value
+
+
+class NspawnContainer:
+    """An image booted with systemd as PID 1 below a throw-away overlay, used and killed.
+
+    Use as a context manager: the container is gone when the block ends, however it ends.
+    """
+
+    def __init__(self, settings: Settings, image: ImageInfo, *, machine: str = "", binds: Sequence[Bind] = (),
+                 setenv: Sequence[Tuple[str, str]] = (), private_network: bool = False, boot_timeout: float = 30,
+                 keep: bool = False, mode: str = "") -> None:
+        self.settings = settings
+        self.image = image
+        self.requested = machine
+        self.binds = list(binds)
+        self.setenv = list(setenv)
+        self.private_network = private_network
+        self.boot_timeout = boot_timeout
+        self.keep = keep
+        self.mode = mode or host_mode()
+        self.machine = ""
+        self.leader = 0
+        self.state = ""
+        self.failed_units: List[str] = []
+        self.timings: Dict[str, float] = {}
+        self.proc: Optional[subprocess.Popen] = None
+        self.rundir: Optional[Path] = None
+        self._locks: List[int] = []
+        self._stopped = False
+
+    # --- life cycle ---
+
+    def __enter__(self) -> "NspawnContainer":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.keep:
+            self.stop()
+
+    def _hold(self, path: Path, shared: bool) -> bool:
+        fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._locks.append(fd)
+        return True
+
+    def _claim_name(self) -> None:
+        runtime = private_dir(self.settings.runtime)
+        if self.requested:
+            check_name(self.requested, "machine name")
+            if not self._hold(runtime / (self.requested + ".lock"), False) or machine_registered(self.requested):
+                die("machine name %s is already taken" % self.requested,
+                    "choose another --machine, or end the running one (`postroj machines`)", usage=True)
+            self.machine = self.requested
+            return
+        base = "postroj-%s" % self.image.name
+        for number in range(1, 1000):
+            name = base if number == 1 else "%s-%d" % (base, number)
+            name = name[:64]
+            if self._hold(runtime / (name + ".lock"), False):
+                if machine_registered(name):
+                    continue
+                self.machine = name
+                return
+        die("no free machine name for %s" % base, "run `postroj gc`")
+
+    def start(self) -> None:
+        """Boot the container and wait until its systemd reports it is up."""
+        t0 = time.monotonic()
+        self._claim_name()
+        with _live_lock:
+            _live.add(self)
+        version_lock = Path(self.image.path).parent / "image.json"
+        if not self._hold(version_lock, True):
+            die("image %s is being replaced" % self.image.name, "try again in a moment")
+        self.rundir = self.settings.runtime / self.machine
+        remove_tree(self.rundir)
+        private_dir(self.rundir)
+        upper = ensure_dir(self.rundir / "upper")
+        os.chmod(upper, 0o755)
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        address = "\0postroj/%s/%d/%s" % (self.machine, os.getpid(), uuid.uuid4().hex[:8])
+        notify.bind(address)
+        self.write_state(nspawn_pid=0)
+        env = dict(os.environ, NOTIFY_SOCKET="@" + address[1:])
+        console = open(self.rundir / "console.log", "wb")
+        argv = self.nspawn_argv(upper)
+        log.debug("+ %s", shlex.join(argv))
+        try:
+            self.proc = subprocess.Popen((die_with_parent_prefix() if not self.keep else []) + argv, env=env,
+                                         stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        except FileNotFoundError:
+            die("systemd-nspawn not found", tool_hint("systemd-nspawn"))
+        finally:
+            console.close()
+        self.write_state(nspawn_pid=self.proc.pid)
+        self.timings["spawn"] = time.monotonic() - t0
+        try:
+            self.wait_ready(notify)
+        finally:
+            notify.close()
+        self.write_state(nspawn_pid=self.proc.pid)
+        self.timings["boot"] = time.monotonic() - t0 - self.timings["spawn"]
+        log.debug("container %s up in %.3f s (leader %d, %s, mode %s)", self.machine, time.monotonic() - t0,
+                  self.leader, self.state, self.mode)
+
+    def nspawn_argv(self, upper: Path) -> List[str]:
+        root = str(self.image.path)
+        cmd = [
+            "systemd-nspawn",
+            "--quiet",
+            "--boot",
+            "--directory=%s" % root,
+            "--overlay=%s:%s:/" % (root.replace(":", r"\:"), str(upper).replace(":", r"\:")),
+            "--machine=%s" % self.machine,
+            "--notify-ready=yes",
+            "--console=read-only",
+            "--kill-signal=SIGKILL",
+            "--link-journal=no",
+            "--timezone=off",
+            "--resolv-conf=%s" % ("off" if self.private_network else "replace-host"),
+            "--bind-ro=%s:%s" % (self.rundir / "guest", GUEST_RUNTIME),
+        ]
+        ensure_dir(self.rundir / "guest")  # type: ignore[operator]
+        if self.mode == "nsenter":
+            cmd += ["--register=no", "--keep-unit"]
+        if self.private_network:
+            cmd.append("--private-network")
+        cmd += [bind.option() for bind in self.binds]
+        cmd += ["--setenv=%s=%s" % (k, v) for k, v in self.setenv]
+        return cmd
+
+    def wait_ready(self, notify: socket.socket) -> None:
+        """Wait for READY=1 from the container's systemd; poll only when an old guest never sends it."""
+        assert self.proc is not None
+        deadline = time.monotonic() + self.boot_timeout
+        ready = False
+        leader_seen = 0.0
+        while not ready:
+            now = time.monotonic()
+            if now > deadline:
+                die("%s did not finish booting within %s s%s" % (self.machine, self.boot_timeout, self.console_tail()),
+                    "raise --boot-timeout, or look at the units above")
+            if self.proc.poll() is not None:
+                die("systemd-nspawn for %s exited with code %d while booting%s" % (
+                    self.machine, self.proc.returncode, self.console_tail()), "see the console lines above")
+            if select.select([notify], [], [], 0.05)[0]:
+                for field in notify.recv(4096).decode("utf-8", "replace").split("\n"):
+                    if field.startswith("X_NSPAWN_LEADER_PID="):
+                        self.leader = int(field.split("=", 1)[1])
+                        leader_seen = time.monotonic()
+                    elif field == "READY=1":
+                        ready = True
+            elif self.leader and time.monotonic() - leader_seen > 2.0:
+                state = self.system_state()
+                ready = state in ("running", "degraded")
+        self.state = self.system_state()
+        if self.state == "degraded":
+            self.failed_units = self.capture(["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"]
+                                             ).split("\n")
+            self.failed_units = [line.split()[0] for line in self.failed_units if line.strip()]
+            log.warning("%s is degraded; failed units: %s", self.machine, ", ".join(self.failed_units) or "?")
+
+    def console_tail(self, lines: int = 20) -> str:
+        if not self.rundir:
+            return ""
+        try:
+            text = (self.rundir / "console.log").read_bytes().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r", "")
+        tail = [line for line in text.splitlines() if line.strip()][-lines:]
+        return ("\nlast console lines:\n" + "\n".join("  " + line for line in tail)) if tail else ""
+
+    def write_state(self, **extra: Any) -> None:
+        if not self.machine:
+            return
+        state = {"machine": self.machine, "image": self.image.name, "version": str(Path(self.image.path).parent),
+                 "leader": self.leader, "postroj_pid": os.getpid(), "since": now_iso(), "keep": self.keep,
+                 "mode": self.mode, **extra}
+        path = self.settings.runtime / (self.machine + ".json")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)
+
+    def stop(self) -> None:
+        """Kill the container and remove all it used; safe to call more than once."""
+        if self._stopped:
+            return
+        self._stopped = True
+        t0 = time.monotonic()
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # nspawn sends --kill-signal=SIGKILL to the container
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                if self.leader:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.leader, signal.SIGKILL)
+                self.proc.kill()
+                self.proc.wait()
+        if self.rundir:
+            remove_tree(self.rundir)
+        if self.machine:
+            for suffix in (".json", ".json.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.settings.runtime / (self.machine + suffix)).unlink()
+            with contextlib.suppress(FileNotFoundError):
+                (self.settings.runtime / (self.machine + ".lock")).unlink()
+        for fd in self._locks:
+            os.close(fd)
+        self._locks = []
+        with _live_lock:
+            _live.discard(self)
+        self.timings["teardown"] = time.monotonic() - t0
+
+    def release(self) -> None:
+        """Leave the container running (--keep): postroj exits, the machine stays."""
+        self.write_state(nspawn_pid=self.proc.pid if self.proc else 0)
+        for fd in self._locks:
+            os.close(fd)
+        self._locks = []
+        with _live_lock:
+            _live.discard(self)
+
+    # --- running commands ---
+
+    def enter_argv(self) -> List[str]:
+        return ["nsenter", "--target=%d" % self.leader, "--all", "--root", "--wd"]
+
+    def command_argv(self, argv: Sequence[str], env: Dict[str, str]) -> List[str]:
+        """The host command that runs `argv` in the container, by the host mode."""
+        if self.mode == "machined":
+            cmd = ["systemd-run", "--machine=%s" % self.machine, "--wait", "--pipe", "--quiet", "--collect",
+                   "--service-type=exec", "--working-directory=/"]
+            cmd += ["--setenv=%s=%s" % (k, v) for k, v in env.items()]
+            return cmd + ["--", *argv]
+        return self.enter_argv() + ["--", *argv]
+
+    def environment(self, extra: Sequence[Tuple[str, str]] = ()) -> Dict[str, str]:
+        env = dict(CONTAINER_ENV)
+        if os.environ.get("TERM"):
+            env["TERM"] = os.environ["TERM"]
+        env.update(self.setenv)
+        env.update(extra)
+        return env
+
+    def execute(self, argv: Sequence[str], *, stdin: Any = None, stdout: Any = None, stderr: Any = None,
+                timeout: Optional[float] = None) -> int:
+        """Run `argv` in the container with the given streams; returns its exit status (127: not found)."""
+        env = self.environment()
+        cmd = self.command_argv(argv, env)
+        log.debug("+ %s", shlex.join(cmd))
+        try:
+            proc = subprocess.run(cmd, stdin=stdin, stdout=stdout, stderr=stderr,
+                                  env=env if self.mode == "nsenter" else None, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return 124
+        if self.mode == "machined" and proc.returncode == 203:
+            # systemd's EXIT_EXEC: the command could not be executed.
+            sys.stderr.write("postroj: %s: command not found in %s\n" % (argv[0], self.machine))
+            return 127
+        return proc.returncode
+
+    def capture(self, argv: Sequence[str], timeout: Optional[float] = 30) -> str:
+        """stdout and stderr of `argv` in the container, together, as text."""
+        result = self.run_captured(argv, timeout=timeout)
+        return result[1]
+
+    def run_captured(self, argv: Sequence[str], timeout: Optional[float] = 30) -> Tuple[int, str]:
+        with tempfile.TemporaryFile() as out:
+            code = self.execute(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                timeout=timeout)
+            out.seek(0)
+            return code, out.read().decode("utf-8", "replace").strip()
+
+    def system_state(self) -> str:
+        env = self.environment()
+        cmd = self.enter_argv() + ["--", "systemctl", "is-system-running"]
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              env=env, check=False)
+        return proc.stdout.decode().strip()
+
+    def shell(self) -> int:
+        """An interactive login shell (the caller's terminal)."""
+        if self.mode == "machined":
+            return subprocess.run(["machinectl", "shell", self.machine], check=False).returncode
+        shell = login_shell(Path(self.image.path))
+        env = self.environment()
+        return subprocess.run(self.enter_argv() + ["--", shell, "-l"], env=env, check=False).returncode
+
+    def journal_tail(self, lines: int = 30, unit: str = "") -> str:
+        argv = ["journalctl", "--no-pager", "-n", str(lines), "-o", "short-monotonic"]
+        if unit:
+            argv += ["-u", unit]
+        return self.capture(argv)
+
+    def guest_dir(self) -> Path:
+        """A host directory that shows up read-only at /run/postroj in the container."""
+        assert self.rundir is not None
+        return self.rundir / "guest"
+
+
+def login_shell(root: Path) -> str:
+    try:
+        for line in (root / "etc" / "passwd").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == "root" and len(fields) > 6 and fields[6]:
+                return fields[6]
+    except OSError:
+        pass
+    return "/bin/sh"
+
+
+def machine_registered(name: str) -> bool:
+    return os.path.exists("/run/systemd/machines/%s" % name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """A running (or leftover) postroj container, from POSTROJ_HOME/run."""
+
+    name: str
+    image: str
+    leader: int
+    nspawn_pid: int
+    since: str
+    keep: bool
+    alive: bool
+    version: str
+
+
+def list_machines(settings: Settings, include_stale: bool = False) -> List[Machine]:
+    found = []
+    if not settings.runtime.is_dir():
+        return found
+    for path in sorted(settings.runtime.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        name = data.get("machine", path.stem)
+        nspawn_pid = int(data.get("nspawn_pid") or 0)
+        held = lock_is_held(settings.runtime / (name + ".lock"))
+        running = bool(nspawn_pid) and process_alive(nspawn_pid) and any(
+            "--machine=%s" % name == arg for arg in process_cmdline(nspawn_pid))
+        alive = held or (bool(data.get("keep")) and running)
+        if alive or include_stale:
+            found.append(Machine(name, data.get("image", ""), int(data.get("leader") or 0), nspawn_pid,
+                                 data.get("since", ""), bool(data.get("keep")), alive, data.get("version", "")))
+    return found
+
+
+def end_machine(settings: Settings, machine: Machine) -> None:
+    """Kill a leftover or kept container and remove its runtime state."""
+    if machine.nspawn_pid and process_alive(machine.nspawn_pid) and any(
+            "--machine=%s" % machine.name == arg for arg in process_cmdline(machine.nspawn_pid)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(machine.nspawn_pid, signal.SIGTERM)
+        for _ in range(200):
+            if not process_alive(machine.nspawn_pid) or Path("/proc/%d/stat" % machine.nspawn_pid).read_text(
+                    ).split(") ")[-1].startswith("Z"):
+                break
+            time.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(machine.nspawn_pid, signal.SIGKILL)
+    remove_tree(settings.runtime / machine.name)
+    for suffix in (".json", ".json.tmp", ".lock"):
+        with contextlib.suppress(FileNotFoundError):
+            (settings.runtime / (machine.name + suffix)).unlink()
+
+
+def collect_garbage(settings: Settings) -> List[str]:
+    """End leftover containers, remove stale runtime and staging state and unused image versions."""
+    done = []
+    for machine in list_machines(settings, include_stale=True):
+        if not machine.alive:
+            end_machine(settings, machine)
+            done.append("machine %s" % machine.name)
+    if settings.runtime.is_dir():
+        for entry in settings.runtime.iterdir():
+            stem = entry.name.split(".")[0] if entry.is_file() else entry.name
+            if not (settings.runtime / (stem + ".json")).exists() and not lock_is_held(
+                    settings.runtime / (stem + ".lock")):
+                remove_tree(entry)
+                done.append("runtime %s" % entry.name)
+    if settings.tmp.is_dir():
+        for entry in settings.tmp.iterdir():
+            name = entry.name.split(".")[0]
+            if entry.name.startswith(".doomed-") or not lock_is_held(settings.locks / ("image-%s.lock" % name)):
+                remove_tree(entry)
+                done.append("staging %s" % entry.name)
+    done += ["image version %s" % v.name for v in prune_versions(settings)]
+    return done
+
+
+# ==============================================================================
+# Virtual machines (vagrant)
+# ==============================================================================
+
+VAGRANTFILE_TEMPLATE = """\
+# Written by postroj {version}; `postroj vm destroy {label}` removes the machine and this file.
+Vagrant.configure("2") do |config|
+  config.vm.box = "{box}"
+  config.vm.hostname = "{hostname}"
+  config.vm.communicator = "{communicator}"
+  config.vm.synced_folder ".", "/vagrant", disabled: true
+  config.vm.boot_timeout = {boot_timeout}
+{guest_lines}
+  config.vm.provider "virtualbox" do |v|
+    v.cpus = {cpus}
+    v.memory = {memory}
+  end
+  config.vm.provider "libvirt" do |v|
+    v.cpus = {cpus}
+    v.memory = {memory}
+  end
+end
+"""
+WINDOWS_GUEST_LINES = """\
+  config.vm.guest = :windows
+  config.winrm.transport = :plaintext
+  config.winrm.basic_auth_only = true"""
+ANSI_ESCAPE = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07]*\x07|[@-Z\\-_])")
+
+
+def vagrantfile_text(box: Box, cpus: int = 0, memory: int = 0, boot_timeout: int = 600) -> str:
+    """The Vagrantfile postroj writes for `box`."""
+    return VAGRANTFILE_TEMPLATE.format(
+        version=__version__, label=box.label, box=box.box, hostname=re.sub(r"[^a-z0-9-]", "-", box.label)[:63],
+        communicator=box.communicator, cpus=cpus or box.cpus, memory=memory or box.memory, boot_timeout=boot_timeout,
+        guest_lines=WINDOWS_GUEST_LINES if box.guest == "windows" else "")
+
+
+def clean_console(text: str) -> str:
+    """Vagrant's and Windows' output without escape sequences, CRLF as LF."""
+    return ANSI_ESCAPE.sub("", text).replace("\r\n", "\n").replace("\r", "")
+
+
+class VagrantMachine:
+    """A VM brought up through vagrant from a Vagrantfile in POSTROJ_HOME/vagrant/<label>."""
+
+    def __init__(self, settings: Settings, box: Box, provider: str = "", cpus: int = 0, memory: int = 0) -> None:
+        self.settings = settings
+        self.box = box
+        self.provider = provider
+        self.cpus = cpus
+        self.memory = memory
+        self.directory = settings.vagrant / box.label
+
+    def vagrant(self, args: Sequence[str], *, check: bool = True, capture: bool = True, stdin: Any = subprocess.DEVNULL,
+                what: str = "") -> subprocess.CompletedProcess:
+        require_tool("vagrant")
+        env = dict(os.environ, VAGRANT_CWD=str(self.directory), VAGRANT_NO_COLOR="1")
+        return run(["vagrant", *args], check=check, capture=capture, stdin=stdin, env=env,
+                   what=what or "vagrant %s" % " ".join(args[:1]))
+
+    def write_vagrantfile(self) -> Path:
+        ensure_dir(self.directory, 0o700)
+        path = self.directory / "Vagrantfile"
+        path.write_text(vagrantfile_text(self.box, self.cpus, self.memory))
+        return path
+
+    def up(self) -> None:
+        """Write the Vagrantfile and `vagrant up`; a failed boot shows vagrant's last lines."""
+        self.write_vagrantfile()
+        if self.provider:
+            providers = vagrant_providers()
+            if providers and self.provider not in providers:
+                die("vagrant has no provider %r here" % self.provider,
+                    "available: %s; install the plugin (vagrant plugin install vagrant-%s)" % (
+                        ", ".join(providers), self.provider), usage=True)
+        args = ["up", "--no-tty"] + (["--provider=%s" % self.provider] if self.provider else [])
+        proc = self.vagrant(args, check=False)
+        if proc.returncode != 0:
+            lines = clean_console((proc.stdout + proc.stderr).decode("utf-8", "replace")).strip().splitlines()
+            die("vagrant up %s failed with exit code %d:\n%s" % (self.box.label, proc.returncode,
+                                                                 "\n".join("  " + l for l in lines[-15:])),
+                "see `vagrant up` in %s" % self.directory)
+
+    def execute(self, command: str, *, stdout: Any = None, stderr: Any = None, stdin: Any = subprocess.DEVNULL) -> int:
+        """Run `command` in the VM (ssh on Linux, winrm/powershell on Windows); returns its exit status."""
+        if self.box.communicator == "winrm":
+            proc = self.vagrant(["winrm", "--shell", "powershell", "--command", command], check=False)
+        else:
+            proc = self.vagrant(["ssh", "--no-tty", "--command", command], check=False, stdin=stdin)
+        out = clean_console(proc.stdout.decode("utf-8", "replace"))
+        err = clean_console(proc.stderr.decode("utf-8", "replace"))
+        (stdout or sys.stdout).write(out)
+        (stderr or sys.stderr).write(err)
+        return proc.returncode
+
+    def capture(self, command: str) -> Tuple[int, str]:
+        out = _StringSink()
+        code = self.execute(command, stdout=out, stderr=out)
+        return code, out.text().strip()
+
+    def destroy(self) -> None:
+        if (self.directory / "Vagrantfile").exists():
+            self.vagrant(["destroy", "--force"], check=False)
+        remove_tree(self.directory)
+
+    def status(self) -> str:
+        if not (self.directory / "Vagrantfile").exists():
+            return "not created"
+        proc = self.vagrant(["status", "--machine-readable"], check=False)
+        for line in proc.stdout.decode("utf-8", "replace").splitlines():
+            parts = line.split(",")
+            if len(parts) >= 4 and parts[2] == "state":
+                return parts[3]
+        return "unknown"
+
+
+class _StringSink:
+    """A write-only text stream that keeps what it got."""
+
+    def __init__(self) -> None:
+        self.parts: List[str] = []
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def list_vms(settings: Settings) -> List[str]:
+    if not settings.vagrant.is_dir():
+        return []
+    return sorted(p.name for p in settings.vagrant.iterdir() if (p / "Vagrantfile").exists())
+
+
+# ==============================================================================
+# Probes
+# ==============================================================================
+
+NETWORK_CHECK = r"""
+import socket, ssl, sys, time, urllib.request, urllib.error
+url, timeout, expect_status, expect_body = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+deadline = time.monotonic() + timeout
+last = "no attempt"
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                     urllib.request.HTTPSHandler(context=ssl._create_unverified_context()))
+while True:
+    try:
+        if url.startswith("tcp://"):
+            host, port = url[6:].rstrip("/").rsplit(":", 1)
+            socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+            print("connected to %s" % url[6:])
+            sys.exit(0)
+        try:
+            resp = opener.open(url, timeout=5)
+            status, body = resp.status, resp.read(1 << 20)
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read(1 << 20)
+        text = body.decode("utf-8", "replace")
+        ok = (status == int(expect_status)) if expect_status else 200 <= status < 400
+        if ok and expect_body and expect_body not in text:
+            last = "HTTP %d, but the body does not contain %r:\n%s" % (status, expect_body, text[:500])
+        elif ok:
+            print("HTTP %d from %s" % (status, url))
+            sys.exit(0)
+        else:
+            last = "HTTP %d (expected %s):\n%s" % (status, expect_status or "2xx or 3xx", text[:500])
+    except Exception as exc:
+        last = "%s: %s" % (type(exc).__name__, exc)
+    if time.monotonic() > deadline:
+        print(last)
+        sys.exit(1)
+    time.sleep(0.1)
+"""
+
+
+def parse_network_target(url: str) -> str:
+    """Check a --check-network URL: tcp://HOST:PORT, http:// or https://, ports 1 to 65535."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("tcp", "http", "https") or not parsed.hostname:
+        die("unsupported --check-network %r" % url, "use tcp://HOST:PORT, http://HOST[:PORT]/PATH or https://...",
+            usage=True)
+    try:
+        port = parsed.port
+    except ValueError:
+        die("port out of range in %r" % url, "ports are 1 to 65535", usage=True)
+    if parsed.scheme == "tcp" and port is None:
+        die("no port in %r" % url, "write tcp://HOST:PORT", usage=True)
+    if port is not None and not 1 <= port <= 65535:
+        die("port out of range in %r" % url, "ports are 1 to 65535", usage=True)
+    return url
+
+
+def package_type(path: str) -> str:
+    lower = path.lower()
+    for suffix, kind in ((".deb", "deb"), (".rpm", "rpm"), (".msi", "msi"), (".pkg.tar.zst", "pkg")):
+        if lower.endswith(suffix):
+            return kind
+    return ""
+
+
+def check_package_file(path: Path) -> str:
+    """The kind of a local package file (deb, rpm, msi), refusing what is not one."""
+    kind = package_type(path.name)
+    if not path.is_file():
+        die("package %s does not exist" % path, "check the path", usage=True)
+    if not os.access(path, os.R_OK):
+        die("cannot read package %s" % path, "check its permissions", usage=True)
+    head = path.read_bytes()[:8] if path.stat().st_size < 64 else open(path, "rb").read(8)
+    magic = {"deb": b"!<arch>\n", "rpm": b"\xed\xab\xee\xdb", "msi": b"\xd0\xcf\x11\xe0"}
+    if not kind or (kind in magic and not head.startswith(magic[kind])):
+        die("%s is not a package (.deb, .rpm, .msi)" % path, "give a package file built for the image", usage=True)
+    return kind
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbePlan:
+    """All probes of a run, in their order, with their timeouts."""
+
+    probes: Tuple[Probe, ...]
+    timeout: float = 30
+    boot_timeout: float = 30
+    private_network: bool = True
+
+
+def order_probes(probes: Sequence[Probe]) -> Tuple[Probe, ...]:
+    rank = {"package": 0, "copy": 1, "unit": 2, "network": 3, "command": 4}
+    return tuple(sorted(probes, key=lambda p: rank[p.kind]))
+
+
+def materialize_packages(settings: Settings, probes: Sequence[Probe]) -> Dict[str, Path]:
+    """Local paths of the packages: URLs downloaded into POSTROJ_CACHE/downloads first."""
+    paths = {}
+    for probe in probes:
+        if probe.kind == "package":
+            if probe.target.startswith(("http://", "https://")):
+                paths[probe.target] = download(probe.target, settings.downloads)
+                check_package_file(paths[probe.target])
+            else:
+                paths[probe.target] = Path(probe.target).absolute()
+    return paths
+
+
+def package_matches(kind: str, manager: str) -> bool:
+    return kind == "msi" or PACKAGE_TYPES.get(manager) == kind
+
+
+INSTALL_SCRIPT = r"""
+set -e
+for item in "$@"; do
+  case "$item" in
+    copy:*) spec="${item#copy:}"; src="${spec%%|*}"; dst="${spec#*|}"
+            mkdir -p "$(dirname "$dst")"; cp -a "$src" "$dst" ;;
+  esac
+done
+"""
+
+
+def install_packages(settings: Settings, image: ImageInfo, packages: Sequence[Tuple[Probe, Path]],
+                     container: NspawnContainer, timeout: float) -> List[ProbeResult]:
+    """Install packages in the booted container with the image's package manager, resolving dependencies."""
+    results = []
+    for probe, path in packages:
+        t0 = time.monotonic()
+        guest = container.guest_dir() / "packages"
+        ensure_dir(guest)
+        staged = guest / path.name
+        shutil.copyfile(path, staged)
+        os.chmod(staged, 0o644)
+        command = install_command(image.package_manager, ["%s/packages/%s" % (GUEST_RUNTIME, path.name)])
+        # inside a booted container the package cache is the image's own
+        command = [c for c in command if PACKAGE_CACHE_DIR not in c]
+        if image.package_manager == "apt":
+            command = ["apt-get", "install", "-y", "--no-install-recommends",
+                       "%s/packages/%s" % (GUEST_RUNTIME, path.name)]
+        code, output = container.run_captured(command, timeout=max(timeout, 300))
+        if code == 0:
+            results.append(ProbeResult(image.name, probe, "pass", time.monotonic() - t0, output=tail(output)))
+        else:
+            results.append(ProbeResult(image.name, probe, "fail", time.monotonic() - t0,
+                                       reason="%s exited with %d" % (command[0], code), output=tail(output, 40)))
+    return results
+
+
+def tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def run_unit_probe(container: NspawnContainer, probe: Probe, timeout: float, image: str) -> ProbeResult:
+    """The unit must become active; a unit that exists but is not running is enabled and started."""
+    t0 = time.monotonic()
+    unit = probe.target
+    deadline = t0 + timeout
+    started = False
+    state = ""
+    while True:
+        code, state = container.run_captured(["systemctl", "is-active", unit])
+        if state == "active":
+            return ProbeResult(image, probe, "pass", time.monotonic() - t0, output=state)
+        if state == "failed":
+            break
+        if state in ("inactive", "unknown") and not started:
+            _, load = container.run_captured(["systemctl", "show", "-p", "LoadState", "--value", unit])
+            if load == "not-found":
+                state = "not-found"
+                break
+            started = True
+            container.run_captured(["systemctl", "enable", "--now", unit], timeout=timeout)
+            continue
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    _, status = container.run_captured(["systemctl", "status", "--no-pager", "--lines=20", unit])
+    journal = container.journal_tail(30, unit if state != "not-found" else "")
+    reason = {"not-found": "unit %s does not exist" % unit, "failed": "unit %s failed" % unit}.get(
+        state, "unit %s is %s, not active, after %s s" % (unit, state or "unknown", timeout))
+    return ProbeResult(image, probe, "fail", time.monotonic() - t0, reason=reason, output=status,
+                       details=journal)
+
+
+def run_network_probe(container: NspawnContainer, probe: Probe, timeout: float, image: str) -> ProbeResult:
+    """Connect from inside the container's network namespace, retrying until the timeout."""
+    t0 = time.monotonic()
+    cmd = ["nsenter", "--target=%d" % container.leader, "--net", "--", sys.executable, "-I", "-c", NETWORK_CHECK,
+           probe.target, str(timeout), "" if probe.expect_status is None else str(probe.expect_status),
+           probe.expect_body]
+    proc = run(cmd, check=False, capture=True, stderr=subprocess.STDOUT, timeout=timeout + 15)
+    output = proc.stdout.decode("utf-8", "replace").strip()
+    if proc.returncode == 0:
+        return ProbeResult(image, probe, "pass", time.monotonic() - t0, output=output)
+    return ProbeResult(image, probe, "fail", time.monotonic() - t0,
+                       reason="%s did not answer within %s s" % (probe.target, timeout), output=output,
+                       details=container.journal_tail(20))
+
+
+def run_command_probe(container: NspawnContainer, probe: Probe, timeout: float, image: str) -> ProbeResult:
+    t0 = time.monotonic()
+    code, output = container.run_captured(["/bin/sh", "-c", probe.target], timeout=timeout)
+    if code == 0:
+        return ProbeResult(image, probe, "pass", time.monotonic() - t0, output=tail(output, 40))
+    reason = "timed out after %s s" % timeout if code == 124 else "exit status %d" % code
+    return ProbeResult(image, probe, "fail", time.monotonic() - t0, reason=reason, output=tail(output, 40),
+                       details=container.journal_tail(20))
+
+
+def run_copy_probe(container: NspawnContainer, probe: Probe, image: str) -> ProbeResult:
+    """Copy a host file or directory into the container (through the read-only guest directory)."""
+    t0 = time.monotonic()
+    source, _, target = probe.target.rpartition(":")
+    staged = container.guest_dir() / "copy" / uuid.uuid4().hex[:8]
+    ensure_dir(staged.parent)
+    src = Path(source)
+    if src.is_dir():
+        shutil.copytree(src, staged / src.name, symlinks=True)
+    else:
+        ensure_dir(staged)
+        shutil.copy2(src, staged / src.name)
+    inner = "%s/copy/%s/%s" % (GUEST_RUNTIME, staged.name, src.name)
+    code, output = container.run_captured(["/bin/sh", "-c", 'mkdir -p "$(dirname "$2")" && cp -a "$1" "$2"', "sh",
+                                           inner, target])
+    shutil.rmtree(staged, ignore_errors=True)
+    if code == 0:
+        return ProbeResult(image, probe, "pass", time.monotonic() - t0)
+    return ProbeResult(image, probe, "fail", time.monotonic() - t0, reason="copying failed (%d)" % code,
+                       output=output)
+
+
+def probe_image(settings: Settings, name: str, plan: ProbePlan, *, pull: bool, cancel: threading.Event,
+                packages: Dict[str, Path]) -> List[ProbeResult]:
+    """Boot one fresh container of `name`, run the plan's probes in order, and throw it away."""
+    t0 = time.monotonic()
+    try:
+        image = require_image(settings, name, pull=pull)
+        for probe in plan.probes:
+            if probe.kind == "package":
+                kind = package_type(probe.target)
+                if not package_matches(kind, image.package_manager):
+                    die("%s is a .%s package, but %s uses %s" % (probe.target, kind, name, image.package_manager),
+                        "give a package built for %s" % name, usage=True)
+        with NspawnContainer(settings, image, private_network=plan.private_network,
+                             boot_timeout=plan.boot_timeout) as container:
+            boot = time.monotonic() - t0
+            results = run_probes(settings, image, container, plan, cancel, packages)
+            log.info("%s: boot %.3f s, probes %.3f s", name, boot, time.monotonic() - t0 - boot)
+        log.debug("%s: timings %s", name, " ".join("%s=%.3f" % kv for kv in container.timings.items()))
+        return results
+    except PostrojError as exc:
+        if isinstance(exc, UsageError):
+            raise
+        return [ProbeResult(name, probe, "fail", time.monotonic() - t0, reason=exc.message) for probe in plan.probes]
+
+
+def run_probes(settings: Settings, image: ImageInfo, container: NspawnContainer, plan: ProbePlan,
+               cancel: threading.Event, packages: Dict[str, Path]) -> List[ProbeResult]:
+    results: List[ProbeResult] = []
+    todo = list(plan.probes)
+    pending = [(p, packages[p.target]) for p in todo if p.kind == "package"]
+    if pending:
+        results += install_packages(settings, image, pending, container, plan.timeout)
+    for probe in todo:
+        if probe.kind == "package":
+            continue
+        if cancel.is_set():
+            results.append(ProbeResult(image.name, probe, "skip", 0.0, reason="not run: --fail-fast"))
+            continue
+        if probe.kind == "copy":
+            result = run_copy_probe(container, probe, image.name)
+        elif probe.kind == "unit":
+            result = run_unit_probe(container, probe, plan.timeout, image.name)
+        elif probe.kind == "network":
+            result = run_network_probe(container, probe, plan.timeout, image.name)
+        else:
+            result = run_command_probe(container, probe, plan.timeout, image.name)
+        results.append(result)
+    return results
+
+
+def run_matrix(images: Sequence[str], jobs: int, fail_fast: bool,
+               probe_one: Callable[[str, threading.Event], List[ProbeResult]],
+               report: Callable[[ProbeResult], None]) -> List[ProbeResult]:
+    """Probe each image, `jobs` at a time, reporting each result as it comes."""
+    cancel = threading.Event()
+    results: List[ProbeResult] = []
+
+    def one(name: str) -> List[ProbeResult]:
+        if cancel.is_set():
+            return []
+        found = probe_one(name, cancel)
+        if fail_fast and any(r.status == "fail" for r in found):
+            cancel.set()
+        return found
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(one, name) for name in images]
+        try:
+            for future in futures:
+                for result in future.result():
+                    report(result)
+                    results.append(result)
+        except BaseException:
+            cancel.set()
+            for future in futures:
+                future.cancel()
+            stop_all_containers()
+            raise
+    return results
+
+
+# ==============================================================================
+# Reports
+# ==============================================================================
+
+
+def format_result(result: ProbeResult, color: bool = False) -> str:
+    """One terminal line per image × probe; a failure adds its reason, output and journal."""
+    word = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}[result.status]
+    if color:
+        word = {"PASS": "\x1b[32mPASS\x1b[0m", "FAIL": "\x1b[31mFAIL\x1b[0m", "SKIP": "\x1b[33mSKIP\x1b[0m"}[word]
+    line = "%s  %-20s %-50s %6.2fs" % (word, result.image, result.probe.title[:50], result.duration)
+    if result.status != "fail":
+        return line
+    parts = [line, "      reason: %s" % result.reason]
+    for label, text in (("output", result.output), ("journal", result.details)):
+        if text.strip():
+            parts.append("      %s:" % label)
+            parts.extend("        " + l for l in text.splitlines())
+    return "\n".join(parts)
+
+
+def results_json(results: Sequence[ProbeResult]) -> Dict[str, Any]:
+    return {
+        "version": __version__,
+        "passed": all(r.status != "fail" for r in results),
+        "results": [{"image": r.image, "kind": r.probe.kind, "target": r.probe.target, "status": r.status,
+                     "duration": round(r.duration, 3), "reason": r.reason, "output": r.output, "details": r.details}
+                    for r in results],
+    }
+
+
+def junit_xml(results: Sequence[ProbeResult]) -> bytes:
+    """JUnit XML: a testsuite per image, a testcase per probe, failures with message and output."""
+    suites = ET.Element("testsuites", name="postroj", tests=str(len(results)),
+                        failures=str(sum(r.status == "fail" for r in results)),
+                        time="%.3f" % sum(r.duration for r in results))
+    by_image: Dict[str, List[ProbeResult]] = {}
+    for result in results:
+        by_image.setdefault(result.image, []).append(result)
+    for image, items in by_image.items():
+        suite = ET.SubElement(suites, "testsuite", name=image, tests=str(len(items)),
+                              failures=str(sum(r.status == "fail" for r in items)), errors="0",
+                              skipped=str(sum(r.status == "skip" for r in items)),
+                              time="%.3f" % sum(r.duration for r in items), timestamp=now_iso())
+        for r in items:
+            case = ET.SubElement(suite, "testcase", classname="postroj.%s" % image, name=r.probe.title,
+                                 time="%.3f" % r.duration)
+            if r.status == "fail":
+                failure = ET.SubElement(case, "failure", message=xml_safe(r.reason), type=r.probe.kind)
+                failure.text = xml_safe("\n".join(t for t in (r.output, r.details) if t))
+            elif r.status == "skip":
+                ET.SubElement(case, "skipped", message=xml_safe(r.reason))
+            if r.output:
+                ET.SubElement(case, "system-out").text = xml_safe(r.output)
+    return ET.tostring(suites, encoding="utf-8", xml_declaration=True)
+
+
+def xml_safe(text: str) -> str:
+    return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", "?", text)
+
+
+def write_output(target: str, data: bytes) -> None:
+    """Write a report to a file (atomically) or to stdout for `-`."""
+    if target == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    path = Path(target)
+    tmp = path.with_name(".%s.tmp" % path.name)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def print_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    for row in [headers, *rows]:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+# ==============================================================================
+# Command line
+# ==============================================================================
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a whole number" % text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1, not %d" % value)
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number" % text)
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number of seconds, not %s" % text)
+    return value
+
+
+def cmd_list_images(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    acquired = {info.name: info for info in list_images(settings)}
+    if args.json:
+        data = {
+            "distributions": [dict(dataclasses.asdict(d), label=d.label, fullname=d.fullname,
+                                   acquired=d.label in acquired) for d in DISTRIBUTIONS],
+            "boxes": [dataclasses.asdict(b) for b in BOXES],
+            "images": [info.as_json() for info in acquired.values()],
+        }
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    print("Distributions:")
+    rows = []
+    for d in DISTRIBUTIONS:
+        info = acquired.get(d.label)
+        rows.append([d.label, d.version or "-", d.package_manager, ", ".join(d.aliases) or "-",
+                     "yes (%s)" % human_size(info.size) if info else "no"])
+    print_table(rows, ["LABEL", "VERSION", "PACKAGES", "ALIASES", "ACQUIRED"])
+    print("\nVirtual machine boxes (postroj vm):")
+    print_table([[b.label, b.box, b.guest, b.communicator, str(b.cpus), str(b.memory)] for b in BOXES],
+                ["LABEL", "BOX", "GUEST", "COMMUNICATOR", "CPUS", "MEMORY"])
+    print("\nAcquired images (%s):" % settings.images)
+    if acquired:
+        print_table([[i.name, i.os_release, human_size(i.size), i.acquired, i.digest[:19] or "-", i.source]
+                     for i in acquired.values()], ["NAME", "OS", "SIZE", "ACQUIRED", "DIGEST", "SOURCE"])
+    else:
+        print("  none; acquire one with `postroj image debian-bookworm`")
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    checks = doctor_checks()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(c) for c in checks], indent=2))
+    else:
+        rows = [[c.name, "ok" if c.ok else ("missing" if c.required else "optional"), c.detail] for c in checks]
+        print_table(rows, ["CHECK", "STATUS", "DETAIL"])
+        fixes = sorted({c.fix for c in checks if not c.ok and c.fix.startswith("apt-get install")})
+        packages = " ".join(f.split()[-1] for f in fixes)
+        if packages:
+            print("\nto fix: apt-get install %s" % packages)
+        for c in checks:
+            if not c.ok and c.fix and not c.fix.startswith("apt-get install"):
+                print("to fix %s: %s" % (c.name, c.fix))
+    can_run = all(c.ok for c in checks if c.required and c.name not in ("skopeo", "umoci"))
+    missing_required = [c.name for c in checks if c.required and not c.ok]
+    return EXIT_OK if can_run and not missing_required else EXIT_FAILURE
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    names = list(args.names)
+    if args.all:
+        names = [d.label for d in DISTRIBUTIONS]
+    if not names:
+        die("no image given", "name one, for example `postroj image debian-bookworm`, or pass --all", usage=True)
+    if args.name and len(names) > 1:
+        die("--name works with one image only", "run postroj image once per image", usage=True)
+    for name in names:  # refuse bad input before anything is fetched
+        parse_source(name, args.via, args.mirror, args.sha256)
+    failed = 0
+    for name in names:
+        try:
+            info = acquire_image(settings, name, force=args.force, via=args.via, mirror=args.mirror,
+                                 sha256=args.sha256, name=args.name)
+        except PostrojError as exc:
+            if len(names) == 1:
+                raise
+            log.error("%s: %s", name, exc.message)
+            failed += 1
+            continue
+        print("%s\t%s\t%s" % (info.name, info.os_release, info.path))
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    require_root("removing images")
+    names = [i.name for i in list_images(settings)] if args.all else args.names
+    if not names:
+        die("no image given", "name one, or pass --all", usage=True)
+    for name in names:
+        check_name(name)
+        if not remove_image(settings, name):
+            die("image %s is not acquired" % name, "see `postroj list-images`")
+        print("removed %s" % name)
+    return EXIT_OK
+
+
+def container_options(args: argparse.Namespace) -> Dict[str, Any]:
+    binds = [parse_bind(s, False) for s in args.bind] + [parse_bind(s, True) for s in args.bind_ro]
+    return {"binds": binds, "setenv": [parse_setenv(s) for s in args.setenv], "machine": args.machine or "",
+            "private_network": args.private_network, "boot_timeout": args.boot_timeout, "keep": args.keep}
+
+
+def cmd_container(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    options = container_options(args)
+    require_root("running containers")
+    image = require_image(settings, args.image, pull=args.pull)
+    container = NspawnContainer(settings, image, **options)
+    with container:
+        log.info("container %s is %s (leader %d, mode %s)", container.machine, container.state, container.leader,
+                 container.mode)
+        if command:
+            code = container.execute(command, stdin=None)
+        elif sys.stdin.isatty() and sys.stdout.isatty():
+            code = container.shell()
+        else:
+            code = container.execute(["/bin/sh", "-c", SHOW_SYSTEM], stdin=subprocess.DEVNULL)
+        if args.keep:
+            container.release()
+            print("container %s keeps running (leader %d)." % (container.machine, container.leader), file=sys.stderr)
+            print("enter it: nsenter --target=%d --all --root --wd /bin/sh -l" % container.leader
+                  if container.mode == "nsenter" else "enter it: machinectl shell %s" % container.machine,
+                  file=sys.stderr)
+            print("end it:   postroj stop %s" % container.machine, file=sys.stderr)
+    log.debug("timings: %s", " ".join("%s=%.3f" % kv for kv in container.timings.items()))
+    return code
+
+
+SHOW_SYSTEM = """\
+echo "hostname: $(cat /etc/hostname 2>/dev/null || hostname)"
+echo "systemd:  $(systemctl is-system-running)"
+echo
+cat /etc/os-release
+"""
+
+
+def cmd_machines(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    machines = list_machines(settings)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(m) for m in machines], indent=2))
+    elif machines:
+        print_table([[m.name, m.image, str(m.leader), m.since, "kept" if m.keep else ""] for m in machines],
+                    ["MACHINE", "IMAGE", "LEADER", "SINCE", ""])
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    require_root("ending containers")
+    found = {m.name: m for m in list_machines(settings)}
+    for name in args.machines:
+        if name not in found:
+            die("no running postroj machine %r" % name, "see `postroj machines`")
+        end_machine(settings, found[name])
+        print("ended %s" % name)
+    return EXIT_OK
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    require_root("collecting garbage")
+    for item in collect_garbage(settings):
+        print("removed %s" % item)
+    return EXIT_OK
+
+
+def build_probes(args: argparse.Namespace) -> Tuple[Probe, ...]:
+    """The probes of the command line, checked before anything boots."""
+    probes: List[Probe] = []
+    for spec in args.package:
+        if spec.startswith(("http://", "https://")):
+            if not package_type(urllib.parse.urlparse(spec).path):
+                die("%s does not name a package" % spec, "the URL must end in .deb, .rpm or .msi", usage=True)
+        elif re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec):
+            die("unsupported scheme in --package %r" % spec, "use a path, http:// or https://", usage=True)
+        else:
+            check_package_file(Path(spec))
+            spec = str(Path(spec).absolute())
+        probes.append(Probe("package", spec))
+    for spec in args.copy:
+        source, sep, target = spec.rpartition(":")
+        if not sep or not source or not target.startswith("/"):
+            die("invalid --copy %r" % spec, "write --copy SRC:/ABSOLUTE/DST", usage=True)
+        if not Path(source).exists():
+            die("--copy source %s does not exist" % source, "check the path", usage=True)
+        probes.append(Probe("copy", "%s:%s" % (Path(source).absolute(), target)))
+    probes += [Probe("unit", unit) for unit in args.check_unit]
+    probes += [Probe("network", parse_network_target(u), args.expect_status, args.expect_body or "")
+               for u in args.check_network]
+    probes += [Probe("command", c) for c in args.command]
+    for unit in args.check_unit:
+        if not re.match(r"^[A-Za-z0-9@:._\\-]+$", unit):
+            die("invalid unit name %r" % unit, "give a systemd unit name, e.g. nginx or nginx.service", usage=True)
+    if args.expect_status is not None and not 100 <= args.expect_status <= 599:
+        die("--expect-status %d is not an HTTP status" % args.expect_status, "use 100 to 599", usage=True)
+    return order_probes(probes)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    probes = build_probes(args)
+    if not probes:
+        die("no probe given", "add --command, --check-unit, --check-network, --package or --copy", usage=True)
+    if args.vm:
+        return probe_vms(settings, args, probes)
+    images = list(args.image)
+    if args.all:
+        images += [i.name for i in list_images(settings)]
+        if not images:
+            die("--all, but no image is acquired", "acquire one with `postroj image debian-bookworm`")
+    images = images or [DEFAULT_IMAGE]
+    images = list(dict.fromkeys(images))
+    for name in images:
+        if read_image(settings, name) is None:
+            dist = find_distribution(name)
+            if dist is None and name not in all_labels():
+                if not NAME_PATTERN.match(name):
+                    check_name(name)
+                raise unknown_name_error("image", name, all_labels() + [i.name for i in list_images(settings)],
+                                         "see `postroj list-images`")
+            if args.no_pull:
+                die("image %s is not acquired and --no-pull was given" % name,
+                    "acquire it with `postroj image %s`" % name)
+        for probe in probes:
+            if probe.kind == "package":
+                info = read_image(settings, name)
+                dist = find_distribution(name)
+                manager = info.package_manager if info else dist.package_manager if dist else ""
+                kind = package_type(probe.target)
+                if manager and not package_matches(kind, manager):
+                    die("%s is a .%s package, but %s uses %s" % (os.path.basename(probe.target), kind, name, manager),
+                        "give a package built for %s" % name, usage=True)
+    require_root("probing")
+    plan = ProbePlan(probes, timeout=args.timeout, boot_timeout=args.boot_timeout,
+                     private_network=not args.host_network)
+    packages = materialize_packages(settings, probes)
+    color = sys.stdout.isatty()
+
+    def report(result: ProbeResult) -> None:
+        print(format_result(result, color), flush=True)
+
+    def probe_one(name: str, cancel: threading.Event) -> List[ProbeResult]:
+        return probe_image(settings, name, plan, pull=not args.no_pull, cancel=cancel, packages=packages)
+
+    results = run_matrix(images, args.jobs, args.fail_fast, probe_one, report)
+    return finish_report(args, results)
+
+
+def finish_report(args: argparse.Namespace, results: Sequence[ProbeResult]) -> int:
+    failed = sum(r.status == "fail" for r in results)
+    print("%d passed, %d failed, %d skipped" % (sum(r.passed for r in results), failed,
+                                                sum(r.status == "skip" for r in results)), file=sys.stderr)
+    if args.json:
+        write_output(args.json, (json.dumps(results_json(results), indent=2) + "\n").encode())
+    if args.junit:
+        write_output(args.junit, junit_xml(results))
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def probe_vms(settings: Settings, args: argparse.Namespace, probes: Sequence[Probe]) -> int:
+    """The probes of a run, in a VM brought up for it and destroyed after (unless --keep)."""
+    boxes = [find_box(name) for name in args.vm]
+    results: List[ProbeResult] = []
+    for box in boxes:
+        for probe in probes:
+            if probe.kind == "unit" and box.guest != "linux":
+                die("--check-unit needs a Linux guest; %s is %s" % (box.label, box.guest), "drop --check-unit",
+                    usage=True)
+            if probe.kind == "package":
+                kind = package_type(probe.target)
+                if (kind == "msi") != (box.guest == "windows"):
+                    die("%s cannot be installed on %s" % (os.path.basename(probe.target), box.label),
+                        "use .msi on Windows, .deb or .rpm on Linux", usage=True)
+    require_tool("vagrant")
+    for box in boxes:
+        vm = VagrantMachine(settings, box, args.provider)
+        t0 = time.monotonic()
+        try:
+            vm.up()
+        except PostrojError as exc:
+            if not args.keep:
+                vm.destroy()
+            results += [ProbeResult(box.label, p, "fail", time.monotonic() - t0, reason=exc.message) for p in probes]
+            for r in results[-len(probes):]:
+                print(format_result(r))
+            continue
+        try:
+            for probe in probes:
+                result = run_vm_probe(vm, probe, args.timeout)
+                print(format_result(result), flush=True)
+                results.append(result)
+        finally:
+            if not args.keep:
+                vm.destroy()
+    return finish_report(args, results)
+
+
+def run_vm_probe(vm: VagrantMachine, probe: Probe, timeout: float) -> ProbeResult:
+    t0 = time.monotonic()
+    windows = vm.box.guest == "windows"
+    if probe.kind == "command":
+        command = probe.target
+    elif probe.kind == "unit":
+        command = "sudo systemctl enable --now %s >/dev/null 2>&1; systemctl is-active %s" % (
+            shlex.quote(probe.target), shlex.quote(probe.target))
+    elif probe.kind == "network":
+        parsed = urllib.parse.urlparse(probe.target)
+        if windows:
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+            command = "Test-NetConnection -ComputerName %s -Port %d -InformationLevel Quiet" % (parsed.hostname, port)
+        elif parsed.scheme == "tcp":
+            command = "timeout %d bash -c 'until exec 3<>/dev/tcp/%s/%d; do sleep 1; done'" % (
+                timeout, parsed.hostname, parsed.port)
+        else:
+            command = "curl -fsS --retry-connrefused --retry 30 --max-time %d %s" % (timeout, shlex.quote(probe.target))
+    elif probe.kind == "package":
+        name = os.path.basename(probe.target)
+        if windows:
+            command = "Start-Process msiexec.exe -Wait -ArgumentList '/i C:\\postroj\\%s /qn'" % name
+        else:
+            command = "sudo apt-get install -y /tmp/%s || sudo dnf install -y /tmp/%s" % (name, name)
+        upload = vm.vagrant(["upload", probe.target, ("C:\\postroj\\" if windows else "/tmp/") + name], check=False)
+        if upload.returncode != 0:
+            return ProbeResult(vm.box.label, probe, "fail", time.monotonic() - t0, reason="uploading %s failed" % name,
+                               output=clean_console(upload.stderr.decode("utf-8", "replace")))
+    else:
+        source, _, target = probe.target.rpartition(":")
+        proc = vm.vagrant(["upload", source, target], check=False)
+        status = "pass" if proc.returncode == 0 else "fail"
+        return ProbeResult(vm.box.label, probe, status, time.monotonic() - t0,
+                           reason="" if status == "pass" else "upload failed")
+    code, output = vm.capture(command)
+    if code == 0 and not (windows and probe.kind == "network" and output.strip().lower() == "false"):
+        return ProbeResult(vm.box.label, probe, "pass", time.monotonic() - t0, output=output)
+    return ProbeResult(vm.box.label, probe, "fail", time.monotonic() - t0, reason="exit status %d" % code,
+                       output=output)
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    images = [i.name for i in list_images(settings)]
+    if not images:
+        die("no image is acquired", "acquire one with `postroj image debian-bookworm`")
+    require_root("probing")
+    plan = ProbePlan((Probe("unit", "systemd-journald"), Probe("command", "hostnamectl")),
+                     boot_timeout=args.boot_timeout)
+
+    def probe_one(name: str, cancel: threading.Event) -> List[ProbeResult]:
+        return probe_image(settings, name, plan, pull=False, cancel=cancel, packages={})
+
+    results = run_matrix(images, args.jobs, False, probe_one, lambda r: print(format_result(r), flush=True))
+    args.json = args.junit = None
+    return finish_report(args, results)
+
+
+def cmd_vm(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if args.vm_command == "list":
+        rows = []
+        for label in list_vms(settings):
+            rows.append([label, VagrantMachine(settings, find_box_by_dir(label)).status()])
+        if rows:
+            print_table(rows, ["VM", "STATE"])
+        return EXIT_OK
+    box = find_box(args.box)
+    vm = VagrantMachine(settings, box, getattr(args, "provider", ""), getattr(args, "cpus", 0) or 0,
+                        getattr(args, "memory", 0) or 0)
+    if args.vm_command == "up":
+        require_tool("vagrant")
+        try:
+            vm.up()
+        except BaseException:
+            if not args.keep:
+                vm.destroy()
+            raise
+        print("%s is up (%s)" % (box.label, vm.directory))
+        return EXIT_OK
+    if args.vm_command == "destroy":
+        require_tool("vagrant")
+        vm.destroy()
+        print("destroyed %s" % box.label)
+        return EXIT_OK
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        die("no command given", "write postroj vm run BOX -- COMMAND", usage=True)
+    require_tool("vagrant")
+    text = " ".join(command) if box.guest == "windows" else shlex.join(command)
+    if not (vm.directory / "Vagrantfile").exists():
+        die("%s is not up" % box.label, "bring it up with `postroj vm up %s`" % box.label)
+    return vm.execute(text)
+
+
+def find_box_by_dir(label: str) -> Box:
+    for box in BOXES:
+        if box.label == label:
+            return box
+    return Box(label, label, "linux", "ssh")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are postroj's usage errors (exit 2, with a hint)."""
+
+    def error(self, message: str) -> "NoReturn":  # noqa: F821
+        raise UsageError(message, "see `%s --help`" % self.prog)
+
+
+def add_container_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--boot-timeout", type=positive_float, default=30, metavar="SECONDS",
+                        help="how long the container may take to boot (default: 30)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="postroj", description="Test packages on many Linux distributions: images, "
+                            "ephemeral systemd-nspawn containers, probes, and Vagrant VMs.")
+    parser.add_argument("--version", action="version", version="postroj %s" % __version__)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more output on stderr (-vv: commands)")
+    parser.add_argument("--debug", action="store_true", help="tracebacks for errors, every command on stderr")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=ArgumentParser)
+
+    p = sub.add_parser("list-images", aliases=["ls"], help="the catalogue and the acquired images")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(func=cmd_list_images)
+
+    p = sub.add_parser("doctor", help="check what postroj needs on this host")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("image", aliases=["pull"], help="acquire, provision and activate images")
+    p.add_argument("names", nargs="*", metavar="NAME", help="catalogue label, docker://..., URL, tarball or directory")
+    p.add_argument("--all", action="store_true", help="every image of the catalogue")
+    p.add_argument("--force", action="store_true", help="acquire afresh and swap atomically")
+    p.add_argument("--via", choices=["registry", "bootstrap"], default="", help="how to get a catalogue image")
+    p.add_argument("--mirror", default="", metavar="URL", help="package mirror for --via bootstrap")
+    p.add_argument("--sha256", default="", metavar="HEX", help="expected SHA-256 of a tarball")
+    p.add_argument("--name", default="", help="name of the image (default: derived from the reference)")
+    p.set_defaults(func=cmd_image)
+
+    p = sub.add_parser("remove", aliases=["rm"], help="delete images and their archives")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--all", action="store_true")
+    p.set_defaults(func=cmd_remove)
+
+    p = sub.add_parser("container", aliases=["run"], help="boot an image and run a command in it")
+    p.add_argument("image", metavar="NAME")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="command and its arguments")
+    p.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]")
+    p.add_argument("--bind-ro", action="append", default=[], metavar="SRC[:DST]")
+    p.add_argument("--setenv", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--machine", default="", metavar="NAME", help="machine name (default: postroj-<image>)")
+    p.add_argument("--keep", action="store_true", help="leave the container running")
+    p.add_argument("--private-network", action="store_true", help="own network namespace, loopback only")
+    p.add_argument("--pull", action="store_true", help="acquire the image first when it is not there")
+    add_container_options(p)
+    p.set_defaults(func=cmd_container)
+
+    p = sub.add_parser("machines", help="running postroj containers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_machines)
+
+    p = sub.add_parser("stop", help="end kept containers")
+    p.add_argument("machines", nargs="+", metavar="MACHINE")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("gc", help="end leftover containers, remove stale state and unused image versions")
+    p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("probe", aliases=["pkgprobe"], help="run probes over a matrix of images")
+    p.add_argument("--image", action="append", default=[], metavar="NAME", help="repeatable (default: %s)"
+                   % DEFAULT_IMAGE)
+    p.add_argument("--all", action="store_true", help="every acquired image")
+    p.add_argument("--vm", action="append", default=[], metavar="BOX", help="probe a Vagrant VM instead")
+    p.add_argument("--package", action="append", default=[], metavar="PATH|URL", help=".deb, .rpm (or .msi on VMs)")
+    p.add_argument("--copy", action="append", default=[], metavar="SRC:DST")
+    p.add_argument("--check-unit", action="append", default=[], metavar="UNIT")
+    p.add_argument("--check-network", action="append", default=[], metavar="URL")
+    p.add_argument("--expect-status", type=int, default=None, metavar="CODE")
+    p.add_argument("--expect-body", default="", metavar="TEXT")
+    p.add_argument("--command", action="append", default=[], metavar="CMD")
+    p.add_argument("--timeout", type=positive_float, default=30, metavar="SECONDS", help="per probe (default: 30)")
+    p.add_argument("--jobs", "-j", type=positive_int, default=os.cpu_count() or 1, metavar="N")
+    p.add_argument("--fail-fast", action="store_true")
+    p.add_argument("--no-pull", action="store_true", help="refuse images that are not acquired")
+    p.add_argument("--host-network", action="store_true", help="share the host's network instead of a private one")
+    p.add_argument("--json", default=None, metavar="FILE", help="write results as JSON (- for stdout)")
+    p.add_argument("--junit", default=None, metavar="FILE", help="write JUnit XML")
+    p.add_argument("--keep", action="store_true", help="with --vm: leave the VM running")
+    p.add_argument("--provider", default="", help="with --vm: the vagrant provider")
+    add_container_options(p)
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("selftest", help="hostnamectl and systemd-journald on every acquired image")
+    p.add_argument("--jobs", "-j", type=positive_int, default=os.cpu_count() or 1, metavar="N")
+    add_container_options(p)
+    p.set_defaults(func=cmd_selftest)
+
+    p = sub.add_parser("vm", help="full virtual machines through Vagrant")
+    vm = p.add_subparsers(dest="vm_command", metavar="ACTION", parser_class=ArgumentParser)
+    vm.required = True
+    q = vm.add_parser("up", help="bring a box up")
+    q.add_argument("box", metavar="BOX")
+    q.add_argument("--provider", default="")
+    q.add_argument("--cpus", type=positive_int, default=0)
+    q.add_argument("--memory", type=positive_int, default=0, metavar="MB")
+    q.add_argument("--keep", action="store_true", help="keep the machine when it fails to come up")
+    q = vm.add_parser("run", help="run a command in a VM")
+    q.add_argument("box", metavar="BOX")
+    q.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    q = vm.add_parser("destroy", help="destroy a VM")
+    q.add_argument("box", metavar="BOX")
+    vm.add_parser("list", help="state of each VM")
+    p.set_defaults(func=cmd_vm)
+    return parser
+
+
+# ==============================================================================
+# main
+# ==============================================================================
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse the command line, run the command, turn expected failures into messages and exit codes."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    verbose = sum(a.count("v") for a in argv if re.match(r"^-v+$", a)) + argv.count("--verbose")
+    logging.basicConfig(level=logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING,
+                        format="postroj: %(message)s", stream=sys.stderr)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        args = build_parser().parse_args(argv)
+        if not getattr(args, "func", None):
+            build_parser().print_help(sys.stderr)
+            return EXIT_USAGE
+        return int(args.func(args))
+    except PostrojError as exc:
+        if debug:
+            log.exception("traceback")
+        print("error: %s" % exc.message, file=sys.stderr)
+        if exc.hint:
+            print("hint: %s" % exc.hint, file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        stop_all_containers()
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        stop_all_containers()
+        print("terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    except BrokenPipeError:
+        return EXIT_FAILURE
+    finally:
+        stop_all_containers()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,18 +23,11 @@ usage: postroj.pyz probe --image debian-bookworm --command "systemctl is-active 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
-import dataclasses
-import datetime
-import difflib
-import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
-import platform
 import re
 import select
 import shlex
@@ -43,17 +36,17 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import uuid
-import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, NoReturn, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:  # for type checkers only: imported where used, to keep start-up fast
+    import tarfile  # noqa: F401
+    import urllib.request  # noqa: F401
 
 __version__ = "0.9.0"
 
@@ -79,8 +72,7 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """Where postroj keeps its state (POSTROJ_HOME) and its downloads (POSTROJ_CACHE)."""
 
     home: Path
@@ -180,7 +172,11 @@ def human_size(size: int) -> str:
 
 
 def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+
+
+def random_id(length: int) -> str:
+    return os.urandom(length).hex()[:length]
 
 
 @contextlib.contextmanager
@@ -241,7 +237,7 @@ class Terminated(BaseException):
     """Raised in the main thread on SIGTERM so that every `finally` runs."""
 
 
-def die(message: str, hint: str = "", usage: bool = False) -> "NoReturn":  # noqa: F821
+def die(message: str, hint: str = "", usage: bool = False) -> NoReturn:
     raise (UsageError if usage else PostrojError)(message, hint)
 
 
@@ -252,8 +248,7 @@ def die(message: str, hint: str = "", usage: bool = False) -> "NoReturn":  # noq
 PACKAGE_TYPES = {"apt": "deb", "dnf": "rpm", "microdnf": "rpm", "yum": "rpm", "zypper": "rpm", "pacman": "pkg"}
 
 
-@dataclasses.dataclass(frozen=True)
-class Distribution:
+class Distribution(NamedTuple):
     """A curated operating system release: where its image comes from and how to provision it."""
 
     family: str
@@ -281,8 +276,7 @@ class Distribution:
         return self.name in ("debian", "ubuntu")
 
 
-@dataclasses.dataclass(frozen=True)
-class Box:
+class Box(NamedTuple):
     """A curated Vagrant box: a full virtual machine for what containers cannot do."""
 
     label: str
@@ -293,8 +287,7 @@ class Box:
     memory: int = 2048
 
 
-@dataclasses.dataclass(frozen=True)
-class ImageInfo:
+class ImageInfo(NamedTuple):
     """What an activated image is, as recorded when it was acquired."""
 
     name: str
@@ -309,13 +302,12 @@ class ImageInfo:
     path: Path
 
     def as_json(self) -> Dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = self._asdict()
         data["path"] = str(self.path)
         return data
 
 
-@dataclasses.dataclass(frozen=True)
-class Probe:
+class Probe(NamedTuple):
     """One check to run in a container: package, copy, unit, network or command."""
 
     kind: str
@@ -328,8 +320,7 @@ class Probe:
         return "%s %s" % (self.kind, self.target)
 
 
-@dataclasses.dataclass(frozen=True)
-class ProbeResult:
+class ProbeResult(NamedTuple):
     """The outcome of one probe on one image (or VM)."""
 
     image: str
@@ -428,6 +419,8 @@ def find_distribution(name: str) -> Optional[Distribution]:
 
 
 def closest(name: str, candidates: Sequence[str]) -> List[str]:
+    import difflib
+
     found = difflib.get_close_matches(name, candidates, n=4, cutoff=0.5)
     if not found:
         found = [c for c in candidates if c.split("-")[0] == name.split("-")[0]][:4]
@@ -644,8 +637,7 @@ def vagrant_providers() -> List[str]:
     return found
 
 
-@dataclasses.dataclass(frozen=True)
-class Check:
+class Check(NamedTuple):
     """One line of `doctor`: what was checked, whether it is fine, and how to fix it."""
 
     name: str
@@ -698,8 +690,7 @@ TARBALL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".
 SKOPEO_TRANSPORTS = ("docker://", "oci:", "oci-archive:", "docker-archive:")
 
 
-@dataclasses.dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     """Where an image comes from: kind is registry, http, tarball, directory or bootstrap."""
 
     kind: str
@@ -796,13 +787,19 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def url_opener() -> urllib.request.OpenerDirector:
+def url_opener() -> "urllib.request.OpenerDirector":
     # HTTPS certificates are verified by the default context.
+    import urllib.request
+
     return urllib.request.build_opener()
 
 
 def download(url: str, dest_dir: Path, *, timeout: float = 60) -> Path:
     """Fetch `url` into `dest_dir`: resumed when a partial file is there, not fetched again when unchanged."""
+    import hashlib
+    import urllib.error
+    import urllib.request
+
     ensure_dir(dest_dir)
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
     base = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(urllib.parse.urlparse(url).path)) or "download"
@@ -872,6 +869,8 @@ def download(url: str, dest_dir: Path, *, timeout: float = 60) -> Path:
 
 
 def sha256_of(path: Path) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -890,6 +889,9 @@ def parse_sha256sums(text: str, filename: str) -> str:
 
 def fetch_published_sha256(url: str) -> str:
     """The SHA-256 from a SHA256SUMS file beside `url`, or '' when there is none."""
+    import urllib.error
+    import urllib.request
+
     sums_url = urllib.parse.urljoin(url, "SHA256SUMS")
     try:
         with url_opener().open(urllib.request.Request(sums_url), timeout=30) as response:
@@ -924,7 +926,7 @@ def open_tar_stream(path: Path) -> Tuple[IO[bytes], Optional[subprocess.Popen]]:
     return open(path, "rb"), None
 
 
-def check_tar_members(members: Iterator[tarfile.TarInfo], what: str) -> int:
+def check_tar_members(members: "Iterator[tarfile.TarInfo]", what: str) -> int:
     """Refuse entries that would land outside the root or write through a link; returns the count."""
     links = set()
     count = 0
@@ -952,6 +954,8 @@ def check_tar_members(members: Iterator[tarfile.TarInfo], what: str) -> int:
 
 def extract_tarball(path: Path, root: Path) -> None:
     """Check every entry of the tarball, then extract it into the empty directory `root`."""
+    import tarfile
+
     what = path.name
     stream, proc = open_tar_stream(path)
     try:
@@ -1208,7 +1212,7 @@ def read_image(settings: Settings, name: str) -> Optional[ImageInfo]:
         meta = json.loads((rootfs.parent / "image.json").read_text())
     except (OSError, ValueError):
         return None
-    fields = {f.name for f in dataclasses.fields(ImageInfo)}
+    fields = set(ImageInfo._fields)
     meta = {k: v for k, v in meta.items() if k in fields}
     meta["path"] = rootfs
     try:
@@ -1271,8 +1275,8 @@ def acquire_image(settings: Settings, reference: str, *, force: bool = False, vi
         remove_stale_staging(settings, name)
         staging = Path(tempfile.mkdtemp(prefix="%s." % name, dir=str(settings.tmp)))
         try:
-            info = build_image(settings, name, source, staging)
-            version = settings.versions / ("%s@%s" % (name, uuid.uuid4().hex[:12]))
+            build_image(settings, name, source, staging)
+            version = settings.versions / ("%s@%s" % (name, random_id(12)))
             os.rename(staging, version)
             activate(settings, name, version)
         except BaseException:
@@ -1353,7 +1357,7 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
 def activate(settings: Settings, name: str, version: Path) -> None:
     """Point images/NAME at `version` with one rename: readers see the old image or the new one."""
     link = image_link(settings, name)
-    tmp_link = settings.images / (".%s.%s.link" % (name, uuid.uuid4().hex[:8]))
+    tmp_link = settings.images / (".%s.%s.link" % (name, random_id(8)))
     os.symlink(os.path.relpath(version / "rootfs", settings.images), tmp_link)
     os.replace(tmp_link, link)
 
@@ -1417,8 +1421,7 @@ def stop_all_containers() -> None:
         container.stop()
 
 
-@dataclasses.dataclass(frozen=True)
-class Bind:
+class Bind(NamedTuple):
     source: str
     target: str
     readonly: bool = False
@@ -1536,7 +1539,7 @@ class NspawnContainer:
         upper = ensure_dir(self.rundir / "upper")
         os.chmod(upper, 0o755)
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        address = "\0postroj/%s/%d/%s" % (self.machine, os.getpid(), uuid.uuid4().hex[:8])
+        address = "\0postroj/%s/%d/%s" % (self.machine, os.getpid(), random_id(8))
         notify.bind(address)
         self.write_state(nspawn_pid=0)
         env = dict(os.environ, NOTIFY_SOCKET="@" + address[1:])
@@ -1774,8 +1777,7 @@ def machine_registered(name: str) -> bool:
     return os.path.exists("/run/systemd/machines/%s" % name)
 
 
-@dataclasses.dataclass(frozen=True)
-class Machine:
+class Machine(NamedTuple):
     """A running (or leftover) postroj container, from POSTROJ_HOME/run."""
 
     name: str
@@ -2069,8 +2071,7 @@ def check_package_file(path: Path) -> str:
     return kind
 
 
-@dataclasses.dataclass(frozen=True)
-class ProbePlan:
+class ProbePlan(NamedTuple):
     """All probes of a run, in their order, with their timeouts."""
 
     probes: Tuple[Probe, ...]
@@ -2203,7 +2204,7 @@ def run_copy_probe(container: NspawnContainer, probe: Probe, image: str) -> Prob
     """Copy a host file or directory into the container (through the read-only guest directory)."""
     t0 = time.monotonic()
     source, _, target = probe.target.rpartition(":")
-    staged = container.guest_dir() / "copy" / uuid.uuid4().hex[:8]
+    staged = container.guest_dir() / "copy" / random_id(8)
     ensure_dir(staged.parent)
     src = Path(source)
     if src.is_dir():
@@ -2275,6 +2276,8 @@ def run_matrix(images: Sequence[str], jobs: int, fail_fast: bool,
                probe_one: Callable[[str, threading.Event], List[ProbeResult]],
                report: Callable[[ProbeResult], None]) -> List[ProbeResult]:
     """Probe each image, `jobs` at a time, reporting each result as it comes."""
+    import concurrent.futures
+
     cancel = threading.Event()
     results: List[ProbeResult] = []
 
@@ -2335,6 +2338,8 @@ def results_json(results: Sequence[ProbeResult]) -> Dict[str, Any]:
 
 def junit_xml(results: Sequence[ProbeResult]) -> bytes:
     """JUnit XML: a testsuite per image, a testcase per probe, failures with message and output."""
+    import xml.etree.ElementTree as ET
+
     suites = ET.Element("testsuites", name="postroj", tests=str(len(results)),
                         failures=str(sum(r.status == "fail" for r in results)),
                         time="%.3f" % sum(r.duration for r in results))
@@ -2411,9 +2416,9 @@ def cmd_list_images(args: argparse.Namespace) -> int:
     acquired = {info.name: info for info in list_images(settings)}
     if args.json:
         data = {
-            "distributions": [dict(dataclasses.asdict(d), label=d.label, fullname=d.fullname,
+            "distributions": [dict(d._asdict(), label=d.label, fullname=d.fullname,
                                    acquired=d.label in acquired) for d in DISTRIBUTIONS],
-            "boxes": [dataclasses.asdict(b) for b in BOXES],
+            "boxes": [b._asdict() for b in BOXES],
             "images": [info.as_json() for info in acquired.values()],
         }
         print(json.dumps(data, indent=2))
@@ -2440,7 +2445,7 @@ def cmd_list_images(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     checks = doctor_checks()
     if args.json:
-        print(json.dumps([dataclasses.asdict(c) for c in checks], indent=2))
+        print(json.dumps([c._asdict() for c in checks], indent=2))
     else:
         rows = [[c.name, "ok" if c.ok else ("missing" if c.required else "optional"), c.detail] for c in checks]
         print_table(rows, ["CHECK", "STATUS", "DETAIL"])
@@ -2543,7 +2548,7 @@ def cmd_machines(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     machines = list_machines(settings)
     if args.json:
-        print(json.dumps([dataclasses.asdict(m) for m in machines], indent=2))
+        print(json.dumps([m._asdict() for m in machines], indent=2))
     elif machines:
         print_table([[m.name, m.image, str(m.leader), m.since, "kept" if m.keep else ""] for m in machines],
                     ["MACHINE", "IMAGE", "LEADER", "SINCE", ""])
@@ -2808,7 +2813,7 @@ def find_box_by_dir(label: str) -> Box:
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are postroj's usage errors (exit 2, with a hint)."""
 
-    def error(self, message: str) -> "NoReturn":  # noqa: F821
+    def error(self, message: str) -> NoReturn:
         raise UsageError(message, "see `%s --help`" % self.prog)
 
 
@@ -2932,6 +2937,9 @@ def _terminate(signum: int, frame: Any) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse the command line, run the command, turn expected failures into messages and exit codes."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:
+        print("postroj %s" % __version__)
+        return EXIT_OK
     debug = "--debug" in argv
     verbose = sum(a.count("v") for a in argv if re.match(r"^-v+$", a)) + argv.count("--verbose")
     logging.basicConfig(level=logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING,

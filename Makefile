@@ -1,0 +1,40 @@
+# postroj: `make` builds postroj.pyz; `make setup` installs what postroj and its tests need;
+# `make test` runs every test; `make demo` acquires debian-bookworm and probes it.
+PYTHON ?= python3
+PYZ := postroj.pyz
+APT_PACKAGES := systemd-container skopeo umoci mmdebstrap debootstrap docker-registry \
+                util-linux xz-utils zstd dpkg-dev iproute2 python3-pytest
+export DEBIAN_FRONTEND := noninteractive
+
+.PHONY: all setup test unit integration demo bench clean
+
+all: $(PYZ)
+
+$(PYZ): postroj.py build_zipapp.py
+	$(PYTHON) build_zipapp.py $(PYZ)
+
+setup:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
+	@$(PYTHON) -c "import pytest" 2>/dev/null || $(PYTHON) -m pip install -q pytest
+
+test: setup $(PYZ)
+	$(PYTHON) -m pytest -q tests
+
+unit: $(PYZ)
+	$(PYTHON) -m pytest -q tests/unit
+
+integration: setup $(PYZ)
+	$(PYTHON) -m pytest -q tests/integration
+
+demo: setup $(PYZ)
+	./$(PYZ) doctor
+	./$(PYZ) image debian-bookworm
+	./$(PYZ) probe --image debian-bookworm --command "systemctl is-active systemd-journald"
+
+bench: setup $(PYZ)
+	$(PYTHON) bench/run.py
+
+clean:
+	rm -f $(PYZ)
+	rm -rf .pytest_cache tests/__pycache__ tests/*/__pycache__ __pycache__

@@ -1,0 +1,132 @@
+"""Fixtures shared by the unit and integration tests: the rig, per-test state roots, and a runner
+for the real `postroj.pyz`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import rig  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true a skipped integration test is a failure: CI must run them all."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI") == "true" and report.skipped and "integration" in item.keywords:
+        report.outcome = "failed"
+        report.longrepr = "skipped integration test under CI=true: %s" % (report.longrepr,)
+
+
+class Postroj:
+    """Runs the built postroj.pyz with a test's own POSTROJ_HOME and POSTROJ_CACHE."""
+
+    def __init__(self, pyz: Path, home: Path, cache: Path, env: "dict[str, str]") -> None:
+        self.pyz = pyz
+        self.home = home
+        self.cache = cache
+        self.extra_env = env
+
+    @property
+    def env(self) -> "dict[str, str]":
+        env = dict(os.environ, POSTROJ_HOME=str(self.home), POSTROJ_CACHE=str(self.cache), **self.extra_env)
+        env.pop("POSTROJ_MODE", None)
+        return env
+
+    def argv(self, *args: str) -> "list[str]":
+        return [sys.executable, str(self.pyz), *args]
+
+    def __call__(self, *args: str, input: "str | None" = None, timeout: float = 600, check: "int | None" = None,
+                 env: "dict[str, str] | None" = None) -> subprocess.CompletedProcess:
+        proc = subprocess.run(self.argv(*args), input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, timeout=timeout, env=dict(self.env, **(env or {})),
+                              stdin=None if input is not None else subprocess.DEVNULL)
+        if check is not None and proc.returncode != check:
+            raise AssertionError("postroj %s exited %d, expected %d\nstdout:\n%s\nstderr:\n%s" % (
+                " ".join(args), proc.returncode, check, proc.stdout[-4000:], proc.stderr[-4000:]))
+        return proc
+
+    def popen(self, *args: str, **kwargs) -> subprocess.Popen:
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen(self.argv(*args), env=self.env, text=True, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory) -> Path:
+    """postroj.pyz built from this checkout."""
+    return rig.build_pyz(tmp_path_factory.mktemp("build") / "postroj.pyz")
+
+
+@pytest.fixture
+def postroj(pyz, tmp_path) -> Postroj:
+    """The CLI with a fresh, empty state root of this test's own."""
+    return Postroj(pyz, tmp_path / "home", tmp_path / "cache", {})
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """A real Docker registry on loopback holding library/debian:{bookworm,bullseye}-slim."""
+    if not shutil.which("docker-registry"):
+        pytest.skip("docker-registry is not installed (make setup)")
+    storage = tmp_path_factory.mktemp("registry") / "storage"
+    reg = rig.Registry(storage).start()
+    try:
+        reg.push_debian()
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="session")
+def registries_conf(registry, tmp_path_factory) -> Path:
+    return registry.registries_conf(tmp_path_factory.mktemp("containers") / "registries.conf")
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory):
+    """An HTTP server on loopback serving root file system tarballs and SHA256SUMS."""
+    root = rig.serve_tarballs(tmp_path_factory.mktemp("www"))
+    server = rig.HTTPServer(root).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_images(pyz, registries_conf, tmp_path_factory) -> Path:
+    """A state root with debian-bookworm and debian-bullseye acquired through the registry mirror,
+    shared (read-only) by the container and probe tests."""
+    home = tmp_path_factory.mktemp("shared") / "home"
+    cache = Path(os.environ.get("POSTROJ_RIG_CACHE", str(rig.RIG_CACHE))) / "package-cache"
+    runner = Postroj(pyz, home, cache, {"CONTAINERS_REGISTRIES_CONF": str(registries_conf)})
+    runner("image", "debian-bookworm", "debian-bullseye", check=0)
+    return home
+
+
+@pytest.fixture
+def images(pyz, shared_images, tmp_path, registries_conf) -> Postroj:
+    """The CLI with a state root of this test's own in which the shared images are activated."""
+    home = tmp_path / "home"
+    (home / "images").mkdir(parents=True)
+    for link in (shared_images / "images").iterdir():
+        if not link.name.startswith("."):
+            os.symlink(os.path.realpath(link), home / "images" / link.name)
+    return Postroj(pyz, home, tmp_path / "cache", {"CONTAINERS_REGISTRIES_CONF": str(registries_conf)})

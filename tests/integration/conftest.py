@@ -1,0 +1,35 @@
+"""Every integration test leaves nothing behind: no process, mount or machine of its state root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+import rig
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("integration tests run as root")
+    for tool in ("systemd-nspawn", "skopeo", "umoci", "mmdebstrap"):
+        if not shutil.which(tool):
+            pytest.skip("%s is not installed (make setup)" % tool)
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        procs = rig.processes_mentioning(str(tmp_path))
+        mounts = rig.mounts_mentioning(str(tmp_path))
+        if not procs and not mounts or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    rig.kill_processes(procs)
+    assert not procs, "processes left behind: %s" % procs
+    assert not mounts, "mounts left behind: %s" % mounts
+    run = tmp_path / "home" / "run"
+    if run.is_dir():
+        leftovers = [p.name for p in run.iterdir()]
+        assert not leftovers, "runtime state left behind: %s" % leftovers

@@ -1,0 +1,340 @@
+"""The test rig: real stand-ins for what these machines cannot reach, built from real parts.
+
+- minimal Debian root file systems (bookworm, bullseye) built with mmdebstrap, cached in
+  POSTROJ_RIG_CACHE (default /var/cache/postroj-rig) between runs;
+- an OCI layout with library/debian:<suite>-slim images that umoci built from them (no systemd,
+  as the real slim images), served by a real Docker registry (Debian's docker-registry) on loopback,
+  with a registries.conf that mirrors docker.io to it;
+- an HTTP server on loopback serving root file system tarballs with a SHA256SUMS file, and
+  faults on demand (404, 500, a connection closed mid-body, a short body).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import http.server
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RIG_CACHE = Path(os.environ.get("POSTROJ_RIG_CACHE", "/var/cache/postroj-rig"))
+SUITES = ("bookworm", "bullseye")
+
+
+def sh(*cmd: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run a rig command, failing loudly with its output."""
+    proc = subprocess.run([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **kwargs)
+    if proc.returncode != 0:
+        raise RuntimeError("%s failed with %d:\n%s" % (" ".join(map(str, cmd)), proc.returncode, proc.stdout[-3000:]))
+    return proc
+
+
+@contextlib.contextmanager
+def rig_lock(name: str):
+    RIG_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(RIG_CACHE / (".%s.lock" % name), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        time.sleep(0.05)
+    raise RuntimeError("nothing answers on 127.0.0.1:%d" % port)
+
+
+# --- root file systems ----------------------------------------------------------
+
+
+def rootfs_tarball(suite: str) -> Path:
+    """debian-<suite>-minbase.tar, built once with mmdebstrap --variant=minbase."""
+    target = RIG_CACHE / ("debian-%s-minbase.tar" % suite)
+    with rig_lock("rootfs-" + suite):
+        if not target.exists():
+            tmp = target.with_name(target.name + ".tmp.tar")
+            sh("mmdebstrap", "--variant=minbase", "--quiet", suite, tmp)
+            os.replace(tmp, target)
+    return target
+
+
+def rootfs_xz(suite: str) -> Path:
+    """The same tarball compressed with xz, for the HTTP server."""
+    target = RIG_CACHE / ("debian-%s-minbase.tar.xz" % suite)
+    source = rootfs_tarball(suite)
+    with rig_lock("xz-" + suite):
+        if not target.exists():
+            tmp = target.with_name(target.name + ".tmp")
+            with open(tmp, "wb") as out:
+                subprocess.run(["xz", "-T0", "-1", "-c", str(source)], stdout=out, check=True)
+            os.replace(tmp, target)
+    return target
+
+
+def testhost_rootfs() -> Path:
+    """A Debian root file system with systemd, machined and python3: a fresh test server."""
+    target = RIG_CACHE / "testhost-bookworm"
+    with rig_lock("testhost"):
+        if not (target / "usr" / "bin" / "python3").exists():
+            tmp = target.with_name(target.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            sh("mmdebstrap", "--variant=minbase", "--quiet",
+               "--include=systemd,systemd-sysv,systemd-container,dbus,python3,util-linux,iproute2",
+               "bookworm", tmp)
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(tmp, target)
+    return target
+
+
+# --- the registry ---------------------------------------------------------------
+
+
+def oci_layout() -> Path:
+    """An OCI layout holding debian:<suite>-slim for each suite, built with umoci (no systemd inside)."""
+    layout = RIG_CACHE / "oci-debian"
+    with rig_lock("oci"):
+        done = layout / ".complete"
+        if not done.exists():
+            shutil.rmtree(layout, ignore_errors=True)
+            sh("umoci", "init", "--layout", layout)
+            for suite in SUITES:
+                tag = "%s:%s-slim" % (layout, suite)
+                bundle = RIG_CACHE / ("bundle-" + suite)
+                shutil.rmtree(bundle, ignore_errors=True)
+                sh("umoci", "new", "--image", tag)
+                sh("umoci", "unpack", "--image", tag, bundle)
+                sh("tar", "-C", bundle / "rootfs", "--numeric-owner", "-xf", rootfs_tarball(suite))
+                sh("umoci", "repack", "--image", tag, bundle)
+                sh("umoci", "config", "--image", tag, "--config.cmd=bash")
+                shutil.rmtree(bundle, ignore_errors=True)
+            done.write_text("ok\n")
+    return layout
+
+
+class Registry:
+    """A real Docker registry (distribution) on a free loopback port."""
+
+    def __init__(self, storage: Path, port: int = 0) -> None:
+        self.storage = storage
+        self.port = port or free_port()
+        self.proc: "subprocess.Popen | None" = None
+        self.config = storage.parent / ("registry-%d.yml" % self.port)
+
+    @property
+    def address(self) -> str:
+        return "127.0.0.1:%d" % self.port
+
+    def start(self) -> "Registry":
+        self.storage.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+            "storage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\n"
+            "http:\n  addr: %s\n" % (self.storage, self.address))
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(self.config)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def push_debian(self) -> None:
+        layout = oci_layout()
+        for suite in SUITES:
+            sh("skopeo", "copy", "--quiet", "--dest-tls-verify=false", "oci:%s:%s-slim" % (layout, suite),
+               "docker://%s/library/debian:%s-slim" % (self.address, suite))
+
+    def registries_conf(self, path: Path) -> Path:
+        """A registries.conf that sends docker.io to this registry, the containers way."""
+        path.write_text(
+            'unqualified-search-registries = ["docker.io"]\n\n'
+            '[[registry]]\nprefix = "docker.io"\nlocation = "docker.io"\n\n'
+            '[[registry.mirror]]\nlocation = "%s"\ninsecure = true\n' % self.address)
+        return path
+
+
+# --- the HTTP server ------------------------------------------------------------
+
+
+class TarballHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with ETag, Last-Modified and Range, plus faults under /fault/<kind>/."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        self.server.requests.append(self.path)  # type: ignore[attr-defined]
+
+    def do_GET(self) -> None:
+        self.server.log.append((self.command, self.path, dict(self.headers)))  # type: ignore[attr-defined]
+        parts = self.path.split("/")
+        if len(parts) > 3 and parts[1] == "fault":
+            return self.fault(parts[2], "/" + "/".join(parts[3:]))
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data_len = path.stat().st_size
+        st = path.stat()
+        etag = '"%x-%x"' % (int(st.st_mtime), data_len)
+        if self.headers.get("If-None-Match") == etag:
+            self.send_response(304)
+            self.send_header("ETag", etag)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        start = 0
+        rng = self.headers.get("Range", "")
+        if rng.startswith("bytes=") and self.headers.get("If-Range", etag) == etag:
+            start = int(rng[6:].split("-")[0])
+            if start >= data_len:
+                self.send_response(416)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", "bytes %d-%d/%d" % (start, data_len - 1, data_len))
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(data_len - start))
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", self.date_time_string(int(st.st_mtime)))
+        self.end_headers()
+        limit = self.server.throttle  # type: ignore[attr-defined]
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            while True:
+                chunk = handle.read(1 << 16)
+                if not chunk:
+                    break
+                try:
+                    self.wfile.write(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                if limit:
+                    time.sleep(limit)
+
+    def fault(self, kind: str, path: str) -> None:
+        if kind in ("404", "500"):
+            self.send_error(int(kind))
+            return
+        real = Path(self.translate_path(path))
+        data = real.read_bytes()[: 1 << 20] if real.is_file() else b"x" * (1 << 20)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data) * 4))
+        self.end_headers()
+        if kind == "close":
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+        elif kind == "short":
+            self.wfile.write(data)
+            self.close_connection = True
+
+
+class HTTPServer:
+    """A threaded HTTP server on loopback serving `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        handler = lambda *a, **k: TarballHandler(*a, directory=str(root), **k)  # noqa: E731
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.server.requests = []  # type: ignore[attr-defined]
+        self.server.log = []  # type: ignore[attr-defined]
+        self.server.throttle = 0.0  # type: ignore[attr-defined]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d" % self.server.server_address[1]
+
+    @property
+    def log(self) -> list:
+        return self.server.log  # type: ignore[attr-defined]
+
+    def start(self) -> "HTTPServer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def serve_tarballs(root: Path) -> Path:
+    """Put the xz tarballs (hard links) and a SHA256SUMS file into `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for suite in SUITES:
+        source = rootfs_xz(suite)
+        target = root / source.name
+        if not target.exists():
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
+        digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        lines.append("%s  %s" % (digest, target.name))
+    (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    return root
+
+
+# --- processes and mounts -------------------------------------------------------
+
+
+def processes_mentioning(text: str) -> "list[tuple[int, str]]":
+    """(pid, cmdline) of every process whose command line contains `text`."""
+    found = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            cmdline = Path("/proc/%s/cmdline" % entry).read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append((int(entry), cmdline.strip()))
+    return found
+
+
+def mounts_mentioning(text: str) -> "list[str]":
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if text in line]
+
+
+def kill_processes(found: "list[tuple[int, str]]") -> None:
+    for pid, _ in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def build_pyz(target: Path) -> Path:
+    sh(sys.executable, REPO / "build_zipapp.py", target)
+    return target

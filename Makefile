@@ -3,7 +3,7 @@
 PYTHON ?= python3
 PYZ := postroj.pyz
 APT_PACKAGES := systemd-container skopeo umoci mmdebstrap debootstrap docker-registry \
-                util-linux xz-utils zstd dpkg-dev iproute2 python3-pytest
+                util-linux xz-utils zstd dpkg-dev iproute2 python3-pytest vagrant
 export DEBIAN_FRONTEND := noninteractive
 
 .PHONY: all setup test unit integration demo bench clean

@@ -300,6 +300,7 @@ class ImageInfo(NamedTuple):
     acquired: str
     size: int
     path: Path
+    packages_downloaded: int = 0
 
     def as_json(self) -> Dict[str, Any]:
         data = self._asdict()
@@ -1157,8 +1158,19 @@ def package_cache_for(settings: Settings, os_fields: Dict[str, str]) -> Path:
     return ensure_dir(settings.packages / re.sub(r"[^A-Za-z0-9._-]", "_", key) / "partial").parent
 
 
-def provision(settings: Settings, root: Path) -> Tuple[Dict[str, str], str]:
-    """Make `root` bootable: install systemd where it lacks it, mask units that stall a container's boot."""
+def package_files(cache: Path) -> "set[str]":
+    found = set()
+    for _root, _dirs, files in os.walk(cache):
+        found.update(f for f in files if f.endswith((".deb", ".rpm", ".pkg.tar.zst", ".pkg.tar.xz")))
+    return found
+
+
+def provision(settings: Settings, root: Path) -> Tuple[Dict[str, str], str, int]:
+    """Make `root` bootable: install systemd where it lacks it, mask units that stall a container's boot.
+
+    Returns the os-release fields, the package manager and how many packages were downloaded.
+    """
+    downloaded = 0
     fields = read_os_release(root)
     if not fields:
         die("the image has no /etc/os-release or /usr/lib/os-release: it holds no operating system",
@@ -1174,14 +1186,24 @@ def provision(settings: Settings, root: Path) -> Tuple[Dict[str, str], str]:
         packages = SYSTEMD_PACKAGES[manager]
         steps = [refresh_command(manager), install_command(manager, packages)]
         argv = nspawn_run_argv(root, [(str(cache), PACKAGE_CACHE_DIR)])
-        for step in steps:
-            if step:
-                run(argv + ["--", *step], capture=True, what="installing systemd (%s)" % " ".join(step[:1] + step[-3:]))
+        # one package manager at a time per cache: apt and dnf do not share a cache directory well
+        with file_lock(cache / ".postroj.lock"):
+            before = package_files(cache)
+            for step in steps:
+                if step:
+                    run(argv + ["--", *step], capture=True,
+                        what="installing systemd (%s)" % " ".join(step[:1] + step[-3:]))
+            downloaded = len(package_files(cache) - before)
+        log.info("provisioning downloaded %d packages; the others came from the package cache %s", downloaded, cache)
         if not has_systemd(root):
             die("installing systemd into the image did not give /usr/lib/systemd/systemd",
                 "check the image's package sources")
     mask_units(root, family)
-    return fields, manager
+    # a container's host name is its machine name, not the name of the host that built the image
+    hostname = root / "etc" / "hostname"
+    if hostname.is_file() and not hostname.is_symlink():
+        hostname.unlink()
+    return fields, manager, downloaded
 
 
 def mask_units(root: Path, family: str) -> None:
@@ -1234,28 +1256,20 @@ def list_images(settings: Settings) -> List[ImageInfo]:
 
 
 def require_image(settings: Settings, name: str, pull: bool = False) -> ImageInfo:
-    """The activated image `name`; acquired first with `pull`, else an error that says how."""
-    info = read_image(settings, name)
-    if info:
-        return info
-    if pull:
-        return acquire_image(settings, name)
+    """The activated image `name` (or its alias); acquired first with `pull`, else an error that says how."""
     dist = find_distribution(name)
-    if dist and dist.label != name:
-        info = read_image(settings, dist.label)
+    for candidate in dict.fromkeys([name] + ([dist.label] if dist else [])):
+        info = read_image(settings, candidate)
         if info:
             return info
-    if not dist and not NAME_PATTERN.match(name):
-        check_name(name)
-    if not dist and name not in [i.name for i in list_images(settings)]:
-        known = [i.name for i in list_images(settings)] + all_labels()
-        if not closest(name, known) and not re.match(r"^[a-z0-9][a-z0-9._-]*$", name):
-            check_name(name)
-        if name not in all_labels():
-            near = closest(name, known)
-            raise PostrojError("image %r is not acquired%s" % (name, "; did you mean %s?" % ", ".join(near) if near else ""),
-                               "acquire it with `postroj image %s`, or pass --pull" % name)
-    raise PostrojError("image %r is not acquired" % name, "acquire it with `postroj image %s`, or pass --pull" % name)
+    if pull:
+        return acquire_image(settings, dist.label if dist else name)
+    check_name(name)
+    message = "image %r is not acquired" % name
+    near = [] if dist else closest(name, [i.name for i in list_images(settings)] + all_labels())
+    if near:
+        message += "; did you mean %s?" % ", ".join(near)
+    raise PostrojError(message, "acquire it with `postroj image %s`, or pass --pull" % name)
 
 
 def acquire_image(settings: Settings, reference: str, *, force: bool = False, via: str = "", mirror: str = "",
@@ -1337,7 +1351,7 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
     elif source.kind == "directory":
         log.info("copying %s", source.location)
         run(["cp", "-a", "--reflink=auto", source.location, str(rootfs)], capture=True, what="copying the directory")
-    fields, manager = provision(settings, rootfs)
+    fields, manager, downloaded = provision(settings, rootfs)
     meta = {
         "name": name,
         "source": origin,
@@ -1348,6 +1362,7 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
         "package_manager": manager,
         "acquired": now_iso(),
         "size": tree_size(rootfs),
+        "packages_downloaded": downloaded,
     }
     (staging / "image.json").write_text(json.dumps(meta, indent=2))
     os.chmod(staging, 0o755)
@@ -2537,7 +2552,7 @@ def cmd_container(args: argparse.Namespace) -> int:
 
 
 SHOW_SYSTEM = """\
-echo "hostname: $(cat /etc/hostname 2>/dev/null || hostname)"
+echo "hostname: $(cat /proc/sys/kernel/hostname)"
 echo "systemd:  $(systemctl is-system-running)"
 echo
 cat /etc/os-release
@@ -2622,25 +2637,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
     images = images or [DEFAULT_IMAGE]
     images = list(dict.fromkeys(images))
     for name in images:
-        if read_image(settings, name) is None:
-            dist = find_distribution(name)
-            if dist is None and name not in all_labels():
-                if not NAME_PATTERN.match(name):
-                    check_name(name)
-                raise unknown_name_error("image", name, all_labels() + [i.name for i in list_images(settings)],
-                                         "see `postroj list-images`")
-            if args.no_pull:
-                die("image %s is not acquired and --no-pull was given" % name,
-                    "acquire it with `postroj image %s`" % name)
+        info = read_image(settings, name)
+        dist = find_distribution(name)
+        if info is None and dist is None:
+            check_name(name)
+            raise unknown_name_error("image", name, all_labels() + [i.name for i in list_images(settings)],
+                                     "see `postroj list-images`")
+        manager = info.package_manager if info else dist.package_manager if dist else ""
         for probe in probes:
-            if probe.kind == "package":
-                info = read_image(settings, name)
-                dist = find_distribution(name)
-                manager = info.package_manager if info else dist.package_manager if dist else ""
-                kind = package_type(probe.target)
-                if manager and not package_matches(kind, manager):
-                    die("%s is a .%s package, but %s uses %s" % (os.path.basename(probe.target), kind, name, manager),
-                        "give a package built for %s" % name, usage=True)
+            kind = package_type(probe.target) if probe.kind == "package" else ""
+            if kind and manager and not package_matches(kind, manager):
+                die("%s is a .%s package, but %s uses %s" % (os.path.basename(probe.target), kind, name, manager),
+                    "give a package built for %s" % name, usage=True)
+        if info is None and args.no_pull:
+            die("image %s is not acquired and --no-pull was given" % name, "acquire it with `postroj image %s`" % name)
     require_root("probing")
     plan = ProbePlan(probes, timeout=args.timeout, boot_timeout=args.boot_timeout,
                      private_network=not args.host_network)

@@ -338,3 +338,51 @@ def kill_processes(found: "list[tuple[int, str]]") -> None:
 def build_pyz(target: Path) -> Path:
     sh(sys.executable, REPO / "build_zipapp.py", target)
     return target
+
+
+# --- a package to probe ---------------------------------------------------------
+
+DEMO_SERVER = r"""#!/usr/bin/perl
+# postroj-demo: answers every HTTP request with a greeting (perl-base only, no dependencies).
+use strict;
+use warnings;
+use IO::Socket::INET;
+my $port = shift || 8080;
+my $server = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $port, Listen => 16, ReuseAddr => 1)
+    or die "cannot listen on port $port: $!\n";
+while (my $client = $server->accept) {
+    while (my $line = <$client>) { last if $line =~ /^\r?\n$/; }
+    my $body = "hello from postroj-demo\n";
+    print $client "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " . length($body) . "\r\n\r\n" . $body;
+    close $client;
+}
+"""
+
+DEMO_UNIT = """[Unit]
+Description=postroj demo HTTP service
+
+[Service]
+ExecStart=/usr/bin/postroj-demo-server {port}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def build_demo_deb(directory: Path, port: int = 8080) -> Path:
+    """postroj-demo_1.0_all.deb: a systemd unit whose service answers HTTP on `port`, built with dpkg-deb."""
+    tree = directory / "postroj-demo"
+    shutil.rmtree(tree, ignore_errors=True)
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "usr" / "bin").mkdir(parents=True)
+    (tree / "lib" / "systemd" / "system").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        "Package: postroj-demo\nVersion: 1.0\nArchitecture: all\nMaintainer: postroj <postroj@localhost>\n"
+        "Depends: perl-base\nDescription: HTTP greeting service for postroj's tests\n")
+    server = tree / "usr" / "bin" / "postroj-demo-server"
+    server.write_text(DEMO_SERVER)
+    server.chmod(0o755)
+    (tree / "lib" / "systemd" / "system" / "postroj-demo.service").write_text(DEMO_UNIT.format(port=port))
+    target = directory / "postroj-demo_1.0_all.deb"
+    sh("dpkg-deb", "--root-owner-group", "--build", tree, target)
+    return target

@@ -1,0 +1,169 @@
+"""`postroj image`: registry (through the mirror), HTTP tarballs, bootstrap; atomic activation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import rig
+
+
+def active_images(home: Path) -> "list[str]":
+    images = home / "images"
+    return sorted(p.name for p in images.iterdir() if not p.name.startswith(".")) if images.is_dir() else []
+
+
+def assert_boots(postroj, name: str) -> None:
+    proc = postroj("container", name, "--", "systemctl", "is-system-running", timeout=120)
+    assert proc.stdout.strip() in ("running", "degraded"), (proc.stdout, proc.stderr)
+
+
+def test_registry_image_without_systemd_is_provisioned_and_boots(postroj, registries_conf, tmp_path):
+    layout = rig.oci_layout()
+    listing = subprocess.run(["tar", "-tf", str(rig.rootfs_tarball("bookworm"))], stdout=subprocess.PIPE,
+                             text=True, check=True).stdout
+    assert "lib/systemd/systemd\n" not in listing, "the registry image must lack systemd, as the real slim images"
+    postroj.extra_env["CONTAINERS_REGISTRIES_CONF"] = str(registries_conf)
+    proc = postroj("-v", "image", "debian-bookworm", check=0, timeout=600)
+    assert "installing systemd" in proc.stderr
+    assert active_images(postroj.home) == ["debian-bookworm"]
+    meta = json.loads(postroj("list-images", "--json", check=0).stdout)
+    (info,) = [i for i in meta["images"] if i["name"] == "debian-bookworm"]
+    assert info["source"] == "docker://docker.io/library/debian:bookworm-slim"
+    assert info["digest"].startswith("sha256:")
+    assert info["os_release"] == "Debian GNU/Linux 12 (bookworm)"
+    assert info["packages_downloaded"] > 0
+    assert info["size"] > 50_000_000
+    assert layout.exists()
+    assert_boots(postroj, "debian-bookworm")
+
+    # a second provisioning of the same release finds every package in the cache
+    proc = postroj("-v", "image", "debian-bookworm", "--force", check=0, timeout=600)
+    assert "provisioning downloaded 0 packages" in proc.stderr, proc.stderr
+    meta = json.loads(postroj("list-images", "--json", check=0).stdout)
+    (info,) = [i for i in meta["images"] if i["name"] == "debian-bookworm"]
+    assert info["packages_downloaded"] == 0
+    versions = list((postroj.home / "images" / ".versions").iterdir())
+    assert len(versions) == 1, "the replaced version is pruned"
+    assert_boots(postroj, "debian-bookworm")
+
+
+def test_http_tarball_with_sha256sums(postroj, http_server):
+    url = "%s/debian-bullseye-minbase.tar.xz" % http_server.url
+    postroj("image", url, "--name", "bullseye-http", check=0, timeout=600)
+    assert active_images(postroj.home) == ["bullseye-http"]
+    info = json.loads(postroj("list-images", "--json", check=0).stdout)["images"][0]
+    sums = (http_server.root / "SHA256SUMS").read_text()
+    assert info["digest"][len("sha256:"):] in sums
+    assert_boots(postroj, "bullseye-http")
+    # unchanged on the server: not downloaded again
+    before = len([entry for entry in http_server.log if entry[1].endswith(".tar.xz")])
+    postroj("image", url, "--name", "bullseye-again", check=0, timeout=600)
+    fetches = [entry for entry in http_server.log if entry[1].endswith(".tar.xz")][before:]
+    assert len(fetches) == 1 and "If-None-Match" in fetches[0][2]
+
+
+def test_wrong_checksum_is_refused_and_nothing_activated(postroj, http_server):
+    url = "%s/debian-bullseye-minbase.tar.xz" % http_server.url
+    proc = postroj("image", url, "--sha256", "0" * 64, timeout=600)
+    assert proc.returncode == 1
+    assert "checksum mismatch" in proc.stderr and "Traceback" not in proc.stderr
+    assert active_images(postroj.home) == []
+    assert not list((postroj.home / "tmp").iterdir())
+
+
+def test_bootstrap_gives_a_bootable_image(postroj):
+    proc = postroj("image", "debian-bullseye", "--via", "bootstrap", check=0, timeout=900)
+    assert "bootstrap" in json.loads(postroj("list-images", "--json", check=0).stdout)["images"][0]["source"]
+    assert proc.stdout.startswith("debian-bullseye")
+    assert_boots(postroj, "debian-bullseye")
+
+
+def test_unreachable_registry_falls_back_to_bootstrap(postroj, tmp_path):
+    dead = rig.Registry(tmp_path / "dead-registry")  # never started: nothing listens on its port
+    conf = dead.registries_conf(tmp_path / "registries.conf")
+    conf.write_text(conf.read_text().replace('location = "docker.io"', 'location = "%s"' % dead.address))
+    postroj.extra_env["CONTAINERS_REGISTRIES_CONF"] = str(conf)
+    proc = postroj("image", "debian-bookworm", check=0, timeout=900)
+    assert "bootstrapping from the package mirror instead" in proc.stderr
+    assert_boots(postroj, "debian-bookworm")
+
+
+def wait_for(predicate, timeout: float = 120, step: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached within %s s" % timeout)
+        time.sleep(step)
+
+
+def staging_has(home: Path, relative: str) -> bool:
+    tmp = home / "tmp"
+    return tmp.is_dir() and any((entry / relative).exists() for entry in tmp.iterdir())
+
+
+@pytest.mark.parametrize("phase", ["download", "unpack", "provisioning"])
+def test_sigkill_leaves_no_half_image(postroj, http_server, phase):
+    url = "%s/debian-bookworm-minbase.tar.xz" % http_server.url
+    if phase == "download":
+        http_server.server.throttle = 0.002
+    proc = postroj.popen("image", url, "--name", "killed")
+    try:
+        if phase == "download":
+            wait_for(lambda: any(p.name.endswith(".part") and p.stat().st_size > 0
+                                 for p in (postroj.cache / "downloads").glob("*")) if (postroj.cache / "downloads")
+                     .is_dir() else False)
+        elif phase == "unpack":
+            wait_for(lambda: rig.processes_mentioning("--extract") and staging_has(postroj.home, "rootfs/etc"))
+        else:
+            wait_for(lambda: [p for p in rig.processes_mentioning("apt-get") if str(postroj.home) in p[1]],
+                     timeout=300, step=0.02)
+    finally:
+        http_server.server.throttle = 0.0
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # children die with postroj (PR_SET_PDEATHSIG)
+    wait_for(lambda: not rig.processes_mentioning(str(postroj.home)), timeout=20)
+    assert active_images(postroj.home) == []
+    postroj("image", url, "--name", "killed", check=0, timeout=600)
+    assert active_images(postroj.home) == ["killed"]
+    assert not list((postroj.home / "tmp").iterdir()), "staging of the killed run is cleaned up"
+    assert_boots(postroj, "killed")
+
+
+def test_two_forced_acquisitions_at_once(postroj, http_server):
+    url = "%s/debian-bullseye-minbase.tar.xz" % http_server.url
+    postroj("image", url, "--name", "twice", check=0, timeout=600)
+    procs = [postroj.popen("image", url, "--name", "twice", "--force") for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert active_images(postroj.home) == ["twice"]
+    assert len(list((postroj.home / "images" / ".versions").iterdir())) == 1
+    assert_boots(postroj, "twice")
+
+
+def test_remove(postroj, http_server):
+    url = "%s/debian-bullseye-minbase.tar.xz" % http_server.url
+    postroj("image", url, "--name", "doomed", check=0, timeout=600)
+    postroj("remove", "doomed", check=0)
+    assert active_images(postroj.home) == []
+    assert not list((postroj.home / "images" / ".versions").iterdir())
+    proc = postroj("remove", "doomed")
+    assert proc.returncode == 1 and "not acquired" in proc.stderr
+
+
+def test_tarball_without_os_is_refused(postroj, tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "hello").write_text("no os here\n")
+    tarball = tmp_path / "empty-os.tar"
+    subprocess.run(["tar", "-C", str(tree), "-cf", str(tarball), "."], check=True)
+    proc = postroj("image", str(tarball))
+    assert proc.returncode == 1 and "os-release" in proc.stderr
+    assert active_images(postroj.home) == []

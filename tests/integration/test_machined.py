@@ -1,0 +1,151 @@
+"""The machined mode, for real: a fresh "test host" (a Debian container booted with all
+capabilities, running systemd-machined) gets postroj.pyz copied on, and a bootstrap script runs it.
+
+Inside, postroj registers its containers with machined and runs commands with systemd-run; the
+test watches `machinectl list` in the test host while the container runs and after it is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+import rig
+
+
+class TestHost:
+    """A booted Debian container with systemd-container inside; ends with the test."""
+
+    def __init__(self, root, home, pyz, image_version, tmp_path) -> None:
+        self.tmp_path = tmp_path
+        self.argv = [
+            "systemd-nspawn",
+            "--quiet",
+            "--boot",
+            "--directory=%s" % root,
+            "--volatile=overlay",
+            "--capability=all",
+            "--machine=postroj-testhost-%d" % os.getpid(),
+            "--register=no",
+            "--keep-unit",
+            "--notify-ready=yes",
+            "--console=passive",
+            "--resolv-conf=off",
+            "--link-journal=no",
+            "--kill-signal=SIGKILL",
+            "--bind=%s:/var/lib/postroj" % home,
+            "--bind-ro=%s:/usr/local/bin/postroj.pyz" % pyz,
+            "--bind-ro=%s:/srv/debian-bookworm" % image_version,
+        ]
+        self.proc = None
+        self.leader = 0
+
+    def __enter__(self) -> "TestHost":
+        path = str(self.tmp_path / "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        self.proc = subprocess.Popen(self.argv, env=dict(os.environ, NOTIFY_SOCKET=path), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            ready = False
+            while not ready:
+                assert select.select([sock], [], [], 60)[0], "the test host did not boot"
+                for field in sock.recv(4096).decode().split("\n"):
+                    if field.startswith("X_NSPAWN_LEADER_PID="):
+                        self.leader = int(field.split("=", 1)[1])
+                    ready = ready or field == "READY=1"
+        except BaseException:
+            self.__exit__()
+            raise
+        finally:
+            sock.close()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def run(self, *cmd: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+               "LANG": "C.UTF-8"}
+        return subprocess.run(["nsenter", "--target=%d" % self.leader, "--all", "--root", "--wd", "--", *cmd],
+                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, timeout=timeout, **kwargs)
+
+    def popen(self, *cmd: str) -> subprocess.Popen:
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
+        return subprocess.Popen(["nsenter", "--target=%d" % self.leader, "--all", "--root", "--wd", "--", *cmd],
+                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+
+BOOTSTRAP = """\
+set -e
+# what a bootstrap script on a fresh server does: postroj.pyz was copied on, it needs nothing else
+cd /root
+cp /usr/local/bin/postroj.pyz ./postroj.pyz
+./postroj.pyz doctor || true
+./postroj.pyz image /srv/debian-bookworm/rootfs --name debian-bookworm
+"""
+
+
+@pytest.fixture
+def testhost(pyz, shared_images, tmp_path):
+    root = rig.testhost_rootfs()
+    home = tmp_path / "testhost-state"
+    home.mkdir()
+    version = os.path.dirname(os.path.realpath(shared_images / "images" / "debian-bookworm"))
+    with TestHost(root, home, pyz, version, tmp_path) as host:
+        started = host.run("systemctl", "start", "systemd-machined")
+        assert started.returncode == 0, started.stderr
+        setup = host.run("sh", "-c", BOOTSTRAP)
+        assert setup.returncode == 0, setup.stdout + setup.stderr
+        assert "mode: machined" in setup.stdout, setup.stdout
+        yield host
+
+
+def test_container_in_machined_mode(testhost):
+    proc = testhost.popen("/root/postroj.pyz", "-v", "container", "debian-bookworm", "--", "sh", "-c",
+                          "cat /etc/os-release; sleep 3")
+    seen = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "postroj-debian-bookworm" not in seen:
+        seen = testhost.run("machinectl", "list", "--no-legend", "--no-pager").stdout
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert 'VERSION_ID="12"' in out
+    assert "postroj-debian-bookworm" in seen, "the container was not registered with machined"
+    assert "mode machined" in err
+    after = testhost.run("machinectl", "list", "--no-legend", "--no-pager").stdout
+    assert "postroj-debian-bookworm" not in after
+
+
+def test_streams_exit_status_and_stdin_in_machined_mode(testhost):
+    proc = testhost.run("/root/postroj.pyz", "container", "debian-bookworm", "--", "sh", "-c",
+                        "echo out; echo err >&2; exit 7")
+    assert proc.returncode == 7
+    assert proc.stdout == "out\n" and "err" in proc.stderr
+    proc = testhost.run("sh", "-c", "echo hi | /root/postroj.pyz container debian-bookworm -- cat")
+    assert proc.stdout == "hi\n", proc.stderr
+    proc = testhost.run("/root/postroj.pyz", "container", "debian-bookworm", "--", "no-such-command")
+    assert proc.returncode == 127
+
+
+def test_probe_in_machined_mode(testhost):
+    proc = testhost.run("/root/postroj.pyz", "probe", "--image", "debian-bookworm", "--command",
+                        "systemctl is-active systemd-journald")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS" in proc.stdout
+    assert testhost.run("machinectl", "list", "--no-legend", "--no-pager").stdout.strip() == ""

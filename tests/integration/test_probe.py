@@ -1,0 +1,121 @@
+"""`postroj probe`: probes over a matrix of images, with reports CI reads."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import rig
+
+JOURNALD = "systemctl is-active systemd-journald"
+
+
+def test_journald_command_passes(images):
+    proc = images("probe", "--image", "debian-bookworm", "--command", JOURNALD, "--json", "-", check=0)
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert report["passed"] is True
+    (result,) = report["results"]
+    assert result["status"] == "pass" and result["output"] == "active"
+    assert "PASS" in proc.stdout
+
+
+def test_failures_have_readable_reasons(images, tmp_path):
+    junit = tmp_path / "report.xml"
+    proc = images("probe", "--image", "debian-bookworm", "--command", "false", "--check-unit", "no-such.service",
+                  "--command", "echo visible-output; exit 3", "--junit", str(junit), "--timeout", "5")
+    assert proc.returncode == 1
+    assert "FAIL" in proc.stdout
+    assert "unit no-such.service does not exist" in proc.stdout
+    assert "exit status 1" in proc.stdout and "exit status 3" in proc.stdout
+    assert "visible-output" in proc.stdout
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("name") == "debian-bookworm"
+    cases = suite.findall("testcase")
+    assert len(cases) == 3 and all(case.find("failure") is not None for case in cases)
+
+
+@pytest.fixture
+def demo_deb(tmp_path):
+    return rig.build_demo_deb(tmp_path, port=8080)
+
+
+def test_package_unit_and_network_on_a_two_image_matrix(images, demo_deb, tmp_path):
+    junit = tmp_path / "matrix.xml"
+    proc = images("probe", "--image", "debian-bookworm", "--image", "debian-bullseye", "--jobs", "2",
+                  "--package", str(demo_deb), "--check-unit", "postroj-demo",
+                  "--check-network", "http://localhost:8080", "--expect-body", "hello from postroj-demo",
+                  "--junit", str(junit), timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    root = ET.parse(junit).getroot()
+    suites = {s.get("name"): s for s in root.findall("testsuite")}
+    assert set(suites) == {"debian-bookworm", "debian-bullseye"}
+    for suite in suites.values():
+        names = [c.get("name") for c in suite.findall("testcase")]
+        assert names == ["package %s" % demo_deb, "unit postroj-demo", "network http://localhost:8080"]
+        assert suite.get("failures") == "0"
+        assert all(float(c.get("time")) >= 0 for c in suite.findall("testcase"))
+
+
+def test_the_same_checks_fail_without_the_package(images, tmp_path):
+    junit = tmp_path / "without.xml"
+    proc = images("probe", "--image", "debian-bookworm", "--image", "debian-bullseye", "--jobs", "2",
+                  "--check-unit", "postroj-demo", "--check-network", "http://localhost:8080", "--timeout", "3",
+                  "--junit", str(junit))
+    assert proc.returncode == 1
+    root = ET.parse(junit).getroot()
+    failures = root.findall("./testsuite/testcase/failure")
+    assert len(failures) == 4
+    assert any("did not answer" in f.get("message") for f in failures)
+
+
+def test_tcp_check_and_copy(images, tmp_path):
+    payload = tmp_path / "payload.txt"
+    payload.write_text("copied in\n")
+    proc = images("probe", "--copy", "%s:/opt/payload.txt" % payload, "--command", "grep -q 'copied in' /opt/payload.txt",
+                  "--check-network", "tcp://127.0.0.1:9", "--timeout", "1")
+    assert proc.returncode == 1
+    lines = [l for l in proc.stdout.splitlines() if l.startswith(("PASS", "FAIL"))]
+    assert [l.split()[0] for l in lines] == ["PASS", "FAIL", "PASS"], proc.stdout
+
+
+def test_fail_fast_skips_the_rest(images):
+    proc = images("probe", "--image", "debian-bookworm", "--jobs", "1", "--fail-fast", "--command", "false",
+                  "--command", "true", "--json", "-")
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert [r["status"] for r in report["results"]] == ["fail", "skip"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--jobs", "0", "--command", "true"], "at least 1"),
+    (["--check-network", "tcp://localhost:70000"], "port out of range"),
+    (["--check-network", "ftp://localhost/"], "unsupported --check-network"),
+    (["--image", "debian-bookwrom", "--command", "true"], "debian-bookworm"),
+    (["--package", "/nonexistent/x.deb"], "does not exist"),
+    (["--timeout", "-5", "--command", "true"], "positive number"),
+    ([], "no probe given"),
+])
+def test_bad_input_before_anything_boots(images, args, message):
+    proc = images("probe", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (images.home / "run").exists()
+
+
+def test_deb_on_an_rpm_image_and_rpm_on_a_deb_image(images, tmp_path):
+    fake_rpm = tmp_path / "x.rpm"
+    fake_rpm.write_bytes(b"\xed\xab\xee\xdb" + b"\0" * 100)
+    proc = images("probe", "--image", "debian-bookworm", "--package", str(fake_rpm))
+    assert proc.returncode == 2 and "uses apt" in proc.stderr
+    deb = rig.build_demo_deb(tmp_path)
+    proc = images("probe", "--image", "fedora-40", "--package", str(deb), "--no-pull")
+    assert proc.returncode == 2 and "uses dnf" in proc.stderr
+    assert not (images.home / "run").exists()
+
+
+def test_selftest(images):
+    proc = images("selftest", check=0, timeout=300)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("PASS")]
+    assert len(lines) == 4  # two images x (journald, hostnamectl)

@@ -1,0 +1,488 @@
+"""`postroj vm` and `postroj probe --vm` against tests/fakes/vagrant, a recording vagrant: no
+hypervisor runs on these machines, so these tests assert what postroj asks of vagrant and in which
+order (up, then ssh or winrm, then destroy), with which Vagrantfile, and what postroj makes of
+vagrant's answers and failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+import rig
+
+FAKES = Path(__file__).resolve().parent.parent / "fakes"
+LINUX, WINDOWS = "debian-12", "windows-2022"
+COMMUNICATOR = {LINUX: "ssh", WINDOWS: "winrm", "windows-2019": "winrm"}
+UP_TIMEOUT = "Timed out while waiting for the machine to boot."
+
+
+class FakeVagrant:
+    """The environment that puts tests/fakes/vagrant first on PATH, and what the fake recorded."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+
+    def env(self, **settings: object) -> "dict[str, str]":
+        """exit_up=1 becomes FAKE_VAGRANT_EXIT_UP=1, and so on (see tests/fakes/vagrant)."""
+        env = {"PATH": "%s:%s" % (FAKES, os.environ["PATH"]), "FAKE_VAGRANT_LOG": str(self.log),
+               "FAKE_VAGRANT_PLUGINS": "vagrant-libvirt (0.11.2, system)\n"}
+        env.update({"FAKE_VAGRANT_%s" % key.upper(): str(value) for key, value in settings.items()})
+        return env
+
+    @property
+    def calls(self) -> "list[dict]":
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def actions(self) -> "list[dict]":
+        """The calls that change or use a machine; queries (plugin list, status, --version) left out."""
+        return [c for c in self.calls if c["argv"] and c["argv"][0] in ("up", "ssh", "winrm", "upload", "destroy")]
+
+    def steps(self) -> "list[str]":
+        """The actions, readably: `up`, `ssh: COMMAND`, `winrm: COMMAND`, `upload: SRC -> DST`, `destroy`."""
+        steps = []
+        for call in self.actions():
+            verb, rest = call["argv"][0], call["argv"][1:]
+            if verb in ("ssh", "winrm"):
+                steps.append("%s: %s" % (verb, rest[rest.index("--command") + 1]))
+            elif verb == "upload":
+                steps.append("upload: %s -> %s" % (rest[0], rest[1]))
+            else:
+                steps.append(verb)
+        return steps
+
+
+@pytest.fixture
+def vagrant(tmp_path) -> FakeVagrant:
+    return FakeVagrant(tmp_path / "vagrant-calls.jsonl")
+
+
+def vm_dir(postroj, label: str) -> Path:
+    return postroj.home / "vagrant" / label
+
+
+def path_without_vagrant() -> str:
+    return ":".join(d for d in os.environ["PATH"].split(":") if d and not os.path.exists(os.path.join(d, "vagrant")))
+
+
+def report_lines(stdout: str) -> "list[str]":
+    return [line for line in stdout.splitlines() if re.match(r"^(PASS|FAIL|SKIP)  ", line)]
+
+
+def junit(path: Path) -> ET.Element:
+    return ET.fromstring(path.read_bytes())
+
+
+def msi_file(directory: Path) -> Path:
+    path = directory / "demo.msi"
+    path.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504))
+    return path
+
+
+# --- postroj vm up / run / list / destroy -----------------------------------------
+
+
+def test_linux_box_up_run_list_destroy(postroj, vagrant):
+    env = vagrant.env()
+    directory = vm_dir(postroj, LINUX)
+    up = postroj("vm", "up", LINUX, "--provider", "libvirt", "--cpus", "4", "--memory", "3072", env=env, check=0)
+    assert up.stdout == "%s is up (%s)\n" % (LINUX, directory)
+    [call] = vagrant.actions()
+    assert call["argv"][0] == "up" and "--provider=libvirt" in call["argv"]
+    assert call["env"]["VAGRANT_CWD"] == str(directory)
+    text = call["vagrantfile"]
+    assert text == (directory / "Vagrantfile").read_text()
+    assert 'config.vm.box = "debian/bookworm64"' in text
+    assert 'config.vm.communicator = "ssh"' in text
+    assert 'config.vm.synced_folder ".", "/vagrant", disabled: true' in text
+    # one block per provider, both with the sizes asked for
+    assert text.count("v.cpus = 4") == 2 and text.count("v.memory = 3072") == 2
+    assert "winrm" not in text and "config.vm.guest" not in text
+
+    listed = postroj("vm", "list", env=env, check=0)
+    assert [line.split() for line in listed.stdout.splitlines()] == [["VM", "STATE"], [LINUX, "running"]]
+
+    run = postroj("vm", "run", LINUX, "--", "sh", "-c", 'echo "a b"', env=env, check=0)
+    # argv semantics, as in `postroj container`: quoted for the guest's shell
+    assert run.stdout == "ran: sh -c 'echo \"a b\"'\n"
+
+    destroy = postroj("vm", "destroy", LINUX, env=env, check=0)
+    assert destroy.stdout == "destroyed %s\n" % LINUX
+    assert not directory.exists()
+    assert postroj("vm", "list", env=env, check=0).stdout == ""
+
+    assert vagrant.steps() == ["up", "ssh: sh -c 'echo \"a b\"'", "destroy"]
+    assert "--force" in vagrant.actions()[-1]["argv"]
+    assert {c["env"]["VAGRANT_CWD"] for c in vagrant.actions()} == {str(directory)}
+
+
+def test_windows_box_up_run_destroy(postroj, vagrant):
+    env = vagrant.env(output_winrm="\x1b[1;32mStatus\x1b[0m   Name\r\n------   ----\r\n\x1b[0mRunning  WinRM\r\n",
+                      stderr_winrm="\x1b[33mWARNING: the service is slow\x1b[0m\r\n")
+    directory = vm_dir(postroj, WINDOWS)
+    postroj("vm", "up", WINDOWS, env=env, check=0)
+    text = (directory / "Vagrantfile").read_text()
+    assert 'config.vm.box = "StefanScherer/windows_2022"' in text
+    assert 'config.vm.communicator = "winrm"' in text
+    assert "config.vm.guest = :windows" in text
+    # the box's own sizes when none are asked for
+    assert text.count("v.cpus = 2") == 2 and text.count("v.memory = 4096") == 2
+
+    run = postroj("vm", "run", WINDOWS, "--", "Get-Service", "WinRM", env=env, check=0)
+    assert run.stdout == "Status   Name\n------   ----\nRunning  WinRM\n"
+    assert "WARNING: the service is slow\n" in run.stderr
+    assert "\x1b" not in run.stdout + run.stderr and "\r" not in run.stdout + run.stderr
+    winrm = vagrant.actions()[1]["argv"]
+    assert winrm[winrm.index("--shell") + 1] == "powershell"
+
+    postroj("vm", "destroy", WINDOWS, env=env, check=0)
+    assert not directory.exists()
+    assert vagrant.steps() == ["up", "winrm: Get-Service WinRM", "destroy"]
+
+
+@pytest.mark.parametrize("box", [LINUX, "windows-2019"])
+def test_vm_run_exits_with_the_commands_status(postroj, vagrant, box):
+    step = COMMUNICATOR[box]
+    postroj("vm", "up", box, env=vagrant.env(), check=0)
+    failed = postroj("vm", "run", box, "--", "false", env=vagrant.env(**{"exit_" + step: 3}))
+    assert failed.returncode == 3
+    assert failed.stdout == "ran: false\n"
+    assert "error:" not in failed.stderr
+    assert postroj("vm", "run", box, "--", "true", env=vagrant.env()).returncode == 0
+    postroj("vm", "destroy", box, env=vagrant.env(), check=0)
+    assert vagrant.steps() == ["up", "%s: false" % step, "%s: true" % step, "destroy"]
+
+
+def test_vm_run_needs_a_machine_that_is_up(postroj, vagrant):
+    proc = postroj("vm", "run", LINUX, "--", "true", env=vagrant.env(), check=1)
+    assert "error: %s is not up" % LINUX in proc.stderr
+    assert "postroj vm up %s" % LINUX in proc.stderr
+    assert vagrant.actions() == []
+
+
+def test_vm_run_needs_a_command(postroj, vagrant):
+    proc = postroj("vm", "run", LINUX, env=vagrant.env(), check=2)
+    assert "no command given" in proc.stderr
+    assert vagrant.actions() == []
+
+
+@pytest.mark.parametrize("box", [LINUX, WINDOWS])
+def test_vm_up_failure_destroys_and_shows_vagrants_last_lines(postroj, vagrant, box):
+    proc = postroj("vm", "up", box, env=vagrant.env(exit_up=1), check=1)
+    assert "error: vagrant up %s failed with exit code 1" % box in proc.stderr
+    assert UP_TIMEOUT in proc.stderr
+    assert "hint:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert vagrant.steps() == ["up", "destroy"]
+    assert not vm_dir(postroj, box).exists()
+
+
+def test_vm_up_failure_with_keep_leaves_the_machine(postroj, vagrant):
+    proc = postroj("vm", "up", LINUX, "--keep", env=vagrant.env(exit_up=1), check=1)
+    assert UP_TIMEOUT in proc.stderr
+    assert vagrant.steps() == ["up"]
+    assert (vm_dir(postroj, LINUX) / "Vagrantfile").is_file()
+    assert LINUX in postroj("vm", "list", env=vagrant.env(), check=0).stdout
+    postroj("vm", "destroy", LINUX, env=vagrant.env(), check=0)
+    assert vagrant.steps() == ["up", "destroy"]
+    assert not vm_dir(postroj, LINUX).exists()
+
+
+def test_vm_destroy_failure_keeps_the_vagrantfile_for_another_try(postroj, vagrant):
+    """A machine vagrant could not destroy still exists: postroj must say so and keep the Vagrantfile
+    that is the only handle on it, or the VM leaks out of postroj's sight."""
+    postroj("vm", "up", LINUX, env=vagrant.env(), check=0)
+    proc = postroj("vm", "destroy", LINUX, env=vagrant.env(exit_destroy=1, stderr_destroy="libvirt: domain is busy\n"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "destroy" in proc.stderr and "libvirt: domain is busy" in proc.stderr
+    assert (vm_dir(postroj, LINUX) / "Vagrantfile").is_file()
+    assert LINUX in postroj("vm", "list", env=vagrant.env(), check=0).stdout
+    postroj("vm", "destroy", LINUX, env=vagrant.env(), check=0)
+    assert not vm_dir(postroj, LINUX).exists()
+    assert vagrant.steps() == ["up", "destroy", "destroy"]
+
+
+@pytest.mark.parametrize("argv, near", [
+    (["vm", "up", "debian-13"], ["debian-12", "debian-11"]),
+    (["vm", "run", "windows-2025", "--", "dir"], ["windows-2022", "windows-2019"]),
+    (["vm", "destroy", "freebsd"], ["freebsd-14"]),
+    (["probe", "--vm", "ubuntu-24.10", "--command", "true"], ["ubuntu-24.04"]),
+])
+def test_unknown_box_is_a_usage_error_with_the_closest_names(postroj, vagrant, argv, near):
+    proc = postroj(*argv, env=vagrant.env(), check=2)
+    match = re.search(r"error: unknown box '[^']+'; did you mean (.*)\?", proc.stderr)
+    assert match, proc.stderr
+    assert set(near) <= set(match.group(1).split(", "))
+    assert "hint:" in proc.stderr
+    assert vagrant.calls == []
+
+
+def test_malformed_box_reference_is_a_usage_error(postroj, vagrant):
+    proc = postroj("vm", "up", "vagrant:no-slash", env=vagrant.env(), check=2)
+    assert "malformed box reference" in proc.stderr and "vagrant:OWNER/BOX" in proc.stderr
+    assert vagrant.calls == []
+
+
+def test_vm_up_with_a_provider_vagrant_lacks_is_a_usage_error(postroj, vagrant):
+    proc = postroj("vm", "up", LINUX, "--provider", "parallels", env=vagrant.env(), check=2)
+    assert "no provider 'parallels'" in proc.stderr
+    assert "libvirt" in proc.stderr  # what is available
+    assert "up" not in vagrant.steps()
+    assert not vm_dir(postroj, LINUX).exists()
+
+
+def test_probe_vm_with_a_provider_vagrant_lacks_is_a_usage_error(postroj, vagrant):
+    proc = postroj("probe", "--vm", LINUX, "--provider", "parallels", "--command", "true", env=vagrant.env())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no provider 'parallels'" in proc.stderr
+    assert report_lines(proc.stdout) == []
+    assert "up" not in vagrant.steps()
+    assert not vm_dir(postroj, LINUX).exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["vm", "up", LINUX],
+    ["vm", "run", LINUX, "--", "true"],
+    ["vm", "destroy", LINUX],
+    ["probe", "--vm", WINDOWS, "--command", "hostname"],
+])
+def test_vagrant_missing_says_how_to_install_it(postroj, vagrant, argv):
+    proc = postroj(*argv, env=dict(vagrant.env(), PATH=path_without_vagrant()), check=1)
+    assert "error: vagrant not found" in proc.stderr
+    assert "apt-get install vagrant" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not vm_dir(postroj, argv[2] if argv[0] == "vm" else WINDOWS).exists()
+
+
+def test_doctor_reports_vagrant(postroj, vagrant):
+    present = postroj("doctor", env=vagrant.env())
+    [row] = [line for line in present.stdout.splitlines() if line.startswith("vagrant ")]
+    assert row.split()[1] == "ok"
+    assert "Vagrant 2.3.7" in row and "libvirt" in row and "winrm" in row
+    absent = postroj("doctor", env=dict(vagrant.env(), PATH=path_without_vagrant()))
+    [row] = [line for line in absent.stdout.splitlines() if line.startswith("vagrant ")]
+    assert row.split()[1] == "optional"
+    assert "not found" in row
+    [fix] = [line for line in absent.stdout.splitlines() if line.startswith("to fix: apt-get install")]
+    assert "vagrant" in fix.split()
+    # vagrant is optional: whether it is there does not change doctor's verdict
+    assert absent.returncode == present.returncode
+
+
+# --- postroj probe --vm ------------------------------------------------------------
+
+
+def test_probe_vm_linux_all_pass(postroj, vagrant, tmp_path):
+    results, xml = tmp_path / "results.json", tmp_path / "junit.xml"
+    proc = postroj("probe", "--vm", LINUX, "--provider", "libvirt", "--command", "nginx -v", "--check-unit", "nginx",
+                   "--check-network", "http://localhost:8080/", "--json", str(results), "--junit", str(xml),
+                   env=vagrant.env(), check=0)
+    lines = report_lines(proc.stdout)
+    assert len(lines) == 3
+    for line, title in zip(lines, ["unit nginx", "network http://localhost:8080/", "command nginx -v"]):
+        assert re.match(r"^PASS  %s\s+%s\s+\d+\.\d\ds$" % (LINUX, re.escape(title)), line), line
+    assert "3 passed, 0 failed, 0 skipped" in proc.stderr
+
+    steps = vagrant.steps()
+    assert steps[0] == "up" and steps[-1] == "destroy" and len(steps) == 5
+    assert "--provider=libvirt" in vagrant.actions()[0]["argv"]
+    assert steps[1].startswith("ssh: ") and "systemctl is-active nginx" in steps[1]
+    assert steps[2].startswith("ssh: ") and "http://localhost:8080/" in steps[2]
+    assert steps[3] == "ssh: nginx -v"
+    assert not vm_dir(postroj, LINUX).exists()
+
+    data = json.loads(results.read_text())
+    assert data["passed"] is True
+    assert [(r["image"], r["kind"], r["status"]) for r in data["results"]] == [
+        (LINUX, "unit", "pass"), (LINUX, "network", "pass"), (LINUX, "command", "pass")]
+    assert data["results"][2]["output"] == "ran: nginx -v"
+    root = junit(xml)
+    assert (root.get("tests"), root.get("failures")) == ("3", "0")
+    [suite] = root.findall("testsuite")
+    assert suite.get("name") == LINUX
+    assert [c.get("name") for c in suite.findall("testcase")] == [
+        "unit nginx", "network http://localhost:8080/", "command nginx -v"]
+
+
+@pytest.mark.parametrize("box", [LINUX, WINDOWS])
+def test_probe_vm_failing_command_fails_the_run_and_destroys(postroj, vagrant, tmp_path, box):
+    step = COMMUNICATOR[box]
+    xml = tmp_path / "junit.xml"
+    proc = postroj("probe", "--vm", box, "--command", "hostname", "--command", "exit 3", "--junit", str(xml),
+                   env=vagrant.env(), check=1)
+    lines = report_lines(proc.stdout)
+    assert [line.split()[0] for line in lines] == ["PASS", "FAIL"]
+    assert "command exit 3" in lines[1]
+    assert "reason: exit status 3" in proc.stdout
+    assert "ran: exit 3" in proc.stdout
+    assert "1 passed, 1 failed, 0 skipped" in proc.stderr
+    assert vagrant.steps() == ["up", "%s: hostname" % step, "%s: exit 3" % step, "destroy"]
+    assert not vm_dir(postroj, box).exists()
+    root = junit(xml)
+    assert root.get("failures") == "1"
+    [failure] = root.iter("failure")
+    assert failure.get("message") == "exit status 3"
+
+
+@pytest.mark.parametrize("box", [LINUX, WINDOWS])
+def test_probe_vm_boot_failure_fails_every_probe_and_destroys(postroj, vagrant, tmp_path, box):
+    xml = tmp_path / "junit.xml"
+    proc = postroj("probe", "--vm", box, "--command", "hostname", "--check-network", "tcp://localhost:22",
+                   "--junit", str(xml), env=vagrant.env(exit_up=1), check=1)
+    lines = report_lines(proc.stdout)
+    assert [line.split()[:2] for line in lines] == [["FAIL", box], ["FAIL", box]]
+    assert proc.stdout.count("reason: vagrant up %s failed with exit code 1" % box) == 2
+    assert UP_TIMEOUT in proc.stdout  # vagrant's last lines
+    assert "0 passed, 2 failed, 0 skipped" in proc.stderr
+    assert vagrant.steps() == ["up", "destroy"]
+    assert not vm_dir(postroj, box).exists()
+    root = junit(xml)
+    assert (root.get("tests"), root.get("failures")) == ("2", "2")
+
+
+def test_probe_vm_keep_leaves_the_machine_up(postroj, vagrant):
+    postroj("probe", "--vm", LINUX, "--command", "hostname", "--keep", env=vagrant.env(), check=0)
+    assert vagrant.steps() == ["up", "ssh: hostname"]
+    listed = postroj("vm", "list", env=vagrant.env(), check=0)
+    assert [LINUX, "running"] in [line.split() for line in listed.stdout.splitlines()]
+    postroj("vm", "destroy", LINUX, env=vagrant.env(), check=0)
+    assert not vm_dir(postroj, LINUX).exists()
+
+
+def test_probe_vm_keep_leaves_a_machine_that_failed_to_boot(postroj, vagrant):
+    proc = postroj("probe", "--vm", WINDOWS, "--command", "hostname", "--keep", env=vagrant.env(exit_up=1), check=1)
+    assert UP_TIMEOUT in proc.stdout
+    assert vagrant.steps() == ["up"]
+    assert (vm_dir(postroj, WINDOWS) / "Vagrantfile").is_file()
+    postroj("vm", "destroy", WINDOWS, env=vagrant.env(), check=0)
+    assert vagrant.steps() == ["up", "destroy"]
+
+
+def test_probe_vm_windows_output_is_clean_text(postroj, vagrant, tmp_path):
+    results = tmp_path / "results.json"
+    postroj("probe", "--vm", WINDOWS, "--command", "Get-Service WinRM", "--json", str(results),
+            env=vagrant.env(), check=0)
+    [result] = json.loads(results.read_text())["results"]
+    # the fake answers with an ANSI colour and CRLF, as vagrant winrm does
+    assert result["output"] == "ran: Get-Service WinRM"
+    assert vagrant.steps() == ["up", "winrm: Get-Service WinRM", "destroy"]
+    winrm = vagrant.actions()[1]["argv"]
+    assert winrm[winrm.index("--shell") + 1] == "powershell"
+
+
+@pytest.mark.parametrize("answer, verdict, code", [("True\r\n", "PASS", 0), ("False\r\n", "FAIL", 1)])
+def test_probe_vm_windows_network_reads_test_netconnection(postroj, vagrant, answer, verdict, code):
+    proc = postroj("probe", "--vm", WINDOWS, "--check-network", "http://localhost:8080/",
+                   env=vagrant.env(output_winrm=answer), check=code)
+    [line] = report_lines(proc.stdout)
+    assert line.split()[0] == verdict
+    [step] = [s for s in vagrant.steps() if s.startswith("winrm: ")]
+    assert "Test-NetConnection" in step and "localhost" in step and "8080" in step
+    assert vagrant.steps()[-1] == "destroy"
+
+
+@pytest.mark.parametrize("box", [WINDOWS, "freebsd-14"])
+def test_probe_vm_check_unit_needs_a_linux_guest(postroj, vagrant, box):
+    proc = postroj("probe", "--vm", box, "--check-unit", "nginx", env=vagrant.env(), check=2)
+    assert "--check-unit needs a Linux guest" in proc.stderr
+    assert vagrant.calls == []
+
+
+def test_probe_vm_installs_a_deb(postroj, vagrant, tmp_path):
+    deb = rig.build_demo_deb(tmp_path)
+    proc = postroj("probe", "--vm", LINUX, "--package", str(deb), env=vagrant.env(), check=0)
+    [line] = report_lines(proc.stdout)
+    assert line.startswith("PASS  %s" % LINUX) and "package " in line
+    steps = vagrant.steps()
+    assert steps[:2] == ["up", "upload: %s -> /tmp/%s" % (deb, deb.name)]
+    assert steps[2].startswith("ssh: ") and "install -y /tmp/%s" % deb.name in steps[2]
+    assert steps[3:] == ["destroy"]
+
+
+def test_probe_vm_installs_an_msi(postroj, vagrant, tmp_path):
+    msi = msi_file(tmp_path)
+    postroj("probe", "--vm", WINDOWS, "--package", str(msi), env=vagrant.env(), check=0)
+    steps = vagrant.steps()
+    assert steps[:2] == ["up", "upload: %s -> C:\\postroj\\demo.msi" % msi]
+    assert steps[2].startswith("winrm: ") and "msiexec" in steps[2] and "C:\\postroj\\demo.msi" in steps[2]
+    assert steps[3:] == ["destroy"]
+
+
+def test_probe_vm_upload_failure_fails_the_probe_and_destroys(postroj, vagrant, tmp_path):
+    deb = rig.build_demo_deb(tmp_path)
+    proc = postroj("probe", "--vm", LINUX, "--package", str(deb), "--command", "hostname",
+                   env=vagrant.env(exit_upload=1, stderr_upload="scp: /tmp: No space left on device\n"), check=1)
+    lines = report_lines(proc.stdout)
+    assert [line.split()[0] for line in lines] == ["FAIL", "PASS"]
+    assert "reason: uploading %s failed" % deb.name in proc.stdout
+    assert "No space left on device" in proc.stdout
+    # nothing is installed from a file that did not arrive
+    assert vagrant.steps() == ["up", "upload: %s -> /tmp/%s" % (deb, deb.name), "ssh: hostname", "destroy"]
+
+
+def test_probe_vm_package_from_a_url_is_downloaded_first(postroj, vagrant, tmp_path):
+    www = tmp_path / "www"
+    www.mkdir()
+    deb = rig.build_demo_deb(www)
+    server = rig.HTTPServer(www).start()
+    try:
+        url = "%s/%s" % (server.url, deb.name)
+        proc = postroj("probe", "--vm", LINUX, "--package", url, env=vagrant.env())
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [upload] = [c["argv"] for c in vagrant.actions() if c["argv"][0] == "upload"]
+    assert upload[1] != url and Path(upload[1]).name == deb.name
+    assert Path(upload[1]).read_bytes() == deb.read_bytes()
+
+
+@pytest.mark.parametrize("argv", [
+    ["--vm", WINDOWS, "--package", "DEB"],
+    ["--vm", LINUX, "--package", "MSI"],
+])
+def test_probe_vm_package_of_the_wrong_kind_is_a_usage_error(postroj, vagrant, tmp_path, argv):
+    files = {"DEB": str(rig.build_demo_deb(tmp_path)), "MSI": str(msi_file(tmp_path))}
+    proc = postroj("probe", *[files.get(a, a) for a in argv], env=vagrant.env(), check=2)
+    assert "cannot be installed on" in proc.stderr
+    assert vagrant.calls == []
+
+
+def test_probe_vm_command_is_bounded_by_timeout(postroj, vagrant):
+    """--timeout is per probe, as in containers: a command that hangs fails, and the VM goes."""
+    t0 = time.monotonic()
+    proc = postroj("probe", "--vm", LINUX, "--command", "sleep 600", "--timeout", "2",
+                   env=vagrant.env(sleep_ssh=20), timeout=120)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [line] = report_lines(proc.stdout)
+    assert line.startswith("FAIL")
+    assert elapsed < 15, "probe took %.1f s despite --timeout 2" % elapsed
+    assert vagrant.steps() == ["up", "ssh: sleep 600", "destroy"]
+
+
+def test_probe_several_vms_one_after_another(postroj, vagrant, tmp_path):
+    xml = tmp_path / "junit.xml"
+    postroj("probe", "--vm", LINUX, "--vm", WINDOWS, "--command", "hostname", "--junit", str(xml),
+            env=vagrant.env(), check=0)
+    assert vagrant.steps() == ["up", "ssh: hostname", "destroy", "up", "winrm: hostname", "destroy"]
+    dirs = [c["env"]["VAGRANT_CWD"] for c in vagrant.actions()]
+    assert dirs == [str(vm_dir(postroj, LINUX))] * 3 + [str(vm_dir(postroj, WINDOWS))] * 3
+    assert [s.get("name") for s in junit(xml).findall("testsuite")] == [LINUX, WINDOWS]
+
+
+def test_probe_vm_destroy_failure_is_reported(postroj, vagrant):
+    """The probes passed, but the VM may still be running: the run must not look clean."""
+    proc = postroj("probe", "--vm", LINUX, "--command", "hostname",
+                   env=vagrant.env(exit_destroy=1, stderr_destroy="libvirt: domain is busy\n"))
+    assert [line.split()[0] for line in report_lines(proc.stdout)] == ["PASS"]
+    assert "libvirt: domain is busy" in proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert (vm_dir(postroj, LINUX) / "Vagrantfile").is_file()
+    postroj("vm", "destroy", LINUX, env=vagrant.env(), check=0)

@@ -1,0 +1,184 @@
+"""The distribution catalogue, Vagrant boxes and the names postroj accepts for images and machines."""
+
+from __future__ import annotations
+
+import pytest
+
+import postroj
+
+LABELS = [d.label for d in postroj.DISTRIBUTIONS]
+ALIASES = [a for d in postroj.DISTRIBUTIONS for a in d.aliases]
+
+
+# --- distributions ----------------------------------------------------------------
+
+
+def test_catalogue_covers_at_least_25_distributions():
+    assert len(postroj.DISTRIBUTIONS) >= 25
+    families = {d.family for d in postroj.DISTRIBUTIONS}
+    assert {"debian", "redhat", "suse", "arch"} <= families
+
+
+def test_labels_are_name_dash_release():
+    for dist in postroj.DISTRIBUTIONS:
+        assert dist.label == "%s-%s" % (dist.name, dist.release)
+        assert dist.fullname == dist.label
+
+
+def test_labels_and_aliases_are_unique():
+    every = LABELS + ALIASES
+    duplicates = sorted({name for name in every if every.count(name) > 1})
+    assert duplicates == []
+    assert postroj.all_labels() == [n for d in postroj.DISTRIBUTIONS for n in (d.label,) + d.aliases]
+
+
+@pytest.mark.parametrize("name", LABELS + ALIASES)
+def test_labels_and_aliases_are_valid_image_names(name):
+    assert postroj.check_name(name) == name
+
+
+@pytest.mark.parametrize("dist", postroj.DISTRIBUTIONS, ids=LABELS)
+def test_every_distribution_has_a_known_package_manager_and_source(dist):
+    assert dist.package_type in ("deb", "rpm", "pkg")
+    assert dist.image.startswith(("docker://", "http://", "https://"))
+    name, source = postroj.parse_source(dist.label)
+    assert name == dist.label
+    assert source.distribution == dist
+    assert source.location == dist.image
+
+
+@pytest.mark.parametrize("alias, label", [
+    ("debian-10", "debian-buster"),
+    ("debian-12", "debian-bookworm"),
+    ("debian-unstable", "debian-sid"),
+    ("ubuntu-22.04", "ubuntu-jammy"),
+    ("centos-9", "centos-stream9"),
+    ("al2023", "amazonlinux-2023"),
+    ("tumbleweed", "opensuse-tumbleweed"),
+    ("arch", "archlinux-latest"),
+])
+def test_find_distribution_by_alias(alias, label):
+    assert postroj.find_distribution(alias).label == label
+    assert postroj.parse_source(alias)[0] == label
+
+
+def test_find_distribution_of_an_unknown_name_is_none():
+    assert postroj.find_distribution("debian-9") is None
+    assert postroj.find_distribution("Debian-bookworm") is None
+    assert postroj.find_distribution("") is None
+
+
+def test_only_debian_and_ubuntu_bootstrap():
+    bootstrappable = {d.name for d in postroj.DISTRIBUTIONS if d.can_bootstrap()}
+    assert bootstrappable == {"debian", "ubuntu"}
+
+
+@pytest.mark.parametrize("typo, expected", [
+    ("debian-bokworm", "debian-bookworm"),
+    ("ubuntu-jamy", "ubuntu-jammy"),
+    ("fedora-04", "fedora-40"),
+    ("rocky-10", "rocky-9"),
+])
+def test_unknown_label_lists_the_closest_labels(usage_error, typo, expected):
+    error = usage_error(postroj.parse_source, typo)
+    assert repr(typo) in error.message
+    assert "did you mean" in error.message
+    assert expected in error.message
+    assert "list-images" in error.hint
+
+
+def test_unknown_label_without_near_names_still_says_where_to_look(usage_error):
+    error = usage_error(postroj.parse_source, "xyzzy")
+    assert "unknown image 'xyzzy'" in error.message
+    assert "list-images" in error.hint
+
+
+def test_via_bootstrap(usage_error):
+    name, source = postroj.parse_source("debian-12", via="bootstrap", mirror="http://mirror.example/debian")
+    assert name == "debian-bookworm"
+    assert source.kind == "bootstrap"
+    assert source.location == "http://mirror.example/debian"
+    assert "bootstrap" in usage_error(postroj.parse_source, "fedora-41", via="bootstrap").message
+    assert "did you mean" in usage_error(postroj.parse_source, "debian-bokworm", via="bootstrap").message
+
+
+# --- boxes ------------------------------------------------------------------------
+
+
+def test_box_labels_are_unique_valid_names():
+    labels = [b.label for b in postroj.BOXES]
+    assert len(set(labels)) == len(labels)
+    for label in labels:
+        assert postroj.check_name(label, "box") == label
+
+
+def test_find_curated_box():
+    box = postroj.find_box("windows-2022")
+    assert box.box == "StefanScherer/windows_2022"
+    assert (box.guest, box.communicator) == ("windows", "winrm")
+    debian = postroj.find_box("debian-12")
+    assert (debian.box, debian.guest, debian.communicator) == ("debian/bookworm64", "linux", "ssh")
+
+
+@pytest.mark.parametrize("reference, box, guest, communicator", [
+    ("vagrant:generic/alpine319", "generic/alpine319", "linux", "ssh"),
+    ("vagrant:StefanScherer/windows_2019", "StefanScherer/windows_2019", "windows", "winrm"),
+    ("vagrant:generic/freebsd14", "generic/freebsd14", "bsd", "ssh"),
+    ("vagrant:bento/ubuntu-24.04", "bento/ubuntu-24.04", "linux", "ssh"),
+])
+def test_find_box_from_vagrant_cloud_reference(reference, box, guest, communicator):
+    found = postroj.find_box(reference)
+    assert (found.box, found.guest, found.communicator) == (box, guest, communicator)
+    assert postroj.check_name(found.label, "box label") == found.label
+
+
+@pytest.mark.parametrize("reference", ["vagrant:_/_", "vagrant:-/-"])
+def test_box_label_from_a_reference_is_never_empty(reference):
+    # The label is the directory below POSTROJ_HOME/vagrant: an empty one is that directory itself,
+    # and `postroj vm destroy` would remove every VM's Vagrantfile.
+    box = postroj.find_box(reference)
+    assert box.label
+    assert postroj.check_name(box.label, "box label") == box.label
+
+
+@pytest.mark.parametrize("reference", [
+    "vagrant:", "vagrant:ubuntu", "vagrant:a/b/c", "vagrant:a b/c", "vagrant:owner/box;reboot", "vagrant:/box",
+    "vagrant:owner/",
+])
+def test_malformed_box_reference(usage_error, reference):
+    error = usage_error(postroj.find_box, reference)
+    assert "malformed box reference" in error.message
+    assert "OWNER/BOX" in error.hint
+
+
+def test_unknown_box_lists_the_closest(usage_error):
+    error = usage_error(postroj.find_box, "windows-2020")
+    assert "windows-2019" in error.message or "windows-2022" in error.message
+    assert "vagrant:OWNER/BOX" in error.hint
+
+
+# --- names ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [
+    "", "a/b", "/etc", "..", "a..b", "../x", "bad name", " lead", "trail ", "tab\there",
+    "semi;colon", "pipe|x", "amp&x", "dollar$x", "back`tick", "less<x", "more>x", "paren(x)", "star*", "what?",
+    "bang!", "quote'x", 'dq"x', "back\\slash", "brace{x}", "tilde~x", "hash#x", "colon:x", "at@x",
+    "name\n", "\nname", "na\nme", "name\r", "nul\0x",
+    "Debian", "DEBIAN-BOOKWORM", "ubuntü", "-leading-dash", ".hidden", "_under",
+    "a" * 49, "x" * 300,
+], ids=repr)
+def test_check_name_refuses(usage_error, name):
+    error = usage_error(postroj.check_name, name)
+    assert "invalid image name" in error.message
+    assert "\n" not in error.message, "the name is shown escaped"
+    assert "lower-case" in error.hint
+
+
+@pytest.mark.parametrize("name", ["a", "0", "my-image", "img_2.1", "a" * 48, "debian-bookworm-2"])
+def test_check_name_accepts(name):
+    assert postroj.check_name(name) == name
+
+
+def test_check_name_says_what_was_checked(usage_error):
+    assert "invalid machine name" in usage_error(postroj.check_name, "Bad", "machine name").message

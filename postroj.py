@@ -1389,6 +1389,8 @@ def prune_versions(settings: Settings, name: Optional[str] = None) -> List[Path]
     for entry in settings.images.iterdir():
         if entry.is_symlink():
             active.add(Path(os.path.realpath(entry)).parent.name)
+    # kept containers hold no lock once postroj has exited: they are in use all the same
+    active.update(Path(m.version).name for m in list_machines(settings))
     removed = []
     for version in settings.versions.iterdir():
         if version.name in active or (name and not version.name.startswith(name + "@")):
@@ -1519,23 +1521,27 @@ class NspawnContainer:
         self._locks.append(fd)
         return True
 
+    def _try_name(self, name: str) -> bool:
+        """Take `name` when no container of ours (running or kept) and no registered machine has it."""
+        if not self._hold(self.settings.runtime / (name + ".lock"), False):
+            return False
+        if machine_registered(name) or any(m.name == name for m in list_machines(self.settings) if m.keep):
+            os.close(self._locks.pop())
+            return False
+        self.machine = name
+        return True
+
     def _claim_name(self) -> None:
-        runtime = private_dir(self.settings.runtime)
+        private_dir(self.settings.runtime)
         if self.requested:
             check_name(self.requested, "machine name")
-            if not self._hold(runtime / (self.requested + ".lock"), False) or machine_registered(self.requested):
+            if not self._try_name(self.requested):
                 die("machine name %s is already taken" % self.requested,
                     "choose another --machine, or end the running one (`postroj machines`)", usage=True)
-            self.machine = self.requested
             return
         base = "postroj-%s" % self.image.name
         for number in range(1, 1000):
-            name = base if number == 1 else "%s-%d" % (base, number)
-            name = name[:64]
-            if self._hold(runtime / (name + ".lock"), False):
-                if machine_registered(name):
-                    continue
-                self.machine = name
+            if self._try_name(base if number == 1 else "%s-%d" % (base, number)):
                 return
         die("no free machine name for %s" % base, "run `postroj gc`")
 
@@ -2525,8 +2531,6 @@ def container_options(args: argparse.Namespace) -> Dict[str, Any]:
 def cmd_container(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
     options = container_options(args)
     require_root("running containers")
     image = require_image(settings, args.image, pull=args.pull)
@@ -2802,8 +2806,6 @@ def cmd_vm(args: argparse.Namespace) -> int:
         print("destroyed %s" % box.label)
         return EXIT_OK
     command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
     if not command:
         die("no command given", "write postroj vm run BOX -- COMMAND", usage=True)
     require_tool("vagrant")
@@ -2865,7 +2867,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("container", aliases=["run"], help="boot an image and run a command in it")
     p.add_argument("image", metavar="NAME")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="command and its arguments")
+    p.add_argument("command", nargs="*", metavar="-- COMMAND", help="command and its arguments, after --")
     p.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]")
     p.add_argument("--bind-ro", action="append", default=[], metavar="SRC[:DST]")
     p.add_argument("--setenv", action="append", default=[], metavar="NAME=VALUE")
@@ -2927,7 +2929,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--keep", action="store_true", help="keep the machine when it fails to come up")
     q = vm.add_parser("run", help="run a command in a VM")
     q.add_argument("box", metavar="BOX")
-    q.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    q.add_argument("command", nargs="*", metavar="-- COMMAND")
     q = vm.add_parser("destroy", help="destroy a VM")
     q.add_argument("box", metavar="BOX")
     vm.add_parser("list", help="state of each VM")
@@ -2938,6 +2940,20 @@ def build_parser() -> argparse.ArgumentParser:
 # ==============================================================================
 # main
 # ==============================================================================
+
+
+def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse postroj's options; what follows the first `--` is the payload command, passed on verbatim."""
+    command: Optional[List[str]] = None
+    if "--" in argv:
+        at = list(argv).index("--")
+        argv, command = list(argv[:at]), list(argv[at + 1:])
+    args = build_parser().parse_args(argv)
+    if command is not None:
+        if not hasattr(args, "command"):
+            raise UsageError("unexpected -- %s" % shlex.join(command), "only `container` and `vm run` take a command")
+        args.command = list(args.command) + command
+    return args
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -2957,7 +2973,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_command_line(argv)
         if not getattr(args, "func", None):
             build_parser().print_help(sys.stderr)
             return EXIT_USAGE

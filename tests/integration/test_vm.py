@@ -68,8 +68,21 @@ def vm_dir(postroj, label: str) -> Path:
     return postroj.home / "vagrant" / label
 
 
-def path_without_vagrant() -> str:
-    return ":".join(d for d in os.environ["PATH"].split(":") if d and not os.path.exists(os.path.join(d, "vagrant")))
+@pytest.fixture
+def path_without_vagrant(tmp_path) -> str:
+    """PATH with every other program still there: a directory that holds vagrant is replaced by a
+    copy of it (symbolic links) without vagrant."""
+    dirs = []
+    for index, directory in enumerate(d for d in os.environ["PATH"].split(":") if d):
+        if os.path.lexists(os.path.join(directory, "vagrant")):
+            mirror = tmp_path / ("path-%d" % index)
+            mirror.mkdir()
+            for entry in os.scandir(directory):
+                if entry.name != "vagrant":
+                    os.symlink(entry.path, mirror / entry.name)
+            directory = str(mirror)
+        dirs.append(directory)
+    return ":".join(dirs)
 
 
 def report_lines(stdout: str) -> "list[str]":
@@ -238,6 +251,15 @@ def test_vm_up_with_a_provider_vagrant_lacks_is_a_usage_error(postroj, vagrant):
     assert not vm_dir(postroj, LINUX).exists()
 
 
+def test_vm_up_with_a_provider_from_any_vagrant_plugin(postroj, vagrant):
+    """Providers come from plugins postroj does not list itself (vagrant-qemu, vagrant-lxc, ...)."""
+    env = vagrant.env(plugins="vagrant-libvirt (0.11.2, system)\nvagrant-qemu (0.3.6, global)\n")
+    postroj("vm", "up", LINUX, "--provider", "qemu", env=env, check=0)
+    assert "--provider=qemu" in vagrant.actions()[0]["argv"]
+    postroj("vm", "destroy", LINUX, env=env, check=0)
+    assert vagrant.steps() == ["up", "destroy"]
+
+
 def test_probe_vm_with_a_provider_vagrant_lacks_is_a_usage_error(postroj, vagrant):
     proc = postroj("probe", "--vm", LINUX, "--provider", "parallels", "--command", "true", env=vagrant.env())
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -253,20 +275,20 @@ def test_probe_vm_with_a_provider_vagrant_lacks_is_a_usage_error(postroj, vagran
     ["vm", "destroy", LINUX],
     ["probe", "--vm", WINDOWS, "--command", "hostname"],
 ])
-def test_vagrant_missing_says_how_to_install_it(postroj, vagrant, argv):
-    proc = postroj(*argv, env=dict(vagrant.env(), PATH=path_without_vagrant()), check=1)
+def test_vagrant_missing_says_how_to_install_it(postroj, vagrant, path_without_vagrant, argv):
+    proc = postroj(*argv, env=dict(vagrant.env(), PATH=path_without_vagrant), check=1)
     assert "error: vagrant not found" in proc.stderr
     assert "apt-get install vagrant" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not vm_dir(postroj, argv[2] if argv[0] == "vm" else WINDOWS).exists()
 
 
-def test_doctor_reports_vagrant(postroj, vagrant):
+def test_doctor_reports_vagrant(postroj, vagrant, path_without_vagrant):
     present = postroj("doctor", env=vagrant.env())
     [row] = [line for line in present.stdout.splitlines() if line.startswith("vagrant ")]
     assert row.split()[1] == "ok"
     assert "Vagrant 2.3.7" in row and "libvirt" in row and "winrm" in row
-    absent = postroj("doctor", env=dict(vagrant.env(), PATH=path_without_vagrant()))
+    absent = postroj("doctor", env=dict(vagrant.env(), PATH=path_without_vagrant))
     [row] = [line for line in absent.stdout.splitlines() if line.startswith("vagrant ")]
     assert row.split()[1] == "optional"
     assert "not found" in row

@@ -108,12 +108,19 @@ def test_local_tarball(tmp_path, monkeypatch):
     assert source == postroj.Source("tarball", str(tarball), None, HEX)
 
 
-@pytest.mark.parametrize("relative", ["missing.tar.xz", "missing-dir/", "sub/missing", "./nothing-here"])
+@pytest.mark.parametrize("relative", ["missing-dir/", "sub/missing", "./nothing-here", "./rootfs.tar.xz"])
 def test_missing_paths(usage_error, tmp_path, monkeypatch, relative):
     monkeypatch.chdir(tmp_path)
     error = usage_error(postroj.parse_source, relative)
     assert "does not exist" in error.message
     error = usage_error(postroj.parse_source, str(tmp_path / relative))
+    assert "does not exist" in error.message
+
+
+def test_missing_tarball_in_the_current_directory(usage_error, tmp_path, monkeypatch):
+    # A name ending in .tar.xz is a path, not a catalogue label: say it is missing, not "unknown image".
+    monkeypatch.chdir(tmp_path)
+    error = usage_error(postroj.parse_source, "rootfs.tar.xz")
     assert "does not exist" in error.message
 
 

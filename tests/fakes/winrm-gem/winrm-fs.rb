@@ -1,0 +1,2 @@
+# See winrm.rb: a stand-in, for vagrant validate only.
+require "winrm"

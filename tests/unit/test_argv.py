@@ -1,0 +1,234 @@
+"""Command lines postroj builds for systemd-nspawn, nsenter, systemd-run and package managers, and the
+Vagrantfile it writes. Nothing is booted: the argv lists are checked as data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import postroj
+
+
+def image_info(path: Path, name: str = "debian-bookworm") -> postroj.ImageInfo:
+    return postroj.ImageInfo(name=name, source="docker://docker.io/library/debian:bookworm-slim", digest="sha256:00",
+                             os_release="Debian GNU/Linux 12 (bookworm)", os_id="debian", family="debian",
+                             package_manager="apt", acquired="2024-01-01T00:00:00+00:00", size=0, path=path)
+
+
+def container(tmp_path: Path, mode: str, home: str = "home", **options) -> postroj.NspawnContainer:
+    settings = postroj.Settings(tmp_path / home, tmp_path / "cache")
+    rootfs = settings.versions / "debian-bookworm@0123456789ab" / "rootfs"
+    box = postroj.NspawnContainer(settings, image_info(rootfs), mode=mode, **options)
+    box.machine = "postroj-debian-bookworm"
+    box.rundir = settings.runtime / box.machine
+    return box
+
+
+def option(argv, name: str) -> str:
+    values = [a.split("=", 1)[1] for a in argv if a.startswith(name + "=")]
+    assert len(values) == 1, "%s given %d times in %s" % (name, len(values), argv)
+    return values[0]
+
+
+# --- systemd-nspawn ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["nsenter", "machined"])
+def test_nspawn_boots_below_an_overlay(tmp_path, mode):
+    box = container(tmp_path, mode)
+    upper = box.rundir / "upper"
+    argv = box.nspawn_argv(upper)
+    assert argv[0] == "systemd-nspawn"
+    assert all(isinstance(a, str) for a in argv)
+    assert "--boot" in argv
+    assert option(argv, "--directory") == str(box.image.path)
+    assert option(argv, "--overlay") == "%s:%s:/" % (box.image.path, upper)
+    assert option(argv, "--machine") == "postroj-debian-bookworm"
+    assert option(argv, "--notify-ready") == "yes"
+    assert option(argv, "--bind-ro") == "%s:%s" % (box.rundir / "guest", postroj.GUEST_RUNTIME)
+    assert (box.rundir / "guest").is_dir()
+
+
+def test_nspawn_in_nsenter_mode_does_not_register(tmp_path):
+    argv = container(tmp_path, "nsenter").nspawn_argv(tmp_path / "upper")
+    assert "--register=no" in argv
+    assert "--keep-unit" in argv
+
+
+def test_nspawn_in_machined_mode_registers(tmp_path):
+    argv = container(tmp_path, "machined").nspawn_argv(tmp_path / "upper")
+    assert not [a for a in argv if a.startswith("--register")]
+    assert "--keep-unit" not in argv
+
+
+def test_nspawn_network(tmp_path):
+    shared = container(tmp_path, "nsenter").nspawn_argv(tmp_path / "upper")
+    assert "--private-network" not in shared
+    assert option(shared, "--resolv-conf") == "replace-host"
+    private = container(tmp_path, "nsenter", private_network=True).nspawn_argv(tmp_path / "upper")
+    assert "--private-network" in private
+    assert option(private, "--resolv-conf") == "off"
+
+
+def test_nspawn_binds_and_environment(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    binds = [postroj.parse_bind(str(src), False), postroj.parse_bind("%s:/opt/data" % src, True)]
+    argv = container(tmp_path, "nsenter", binds=binds, setenv=[("LANG", "C"), ("EMPTY", "")]).nspawn_argv(
+        tmp_path / "upper")
+    assert "--bind=%s:%s" % (src, src) in argv
+    assert "--bind-ro=%s:/opt/data" % src in argv
+    assert "--setenv=LANG=C" in argv
+    assert "--setenv=EMPTY=" in argv
+
+
+def test_nspawn_escapes_colons_in_every_path(tmp_path):
+    # nspawn splits --overlay and --bind-ro at colons; a state root with a colon needs \: everywhere.
+    box = container(tmp_path, "nsenter", home="state:2024")
+    upper = box.rundir / "upper"
+    argv = box.nspawn_argv(upper)
+    escaped = lambda path: str(path).replace(":", "\\:")  # noqa: E731
+    assert option(argv, "--overlay") == "%s:%s:/" % (escaped(box.image.path), escaped(upper))
+    assert [a for a in argv if a.startswith("--bind-ro=")] == [
+        "--bind-ro=%s:%s" % (escaped(box.rundir / "guest"), postroj.GUEST_RUNTIME)]
+
+
+def test_nspawn_run_argv_for_provisioning(tmp_path):
+    argv = postroj.nspawn_run_argv(tmp_path / "rootfs", [("/var/cache/x", postroj.PACKAGE_CACHE_DIR)])
+    assert argv[0] == "systemd-nspawn"
+    assert "--boot" not in argv
+    assert "--register=no" in argv and "--keep-unit" in argv
+    assert option(argv, "--directory") == str(tmp_path / "rootfs")
+    assert "--bind=/var/cache/x:%s" % postroj.PACKAGE_CACHE_DIR in argv
+    assert "--setenv=DEBIAN_FRONTEND=noninteractive" in argv
+    assert "--private-network" not in argv
+    assert "--private-network" in postroj.nspawn_run_argv(tmp_path / "rootfs", network=False)
+
+
+# --- commands in the container ----------------------------------------------------
+
+
+def test_command_through_nsenter(tmp_path):
+    box = container(tmp_path, "nsenter")
+    box.leader = 4242
+    argv = box.command_argv(["sh", "-c", "echo hi"], {"PATH": postroj.CONTAINER_PATH})
+    assert argv == ["nsenter", "--target=4242", "--all", "--root", "--wd", "--", "sh", "-c", "echo hi"]
+
+
+def test_command_through_systemd_run(tmp_path):
+    box = container(tmp_path, "machined")
+    env = box.environment([("EXTRA", "1")])
+    argv = box.command_argv(["sh", "-c", "echo hi"], env)
+    assert argv[0] == "systemd-run"
+    assert "--machine=postroj-debian-bookworm" in argv
+    assert "--wait" in argv and "--pipe" in argv
+    assert "--setenv=PATH=%s" % postroj.CONTAINER_PATH in argv
+    assert "--setenv=EXTRA=1" in argv
+    assert argv[argv.index("--"):] == ["--", "sh", "-c", "echo hi"]
+
+
+def test_container_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TERM", "xterm-256color")
+    box = container(tmp_path, "nsenter", setenv=[("LANG", "de_DE.UTF-8")])
+    env = box.environment([("A", "b")])
+    assert env["PATH"] == postroj.CONTAINER_PATH
+    assert env["container"] == "systemd-nspawn"
+    assert env["TERM"] == "xterm-256color"
+    assert env["LANG"] == "de_DE.UTF-8"
+    assert env["A"] == "b"
+
+
+# --- --bind and --setenv ----------------------------------------------------------
+
+
+def test_parse_bind(tmp_path):
+    assert postroj.parse_bind(str(tmp_path), False) == postroj.Bind(str(tmp_path), str(tmp_path), False)
+    assert postroj.parse_bind("%s:/srv" % tmp_path, True) == postroj.Bind(str(tmp_path), "/srv", True)
+
+
+def test_bind_option_escapes_colons():
+    assert postroj.Bind("/a:b", "/c:d").option() == "--bind=/a\\:b:/c\\:d"
+    assert postroj.Bind("/a", "/b", True).option() == "--bind-ro=/a:/b"
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("/nonexistent/postroj-test", "does not exist"),
+    ("", "invalid --bind"),
+    (":/srv", "invalid --bind"),
+    ("{tmp}:relative/path", "invalid bind target"),
+    ("{tmp}:/srv/../etc", "invalid bind target"),
+])
+def test_parse_bind_refuses(usage_error, tmp_path, spec, words):
+    assert words in usage_error(postroj.parse_bind, spec.format(tmp=tmp_path), False).message
+
+
+def test_parse_setenv(usage_error):
+    assert postroj.parse_setenv("A=b=c") == ("A", "b=c")
+    assert postroj.parse_setenv("_X1=") == ("_X1", "")
+    for spec in ("NOEQUALS", "=value", "1A=x", "A-B=x", "A B=x"):
+        assert "invalid --setenv" in usage_error(postroj.parse_setenv, spec).message
+
+
+# --- package managers -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("manager", ["apt", "dnf", "yum", "microdnf", "zypper", "pacman"])
+def test_install_command_installs_without_questions(manager):
+    argv = postroj.install_command(manager, ["systemd", "/run/postroj/packages/hello.deb"])
+    assert argv[-2:] == ["systemd", "/run/postroj/packages/hello.deb"]
+    assert {"-y", "--non-interactive", "--noconfirm"} & set(argv)
+
+
+def test_install_command_for_an_unknown_manager():
+    with pytest.raises(postroj.PostrojError) as error:
+        postroj.install_command("apk", ["systemd"])
+    assert "apt" in error.value.hint
+
+
+def test_order_probes():
+    probes = [postroj.Probe("command", "a"), postroj.Probe("network", "tcp://x:1"), postroj.Probe("unit", "u"),
+              postroj.Probe("copy", "/a:/b"), postroj.Probe("package", "/p.deb"), postroj.Probe("command", "b")]
+    assert [(p.kind, p.target) for p in postroj.order_probes(probes)] == [
+        ("package", "/p.deb"), ("copy", "/a:/b"), ("unit", "u"), ("network", "tcp://x:1"), ("command", "a"),
+        ("command", "b")]
+
+
+# --- Vagrant ----------------------------------------------------------------------
+
+
+def test_vagrantfile_for_windows():
+    box = postroj.find_box("windows-2022")
+    text = postroj.vagrantfile_text(box)
+    assert 'config.vm.box = "StefanScherer/windows_2022"' in text
+    assert 'config.vm.communicator = "winrm"' in text
+    assert "config.vm.guest = :windows" in text
+    assert "v.memory = 4096" in text
+    assert 'config.vm.hostname = "windows-2022"' in text
+
+
+def test_vagrantfile_for_linux():
+    text = postroj.vagrantfile_text(postroj.find_box("ubuntu-22.04"), cpus=4, memory=512)
+    assert 'config.vm.communicator = "ssh"' in text
+    assert ":windows" not in text and "winrm" not in text
+    assert 'config.vm.hostname = "ubuntu-22-04"' in text
+    assert "v.cpus = 4" in text and "v.memory = 512" in text
+    assert text.count("do |") == text.count("\n  end\n") + 1  # every provider block is closed
+    assert text.rstrip().endswith("end")
+
+
+def test_vagrantfile_for_a_vagrant_cloud_windows_box():
+    text = postroj.vagrantfile_text(postroj.find_box("vagrant:StefanScherer/windows_2019"))
+    assert "config.vm.guest = :windows" in text
+    assert 'config.vm.communicator = "winrm"' in text
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("\x1b[0;32mhello\x1b[0m\r\nworld\r\n", "hello\nworld\n"),
+    ("\x1b]0;Administrator: PowerShell\x07PS C:\\> ", "PS C:\\> "),
+    ("\x1b[?25l\x1b[2J\x1b[HReady\r\n\x1b[?25h", "Ready\n"),
+    ("progress 10%\rprogress 100%\r\n", "progress 10%progress 100%\n"),
+    ("plain text\n", "plain text\n"),
+])
+def test_clean_console(raw, clean):
+    assert postroj.clean_console(raw) == clean

@@ -1,0 +1,243 @@
+"""Image state below a POSTROJ_HOME of the test's own: os-release, provisioning decisions, atomic activation,
+pruning, locks; and the probe matrix with a stand-in for booting."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+import postroj
+
+
+@pytest.fixture
+def settings(tmp_path) -> postroj.Settings:
+    settings = postroj.Settings.from_env()
+    assert settings.home == tmp_path / "home", "the unit conftest gives every test its own state root"
+    for directory in (settings.home, settings.images, settings.versions, settings.locks, settings.tmp):
+        postroj.private_dir(directory)
+    return settings
+
+
+def make_version(settings: postroj.Settings, name: str, version_id: str, os_release: str = "Debian") -> Path:
+    version = settings.versions / ("%s@%s" % (name, version_id))
+    (version / "rootfs" / "etc").mkdir(parents=True)
+    (version / "image.json").write_text(json.dumps({
+        "name": name, "source": "test", "digest": "", "os_release": os_release, "os_id": "debian",
+        "family": "debian", "package_manager": "apt", "acquired": "2024-01-01T00:00:00+00:00", "size": 1,
+        "written_by_a_newer_postroj": True}))
+    return version
+
+
+# --- settings ---------------------------------------------------------------------
+
+
+def test_settings_from_env(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("POSTROJ_HOME", "relative-home")
+    monkeypatch.setenv("POSTROJ_CACHE", "")
+    settings = postroj.Settings.from_env()
+    assert settings.home == tmp_path / "relative-home"
+    assert settings.cache == Path(postroj.DEFAULT_CACHE)
+    assert settings.images == tmp_path / "relative-home" / "images"
+    assert settings.downloads == Path(postroj.DEFAULT_CACHE) / "downloads"
+
+
+@pytest.mark.parametrize("size, text", [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536 * 1024, "1.5 MiB"),
+                                        (5 * 1024 ** 4, "5120.0 GiB")])
+def test_human_size(size, text):
+    assert postroj.human_size(size) == text
+
+
+# --- what is in a root file system ------------------------------------------------
+
+
+def test_read_os_release(tmp_path):
+    root = tmp_path / "root"
+    (root / "usr" / "lib").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "usr" / "lib" / "os-release").write_text(
+        '# comment\nID=debian\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nVERSION_ID=\'12\'\n\nBROKEN LINE\n')
+    os.symlink("../usr/lib/os-release", root / "etc" / "os-release")
+    fields = postroj.read_os_release(root)
+    assert fields == {"ID": "debian", "PRETTY_NAME": "Debian GNU/Linux 12 (bookworm)", "VERSION_ID": "12"}
+    (root / "etc" / "os-release").unlink()
+    os.symlink("/usr/lib/os-release", root / "etc" / "os-release")  # absolute: inside the root, not the host's
+    assert postroj.read_os_release(root)["ID"] == "debian"
+
+
+def test_read_os_release_of_an_empty_tree(tmp_path):
+    assert postroj.read_os_release(tmp_path) == {}
+
+
+@pytest.mark.parametrize("links", [
+    # a relative link that climbs out of the root
+    [("etc/os-release", "../../../../../../../../../{outside}/os-release")],
+    # the usual etc -> usr/lib link, then an absolute link, which nothing may resolve on the host
+    [("etc/os-release", "../usr/lib/os-release"), ("usr/lib/os-release", "{outside}/os-release")],
+], ids=["relative-link-climbs-out", "absolute-link-behind-a-relative-one"])
+def test_read_os_release_does_not_follow_links_out_of_the_root(tmp_path, links):
+    outside = tmp_path / "host"
+    outside.mkdir()
+    (outside / "os-release").write_text("ID=host-secret\nPRETTY_NAME=the host\n")
+    root = tmp_path / "root"
+    for name, target in links:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target.format(outside=str(outside).lstrip("/") if target.startswith("..") else outside),
+                   root / name)
+    assert (root / links[0][0]).read_text().startswith("ID=host-secret"), "the links do reach the host file"
+    assert postroj.read_os_release(root).get("ID") != "host-secret"
+
+
+@pytest.mark.parametrize("fields, family", [
+    ({"ID": "debian"}, "debian"),
+    ({"ID": "ubuntu", "ID_LIKE": "debian"}, "debian"),
+    ({"ID": "linuxmint", "ID_LIKE": "ubuntu debian"}, "debian"),
+    ({"ID": "rocky", "ID_LIKE": "rhel centos fedora"}, "redhat"),
+    ({"ID": "amzn", "ID_LIKE": "fedora"}, "redhat"),
+    ({"ID": "opensuse-leap", "ID_LIKE": "suse opensuse"}, "suse"),
+    ({"ID": "sles"}, "suse"),
+    ({"ID": "arch"}, "arch"),
+    ({"ID": "alpine"}, ""),
+    ({}, ""),
+])
+def test_os_family(fields, family):
+    assert postroj.os_family(fields) == family
+
+
+@pytest.mark.parametrize("path, manager", [
+    ("usr/bin/apt-get", "apt"), ("usr/bin/dnf", "dnf"), ("usr/bin/microdnf", "microdnf"), ("bin/yum", "yum"),
+    ("usr/bin/zypper", "zypper"), ("usr/bin/pacman", "pacman"), ("usr/bin/apk", ""),
+])
+def test_detect_package_manager(tmp_path, path, manager):
+    (tmp_path / path).parent.mkdir(parents=True)
+    (tmp_path / path).write_text("#!/bin/sh\n")
+    assert postroj.detect_package_manager(tmp_path) == manager
+
+
+def test_has_systemd(tmp_path):
+    assert not postroj.has_systemd(tmp_path)
+    (tmp_path / "usr" / "lib" / "systemd").mkdir(parents=True)
+    (tmp_path / "usr" / "lib" / "systemd" / "systemd").write_text("")
+    assert postroj.has_systemd(tmp_path)
+
+
+def test_mask_units(tmp_path):
+    units = tmp_path / "etc" / "systemd" / "system"
+    units.mkdir(parents=True)
+    (units / "apt-daily.timer").write_text("[Timer]\n")
+    postroj.mask_units(tmp_path, "debian")
+    for unit in postroj.MASKED_UNITS["all"] + postroj.MASKED_UNITS["debian"]:
+        assert os.readlink(units / unit) == "/dev/null", unit
+    assert not (units / "dnf-makecache.timer").is_symlink()
+    postroj.mask_units(tmp_path, "debian")  # a second time changes nothing
+    assert os.readlink(units / "apt-daily.timer") == "/dev/null"
+
+
+# --- activation -------------------------------------------------------------------
+
+
+def test_activate_and_read_image(settings):
+    version = make_version(settings, "debian-bookworm", "aaaa")
+    assert postroj.read_image(settings, "debian-bookworm") is None
+    postroj.activate(settings, "debian-bookworm", version)
+    link = settings.images / "debian-bookworm"
+    assert link.is_symlink() and not os.readlink(link).startswith("/"), "the link is relative"
+    info = postroj.read_image(settings, "debian-bookworm")
+    assert info.name == "debian-bookworm"
+    assert info.path == version / "rootfs"
+    assert info.package_manager == "apt"
+    assert [i.name for i in postroj.list_images(settings)] == ["debian-bookworm"]
+    assert [p.name for p in settings.images.iterdir() if p.name.startswith(".") and p.is_symlink()] == []
+
+
+def test_activation_swaps_versions_and_prunes_the_old_one(settings):
+    old = make_version(settings, "debian-bookworm", "aaaa", "old")
+    new = make_version(settings, "debian-bookworm", "bbbb", "new")
+    other = make_version(settings, "fedora-41", "cccc")
+    postroj.activate(settings, "debian-bookworm", old)
+    postroj.activate(settings, "fedora-41", other)
+    postroj.activate(settings, "debian-bookworm", new)
+    assert postroj.read_image(settings, "debian-bookworm").os_release == "new"
+    assert postroj.prune_versions(settings, "debian-bookworm") == [old]
+    assert not old.exists() and new.exists() and other.exists()
+    assert list(settings.tmp.iterdir()) == []
+
+
+def test_prune_keeps_a_version_a_container_uses(settings):
+    old = make_version(settings, "debian-bookworm", "aaaa")
+    new = make_version(settings, "debian-bookworm", "bbbb")
+    postroj.activate(settings, "debian-bookworm", new)
+    fd = os.open(str(old / "image.json"), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # what a running container holds on its version
+        assert postroj.prune_versions(settings) == []
+        assert old.exists()
+    finally:
+        os.close(fd)
+    assert postroj.prune_versions(settings) == [old]
+
+
+def test_remove_image(settings):
+    version = make_version(settings, "debian-bookworm", "aaaa")
+    postroj.activate(settings, "debian-bookworm", version)
+    assert postroj.remove_image(settings, "debian-bookworm") is True
+    assert postroj.read_image(settings, "debian-bookworm") is None
+    assert not version.exists()
+    assert postroj.remove_image(settings, "debian-bookworm") is False
+
+
+def test_broken_image_json_is_no_image(settings):
+    version = make_version(settings, "debian-bookworm", "aaaa")
+    postroj.activate(settings, "debian-bookworm", version)
+    (version / "image.json").write_text("{not json")
+    assert postroj.read_image(settings, "debian-bookworm") is None
+    assert postroj.list_images(settings) == []
+
+
+# --- locks ------------------------------------------------------------------------
+
+
+def test_file_lock(tmp_path):
+    path = tmp_path / "locks" / "image-x.lock"
+    assert not postroj.lock_is_held(path)
+    with postroj.file_lock(path) as got:
+        assert got is True
+        assert postroj.lock_is_held(path)
+        with postroj.file_lock(path, wait=False) as second:
+            assert second is False
+    assert not postroj.lock_is_held(path)
+    with postroj.file_lock(path, shared=True), postroj.file_lock(path, shared=True, wait=False) as both:
+        assert both is True
+
+
+# --- the probe matrix -------------------------------------------------------------
+
+
+def test_run_matrix_reports_in_image_order():
+    reported = []
+
+    def probe_one(name, cancel):
+        return [postroj.ProbeResult(name, postroj.Probe("command", "true"), "pass", 0.0)]
+
+    results = postroj.run_matrix(["a", "b", "c", "d"], 3, False, probe_one, reported.append)
+    assert [r.image for r in results] == ["a", "b", "c", "d"]
+    assert reported == results
+
+
+def test_run_matrix_fail_fast_stops_the_rest():
+    probed = []
+    lock = threading.Lock()
+
+    def probe_one(name, cancel):
+        with lock:
+            probed.append(name)
+        return [postroj.ProbeResult(name, postroj.Probe("command", "false"), "fail", 0.0, reason="exit status 1")]
+
+    results = postroj.run_matrix(["a", "b", "c"], 1, True, probe_one, lambda r: None)
+    assert probed == ["a"]
+    assert [r.image for r in results] == ["a"]

@@ -1,0 +1,153 @@
+"""Reports: the terminal lines, JSON and JUnit XML that CI reads."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import postroj
+
+P = postroj.Probe
+R = postroj.ProbeResult
+
+RESULTS = [
+    R("debian-bookworm", P("command", "hello --version"), "pass", 0.4321, output="hello 2.10"),
+    R("debian-bookworm", P("unit", "nginx"), "fail", 30.0, reason="unit nginx failed",
+      output="nginx.service - A high performance web server\n   Active: failed", details="journal line 1\njournal 2"),
+    R("debian-bookworm", P("package", "/tmp/hello_2.10_amd64.deb"), "pass", 5.5),
+    R("fedora-41", P("network", "http://localhost/", 200, "Welcome"), "skip", 0.0, reason="not run: --fail-fast"),
+    R("fedora-41", P("command", "hello"), "fail", 0.1, reason="exit status 127",
+      output="\x1b[31msh: hello: not found\x1b[0m\x00\x07"),
+]
+
+
+def parse(results) -> ET.Element:
+    data = postroj.junit_xml(results)
+    assert data.startswith(b"<?xml")
+    return ET.fromstring(data)
+
+
+# --- JUnit XML --------------------------------------------------------------------
+
+
+def test_junit_one_testsuite_per_image_one_testcase_per_probe():
+    root = parse(RESULTS)
+    assert root.tag == "testsuites"
+    assert (root.get("tests"), root.get("failures")) == ("5", "2")
+    suites = root.findall("testsuite")
+    assert [s.get("name") for s in suites] == ["debian-bookworm", "fedora-41"]
+    bookworm, fedora = suites
+    assert (bookworm.get("tests"), bookworm.get("failures"), bookworm.get("skipped")) == ("3", "1", "0")
+    assert (fedora.get("tests"), fedora.get("failures"), fedora.get("skipped")) == ("2", "1", "1")
+    assert [c.get("name") for c in bookworm.findall("testcase")] == [
+        "command hello --version", "unit nginx", "package /tmp/hello_2.10_amd64.deb"]
+    assert {c.get("classname") for c in bookworm.findall("testcase")} == {"postroj.debian-bookworm"}
+    assert float(bookworm.get("time")) == pytest.approx(0.4321 + 30.0 + 5.5, abs=0.002)
+
+
+def test_junit_failures_carry_message_and_output():
+    root = parse(RESULTS)
+    nginx = root.find("testsuite[@name='debian-bookworm']/testcase[@name='unit nginx']")
+    failure = nginx.find("failure")
+    assert failure.get("message") == "unit nginx failed"
+    assert failure.get("type") == "unit"
+    assert "Active: failed" in failure.text and "journal line 1" in failure.text
+    passed = root.find("testsuite[@name='debian-bookworm']/testcase[@name='command hello --version']")
+    assert passed.find("failure") is None
+    assert passed.find("system-out").text == "hello 2.10"
+
+
+def test_junit_skipped():
+    root = parse(RESULTS)
+    case = root.find("testsuite[@name='fedora-41']/testcase[@name='network http://localhost/']")
+    assert case.find("skipped").get("message") == "not run: --fail-fast"
+    assert case.find("failure") is None
+
+
+def test_junit_control_characters_in_output_are_replaced():
+    root = parse(RESULTS)
+    failure = root.find("testsuite[@name='fedora-41']/testcase[@name='command hello']/failure")
+    assert "sh: hello: not found" in failure.text
+    assert "\x1b" not in failure.text and "\x00" not in failure.text
+
+
+def test_junit_is_well_formed_whatever_the_command_is():
+    # The probe's command becomes the testcase name; a control character there must not break the XML.
+    result = R("debian-bookworm", P("command", "printf '\x1b[1mbold\x1b[0m'"), "pass", 0.1)
+    case = parse([result]).find("testsuite/testcase")
+    assert "bold" in case.get("name")
+
+
+def test_junit_of_no_results():
+    root = parse([])
+    assert (root.get("tests"), root.get("failures"), root.findall("testsuite")) == ("0", "0", [])
+
+
+# --- JSON -------------------------------------------------------------------------
+
+
+def test_results_json():
+    data = json.loads(json.dumps(postroj.results_json(RESULTS)))
+    assert data["version"] == postroj.__version__
+    assert data["passed"] is False
+    assert len(data["results"]) == 5
+    first, nginx = data["results"][:2]
+    assert first == {"image": "debian-bookworm", "kind": "command", "target": "hello --version", "status": "pass",
+                     "duration": 0.432, "reason": "", "output": "hello 2.10", "details": ""}
+    assert (nginx["status"], nginx["reason"], nginx["details"]) == ("fail", "unit nginx failed",
+                                                                   "journal line 1\njournal 2")
+
+
+def test_results_json_passes_when_nothing_failed():
+    assert postroj.results_json([r for r in RESULTS if r.status != "fail"])["passed"] is True
+    assert postroj.results_json([])["passed"] is True
+
+
+def test_write_output_to_a_file_and_to_stdout(tmp_path, capsysbinary):
+    target = tmp_path / "results.json"
+    postroj.write_output(str(target), b'{"passed": true}\n')
+    assert target.read_bytes() == b'{"passed": true}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    postroj.write_output("-", b"<testsuites/>")
+    assert capsysbinary.readouterr().out == b"<testsuites/>"
+
+
+# --- terminal lines ---------------------------------------------------------------
+
+
+def test_format_pass_is_one_line():
+    line = postroj.format_result(RESULTS[0])
+    assert "\n" not in line
+    assert line.startswith("PASS  debian-bookworm")
+    assert "command hello --version" in line
+    assert line.endswith("0.43s")
+
+
+def test_format_failure_has_reason_output_and_journal():
+    text = postroj.format_result(RESULTS[1])
+    lines = text.splitlines()
+    assert lines[0].startswith("FAIL  debian-bookworm") and "unit nginx" in lines[0]
+    assert "      reason: unit nginx failed" in lines
+    assert "      output:" in lines
+    assert "           Active: failed" in lines
+    assert "      journal:" in lines
+    assert "        journal line 1" in lines
+
+
+def test_format_failure_without_output():
+    result = R("img", P("command", "false"), "fail", 0.0, reason="exit status 1")
+    assert postroj.format_result(result).splitlines()[1:] == ["      reason: exit status 1"]
+
+
+def test_format_skip_and_color():
+    assert postroj.format_result(RESULTS[3]).startswith("SKIP  fedora-41")
+    assert postroj.format_result(RESULTS[0], color=True).startswith("\x1b[32mPASS\x1b[0m")
+    assert postroj.format_result(RESULTS[1], color=True).startswith("\x1b[31mFAIL\x1b[0m")
+
+
+def test_format_long_probe_title_is_cut():
+    result = R("img", P("command", "x" * 200), "pass", 1.0)
+    assert "command " + "x" * 42 + " " in postroj.format_result(result)
+    assert "x" * 43 not in postroj.format_result(result)

@@ -2099,6 +2099,7 @@ class ProbePlan(NamedTuple):
     timeout: float = 30
     boot_timeout: float = 30
     private_network: bool = True
+    fail_fast: bool = False
 
 
 def order_probes(probes: Sequence[Probe]) -> Tuple[Probe, ...]:
@@ -2276,6 +2277,8 @@ def run_probes(settings: Settings, image: ImageInfo, container: NspawnContainer,
     if pending:
         results += install_packages(settings, image, pending, container, plan.timeout)
     for probe in todo:
+        if plan.fail_fast and any(r.status == "fail" for r in results):
+            cancel.set()
         if probe.kind == "package":
             continue
         if cancel.is_set():
@@ -2657,7 +2660,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
             die("image %s is not acquired and --no-pull was given" % name, "acquire it with `postroj image %s`" % name)
     require_root("probing")
     plan = ProbePlan(probes, timeout=args.timeout, boot_timeout=args.boot_timeout,
-                     private_network=not args.host_network)
+                     private_network=not args.host_network, fail_fast=args.fail_fast)
     packages = materialize_packages(settings, probes)
     color = sys.stdout.isatty()
 

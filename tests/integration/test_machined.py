@@ -20,6 +20,8 @@ import rig
 
 
 class TestHost:
+    __test__ = False  # not a test class: a booted test server
+
     """A booted Debian container with systemd-container inside; ends with the test."""
 
     def __init__(self, root, home, pyz, image_version, tmp_path) -> None:

@@ -7,6 +7,8 @@ import signal
 
 import pytest
 
+import postroj
+
 
 @pytest.fixture(autouse=True)
 def own_state_root(tmp_path, monkeypatch):
@@ -23,7 +25,6 @@ def own_state_root(tmp_path, monkeypatch):
 @pytest.fixture
 def usage_error():
     """usage_error(call, *args): the UsageError call(*args) raises, checked for exit code 2 and a hint."""
-    import postroj
 
     def check(call, *args, **kwargs):
         with pytest.raises(postroj.UsageError) as info:

@@ -161,10 +161,11 @@ def test_doctor_without_skopeo(cli, tmp_path, monkeypatch):
     code, out, err = cli("doctor")
     assert code == 1
     assert re.search(r"^skopeo\s+missing\s+not found", out, re.M)
-    assert re.search(r"^to fix: apt-get install skopeo\b", out, re.M)
+    fix = [line.split()[4:] for line in out.splitlines() if line.startswith("to fix: apt-get install ")]
+    assert len(fix) == 1 and "skopeo" in fix[0], out
     if shutil.which("umoci", path=str(tmp_path / "bin")):
         assert re.search(r"^umoci\s+ok\s", out, re.M)
-        assert "apt-get install umoci" not in out.replace("apt-get install skopeo umoci", "")
+        assert "umoci" not in fix[0]
 
     code, out, err = cli("doctor", "--json")
     assert code == 1

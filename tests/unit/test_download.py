@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import socket
 
@@ -227,8 +228,6 @@ def test_nothing_listens(tmp_path):
 
 def test_published_sha256_beside_the_tarball(site):
     data = publish(site, "rootfs.tar.xz", 1000)
-    import hashlib
-
     digest = hashlib.sha256(data).hexdigest()
     (site.root / "SHA256SUMS").write_text("%s  other.tar.xz\n%s  rootfs.tar.xz\n" % ("0" * 64, digest))
     assert postroj.fetch_published_sha256(site.url + "/rootfs.tar.xz") == digest

@@ -20,9 +20,9 @@ import rig
 
 
 class TestHost:
-    __test__ = False  # not a test class: a booted test server
-
     """A booted Debian container with systemd-container inside; ends with the test."""
+
+    __test__ = False  # a test server, not a test class
 
     def __init__(self, root, home, pyz, image_version, tmp_path) -> None:
         self.tmp_path = tmp_path

@@ -68,7 +68,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,47}")
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -443,10 +443,13 @@ def find_box(name: str) -> Box:
             return box
     if name.startswith("vagrant:"):
         ref = name[len("vagrant:"):]
-        if not re.match(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", ref):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", ref):
             die("malformed box reference %r" % name, "write vagrant:OWNER/BOX, as on Vagrant Cloud", usage=True)
         guest = "windows" if "windows" in ref.lower() else "bsd" if "bsd" in ref.lower() else "linux"
-        label = re.sub(r"[^a-z0-9.-]+", "-", ref.lower()).strip("-")
+        label = re.sub(r"[^a-z0-9.-]+", "-", ref.lower()).strip("-.")
+        if not NAME_PATTERN.fullmatch(label) or ".." in label:
+            die("box reference %r gives no usable name" % name, "write vagrant:OWNER/BOX with letters or digits",
+                usage=True)
         return Box(label, ref, guest, "winrm" if guest == "windows" else "ssh")
     raise unknown_name_error("box", name, [b.label for b in BOXES],
                              "see `postroj list-images` for curated boxes, or use vagrant:OWNER/BOX")
@@ -454,7 +457,7 @@ def find_box(name: str) -> Box:
 
 def check_name(name: str, what: str = "image name") -> str:
     """Refuse names that cannot be a directory and machine name: only [a-z0-9._-], no `..`."""
-    if not NAME_PATTERN.match(name) or ".." in name:
+    if not NAME_PATTERN.fullmatch(name) or ".." in name:
         printable = name.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
         die("invalid %s %r" % (what, printable[:80]),
             "use lower-case letters, digits, '.', '_' and '-', at most 48 characters, starting with a letter or digit",
@@ -700,6 +703,17 @@ class Source(NamedTuple):
     sha256: str = ""
 
 
+def parse_url(url: str) -> urllib.parse.ParseResult:
+    """urlparse, with what it cannot parse (`http://[::1`) as a usage error."""
+    try:
+        parsed = urllib.parse.urlparse(url)
+        parsed.port  # noqa: B018 - raises for a port out of range or not a number
+    except ValueError as exc:
+        die("malformed URL %r: %s" % (url, exc), "write SCHEME://HOST[:PORT]/PATH with a port from 1 to 65535",
+            usage=True)
+    return parsed
+
+
 def derive_name(reference: str) -> str:
     """A default image name for a reference of the user's own: `docker://r/library/debian:12` → debian-12."""
     ref = reference
@@ -720,7 +734,7 @@ def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = 
     if not reference or any(ch in reference for ch in "\n\r\0"):
         die("invalid image reference %r" % reference[:80], "give a catalogue label, docker://, http(s):// or a path",
             usage=True)
-    if sha256 and not re.match(r"^[0-9a-fA-F]{64}$", sha256):
+    if sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
         die("invalid --sha256 %r" % sha256[:80], "give the 64 hex digits of the tarball's SHA-256", usage=True)
     dist = find_distribution(reference)
     if dist:
@@ -740,7 +754,7 @@ def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = 
         if not body or any(ch.isspace() for ch in reference):
             die("malformed image reference %r" % reference, "write docker://REGISTRY/REPO:TAG", usage=True)
         return derive_name(reference), Source("registry", reference)
-    parsed = urllib.parse.urlparse(reference)
+    parsed = parse_url(reference)
     if parsed.scheme in ("http", "https"):
         if not parsed.netloc or any(ch.isspace() for ch in reference):
             die("malformed URL %r" % reference, "write http(s)://HOST/PATH/ROOTFS.tar.xz", usage=True)
@@ -752,7 +766,7 @@ def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = 
         die("unsupported scheme in %r" % reference,
             "use docker://, oci:, oci-archive:, docker-archive:, http://, https:// or a local path", usage=True)
     path = Path(reference)
-    if "/" in reference or path.exists():
+    if "/" in reference or path.exists() or reference.endswith(TARBALL_SUFFIXES):
         if path.is_dir():
             return derive_name(str(path.absolute())), Source("directory", str(path.absolute()))
         if path.is_file() or reference.endswith(TARBALL_SUFFIXES):
@@ -795,38 +809,46 @@ def url_opener() -> "urllib.request.OpenerDirector":
     return urllib.request.build_opener()
 
 
+def read_json(path: Path) -> Dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def download(url: str, dest_dir: Path, *, timeout: float = 60) -> Path:
-    """Fetch `url` into `dest_dir`: resumed when a partial file is there, not fetched again when unchanged."""
+    """Fetch `url` into `dest_dir`: resumed when a partial file is there, not fetched again when unchanged.
+
+    The validators (ETag, Last-Modified) of the complete file and of the partial one are kept apart,
+    so an interrupted update is never taken for the current file.
+    """
     import hashlib
+    import http.client
     import urllib.error
     import urllib.request
 
     ensure_dir(dest_dir)
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(urllib.parse.urlparse(url).path)) or "download"
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(parse_url(url).path)) or "download"
     target = dest_dir / ("%s-%s" % (key, base))
     partial = target.with_name(target.name + ".part")
-    meta_path = target.with_name(target.name + ".json")
-    meta: Dict[str, str] = {}
-    if meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError:
-            meta = {}
+    target_meta = target.with_name(target.name + ".json")
+    partial_meta = partial.with_name(partial.name + ".json")
     headers = {"User-Agent": "postroj/%s" % __version__}
-    if target.exists():
+    offset = partial.stat().st_size if partial.exists() else 0
+    if offset:
+        headers["Range"] = "bytes=%d-" % offset
+        validator = read_json(partial_meta).get("etag") or read_json(partial_meta).get("last_modified")
+        if validator:
+            headers["If-Range"] = validator
+    elif target.exists():
+        meta = read_json(target_meta)
         if meta.get("etag"):
             headers["If-None-Match"] = meta["etag"]
         if meta.get("last_modified"):
             headers["If-Modified-Since"] = meta["last_modified"]
-    offset = partial.stat().st_size if partial.exists() and not target.exists() else 0
-    if offset:
-        headers["Range"] = "bytes=%d-" % offset
-        if meta.get("etag"):
-            headers["If-Range"] = meta["etag"]
-    request = urllib.request.Request(url, headers=headers)
     try:
-        response = url_opener().open(request, timeout=timeout)
+        response = url_opener().open(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 304 and target.exists():
             log.info("%s has not changed, using %s", url, target)
@@ -835,17 +857,17 @@ def download(url: str, dest_dir: Path, *, timeout: float = 60) -> Path:
             partial.unlink()
             return download(url, dest_dir, timeout=timeout)
         die("downloading %s failed: HTTP %d %s" % (url, exc.code, exc.reason), "check the URL")
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         die("downloading %s failed: %s" % (url, reason), "check the URL and that the server can be reached")
     with response:
-        if response.status == 200:
+        if response.status != 206:
             offset = 0
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else 0
         meta = {"url": url, "etag": response.headers.get("ETag") or "",
                 "last_modified": response.headers.get("Last-Modified") or ""}
-        meta_path.write_text(json.dumps(meta))
+        partial_meta.write_text(json.dumps(meta))
         progress = Progress(os.path.basename(target.name), total)
         done = offset
         try:
@@ -857,7 +879,7 @@ def download(url: str, dest_dir: Path, *, timeout: float = 60) -> Path:
                     out.write(chunk)
                     done += len(chunk)
                     progress.update(done)
-        except (OSError, urllib.error.URLError) as exc:
+        except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
             die("downloading %s failed after %s: %s" % (url, human_size(done), exc),
                 "run the same command again to resume")
         finally:
@@ -865,6 +887,7 @@ def download(url: str, dest_dir: Path, *, timeout: float = 60) -> Path:
     if total and done != total:
         die("downloading %s failed: got %d of %d bytes" % (url, done, total), "run the same command again to resume")
     os.replace(partial, target)
+    os.replace(partial_meta, target_meta)
     log.info("downloaded %s (%s)", url, human_size(done))
     return target
 
@@ -883,7 +906,7 @@ def parse_sha256sums(text: str, filename: str) -> str:
     """The checksum of `filename` in a SHA256SUMS file, or ''."""
     for line in text.splitlines():
         parts = line.strip().split()
-        if len(parts) == 2 and re.match(r"^[0-9a-fA-F]{64}$", parts[0]) and parts[1].lstrip("*./") == filename:
+        if len(parts) == 2 and re.fullmatch(r"[0-9a-fA-F]{64}", parts[0]) and parts[1].lstrip("*./") == filename:
             return parts[0].lower()
     return ""
 
@@ -1062,13 +1085,37 @@ OS_FAMILIES = {
 }
 
 
+def resolve_in_root(root: Path, relative: str) -> Optional[Path]:
+    """The path `relative` names inside `root`, following links as the container would: never out of `root`."""
+    parts = [p for p in relative.split("/") if p not in ("", ".")]
+    resolved: List[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = root.joinpath(*resolved, part)
+        if candidate.is_symlink():
+            hops += 1
+            if hops > 40:
+                return None
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(part)
+    return root.joinpath(*resolved)
+
+
 def read_os_release(root: Path) -> Dict[str, str]:
     """Fields of the image's os-release (in /etc, else /usr/lib), without following links out of `root`."""
     for rel in ("etc/os-release", "usr/lib/os-release"):
-        path = root / rel
-        if path.is_symlink():
-            target = os.readlink(path)
-            path = root / target.lstrip("/") if target.startswith("/") else path.parent / target
+        path = resolve_in_root(root, rel)
+        if path is None:
+            continue
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
@@ -1438,14 +1485,19 @@ def stop_all_containers() -> None:
         container.stop()
 
 
+def nspawn_escape(path: str) -> str:
+    """Colons separate paths in nspawn's --bind and --overlay: escape those inside a path."""
+    return path.replace("\\", "\\\\").replace(":", "\\:")
+
+
 class Bind(NamedTuple):
     source: str
     target: str
     readonly: bool = False
 
     def option(self) -> str:
-        return "--%s=%s:%s" % ("bind-ro" if self.readonly else "bind", self.source.replace(":", r"\:"),
-                               self.target.replace(":", r"\:"))
+        return "--%s=%s:%s" % ("bind-ro" if self.readonly else "bind", nspawn_escape(self.source),
+                               nspawn_escape(self.target))
 
 
 def parse_bind(spec: str, readonly: bool) -> Bind:
@@ -1464,7 +1516,7 @@ def parse_bind(spec: str, readonly: bool) -> Bind:
 
 def parse_setenv(spec: str) -> Tuple[str, str]:
     name, sep, value = spec.partition("=")
-    if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         die("invalid --setenv %r" % spec, "write --setenv NAME=VALUE", usage=True)
     return name, value
 
@@ -1576,13 +1628,12 @@ class NspawnContainer:
         finally:
             console.close()
         self.write_state(nspawn_pid=self.proc.pid)
-        self.timings["spawn"] = time.monotonic() - t0
+        self.timings["setup"] = time.monotonic() - t0
         try:
             self.wait_ready(notify)
         finally:
             notify.close()
         self.write_state(nspawn_pid=self.proc.pid)
-        self.timings["boot"] = time.monotonic() - t0 - self.timings["spawn"]
         log.debug("container %s up in %.3f s (leader %d, %s, mode %s)", self.machine, time.monotonic() - t0,
                   self.leader, self.state, self.mode)
 
@@ -1593,7 +1644,7 @@ class NspawnContainer:
             "--quiet",
             "--boot",
             "--directory=%s" % root,
-            "--overlay=%s:%s:/" % (root.replace(":", r"\:"), str(upper).replace(":", r"\:")),
+            "--overlay=%s:%s:/" % (nspawn_escape(root), nspawn_escape(str(upper))),
             "--machine=%s" % self.machine,
             "--notify-ready=yes",
             "--console=read-only",
@@ -1601,7 +1652,7 @@ class NspawnContainer:
             "--link-journal=no",
             "--timezone=off",
             "--resolv-conf=%s" % ("off" if self.private_network else "replace-host"),
-            "--bind-ro=%s:%s" % (self.rundir / "guest", GUEST_RUNTIME),
+            Bind(str(self.rundir / "guest"), GUEST_RUNTIME, readonly=True).option(),
         ]
         ensure_dir(self.rundir / "guest")  # type: ignore[operator]
         if self.mode == "nsenter":
@@ -1615,7 +1666,8 @@ class NspawnContainer:
     def wait_ready(self, notify: socket.socket) -> None:
         """Wait for READY=1 from the container's systemd; poll only when an old guest never sends it."""
         assert self.proc is not None
-        deadline = time.monotonic() + self.boot_timeout
+        started = time.monotonic()
+        deadline = started + self.boot_timeout
         ready = False
         leader_seen = 0.0
         while not ready:
@@ -1636,12 +1688,14 @@ class NspawnContainer:
             elif self.leader and time.monotonic() - leader_seen > 2.0:
                 state = self.system_state()
                 ready = state in ("running", "degraded")
+        self.timings["boot"] = time.monotonic() - started
         self.state = self.system_state()
         if self.state == "degraded":
             self.failed_units = self.capture(["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"]
                                              ).split("\n")
             self.failed_units = [line.split()[0] for line in self.failed_units if line.strip()]
             log.warning("%s is degraded; failed units: %s", self.machine, ", ".join(self.failed_units) or "?")
+        self.timings["readiness"] = time.monotonic() - started - self.timings["boot"]
 
     def console_tail(self, lines: int = 20) -> str:
         if not self.rundir:
@@ -1781,6 +1835,11 @@ class NspawnContainer:
         """A host directory that shows up read-only at /run/postroj in the container."""
         assert self.rundir is not None
         return self.rundir / "guest"
+
+
+def format_timings(timings: Dict[str, float]) -> str:
+    """Where a container's time went: setup, boot, readiness, probes, teardown."""
+    return ", ".join("%s %.3f s" % item for item in timings.items())
 
 
 def login_shell(root: Path) -> str:
@@ -2055,14 +2114,16 @@ while True:
 
 def parse_network_target(url: str) -> str:
     """Check a --check-network URL: tcp://HOST:PORT, http:// or https://, ports 1 to 65535."""
-    parsed = urllib.parse.urlparse(url)
+    try:
+        parsed = urllib.parse.urlparse(url)
+        port = parsed.port
+    except ValueError as exc:
+        problem = "port out of range" if "port" in str(exc).lower() else "malformed URL"
+        die("%s in --check-network %r" % (problem, url), "ports are 1 to 65535; write tcp://HOST:PORT or "
+            "http://HOST[:PORT]/PATH", usage=True)
     if parsed.scheme not in ("tcp", "http", "https") or not parsed.hostname:
         die("unsupported --check-network %r" % url, "use tcp://HOST:PORT, http://HOST[:PORT]/PATH or https://...",
             usage=True)
-    try:
-        port = parsed.port
-    except ValueError:
-        die("port out of range in %r" % url, "ports are 1 to 65535", usage=True)
     if parsed.scheme == "tcp" and port is None:
         die("no port in %r" % url, "write tcp://HOST:PORT", usage=True)
     if port is not None and not 1 <= port <= 65535:
@@ -2258,10 +2319,10 @@ def probe_image(settings: Settings, name: str, plan: ProbePlan, *, pull: bool, c
                         "give a package built for %s" % name, usage=True)
         with NspawnContainer(settings, image, private_network=plan.private_network,
                              boot_timeout=plan.boot_timeout) as container:
-            boot = time.monotonic() - t0
+            t1 = time.monotonic()
             results = run_probes(settings, image, container, plan, cancel, packages)
-            log.info("%s: boot %.3f s, probes %.3f s", name, boot, time.monotonic() - t0 - boot)
-        log.debug("%s: timings %s", name, " ".join("%s=%.3f" % kv for kv in container.timings.items()))
+            container.timings["probes"] = time.monotonic() - t1
+        log.info("%s: %s", name, format_timings(container.timings))
         return results
     except PostrojError as exc:
         if isinstance(exc, UsageError):
@@ -2376,7 +2437,7 @@ def junit_xml(results: Sequence[ProbeResult]) -> bytes:
                               skipped=str(sum(r.status == "skip" for r in items)),
                               time="%.3f" % sum(r.duration for r in items), timestamp=now_iso())
         for r in items:
-            case = ET.SubElement(suite, "testcase", classname="postroj.%s" % image, name=r.probe.title,
+            case = ET.SubElement(suite, "testcase", classname="postroj.%s" % image, name=xml_safe(r.probe.title),
                                  time="%.3f" % r.duration)
             if r.status == "fail":
                 failure = ET.SubElement(case, "failure", message=xml_safe(r.reason), type=r.probe.kind)
@@ -2554,7 +2615,7 @@ def cmd_container(args: argparse.Namespace) -> int:
                   if container.mode == "nsenter" else "enter it: machinectl shell %s" % container.machine,
                   file=sys.stderr)
             print("end it:   postroj stop %s" % container.machine, file=sys.stderr)
-    log.debug("timings: %s", " ".join("%s=%.3f" % kv for kv in container.timings.items()))
+    log.info("%s: %s", container.machine, format_timings(container.timings))
     return code
 
 
@@ -2602,7 +2663,7 @@ def build_probes(args: argparse.Namespace) -> Tuple[Probe, ...]:
     probes: List[Probe] = []
     for spec in args.package:
         if spec.startswith(("http://", "https://")):
-            if not package_type(urllib.parse.urlparse(spec).path):
+            if not package_type(parse_url(spec).path):
                 die("%s does not name a package" % spec, "the URL must end in .deb, .rpm or .msi", usage=True)
         elif re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec):
             die("unsupported scheme in --package %r" % spec, "use a path, http:// or https://", usage=True)
@@ -2622,7 +2683,7 @@ def build_probes(args: argparse.Namespace) -> Tuple[Probe, ...]:
                for u in args.check_network]
     probes += [Probe("command", c) for c in args.command]
     for unit in args.check_unit:
-        if not re.match(r"^[A-Za-z0-9@:._\\-]+$", unit):
+        if not re.fullmatch(r"[A-Za-z0-9@:._\\-]+", unit):
             die("invalid unit name %r" % unit, "give a systemd unit name, e.g. nginx or nginx.service", usage=True)
     if args.expect_status is not None and not 100 <= args.expect_status <= 599:
         die("--expect-status %d is not an HTTP status" % args.expect_status, "use 100 to 599", usage=True)
@@ -2970,7 +3031,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("postroj %s" % __version__)
         return EXIT_OK
     debug = "--debug" in argv
-    verbose = sum(a.count("v") for a in argv if re.match(r"^-v+$", a)) + argv.count("--verbose")
+    verbose = sum(a.count("v") for a in argv if re.fullmatch(r"-v+", a)) + argv.count("--verbose")
     logging.basicConfig(level=logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING,
                         format="postroj: %(message)s", stream=sys.stderr)
     if threading.current_thread() is threading.main_thread():

@@ -621,24 +621,41 @@ def cgroup_layout() -> str:
     return ""
 
 
+def vagrant_plugins() -> List[str]:
+    """Names of the plugins vagrant has (`vagrant plugin list`), empty when it cannot tell."""
+    if not shutil.which("vagrant"):
+        return []
+    try:
+        out = subprocess.run(["vagrant", "plugin", "list"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, timeout=60, check=False).stdout.decode("utf-8", "replace")
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.split()[0] for line in out.splitlines() if line.startswith("vagrant-")]
+
+
 def vagrant_providers() -> List[str]:
     """Providers vagrant can use here, from its plugin list and the hypervisors on PATH."""
     found = []
     if shutil.which("VBoxManage"):
         found.append("virtualbox")
-    plugins = ""
-    if shutil.which("vagrant"):
-        try:
-            plugins = subprocess.run(["vagrant", "plugin", "list"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, timeout=60, check=False).stdout.decode()
-        except (OSError, subprocess.TimeoutExpired):
-            plugins = ""
+    plugins = vagrant_plugins()
     for provider in ("libvirt", "vmware_desktop", "parallels", "hyperv"):
-        if "vagrant-" + provider.replace("_desktop", "-desktop") in plugins:
+        if "vagrant-" + provider.replace("_", "-") in plugins:
             found.append(provider)
     if "docker" not in found and shutil.which("docker"):
         found.append("docker")
     return found
+
+
+def check_provider(provider: str) -> None:
+    """Refuse a --provider vagrant cannot use here, before anything is written or booted."""
+    if not provider:
+        return
+    providers = vagrant_providers()
+    if providers and provider not in providers and "vagrant-" + provider.replace("_", "-") not in vagrant_plugins():
+        die("vagrant has no provider %r here" % provider,
+            "available: %s; install the plugin (vagrant plugin install vagrant-%s)" % (
+                ", ".join(providers), provider.replace("_", "-")), usage=True)
 
 
 class Check(NamedTuple):
@@ -1990,10 +2007,10 @@ class VagrantMachine:
         self.directory = settings.vagrant / box.label
 
     def vagrant(self, args: Sequence[str], *, check: bool = True, capture: bool = True, stdin: Any = subprocess.DEVNULL,
-                what: str = "") -> subprocess.CompletedProcess:
+                what: str = "", timeout: Optional[float] = None) -> subprocess.CompletedProcess:
         require_tool("vagrant")
         env = dict(os.environ, VAGRANT_CWD=str(self.directory), VAGRANT_NO_COLOR="1")
-        return run(["vagrant", *args], check=check, capture=capture, stdin=stdin, env=env,
+        return run(["vagrant", *args], check=check, capture=capture, stdin=stdin, env=env, timeout=timeout,
                    what=what or "vagrant %s" % " ".join(args[:1]))
 
     def write_vagrantfile(self) -> Path:
@@ -2005,41 +2022,51 @@ class VagrantMachine:
     def up(self) -> None:
         """Write the Vagrantfile and `vagrant up`; a failed boot shows vagrant's last lines."""
         self.write_vagrantfile()
-        if self.provider:
-            providers = vagrant_providers()
-            if providers and self.provider not in providers:
-                die("vagrant has no provider %r here" % self.provider,
-                    "available: %s; install the plugin (vagrant plugin install vagrant-%s)" % (
-                        ", ".join(providers), self.provider), usage=True)
         args = ["up", "--no-tty"] + (["--provider=%s" % self.provider] if self.provider else [])
         proc = self.vagrant(args, check=False)
         if proc.returncode != 0:
-            lines = clean_console((proc.stdout + proc.stderr).decode("utf-8", "replace")).strip().splitlines()
-            die("vagrant up %s failed with exit code %d:\n%s" % (self.box.label, proc.returncode,
-                                                                 "\n".join("  " + l for l in lines[-15:])),
+            die("vagrant up %s failed with exit code %d:\n%s" % (self.box.label, proc.returncode, vagrant_tail(proc)),
                 "see `vagrant up` in %s" % self.directory)
 
-    def execute(self, command: str, *, stdout: Any = None, stderr: Any = None, stdin: Any = subprocess.DEVNULL) -> int:
+    def execute(self, command: str, *, stdout: Any = None, stderr: Any = None, stdin: Any = subprocess.DEVNULL,
+                timeout: Optional[float] = None) -> int:
         """Run `command` in the VM (ssh on Linux, winrm/powershell on Windows); returns its exit status."""
         if self.box.communicator == "winrm":
-            proc = self.vagrant(["winrm", "--shell", "powershell", "--command", command], check=False)
+            proc = self.vagrant(["winrm", "--shell", "powershell", "--command", command], check=False,
+                                timeout=timeout)
         else:
-            proc = self.vagrant(["ssh", "--no-tty", "--command", command], check=False, stdin=stdin)
+            proc = self.vagrant(["ssh", "--no-tty", "--command", command], check=False, stdin=stdin,
+                                timeout=timeout)
         out = clean_console(proc.stdout.decode("utf-8", "replace"))
         err = clean_console(proc.stderr.decode("utf-8", "replace"))
         (stdout or sys.stdout).write(out)
         (stderr or sys.stderr).write(err)
         return proc.returncode
 
-    def capture(self, command: str) -> Tuple[int, str]:
+    def capture(self, command: str, timeout: Optional[float] = None) -> Tuple[int, str]:
         out = _StringSink()
-        code = self.execute(command, stdout=out, stderr=out)
+        code = self.execute(command, stdout=out, stderr=out, timeout=timeout)
         return code, out.text().strip()
 
     def destroy(self) -> None:
+        """`vagrant destroy`, then the directory; when vagrant fails, the Vagrantfile stays for another try."""
         if (self.directory / "Vagrantfile").exists():
-            self.vagrant(["destroy", "--force"], check=False)
+            proc = self.vagrant(["destroy", "--force"], check=False)
+            if proc.returncode != 0:
+                die("vagrant destroy %s failed with exit code %d; the machine may still exist:\n%s" % (
+                    self.box.label, proc.returncode, vagrant_tail(proc)),
+                    "try again with `postroj vm destroy %s`, or see `vagrant destroy` in %s" % (
+                        self.box.label, self.directory))
         remove_tree(self.directory)
+
+    def destroy_or_warn(self) -> bool:
+        """destroy(), for clean-up paths: a failure is logged, not raised; False when the VM may remain."""
+        try:
+            self.destroy()
+            return True
+        except PostrojError as exc:
+            log.error("%s (%s)", exc.message, exc.hint)
+            return False
 
     def status(self) -> str:
         if not (self.directory / "Vagrantfile").exists():
@@ -2050,6 +2077,12 @@ class VagrantMachine:
             if len(parts) >= 4 and parts[2] == "state":
                 return parts[3]
         return "unknown"
+
+
+def vagrant_tail(proc: subprocess.CompletedProcess, lines: int = 15) -> str:
+    """The last lines vagrant printed, indented, without escape sequences."""
+    text = clean_console((proc.stdout + proc.stderr).decode("utf-8", "replace")).strip().splitlines()
+    return "\n".join("  " + line for line in text[-lines:])
 
 
 class _StringSink:
@@ -2761,6 +2794,9 @@ def probe_vms(settings: Settings, args: argparse.Namespace, probes: Sequence[Pro
                     die("%s cannot be installed on %s" % (os.path.basename(probe.target), box.label),
                         "use .msi on Windows, .deb or .rpm on Linux", usage=True)
     require_tool("vagrant")
+    check_provider(args.provider)
+    packages = materialize_packages(settings, probes)
+    left_running = 0
     for box in boxes:
         vm = VagrantMachine(settings, box, args.provider)
         t0 = time.monotonic()
@@ -2768,24 +2804,27 @@ def probe_vms(settings: Settings, args: argparse.Namespace, probes: Sequence[Pro
             vm.up()
         except PostrojError as exc:
             if not args.keep:
-                vm.destroy()
+                left_running += not vm.destroy_or_warn()
             results += [ProbeResult(box.label, p, "fail", time.monotonic() - t0, reason=exc.message) for p in probes]
             for r in results[-len(probes):]:
                 print(format_result(r))
             continue
         try:
             for probe in probes:
-                result = run_vm_probe(vm, probe, args.timeout)
+                result = run_vm_probe(vm, probe, args.timeout, packages)
                 print(format_result(result), flush=True)
                 results.append(result)
         finally:
             if not args.keep:
-                vm.destroy()
-    return finish_report(args, results)
+                left_running += not vm.destroy_or_warn()
+    code = finish_report(args, results)
+    return EXIT_FAILURE if left_running else code
 
 
-def run_vm_probe(vm: VagrantMachine, probe: Probe, timeout: float) -> ProbeResult:
+def run_vm_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
+    """One probe in the VM, bounded by `timeout` as in containers (more for network and package probes)."""
     t0 = time.monotonic()
+    limit = timeout
     windows = vm.box.guest == "windows"
     if probe.kind == "command":
         command = probe.target
@@ -2802,13 +2841,16 @@ def run_vm_probe(vm: VagrantMachine, probe: Probe, timeout: float) -> ProbeResul
                 timeout, parsed.hostname, parsed.port)
         else:
             command = "curl -fsS --retry-connrefused --retry 30 --max-time %d %s" % (timeout, shlex.quote(probe.target))
+        limit = timeout + 15
     elif probe.kind == "package":
-        name = os.path.basename(probe.target)
+        local = packages[probe.target]
+        name = local.name
+        limit = max(timeout, 300)
         if windows:
             command = "Start-Process msiexec.exe -Wait -ArgumentList '/i C:\\postroj\\%s /qn'" % name
         else:
             command = "sudo apt-get install -y /tmp/%s || sudo dnf install -y /tmp/%s" % (name, name)
-        upload = vm.vagrant(["upload", probe.target, ("C:\\postroj\\" if windows else "/tmp/") + name], check=False)
+        upload = vm.vagrant(["upload", str(local), ("C:\\postroj\\" if windows else "/tmp/") + name], check=False)
         if upload.returncode != 0:
             return ProbeResult(vm.box.label, probe, "fail", time.monotonic() - t0, reason="uploading %s failed" % name,
                                output=clean_console(upload.stderr.decode("utf-8", "replace")))
@@ -2818,7 +2860,10 @@ def run_vm_probe(vm: VagrantMachine, probe: Probe, timeout: float) -> ProbeResul
         status = "pass" if proc.returncode == 0 else "fail"
         return ProbeResult(vm.box.label, probe, status, time.monotonic() - t0,
                            reason="" if status == "pass" else "upload failed")
-    code, output = vm.capture(command)
+    try:
+        code, output = vm.capture(command, timeout=limit)
+    except PostrojError as exc:  # run() turns a time-out into an error
+        return ProbeResult(vm.box.label, probe, "fail", time.monotonic() - t0, reason=exc.message)
     if code == 0 and not (windows and probe.kind == "network" and output.strip().lower() == "false"):
         return ProbeResult(vm.box.label, probe, "pass", time.monotonic() - t0, output=output)
     return ProbeResult(vm.box.label, probe, "fail", time.monotonic() - t0, reason="exit status %d" % code,
@@ -2856,11 +2901,12 @@ def cmd_vm(args: argparse.Namespace) -> int:
                         getattr(args, "memory", 0) or 0)
     if args.vm_command == "up":
         require_tool("vagrant")
+        check_provider(vm.provider)
         try:
             vm.up()
         except BaseException:
             if not args.keep:
-                vm.destroy()
+                vm.destroy_or_warn()
             raise
         print("%s is up (%s)" % (box.label, vm.directory))
         return EXIT_OK

@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""postroj's benchmark: each pair of commands alternates in one run (A B A B ...) on the same machine,
+so that a noisy machine affects both sides alike; the verdict is the ratio of medians.
+
+1. warm probe cycle: postroj probe vs. the hand-written floor (../shared/bench/nspawn_floor.py)
+2. start-up: postroj.pyz --version vs. python3 -c "import argparse, subprocess"
+3. cold acquisition through the rig's registry vs. the same steps by hand; warm vs. cold package cache
+4. matrix: 2 images x 2 probes with --jobs 1 vs. --jobs 2
+5. peak resident memory of postroj during a probe
+
+usage: bench/run.py [--rounds N] [--only 1,2,...] [--json FILE]
+Needs root, the packages of `make setup`, and Debian's mirror (for provisioning).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+import rig  # noqa: E402
+
+FLOOR = (REPO.parent / "shared" / "bench" / "nspawn_floor.py").resolve()
+BENCH_DIR = Path(os.environ.get("POSTROJ_BENCH_DIR", "/var/tmp/postroj-bench"))
+PROBE = "systemctl is-active systemd-journald"
+
+
+def timed(cmd: "list[str]", env: "dict[str, str] | None" = None, check: bool = True) -> float:
+    """Wall-clock seconds of one run of `cmd`, output discarded."""
+    start = time.monotonic()
+    proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, check=False)
+    elapsed = time.monotonic() - start
+    if check and proc.returncode != 0:
+        raise SystemExit("%s failed (%d):\n%s" % (" ".join(cmd), proc.returncode, proc.stderr.decode()[-2000:]))
+    return elapsed
+
+
+def summary(samples: "list[float]") -> "dict[str, float]":
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "n": len(samples)}
+
+
+def alternate(rounds: int, a, b) -> "tuple[list[float], list[float]]":
+    """Run a() and b() in turn, `rounds` times each; a warm-up round of each is not counted."""
+    a(), b()
+    xs, ys = [], []
+    for _ in range(rounds):
+        xs.append(a())
+        ys.append(b())
+    return xs, ys
+
+
+class Bench:
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+        self.pyz = REPO / "postroj.pyz"
+        self.python = sys.executable
+        self.home = BENCH_DIR / "home"
+        self.cache = BENCH_DIR / "cache"
+        self.results: "list[dict]" = []
+        self.registry: "rig.Registry | None" = None
+        self.conf = BENCH_DIR / "registries.conf"
+
+    def env(self, **extra: str) -> "dict[str, str]":
+        env = dict(os.environ, POSTROJ_HOME=str(self.home), POSTROJ_CACHE=str(self.cache),
+                   CONTAINERS_REGISTRIES_CONF=str(self.conf))
+        env.update(extra)
+        return env
+
+    def postroj(self, *args: str) -> "list[str]":
+        return [self.python, str(self.pyz), *args]
+
+    def setup(self) -> None:
+        BENCH_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run([self.python, str(REPO / "build_zipapp.py"), str(self.pyz)], check=True,
+                       stdout=subprocess.DEVNULL)
+        self.registry = rig.Registry(BENCH_DIR / "registry").start()
+        self.registry.push_debian()
+        self.registry.registries_conf(self.conf)
+        for name in ("debian-bookworm", "debian-bullseye"):
+            subprocess.run(self.postroj("image", name), env=self.env(), check=True, stdout=subprocess.DEVNULL)
+
+    def teardown(self) -> None:
+        if self.registry:
+            self.registry.stop()
+
+    def record(self, number: int, title: str, a_name: str, a, b_name: str, b, target: str, limit: float,
+               higher_is_better: bool = False) -> None:
+        ratio = statistics.median(a) / statistics.median(b)
+        if higher_is_better:
+            ratio = 1 / ratio
+        met = ratio >= limit if higher_is_better else ratio <= limit
+        entry = {"number": number, "title": title, "a": dict(summary(a), name=a_name),
+                 "b": dict(summary(b), name=b_name), "ratio": ratio, "target": target, "met": met}
+        self.results.append(entry)
+        print("\n%d. %s" % (number, title))
+        for side in ("a", "b"):
+            s = entry[side]
+            print("   %-58s median %7.3f s  min %7.3f  max %7.3f  (n=%d)" % (
+                s["name"], s["median"], s["min"], s["max"], s["n"]))
+        print("   ratio %.2f, target %s: %s" % (ratio, target, "met" if met else "MISSED"))
+        sys.stdout.flush()
+
+    # --- the pairs ---
+
+    def probe_cycle(self) -> None:
+        rootfs = os.path.realpath(self.home / "images" / "debian-bookworm")
+        a = lambda: timed(self.postroj("probe", "--image", "debian-bookworm", "--command", PROBE), self.env())  # noqa
+        b = lambda: timed([self.python, str(FLOOR), rootfs])  # noqa: E731
+        xs, ys = alternate(self.rounds, a, b)
+        self.record(1, "warm probe cycle", "postroj.pyz probe --command '%s'" % PROBE, xs,
+                    "nspawn_floor.py (hand-written)", ys, "postroj <= 0.9 x floor", 0.9)
+        breakdown = subprocess.run(self.postroj("-v", "probe", "--image", "debian-bookworm", "--command", PROBE),
+                                   env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        print("   breakdown (-v): %s" % [l for l in breakdown.stderr.splitlines() if "setup" in l])
+        self.results[-1]["breakdown"] = breakdown.stderr
+
+    def startup(self) -> None:
+        a = lambda: timed([str(self.pyz), "--version"])  # noqa: E731
+        b = lambda: timed(["python3", "-c", "import argparse, subprocess"])  # noqa: E731
+        xs, ys = alternate(max(self.rounds, 20), a, b)
+        self.record(2, "start-up", "./postroj.pyz --version", xs, 'python3 -c "import argparse, subprocess"', ys,
+                    "<= 1.5 x", 1.5)
+
+    def by_hand(self) -> float:
+        """skopeo copy, umoci unpack, apt-get install systemd dbus in nspawn: what postroj does, typed out."""
+        work = Path(tempfile.mkdtemp(dir=str(BENCH_DIR), prefix="by-hand."))
+        start = time.monotonic()
+        try:
+            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": True}
+            subprocess.run(["skopeo", "--registries-conf=%s" % self.conf, "copy", "--quiet",
+                            "docker://docker.io/library/debian:bookworm-slim", "oci:%s/oci:latest" % work], **quiet)
+            subprocess.run(["umoci", "unpack", "--image", "%s/oci:latest" % work, str(work / "bundle")], **quiet)
+            (work / "archives" / "partial").mkdir(parents=True)
+            subprocess.run(["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--resolv-conf=replace-host",
+                            "--directory=%s" % (work / "bundle" / "rootfs"),
+                            "--bind=%s:/var/cache/apt/archives" % (work / "archives"),
+                            "sh", "-c", "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+                            "--no-install-recommends systemd systemd-sysv dbus"], **quiet)
+            return time.monotonic() - start
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def acquisition(self) -> None:
+        cold_cache = BENCH_DIR / "cold-cache"
+
+        def cold() -> float:
+            shutil.rmtree(cold_cache, ignore_errors=True)
+            shutil.rmtree(self.home / "oci" / "debian-bookworm", ignore_errors=True)
+            return timed(self.postroj("image", "debian-bookworm", "--force"), self.env(POSTROJ_CACHE=str(cold_cache)))
+
+        def warm() -> float:
+            shutil.rmtree(self.home / "oci" / "debian-bookworm", ignore_errors=True)
+            return timed(self.postroj("image", "debian-bookworm", "--force"), self.env())
+
+        xs, ys, zs = [], [], []
+        for _ in range(self.rounds):
+            xs.append(cold())
+            ys.append(self.by_hand())
+            zs.append(warm())
+        shutil.rmtree(cold_cache, ignore_errors=True)
+        self.record(3, "cold acquisition through the registry", "postroj.pyz image debian-bookworm --force (cold)",
+                    xs, "skopeo copy + umoci unpack + nspawn apt-get install", ys, "<= 1.1 x", 1.1)
+        self.record(3, "acquisition with a warm package cache", "postroj.pyz image ... --force (warm cache)", zs,
+                    "postroj.pyz image ... --force (cold cache)", xs, "<= 0.6 x", 0.6)
+
+    def matrix(self) -> None:
+        base = ["probe", "--image", "debian-bookworm", "--image", "debian-bullseye", "--command", PROBE,
+                "--command", "hostnamectl"]
+        a = lambda: timed(self.postroj(*base, "--jobs", "1"), self.env())  # noqa: E731
+        b = lambda: timed(self.postroj(*base, "--jobs", "2"), self.env())  # noqa: E731
+        xs, ys = alternate(self.rounds, a, b)
+        self.record(4, "matrix: 2 images x 2 probes", "--jobs 1", xs, "--jobs 2", ys, "--jobs 2 >= 1.6 x faster", 1.6,
+                    higher_is_better=True)
+
+    def memory(self) -> None:
+        peaks = []
+        for _ in range(self.rounds):
+            proc = subprocess.Popen(self.postroj("probe", "--image", "debian-bookworm", "--command", PROBE),
+                                    env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            peak = 0
+            while proc.poll() is None:
+                try:
+                    for line in Path("/proc/%d/status" % proc.pid).read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            peak = max(peak, int(line.split()[1]))
+                except OSError:
+                    pass
+                time.sleep(0.005)
+            peaks.append(peak / 1024)
+        entry = {"number": 5, "title": "peak resident memory of postroj during a probe", "median_mb":
+                 statistics.median(peaks), "max_mb": max(peaks), "target": "< 40 MB", "met": max(peaks) < 40}
+        self.results.append(entry)
+        print("\n5. %s\n   median %.1f MB, max %.1f MB (VmHWM), target < 40 MB: %s" % (
+            entry["title"], entry["median_mb"], entry["max_mb"], "met" if entry["met"] else "MISSED"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10, help="runs of each side (default: 10)")
+    parser.add_argument("--only", default="1,2,3,4,5", help="which pairs, e.g. 1,2")
+    parser.add_argument("--json", default=str(REPO / "bench" / "results" / "latest.json"))
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("the benchmark runs containers: run it as root")
+    chosen = {int(n) for n in args.only.split(",")}
+    bench = Bench(args.rounds)
+    print("postroj benchmark: %d rounds, %d CPUs, %s" % (args.rounds, os.cpu_count() or 0, time.strftime("%Y-%m-%d")))
+    try:
+        bench.setup()
+        steps = {1: bench.probe_cycle, 2: bench.startup, 3: bench.acquisition, 4: bench.matrix, 5: bench.memory}
+        for number in sorted(chosen):
+            steps[number]()
+    finally:
+        bench.teardown()
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"rounds": args.rounds, "cpus": os.cpu_count(), "results": bench.results},
+                                          indent=2))
+    print("\nresults: %s" % args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1166,8 +1166,12 @@ def has_systemd(root: Path) -> bool:
     return any((root / p).exists() for p in ("usr/lib/systemd/systemd", "lib/systemd/systemd"))
 
 
-def nspawn_run_argv(root: Path, binds: Sequence[Tuple[str, str]] = (), network: bool = True) -> List[str]:
-    """systemd-nspawn running one command in `root`, not booted (provisioning, package installs)."""
+def nspawn_run_argv(root: Path, binds: Sequence[Tuple[str, str]] = (), network: bool = True,
+                    upper: Optional[Path] = None) -> List[str]:
+    """systemd-nspawn running one command in `root`, not booted (provisioning, package installs).
+
+    With `upper`, changes go to that overlay directory instead of `root`.
+    """
     cmd = [
         "systemd-nspawn",
         "--quiet",
@@ -1180,7 +1184,9 @@ def nspawn_run_argv(root: Path, binds: Sequence[Tuple[str, str]] = (), network: 
         "--setenv=DEBIAN_FRONTEND=noninteractive",
         "--setenv=PATH=%s" % CONTAINER_PATH,
     ]
-    cmd += ["--bind=%s:%s" % (src, dst) for src, dst in binds]
+    if upper:
+        cmd.append("--overlay=%s:%s:/" % (nspawn_escape(str(root)), nspawn_escape(str(upper))))
+    cmd += [Bind(src, dst).option() for src, dst in binds]
     return cmd
 
 
@@ -1546,8 +1552,10 @@ class NspawnContainer:
 
     def __init__(self, settings: Settings, image: ImageInfo, *, machine: str = "", binds: Sequence[Bind] = (),
                  setenv: Sequence[Tuple[str, str]] = (), private_network: bool = False, boot_timeout: float = 30,
-                 keep: bool = False, mode: str = "") -> None:
+                 keep: bool = False, mode: str = "",
+                 prepare: Optional[Callable[["NspawnContainer"], None]] = None) -> None:
         self.settings = settings
+        self.prepare = prepare
         self.image = image
         self.requested = machine
         self.binds = list(binds)
@@ -1628,6 +1636,9 @@ class NspawnContainer:
         private_dir(self.rundir)
         upper = ensure_dir(self.rundir / "upper")
         os.chmod(upper, 0o755)
+        ensure_dir(self.rundir / "guest")
+        if self.prepare:
+            self.prepare(self)
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         address = "\0postroj/%s/%d/%s" % (self.machine, os.getpid(), random_id(8))
         notify.bind(address)
@@ -1671,7 +1682,6 @@ class NspawnContainer:
             "--resolv-conf=%s" % ("off" if self.private_network else "replace-host"),
             Bind(str(self.rundir / "guest"), GUEST_RUNTIME, readonly=True).option(),
         ]
-        ensure_dir(self.rundir / "guest")  # type: ignore[operator]
         if self.mode == "nsenter":
             cmd += ["--register=no", "--keep-unit"]
         if self.private_network:
@@ -1847,6 +1857,12 @@ class NspawnContainer:
         if unit:
             argv += ["-u", unit]
         return self.capture(argv)
+
+    @property
+    def upper(self) -> Path:
+        """The overlay directory that takes every change made in the container."""
+        assert self.rundir is not None
+        return self.rundir / "upper"
 
     def guest_dir(self) -> Path:
         """A host directory that shows up read-only at /run/postroj in the container."""
@@ -2231,28 +2247,40 @@ done
 
 def install_packages(settings: Settings, image: ImageInfo, packages: Sequence[Tuple[Probe, Path]],
                      container: NspawnContainer, timeout: float) -> List[ProbeResult]:
-    """Install packages in the booted container with the image's package manager, resolving dependencies."""
-    results = []
-    for probe, path in packages:
-        t0 = time.monotonic()
-        guest = container.guest_dir() / "packages"
-        ensure_dir(guest)
-        staged = guest / path.name
-        shutil.copyfile(path, staged)
-        os.chmod(staged, 0o644)
-        command = install_command(image.package_manager, ["%s/packages/%s" % (GUEST_RUNTIME, path.name)])
-        # inside a booted container the package cache is the image's own
-        command = [c for c in command if PACKAGE_CACHE_DIR not in c]
-        if image.package_manager == "apt":
-            command = ["apt-get", "install", "-y", "--no-install-recommends",
-                       "%s/packages/%s" % (GUEST_RUNTIME, path.name)]
-        code, output = container.run_captured(command, timeout=max(timeout, 300))
-        if code == 0:
-            results.append(ProbeResult(image.name, probe, "pass", time.monotonic() - t0, output=tail(output)))
-        else:
-            results.append(ProbeResult(image.name, probe, "fail", time.monotonic() - t0,
-                                       reason="%s exited with %d" % (command[0], code), output=tail(output, 40)))
-    return results
+    """Install the packages into the container's overlay before it boots, with the image's package manager.
+
+    This runs with the host's network, so dependencies download even though the booted container gets a
+    network of its own; services the packages enable start when the container boots.
+    """
+    t0 = time.monotonic()
+    staged = ensure_dir(container.guest_dir() / "packages")
+    inner = []
+    for _probe, path in packages:
+        shutil.copyfile(path, staged / path.name)
+        os.chmod(staged / path.name, 0o644)
+        inner.append("%s/packages/%s" % (GUEST_RUNTIME, path.name))
+    root = Path(image.path)
+    cache = package_cache_for(settings, read_os_release(root))
+    argv = nspawn_run_argv(root, [(str(cache), PACKAGE_CACHE_DIR)], upper=container.upper)
+    argv.append("--bind-ro=%s:%s" % (nspawn_escape(str(container.guest_dir())), GUEST_RUNTIME))
+    steps = [install_command(image.package_manager, inner)]
+    if image.package_manager == "apt" and not any((root / "var/lib/apt/lists").glob("*_Packages*")):
+        steps.insert(0, refresh_command("apt"))
+    output = ""
+    code = 0
+    with file_lock(cache / ".postroj.lock"):
+        for step in steps:
+            proc = run(argv + ["--", *step], check=False, capture=True, stderr=subprocess.STDOUT,
+                       timeout=max(timeout, 600), what="installing %s" % ", ".join(p.name for _, p in packages))
+            output += proc.stdout.decode("utf-8", "replace")
+            code = proc.returncode
+            if code:
+                break
+    duration = (time.monotonic() - t0) / len(packages)
+    if code == 0:
+        return [ProbeResult(image.name, probe, "pass", duration, output=tail(output)) for probe, _ in packages]
+    return [ProbeResult(image.name, probe, "fail", duration, reason="%s exited with %d" % (step[0], code),
+                        output=tail(output, 40)) for probe, _ in packages]
 
 
 def tail(text: str, lines: int = 20) -> str:
@@ -2350,10 +2378,17 @@ def probe_image(settings: Settings, name: str, plan: ProbePlan, *, pull: bool, c
                 if not package_matches(kind, image.package_manager):
                     die("%s is a .%s package, but %s uses %s" % (probe.target, kind, name, image.package_manager),
                         "give a package built for %s" % name, usage=True)
-        with NspawnContainer(settings, image, private_network=plan.private_network,
-                             boot_timeout=plan.boot_timeout) as container:
+        installed: List[ProbeResult] = []
+        pending = [(p, packages[p.target]) for p in plan.probes if p.kind == "package"]
+
+        def prepare(container: NspawnContainer) -> None:
+            if pending:
+                installed.extend(install_packages(settings, image, pending, container, plan.timeout))
+
+        with NspawnContainer(settings, image, private_network=plan.private_network, boot_timeout=plan.boot_timeout,
+                             prepare=prepare) as container:
             t1 = time.monotonic()
-            results = run_probes(settings, image, container, plan, cancel, packages)
+            results = run_probes(image, container, plan, cancel, installed)
             container.timings["probes"] = time.monotonic() - t1
         log.info("%s: %s", name, format_timings(container.timings))
         return results
@@ -2363,14 +2398,11 @@ def probe_image(settings: Settings, name: str, plan: ProbePlan, *, pull: bool, c
         return [ProbeResult(name, probe, "fail", time.monotonic() - t0, reason=exc.message) for probe in plan.probes]
 
 
-def run_probes(settings: Settings, image: ImageInfo, container: NspawnContainer, plan: ProbePlan,
-               cancel: threading.Event, packages: Dict[str, Path]) -> List[ProbeResult]:
-    results: List[ProbeResult] = []
-    todo = list(plan.probes)
-    pending = [(p, packages[p.target]) for p in todo if p.kind == "package"]
-    if pending:
-        results += install_packages(settings, image, pending, container, plan.timeout)
-    for probe in todo:
+def run_probes(image: ImageInfo, container: NspawnContainer, plan: ProbePlan, cancel: threading.Event,
+               installed: Sequence[ProbeResult]) -> List[ProbeResult]:
+    """The probes after the packages (`installed` before boot), in order, in the booted container."""
+    results: List[ProbeResult] = list(installed)
+    for probe in plan.probes:
         if plan.fail_fast and any(r.status == "fail" for r in results):
             cancel.set()
         if probe.kind == "package":

@@ -369,7 +369,7 @@ WantedBy=multi-user.target
 """
 
 
-def build_demo_deb(directory: Path, port: int = 8080) -> Path:
+def build_demo_deb(directory: Path, port: int = 8080, depends: str = "perl-base") -> Path:
     """postroj-demo_1.0_all.deb: a systemd unit whose service answers HTTP on `port`, built with dpkg-deb."""
     tree = directory / "postroj-demo"
     shutil.rmtree(tree, ignore_errors=True)
@@ -378,7 +378,7 @@ def build_demo_deb(directory: Path, port: int = 8080) -> Path:
     (tree / "lib" / "systemd" / "system").mkdir(parents=True)
     (tree / "DEBIAN" / "control").write_text(
         "Package: postroj-demo\nVersion: 1.0\nArchitecture: all\nMaintainer: postroj <postroj@localhost>\n"
-        "Depends: perl-base\nDescription: HTTP greeting service for postroj's tests\n")
+        "Depends: %s\nDescription: HTTP greeting service for postroj's tests\n" % depends)
     server = tree / "usr" / "bin" / "postroj-demo-server"
     server.write_text(DEMO_SERVER)
     server.chmod(0o755)

@@ -58,6 +58,19 @@ def test_package_unit_and_network_on_a_two_image_matrix(images, demo_deb, tmp_pa
         assert all(float(c.get("time")) >= 0 for c in suite.findall("testcase"))
 
 
+def test_package_dependencies_download_although_the_container_network_is_private(images, tmp_path):
+    deb = rig.build_demo_deb(tmp_path, port=8081, depends="perl-base, hello")
+    proc = images("probe", "--image", "debian-bookworm", "--package", str(deb), "--command", "hello",
+                  "--check-unit", "postroj-demo", "--check-network", "tcp://127.0.0.1:8081", "--command", "ip link 2>/dev/null || cat /proc/net/dev",
+                  "--json", "-", timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert [r["kind"] for r in report["results"]] == ["package", "unit", "network", "command", "command"]
+    assert "Hello, world!" in report["results"][3]["output"]
+    interfaces = [l.split(":")[0].strip() for l in report["results"][4]["output"].splitlines() if ":" in l]
+    assert "lo" in str(interfaces) and not any(i.startswith(("eth", "ens", "host")) for i in interfaces)
+
+
 def test_the_same_checks_fail_without_the_package(images, tmp_path):
     junit = tmp_path / "without.xml"
     proc = images("probe", "--image", "debian-bookworm", "--image", "debian-bullseye", "--jobs", "2",

@@ -1397,7 +1397,7 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
                 raise
             remove_tree(rootfs)
             print("postroj: %s cannot be fetched from the registry (%s); bootstrapping from the package mirror "
-                  "instead" % (source.location, exc.message.splitlines()[0]), file=sys.stderr)
+                  "instead" % (source.location, exc.message.splitlines()[-1].strip()), file=sys.stderr)
             source = Source("bootstrap", "", source.distribution)
     if source.kind == "bootstrap":
         assert source.distribution is not None

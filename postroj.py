@@ -1496,6 +1496,20 @@ def remove_image(settings: Settings, name: str) -> bool:
 CONTAINER_ENV = {"PATH": CONTAINER_PATH, "HOME": "/root", "LANG": "C.UTF-8", "container": "systemd-nspawn"}
 GUEST_RUNTIME = "/run/postroj"
 
+# Masked in each container's own overlay, never in the image: what a throw-away container does not
+# need and what `systemd-analyze blame` and `critical-chain` showed on its boot path (about 0.14 s of
+# 0.5 s on Debian 12): generators for disks, encryption and consoles, the journal's flush to /var,
+# utmp records, hugepages and fusectl mounts.
+BOOT_MASKED_GENERATORS = (
+    "systemd-cryptsetup-generator", "systemd-gpt-auto-generator", "systemd-hibernate-resume-generator",
+    "systemd-integritysetup-generator", "systemd-veritysetup-generator", "systemd-getty-generator",
+    "systemd-system-update-generator", "systemd-bless-boot-generator",
+)
+BOOT_MASKED_UNITS = (
+    "systemd-journal-flush.service", "systemd-update-utmp.service", "systemd-update-utmp-runlevel.service",
+    "dev-hugepages.mount", "sys-fs-fuse-connections.mount", "e2scrub_reap.service",
+)
+
 _live: "set[NspawnContainer]" = set()
 _live_lock = threading.Lock()
 
@@ -1637,6 +1651,7 @@ class NspawnContainer:
         upper = ensure_dir(self.rundir / "upper")
         os.chmod(upper, 0o755)
         ensure_dir(self.rundir / "guest")
+        mask_for_boot(Path(self.image.path), upper)
         if self.prepare:
             self.prepare(self)
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -1868,6 +1883,21 @@ class NspawnContainer:
         """A host directory that shows up read-only at /run/postroj in the container."""
         assert self.rundir is not None
         return self.rundir / "guest"
+
+
+def mask_for_boot(lower: Path, upper: Path) -> None:
+    """Mask, in the container's overlay only, what a throw-away container does not need at boot."""
+    for rel, names in (("etc/systemd/system-generators", BOOT_MASKED_GENERATORS),
+                       ("etc/systemd/system", BOOT_MASKED_UNITS)):
+        parts = rel.split("/")
+        # a directory in the overlay would hide a link of the image's with the same path
+        if any(lower.joinpath(*parts[: i + 1]).is_symlink() for i in range(len(parts))):
+            continue
+        target = upper / rel
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            if not os.path.lexists(lower / rel / name):
+                os.symlink("/dev/null", target / name)
 
 
 def format_timings(timings: Dict[str, float]) -> str:

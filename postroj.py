@@ -2456,8 +2456,6 @@ def run_matrix(images: Sequence[str], jobs: int, fail_fast: bool,
                probe_one: Callable[[str, threading.Event], List[ProbeResult]],
                report: Callable[[ProbeResult], None]) -> List[ProbeResult]:
     """Probe each image, `jobs` at a time, reporting each result as it comes."""
-    import concurrent.futures
-
     cancel = threading.Event()
     results: List[ProbeResult] = []
 
@@ -2468,6 +2466,15 @@ def run_matrix(images: Sequence[str], jobs: int, fail_fast: bool,
         if fail_fast and any(r.status == "fail" for r in found):
             cancel.set()
         return found
+
+    if jobs == 1 or len(images) == 1:
+        # no threads where they buy nothing: one image, or one at a time
+        for name in images:
+            for result in one(name):
+                report(result)
+                results.append(result)
+        return results
+    import concurrent.futures
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(one, name) for name in images]

@@ -844,7 +844,8 @@ def download(url: str, dest_dir: Path, *, timeout: float = 60) -> Path:
     import urllib.error
     import urllib.request
 
-    ensure_dir(dest_dir)
+    private_dir(dest_dir.parent)
+    private_dir(dest_dir)
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
     base = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(parse_url(url).path)) or "download"
     target = dest_dir / ("%s-%s" % (key, base))
@@ -1225,6 +1226,7 @@ def package_cache_for(settings: Settings, os_fields: Dict[str, str]) -> Path:
     """Package downloads are shared between images of one OS release."""
     key = "%s-%s" % (os_fields.get("ID", "unknown"), os_fields.get("VERSION_ID") or os_fields.get("VERSION_CODENAME")
                      or "rolling")
+    private_dir(settings.cache)
     return ensure_dir(settings.packages / re.sub(r"[^A-Za-z0-9._-]", "_", key) / "partial").parent
 
 
@@ -1846,7 +1848,7 @@ class NspawnContainer:
         return result[1]
 
     def run_captured(self, argv: Sequence[str], timeout: Optional[float] = 30) -> Tuple[int, str]:
-        with tempfile.TemporaryFile() as out:
+        with tempfile.TemporaryFile(dir=str(self.rundir) if self.rundir else None) as out:
             code = self.execute(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 timeout=timeout)
             out.seek(0)

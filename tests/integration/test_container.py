@@ -203,3 +203,61 @@ def test_killing_the_leader_ends_the_run(images):
     assert proc.returncode != 0
     wait_for(lambda: not rig.processes_mentioning(str(images.home)), timeout=20)
     assert not list((images.home / "run").iterdir())
+
+
+HANGING_UNIT = """[Unit]
+Description=Postroj hangs the boot
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sleep 600
+"""
+
+
+def unit_at_boot(tmp_path, name: str, text: str) -> "list[str]":
+    """Options that make the container start the unit `name` at boot: the file, and a wants link to it."""
+    (tmp_path / name).write_text(text)
+    wants = tmp_path / "wants"
+    wants.mkdir()
+    os.symlink("/etc/systemd/system/%s" % name, wants / name)
+    return ["--bind-ro", "%s:/etc/systemd/system/%s" % (tmp_path / name, name),
+            "--bind-ro", "%s:/etc/systemd/system/multi-user.target.wants" % wants]
+
+
+def test_boot_timeout_shows_the_last_console_lines(images, tmp_path):
+    options = unit_at_boot(tmp_path, "postroj-hangs.service", HANGING_UNIT)
+    proc = images("container", "debian-bookworm", "--boot-timeout", "3", *options, "--", "true")
+    assert proc.returncode == 1
+    assert "did not finish booting within 3.0 s" in proc.stderr
+    assert "last console lines" in proc.stderr and "Postroj hangs the boot" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+FAILING_UNIT = """[Unit]
+Description=a unit that fails at boot, for postroj's tests
+
+[Service]
+Type=oneshot
+ExecStart=/bin/false
+"""
+
+
+def test_degraded_counts_as_up_and_names_the_failed_units(images, tmp_path):
+    options = unit_at_boot(tmp_path, "postroj-fails.service", FAILING_UNIT)
+    proc = images("container", "debian-bookworm", *options, "--", "systemctl", "is-system-running")
+    assert proc.stdout.strip() == "degraded"
+    assert "degraded; failed units: postroj-fails.service" in proc.stderr
+
+
+def test_pull_acquires_a_missing_image(postroj, registries_conf):
+    postroj.extra_env["CONTAINERS_REGISTRIES_CONF"] = str(registries_conf)
+    proc = postroj("container", "debian-bullseye", "--", "true")
+    assert proc.returncode == 1 and "postroj image debian-bullseye" in proc.stderr
+    proc = postroj("container", "debian-11", "--pull", "--", "cat", "/etc/debian_version", check=0, timeout=900)
+    assert proc.stdout.startswith("11.")
+
+
+def test_the_container_cannot_see_postroj_home(images):
+    proc = images("container", "debian-bookworm", "--", "sh", "-c",
+                  'test -e "$1" && echo visible || echo hidden', "sh", str(images.home))
+    assert proc.stdout.strip() == "hidden"

@@ -167,3 +167,12 @@ def test_tarball_without_os_is_refused(postroj, tmp_path):
     proc = postroj("image", str(tarball))
     assert proc.returncode == 1 and "os-release" in proc.stderr
     assert active_images(postroj.home) == []
+
+
+def test_oci_layout_transport(postroj):
+    layout = rig.oci_layout()
+    postroj("image", "oci:%s:bullseye-slim" % layout, "--name", "from-layout", check=0, timeout=600)
+    assert active_images(postroj.home) == ["from-layout"]
+    info = json.loads(postroj("list-images", "--json", check=0).stdout)["images"][0]
+    assert info["os_release"] == "Debian GNU/Linux 11 (bullseye)" and info["digest"].startswith("sha256:")
+    assert_boots(postroj, "from-layout")

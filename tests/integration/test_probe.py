@@ -132,3 +132,22 @@ def test_selftest(images):
     proc = images("selftest", check=0, timeout=300)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("PASS")]
     assert len(lines) == 4  # two images x (journald, hostnamectl)
+
+
+def test_package_from_a_url_is_downloaded_into_the_cache(images, http_server, tmp_path):
+    deb = rig.build_demo_deb(tmp_path, port=8082)
+    served = http_server.root / "pkg" / deb.name
+    served.parent.mkdir(exist_ok=True)
+    served.write_bytes(deb.read_bytes())
+    url = "%s/pkg/%s" % (http_server.url, deb.name)
+    proc = images("probe", "--package", url, "--check-unit", "postroj-demo", "--check-network",
+                  "http://localhost:8082/", timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cached = list((images.cache / "downloads").glob("*" + deb.name))
+    assert len(cached) == 1 and cached[0].read_bytes() == deb.read_bytes()
+
+
+def test_all_acquired_images(images):
+    proc = images("probe", "--all", "--command", "test -d /run/systemd/system", "--json", "-", check=0)
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert sorted(r["image"] for r in report["results"]) == ["debian-bookworm", "debian-bullseye"]

@@ -1194,13 +1194,21 @@ def nspawn_run_argv(root: Path, binds: Sequence[Tuple[str, str]] = (), network: 
 PACKAGE_CACHE_DIR = "/var/cache/postroj-packages"
 
 
+# apt keeps its package lists and downloads in postroj's cache, shared by the images of one release:
+# a warm cache makes `apt-get update` a few conditional requests and the install a download of nothing.
+APT_OPTIONS = (
+    "-o", "Dir::Cache::Archives=%s/" % PACKAGE_CACHE_DIR,
+    "-o", "Dir::State::Lists=%s/lists/" % PACKAGE_CACHE_DIR,
+    "-o", "APT::Keep-Downloaded-Packages=true",
+    "-o", "APT::Sandbox::User=root",
+)
+
+
 def install_command(manager: str, packages: Sequence[str]) -> List[str]:
     """The package manager's command that installs `packages` (names or paths) with their dependencies."""
     cache = PACKAGE_CACHE_DIR
     if manager == "apt":
-        return ["apt-get", "-o", "Dir::Cache::Archives=%s/" % cache, "-o", "APT::Keep-Downloaded-Packages=true",
-                "-o", "APT::Sandbox::User=root", "-o", "Debug::NoLocking=0",
-                "install", "-y", "--no-install-recommends", *packages]
+        return ["apt-get", *APT_OPTIONS, "install", "-y", "--no-install-recommends", *packages]
     if manager in ("dnf", "yum"):
         return [manager, "-y", "--setopt=keepcache=1", "--setopt=cachedir=%s" % cache, "--setopt=install_weak_deps=0",
                 "install", *packages]
@@ -1216,10 +1224,24 @@ def install_command(manager: str, packages: Sequence[str]) -> List[str]:
 
 def refresh_command(manager: str) -> List[str]:
     if manager == "apt":
-        return ["apt-get", "-o", "APT::Sandbox::User=root", "-q", "update"]
+        return ["apt-get", *APT_OPTIONS, "-q", "update"]
     if manager == "zypper":
         return ["zypper", "--non-interactive", "refresh"]
     return []
+
+
+def package_transaction(manager: str, packages: Sequence[str], refresh: bool) -> List[str]:
+    """One command that installs `packages`, refreshing the package indexes first when asked."""
+    install = install_command(manager, packages)
+    first = refresh_command(manager) if refresh else []
+    if not first:
+        return install
+    # one container run instead of two; the script is postroj's own, the package names are arguments
+    return ["sh", "-c", '%s && exec "$@"' % shlex.join(first), "sh", *install]
+
+
+def needs_refresh(manager: str, cache: Path) -> bool:
+    return manager == "apt" and not any((cache / "lists").glob("*_Packages*"))
 
 
 def package_cache_for(settings: Settings, os_fields: Dict[str, str]) -> Path:
@@ -1227,7 +1249,10 @@ def package_cache_for(settings: Settings, os_fields: Dict[str, str]) -> Path:
     key = "%s-%s" % (os_fields.get("ID", "unknown"), os_fields.get("VERSION_ID") or os_fields.get("VERSION_CODENAME")
                      or "rolling")
     private_dir(settings.cache)
-    return ensure_dir(settings.packages / re.sub(r"[^A-Za-z0-9._-]", "_", key) / "partial").parent
+    cache = settings.packages / re.sub(r"[^A-Za-z0-9._-]", "_", key)
+    for partial in (cache / "partial", cache / "lists" / "partial"):
+        ensure_dir(partial)
+    return cache
 
 
 def package_files(cache: Path) -> "set[str]":
@@ -1256,15 +1281,12 @@ def provision(settings: Settings, root: Path) -> Tuple[Dict[str, str], str, int]
         cache = package_cache_for(settings, fields)
         log.info("installing systemd into %s with %s", fields.get("PRETTY_NAME", "the image"), manager)
         packages = SYSTEMD_PACKAGES[manager]
-        steps = [refresh_command(manager), install_command(manager, packages)]
         argv = nspawn_run_argv(root, [(str(cache), PACKAGE_CACHE_DIR)])
         # one package manager at a time per cache: apt and dnf do not share a cache directory well
         with file_lock(cache / ".postroj.lock"):
             before = package_files(cache)
-            for step in steps:
-                if step:
-                    run(argv + ["--", *step], capture=True,
-                        what="installing systemd (%s)" % " ".join(step[:1] + step[-3:]))
+            run(argv + ["--", *package_transaction(manager, packages, refresh=True)], capture=True,
+                what="installing systemd (%s install %s)" % (manager, " ".join(packages)))
             downloaded = len(package_files(cache) - before)
         log.info("provisioning downloaded %d packages; the others came from the package cache %s", downloaded, cache)
         if not has_systemd(root):
@@ -2295,23 +2317,16 @@ def install_packages(settings: Settings, image: ImageInfo, packages: Sequence[Tu
     cache = package_cache_for(settings, read_os_release(root))
     argv = nspawn_run_argv(root, [(str(cache), PACKAGE_CACHE_DIR)], upper=container.upper)
     argv.append("--bind-ro=%s:%s" % (nspawn_escape(str(container.guest_dir())), GUEST_RUNTIME))
-    steps = [install_command(image.package_manager, inner)]
-    if image.package_manager == "apt" and not any((root / "var/lib/apt/lists").glob("*_Packages*")):
-        steps.insert(0, refresh_command("apt"))
-    output = ""
-    code = 0
     with file_lock(cache / ".postroj.lock"):
-        for step in steps:
-            proc = run(argv + ["--", *step], check=False, capture=True, stderr=subprocess.STDOUT,
-                       timeout=max(timeout, 600), what="installing %s" % ", ".join(p.name for _, p in packages))
-            output += proc.stdout.decode("utf-8", "replace")
-            code = proc.returncode
-            if code:
-                break
+        command = package_transaction(image.package_manager, inner, needs_refresh(image.package_manager, cache))
+        proc = run(argv + ["--", *command], check=False, capture=True, stderr=subprocess.STDOUT,
+                   timeout=max(timeout, 600), what="installing %s" % ", ".join(p.name for _, p in packages))
+    output = proc.stdout.decode("utf-8", "replace")
+    code = proc.returncode
     duration = (time.monotonic() - t0) / len(packages)
     if code == 0:
         return [ProbeResult(image.name, probe, "pass", duration, output=tail(output)) for probe, _ in packages]
-    return [ProbeResult(image.name, probe, "fail", duration, reason="%s exited with %d" % (step[0], code),
+    return [ProbeResult(image.name, probe, "fail", duration, reason="%s exited with %d" % (image.package_manager, code),
                         output=tail(output, 40)) for probe, _ in packages]
 
 

@@ -755,7 +755,7 @@ def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = 
         die("invalid --sha256 %r" % sha256[:80], "give the 64 hex digits of the tarball's SHA-256", usage=True)
     dist = find_distribution(reference)
     if dist:
-        if via == "bootstrap" or (via == "" and False):
+        if via == "bootstrap":
             if not dist.can_bootstrap():
                 die("%s cannot be bootstrapped" % dist.label, "only Debian and Ubuntu bootstrap from a mirror; "
                     "omit --via bootstrap", usage=True)
@@ -2653,16 +2653,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         rows = [[c.name, "ok" if c.ok else ("missing" if c.required else "optional"), c.detail] for c in checks]
         print_table(rows, ["CHECK", "STATUS", "DETAIL"])
-        fixes = sorted({c.fix for c in checks if not c.ok and c.fix.startswith("apt-get install")})
-        packages = " ".join(f.split()[-1] for f in fixes)
-        if packages:
-            print("\nto fix: apt-get install %s" % packages)
+        for required, label in ((True, "to fix"), (False, "optional")):
+            packages = sorted({c.fix.split()[-1] for c in checks if not c.ok and c.required == required
+                               and c.fix.startswith("apt-get install")})
+            if packages:
+                print("%s: apt-get install %s" % (label, " ".join(packages)))
         for c in checks:
             if not c.ok and c.fix and not c.fix.startswith("apt-get install"):
                 print("to fix %s: %s" % (c.name, c.fix))
-    can_run = all(c.ok for c in checks if c.required and c.name not in ("skopeo", "umoci"))
-    missing_required = [c.name for c in checks if c.required and not c.ok]
-    return EXIT_OK if can_run and not missing_required else EXIT_FAILURE
+    return EXIT_OK if all(c.ok for c in checks if c.required) else EXIT_FAILURE
 
 
 def cmd_image(args: argparse.Namespace) -> int:

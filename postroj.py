@@ -1401,7 +1401,7 @@ def remove_stale_staging(settings: Settings, name: str) -> None:
     """Staging directories of `name` left by a killed acquisition (we hold the image's lock)."""
     if settings.tmp.is_dir():
         for entry in settings.tmp.iterdir():
-            if entry.name.startswith(name + "."):
+            if entry.name.rpartition(".")[0] == name:
                 log.info("removing %s, left by an interrupted acquisition", entry)
                 remove_tree(entry)
 
@@ -2007,14 +2007,18 @@ def collect_garbage(settings: Settings) -> List[str]:
             done.append("machine %s" % machine.name)
     if settings.runtime.is_dir():
         for entry in settings.runtime.iterdir():
-            stem = entry.name.split(".")[0] if entry.is_file() else entry.name
+            stem = entry.name
+            for suffix in (".json.tmp", ".json", ".lock"):
+                if entry.is_file() and stem.endswith(suffix):
+                    stem = stem[: -len(suffix)]
+                    break
             if not (settings.runtime / (stem + ".json")).exists() and not lock_is_held(
                     settings.runtime / (stem + ".lock")):
                 remove_tree(entry)
                 done.append("runtime %s" % entry.name)
     if settings.tmp.is_dir():
         for entry in settings.tmp.iterdir():
-            name = entry.name.split(".")[0]
+            name = entry.name.rpartition(".")[0]  # mkdtemp's suffix has no dots; image names may
             if entry.name.startswith(".doomed-") or not lock_is_held(settings.locks / ("image-%s.lock" % name)):
                 remove_tree(entry)
                 done.append("staging %s" % entry.name)

@@ -724,7 +724,8 @@ def parse_url(url: str) -> urllib.parse.ParseResult:
     """urlparse, with what it cannot parse (`http://[::1`) as a usage error."""
     try:
         parsed = urllib.parse.urlparse(url)
-        parsed.port  # noqa: B018 - raises for a port out of range or not a number
+        if parsed.port == 0:  # urllib raises for a port above 65535 or not a number, but lets 0 through
+            raise ValueError("Port out of range 1-65535")
     except ValueError as exc:
         die("malformed URL %r: %s" % (url, exc), "write SCHEME://HOST[:PORT]/PATH with a port from 1 to 65535",
             usage=True)
@@ -783,11 +784,16 @@ def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = 
         die("unsupported scheme in %r" % reference,
             "use docker://, oci:, oci-archive:, docker-archive:, http://, https:// or a local path", usage=True)
     path = Path(reference)
-    if "/" in reference or path.exists() or reference.endswith(TARBALL_SUFFIXES):
-        if path.is_dir():
+    try:
+        exists, is_dir, is_file = path.exists(), path.is_dir(), path.is_file()
+    except OSError as exc:  # ENAMETOOLONG, for one
+        die("invalid image reference %r: %s" % (reference[:80], exc.strerror),
+            "give a catalogue label, docker://, http(s):// or a path", usage=True)
+    if "/" in reference or exists or reference.endswith(TARBALL_SUFFIXES):
+        if is_dir:
             return derive_name(str(path.absolute())), Source("directory", str(path.absolute()))
-        if path.is_file() or reference.endswith(TARBALL_SUFFIXES):
-            if not path.exists():
+        if is_file or reference.endswith(TARBALL_SUFFIXES):
+            if not exists:
                 die("%s does not exist" % reference, "check the path of the tarball", usage=True)
             return derive_name(path.name), Source("tarball", str(path.absolute()), None, sha256.lower())
         die("%s does not exist" % reference, "give an existing tarball or directory", usage=True)
@@ -987,6 +993,10 @@ def check_tar_members(members: "Iterator[tarfile.TarInfo]", what: str) -> int:
             if member.linkname.startswith("/") or ".." in target:
                 die("%s: hard link %r points outside the root (%r)" % (what, name, member.linkname),
                     "this tarball is not a safe root file system")
+            for i in range(1, len(target)):
+                if "/".join(target[:i]) in links:
+                    die("%s: hard link %r points through the link %r" % (what, name, "/".join(target[:i])),
+                        "this tarball is not a safe root file system")
         if member.issym() or member.islnk():
             links.add("/".join(parts))
         if (member.ischr() or member.isblk()) and not (parts and parts[0] == "dev"):
@@ -1240,9 +1250,6 @@ def package_transaction(manager: str, packages: Sequence[str], refresh: bool) ->
     return ["sh", "-c", '%s && exec "$@"' % shlex.join(first), "sh", *install]
 
 
-def needs_refresh(manager: str, cache: Path) -> bool:
-    return manager == "apt" and not any((cache / "lists").glob("*_Packages*"))
-
 
 def package_cache_for(settings: Settings, os_fields: Dict[str, str]) -> Path:
     """Package downloads are shared between images of one OS release."""
@@ -1285,9 +1292,15 @@ def provision(settings: Settings, root: Path) -> Tuple[Dict[str, str], str, int]
         # one package manager at a time per cache: apt and dnf do not share a cache directory well
         with file_lock(cache / ".postroj.lock"):
             before = package_files(cache)
-            run(argv + ["--", *package_transaction(manager, packages, refresh=True)], capture=True,
-                what="installing systemd (%s install %s)" % (manager, " ".join(packages)))
+            proc = run(argv + ["--", *package_transaction(manager, packages, refresh=True)], check=False,
+                       capture=True, stderr=subprocess.STDOUT)
             downloaded = len(package_files(cache) - before)
+        if proc.returncode != 0:
+            lines = [line.strip() for line in proc.stdout.decode("utf-8", "replace").splitlines() if line.strip()]
+            said = [line for line in lines if line.startswith(("E:", "W:", "Err:", "Error:"))] or lines
+            die("installing systemd (%s install %s) failed with exit code %d:\n%s" % (
+                manager, " ".join(packages), proc.returncode, "\n".join("  " + line for line in said[-15:])),
+                "check the image's package sources and that this host reaches them")
         log.info("provisioning downloaded %d packages; the others came from the package cache %s", downloaded, cache)
         if not has_systemd(root):
             die("installing systemd into the image did not give /usr/lib/systemd/systemd",
@@ -1320,6 +1333,8 @@ def image_link(settings: Settings, name: str) -> Path:
 
 def read_image(settings: Settings, name: str) -> Optional[ImageInfo]:
     """The activated image `name`, or None when there is none."""
+    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+        return None  # not an image name, and never a path below images/
     link = image_link(settings, name)
     if not link.is_symlink():
         return None
@@ -1413,11 +1428,14 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
     origin = source.location
     if source.kind == "registry":
         layout = settings.archives / name
+        fresh = not layout.exists()
         try:
             digest = copy_from_registry(source.location, layout, "latest")
             unpack_layout(layout, "latest", rootfs)
-        except PostrojError as exc:
-            if not (source.distribution and source.distribution.can_bootstrap()):
+        except BaseException as exc:
+            if fresh:
+                remove_tree(layout)  # the disk may be full
+            if not isinstance(exc, PostrojError) or not (source.distribution and source.distribution.can_bootstrap()):
                 raise
             remove_tree(rootfs)
             print("postroj: %s cannot be fetched from the registry (%s); bootstrapping from the package mirror "
@@ -1611,6 +1629,7 @@ class NspawnContainer:
         self.rundir: Optional[Path] = None
         self._locks: List[int] = []
         self._stopped = False
+        self._stopping = threading.Lock()
 
     # --- life cycle ---
 
@@ -1786,10 +1805,14 @@ class NspawnContainer:
         os.replace(tmp, path)
 
     def stop(self) -> None:
-        """Kill the container and remove all it used; safe to call more than once."""
-        if self._stopped:
-            return
-        self._stopped = True
+        """Kill the container and remove all it used; safe to call more than once, and again when a
+        signal interrupted it (main() calls it for every container still live)."""
+        with self._stopping:
+            if not self._stopped:
+                self._stop()
+                self._stopped = True
+
+    def _stop(self) -> None:
         t0 = time.monotonic()
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # nspawn sends --kill-signal=SIGKILL to the container
@@ -1809,9 +1832,8 @@ class NspawnContainer:
                     (self.settings.runtime / (self.machine + suffix)).unlink()
             with contextlib.suppress(FileNotFoundError):
                 (self.settings.runtime / (self.machine + ".lock")).unlink()
-        for fd in self._locks:
-            os.close(fd)
-        self._locks = []
+        while self._locks:
+            os.close(self._locks.pop())
         with _live_lock:
             _live.discard(self)
         self.timings["teardown"] = time.monotonic() - t0
@@ -1853,16 +1875,39 @@ class NspawnContainer:
         env = self.environment()
         cmd = self.command_argv(argv, env)
         log.debug("+ %s", shlex.join(cmd))
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr,
+                                env=env if self.mode == "nsenter" else None)
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            proc = subprocess.run(cmd, stdin=stdin, stdout=stdout, stderr=stderr,
-                                  env=env if self.mode == "nsenter" else None, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
-            return 124
+            while True:
+                try:
+                    proc.wait(0.1)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                # a container that shuts down (reboot, poweroff) can leave the command stopped for good
+                if self.ended() or (deadline is not None and time.monotonic() > deadline):
+                    proc.kill()
+                    proc.wait()
+                    return 124
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
         if self.mode == "machined" and proc.returncode == 203:
             # systemd's EXIT_EXEC: the command could not be executed.
             sys.stderr.write("postroj: %s: command not found in %s\n" % (argv[0], self.machine))
             return 127
         return proc.returncode
+
+    def ended(self) -> bool:
+        """True once nspawn has exited or the container's systemd has begun to shut down."""
+        if self.proc is None or self.proc.poll() is not None:
+            return True
+        try:
+            return Path("/proc/%d/comm" % self.leader).read_text().strip() == "systemd-shutdow"
+        except OSError:
+            return True
 
     def capture(self, argv: Sequence[str], timeout: Optional[float] = 30) -> str:
         """stdout and stderr of `argv` in the container, together, as text."""
@@ -2253,8 +2298,9 @@ def check_package_file(path: Path) -> str:
         die("package %s does not exist" % path, "check the path", usage=True)
     if not os.access(path, os.R_OK):
         die("cannot read package %s" % path, "check its permissions", usage=True)
-    head = path.read_bytes()[:8] if path.stat().st_size < 64 else open(path, "rb").read(8)
-    magic = {"deb": b"!<arch>\n", "rpm": b"\xed\xab\xee\xdb", "msi": b"\xd0\xcf\x11\xe0"}
+    with open(path, "rb") as handle:
+        head = handle.read(21)
+    magic = {"deb": b"!<arch>\ndebian-binary", "rpm": b"\xed\xab\xee\xdb", "msi": b"\xd0\xcf\x11\xe0"}
     if not kind or (kind in magic and not head.startswith(magic[kind])):
         die("%s is not a package (.deb, .rpm, .msi)" % path, "give a package file built for the image", usage=True)
     return kind
@@ -2322,7 +2368,9 @@ def install_packages(settings: Settings, image: ImageInfo, packages: Sequence[Tu
     argv = nspawn_run_argv(root, [(str(cache), PACKAGE_CACHE_DIR)], upper=container.upper)
     argv.append("--bind-ro=%s:%s" % (nspawn_escape(str(container.guest_dir())), GUEST_RUNTIME))
     with file_lock(cache / ".postroj.lock"):
-        command = package_transaction(image.package_manager, inner, needs_refresh(image.package_manager, cache))
+        # always refresh: the lists are shared by the images of a release, whose sources may differ;
+        # with warm lists this is a few conditional requests
+        command = package_transaction(image.package_manager, inner, refresh=True)
         proc = run(argv + ["--", *command], check=False, capture=True, stderr=subprocess.STDOUT,
                    timeout=max(timeout, 600), what="installing %s" % ", ".join(p.name for _, p in packages))
     output = proc.stdout.decode("utf-8", "replace")
@@ -2391,6 +2439,8 @@ def run_command_probe(container: NspawnContainer, probe: Probe, timeout: float, 
     if code == 0:
         return ProbeResult(image, probe, "pass", time.monotonic() - t0, output=tail(output, 40))
     reason = "timed out after %s s" % timeout if code == 124 else "exit status %d" % code
+    if container.ended():
+        reason = "the container shut down while the command ran"
     return ProbeResult(image, probe, "fail", time.monotonic() - t0, reason=reason, output=tail(output, 40),
                        details=container.journal_tail(20))
 

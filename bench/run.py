@@ -96,9 +96,8 @@ class Bench:
 
     def record(self, number: int, title: str, a_name: str, a, b_name: str, b, target: str, limit: float,
                higher_is_better: bool = False) -> None:
+        # a/b: for "higher is better" pairs that is the speed-up of b over a
         ratio = statistics.median(a) / statistics.median(b)
-        if higher_is_better:
-            ratio = 1 / ratio
         met = ratio >= limit if higher_is_better else ratio <= limit
         entry = {"number": number, "title": title, "a": dict(summary(a), name=a_name),
                  "b": dict(summary(b), name=b_name), "ratio": ratio, "target": target, "met": met}

@@ -292,7 +292,7 @@ def test_doctor_reports_vagrant(postroj, vagrant, path_without_vagrant):
     [row] = [line for line in absent.stdout.splitlines() if line.startswith("vagrant ")]
     assert row.split()[1] == "optional"
     assert "not found" in row
-    [fix] = [line for line in absent.stdout.splitlines() if line.startswith("to fix: apt-get install")]
+    [fix] = [line for line in absent.stdout.splitlines() if line.startswith("optional: apt-get install")]
     assert "vagrant" in fix.split()
     # vagrant is optional: whether it is there does not change doctor's verdict
     assert absent.returncode == present.returncode

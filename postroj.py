@@ -542,11 +542,6 @@ def run(cmd: Sequence[str], *, check: bool = True, capture: bool = False, stdin:
     return proc
 
 
-def output_of(cmd: Sequence[str], **kwargs: Any) -> str:
-    """stdout of a successful command, as text."""
-    return run(cmd, capture=True, **kwargs).stdout.decode("utf-8", "replace")
-
-
 def is_root() -> bool:
     return os.geteuid() == 0
 
@@ -1487,10 +1482,6 @@ def activate(settings: Settings, name: str, version: Path) -> None:
     tmp_link = settings.images / (".%s.%s.link" % (name, random_id(8)))
     os.symlink(os.path.relpath(version / "rootfs", settings.images), tmp_link)
     os.replace(tmp_link, link)
-
-
-def version_in_use(version: Path) -> bool:
-    return lock_is_held(version / "image.json")
 
 
 def prune_versions(settings: Settings, name: Optional[str] = None) -> List[Path]:

@@ -1047,13 +1047,14 @@ def copy_from_registry(reference: str, layout: Path, tag: str) -> str:
 
 
 def unpack_layout(layout: Path, tag: str, rootfs: Path) -> None:
-    """`umoci unpack` the image and move its root file system to `rootfs`."""
-    bundle = rootfs.with_name(rootfs.name + ".bundle")
-    remove_tree(bundle)
-    run([require_tool("umoci"), "unpack", "--image", "%s:%s" % (layout, tag), str(bundle)], capture=True,
-        what="umoci unpack")
-    os.rename(bundle / "rootfs", rootfs)
-    remove_tree(bundle)
+    """Unpack the image's layers into `rootfs` with `umoci raw unpack`.
+
+    Not `umoci unpack`: that also writes an mtree manifest, hashing every file it just wrote, which
+    nothing here reads and which takes longer than the unpacking itself.
+    """
+    remove_tree(rootfs)
+    run([require_tool("umoci"), "raw", "unpack", "--image", "%s:%s" % (layout, tag), str(rootfs)], capture=True,
+        what="umoci raw unpack")
 
 
 DEBIAN_MIRRORS = {"debian": "http://deb.debian.org/debian", "ubuntu": "http://archive.ubuntu.com/ubuntu"}
@@ -1206,6 +1207,8 @@ APT_OPTIONS = (
     "-o", "Dir::State::Lists=%s/lists/" % PACKAGE_CACHE_DIR,
     "-o", "APT::Keep-Downloaded-Packages=true",
     "-o", "APT::Sandbox::User=root",
+    # dpkg's fsync after every file buys nothing here: a half-built image is thrown away, never activated
+    "-o", "Dpkg::Options::=--force-unsafe-io",
 )
 
 
@@ -1503,7 +1506,8 @@ def prune_versions(settings: Settings, name: Optional[str] = None) -> List[Path]
                 continue
             doomed = settings.tmp / (".doomed-%s" % version.name)
             os.rename(version, doomed)
-        remove_tree(doomed)
+        # rm walks a tree of ten thousand files in about half the time shutil.rmtree takes
+        run(["rm", "-rf", "--one-file-system", str(doomed)], what="removing %s" % version.name)
         removed.append(version)
     return removed
 

@@ -18,10 +18,12 @@ import pytest
 LONG = "a" * 300
 NON_UTF8 = os.fsencode("debian-\udcff\udcfe")  # the bytes 0xff 0xfe, which no UTF-8 text has
 
-# Bookkeeping, not a change: the directories every used state root and cache has, and lock files
-# (removing a lock file another process may be waiting on would break the lock).
+# Bookkeeping, not a change: the directories every used state root and cache has, lock files
+# (removing a lock file another process may be waiting on would break the lock), and postroj.pyz's
+# compiled code, which any run may write.
 SKELETON = re.compile(r"images|images/\.versions|locks|tmp|run"  # POSTROJ_HOME
-                      r"|downloads|packages|packages/[^/]+|packages/[^/]+/partial")  # POSTROJ_CACHE
+                      r"|downloads|packages|packages/[^/]+|packages/[^/]+/partial|code")  # POSTROJ_CACHE
+COMPILED = re.compile(r"code/postroj\.[0-9a-f]+\.[a-z0-9_-]+\.pyc")
 
 
 def snapshot(home: Path, cache: Path) -> "dict[str, tuple]":
@@ -39,6 +41,8 @@ def snapshot(home: Path, cache: Path) -> "dict[str, tuple]":
                 path = os.path.join(dirpath, name)
                 st = os.lstat(path)
                 if name.endswith(".lock") and stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                    continue
+                if root == cache and COMPILED.fullmatch(os.path.relpath(path, root)):
                     continue
                 if stat.S_ISLNK(st.st_mode):
                     found[path] = ("link", os.readlink(path))

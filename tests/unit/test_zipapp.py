@@ -173,3 +173,109 @@ def test_import_does_nothing(snapshot, tmp_path):
                           timeout=60)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "postroj\n", "")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# --- the compiled code the archive keeps in POSTROJ_CACHE/code ----------------------
+
+
+def cached_code(cache: Path) -> "list[Path]":
+    return sorted((cache / "code").glob("postroj.*.pyc"))
+
+
+def compiled_from(source: str, filename: str) -> bytes:
+    """What __main__.py writes: the interpreter's magic number, then the marshalled module."""
+    import importlib.util
+    import marshal
+    return importlib.util.MAGIC_NUMBER + marshal.dumps(compile(source, filename, "exec", dont_inherit=True))
+
+
+def test_first_run_compiles_and_keeps_the_code(snapshot, built, tmp_path):
+    first = run_pyz(sys.executable, built, tmp_path, "--version")
+    assert (first.returncode, first.stderr) == (0, "")
+    [pyc] = cached_code(tmp_path / "cache")
+    assert pyc.name.endswith(".%s.pyc" % sys.implementation.cache_tag)
+    assert (pyc.stat().st_mode & 0o777, pyc.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    assert sorted(p.name for p in pyc.parent.iterdir()) == [pyc.name], "no temporary file is left"
+    assert not (tmp_path / "home").exists()
+
+
+def test_later_runs_load_the_kept_code(snapshot, built, tmp_path):
+    run_pyz(sys.executable, built, tmp_path, "--version")
+    [pyc] = cached_code(tmp_path / "cache")
+    # the kept code, not the archive's source, decides what runs: give it another version number
+    source = (snapshot / "postroj.py").read_text().replace(version_of(snapshot), "9.9.9-from-the-cache")
+    pyc.write_bytes(compiled_from(source, str(built / "postroj.py")))
+    again = run_pyz(sys.executable, built, tmp_path, "--version")
+    assert (again.returncode, again.stdout, again.stderr) == (0, "postroj 9.9.9-from-the-cache\n", "")
+
+
+@pytest.mark.parametrize("spoil", ["world-writable directory", "foreign directory", "foreign file",
+                                   "group-writable file", "symlink", "stale magic", "truncated"])
+def test_code_that_is_not_ours_or_is_spoilt_is_not_loaded(snapshot, built, tmp_path, spoil):
+    if os.geteuid() != 0 and spoil.startswith("foreign"):
+        pytest.skip("giving a file to another user needs root")
+    run_pyz(sys.executable, built, tmp_path, "--version")
+    [pyc] = cached_code(tmp_path / "cache")
+    source = (snapshot / "postroj.py").read_text().replace(version_of(snapshot), "6.6.6-planted")
+    planted = compiled_from(source, str(built / "postroj.py"))
+    pyc.write_bytes(planted)
+    if spoil == "world-writable directory":
+        pyc.parent.chmod(0o777)
+    elif spoil == "foreign directory":
+        os.chown(pyc.parent, 65534, 65534)
+    elif spoil == "foreign file":
+        os.chown(pyc, 65534, 65534)
+    elif spoil == "group-writable file":
+        pyc.chmod(0o620)
+    elif spoil == "symlink":
+        elsewhere = tmp_path / "elsewhere.pyc"
+        pyc.rename(elsewhere)
+        pyc.symlink_to(elsewhere)
+    elif spoil == "stale magic":
+        pyc.write_bytes(b"\0\0\0\0" + planted[4:])
+    elif spoil == "truncated":
+        pyc.write_bytes(planted[:100])
+    proc = run_pyz(sys.executable, built, tmp_path, "--version")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "postroj %s\n" % version_of(snapshot), "")
+
+
+def test_spoilt_code_is_replaced_and_older_builds_code_removed(snapshot, built, tmp_path):
+    code = tmp_path / "cache" / "code"
+    code.mkdir(parents=True, mode=0o700)
+    tag = sys.implementation.cache_tag
+    older = code / ("postroj.0123456789abcdef.%s.pyc" % tag)
+    other_python = code / "postroj.0123456789abcdef.cpython-38.pyc"
+    older.write_bytes(b"old")
+    other_python.write_bytes(b"old")
+    run_pyz(sys.executable, built, tmp_path, "--version")
+    [pyc] = [p for p in cached_code(tmp_path / "cache") if p != other_python]
+    assert not older.exists() and other_python.exists(), "only this interpreter's older code goes"
+    pyc.write_bytes(b"junk")
+    run_pyz(sys.executable, built, tmp_path, "--version")
+    assert pyc.read_bytes().startswith(compiled_from("", "x")[:4]), "rewritten after a failed load"
+
+
+def test_no_writable_cache_still_runs(built, tmp_path):
+    env = dict(os.environ, POSTROJ_HOME=str(tmp_path / "home"), POSTROJ_CACHE="/proc/postroj-cannot-write-here")
+    proc = subprocess.run([sys.executable, str(built), "--version"], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, timeout=60)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.startswith("postroj ")
+
+
+def test_tracebacks_show_the_archive_source(snapshot, tmp_path):
+    """Loaded from the cache or compiled, the module's frames name postroj.py in the archive, and --debug's
+    traceback quotes its lines."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    shutil.copyfile(snapshot / "build_zipapp.py", tree / "build_zipapp.py")
+    (tree / "postroj.py").write_text((snapshot / "postroj.py").read_text()
+                                     + "\n\ndef cmd_list_images(args):\n    die('planted failure')\n")
+    pyz = build(sys.executable, tree, tmp_path / "crash.pyz")
+    for _ in ("compiled", "cached"):
+        proc = run_pyz(sys.executable, pyz, tmp_path, "--debug", "list-images")
+        assert proc.returncode == 1, proc.stderr
+        assert 'File "%s", line' % (pyz / "postroj.py") in proc.stderr
+        assert "    die('planted failure')" in proc.stderr
+        assert "error: planted failure" in proc.stderr
+    assert len(cached_code(tmp_path / "cache")) == 1

@@ -542,6 +542,31 @@ def run(cmd: Sequence[str], *, check: bool = True, capture: bool = False, stdin:
     return proc
 
 
+def wait_exit(proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait up to `timeout` s for `proc` to exit; True when it has.
+
+    Popen.wait(timeout) polls with sleeps of up to 50 ms, which a probe cycle would feel twice (the
+    probe's command, nspawn's exit); a pidfd (Linux 5.3, Python 3.9) wakes us the moment it exits.
+    """
+    if proc.poll() is not None:
+        return True
+    fd = -1
+    if hasattr(os, "pidfd_open"):
+        with contextlib.suppress(OSError):
+            fd = os.pidfd_open(proc.pid)  # not reaped yet (poll above): the pid is still proc's
+    if fd >= 0:
+        try:
+            select.select([fd], [], [], timeout)
+        finally:
+            os.close(fd)
+        return proc.poll() is not None
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def is_root() -> bool:
     return os.geteuid() == 0
 
@@ -1622,6 +1647,7 @@ class NspawnContainer:
         self.timings: Dict[str, float] = {}
         self.proc: Optional[subprocess.Popen] = None
         self.rundir: Optional[Path] = None
+        self.cgroups: List[Path] = []
         self._locks: List[int] = []
         self._stopped = False
         self._stopping = threading.Lock()
@@ -1697,11 +1723,15 @@ class NspawnContainer:
         notify.bind(address)
         self.write_state(nspawn_pid=0)
         env = dict(os.environ, NOTIFY_SOCKET="@" + address[1:])
+        if self.mode == "nsenter":
+            self.cgroups = make_cgroups("%s.%s" % (self.machine, random_id(8)))
+            self.write_state(nspawn_pid=0)
         console = open(self.rundir / "console.log", "wb")
         argv = self.nspawn_argv(upper)
         log.debug("+ %s", shlex.join(argv))
+        prefix = (die_with_parent_prefix() if not self.keep else []) + cgroup_entry_prefix(self.cgroups)
         try:
-            self.proc = subprocess.Popen((die_with_parent_prefix() if not self.keep else []) + argv, env=env,
+            self.proc = subprocess.Popen(prefix + argv, env=env,
                                          stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         except FileNotFoundError:
@@ -1793,7 +1823,7 @@ class NspawnContainer:
             return
         state = {"machine": self.machine, "image": self.image.name, "version": str(Path(self.image.path).parent),
                  "leader": self.leader, "postroj_pid": os.getpid(), "since": now_iso(), "keep": self.keep,
-                 "mode": self.mode, **extra}
+                 "mode": self.mode, "cgroups": [str(c) for c in self.cgroups], **extra}
         path = self.settings.runtime / (self.machine + ".json")
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(state))
@@ -1811,14 +1841,13 @@ class NspawnContainer:
         t0 = time.monotonic()
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # nspawn sends --kill-signal=SIGKILL to the container
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
+            if not wait_exit(self.proc, 10):
                 if self.leader:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(self.leader, signal.SIGKILL)
                 self.proc.kill()
                 self.proc.wait()
+        remove_cgroups([str(c) for c in self.cgroups])
         if self.rundir:
             remove_tree(self.rundir)
         if self.machine:
@@ -1874,12 +1903,7 @@ class NspawnContainer:
                                 env=env if self.mode == "nsenter" else None)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while True:
-                try:
-                    proc.wait(0.1)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
+            while not wait_exit(proc, 0.1):
                 # a container that shuts down (reboot, poweroff) can leave the command stopped for good
                 if self.ended() or (deadline is not None and time.monotonic() > deadline):
                     proc.kill()
@@ -1949,6 +1973,75 @@ class NspawnContainer:
         return self.rundir / "guest"
 
 
+def systemd_cgroup_roots() -> List[Path]:
+    """Our own cgroup in each hierarchy a container's systemd manages (cgroup2, and v1's name=systemd)."""
+    own = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            number, controllers, path = line.split(":", 2)
+            if controllers == "name=systemd" or (number == "0" and not controllers):
+                own["cgroup2" if number == "0" else "name=systemd"] = path
+    roots = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields, _, tail = line.partition(" - ")
+            parts, fstype_etc = fields.split(), tail.split()
+            if len(parts) < 5 or len(fstype_etc) < 3:
+                continue
+            kind = fstype_etc[0] if fstype_etc[0] == "cgroup2" else (
+                "name=systemd" if fstype_etc[0] == "cgroup" and "name=systemd" in fstype_etc[2].split(",") else "")
+            if kind in own:
+                mount_root, mount_point = parts[3], parts[4].replace("\\040", " ")
+                relative = own.pop(kind)
+                if mount_root != "/" and relative.startswith(mount_root):
+                    relative = relative[len(mount_root):]
+                roots.append(Path(mount_point + "/" + relative.strip("/")))
+    return roots
+
+
+def make_cgroups(name: str) -> List[Path]:
+    """A cgroup of its own for one container, in each hierarchy its systemd manages.
+
+    Without machined, nspawn --keep-unit puts every container's systemd into the caller's cgroup
+    (as .../payload): two containers at once would share one cgroup tree, and each systemd would
+    manage, and kill, the other's units. Empty when cgroups cannot be made here (read-only cgroupfs).
+    """
+    made = []
+    for root in systemd_cgroup_roots():
+        try:
+            (root / name).mkdir()
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            log.debug("cannot make a cgroup below %s (%s): containers share postroj's cgroup", root, exc)
+            continue
+        made.append(root / name)
+    return made
+
+
+def cgroup_entry_prefix(cgroups: Sequence[Path]) -> List[str]:
+    """Runs the command that follows in `cgroups` (a process joins before it executes nspawn)."""
+    if not cgroups:
+        return []
+    script = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+    return ["sh", "-c", script, "sh", *[str(c / "cgroup.procs") for c in cgroups], "--"]
+
+
+def remove_cgroups(cgroups: Sequence[str]) -> None:
+    """Remove a container's cgroups, with what its systemd made below them, once its processes are gone."""
+    for top in cgroups:
+        if not top or not os.path.isdir(top):
+            continue
+        for root, dirs, _files in os.walk(top, topdown=False):
+            for name in dirs:
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(root, name))
+        try:
+            os.rmdir(top)
+        except OSError as exc:
+            log.debug("cannot remove cgroup %s: %s", top, exc)
+
+
 def mask_for_boot(lower: Path, upper: Path) -> None:
     """Mask, in the container's overlay only, what a throw-away container does not need at boot."""
     for rel, names in (("etc/systemd/system-generators", BOOT_MASKED_GENERATORS),
@@ -1995,6 +2088,7 @@ class Machine(NamedTuple):
     keep: bool
     alive: bool
     version: str
+    cgroups: Tuple[str, ...] = ()
 
 
 def list_machines(settings: Settings, include_stale: bool = False) -> List[Machine]:
@@ -2014,7 +2108,8 @@ def list_machines(settings: Settings, include_stale: bool = False) -> List[Machi
         alive = held or (bool(data.get("keep")) and running)
         if alive or include_stale:
             found.append(Machine(name, data.get("image", ""), int(data.get("leader") or 0), nspawn_pid,
-                                 data.get("since", ""), bool(data.get("keep")), alive, data.get("version", "")))
+                                 data.get("since", ""), bool(data.get("keep")), alive, data.get("version", ""),
+                                 tuple(str(c) for c in data.get("cgroups") or ())))
     return found
 
 
@@ -2032,6 +2127,7 @@ def end_machine(settings: Settings, machine: Machine) -> None:
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(machine.nspawn_pid, signal.SIGKILL)
+    remove_cgroups(machine.cgroups)
     remove_tree(settings.runtime / machine.name)
     for suffix in (".json", ".json.tmp", ".lock"):
         with contextlib.suppress(FileNotFoundError):

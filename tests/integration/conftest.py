@@ -18,6 +18,7 @@ def nothing_left_behind(tmp_path):
     for tool in ("systemd-nspawn", "skopeo", "umoci", "mmdebstrap"):
         if not shutil.which(tool):
             pytest.skip("%s is not installed (make setup)" % tool)
+    cgroups = rig.container_cgroups()
     yield
     deadline = time.monotonic() + 5
     while True:
@@ -29,6 +30,7 @@ def nothing_left_behind(tmp_path):
     rig.kill_processes(procs)
     assert not procs, "processes left behind: %s" % procs
     assert not mounts, "mounts left behind: %s" % mounts
+    assert rig.container_cgroups() <= cgroups, "cgroups left behind: %s" % (rig.container_cgroups() - cgroups)
     run = tmp_path / "home" / "run"
     if run.is_dir():
         leftovers = [p.name for p in run.iterdir()]

@@ -84,6 +84,32 @@ def test_two_containers_of_one_image_at_once(images):
     assert json.loads(images("machines", "--json", check=0).stdout) == []
 
 
+def test_containers_at_once_have_cgroups_of_their_own(images):
+    """Without machined, nspawn --keep-unit would put every container's systemd into one cgroup tree, where
+    each manages (and kills) the other's units: each gets a cgroup of its own, removed when it ends."""
+    procs = [images.popen("container", image, "--", "sleep", "4") for image in ("debian-bookworm", "debian-bullseye")]
+    try:
+        deadline = time.monotonic() + 30
+        machines = []
+        while time.monotonic() < deadline and len(machines) < 2:
+            machines = [m for m in json.loads(images("machines", "--json", check=0).stdout) if m["leader"]]
+            time.sleep(0.1)
+        assert len(machines) == 2, machines
+        tops = set()
+        for machine in machines:
+            assert machine["cgroups"] and all(os.path.isdir(c) for c in machine["cgroups"]), machine
+            line = [l for l in open("/proc/%d/cgroup" % machine["leader"]).read().splitlines() if l.startswith("0::")]
+            top = line[0][3:].split("/payload")[0]
+            assert os.path.basename(top).startswith(machine["name"] + "."), line
+            assert any(c.endswith(top) for c in machine["cgroups"]), (top, machine["cgroups"])
+            tops.add(top)
+        assert len(tops) == 2
+    finally:
+        outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert not [c for m in machines for c in m["cgroups"] if os.path.exists(c)], "cgroups outlive the container"
+
+
 def test_bind_and_private_network(images, tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()

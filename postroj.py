@@ -1724,7 +1724,7 @@ class NspawnContainer:
         self.write_state(nspawn_pid=0)
         env = dict(os.environ, NOTIFY_SOCKET="@" + address[1:])
         if self.mode == "nsenter":
-            self.cgroups = make_cgroups("%s.%s" % (self.machine, random_id(8)))
+            self.cgroups = make_cgroups("%s%s.%s" % (CGROUP_PREFIX, self.machine, random_id(8)))
             self.write_state(nspawn_pid=0)
         console = open(self.rundir / "console.log", "wb")
         argv = self.nspawn_argv(upper)
@@ -1973,6 +1973,9 @@ class NspawnContainer:
         return self.rundir / "guest"
 
 
+CGROUP_PREFIX = "postroj."
+
+
 def systemd_cgroup_roots() -> List[Path]:
     """Our own cgroup in each hierarchy a container's systemd manages (cgroup2, and v1's name=systemd)."""
     own = {}
@@ -2030,8 +2033,8 @@ def cgroup_entry_prefix(cgroups: Sequence[Path]) -> List[str]:
 def remove_cgroups(cgroups: Sequence[str]) -> None:
     """Remove a container's cgroups, with what its systemd made below them, once its processes are gone."""
     for top in cgroups:
-        if not top or not os.path.isdir(top):
-            continue
+        if not os.path.basename(top).startswith(CGROUP_PREFIX) or not os.path.isdir(top):
+            continue  # the list comes from a state file: remove nothing postroj did not make
         for root, dirs, _files in os.walk(top, topdown=False):
             for name in dirs:
                 with contextlib.suppress(OSError):

@@ -330,11 +330,11 @@ def mounts_mentioning(text: str) -> "list[str]":
 
 
 def container_cgroups() -> "set[str]":
-    """The cgroups postroj made for containers: postroj-* below this process's own, in systemd's hierarchies
+    """The cgroups postroj made for containers: postroj.* below this process's own, in systemd's hierarchies
     (postroj runs below the test, so its cgroups are the test's children)."""
     import postroj
     return {str(entry) for root in postroj.systemd_cgroup_roots() if root.is_dir()
-            for entry in root.iterdir() if entry.name.startswith("postroj-") and entry.is_dir()}
+            for entry in root.iterdir() if entry.name.startswith(postroj.CGROUP_PREFIX) and entry.is_dir()}
 
 
 def kill_processes(found: "list[tuple[int, str]]") -> None:

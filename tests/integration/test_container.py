@@ -100,7 +100,7 @@ def test_containers_at_once_have_cgroups_of_their_own(images):
             assert machine["cgroups"] and all(os.path.isdir(c) for c in machine["cgroups"]), machine
             line = [l for l in open("/proc/%d/cgroup" % machine["leader"]).read().splitlines() if l.startswith("0::")]
             top = line[0][3:].split("/payload")[0]
-            assert os.path.basename(top).startswith(machine["name"] + "."), line
+            assert os.path.basename(top).startswith("postroj.%s." % machine["name"]), line
             assert any(c.endswith(top) for c in machine["cgroups"]), (top, machine["cgroups"])
             tops.add(top)
         assert len(tops) == 2

@@ -141,6 +141,30 @@ def test_container_environment(tmp_path, monkeypatch):
 # --- --bind and --setenv ----------------------------------------------------------
 
 
+def test_cgroup_entry_prefix_joins_every_cgroup_before_the_command(tmp_path):
+    """The wrapper writes its own PID into each cgroup.procs, then becomes the command (same PID)."""
+    import subprocess
+    cgroups = [tmp_path / "postroj.a b", tmp_path / "postroj.c"]
+    for cgroup in cgroups:
+        cgroup.mkdir()
+    argv = postroj.cgroup_entry_prefix(cgroups) + ["sh", "-c", 'echo $$; printf "%s|" "$@"', "sh", "--", "x y"]
+    out = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True).stdout.splitlines()
+    assert out[1] == "--|x y|", "the command's own arguments arrive untouched, -- included"
+    assert [(c / "cgroup.procs").read_text() for c in cgroups] == [out[0] + "\n"] * 2
+    assert postroj.cgroup_entry_prefix([]) == []
+    (cgroups[1] / "cgroup.procs").unlink()
+    cgroups[1].rmdir()  # a cgroup that cannot be joined stops the start
+    assert subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 125
+
+
+def test_remove_cgroups_removes_only_what_postroj_made(tmp_path):
+    ours, nested, other = tmp_path / "postroj.m.1", tmp_path / "postroj.m.1" / "payload" / "init.scope", tmp_path / "x"
+    nested.mkdir(parents=True)
+    other.mkdir()
+    postroj.remove_cgroups([str(ours), str(other), str(tmp_path / "postroj.gone")])
+    assert not ours.exists() and other.is_dir()
+
+
 def test_parse_bind(tmp_path):
     assert postroj.parse_bind(str(tmp_path), False) == postroj.Bind(str(tmp_path), str(tmp_path), False)
     assert postroj.parse_bind("%s:/srv" % tmp_path, True) == postroj.Bind(str(tmp_path), "/srv", True)

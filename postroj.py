@@ -2242,10 +2242,10 @@ class VagrantMachine:
                 "see `vagrant up` in %s" % self.directory)
 
     def execute(self, command: str, *, stdout: Any = None, stderr: Any = None, stdin: Any = subprocess.DEVNULL,
-                timeout: Optional[float] = None) -> int:
-        """Run `command` in the VM (ssh on Linux, winrm/powershell on Windows); returns its exit status."""
+                timeout: Optional[float] = None, shell: str = "powershell") -> int:
+        """Run `command` in the VM (ssh on Linux, winrm and `shell` on Windows); returns its exit status."""
         if self.box.communicator == "winrm":
-            proc = self.vagrant(["winrm", "--shell", "powershell", "--command", command], check=False,
+            proc = self.vagrant(["winrm", "--shell", shell, "--command", command], check=False,
                                 timeout=timeout)
         else:
             proc = self.vagrant(["ssh", "--no-tty", "--command", command], check=False, stdin=stdin,
@@ -3032,11 +3032,15 @@ def probe_vms(settings: Settings, args: argparse.Namespace, probes: Sequence[Pro
     left_running = 0
     for box in boxes:
         vm = VagrantMachine(settings, box, args.provider)
+        # a VM brought up with `postroj vm up` is the user's: probe it as it is, never destroy it
+        keep = args.keep or vm.status() not in ("not created", "not_created")
+        if keep and not args.keep:
+            log.warning("%s was up before this run (`postroj vm up`): probing it, and leaving it up", box.label)
         t0 = time.monotonic()
         try:
             vm.up()
         except PostrojError as exc:
-            if not args.keep:
+            if not keep:
                 left_running += not vm.destroy_or_warn()
             results += [ProbeResult(box.label, p, "fail", time.monotonic() - t0, reason=exc.message) for p in probes]
             for r in results[-len(probes):]:
@@ -3048,7 +3052,7 @@ def probe_vms(settings: Settings, args: argparse.Namespace, probes: Sequence[Pro
                 print(format_result(result), flush=True)
                 results.append(result)
         finally:
-            if not args.keep:
+            if not keep:
                 left_running += not vm.destroy_or_warn()
     code = finish_report(args, results)
     return EXIT_FAILURE if left_running else code
@@ -3151,11 +3155,18 @@ def cmd_vm(args: argparse.Namespace) -> int:
     command = list(args.command)
     if not command:
         die("no command given", "write postroj vm run BOX -- COMMAND", usage=True)
+    if args.shell and box.guest != "windows":
+        die("--shell is for Windows boxes; %s runs commands with ssh in the login shell" % box.label,
+            "drop --shell", usage=True)
     require_tool("vagrant")
-    text = " ".join(command) if box.guest == "windows" else shlex.join(command)
+    if box.guest == "windows":
+        # one argument is a command line as typed; several are quoted the way Windows programs split them
+        text = command[0] if len(command) == 1 else subprocess.list2cmdline(command)
+    else:
+        text = shlex.join(command)
     if not (vm.directory / "Vagrantfile").exists():
         die("%s is not up" % box.label, "bring it up with `postroj vm up %s`" % box.label)
-    return vm.execute(text)
+    return vm.execute(text, shell=args.shell or "cmd")
 
 
 def find_box_by_dir(label: str) -> Box:
@@ -3272,6 +3283,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--keep", action="store_true", help="keep the machine when it fails to come up")
     q = vm.add_parser("run", help="run a command in a VM")
     q.add_argument("box", metavar="BOX")
+    q.add_argument("--shell", choices=("cmd", "powershell"), default="",
+                   help="Windows: the shell that runs COMMAND (default: cmd, as winrs does)")
     q.add_argument("command", nargs="*", metavar="-- COMMAND")
     q = vm.add_parser("destroy", help="destroy a VM")
     q.add_argument("box", metavar="BOX")

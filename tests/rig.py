@@ -330,11 +330,20 @@ def mounts_mentioning(text: str) -> "list[str]":
 
 
 def container_cgroups() -> "set[str]":
-    """The cgroups postroj made for containers: postroj.* below this process's own, in systemd's hierarchies
-    (postroj runs below the test, so its cgroups are the test's children)."""
+    """The empty cgroups postroj made for containers: postroj.* below this process's own, in systemd's
+    hierarchies (postroj runs below the test). Cgroups with processes in them are running containers,
+    maybe another run's on this host; a leftover is an empty one."""
     import postroj
+
+    def empty(path: Path) -> bool:
+        try:
+            return all(not (Path(d) / "cgroup.procs").read_text().strip() for d, _, _ in os.walk(path))
+        except OSError:
+            return False  # removed while we looked: not left behind
+
     return {str(entry) for root in postroj.systemd_cgroup_roots() if root.is_dir()
-            for entry in root.iterdir() if entry.name.startswith(postroj.CGROUP_PREFIX) and entry.is_dir()}
+            for entry in root.iterdir()
+            if entry.name.startswith(postroj.CGROUP_PREFIX) and entry.is_dir() and empty(entry)}
 
 
 def kill_processes(found: "list[tuple[int, str]]") -> None:

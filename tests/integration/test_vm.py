@@ -148,7 +148,7 @@ def test_windows_box_up_run_destroy(postroj, vagrant):
     # the box's own sizes when none are asked for
     assert text.count("v.cpus = 2") == 2 and text.count("v.memory = 4096") == 2
 
-    run = postroj("vm", "run", WINDOWS, "--", "Get-Service", "WinRM", env=env, check=0)
+    run = postroj("vm", "run", WINDOWS, "--shell", "powershell", "--", "Get-Service", "WinRM", env=env, check=0)
     assert run.stdout == "Status   Name\n------   ----\nRunning  WinRM\n"
     assert "WARNING: the service is slow\n" in run.stderr
     assert "\x1b" not in run.stdout + run.stderr and "\r" not in run.stdout + run.stderr
@@ -158,6 +158,23 @@ def test_windows_box_up_run_destroy(postroj, vagrant):
     postroj("vm", "destroy", WINDOWS, env=env, check=0)
     assert not directory.exists()
     assert vagrant.steps() == ["up", "winrm: Get-Service WinRM", "destroy"]
+
+
+def test_vm_run_on_windows_uses_cmd_and_quotes_arguments_the_windows_way(postroj, vagrant):
+    postroj("vm", "up", WINDOWS, env=vagrant.env(), check=0)
+    try:
+        postroj("vm", "run", WINDOWS, "--", "ver", env=vagrant.env(), check=0)
+        postroj("vm", "run", WINDOWS, "--", "dir C:\\Program Files", env=vagrant.env(), check=0)  # as typed
+        postroj("vm", "run", WINDOWS, "--", "type", "C:\\Program Files\\a.txt", 'say "hi"', env=vagrant.env(),
+                check=0)
+        calls = [c["argv"] for c in vagrant.actions() if c["argv"][0] == "winrm"]
+        assert [c[c.index("--shell") + 1] for c in calls] == ["cmd"] * 3
+        assert [c[c.index("--command") + 1] for c in calls] == [
+            "ver", "dir C:\\Program Files", 'type "C:\\Program Files\\a.txt" "say \\"hi\\""']
+    finally:
+        postroj("vm", "destroy", WINDOWS, env=vagrant.env(), check=0)
+    refused = postroj("vm", "run", LINUX, "--shell", "cmd", "--", "true", env=vagrant.env(), check=2)
+    assert "--shell is for Windows boxes" in refused.stderr
 
 
 @pytest.mark.parametrize("box", [LINUX, "windows-2019"])
@@ -375,6 +392,21 @@ def test_probe_vm_keep_leaves_the_machine_up(postroj, vagrant):
     listed = postroj("vm", "list", env=vagrant.env(), check=0)
     assert [LINUX, "running"] in [line.split() for line in listed.stdout.splitlines()]
     postroj("vm", "destroy", LINUX, env=vagrant.env(), check=0)
+    assert not vm_dir(postroj, LINUX).exists()
+
+
+def test_probe_vm_leaves_a_machine_brought_up_before_it(postroj, vagrant):
+    """`vm up` then `probe --vm` of the same box: the probes run in the user's VM, which stays up."""
+    postroj("vm", "up", LINUX, env=vagrant.env(), check=0)
+    proc = postroj("probe", "--vm", LINUX, "--command", "hostname", env=vagrant.env(), check=0)
+    assert "%s was up before this run" % LINUX in proc.stderr
+    assert vagrant.steps() == ["up", "up", "ssh: hostname"]
+    listed = postroj("vm", "list", env=vagrant.env(), check=0)
+    assert [LINUX, "running"] in [line.split() for line in listed.stdout.splitlines()]
+    postroj("vm", "destroy", LINUX, env=vagrant.env(), check=0)
+    # and a probe of a box no one brought up still destroys its own VM
+    postroj("probe", "--vm", LINUX, "--command", "hostname", env=vagrant.env(), check=0)
+    assert vagrant.steps()[-3:] == ["up", "ssh: hostname", "destroy"]
     assert not vm_dir(postroj, LINUX).exists()
 
 

@@ -2208,6 +2208,29 @@ def clean_console(text: str) -> str:
     return ANSI_ESCAPE.sub("", text).replace("\r\n", "\n").replace("\r", "")
 
 
+def pump_lines(sinks: Dict[Any, Any], timeout: Optional[float], what: str) -> None:
+    """Copy each pipe to its sink a line at a time, as lines come, through clean_console, until all close."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = {pipe: b"" for pipe in sinks}
+    while pending:
+        wait = None if deadline is None else deadline - time.monotonic()
+        if wait is not None and wait <= 0:
+            die("%s did not finish within %s s" % (what, timeout))
+        for pipe in select.select(list(pending), [], [], wait)[0]:
+            chunk = os.read(pipe.fileno(), 65536)
+            data = pending[pipe] + chunk
+            if chunk:
+                lines, newline, pending[pipe] = data.rpartition(b"\n")
+                data = lines + newline
+            else:
+                del pending[pipe]
+            if data:
+                sink = sinks[pipe]
+                sink.write(clean_console(data.decode("utf-8", "replace")))
+                if hasattr(sink, "flush"):
+                    sink.flush()
+
+
 class VagrantMachine:
     """A VM brought up through vagrant from a Vagrantfile in POSTROJ_HOME/vagrant/<label>."""
 
@@ -2219,12 +2242,14 @@ class VagrantMachine:
         self.memory = memory
         self.directory = settings.vagrant / box.label
 
+    def environment(self) -> Dict[str, str]:
+        return dict(os.environ, VAGRANT_CWD=str(self.directory), VAGRANT_NO_COLOR="1")
+
     def vagrant(self, args: Sequence[str], *, check: bool = True, capture: bool = True, stdin: Any = subprocess.DEVNULL,
                 what: str = "", timeout: Optional[float] = None) -> subprocess.CompletedProcess:
         require_tool("vagrant")
-        env = dict(os.environ, VAGRANT_CWD=str(self.directory), VAGRANT_NO_COLOR="1")
-        return run(["vagrant", *args], check=check, capture=capture, stdin=stdin, env=env, timeout=timeout,
-                   what=what or "vagrant %s" % " ".join(args[:1]))
+        return run(["vagrant", *args], check=check, capture=capture, stdin=stdin, env=self.environment(),
+                   timeout=timeout, what=what or "vagrant %s" % " ".join(args[:1]))
 
     def write_vagrantfile(self) -> Path:
         ensure_dir(self.directory, 0o700)
@@ -2243,17 +2268,28 @@ class VagrantMachine:
 
     def execute(self, command: str, *, stdout: Any = None, stderr: Any = None, stdin: Any = subprocess.DEVNULL,
                 timeout: Optional[float] = None, shell: str = "powershell") -> int:
-        """Run `command` in the VM (ssh on Linux, winrm and `shell` on Windows); returns its exit status."""
+        """Run `command` in the VM (ssh on Linux, winrm and `shell` on Windows); returns its exit status.
+
+        Its output is passed on a line at a time as it comes, without escape sequences: an installer
+        that runs for minutes shows its progress.
+        """
         if self.box.communicator == "winrm":
-            proc = self.vagrant(["winrm", "--shell", shell, "--command", command], check=False,
-                                timeout=timeout)
+            args = ["winrm", "--shell", shell, "--command", command]
         else:
-            proc = self.vagrant(["ssh", "--no-tty", "--command", command], check=False, stdin=stdin,
-                                timeout=timeout)
-        out = clean_console(proc.stdout.decode("utf-8", "replace"))
-        err = clean_console(proc.stderr.decode("utf-8", "replace"))
-        (stdout or sys.stdout).write(out)
-        (stderr or sys.stderr).write(err)
+            args = ["ssh", "--no-tty", "--command", command]
+        cmd = [require_tool("vagrant"), *args]
+        log.debug("+ %s", shlex.join(cmd))
+        proc = subprocess.Popen(die_with_parent_prefix() + cmd, stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=self.environment())
+        try:
+            pump_lines({proc.stdout: stdout or sys.stdout, proc.stderr: stderr or sys.stderr}, timeout,
+                       "vagrant %s" % args[0])
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for pipe in (proc.stdout, proc.stderr):
+                pipe.close()
         return proc.returncode
 
     def capture(self, command: str, timeout: Optional[float] = None) -> Tuple[int, str]:

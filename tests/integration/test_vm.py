@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -158,6 +160,26 @@ def test_windows_box_up_run_destroy(postroj, vagrant):
     postroj("vm", "destroy", WINDOWS, env=env, check=0)
     assert not directory.exists()
     assert vagrant.steps() == ["up", "winrm: Get-Service WinRM", "destroy"]
+
+
+@pytest.mark.parametrize("box", [LINUX, WINDOWS])
+def test_vm_run_passes_output_on_as_it_comes(postroj, vagrant, box):
+    """A long command's first lines show while it still runs, cleaned of escape sequences."""
+    step = COMMUNICATOR[box]
+    postroj("vm", "up", box, env=vagrant.env(), check=0)
+    try:
+        env = vagrant.env(**{"output_" + step: "\x1b[1mstep 1 of 2\x1b[0m\r\nstep 2 of 2\r\n", "pause_" + step: 20})
+        proc = subprocess.Popen(postroj.argv("vm", "run", box, "--", "install"), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(postroj.env, **env))
+        try:
+            assert select.select([proc.stdout], [], [], 15)[0], "no output while the command runs"
+            assert proc.stdout.readline() == b"step 1 of 2\n"
+            assert proc.poll() is None
+        finally:
+            proc.kill()
+            proc.communicate()
+    finally:
+        postroj("vm", "destroy", box, env=vagrant.env(), check=0)
 
 
 def test_vm_run_on_windows_uses_cmd_and_quotes_arguments_the_windows_way(postroj, vagrant):

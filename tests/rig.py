@@ -15,11 +15,13 @@ import contextlib
 import fcntl
 import hashlib
 import http.server
+import io
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import sys
 import threading
 import time
@@ -344,6 +346,26 @@ def container_cgroups() -> "set[str]":
     return {str(entry) for root in postroj.systemd_cgroup_roots() if root.is_dir()
             for entry in root.iterdir()
             if entry.name.startswith(postroj.CGROUP_PREFIX) and entry.is_dir() and empty(entry)}
+
+
+def tar_entry(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "", data: bytes = b"") -> "tuple":
+    """(TarInfo, data) for one member of a hand-made tarball; device nodes are 1:3 (/dev/null)."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        info.devmajor, info.devminor = 1, 3
+    return info, data
+
+
+def write_tar_entries(path: Path, entries, mode: str = "w") -> Path:
+    """Write (TarInfo, data) pairs as they are, in order, into a tarball."""
+    with tarfile.open(str(path), mode) as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return path
 
 
 def kill_processes(found: "list[tuple[int, str]]") -> None:

@@ -5,7 +5,6 @@ their hostile entry is wrong."""
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import stat
@@ -14,6 +13,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
+import rig
 
 LONG = "a" * 300
 NON_UTF8 = os.fsencode("debian-\udcff\udcfe")  # the bytes 0xff 0xfe, which no UTF-8 text has
@@ -57,25 +58,15 @@ def snapshot(home: Path, cache: Path) -> "dict[str, tuple]":
     return found
 
 
-def entry(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "", data: bytes = b"") -> "tuple":
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = linkname
-    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
-    info.size = len(data) if kind == tarfile.REGTYPE else 0
-    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
-        info.devmajor, info.devminor = 1, 1
-    return info, data
+entry = rig.tar_entry
 
 
 OS_RELEASE = entry("etc/os-release", data=b'ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian GNU/Linux 12"\n')
 
 
 def write_tar(path: Path, *entries) -> Path:
-    with tarfile.open(str(path), "w:gz" if path.name.endswith(".tar.gz") else "w") as tar:
-        for info, data in [entry("etc/", tarfile.DIRTYPE), OS_RELEASE, *entries]:
-            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    return path
+    return rig.write_tar_entries(path, [entry("etc/", tarfile.DIRTYPE), OS_RELEASE, *entries],
+                                 "w:gz" if path.name.endswith(".tar.gz") else "w")
 
 
 class World:

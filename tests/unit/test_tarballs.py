@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
@@ -11,17 +10,10 @@ import tarfile
 import pytest
 
 import postroj
+import rig
 
 
-def entry(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "", data: bytes = b"") -> "tuple":
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = linkname
-    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
-    info.size = len(data) if kind == tarfile.REGTYPE else 0
-    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
-        info.devmajor, info.devminor = 1, 3
-    return info, data
+entry = rig.tar_entry
 
 
 def check(*entries) -> int:
@@ -37,10 +29,7 @@ def refused(*entries) -> str:
 
 
 def write_tar(path, *entries, mode: str = "w") -> "os.PathLike":
-    with tarfile.open(path, mode) as tar:
-        for info, data in entries:
-            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    return path
+    return rig.write_tar_entries(path, entries, mode)
 
 
 # A normal Debian-like tree: absolute symlinks inside (alternatives), a merged-/usr link, hard links,

@@ -33,7 +33,6 @@ import select
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, NoReturn, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:  # for type checkers only: imported where used, to keep start-up fast
+    import socket  # noqa: F401
     import tarfile  # noqa: F401
     import urllib.request  # noqa: F401
 
@@ -1718,6 +1718,8 @@ class NspawnContainer:
         mask_for_boot(Path(self.image.path), upper)
         if self.prepare:
             self.prepare(self)
+        import socket  # only containers need it: start-up of other commands is faster without
+
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         address = "\0postroj/%s/%d/%s" % (self.machine, os.getpid(), random_id(8))
         notify.bind(address)
@@ -1974,6 +1976,7 @@ class NspawnContainer:
 
 
 CGROUP_PREFIX = "postroj."
+_CGROUP_WARNED: List[bool] = []
 
 
 def systemd_cgroup_roots() -> List[Path]:
@@ -2016,7 +2019,11 @@ def make_cgroups(name: str) -> List[Path]:
         except FileExistsError:
             pass
         except OSError as exc:
-            log.debug("cannot make a cgroup below %s (%s): containers share postroj's cgroup", root, exc)
+            if not _CGROUP_WARNED:
+                _CGROUP_WARNED.append(True)
+                log.warning("cannot make a cgroup below %s (%s): containers running at once share one cgroup "
+                            "tree and may stop each other's units; run them one at a time (--jobs 1), or give "
+                            "postroj a writable cgroup file system", root, exc.strerror or exc)
             continue
         made.append(root / name)
     return made

@@ -157,6 +157,17 @@ def test_cgroup_entry_prefix_joins_every_cgroup_before_the_command(tmp_path):
     assert subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 125
 
 
+def test_make_cgroups_warns_once_where_it_cannot(tmp_path, monkeypatch, caplog):
+    writable, unwritable = tmp_path / "unified", Path("/proc/postroj-cannot-make-this")
+    writable.mkdir()
+    monkeypatch.setattr(postroj, "systemd_cgroup_roots", lambda: [unwritable, writable])
+    monkeypatch.setattr(postroj, "_CGROUP_WARNED", [])
+    assert postroj.make_cgroups("postroj.m.1") == [writable / "postroj.m.1"]
+    assert postroj.make_cgroups("postroj.m.2") == [writable / "postroj.m.2"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "--jobs 1" in warnings[0] and str(unwritable) in warnings[0]
+
+
 def test_remove_cgroups_removes_only_what_postroj_made(tmp_path):
     ours, nested, other = tmp_path / "postroj.m.1", tmp_path / "postroj.m.1" / "payload" / "init.scope", tmp_path / "x"
     nested.mkdir(parents=True)

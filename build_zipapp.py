@@ -70,10 +70,17 @@ def write_cached(directory, name, data, suffix):
         if not trusted(os.fstat(dfd)):
             return
         tmp = ".%s.%d" % (name, os.getpid())
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600, dir_fd=dfd),
-                  "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        try:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600, dir_fd=dfd),
+                      "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            raise
         for other in os.listdir(dfd):
             if other != name and other.startswith("postroj.") and other.endswith(suffix):
                 os.unlink(other, dir_fd=dfd)
@@ -94,7 +101,7 @@ def load_postroj():
     source = loader.get_data("postroj.py")
     filename = os.path.join(loader.archive, "postroj.py")
     directory = os.path.join(os.environ.get("POSTROJ_CACHE") or "/var/cache/postroj", "code")
-    suffix = ".%s.pyc" % tag
+    suffix = ".%s%s.pyc" % (tag, ".opt-%d" % sys.flags.optimize if sys.flags.optimize else "")
     name = "postroj.%08x%08x%x%s" % (zlib.crc32(source), zlib.adler32(source), len(source), suffix)
     code = read_cached(directory, name, MAGIC_NUMBER)
     if code is None:

@@ -1232,7 +1232,8 @@ APT_OPTIONS = (
     "-o", "Dir::State::Lists=%s/lists/" % PACKAGE_CACHE_DIR,
     "-o", "APT::Keep-Downloaded-Packages=true",
     "-o", "APT::Sandbox::User=root",
-    # dpkg's fsync after every file buys nothing here: a half-built image is thrown away, never activated
+    # dpkg's fsync after every file buys nothing here: a half-built image is thrown away, a finished one
+    # synced once before it is activated, and a probe's container is thrown away
     "-o", "Dpkg::Options::=--force-unsafe-io",
 )
 
@@ -1422,6 +1423,11 @@ def acquire_image(settings: Settings, reference: str, *, force: bool = False, vi
         staging = Path(tempfile.mkdtemp(prefix="%s." % name, dir=str(settings.tmp)))
         try:
             build_image(settings, name, source, staging)
+            # umoci does not fsync and dpkg ran with --force-unsafe-io: flush the new version before it
+            # becomes the image (and the one it replaces goes), so that a host crash cannot leave an
+            # active image of empty files. One syncfs costs far less than dpkg's fsync per file.
+            if run(["sync", "--file-system", str(staging)], check=False, capture=True).returncode != 0:
+                os.sync()  # coreutils before 8.24
             version = settings.versions / ("%s@%s" % (name, random_id(12)))
             os.rename(staging, version)
             activate(settings, name, version)
@@ -1841,15 +1847,17 @@ class NspawnContainer:
 
     def _stop(self) -> None:
         t0 = time.monotonic()
+        forced = False
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # nspawn sends --kill-signal=SIGKILL to the container
-            if not wait_exit(self.proc, 10):
+            forced = not wait_exit(self.proc, 10)
+            if forced:
                 if self.leader:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(self.leader, signal.SIGKILL)
                 self.proc.kill()
                 self.proc.wait()
-        remove_cgroups([str(c) for c in self.cgroups])
+        remove_cgroups([str(c) for c in self.cgroups], kill=forced)
         if self.rundir:
             remove_tree(self.rundir)
         if self.machine:
@@ -1979,8 +1987,25 @@ CGROUP_PREFIX = "postroj."
 _CGROUP_WARNED: List[bool] = []
 
 
+def cgroup_mounts() -> List[Tuple[str, str, str]]:
+    """(hierarchy, mount root, mount point) of the cgroup hierarchies a container's systemd manages:
+    "cgroup2", and "name=systemd" on hosts with the v1 layout."""
+    found = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields, _, tail = line.partition(" - ")
+            parts, fstype_etc = fields.split(), tail.split()
+            if len(parts) < 5 or len(fstype_etc) < 3:
+                continue
+            if fstype_etc[0] == "cgroup2":
+                found.append(("cgroup2", parts[3], parts[4].replace("\\040", " ")))
+            elif fstype_etc[0] == "cgroup" and "name=systemd" in fstype_etc[2].split(","):
+                found.append(("name=systemd", parts[3], parts[4].replace("\\040", " ")))
+    return found
+
+
 def systemd_cgroup_roots() -> List[Path]:
-    """Our own cgroup in each hierarchy a container's systemd manages (cgroup2, and v1's name=systemd)."""
+    """Our own cgroup in each hierarchy a container's systemd manages."""
     own = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/cgroup").read_text().splitlines():
@@ -1988,20 +2013,12 @@ def systemd_cgroup_roots() -> List[Path]:
             if controllers == "name=systemd" or (number == "0" and not controllers):
                 own["cgroup2" if number == "0" else "name=systemd"] = path
     roots = []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields, _, tail = line.partition(" - ")
-            parts, fstype_etc = fields.split(), tail.split()
-            if len(parts) < 5 or len(fstype_etc) < 3:
-                continue
-            kind = fstype_etc[0] if fstype_etc[0] == "cgroup2" else (
-                "name=systemd" if fstype_etc[0] == "cgroup" and "name=systemd" in fstype_etc[2].split(",") else "")
-            if kind in own:
-                mount_root, mount_point = parts[3], parts[4].replace("\\040", " ")
-                relative = own.pop(kind)
-                if mount_root != "/" and relative.startswith(mount_root):
-                    relative = relative[len(mount_root):]
-                roots.append(Path(mount_point + "/" + relative.strip("/")))
+    for kind, mount_root, mount_point in cgroup_mounts():
+        if kind in own:
+            relative = own.pop(kind)
+            if mount_root != "/" and relative.startswith(mount_root):
+                relative = relative[len(mount_root):]
+            roots.append(Path(mount_point + "/" + relative.strip("/")))
     return roots
 
 
@@ -2037,19 +2054,38 @@ def cgroup_entry_prefix(cgroups: Sequence[Path]) -> List[str]:
     return ["sh", "-c", script, "sh", *[str(c / "cgroup.procs") for c in cgroups], "--"]
 
 
-def remove_cgroups(cgroups: Sequence[str]) -> None:
-    """Remove a container's cgroups, with what its systemd made below them, once its processes are gone."""
-    for top in cgroups:
-        if not os.path.basename(top).startswith(CGROUP_PREFIX) or not os.path.isdir(top):
-            continue  # the list comes from a state file: remove nothing postroj did not make
-        for root, dirs, _files in os.walk(top, topdown=False):
-            for name in dirs:
-                with contextlib.suppress(OSError):
-                    os.rmdir(os.path.join(root, name))
-        try:
-            os.rmdir(top)
-        except OSError as exc:
-            log.debug("cannot remove cgroup %s: %s", top, exc)
+def our_cgroups(cgroups: Sequence[str]) -> List[str]:
+    """Those of `cgroups` (read from a state file) that are cgroups postroj made: named postroj.*, not a
+    symlink, inside a cgroup hierarchy (postroj may have run in another cgroup than this one)."""
+    mounts = [mount_point.rstrip("/") + "/" for _kind, _root, mount_point in cgroup_mounts()]
+    return [top for top in cgroups if os.path.basename(top).startswith(CGROUP_PREFIX) and not os.path.islink(top)
+            and os.path.isdir(top) and any(os.path.realpath(top).startswith(m) for m in mounts)]
+
+
+def remove_cgroups(cgroups: Sequence[str], kill: bool = False) -> None:
+    """Remove a container's cgroups, with what its systemd made below them; with `kill`, first end every
+    process still in them (a container whose nspawn had to be killed)."""
+    for top in our_cgroups(cgroups):
+        deadline = time.monotonic() + (2.0 if kill else 0.5)
+        while True:
+            if kill:
+                for root, _dirs, _files in os.walk(top):
+                    with contextlib.suppress(OSError, ValueError):
+                        for pid in Path(root, "cgroup.procs").read_text().split():
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(int(pid), signal.SIGKILL)
+            for root, dirs, _files in os.walk(top, topdown=False):
+                for name in dirs:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(os.path.join(root, name))
+            try:
+                os.rmdir(top)
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline:  # EBUSY: processes still exiting
+                    log.warning("cannot remove cgroup %s: %s", top, exc.strerror or exc)
+                    break
+            time.sleep(0.02)
 
 
 def mask_for_boot(lower: Path, upper: Path) -> None:
@@ -2137,7 +2173,7 @@ def end_machine(settings: Settings, machine: Machine) -> None:
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(machine.nspawn_pid, signal.SIGKILL)
-    remove_cgroups(machine.cgroups)
+    remove_cgroups(machine.cgroups, kill=True)  # whatever of the container outlived its nspawn
     remove_tree(settings.runtime / machine.name)
     for suffix in (".json", ".json.tmp", ".lock"):
         with contextlib.suppress(FileNotFoundError):
@@ -2238,6 +2274,9 @@ def pump_lines(sinks: Dict[Any, Any], timeout: Optional[float], what: str) -> No
                     sink.flush()
 
 
+VM_UP_MARK = "postroj-vm-up"
+
+
 class VagrantMachine:
     """A VM brought up through vagrant from a Vagrantfile in POSTROJ_HOME/vagrant/<label>."""
 
@@ -2288,9 +2327,13 @@ class VagrantMachine:
         log.debug("+ %s", shlex.join(cmd))
         proc = subprocess.Popen(die_with_parent_prefix() + cmd, stdin=stdin, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=self.environment())
+        started = time.monotonic()
         try:
             pump_lines({proc.stdout: stdout or sys.stdout, proc.stderr: stderr or sys.stderr}, timeout,
                        "vagrant %s" % args[0])
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            if not wait_exit(proc, left if left is not None else 3600 * 24 * 365):
+                die("vagrant %s did not finish within %s s" % (args[0], timeout))
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -3076,7 +3119,7 @@ def probe_vms(settings: Settings, args: argparse.Namespace, probes: Sequence[Pro
     for box in boxes:
         vm = VagrantMachine(settings, box, args.provider)
         # a VM brought up with `postroj vm up` is the user's: probe it as it is, never destroy it
-        keep = args.keep or vm.status() not in ("not created", "not_created")
+        keep = args.keep or (vm.directory / VM_UP_MARK).exists()
         if keep and not args.keep:
             log.warning("%s was up before this run (`postroj vm up`): probing it, and leaving it up", box.label)
         t0 = time.monotonic()
@@ -3188,6 +3231,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
             if not args.keep:
                 vm.destroy_or_warn()
             raise
+        (vm.directory / VM_UP_MARK).write_text("brought up by `postroj vm up`; probe --vm leaves it up\n")
         print("%s is up (%s)" % (box.label, vm.directory))
         return EXIT_OK
     if args.vm_command == "destroy":

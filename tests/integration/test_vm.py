@@ -432,6 +432,15 @@ def test_probe_vm_leaves_a_machine_brought_up_before_it(postroj, vagrant):
     assert not vm_dir(postroj, LINUX).exists()
 
 
+def test_probe_vm_after_a_kept_probe_destroys_the_machine(postroj, vagrant):
+    """Only `vm up` makes a VM the user's: one a probe kept (or failed to destroy) goes with the next probe."""
+    postroj("probe", "--vm", LINUX, "--command", "hostname", "--keep", env=vagrant.env(), check=0)
+    proc = postroj("probe", "--vm", LINUX, "--command", "hostname", env=vagrant.env(), check=0)
+    assert "was up before this run" not in proc.stderr
+    assert vagrant.steps() == ["up", "ssh: hostname", "up", "ssh: hostname", "destroy"]
+    assert not vm_dir(postroj, LINUX).exists()
+
+
 def test_probe_vm_keep_leaves_a_machine_that_failed_to_boot(postroj, vagrant):
     proc = postroj("probe", "--vm", WINDOWS, "--command", "hostname", "--keep", env=vagrant.env(exit_up=1), check=1)
     assert UP_TIMEOUT in proc.stdout

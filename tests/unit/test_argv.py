@@ -168,12 +168,21 @@ def test_make_cgroups_warns_once_where_it_cannot(tmp_path, monkeypatch, caplog):
     assert len(warnings) == 1 and "--jobs 1" in warnings[0] and str(unwritable) in warnings[0]
 
 
-def test_remove_cgroups_removes_only_what_postroj_made(tmp_path):
-    ours, nested, other = tmp_path / "postroj.m.1", tmp_path / "postroj.m.1" / "payload" / "init.scope", tmp_path / "x"
-    nested.mkdir(parents=True)
+def test_remove_cgroups_removes_only_what_postroj_made(tmp_path, monkeypatch):
+    """The list comes from a state file: only postroj.* directories inside a cgroup hierarchy, no symlink."""
+    hierarchy, elsewhere = tmp_path / "unified", tmp_path / "elsewhere"
+    ours = hierarchy / "postroj.m.1"
+    (ours / "payload" / "init.scope").mkdir(parents=True)
+    other = hierarchy / "x"
     other.mkdir()
-    postroj.remove_cgroups([str(ours), str(other), str(tmp_path / "postroj.gone")])
-    assert not ours.exists() and other.is_dir()
+    (elsewhere / "postroj.m.2").mkdir(parents=True)
+    linked = hierarchy / "postroj.m.3"
+    linked.symlink_to(elsewhere / "postroj.m.2")
+    monkeypatch.setattr(postroj, "cgroup_mounts", lambda: [("cgroup2", "/", str(hierarchy))])
+    postroj.remove_cgroups([str(ours), str(other), str(elsewhere / "postroj.m.2"), str(linked),
+                            str(hierarchy / "postroj.gone")])
+    assert not ours.exists()
+    assert other.is_dir() and (elsewhere / "postroj.m.2").is_dir() and linked.is_symlink()
 
 
 def test_parse_bind(tmp_path):

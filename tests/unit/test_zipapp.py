@@ -279,3 +279,15 @@ def test_tracebacks_show_the_archive_source(snapshot, tmp_path):
         assert "    die('planted failure')" in proc.stderr
         assert "error: planted failure" in proc.stderr
     assert len(cached_code(tmp_path / "cache")) == 1
+
+
+def test_optimized_and_plain_runs_keep_their_own_code(built, tmp_path):
+    """Code compiled under -O has no asserts: a plain run must not load it, nor the other way round."""
+    for flags in ([], ["-O"], []):
+        env = dict(os.environ, POSTROJ_HOME=str(tmp_path / "home"), POSTROJ_CACHE=str(tmp_path / "cache"))
+        proc = subprocess.run([sys.executable, *flags, str(built), "--version"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, timeout=60)
+        assert (proc.returncode, proc.stderr) == (0, "")
+    tag = sys.implementation.cache_tag
+    assert sorted(p.name.split(".", 2)[2] for p in cached_code(tmp_path / "cache")) == sorted(
+        ["%s.pyc" % tag, "%s.opt-1.pyc" % tag])

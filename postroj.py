@@ -542,8 +542,8 @@ def run(cmd: Sequence[str], *, check: bool = True, capture: bool = False, stdin:
     return proc
 
 
-def wait_exit(proc: subprocess.Popen, timeout: float) -> bool:
-    """Wait up to `timeout` s for `proc` to exit; True when it has.
+def wait_exit(proc: subprocess.Popen, timeout: Optional[float]) -> bool:
+    """Wait up to `timeout` s (None: as long as it takes) for `proc` to exit; True when it has.
 
     Popen.wait(timeout) polls with sleeps of up to 50 ms, which a probe cycle would feel twice (the
     probe's command, nspawn's exit); a pidfd (Linux 5.3, Python 3.9) wakes us the moment it exits.
@@ -1729,11 +1729,10 @@ class NspawnContainer:
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         address = "\0postroj/%s/%d/%s" % (self.machine, os.getpid(), random_id(8))
         notify.bind(address)
-        self.write_state(nspawn_pid=0)
-        env = dict(os.environ, NOTIFY_SOCKET="@" + address[1:])
         if self.mode == "nsenter":
             self.cgroups = make_cgroups("%s%s.%s" % (CGROUP_PREFIX, self.machine, random_id(8)))
-            self.write_state(nspawn_pid=0)
+        self.write_state(nspawn_pid=0)
+        env = dict(os.environ, NOTIFY_SOCKET="@" + address[1:])
         console = open(self.rundir / "console.log", "wb")
         argv = self.nspawn_argv(upper)
         log.debug("+ %s", shlex.join(argv))
@@ -2332,7 +2331,7 @@ class VagrantMachine:
             pump_lines({proc.stdout: stdout or sys.stdout, proc.stderr: stderr or sys.stderr}, timeout,
                        "vagrant %s" % args[0])
             left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-            if not wait_exit(proc, left if left is not None else 3600 * 24 * 365):
+            if not wait_exit(proc, left):
                 die("vagrant %s did not finish within %s s" % (args[0], timeout))
         finally:
             if proc.poll() is None:

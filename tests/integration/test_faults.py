@@ -5,6 +5,7 @@ active image still boots. Bad input is in test_faults_input.py."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -183,6 +184,24 @@ def flaky_server(tmp_path_factory):
 # ==============================================================================
 
 
+@contextlib.contextmanager
+def ended_afterwards(proc: subprocess.Popen):
+    """The test's postroj is gone when the block ends, also when the block fails."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def signal_and_wait(proc: subprocess.Popen, signum: int) -> "tuple[str, str]":
+    """Send `signum` to a postroj that is still running and wait for it to end: its stdout and stderr."""
+    assert proc.poll() is None, "postroj ended before the signal: %s" % (proc.communicate(),)
+    proc.send_signal(signum)
+    return proc.communicate(timeout=60)
+
+
 def nspawn_of(home: Path) -> "list":
     return [p for p in rig.processes_mentioning(str(home)) if "systemd-nspawn" in p[1]]
 
@@ -203,24 +222,20 @@ def test_signal_during_acquisition(images, flaky_server, phase, signum):
     if phase == "download":
         flaky_server.server.throttle = 0.005
     proc = images.popen("image", url, "--name", "victim")
-    try:
-        if phase == "download":
-            wait_for(lambda: downloads.is_dir() and any(p.name.endswith(".part") and size_of(p) > 0
-                                                        for p in downloads.iterdir()), what="download")
-        elif phase == "unpack":
-            wait_for(lambda: [p for p in rig.processes_mentioning("--extract") if str(images.home) in p[1]]
-                     and staging_has(images.home, "rootfs/etc"), what="unpacking")
-        else:
-            wait_for(lambda: [p for p in rig.processes_mentioning("apt-get") if str(images.home) in p[1]],
-                     timeout=300, what="provisioning")
-        assert proc.poll() is None, "postroj ended before the signal: %s" % (proc.communicate(),)
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        flaky_server.server.throttle = 0.0
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with ended_afterwards(proc):
+        try:
+            if phase == "download":
+                wait_for(lambda: downloads.is_dir() and any(p.name.endswith(".part") and size_of(p) > 0
+                                                            for p in downloads.iterdir()), what="download")
+            elif phase == "unpack":
+                wait_for(lambda: [p for p in rig.processes_mentioning("--extract") if str(images.home) in p[1]]
+                         and staging_has(images.home, "rootfs/etc"), what="unpacking")
+            else:
+                wait_for(lambda: [p for p in rig.processes_mentioning("apt-get") if str(images.home) in p[1]],
+                         timeout=300, what="provisioning")
+            _, err = signal_and_wait(proc, signum)
+        finally:
+            flaky_server.server.throttle = 0.0
     assert proc.returncode == EXIT_STATUS[signum], err
     assert "Traceback" not in err, err
     assert ("interrupted" if signum == signal.SIGINT else "terminated") in err
@@ -260,20 +275,14 @@ def test_signal_to_probe(images, phase, signum):
     command = {"boot": "true", "probe": marker, "teardown": SLOW_TEARDOWN}[phase]
     before = active_images(images.home)
     proc = images.popen("probe", "--image", "debian-bookworm", "--command", command)
-    try:
+    with ended_afterwards(proc):
         if phase == "boot":
             wait_for(lambda: nspawn_of(images.home), what="nspawn")
         elif phase == "probe":
             wait_for(lambda: payload(images, marker), what="the probe's command")
         else:
             wait_for_teardown(images.home)
-        assert proc.poll() is None, "postroj ended before the signal: %s" % (proc.communicate(),)
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        out, err = signal_and_wait(proc, signum)
     assert proc.returncode == EXIT_STATUS[signum], (out, err)
     assert "Traceback" not in err, err
     if signum == signal.SIGKILL:
@@ -291,14 +300,9 @@ def test_signal_to_probe(images, phase, signum):
 def test_signal_to_container_in_teardown(images, signum):
     """`container` tears down in the main thread, where the signal lands (boot and command: test_container.py)."""
     proc = images.popen("container", "debian-bookworm", "--", "sh", "-c", SLOW_TEARDOWN)
-    try:
+    with ended_afterwards(proc):
         wait_for_teardown(images.home)
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _, err = signal_and_wait(proc, signum)
     assert proc.returncode == EXIT_STATUS[signum], err
     assert "Traceback" not in err, err
     if signum == signal.SIGKILL:
@@ -314,17 +318,13 @@ def test_signal_to_the_leader_during_a_probe(images, signum):
     fails at once, not when its timeout runs out. SIGTERM makes systemd re-execute itself: the probe passes."""
     marker = marker_command(4 if signum == signal.SIGTERM else 30)
     proc = images.popen("probe", "--image", "debian-bookworm", "--command", marker, "--timeout", "20", "--json", "-")
-    try:
+    with ended_afterwards(proc):
         wait_for(lambda: payload(images, marker), what="the probe's command")
         (machine,) = json.loads(images("machines", "--json", check=0).stdout)
         signalled = time.monotonic()
         os.kill(machine["leader"], signum)
         out, err = proc.communicate(timeout=120)
         took = time.monotonic() - signalled
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert "Traceback" not in err, err
     report = json.loads(out[out.index("{"):])
     (result,) = report["results"]
@@ -417,16 +417,12 @@ def test_registry_stops_in_the_middle_of_a_pull(postroj, own_registry, tmp_path)
                                        for d in layout.iterdir() if d.is_dir() for p in d.iterdir())
 
     proc = postroj.popen("image", reference, "--name", "pulled")
-    try:
+    with ended_afterwards(proc):
         wait_for(blob_arriving, step=0.002, what="a blob in transfer")
         own_registry.proc.kill()  # the registry dies, as a crashed or stopped server does
         own_registry.proc.wait()
         own_registry.proc = None
         out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 1, err
     assert "Traceback" not in err and "error: skopeo copy %s" % reference in err, err
     assert active_images(postroj.home) == {}
@@ -575,7 +571,7 @@ def test_gc_while_a_probe_runs(images):
     marker = marker_command(3)
     proc = images.popen("probe", "--image", "debian-bookworm", "--command", marker + " && echo survived",
                         "--json", "-")
-    try:
+    with ended_afterwards(proc):
         wait_for(lambda: payload(images, marker), what="the probe's command")
         (machine,) = json.loads(images("machines", "--json", check=0).stdout)
         gc = images("gc", check=0)
@@ -583,10 +579,6 @@ def test_gc_while_a_probe_runs(images):
         assert nspawn_of(images.home), "gc ended the live container"
         assert [m["name"] for m in json.loads(images("machines", "--json", check=0).stdout)] == [machine["name"]]
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, out + err
     (result,) = json.loads(out[out.index("{"):])["results"]
     assert result["output"] == "survived"

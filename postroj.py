@@ -259,6 +259,7 @@ class Distribution(NamedTuple):
     package_manager: str
     checksum: str = ""
     aliases: Tuple[str, ...] = ()
+    archived: bool = False  # moved off the mirrors to the archive (Debian's archive.debian.org)
 
     @property
     def fullname(self) -> str:
@@ -274,6 +275,16 @@ class Distribution(NamedTuple):
 
     def can_bootstrap(self) -> bool:
         return self.name in ("debian", "ubuntu")
+
+
+class Keyring(NamedTuple):
+    """An archive's signing keyring the host may lack, taken from the distribution's own keyring
+    package and pinned by SHA-256: the package's and the keyring file's."""
+
+    package_url: str
+    package_sha256: str
+    member: str
+    sha256: str
 
 
 class Box(NamedTuple):
@@ -342,9 +353,10 @@ class ProbeResult(NamedTuple):
 # ==============================================================================
 
 
-def _debian(release: str, version: str, *aliases: str) -> Distribution:
+def _debian(release: str, version: str, *aliases: str, archived: bool = False) -> Distribution:
     return Distribution("debian", "debian", release, version, "docker://docker.io/library/debian:%s-slim" % release,
-                        "apt", aliases=("debian-%s" % version,) + aliases if version else aliases)
+                        "apt", aliases=("debian-%s" % version,) + aliases if version else aliases,
+                        archived=archived)
 
 
 def _ubuntu(release: str, version: str) -> Distribution:
@@ -357,7 +369,7 @@ def _redhat(name: str, release: str, image: str, manager: str = "dnf", *aliases:
 
 
 DISTRIBUTIONS: Tuple[Distribution, ...] = (
-    _debian("buster", "10"),
+    _debian("buster", "10", archived=True),
     _debian("bullseye", "11"),
     _debian("bookworm", "12"),
     _debian("trixie", "13"),
@@ -390,6 +402,56 @@ DISTRIBUTIONS: Tuple[Distribution, ...] = (
     Distribution("arch", "archlinux", "latest", "", "docker://docker.io/library/archlinux:latest", "pacman",
                  aliases=("archlinux", "arch")),
 )
+
+# Where bootstrapped images get their packages: the same apt sources as the publisher's own image of
+# that release (the release, its -updates and its security archive), so that packages built against a
+# point or security release install.
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+DEBIAN_ARCHIVE_MIRROR = "http://archive.debian.org/debian"
+DEBIAN_ARCHIVE_SECURITY_MIRROR = "http://archive.debian.org/debian-security"
+UBUNTU_MIRROR = "http://archive.ubuntu.com/ubuntu"
+UBUNTU_SECURITY_MIRROR = "http://security.ubuntu.com/ubuntu"
+COMPONENTS = {"debian": "main", "ubuntu": "main universe"}
+
+# Debian hosts do not package Ubuntu's archive keyring: postroj fetches the keyring package from
+# Ubuntu's archive and checks both pins before apt may trust it (signatures are never switched off).
+UBUNTU_KEYRING = Keyring(
+    UBUNTU_MIRROR + "/pool/main/u/ubuntu-keyring/ubuntu-keyring_2023.11.28.1_all.deb",
+    "36de43b15853ccae0028e9a767613770c704833f82586f28eb262f0311adb8a8",
+    "usr/share/keyrings/ubuntu-archive-keyring.gpg",
+    "80a36b0a6de2f69f49d2df75ef473ccde121e9e190b9ea01d20a4f63778d5c31",
+)
+KEYRINGS = {"ubuntu": UBUNTU_KEYRING}
+
+
+def default_mirrors(dist: Distribution) -> Tuple[str, str]:
+    """The package archive and the security archive a release of the catalogue bootstraps from."""
+    if dist.name == "ubuntu":
+        return UBUNTU_MIRROR, UBUNTU_SECURITY_MIRROR
+    if dist.archived:
+        return DEBIAN_ARCHIVE_MIRROR, DEBIAN_ARCHIVE_SECURITY_MIRROR
+    return DEBIAN_MIRROR, DEBIAN_SECURITY_MIRROR
+
+
+def apt_sources(dist: Distribution, mirror: str = "", security: str = "") -> List[str]:
+    """sources.list lines as in the publisher's image of `dist`; `mirror` and `security` replace the archives.
+
+    Development releases (sid) have no -updates and no security archive; Debian 10 and older name
+    their security suite RELEASE/updates.
+    """
+    default, default_security = default_mirrors(dist)
+    mirror = (mirror or default).rstrip("/")
+    security = (security or default_security).rstrip("/")
+    components = COMPONENTS[dist.name]
+    lines = ["deb %s %s %s" % (mirror, dist.release, components)]
+    if dist.name == "debian" and not dist.version:
+        return lines
+    lines.append("deb %s %s-updates %s" % (mirror, dist.release, components))
+    old = dist.name == "debian" and int(dist.version) <= 10
+    lines.append("deb %s %s%s %s" % (security, dist.release, "/updates" if old else "-security", components))
+    return lines
+
 
 BOXES: Tuple[Box, ...] = (
     Box("windows-2019", "StefanScherer/windows_2019", "windows", "winrm", 2, 4096),
@@ -732,12 +794,19 @@ SKOPEO_TRANSPORTS = ("docker://", "oci:", "oci-archive:", "docker-archive:")
 
 
 class Source(NamedTuple):
-    """Where an image comes from: kind is registry, http, tarball, directory or bootstrap."""
+    """Where an image comes from: kind is registry, http, tarball, directory or bootstrap.
+
+    For bootstrap, `location` and `security` are the package and security archives the user chose
+    ('' for the catalogue's), and `accept_expired` lets apt take a Release file past its Valid-Until.
+    """
 
     kind: str
     location: str
     distribution: Optional[Distribution] = None
     sha256: str = ""
+    security: str = ""
+    accept_expired: bool = False
+    fallback: Optional["Source"] = None  # where a catalogue image comes from when its registry fails
 
 
 def parse_url(url: str) -> urllib.parse.ParseResult:
@@ -767,23 +836,36 @@ def derive_name(reference: str) -> str:
     return base[:48] or "image"
 
 
-def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = "") -> Tuple[str, Source]:
+def check_mirror(url: str, option: str) -> str:
+    """A package archive's URL as apt takes it: http://, https:// or file:///, nothing else."""
+    if url and (not re.fullmatch(r"(https?://[^\s/]+|file://)/?\S*", url) or "'" in url or '"' in url):
+        die("invalid %s %r" % (option, url[:80]), "give the archive's URL, e.g. %s %s" % (option, DEBIAN_MIRROR),
+            usage=True)
+    return url
+
+
+def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = "", *, security: str = "",
+                 accept_expired: bool = False) -> Tuple[str, Source]:
     """Turn what the user typed into (image name, Source); bad references are usage errors."""
     if not reference or any(ch in reference for ch in "\n\r\0"):
         die("invalid image reference %r" % reference[:80], "give a catalogue label, docker://, http(s):// or a path",
             usage=True)
     if sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
         die("invalid --sha256 %r" % sha256[:80], "give the 64 hex digits of the tarball's SHA-256", usage=True)
+    mirror = check_mirror(mirror or os.environ.get("POSTROJ_MIRROR", ""), "--mirror")
+    security = check_mirror(security, "--security-mirror")
     dist = find_distribution(reference)
     if dist:
+        bootstrapped = Source("bootstrap", mirror, dist, security=security, accept_expired=accept_expired)
         if via == "bootstrap":
             if not dist.can_bootstrap():
                 die("%s cannot be bootstrapped" % dist.label, "only Debian and Ubuntu bootstrap from a mirror; "
                     "omit --via bootstrap", usage=True)
-            return dist.label, Source("bootstrap", mirror, dist)
+            return dist.label, bootstrapped
         if dist.image.startswith(("http://", "https://")):
             return dist.label, Source("http", dist.image, dist, dist.checksum)
-        return dist.label, Source("registry", dist.image, dist)
+        return dist.label, Source("registry", dist.image, dist,
+                                  fallback=bootstrapped if dist.can_bootstrap() else None)
     if via == "bootstrap":
         raise unknown_name_error("image", reference, all_labels(),
                                  "--via bootstrap works for the Debian and Ubuntu labels of `postroj list-images`")
@@ -1082,7 +1164,6 @@ def unpack_layout(layout: Path, tag: str, rootfs: Path) -> None:
         what="umoci raw unpack")
 
 
-DEBIAN_MIRRORS = {"debian": "http://deb.debian.org/debian", "ubuntu": "http://archive.ubuntu.com/ubuntu"}
 SYSTEMD_PACKAGES = {
     "apt": ["systemd", "systemd-sysv", "dbus"],
     "dnf": ["systemd", "dbus", "procps-ng"],
@@ -1091,26 +1172,122 @@ SYSTEMD_PACKAGES = {
     "zypper": ["systemd", "dbus-1", "systemd-sysvinit"],
     "pacman": ["systemd", "dbus"],
 }
+ACCEPT_EXPIRED_OPTION = 'Acquire::Check-Valid-Until "false";'
+TRUSTED_PARTS = "/etc/apt/trusted.gpg.d"
 
 
-def bootstrap(dist: Distribution, rootfs: Path, mirror: str, cache: Path) -> None:
-    """Build a root file system with systemd from a package mirror (mmdebstrap, else debootstrap)."""
-    mirror = mirror or os.environ.get("POSTROJ_MIRROR") or DEBIAN_MIRRORS[dist.name]
-    include = ",".join(SYSTEMD_PACKAGES["apt"])
-    if shutil.which("mmdebstrap"):
-        ensure_dir(cache)
-        cmd = ["mmdebstrap", "--variant=minbase", "--include=%s" % include, "--skip=download/empty",
-               "--skip=essential/unlink",
-               "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
-               "--setup-hook=sync-in %s /var/cache/apt/archives/" % cache,
-               "--customize-hook=sync-out /var/cache/apt/archives %s" % cache,
-               dist.release, str(rootfs), mirror]
-    elif shutil.which("debootstrap"):
-        cmd = ["debootstrap", "--variant=minbase", "--include=%s" % include, "--cache-dir=%s" % cache,
-               dist.release, str(rootfs), mirror]
-    else:
+def fetch_keyring(settings: Settings, pin: Keyring) -> Path:
+    """The pinned keyring, taken from its package once and kept in POSTROJ_CACHE/keyrings."""
+    import tarfile
+
+    target = settings.cache / "keyrings" / pin.sha256[:16] / os.path.basename(pin.member)
+    if target.is_file() and sha256_of(target) == pin.sha256:
+        return target
+    package = download(pin.package_url, settings.downloads)
+    verify_sha256(package, pin.package_sha256, pin.package_url)
+    proc = subprocess.Popen([require_tool("dpkg-deb"), "--fsys-tarfile", str(package)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # streamed: no run()
+    assert proc.stdout is not None
+    data = None
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for member in tar:
+                if member.isfile() and member.name.lstrip("./") == pin.member:
+                    handle = tar.extractfile(member)
+                    data = handle.read() if handle else None
+                    break
+    except tarfile.TarError as exc:
+        die("%s is not a package dpkg-deb can read: %s" % (package.name, exc), "remove it and try again")
+    finally:
+        proc.stdout.close()
+        proc.wait()
+    if data is None:
+        die("%s has no %s" % (pin.package_url, pin.member), "the keyring package changed; update postroj")
+    import hashlib
+
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != pin.sha256:
+        die("checksum mismatch for %s from %s: expected %s, got %s" % (pin.member, pin.package_url, pin.sha256,
+                                                                       actual),
+            "the keyring is not the one postroj pins; do not trust this archive until that is explained")
+    private_dir(target.parent.parent)
+    private_dir(target.parent)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+    return target
+
+
+def bootstrap_argv(tool: str, dist: Distribution, rootfs: Path, sources: Sequence[str], cache: Path,
+                   keyring: Optional[Path] = None, accept_expired: bool = False) -> List[str]:
+    """The mmdebstrap (or debootstrap) command that builds a minbase root file system with systemd."""
+    # Ubuntu's apt is not part of its minbase (Priority: important); the publisher's image has it
+    include = "--include=%s" % ",".join(["apt"] + SYSTEMD_PACKAGES["apt"])
+    if tool == "debootstrap":  # one mirror only: the other sources are written after it
+        cmd = ["debootstrap", "--variant=minbase", include, "--cache-dir=%s" % cache]
+        if keyring:
+            cmd.append("--keyring=%s" % keyring)
+        return cmd + [dist.release, str(rootfs), sources[0].split()[1]]
+    cmd = [
+        "mmdebstrap",
+        "--variant=minbase",
+        include,
+        "--skip=download/empty",
+        "--skip=essential/unlink",
+        "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
+        "--setup-hook=sync-in %s /var/cache/apt/archives/" % cache,
+        "--customize-hook=sync-out /var/cache/apt/archives %s" % cache,
+    ]
+    if keyring:
+        # apt in the finished image needs the keyring as much as mmdebstrap does
+        cmd += ["--keyring=%s" % keyring.parent,
+                "--setup-hook=mkdir -p \"$1\"%s" % TRUSTED_PARTS,
+                "--setup-hook=copy-in %s %s/" % (keyring, TRUSTED_PARTS)]
+    if accept_expired:
+        cmd.append("--aptopt=%s" % ACCEPT_EXPIRED_OPTION)  # kept in the image's apt.conf.d
+    return cmd + [dist.release, str(rootfs), *sources]
+
+
+def bootstrap(settings: Settings, source: Source, rootfs: Path) -> str:
+    """Build a root file system with systemd from the package archives; returns where it came from."""
+    dist = source.distribution
+    assert dist is not None
+    sources = apt_sources(dist, source.location, source.security)
+    mirror = sources[0].split()[1]
+    cache = ensure_dir(settings.packages / ("%s-%s" % (dist.name, dist.release)))
+    pin = KEYRINGS.get(dist.name)
+    keyring = fetch_keyring(settings, pin) if pin else None
+    # archived releases get no updates: their Release files may be past Valid-Until for good
+    accept_expired = source.accept_expired or (dist.archived and not source.location)
+    tool = "mmdebstrap" if shutil.which("mmdebstrap") else "debootstrap" if shutil.which("debootstrap") else ""
+    if not tool:
         die("neither mmdebstrap nor debootstrap found", tool_hint("mmdebstrap"))
-    run(cmd, capture=True, what="bootstrapping %s from %s" % (dist.label, mirror))
+    log.info("bootstrapping %s from:\n  %s", dist.label, "\n  ".join(sources))
+    proc = run(bootstrap_argv(tool, dist, rootfs, sources, cache, keyring, accept_expired), check=False,
+               capture=True, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        text = proc.stdout.decode("utf-8", "replace")
+        hint = "check that this host reaches %s, or give another archive with --mirror" % mirror
+        if re.search(r"is (expired|not valid yet)", text):
+            hint = ("the archive serves a Release file past its Valid-Until date (a dated snapshot, or a mirror that "
+                    "stopped syncing): accept it with --accept-expired, or give another --mirror")
+        die("bootstrapping %s from %s failed with exit code %d:\n%s" % (
+            dist.label, mirror, proc.returncode, "\n".join("  " + line for line in package_manager_errors(text))),
+            hint)
+    if tool == "debootstrap":
+        (rootfs / "etc" / "apt" / "sources.list").write_text("\n".join(sources) + "\n")
+        if keyring:
+            shutil.copyfile(keyring, rootfs / TRUSTED_PARTS.lstrip("/") / keyring.name)
+        if accept_expired:
+            (rootfs / "etc" / "apt" / "apt.conf.d" / "99postroj").write_text(ACCEPT_EXPIRED_OPTION + "\n")
+    return "bootstrap:%s %s" % (dist.release, mirror)
+
+
+def package_manager_errors(text: str, lines: int = 15) -> List[str]:
+    """What a package manager said was wrong (its E:, W:, Err: lines), else the tail of its output."""
+    said = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in said if line.startswith(("E:", "W:", "Err:", "Error:"))]
+    return (errors or said)[-lines:]
 
 
 # ==============================================================================
@@ -1241,26 +1418,26 @@ APT_OPTIONS = (
 def install_command(manager: str, packages: Sequence[str]) -> List[str]:
     """The package manager's command that installs `packages` (names or paths) with their dependencies."""
     cache = PACKAGE_CACHE_DIR
-    if manager == "apt":
-        return ["apt-get", *APT_OPTIONS, "install", "-y", "--no-install-recommends", *packages]
+    if manager == "apt":  # -q: no progress lines ("Reading package lists... 0%"), errors kept
+        return ["apt-get", *APT_OPTIONS, "-q", "install", "-y", "--no-install-recommends", *packages]
     if manager in ("dnf", "yum"):
-        return [manager, "-y", "--setopt=keepcache=1", "--setopt=cachedir=%s" % cache, "--setopt=install_weak_deps=0",
+        return [manager, "-y", "-q", "--setopt=keepcache=1", "--setopt=cachedir=%s" % cache, "--setopt=install_weak_deps=0",
                 "install", *packages]
     if manager == "microdnf":
         return ["microdnf", "-y", "--setopt=keepcache=1", "--nodocs", "install", *packages]
     if manager == "zypper":
-        return ["zypper", "--non-interactive", "--pkg-cache-dir=%s" % cache, "install", "--no-recommends",
+        return ["zypper", "--non-interactive", "--quiet", "--pkg-cache-dir=%s" % cache, "install", "--no-recommends",
                 "--allow-unsigned-rpm", *packages]
     if manager == "pacman":
-        return ["pacman", "-Sy", "--noconfirm", "--needed", "--cachedir=%s" % cache, *packages]
+        return ["pacman", "-Sy", "--noconfirm", "--noprogressbar", "--needed", "--cachedir=%s" % cache, *packages]
     die("no package manager postroj knows in the image", "postroj supports apt, dnf, microdnf, yum, zypper, pacman")
 
 
 def refresh_command(manager: str) -> List[str]:
-    if manager == "apt":
-        return ["apt-get", *APT_OPTIONS, "-q", "update"]
+    if manager == "apt":  # -qq: errors and warnings only
+        return ["apt-get", *APT_OPTIONS, "-qq", "update"]
     if manager == "zypper":
-        return ["zypper", "--non-interactive", "refresh"]
+        return ["zypper", "--non-interactive", "--quiet", "refresh"]
     return []
 
 
@@ -1320,10 +1497,9 @@ def provision(settings: Settings, root: Path) -> Tuple[Dict[str, str], str, int]
                        capture=True, stderr=subprocess.STDOUT)
             downloaded = len(package_files(cache) - before)
         if proc.returncode != 0:
-            lines = [line.strip() for line in proc.stdout.decode("utf-8", "replace").splitlines() if line.strip()]
-            said = [line for line in lines if line.startswith(("E:", "W:", "Err:", "Error:"))] or lines
+            said = package_manager_errors(proc.stdout.decode("utf-8", "replace"))
             die("installing systemd (%s install %s) failed with exit code %d:\n%s" % (
-                manager, " ".join(packages), proc.returncode, "\n".join("  " + line for line in said[-15:])),
+                manager, " ".join(packages), proc.returncode, "\n".join("  " + line for line in said)),
                 "check the image's package sources and that this host reaches them")
         log.info("provisioning downloaded %d packages; the others came from the package cache %s", downloaded, cache)
         if not has_systemd(root):
@@ -1406,9 +1582,10 @@ def require_image(settings: Settings, name: str, pull: bool = False) -> ImageInf
 
 
 def acquire_image(settings: Settings, reference: str, *, force: bool = False, via: str = "", mirror: str = "",
-                  sha256: str = "", name: str = "") -> ImageInfo:
+                  sha256: str = "", name: str = "", security: str = "", accept_expired: bool = False) -> ImageInfo:
     """Fetch, provision and atomically activate an image; a second caller waits and finds it done."""
-    default_name, source = parse_source(reference, via, mirror, sha256)
+    default_name, source = parse_source(reference, via, mirror, sha256, security=security,
+                                        accept_expired=accept_expired)
     name = check_name(name or default_name)
     require_root("acquiring images")
     for directory in (settings.home, settings.images, settings.versions, settings.locks, settings.tmp):
@@ -1464,18 +1641,14 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
         except BaseException as exc:
             if fresh:
                 remove_tree(layout)  # the disk may be full
-            if not isinstance(exc, PostrojError) or not (source.distribution and source.distribution.can_bootstrap()):
+            if not isinstance(exc, PostrojError) or not source.fallback:
                 raise
             remove_tree(rootfs)
-            print("postroj: %s cannot be fetched from the registry (%s); bootstrapping from the package mirror "
-                  "instead" % (source.location, exc.message.splitlines()[-1].strip()), file=sys.stderr)
-            source = Source("bootstrap", "", source.distribution)
+            log.warning("%s cannot be fetched from the registry (%s); bootstrapping from the package mirror "
+                        "instead", source.location, exc.message.splitlines()[-1].strip())
+            source = source.fallback
     if source.kind == "bootstrap":
-        assert source.distribution is not None
-        cache = settings.packages / ("%s-%s" % (source.distribution.name, source.distribution.release))
-        bootstrap(source.distribution, rootfs, source.location, cache)
-        origin = "bootstrap:%s %s" % (source.distribution.release,
-                                      source.location or DEBIAN_MIRRORS[source.distribution.name])
+        origin = bootstrap(settings, source, rootfs)
     elif source.kind in ("http", "tarball"):
         if source.kind == "http":
             expected = source.sha256 or fetch_published_sha256(source.location)
@@ -1491,7 +1664,10 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
         extract_tarball(tarball, rootfs)
     elif source.kind == "directory":
         log.info("copying %s", source.location)
-        run(["cp", "-a", "--reflink=auto", source.location, str(rootfs)], capture=True, what="copying the directory")
+        # SOURCE/. copies what a link to a root file system points at (images/NAME are such links)
+        ensure_dir(rootfs)
+        run(["cp", "-a", "--reflink=auto", "--no-target-directory", os.path.join(source.location, "."), str(rootfs)],
+            capture=True, what="copying the directory")
     fields, manager, downloaded = provision(settings, rootfs)
     meta = {
         "name": name,
@@ -2410,7 +2586,7 @@ NETWORK_CHECK = r"""
 import socket, ssl, sys, time, urllib.request, urllib.error
 url, timeout, expect_status, expect_body = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
 deadline = time.monotonic() + timeout
-last = "no attempt"
+last, code = "no attempt", 1
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
                                      urllib.request.HTTPSHandler(context=ssl._create_unverified_context()))
 while True:
@@ -2428,19 +2604,20 @@ while True:
         text = body.decode("utf-8", "replace")
         ok = (status == int(expect_status)) if expect_status else 200 <= status < 400
         if ok and expect_body and expect_body not in text:
-            last = "HTTP %d, but the body does not contain %r:\n%s" % (status, expect_body, text[:500])
+            last, code = "HTTP %d, but the body does not contain %r\n%s" % (status, expect_body, text[:500]), 2
         elif ok:
             print("HTTP %d from %s" % (status, url))
             sys.exit(0)
         else:
-            last = "HTTP %d (expected %s):\n%s" % (status, expect_status or "2xx or 3xx", text[:500])
+            last, code = "HTTP %d, expected %s\n%s" % (status, expect_status or "2xx or 3xx", text[:500]), 2
     except Exception as exc:
-        last = "%s: %s" % (type(exc).__name__, exc)
+        last, code = "%s: %s" % (type(exc).__name__, exc), 1
     if time.monotonic() > deadline:
         print(last)
-        sys.exit(1)
+        sys.exit(code)
     time.sleep(0.1)
 """
+NETWORK_NO_ANSWER, NETWORK_WRONG_ANSWER = 1, 2
 
 
 def parse_network_target(url: str) -> str:
@@ -2517,17 +2694,6 @@ def package_matches(kind: str, manager: str) -> bool:
     return kind == "msi" or PACKAGE_TYPES.get(manager) == kind
 
 
-INSTALL_SCRIPT = r"""
-set -e
-for item in "$@"; do
-  case "$item" in
-    copy:*) spec="${item#copy:}"; src="${spec%%|*}"; dst="${spec#*|}"
-            mkdir -p "$(dirname "$dst")"; cp -a "$src" "$dst" ;;
-  esac
-done
-"""
-
-
 def install_packages(settings: Settings, image: ImageInfo, packages: Sequence[Tuple[Probe, Path]],
                      container: NspawnContainer, timeout: float) -> List[ProbeResult]:
     """Install the packages into the container's overlay before it boots, with the image's package manager.
@@ -2552,13 +2718,21 @@ def install_packages(settings: Settings, image: ImageInfo, packages: Sequence[Tu
         command = package_transaction(image.package_manager, inner, refresh=True)
         proc = run(argv + ["--", *command], check=False, capture=True, stderr=subprocess.STDOUT,
                    timeout=max(timeout, 600), what="installing %s" % ", ".join(p.name for _, p in packages))
-    output = proc.stdout.decode("utf-8", "replace")
+    output = without_nspawn_noise(proc.stdout.decode("utf-8", "replace"))
     code = proc.returncode
     duration = (time.monotonic() - t0) / len(packages)
     if code == 0:
         return [ProbeResult(image.name, probe, "pass", duration, output=tail(output)) for probe, _ in packages]
     return [ProbeResult(image.name, probe, "fail", duration, reason="%s exited with %d" % (image.package_manager, code),
                         output=tail(output, 40)) for probe, _ in packages]
+
+
+# What systemd-nspawn says about its own housekeeping, which tells a probe's reader nothing.
+NSPAWN_NOISE = re.compile(r"^Attempted to remove disk file system under .*$\n?", re.MULTILINE)
+
+
+def without_nspawn_noise(text: str) -> str:
+    return NSPAWN_NOISE.sub("", text)
 
 
 def tail(text: str, lines: int = 20) -> str:
@@ -2607,8 +2781,11 @@ def run_network_probe(container: NspawnContainer, probe: Probe, timeout: float, 
     output = proc.stdout.decode("utf-8", "replace").strip()
     if proc.returncode == 0:
         return ProbeResult(image, probe, "pass", time.monotonic() - t0, output=output)
-    return ProbeResult(image, probe, "fail", time.monotonic() - t0,
-                       reason="%s did not answer within %s s" % (probe.target, timeout), output=output,
+    if proc.returncode == NETWORK_WRONG_ANSWER:  # the last answer, not the fact that the time ran out
+        reason = "%s answered %s" % (probe.target, output.splitlines()[0] if output else "wrongly")
+    else:
+        reason = "%s did not answer within %s s" % (probe.target, timeout)
+    return ProbeResult(image, probe, "fail", time.monotonic() - t0, reason=reason, output=output,
                        details=container.journal_tail(20))
 
 
@@ -2682,6 +2859,8 @@ def run_probes(image: ImageInfo, container: NspawnContainer, plan: ProbePlan, ca
                installed: Sequence[ProbeResult]) -> List[ProbeResult]:
     """The probes after the packages (`installed` before boot), in order, in the booted container."""
     results: List[ProbeResult] = list(installed)
+    # a unit or a port of a package that did not install would only wait out its timeout
+    broken = [os.path.basename(r.probe.target) for r in installed if r.status == "fail"]
     for probe in plan.probes:
         if plan.fail_fast and any(r.status == "fail" for r in results):
             cancel.set()
@@ -2689,6 +2868,10 @@ def run_probes(image: ImageInfo, container: NspawnContainer, plan: ProbePlan, ca
             continue
         if cancel.is_set():
             results.append(ProbeResult(image.name, probe, "skip", 0.0, reason="not run: --fail-fast"))
+            continue
+        if broken and probe.kind in ("unit", "network"):
+            results.append(ProbeResult(image.name, probe, "skip", 0.0,
+                                       reason="not run: installing %s failed" % ", ".join(broken)))
             continue
         if probe.kind == "copy":
             result = run_copy_probe(container, probe, image.name)
@@ -2753,6 +2936,8 @@ def format_result(result: ProbeResult, color: bool = False) -> str:
     if color:
         word = {"PASS": "\x1b[32mPASS\x1b[0m", "FAIL": "\x1b[31mFAIL\x1b[0m", "SKIP": "\x1b[33mSKIP\x1b[0m"}[word]
     line = "%s  %-20s %-50s %6.2fs" % (word, result.image, result.probe.title[:50], result.duration)
+    if result.status == "skip" and result.reason:
+        return "%s\n      reason: %s" % (line, result.reason)
     if result.status != "fail":
         return line
     parts = [line, "      reason: %s" % result.reason]
@@ -2906,13 +3091,14 @@ def cmd_image(args: argparse.Namespace) -> int:
         die("no image given", "name one, for example `postroj image debian-bookworm`, or pass --all", usage=True)
     if args.name and len(names) > 1:
         die("--name works with one image only", "run postroj image once per image", usage=True)
+    options = {"via": args.via, "mirror": args.mirror, "sha256": args.sha256, "security": args.security_mirror,
+               "accept_expired": args.accept_expired}
     for name in names:  # refuse bad input before anything is fetched
-        parse_source(name, args.via, args.mirror, args.sha256)
+        parse_source(name, **options)
     failed = 0
     for name in names:
         try:
-            info = acquire_image(settings, name, force=args.force, via=args.via, mirror=args.mirror,
-                                 sha256=args.sha256, name=args.name)
+            info = acquire_image(settings, name, force=args.force, name=args.name, **options)
         except PostrojError as exc:
             if len(names) == 1:
                 raise
@@ -3295,7 +3481,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every image of the catalogue")
     p.add_argument("--force", action="store_true", help="acquire afresh and swap atomically")
     p.add_argument("--via", choices=["registry", "bootstrap"], default="", help="how to get a catalogue image")
-    p.add_argument("--mirror", default="", metavar="URL", help="package mirror for --via bootstrap")
+    p.add_argument("--mirror", default="", metavar="URL", help="package archive to bootstrap from (default: the "
+                   "distribution's own; POSTROJ_MIRROR)")
+    p.add_argument("--security-mirror", default="", metavar="URL", help="security archive to bootstrap from "
+                   "(default: the distribution's own)")
+    p.add_argument("--accept-expired", action="store_true", help="accept a Release file past its Valid-Until "
+                   "date (a dated snapshot mirror)")
     p.add_argument("--sha256", default="", metavar="HEX", help="expected SHA-256 of a tarball")
     p.add_argument("--name", default="", help="name of the image (default: derived from the reference)")
     p.set_defaults(func=cmd_image)

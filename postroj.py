@@ -905,24 +905,81 @@ def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = 
 # --- downloads ----------------------------------------------------------------
 
 
+class Step:
+    """Which step of a long job runs and for how long, on one line of the terminal; nothing when stderr
+    is not a terminal or -v logs the work instead. One step shows at a time per process."""
+
+    _lock = threading.Lock()
+    _active: Optional["Step"] = None
+
+    def __init__(self, subject: str, name: str) -> None:
+        self.subject = subject
+        self.name = name
+        self.detail = ""
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.thread: Optional[threading.Thread] = None
+
+    def line(self) -> str:
+        detail = "  %s" % self.detail if self.detail else ""
+        return "postroj: %s: %s %.0f s%s" % (self.subject, self.name, time.monotonic() - self.started, detail)
+
+    def tick(self) -> None:
+        while not self.done.wait(1.0):
+            self.show()
+
+    def show(self) -> None:
+        with Step._lock:
+            sys.stderr.write("\r\x1b[K" + self.line())
+            sys.stderr.flush()
+
+    def __enter__(self) -> "Step":
+        log.info("%s: %s", self.subject, self.name)
+        with Step._lock:
+            if Step._active is None and sys.stderr.isatty() and not log.isEnabledFor(logging.INFO):
+                Step._active = self
+                self.thread = threading.Thread(target=self.tick, daemon=True)
+        if self.thread:
+            self.show()
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.thread:
+            return
+        self.done.set()
+        self.thread.join()
+        with Step._lock:
+            Step._active = None
+            failed = " (failed)" if exc[0] else ""
+            sys.stderr.write("\r\x1b[Kpostroj: %s: %s %.1f s%s\n" % (self.subject, self.name,
+                                                                    time.monotonic() - self.started, failed))
+            sys.stderr.flush()
+
+
 class Progress:
-    """A progress line on stderr, only when stderr is a terminal."""
+    """A download's progress on stderr, only when stderr is a terminal: on the running step's line, if any."""
 
     def __init__(self, label: str, total: int) -> None:
         self.label = label
         self.total = total
-        self.enabled = sys.stderr.isatty()
+        self.step = Step._active
+        self.enabled = sys.stderr.isatty() and not self.step
         self.last = 0.0
 
     def update(self, done: int) -> None:
+        share = " %3d%%" % (100 * done // self.total) if self.total else ""
+        if self.step:
+            self.step.detail = "%s: %s%s" % (self.label, human_size(done), share)
         if not self.enabled or time.monotonic() - self.last < 0.2:
             return
         self.last = time.monotonic()
-        share = " %3d%%" % (100 * done // self.total) if self.total else ""
         sys.stderr.write("\r%s: %s%s " % (self.label, human_size(done), share))
         sys.stderr.flush()
 
     def close(self) -> None:
+        if self.step:
+            self.step.detail = ""
         if self.enabled:
             sys.stderr.write("\n")
 
@@ -1600,14 +1657,15 @@ def acquire_image(settings: Settings, reference: str, *, force: bool = False, vi
         staging = Path(tempfile.mkdtemp(prefix="%s." % name, dir=str(settings.tmp)))
         try:
             build_image(settings, name, source, staging)
-            # umoci does not fsync and dpkg ran with --force-unsafe-io: flush the new version before it
-            # becomes the image (and the one it replaces goes), so that a host crash cannot leave an
-            # active image of empty files. One syncfs costs far less than dpkg's fsync per file.
-            if run(["sync", "--file-system", str(staging)], check=False, capture=True).returncode != 0:
-                os.sync()  # coreutils before 8.24
-            version = settings.versions / ("%s@%s" % (name, random_id(12)))
-            os.rename(staging, version)
-            activate(settings, name, version)
+            with Step(name, "activate"):
+                # umoci does not fsync and dpkg ran with --force-unsafe-io: flush the new version before
+                # it becomes the image (and the one it replaces goes), so that a host crash cannot leave
+                # an active image of empty files. One syncfs costs far less than dpkg's fsync per file.
+                if run(["sync", "--file-system", str(staging)], check=False, capture=True).returncode != 0:
+                    os.sync()  # coreutils before 8.24
+                version = settings.versions / ("%s@%s" % (name, random_id(12)))
+                os.rename(staging, version)
+                activate(settings, name, version)
         except BaseException:
             remove_tree(staging)
             raise
@@ -1636,8 +1694,10 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
         layout = settings.archives / name
         fresh = not layout.exists()
         try:
-            digest = copy_from_registry(source.location, layout, "latest")
-            unpack_layout(layout, "latest", rootfs)
+            with Step(name, "fetch"):
+                digest = copy_from_registry(source.location, layout, "latest")
+            with Step(name, "unpack"):
+                unpack_layout(layout, "latest", rootfs)
         except BaseException as exc:
             if fresh:
                 remove_tree(layout)  # the disk may be full
@@ -1648,11 +1708,13 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
                         "instead", source.location, exc.message.splitlines()[-1].strip())
             source = source.fallback
     if source.kind == "bootstrap":
-        origin = bootstrap(settings, source, rootfs)
+        with Step(name, "bootstrap"):
+            origin = bootstrap(settings, source, rootfs)
     elif source.kind in ("http", "tarball"):
         if source.kind == "http":
-            expected = source.sha256 or fetch_published_sha256(source.location)
-            tarball = download(source.location, settings.downloads)
+            with Step(name, "fetch"):
+                expected = source.sha256 or fetch_published_sha256(source.location)
+                tarball = download(source.location, settings.downloads)
         else:
             expected = source.sha256
             tarball = Path(source.location)
@@ -1660,15 +1722,18 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
                 die("cannot read %s" % tarball, "check its permissions")
         if not expected:
             log.warning("no SHA-256 known for %s: not verified", source.location)
-        digest = "sha256:" + verify_sha256(tarball, expected, source.location)
-        extract_tarball(tarball, rootfs)
+        with Step(name, "unpack"):
+            digest = "sha256:" + verify_sha256(tarball, expected, source.location)
+            extract_tarball(tarball, rootfs)
     elif source.kind == "directory":
         log.info("copying %s", source.location)
         # SOURCE/. copies what a link to a root file system points at (images/NAME are such links)
         ensure_dir(rootfs)
-        run(["cp", "-a", "--reflink=auto", "--no-target-directory", os.path.join(source.location, "."), str(rootfs)],
-            capture=True, what="copying the directory")
-    fields, manager, downloaded = provision(settings, rootfs)
+        with Step(name, "copy"):
+            run(["cp", "-a", "--reflink=auto", "--no-target-directory", os.path.join(source.location, "."),
+                 str(rootfs)], capture=True, what="copying the directory")
+    with Step(name, "provision"):
+        fields, manager, downloaded = provision(settings, rootfs)
     meta = {
         "name": name,
         "source": origin,

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import os
 import random
 import shutil
 import signal
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -437,15 +439,27 @@ def test_registry_stops_in_the_middle_of_a_pull(postroj, own_registry, tmp_path)
 
 
 def tarball_with_mirror(tmp_path: Path, mirror: str) -> Path:
-    """The rig's Debian minbase tarball (no systemd) whose apt sources name `mirror`."""
+    """The rig's Debian minbase tarball (no systemd) whose apt sources name `mirror` only.
+
+    Written anew with tarfile: GNU tar cannot append to an mmdebstrap tarball after a --delete.
+    """
     target = tmp_path / "debian-nomirror.tar"
-    shutil.copyfile(rig.rootfs_tarball("bookworm"), target)
-    subprocess.run(["tar", "--delete", "-f", str(target), "./etc/apt/sources.list"], check=True)
-    overlay = tmp_path / "overlay"
-    (overlay / "etc" / "apt").mkdir(parents=True)
-    (overlay / "etc" / "apt" / "sources.list").write_text("deb %s bookworm main\n" % mirror)
-    subprocess.run(["tar", "-rf", str(target), "-C", str(overlay), "--owner=0", "--group=0", "--numeric-owner",
-                    "./etc/apt/sources.list"], check=True)
+    sources = ("deb %s bookworm main\n" % mirror).encode()
+    with tarfile.open(rig.rootfs_tarball("bookworm")) as original, tarfile.open(target, "w",
+                                                                               format=tarfile.PAX_FORMAT) as out:
+        for member in original:
+            name = member.name.lstrip("./")
+            if name.startswith("etc/apt/sources.list.d/") and member.isfile():
+                continue  # the sources of the mirror this tarball was built from
+            if name == "etc/apt/sources.list":
+                member.size = len(sources)
+                out.addfile(member, io.BytesIO(sources))
+            elif member.isfile():
+                out.addfile(member, original.extractfile(member))
+            else:
+                out.addfile(member)
+    with tarfile.open(target) as check:
+        assert check.extractfile("./etc/apt/sources.list").read() == sources
     return target
 
 

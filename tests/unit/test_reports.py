@@ -151,3 +151,89 @@ def test_format_long_probe_title_is_cut():
     result = R("img", P("command", "x" * 200), "pass", 1.0)
     assert "command " + "x" * 42 + " " in postroj.format_result(result)
     assert "x" * 43 not in postroj.format_result(result)
+
+
+# --- probes after a failed install, and what a network check answered ---------------
+
+
+def test_unit_and_network_probes_of_a_failed_install_are_skipped_with_the_reason():
+    plan = postroj.ProbePlan(postroj.order_probes([P("package", "/tmp/nginx_1.22_amd64.deb"), P("unit", "nginx"),
+                                                   P("network", "http://localhost:80")]))
+    installed = [R("debian-bookworm", plan.probes[0], "fail", 2.0, reason="apt exited with 100")]
+    image = postroj.ImageInfo("debian-bookworm", "", "", "", "debian", "debian", "apt", "", 0, postroj.Path("/"))
+    # no container: nothing may run in it
+    results = postroj.run_probes(image, None, plan, postroj.threading.Event(), installed)
+    assert [(r.probe.kind, r.status) for r in results] == [("package", "fail"), ("unit", "skip"), ("network", "skip")]
+    assert {r.reason for r in results[1:]} == {"not run: installing nginx_1.22_amd64.deb failed"}
+    suite = parse(results).find("testsuite")
+    assert (suite.get("failures"), suite.get("skipped")) == ("1", "2")
+    assert [c.find("skipped").get("message") for c in suite.findall("testcase")[1:]] == [
+        "not run: installing nginx_1.22_amd64.deb failed"] * 2
+    assert "reason: not run: installing nginx_1.22_amd64.deb failed" in postroj.format_result(results[1])
+
+
+def test_nspawn_housekeeping_is_dropped_from_package_output():
+    text = ('Setting up nginx (1.22.1-9+deb12u11) ...\n'
+            'Attempted to remove disk file system under "/run/systemd/nspawn/propagate/postroj-x", and we can\'t '
+            'allow that.\nProcessing triggers for libc-bin\n')
+    assert postroj.without_nspawn_noise(text) == "Setting up nginx (1.22.1-9+deb12u11) ...\nProcessing triggers for libc-bin\n"
+
+
+def test_package_managers_run_quietly():
+    assert "-q" in postroj.install_command("apt", ["./x.deb"])
+    assert "-qq" in postroj.refresh_command("apt")
+    assert "-q" in postroj.install_command("dnf", ["./x.rpm"])
+
+
+@pytest.fixture
+def http_answer():
+    """An HTTP server on loopback that answers every GET with 200 and a fixed body."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"hello from the probe test"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield "http://127.0.0.1:%d/" % server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def network_check(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", postroj.NETWORK_CHECK, *args], stdout=subprocess.PIPE, text=True,
+                          timeout=30)
+
+
+def test_network_check_names_the_wrong_answer(http_answer):
+    proc = network_check(http_answer, "0.3", "418", "")
+    assert proc.returncode == postroj.NETWORK_WRONG_ANSWER
+    assert proc.stdout.splitlines()[0] == "HTTP 200, expected 418"
+    proc = network_check(http_answer, "0.3", "", "goodbye")
+    assert proc.returncode == postroj.NETWORK_WRONG_ANSWER
+    assert proc.stdout.splitlines()[0] == "HTTP 200, but the body does not contain 'goodbye'"
+    assert network_check(http_answer, "0.3", "200", "hello").returncode == 0
+
+
+def test_network_check_without_an_answer(http_answer):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        proc = network_check("http://127.0.0.1:%d/" % port, "0.3", "", "")
+    assert proc.returncode == postroj.NETWORK_NO_ANSWER
+    assert "Connection refused" in proc.stdout or "ConnectionRefused" in proc.stdout

@@ -1831,6 +1831,14 @@ def stop_all_containers() -> None:
         container.stop()
 
 
+# What systemd-nspawn says about its own housekeeping, which tells a probe's reader nothing.
+NSPAWN_NOISE = re.compile(r"^Attempted to remove disk file system under .*$\n?", re.MULTILINE)
+
+
+def without_nspawn_noise(text: str) -> str:
+    return NSPAWN_NOISE.sub("", text)
+
+
 def nspawn_escape(path: str) -> str:
     """Colons separate paths in nspawn's --bind and --overlay: escape those inside a path."""
     return path.replace("\\", "\\\\").replace(":", "\\:")
@@ -2034,8 +2042,13 @@ class NspawnContainer:
                 die("%s did not finish booting within %s s%s" % (self.machine, self.boot_timeout, self.console_tail()),
                     "raise --boot-timeout, or look at the units above")
             if self.proc.poll() is not None:
+                console = self.console_tail()
+                hint = "see the console lines above"
+                if "unsupported legacy cgroup hierarchy" in console:
+                    hint = ("the image's systemd no longer boots on cgroup v1, which this host uses: boot the host "
+                            "with the unified hierarchy (systemd.unified_cgroup_hierarchy=1), or use an older release")
                 die("systemd-nspawn for %s exited with code %d while booting%s" % (
-                    self.machine, self.proc.returncode, self.console_tail()), "see the console lines above")
+                    self.machine, self.proc.returncode, console), hint)
             if select.select([notify], [], [], 0.05)[0]:
                 for field in notify.recv(4096).decode("utf-8", "replace").split("\n"):
                     if field.startswith("X_NSPAWN_LEADER_PID="):
@@ -2062,7 +2075,9 @@ class NspawnContainer:
             text = (self.rundir / "console.log").read_bytes().decode("utf-8", "replace")
         except OSError:
             return ""
-        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r", "")
+        # terminal controls systemd sends to a console: CSI, OSC (window title), save and restore cursor
+        text = re.sub(r"\x1b(\[[0-9;?!]*[A-Za-z]|\][^\x07\x1b]*(\x07|\x1b\\)|[78])", "", text).replace("\r", "")
+        text = without_nspawn_noise(text)
         tail = [line for line in text.splitlines() if line.strip()][-lines:]
         return ("\nlast console lines:\n" + "\n".join("  " + line for line in tail)) if tail else ""
 
@@ -2792,14 +2807,6 @@ def install_packages(settings: Settings, image: ImageInfo, packages: Sequence[Tu
                         output=tail(output, 40)) for probe, _ in packages]
 
 
-# What systemd-nspawn says about its own housekeeping, which tells a probe's reader nothing.
-NSPAWN_NOISE = re.compile(r"^Attempted to remove disk file system under .*$\n?", re.MULTILINE)
-
-
-def without_nspawn_noise(text: str) -> str:
-    return NSPAWN_NOISE.sub("", text)
-
-
 def tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -2917,7 +2924,8 @@ def probe_image(settings: Settings, name: str, plan: ProbePlan, *, pull: bool, c
     except PostrojError as exc:
         if isinstance(exc, UsageError):
             raise
-        return [ProbeResult(name, probe, "fail", time.monotonic() - t0, reason=exc.message) for probe in plan.probes]
+        reason = exc.message + ("\nhint: %s" % exc.hint if exc.hint else "")
+        return [ProbeResult(name, probe, "fail", time.monotonic() - t0, reason=reason) for probe in plan.probes]
 
 
 def run_probes(image: ImageInfo, container: NspawnContainer, plan: ProbePlan, cancel: threading.Event,

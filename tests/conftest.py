@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import rig  # noqa: E402
+from rig import Postroj  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -31,41 +31,6 @@ def pytest_runtest_makereport(item, call):
     if os.environ.get("CI") == "true" and report.skipped and "integration" in item.keywords:
         report.outcome = "failed"
         report.longrepr = "skipped integration test under CI=true: %s" % (report.longrepr,)
-
-
-class Postroj:
-    """Runs the built postroj.pyz with a test's own POSTROJ_HOME and POSTROJ_CACHE."""
-
-    def __init__(self, pyz: Path, home: Path, cache: Path, env: "dict[str, str]") -> None:
-        self.pyz = pyz
-        self.home = home
-        self.cache = cache
-        self.extra_env = env
-
-    @property
-    def env(self) -> "dict[str, str]":
-        env = dict(os.environ, POSTROJ_HOME=str(self.home), POSTROJ_CACHE=str(self.cache), **self.extra_env)
-        env.pop("POSTROJ_MODE", None)
-        return env
-
-    def argv(self, *args: str) -> "list[str]":
-        return [sys.executable, str(self.pyz), *args]
-
-    def __call__(self, *args: str, input: "str | None" = None, timeout: float = 600, check: "int | None" = None,
-                 env: "dict[str, str] | None" = None) -> subprocess.CompletedProcess:
-        proc = subprocess.run(self.argv(*args), input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, timeout=timeout, env=dict(self.env, **(env or {})),
-                              stdin=None if input is not None else subprocess.DEVNULL)
-        if check is not None and proc.returncode != check:
-            raise AssertionError("postroj %s exited %d, expected %d\nstdout:\n%s\nstderr:\n%s" % (
-                " ".join(args), proc.returncode, check, proc.stdout[-4000:], proc.stderr[-4000:]))
-        return proc
-
-    def popen(self, *args: str, **kwargs) -> subprocess.Popen:
-        kwargs.setdefault("stdin", subprocess.DEVNULL)
-        kwargs.setdefault("stdout", subprocess.PIPE)
-        kwargs.setdefault("stderr", subprocess.PIPE)
-        return subprocess.Popen(self.argv(*args), env=self.env, text=True, **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -65,6 +65,41 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise RuntimeError("nothing answers on 127.0.0.1:%d" % port)
 
 
+class Postroj:
+    """Runs the built postroj.pyz with a test's own POSTROJ_HOME and POSTROJ_CACHE."""
+
+    def __init__(self, pyz: Path, home: Path, cache: Path, env: "dict[str, str]") -> None:
+        self.pyz = pyz
+        self.home = home
+        self.cache = cache
+        self.extra_env = env
+
+    @property
+    def env(self) -> "dict[str, str]":
+        env = dict(os.environ, POSTROJ_HOME=str(self.home), POSTROJ_CACHE=str(self.cache), **self.extra_env)
+        env.pop("POSTROJ_MODE", None)
+        return env
+
+    def argv(self, *args: str) -> "list[str]":
+        return [sys.executable, str(self.pyz), *args]
+
+    def __call__(self, *args: str, input: "str | None" = None, timeout: float = 600, check: "int | None" = None,
+                 env: "dict[str, str] | None" = None) -> subprocess.CompletedProcess:
+        proc = subprocess.run(self.argv(*args), input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, timeout=timeout, env=dict(self.env, **(env or {})),
+                              stdin=None if input is not None else subprocess.DEVNULL)
+        if check is not None and proc.returncode != check:
+            raise AssertionError("postroj %s exited %d, expected %d\nstdout:\n%s\nstderr:\n%s" % (
+                " ".join(args), proc.returncode, check, proc.stdout[-4000:], proc.stderr[-4000:]))
+        return proc
+
+    def popen(self, *args: str, **kwargs) -> subprocess.Popen:
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen(self.argv(*args), env=self.env, text=True, **kwargs)
+
+
 # --- root file systems ----------------------------------------------------------
 
 
@@ -377,6 +412,77 @@ def kill_processes(found: "list[tuple[int, str]]") -> None:
 def build_pyz(target: Path) -> Path:
     sh(sys.executable, REPO / "build_zipapp.py", target)
     return target
+
+
+# --- real packages from the distributions' archives -----------------------------
+
+DEBIAN_SOURCES = {
+    suite: ["deb http://deb.debian.org/debian %s main" % suite,
+            "deb http://deb.debian.org/debian %s-updates main" % suite,
+            "deb http://deb.debian.org/debian-security %s-security main" % suite]
+    for suite in ("bookworm", "trixie")
+}
+UBUNTU_SOURCES = {
+    suite: ["deb http://archive.ubuntu.com/ubuntu %s main" % suite,
+            "deb http://archive.ubuntu.com/ubuntu %s-updates main" % suite,
+            "deb http://security.ubuntu.com/ubuntu %s-security main" % suite]
+    for suite in ("jammy", "noble")
+}
+
+
+class PrivateApt:
+    """The host's apt-get with a configuration of its own (sources, lists, cache, keyrings), so that tests
+    download real packages and source packages without touching the host's apt state."""
+
+    def __init__(self, root: Path, sources: "list[str]", keyrings: "list[Path] | None" = None) -> None:
+        self.root = root
+        for sub in ("lists/partial", "cache/archives/partial", "trusted.gpg.d", "sources.list.d",
+                    "preferences.d"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "sources.list").write_text("\n".join(sources) + "\n")
+        (root / "status").write_text("")
+        trusted = [Path(p) for p in (keyrings or [])] or sorted(Path("/etc/apt/trusted.gpg.d").glob("*"))
+        trusted += sorted(Path("/usr/share/keyrings").glob("debian-archive-*.gpg")) if not keyrings else []
+        for key in trusted:
+            shutil.copyfile(key, root / "trusted.gpg.d" / key.name)
+        self.options = [
+            "-o", "Dir::Etc::SourceList=%s" % (root / "sources.list"),
+            "-o", "Dir::Etc::SourceParts=%s" % (root / "sources.list.d"),
+            "-o", "Dir::Etc::TrustedParts=%s" % (root / "trusted.gpg.d"),
+            "-o", "Dir::Etc::Trusted=%s" % (root / "trusted.gpg"),
+            "-o", "Dir::Etc::Preferences=%s" % (root / "preferences"),
+            "-o", "Dir::Etc::PreferencesParts=%s" % (root / "preferences.d"),
+            "-o", "Dir::State::Lists=%s" % (root / "lists"),
+            "-o", "Dir::State::status=%s" % (root / "status"),
+            "-o", "Dir::Cache=%s" % (root / "cache"),
+            "-o", "APT::Sandbox::User=root",
+            "-o", "Debug::NoLocking=true",
+        ]
+        sh("apt-get", *self.options, "-qq", "update")
+
+    def download(self, package: str, dest: Path) -> Path:
+        """`apt-get download PACKAGE` into `dest`: the newest version the sources have."""
+        dest.mkdir(parents=True, exist_ok=True)
+        before = set(dest.glob("%s_*.deb" % package))
+        sh("apt-get", *self.options, "-qq", "download", package, cwd=str(dest))
+        found = sorted(set(dest.glob("%s_*.deb" % package)) - before) or sorted(dest.glob("%s_*.deb" % package))
+        assert found, "apt-get download %s gave no file in %s" % (package, dest)
+        return found[-1]
+
+    def source(self, package: str, dest: Path) -> Path:
+        """`apt-get source --download-only PACKAGE` into `dest`; the .dsc's path."""
+        dest.mkdir(parents=True, exist_ok=True)
+        sh("apt-get", *self.options, "-qq", "source", "--download-only", package, cwd=str(dest))
+        found = sorted(dest.glob("%s_*.dsc" % package))
+        assert found, "apt-get source %s gave no .dsc in %s" % (package, dest)
+        return found[-1]
+
+
+def ubuntu_keyring(cache: Path) -> Path:
+    """Ubuntu's archive keyring as postroj verified and kept it in POSTROJ_CACHE (after an Ubuntu bootstrap)."""
+    found = sorted((cache / "keyrings").glob("*/ubuntu-archive-keyring.gpg"))
+    assert found, "no Ubuntu keyring in %s: bootstrap an Ubuntu image first" % cache
+    return found[0]
 
 
 # --- a package to probe ---------------------------------------------------------

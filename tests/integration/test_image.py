@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import time
@@ -175,3 +177,48 @@ def test_oci_layout_transport(postroj):
     info = json.loads(postroj("list-images", "--json", check=0).stdout)["images"][0]
     assert info["os_release"] == "Debian GNU/Linux 11 (bullseye)" and info["digest"].startswith("sha256:")
     assert_boots(postroj, "from-layout")
+
+
+def test_a_link_to_a_root_file_system_is_copied_as_the_tree_it_names(images, tmp_path):
+    """images/NAME are links to root file systems; so may be what a user gives."""
+    link = tmp_path / "link-to-bookworm"
+    link.symlink_to(images.home / "images" / "debian-bookworm")
+    proc = images("image", str(link), "--name", "copied", check=0, timeout=600)
+    assert proc.stdout.startswith("copied\tDebian GNU/Linux 12 (bookworm)")
+    copied = images.home / "images" / "copied"
+    assert (copied / "usr" / "lib" / "systemd" / "systemd").exists()
+    assert not (Path(os.path.realpath(copied))).is_symlink()
+    assert_boots(images, "copied")
+
+
+def test_steps_show_on_a_terminal_with_their_time_and_not_in_a_pipe(images, tmp_path):
+    import pty
+
+    source = images.home / "images" / "debian-bookworm"
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(images.argv("image", str(source), "--name", "shown"), env=images.env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        proc.wait(timeout=600)
+    finally:
+        os.close(master)
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 0, screen
+    finished = [line.split("\x1b[K")[-1] for line in screen.replace("\r\n", "\n").split("\n") if line.strip()]
+    steps = [line for line in finished if line.startswith("postroj: shown: ")]
+    assert [line.split()[2] for line in steps] == ["copy", "provision", "activate"], screen
+    for line in steps:
+        assert re.fullmatch(r"postroj: shown: \w+ \d+\.\d s\r?", line), line
+    # the same in a pipe: no step lines, nothing at all on stderr
+    proc = images("image", str(source), "--name", "piped", check=0, timeout=600)
+    assert proc.stderr == ""

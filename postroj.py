@@ -572,36 +572,59 @@ def die_with_parent_prefix() -> List[str]:
     return [_SETPRIV[0], "--pdeathsig", "SIGTERM", "--"] if _SETPRIV[0] else []
 
 
+def spawn(cmd: Sequence[str], *, stdin: Any = subprocess.DEVNULL, stdout: Any = None, stderr: Any = None,
+          env: Optional[Dict[str, str]] = None, die_with_parent: bool = True,
+          new_session: bool = False) -> subprocess.Popen:
+    """Start one external program that the caller streams or waits on: argv list, stdin from /dev/null,
+    a debug line, a missing program as a clear error. Every process postroj starts goes through here."""
+    cmd = [str(c) for c in cmd]
+    log.debug("+ %s", shlex.join(cmd))
+    argv = (die_with_parent_prefix() if die_with_parent else []) + cmd
+    try:
+        return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
+                                start_new_session=new_session)
+    except FileNotFoundError:
+        die("%s not found" % cmd[0], tool_hint(os.path.basename(cmd[0])))
+
+
+def kill_and_wait(proc: subprocess.Popen) -> None:
+    """SIGKILL `proc` if it still runs, and reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    proc.wait()
+
+
 def run(cmd: Sequence[str], *, check: bool = True, capture: bool = False, stdin: Any = subprocess.DEVNULL,
         stdout: Any = None, stderr: Any = None, input: Optional[bytes] = None, env: Optional[Dict[str, str]] = None,
         timeout: Optional[float] = None, die_with_parent: bool = True,
         what: str = "") -> subprocess.CompletedProcess:
-    """Run one external program: argv list, stdin from /dev/null, clear errors.
+    """Run one external program to its end: argv list, stdin from /dev/null, clear errors.
 
     With `capture`, stdout and stderr are kept (bytes) and stderr's tail goes into the error.
     """
     cmd = [str(c) for c in cmd]
-    log.debug("+ %s", shlex.join(cmd))
-    argv = (die_with_parent_prefix() if die_with_parent else []) + cmd
     if capture:
         stdout = subprocess.PIPE if stdout is None else stdout
         stderr = subprocess.PIPE if stderr is None else stderr
     if input is not None:
-        stdin = None
+        stdin = subprocess.PIPE
+    proc = spawn(cmd, stdin=stdin, stdout=stdout, stderr=stderr, env=env, die_with_parent=die_with_parent)
     try:
-        proc = subprocess.run(argv, stdin=stdin, stdout=stdout, stderr=stderr, input=input, env=env,
-                              timeout=timeout, check=False)
-    except FileNotFoundError:
-        die("%s not found" % cmd[0], tool_hint(os.path.basename(cmd[0])))
+        out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
+        kill_and_wait(proc)
         die("%s did not finish within %s s" % (what or cmd[0], timeout))
+    except BaseException:
+        kill_and_wait(proc)
+        raise
     if check and proc.returncode != 0:
         tail = ""
-        if capture and proc.stderr:
-            text = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        if capture and err:
+            text = err.decode("utf-8", "replace").strip().splitlines()
             tail = "\n" + "\n".join("  " + line for line in text[-15:])
         die("%s returned non-zero exit code %d%s" % (what or shlex.join(cmd[:3]), proc.returncode, tail))
-    return proc
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def wait_exit(proc: subprocess.Popen, timeout: Optional[float]) -> bool:
@@ -648,6 +671,14 @@ def process_alive(pid: int) -> bool:
         return True
 
 
+def process_gone(pid: int) -> bool:
+    """True when `pid` has exited: no such process, or a zombie not reaped yet (it may be reaped as we look)."""
+    try:
+        return Path("/proc/%d/stat" % pid).read_text().rsplit(") ", 1)[-1].startswith(("Z", "X"))
+    except OSError:
+        return True
+
+
 def process_cmdline(pid: int) -> List[str]:
     try:
         return Path("/proc/%d/cmdline" % pid).read_bytes().decode("utf-8", "replace").split("\0")
@@ -678,9 +709,8 @@ def tool_version(tool: str, args: Sequence[str] = ("--version",)) -> str:
     if not path:
         return ""
     try:
-        proc = subprocess.run([path, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        proc = run([path, *args], check=False, capture=True, stderr=subprocess.STDOUT, timeout=30)
+    except (OSError, PostrojError):
         return "unknown version"
     lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
     return lines[0].strip() if lines else "unknown version"
@@ -708,9 +738,9 @@ def vagrant_plugins() -> List[str]:
     if not shutil.which("vagrant"):
         return []
     try:
-        out = subprocess.run(["vagrant", "plugin", "list"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, timeout=60, check=False).stdout.decode("utf-8", "replace")
-    except (OSError, subprocess.TimeoutExpired):
+        out = run(["vagrant", "plugin", "list"], check=False, capture=True, timeout=60).stdout.decode(
+            "utf-8", "replace")
+    except (OSError, PostrojError):
         return []
     return [line.split()[0] for line in out.splitlines() if line.startswith("vagrant-")]
 
@@ -1125,9 +1155,7 @@ def open_tar_stream(path: Path) -> Tuple[IO[bytes], Optional[subprocess.Popen]]:
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic == b"\x28\xb5\x2f\xfd":
-        zstd = require_tool("zstd")
-        proc = subprocess.Popen([zstd, "-dc", str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL)
+        proc = spawn([require_tool("zstd"), "-dc", str(path)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert proc.stdout is not None
         return proc.stdout, proc
     return open(path, "rb"), None
@@ -1210,6 +1238,20 @@ def copy_from_registry(reference: str, layout: Path, tag: str) -> str:
     return ""
 
 
+# What skopeo says when a registry cannot be reached or does not have the image.
+REGISTRY_UNAVAILABLE = re.compile(
+    r"connection refused|no such host|network is unreachable|no route to host|i/o timeout|timeout|"
+    r"server misbehaving|TLS handshake|manifest unknown|name unknown|not found|requested access to the resource is "
+    r"denied|unauthorized|toomanyrequests", re.IGNORECASE)
+
+
+def registry_unavailable(message: str) -> bool:
+    """True when `skopeo copy` failed because the registry is out of reach or lacks the image."""
+    first = message.split("\n", 1)[0]
+    return first.startswith("skopeo copy") and bool(REGISTRY_UNAVAILABLE.search(message)) and \
+        "no space left on device" not in message.lower()
+
+
 def unpack_layout(layout: Path, tag: str, rootfs: Path) -> None:
     """Unpack the image's layers into `rootfs` with `umoci raw unpack`.
 
@@ -1242,8 +1284,8 @@ def fetch_keyring(settings: Settings, pin: Keyring) -> Path:
         return target
     package = download(pin.package_url, settings.downloads)
     verify_sha256(package, pin.package_sha256, pin.package_url)
-    proc = subprocess.Popen([require_tool("dpkg-deb"), "--fsys-tarfile", str(package)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # streamed: no run()
+    proc = spawn([require_tool("dpkg-deb"), "--fsys-tarfile", str(package)], stdout=subprocess.PIPE,
+                 stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     data = None
     try:
@@ -1701,7 +1743,9 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
         except BaseException as exc:
             if fresh:
                 remove_tree(layout)  # the disk may be full
-            if not isinstance(exc, PostrojError) or not source.fallback:
+            # only a registry that cannot be reached or lacks the image makes bootstrapping worth it;
+            # a full disk or a broken layer would fail the same way from the mirror
+            if not (isinstance(exc, PostrojError) and source.fallback and registry_unavailable(exc.message)):
                 raise
             remove_tree(rootfs)
             log.warning("%s cannot be fetched from the registry (%s); bootstrapping from the package mirror "
@@ -1823,12 +1867,54 @@ _live: "set[NspawnContainer]" = set()
 _live_lock = threading.Lock()
 
 
+def _forget_live(container: "NspawnContainer") -> None:
+    with _live_lock:
+        _live.discard(container)
+
+
 def stop_all_containers() -> None:
     """End every container of this process (signal handlers, fatal errors)."""
     with _live_lock:
         containers = list(_live)
     for container in containers:
-        container.stop()
+        container.close()
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM that land in the block act when it is done: a clean-up that has begun is finished,
+    and the signal is not lost. Only the main thread receives signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: List[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if pending:
+        handler = previous[pending[0]]
+        if callable(handler):
+            handler(pending[0], None)  # raises KeyboardInterrupt or Terminated
+        elif handler == signal.SIG_DFL:
+            os.kill(os.getpid(), pending[0])
+
+
+def end_all_containers() -> None:
+    """stop_all_containers with SIGINT and SIGTERM ignored, as mkosi does: a second Ctrl-C or SIGTERM
+    must not cut the clean-up short. Only the main thread can change signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        stop_all_containers()
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop_all_containers()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # What systemd-nspawn says about its own housekeeping, which tells a probe's reader nothing.
@@ -1875,18 +1961,66 @@ def parse_setenv(spec: str) -> Tuple[str, str]:
     return name, value
 
 
-class NspawnContainer:
-    """An image booted with systemd as PID 1 below a throw-away overlay, used and killed.
+class RuntimeFiles(NamedTuple):
+    """What a container keeps under POSTROJ_HOME/run: NAME.json (its state, written through NAME.json.tmp),
+    NAME.lock (held while a postroj process owns the container) and the directory NAME/ (overlay, guest
+    directory, console log). One place knows these names."""
 
-    Use as a context manager: the container is gone when the block ends, however it ends.
+    runtime: Path
+    machine: str
+
+    SUFFIXES = (".json", ".json.tmp", ".lock")
+
+    @property
+    def state(self) -> Path:
+        return self.runtime / (self.machine + ".json")
+
+    @property
+    def lock(self) -> Path:
+        return self.runtime / (self.machine + ".lock")
+
+    @property
+    def directory(self) -> Path:
+        return self.runtime / self.machine
+
+    @classmethod
+    def machine_of(cls, entry: str) -> str:
+        """The machine a runtime entry belongs to: NAME for NAME.json, NAME.json.tmp, NAME.lock and NAME/."""
+        for suffix in cls.SUFFIXES:
+            if entry.endswith(suffix):
+                return entry[: -len(suffix)]
+        return entry
+
+    def write_state(self, state: Dict[str, Any]) -> None:
+        tmp = self.state.with_name(self.state.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state)
+
+    def remove(self) -> None:
+        remove_tree(self.directory)
+        for suffix in self.SUFFIXES:
+            with contextlib.suppress(FileNotFoundError):
+                (self.runtime / (self.machine + suffix)).unlink()
+
+
+class NspawnContainer:
+    """An image booted with systemd as PID 1 below a throw-away overlay, used and thrown away.
+
+    The lifetime is explicit: create() takes a machine name, the runtime files and a fresh overlay;
+    boot() starts systemd-nspawn and waits until the container is up; execute() runs commands in it;
+    close() releases everything taken, in reverse order. Each resource registers its release on an
+    ExitStack the moment it is taken, so a close() that lands half-way (a signal, another thread)
+    releases exactly what was taken, and a step after close() refuses to start. Between create() and
+    boot(), run_in_overlay() runs a command (a package install) on the overlay. revert() boots a fresh
+    overlay of the same image, reboot() the same overlay again.
+
+    As a context manager: create() on entry, close() on exit, however the block ends.
     """
 
     def __init__(self, settings: Settings, image: ImageInfo, *, machine: str = "", binds: Sequence[Bind] = (),
                  setenv: Sequence[Tuple[str, str]] = (), private_network: bool = False, boot_timeout: float = 30,
-                 keep: bool = False, mode: str = "",
-                 prepare: Optional[Callable[["NspawnContainer"], None]] = None) -> None:
+                 keep: bool = False, mode: str = "") -> None:
         self.settings = settings
-        self.prepare = prepare
         self.image = image
         self.requested = machine
         self.binds = list(binds)
@@ -1896,30 +2030,38 @@ class NspawnContainer:
         self.keep = keep
         self.mode = mode or host_mode()
         self.machine = ""
+        self.files: Optional[RuntimeFiles] = None
         self.leader = 0
         self.state = ""
         self.failed_units: List[str] = []
         self.timings: Dict[str, float] = {}
         self.proc: Optional[subprocess.Popen] = None
-        self.rundir: Optional[Path] = None
         self.cgroups: List[Path] = []
+        self._taken = contextlib.ExitStack()  # what create() took: released by close()
+        self._running = contextlib.ExitStack()  # what boot() took: released by shutdown() and close()
         self._locks: List[int] = []
-        self._stopped = False
-        self._stopping = threading.Lock()
+        self._forced = False  # nspawn had to be killed: what is left in its cgroups is killed too
+        self._closed = False
+        # steps take it to check that the container is open and register what they take; close()
+        # takes it to mark the container closed: a step never registers after close() released
+        self._lock = threading.RLock()
 
     # --- life cycle ---
 
     def __enter__(self) -> "NspawnContainer":
         try:
-            self.start()
+            self.create()
         except BaseException:
-            self.stop()
+            self.close()
             raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if not self.keep:
-            self.stop()
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PostrojError("container %s was stopped" % (self.machine or self.image.name))
 
     def _hold(self, path: Path, shared: bool) -> bool:
         fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -1929,14 +2071,20 @@ class NspawnContainer:
             os.close(fd)
             return False
         self._locks.append(fd)
+        self._taken.callback(self._unhold, fd)
         return True
+
+    def _unhold(self, fd: int) -> None:
+        if fd in self._locks:
+            self._locks.remove(fd)
+            os.close(fd)
 
     def _try_name(self, name: str) -> bool:
         """Take `name` when no container of ours (running or kept) and no registered machine has it."""
-        if not self._hold(self.settings.runtime / (name + ".lock"), False):
+        if not self._hold(RuntimeFiles(self.settings.runtime, name).lock, False):
             return False
         if machine_registered(name) or any(m.name == name for m in list_machines(self.settings) if m.keep):
-            os.close(self._locks.pop())
+            self._unhold(self._locks[-1])
             return False
         self.machine = name
         return True
@@ -1955,48 +2103,76 @@ class NspawnContainer:
                 return
         die("no free machine name for %s" % base, "run `postroj gc`")
 
-    def start(self) -> None:
-        """Boot the container and wait until its systemd reports it is up."""
+    def create(self) -> "NspawnContainer":
+        """Take a machine name, the runtime files and a fresh overlay of the image; nothing runs yet."""
         t0 = time.monotonic()
-        self._claim_name()
-        with _live_lock:
-            _live.add(self)
-        version_lock = Path(self.image.path).parent / "image.json"
-        if not self._hold(version_lock, True):
-            die("image %s is being replaced" % self.image.name, "try again in a moment")
-        self.rundir = self.settings.runtime / self.machine
-        remove_tree(self.rundir)
-        private_dir(self.rundir)
-        upper = ensure_dir(self.rundir / "upper")
-        os.chmod(upper, 0o755)
-        ensure_dir(self.rundir / "guest")
-        mask_for_boot(Path(self.image.path), upper)
-        if self.prepare:
-            self.prepare(self)
+        with self._lock:
+            self._check_open()
+            with _live_lock:
+                _live.add(self)
+            self._taken.callback(_forget_live, self)
+            self._claim_name()  # its lock, taken first, is released last
+            if not self._hold(Path(self.image.path).parent / "image.json", True):
+                die("image %s is being replaced" % self.image.name, "try again in a moment")
+            self.files = RuntimeFiles(self.settings.runtime, self.machine)
+            self._taken.callback(self.files.remove)
+            self.fresh_overlay()
+        self.timings["setup"] = time.monotonic() - t0
+        return self
+
+    def fresh_overlay(self) -> None:
+        """An empty overlay (and guest directory) over the image, with what a throw-away boot masks."""
+        assert self.files is not None
+        remove_tree(self.files.directory)
+        private_dir(self.files.directory)
+        os.chmod(ensure_dir(self.upper), 0o755)
+        ensure_dir(self.guest_dir())
+        mask_for_boot(Path(self.image.path), self.upper)
+
+    def run_in_overlay(self, argv: Sequence[str], binds: Sequence[Tuple[str, str]] = (), timeout: float = 600,
+                       what: str = "") -> Tuple[int, str]:
+        """Run `argv` in the image below the container's overlay, not booted, with the host's network and the
+        guest directory at GUEST_RUNTIME (a package install before boot); returns its status and output."""
+        cmd = nspawn_run_argv(Path(self.image.path), binds, upper=self.upper)
+        cmd.append(Bind(str(self.guest_dir()), GUEST_RUNTIME, readonly=True).option())
+        with self._lock:
+            self._check_open()
+            proc = spawn(cmd + ["--", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            self._taken.callback(kill_and_wait, proc)  # close() ends it, however long it would run
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_and_wait(proc)
+            die("%s did not finish within %s s" % (what or argv[0], timeout))
+        finally:
+            kill_and_wait(proc)
+        self._check_open()
+        return proc.returncode, without_nspawn_noise(out.decode("utf-8", "replace"))
+
+    def boot(self) -> None:
+        """Start systemd-nspawn on the overlay and wait until the container's systemd reports it is up."""
+        t0 = time.monotonic()
         import socket  # only containers need it: start-up of other commands is faster without
 
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        address = "\0postroj/%s/%d/%s" % (self.machine, os.getpid(), random_id(8))
-        notify.bind(address)
-        if self.mode == "nsenter":
-            self.cgroups = make_cgroups("%s%s.%s" % (CGROUP_PREFIX, self.machine, random_id(8)))
-        self.write_state(nspawn_pid=0)
-        env = dict(os.environ, NOTIFY_SOCKET="@" + address[1:])
-        console = open(self.rundir / "console.log", "wb")
-        argv = self.nspawn_argv(upper)
-        log.debug("+ %s", shlex.join(argv))
-        prefix = (die_with_parent_prefix() if not self.keep else []) + cgroup_entry_prefix(self.cgroups)
         try:
-            self.proc = subprocess.Popen(prefix + argv, env=env,
-                                         stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        except FileNotFoundError:
-            die("systemd-nspawn not found", tool_hint("systemd-nspawn"))
-        finally:
-            console.close()
-        self.write_state(nspawn_pid=self.proc.pid)
-        self.timings["setup"] = time.monotonic() - t0
-        try:
+            address = "\0postroj/%s/%d/%s" % (self.machine, os.getpid(), random_id(8))
+            notify.bind(address)
+            with self._lock:
+                self._check_open()
+                self.leader, self.state, self.failed_units = 0, "", []
+                if self.mode == "nsenter":
+                    self.cgroups = make_cgroups("%s%s.%s" % (CGROUP_PREFIX, self.machine, random_id(8)))
+                    self._running.callback(self._remove_cgroups, list(self.cgroups))
+                self.write_state(nspawn_pid=0)
+                env = dict(os.environ, NOTIFY_SOCKET="@" + address[1:])
+                prefix = cgroup_entry_prefix(self.cgroups)
+                with open(self.files.directory / "console.log", "wb") as console:
+                    self.proc = spawn(prefix + self.nspawn_argv(), env=env, stdout=console, stderr=subprocess.STDOUT,
+                                      die_with_parent=not self.keep, new_session=True)
+                self._running.callback(self._end_nspawn, self.proc)
+                self.write_state(nspawn_pid=self.proc.pid)
+            self.timings["setup"] = self.timings.get("setup", 0.0) + time.monotonic() - t0
             self.wait_ready(notify)
         finally:
             notify.close()
@@ -2004,14 +2180,77 @@ class NspawnContainer:
         log.debug("container %s up in %.3f s (leader %d, %s, mode %s)", self.machine, time.monotonic() - t0,
                   self.leader, self.state, self.mode)
 
-    def nspawn_argv(self, upper: Path) -> List[str]:
+    def _end_nspawn(self, proc: subprocess.Popen) -> None:
+        """Tell nspawn to end the container (it sends --kill-signal=SIGKILL to it); kill what outlives 10 s."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            if not wait_exit(proc, 10):
+                self._forced = True
+                if self.leader:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.leader, signal.SIGKILL)
+                kill_and_wait(proc)
+
+    def _remove_cgroups(self, cgroups: List[Path]) -> None:
+        remove_cgroups([str(c) for c in cgroups], kill=self._forced)
+        self.cgroups = []
+
+    def shutdown(self) -> None:
+        """End the running container (nspawn, its cgroups); the overlay and the runtime files stay."""
+        with self._lock:
+            running, self._running = self._running, contextlib.ExitStack()
+        running.close()
+        self._forced = False
+
+    def reboot(self) -> None:
+        """Boot the same overlay again: what a test changed survives, as after a real reboot."""
+        self.shutdown()
+        self.boot()
+
+    def revert(self) -> None:
+        """Boot a fresh overlay of the same image: nothing done in the container survives."""
+        self.shutdown()
+        with self._lock:
+            self._check_open()
+            self.fresh_overlay()
+        self.boot()
+
+    def close(self) -> None:
+        """End the container and release all it took, in reverse order; safe to call more than once, from
+        another thread, and again when a signal interrupted it (main() calls it for every live container)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            running, self._running = self._running, contextlib.ExitStack()
+            taken, self._taken = self._taken, contextlib.ExitStack()
+        t0 = time.monotonic()
+        with deferred_signals():
+            try:
+                running.close()
+            finally:
+                taken.close()
+        self.timings["teardown"] = time.monotonic() - t0
+
+    def release(self) -> None:
+        """Leave the container running (--keep): postroj exits, the machine and its runtime files stay."""
+        self.write_state(nspawn_pid=self.proc.pid if self.proc else 0)
+        with self._lock:
+            self._closed = True
+            self._running.pop_all()
+            self._taken.pop_all()
+        while self._locks:
+            os.close(self._locks.pop())
+        _forget_live(self)
+
+    def nspawn_argv(self) -> List[str]:
         root = str(self.image.path)
         cmd = [
             "systemd-nspawn",
             "--quiet",
             "--boot",
             "--directory=%s" % root,
-            "--overlay=%s:%s:/" % (nspawn_escape(root), nspawn_escape(str(upper))),
+            "--overlay=%s:%s:/" % (nspawn_escape(root), nspawn_escape(str(self.upper))),
             "--machine=%s" % self.machine,
             "--notify-ready=yes",
             "--console=read-only",
@@ -2019,7 +2258,7 @@ class NspawnContainer:
             "--link-journal=no",
             "--timezone=off",
             "--resolv-conf=%s" % ("off" if self.private_network else "replace-host"),
-            Bind(str(self.rundir / "guest"), GUEST_RUNTIME, readonly=True).option(),
+            Bind(str(self.guest_dir()), GUEST_RUNTIME, readonly=True).option(),
         ]
         if self.mode == "nsenter":
             cmd += ["--register=no", "--keep-unit"]
@@ -2042,6 +2281,7 @@ class NspawnContainer:
                 die("%s did not finish booting within %s s%s" % (self.machine, self.boot_timeout, self.console_tail()),
                     "raise --boot-timeout, or look at the units above")
             if self.proc.poll() is not None:
+                self._check_open()  # ended by close(), not by itself
                 console = self.console_tail()
                 hint = "see the console lines above"
                 if "unsupported legacy cgroup hierarchy" in console:
@@ -2057,10 +2297,10 @@ class NspawnContainer:
                     elif field == "READY=1":
                         ready = True
             elif self.leader and time.monotonic() - leader_seen > 2.0:
-                state = self.system_state()
+                state = self.system_state(max(0.1, deadline - time.monotonic()))
                 ready = state in ("running", "degraded")
         self.timings["boot"] = time.monotonic() - started
-        self.state = self.system_state()
+        self.state = self.system_state(max(1.0, deadline - time.monotonic()))
         if self.state == "degraded":
             self.failed_units = self.capture(["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"]
                                              ).split("\n")
@@ -2069,10 +2309,10 @@ class NspawnContainer:
         self.timings["readiness"] = time.monotonic() - started - self.timings["boot"]
 
     def console_tail(self, lines: int = 20) -> str:
-        if not self.rundir:
+        if not self.files:
             return ""
         try:
-            text = (self.rundir / "console.log").read_bytes().decode("utf-8", "replace")
+            text = (self.files.directory / "console.log").read_bytes().decode("utf-8", "replace")
         except OSError:
             return ""
         # terminal controls systemd sends to a console: CSI, OSC (window title), save and restore cursor
@@ -2082,59 +2322,14 @@ class NspawnContainer:
         return ("\nlast console lines:\n" + "\n".join("  " + line for line in tail)) if tail else ""
 
     def write_state(self, **extra: Any) -> None:
-        if not self.machine:
-            return
-        state = {"machine": self.machine, "image": self.image.name, "version": str(Path(self.image.path).parent),
-                 "leader": self.leader, "postroj_pid": os.getpid(), "since": now_iso(), "keep": self.keep,
-                 "mode": self.mode, "cgroups": [str(c) for c in self.cgroups], **extra}
-        path = self.settings.runtime / (self.machine + ".json")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, path)
-
-    def stop(self) -> None:
-        """Kill the container and remove all it used; safe to call more than once, and again when a
-        signal interrupted it (main() calls it for every container still live)."""
-        with self._stopping:
-            if not self._stopped:
-                self._stop()
-                self._stopped = True
-
-    def _stop(self) -> None:
-        t0 = time.monotonic()
-        forced = False
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # nspawn sends --kill-signal=SIGKILL to the container
-            forced = not wait_exit(self.proc, 10)
-            if forced:
-                if self.leader:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(self.leader, signal.SIGKILL)
-                self.proc.kill()
-                self.proc.wait()
-        remove_cgroups([str(c) for c in self.cgroups], kill=forced)
-        if self.rundir:
-            remove_tree(self.rundir)
-        if self.machine:
-            for suffix in (".json", ".json.tmp"):
-                with contextlib.suppress(FileNotFoundError):
-                    (self.settings.runtime / (self.machine + suffix)).unlink()
-            with contextlib.suppress(FileNotFoundError):
-                (self.settings.runtime / (self.machine + ".lock")).unlink()
-        while self._locks:
-            os.close(self._locks.pop())
-        with _live_lock:
-            _live.discard(self)
-        self.timings["teardown"] = time.monotonic() - t0
-
-    def release(self) -> None:
-        """Leave the container running (--keep): postroj exits, the machine stays."""
-        self.write_state(nspawn_pid=self.proc.pid if self.proc else 0)
-        for fd in self._locks:
-            os.close(fd)
-        self._locks = []
-        with _live_lock:
-            _live.discard(self)
+        """The state file `postroj machines`, `stop` and `gc` read; never written once the container is closed."""
+        with self._lock:
+            if not self.files or self._closed:
+                return
+            self.files.write_state({
+                "machine": self.machine, "image": self.image.name, "version": str(Path(self.image.path).parent),
+                "leader": self.leader, "postroj_pid": os.getpid(), "since": now_iso(), "keep": self.keep,
+                "mode": self.mode, "cgroups": [str(c) for c in self.cgroups], **extra})
 
     # --- running commands ---
 
@@ -2162,21 +2357,18 @@ class NspawnContainer:
                 timeout: Optional[float] = None) -> int:
         """Run `argv` in the container with the given streams; returns its exit status (127: not found)."""
         env = self.environment()
-        cmd = self.command_argv(argv, env)
-        log.debug("+ %s", shlex.join(cmd))
-        proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr,
-                                env=env if self.mode == "nsenter" else None)
+        # no pdeathsig: the payload's own process, whose exit status and signals are passed on as they are
+        proc = spawn(self.command_argv(argv, env), stdin=stdin, stdout=stdout, stderr=stderr,
+                     env=env if self.mode == "nsenter" else None, die_with_parent=False)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while not wait_exit(proc, 0.1):
                 # a container that shuts down (reboot, poweroff) can leave the command stopped for good
                 if self.ended() or (deadline is not None and time.monotonic() > deadline):
-                    proc.kill()
-                    proc.wait()
+                    kill_and_wait(proc)
                     return 124
         except BaseException:
-            proc.kill()
-            proc.wait()
+            kill_and_wait(proc)
             raise
         if self.mode == "machined" and proc.returncode == 203:
             # systemd's EXIT_EXEC: the command could not be executed.
@@ -2199,26 +2391,28 @@ class NspawnContainer:
         return result[1]
 
     def run_captured(self, argv: Sequence[str], timeout: Optional[float] = 30) -> Tuple[int, str]:
-        with tempfile.TemporaryFile(dir=str(self.rundir) if self.rundir else None) as out:
+        with tempfile.TemporaryFile(dir=str(self.files.directory) if self.files else None) as out:
             code = self.execute(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 timeout=timeout)
             out.seek(0)
             return code, out.read().decode("utf-8", "replace").strip()
 
-    def system_state(self) -> str:
-        env = self.environment()
+    def system_state(self, timeout: float = 30) -> str:
+        """`systemctl is-system-running` in the container, within `timeout` s ('' when it takes longer)."""
         cmd = self.enter_argv() + ["--", "systemctl", "is-system-running"]
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              env=env, check=False)
+        try:
+            proc = run(cmd, check=False, capture=True, stderr=subprocess.DEVNULL, env=self.environment(),
+                       timeout=timeout)
+        except PostrojError:
+            return ""
         return proc.stdout.decode().strip()
 
     def shell(self) -> int:
         """An interactive login shell (the caller's terminal)."""
         if self.mode == "machined":
-            return subprocess.run(["machinectl", "shell", self.machine], check=False).returncode
+            return run(["machinectl", "shell", self.machine], check=False, stdin=None).returncode
         shell = login_shell(Path(self.image.path))
-        env = self.environment()
-        return subprocess.run(self.enter_argv() + ["--", shell, "-l"], env=env, check=False).returncode
+        return run(self.enter_argv() + ["--", shell, "-l"], check=False, stdin=None, env=self.environment()).returncode
 
     def journal_tail(self, lines: int = 30, unit: str = "") -> str:
         argv = ["journalctl", "--no-pager", "-n", str(lines), "-o", "short-monotonic"]
@@ -2229,13 +2423,13 @@ class NspawnContainer:
     @property
     def upper(self) -> Path:
         """The overlay directory that takes every change made in the container."""
-        assert self.rundir is not None
-        return self.rundir / "upper"
+        assert self.files is not None
+        return self.files.directory / "upper"
 
     def guest_dir(self) -> Path:
         """A host directory that shows up read-only at /run/postroj in the container."""
-        assert self.rundir is not None
-        return self.rundir / "guest"
+        assert self.files is not None
+        return self.files.directory / "guest"
 
 
 CGROUP_PREFIX = "postroj."
@@ -2421,18 +2615,14 @@ def end_machine(settings: Settings, machine: Machine) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(machine.nspawn_pid, signal.SIGTERM)
         for _ in range(200):
-            if not process_alive(machine.nspawn_pid) or Path("/proc/%d/stat" % machine.nspawn_pid).read_text(
-                    ).split(") ")[-1].startswith("Z"):
+            if process_gone(machine.nspawn_pid):
                 break
             time.sleep(0.05)
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(machine.nspawn_pid, signal.SIGKILL)
     remove_cgroups(machine.cgroups, kill=True)  # whatever of the container outlived its nspawn
-    remove_tree(settings.runtime / machine.name)
-    for suffix in (".json", ".json.tmp", ".lock"):
-        with contextlib.suppress(FileNotFoundError):
-            (settings.runtime / (machine.name + suffix)).unlink()
+    RuntimeFiles(settings.runtime, machine.name).remove()
 
 
 def collect_garbage(settings: Settings) -> List[str]:
@@ -2444,13 +2634,9 @@ def collect_garbage(settings: Settings) -> List[str]:
             done.append("machine %s" % machine.name)
     if settings.runtime.is_dir():
         for entry in settings.runtime.iterdir():
-            stem = entry.name
-            for suffix in (".json.tmp", ".json", ".lock"):
-                if entry.is_file() and stem.endswith(suffix):
-                    stem = stem[: -len(suffix)]
-                    break
-            if not (settings.runtime / (stem + ".json")).exists() and not lock_is_held(
-                    settings.runtime / (stem + ".lock")):
+            files = RuntimeFiles(settings.runtime, RuntimeFiles.machine_of(entry.name) if entry.is_file()
+                                 else entry.name)
+            if not files.state.exists() and not lock_is_held(files.lock):
                 remove_tree(entry)
                 done.append("runtime %s" % entry.name)
     if settings.tmp.is_dir():
@@ -2578,10 +2764,8 @@ class VagrantMachine:
             args = ["winrm", "--shell", shell, "--command", command]
         else:
             args = ["ssh", "--no-tty", "--command", command]
-        cmd = [require_tool("vagrant"), *args]
-        log.debug("+ %s", shlex.join(cmd))
-        proc = subprocess.Popen(die_with_parent_prefix() + cmd, stdin=stdin, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=self.environment())
+        proc = spawn([require_tool("vagrant"), *args], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                     env=self.environment())
         started = time.monotonic()
         try:
             pump_lines({proc.stdout: stdout or sys.stdout, proc.stderr: stderr or sys.stderr}, timeout,
@@ -2590,9 +2774,7 @@ class VagrantMachine:
             if not wait_exit(proc, left):
                 die("vagrant %s did not finish within %s s" % (args[0], timeout))
         finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+            kill_and_wait(proc)
             for pipe in (proc.stdout, proc.stderr):
                 pipe.close()
         return proc.returncode
@@ -2788,18 +2970,13 @@ def install_packages(settings: Settings, image: ImageInfo, packages: Sequence[Tu
         shutil.copyfile(path, staged / path.name)
         os.chmod(staged / path.name, 0o644)
         inner.append("%s/packages/%s" % (GUEST_RUNTIME, path.name))
-    root = Path(image.path)
-    cache = package_cache_for(settings, read_os_release(root))
-    argv = nspawn_run_argv(root, [(str(cache), PACKAGE_CACHE_DIR)], upper=container.upper)
-    argv.append("--bind-ro=%s:%s" % (nspawn_escape(str(container.guest_dir())), GUEST_RUNTIME))
+    cache = package_cache_for(settings, read_os_release(Path(image.path)))
     with file_lock(cache / ".postroj.lock"):
         # always refresh: the lists are shared by the images of a release, whose sources may differ;
         # with warm lists this is a few conditional requests
         command = package_transaction(image.package_manager, inner, refresh=True)
-        proc = run(argv + ["--", *command], check=False, capture=True, stderr=subprocess.STDOUT,
-                   timeout=max(timeout, 600), what="installing %s" % ", ".join(p.name for _, p in packages))
-    output = without_nspawn_noise(proc.stdout.decode("utf-8", "replace"))
-    code = proc.returncode
+        code, output = container.run_in_overlay(command, [(str(cache), PACKAGE_CACHE_DIR)], max(timeout, 600),
+                                                what="installing %s" % ", ".join(p.name for _, p in packages))
     duration = (time.monotonic() - t0) / len(packages)
     if code == 0:
         return [ProbeResult(image.name, probe, "pass", duration, output=tail(output)) for probe, _ in packages]
@@ -2899,23 +3076,15 @@ def probe_image(settings: Settings, name: str, plan: ProbePlan, *, pull: bool, c
                 packages: Dict[str, Path]) -> List[ProbeResult]:
     """Boot one fresh container of `name`, run the plan's probes in order, and throw it away."""
     t0 = time.monotonic()
+    if cancel.is_set():  # --fail-fast: another image failed first; reported as within an image
+        return [ProbeResult(name, probe, "skip", 0.0, reason="not run: --fail-fast") for probe in plan.probes]
     try:
-        image = require_image(settings, name, pull=pull)
-        for probe in plan.probes:
-            if probe.kind == "package":
-                kind = package_type(probe.target)
-                if not package_matches(kind, image.package_manager):
-                    die("%s is a .%s package, but %s uses %s" % (probe.target, kind, name, image.package_manager),
-                        "give a package built for %s" % name, usage=True)
-        installed: List[ProbeResult] = []
+        image = require_image(settings, name, pull=pull)  # package types were checked by cmd_probe
         pending = [(p, packages[p.target]) for p in plan.probes if p.kind == "package"]
-
-        def prepare(container: NspawnContainer) -> None:
-            if pending:
-                installed.extend(install_packages(settings, image, pending, container, plan.timeout))
-
-        with NspawnContainer(settings, image, private_network=plan.private_network, boot_timeout=plan.boot_timeout,
-                             prepare=prepare) as container:
+        with NspawnContainer(settings, image, private_network=plan.private_network,
+                             boot_timeout=plan.boot_timeout) as container:
+            installed = install_packages(settings, image, pending, container, plan.timeout) if pending else []
+            container.boot()
             t1 = time.monotonic()
             results = run_probes(image, container, plan, cancel, installed)
             container.timings["probes"] = time.monotonic() - t1
@@ -2966,8 +3135,6 @@ def run_matrix(images: Sequence[str], jobs: int, fail_fast: bool,
     results: List[ProbeResult] = []
 
     def one(name: str) -> List[ProbeResult]:
-        if cancel.is_set():
-            return []
         found = probe_one(name, cancel)
         if fail_fast and any(r.status == "fail" for r in found):
             cancel.set()
@@ -2993,7 +3160,7 @@ def run_matrix(images: Sequence[str], jobs: int, fail_fast: bool,
             cancel.set()
             for future in futures:
                 future.cancel()
-            stop_all_containers()
+            end_all_containers()
             raise
     return results
 
@@ -3210,6 +3377,7 @@ def cmd_container(args: argparse.Namespace) -> int:
     image = require_image(settings, args.image, pull=args.pull)
     container = NspawnContainer(settings, image, **options)
     with container:
+        container.boot()
         log.info("container %s is %s (leader %d, mode %s)", container.machine, container.state, container.leader,
                  container.mode)
         if command:
@@ -3672,14 +3840,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv == ["--version"]:
         print("postroj %s" % __version__)
         return EXIT_OK
-    debug = "--debug" in argv
-    verbose = sum(a.count("v") for a in argv if re.fullmatch(r"-v+", a)) + argv.count("--verbose")
-    logging.basicConfig(level=logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING,
-                        format="postroj: %(message)s", stream=sys.stderr)
+    logging.basicConfig(format="postroj: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(logging.WARNING)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+    debug = False
     try:
+        # postroj's own flags as argparse parsed them: what follows `--` is the payload's (grep -v ...)
         args = parse_command_line(argv)
+        debug = args.debug
+        logging.getLogger().setLevel(logging.DEBUG if debug or args.verbose > 1 else
+                                     logging.INFO if args.verbose else logging.WARNING)
         if not getattr(args, "func", None):
             build_parser().print_help(sys.stderr)
             return EXIT_USAGE
@@ -3692,17 +3863,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("hint: %s" % exc.hint, file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        stop_all_containers()
+        end_all_containers()
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Terminated:
-        stop_all_containers()
+        end_all_containers()
         print("terminated", file=sys.stderr)
         return EXIT_TERMINATED
     except BrokenPipeError:
         return EXIT_FAILURE
     finally:
-        stop_all_containers()
+        end_all_containers()
 
 
 if __name__ == "__main__":

@@ -2,14 +2,16 @@
 """postroj's benchmark: each pair of commands alternates in one run (A B A B ...) on the same machine,
 so that a noisy machine affects both sides alike; the verdict is the ratio of medians.
 
-1. warm probe cycle: postroj probe vs. the hand-written floor (../shared/bench/nspawn_floor.py)
+1. warm probe cycle: postroj probe vs. the hand-written floor (bench/floor.py)
 2. start-up: postroj.pyz --version vs. python3 -c "import argparse, subprocess"
 3. cold acquisition through the rig's registry vs. the same steps by hand; warm vs. cold package cache
-4. matrix: 2 images x 2 probes with --jobs 1 vs. --jobs 2
+4. matrix: 2 images x 2 probes with --jobs 1 vs. --jobs 2; the floor on both images, in turn vs. at once
 5. peak resident memory of postroj during a probe
+6. package probe: nginx's .deb (which needs nginx-common) installed, its unit active, HTTP answered,
+   vs. the same steps by hand (bench/floor.py --package), both with a warm apt cache
 
 usage: bench/run.py [--rounds N] [--only 1,2,...] [--json FILE]
-Needs root, the packages of `make setup`, and Debian's mirror (for provisioning).
+Needs root, the packages of `make setup`, and Debian's mirror (for provisioning and pair 6).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import rig  # noqa: E402
 
-FLOOR = (REPO.parent / "shared" / "bench" / "nspawn_floor.py").resolve()
+FLOOR = REPO / "bench" / "floor.py"
 BENCH_DIR = Path(os.environ.get("POSTROJ_BENCH_DIR", "/var/tmp/postroj-bench"))
 PROBE = "systemctl is-active systemd-journald"
+URL = "http://localhost:80"
 
 
 def timed(cmd: "list[str]", env: "dict[str, str] | None" = None, check: bool = True) -> float:
@@ -80,6 +83,10 @@ class Bench:
     def postroj(self, *args: str) -> "list[str]":
         return [self.python, str(self.pyz), *args]
 
+    def floor(self, rootfs: str, *command: str, options: "tuple[str, ...]" = ()) -> "list[str]":
+        """bench/floor.py on `rootfs`, its overlay directory in the bench's directory, as postroj's is."""
+        return [self.python, str(FLOOR), "--work", str(BENCH_DIR), *options, rootfs, *command]
+
     def setup(self) -> None:
         BENCH_DIR.mkdir(parents=True, exist_ok=True)
         subprocess.run([self.python, str(REPO / "build_zipapp.py"), str(self.pyz)], check=True,
@@ -93,6 +100,7 @@ class Bench:
     def teardown(self) -> None:
         if self.registry:
             self.registry.stop()
+            self.registry.config.unlink(missing_ok=True)  # a new one, with a new port, every run
 
     def record(self, number: int, title: str, a_name: str, a, b_name: str, b, target: str,
                limit: "float | None", higher_is_better: bool = False) -> None:
@@ -115,10 +123,10 @@ class Bench:
     def probe_cycle(self) -> None:
         rootfs = os.path.realpath(self.home / "images" / "debian-bookworm")
         a = lambda: timed(self.postroj("probe", "--image", "debian-bookworm", "--command", PROBE), self.env())  # noqa
-        b = lambda: timed([self.python, str(FLOOR), rootfs])  # noqa: E731
+        b = lambda: timed(self.floor(rootfs, *PROBE.split()))  # noqa: E731
         xs, ys = alternate(self.rounds, a, b)
         self.record(1, "warm probe cycle", "postroj.pyz probe --command '%s'" % PROBE, xs,
-                    "nspawn_floor.py (hand-written)", ys, "postroj <= 0.9 x floor", 0.9)
+                    "floor.py (hand-written)", ys, "postroj <= 0.9 x floor", 0.9)
         breakdown = subprocess.run(self.postroj("-v", "probe", "--image", "debian-bookworm", "--command", PROBE),
                                    env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         print("   breakdown (-v): %s" % [l for l in breakdown.stderr.splitlines() if "setup" in l])
@@ -184,7 +192,7 @@ class Bench:
         # what two boots at once cost on this machine without postroj: the floor on both images, one
         # after the other against both at once
         roots = [os.path.realpath(self.home / "images" / name) for name in ("debian-bookworm", "debian-bullseye")]
-        floors = [[self.python, str(FLOOR), root] for root in roots]
+        floors = [self.floor(root, *PROBE.split()) for root in roots]
 
         def in_turn() -> float:
             start = time.monotonic()
@@ -196,12 +204,40 @@ class Bench:
             start = time.monotonic()
             procs = [subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL) for cmd in floors]
             if any(proc.wait() != 0 for proc in procs):
-                raise SystemExit("nspawn_floor.py failed")
+                raise SystemExit("floor.py failed")
             return time.monotonic() - start
 
         xs, ys = alternate(self.rounds, in_turn, at_once)
         self.record(4, "reference: the floor on both images", "one after the other", xs, "both at once", ys,
                     "none (what two boots at once gain on this machine)", None, higher_is_better=True)
+
+    def nginx_deb(self) -> Path:
+        """nginx's .deb from this host's apt sources, downloaded once into the bench's directory."""
+        debs = BENCH_DIR / "debs"
+        found = sorted(debs.glob("nginx_*.deb"))
+        if not found:
+            debs.mkdir(parents=True, exist_ok=True)
+            # the sandbox user _apt cannot write to a directory of root's
+            subprocess.run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", "nginx"], cwd=str(debs),
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
+            found = sorted(debs.glob("nginx_*.deb"))
+        return found[-1]
+
+    def package_probe(self) -> None:
+        deb = str(self.nginx_deb())
+        rootfs = os.path.realpath(self.home / "images" / "debian-bookworm")
+        # postroj keeps apt's lists and downloads in POSTROJ_CACHE/packages/debian-12; by hand they get a
+        # directory of their own, as warm as postroj's after the warm-up round
+        apt_cache = str(BENCH_DIR / "apt-by-hand")
+        a = lambda: timed(self.postroj("probe", "--image", "debian-bookworm", "--package", deb,  # noqa: E731
+                                       "--check-unit", "nginx", "--check-network", URL), self.env())
+        b = lambda: timed(self.floor(rootfs, options=("--private-network", "--package", deb,  # noqa: E731
+                                                      "--apt-cache", apt_cache, "--unit", "nginx", "--url", URL)))
+        xs, ys = alternate(self.rounds, a, b)
+        self.record(6, "package probe: %s, its unit, HTTP" % os.path.basename(deb),
+                    "postroj.pyz probe --package --check-unit --check-network", xs,
+                    "floor.py --package (nspawn apt-get install, boot, by hand)", ys,
+                    "postroj <= 1.0 x by hand", 1.0)
 
     def memory(self) -> None:
         peaks = []
@@ -228,7 +264,7 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10, help="runs of each side (default: 10)")
-    parser.add_argument("--only", default="1,2,3,4,5", help="which pairs, e.g. 1,2")
+    parser.add_argument("--only", default="1,2,3,4,5,6", help="which pairs, e.g. 1,2")
     parser.add_argument("--json", default=str(REPO / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -238,7 +274,8 @@ def main() -> int:
     print("postroj benchmark: %d rounds, %d CPUs, %s" % (args.rounds, os.cpu_count() or 0, time.strftime("%Y-%m-%d")))
     try:
         bench.setup()
-        steps = {1: bench.probe_cycle, 2: bench.startup, 3: bench.acquisition, 4: bench.matrix, 5: bench.memory}
+        steps = {1: bench.probe_cycle, 2: bench.startup, 3: bench.acquisition, 4: bench.matrix, 5: bench.memory,
+                 6: bench.package_probe}
         for number in sorted(chosen):
             steps[number]()
     finally:

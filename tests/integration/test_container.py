@@ -184,7 +184,7 @@ def test_interactive_shell_under_a_pty(images):
     finally:
         os.close(fd)
     assert b"marker-42" in output, output[-2000:]
-    assert os.waitstatus_to_exitcode(status) == 3 if hasattr(os, "waitstatus_to_exitcode") else True
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3, status  # os.waitstatus_to_exitcode is 3.9+
 
 
 def wait_for(predicate, timeout: float = 60) -> None:
@@ -286,3 +286,14 @@ def test_the_container_cannot_see_postroj_home(images):
     proc = images("container", "debian-bookworm", "--", "sh", "-c",
                   'test -e "$1" && echo visible || echo hidden', "sh", str(images.home))
     assert proc.stdout.strip() == "hidden"
+
+
+def test_the_payloads_flags_are_not_postrojs(images):
+    """`-- grep -v --debug`: grep's flags, which must not turn on postroj's logging or tracebacks (issue 15)."""
+    proc = images("container", "debian-bookworm", "--", "grep", "-v", "--debug", "x", "/nonexistent", timeout=120)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stderr.startswith("grep: "), proc.stderr
+    assert "postroj:" not in proc.stderr and "+ systemd-nspawn" not in proc.stderr, proc.stderr
+    # postroj's own -v, before the command, still counts
+    proc = images("-v", "container", "debian-bookworm", "--", "true", timeout=120)
+    assert proc.returncode == 0 and "postroj: container postroj-debian-bookworm" in proc.stderr, proc.stderr

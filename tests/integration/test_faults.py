@@ -298,6 +298,44 @@ def test_signal_to_probe(images, phase, signum):
     assert_every_active_image_boots(images)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_while_containers_of_several_images_start(images, tmp_path, signum):
+    """--jobs 2: one worker is installing a package into its container's overlay (before boot) when the stop
+    lands; the stop must end that install and leave no state, and the worker must not crash (issue 15)."""
+    deb = rig.build_demo_deb(tmp_path, port=8093, depends="perl-base, hello")
+    before = active_images(images.home)
+    proc = images.popen("probe", "--image", "debian-bookworm", "--image", "debian-bullseye", "--jobs", "2",
+                        "--package", str(deb), "--check-unit", "postroj-demo")
+    with ended_afterwards(proc):
+        wait_for(lambda: [p for p in rig.processes_mentioning("apt-get") if str(images.home) in p[1]],
+                 timeout=300, what="a package install")
+        out, err = signal_and_wait(proc, signum)
+    assert proc.returncode == EXIT_STATUS[signum], (out, err)
+    assert "Traceback" not in err and "FileNotFoundError" not in err, err
+    assert_nothing_left(images)
+    assert active_images(images.home) == before
+
+
+def test_repeated_sigterm_does_not_cut_the_clean_up_short(images):
+    """mkosi's rule: signals that land during clean-up are ignored, not raised again (issue 15)."""
+    proc = images.popen("probe", "--image", "debian-bookworm", "--command", SLOW_TEARDOWN)
+    with ended_afterwards(proc):
+        wait_for_teardown(images.home)
+        proc.send_signal(signal.SIGTERM)
+        for _ in range(50):  # 0.5 s of SIGTERMs while postroj removes the container's 20,000 files
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.01)
+        out, err = proc.communicate(timeout=60)
+    # the clean-up ran to its end ("terminated" is printed after it); a SIGTERM that lands while the
+    # interpreter exits afterwards may still end it by the default action
+    assert proc.returncode in (EXIT_STATUS[signal.SIGTERM], -signal.SIGTERM), (out, err)
+    assert err.rstrip().endswith("terminated"), err
+    assert "Traceback" not in err, err
+    assert_nothing_left(images)
+
+
 @pytest.mark.parametrize("signum", SIGNALS, ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_signal_to_container_in_teardown(images, signum):
     """`container` tears down in the main thread, where the signal lands (boot and command: test_container.py)."""

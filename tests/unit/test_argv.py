@@ -21,7 +21,7 @@ def container(tmp_path: Path, mode: str, home: str = "home", **options) -> postr
     rootfs = settings.versions / "debian-bookworm@0123456789ab" / "rootfs"
     box = postroj.NspawnContainer(settings, image_info(rootfs), mode=mode, **options)
     box.machine = "postroj-debian-bookworm"
-    box.rundir = settings.runtime / box.machine
+    box.files = postroj.RuntimeFiles(settings.runtime, box.machine)
     return box
 
 
@@ -37,8 +37,8 @@ def option(argv, name: str) -> str:
 @pytest.mark.parametrize("mode", ["nsenter", "machined"])
 def test_nspawn_boots_below_an_overlay(tmp_path, mode):
     box = container(tmp_path, mode)
-    upper = box.rundir / "upper"
-    argv = box.nspawn_argv(upper)
+    upper = box.files.directory / "upper"
+    argv = box.nspawn_argv()
     assert argv[0] == "systemd-nspawn"
     assert all(isinstance(a, str) for a in argv)
     assert "--boot" in argv
@@ -46,26 +46,26 @@ def test_nspawn_boots_below_an_overlay(tmp_path, mode):
     assert option(argv, "--overlay") == "%s:%s:/" % (box.image.path, upper)
     assert option(argv, "--machine") == "postroj-debian-bookworm"
     assert option(argv, "--notify-ready") == "yes"
-    assert option(argv, "--bind-ro") == "%s:%s" % (box.rundir / "guest", postroj.GUEST_RUNTIME)
+    assert option(argv, "--bind-ro") == "%s:%s" % (box.files.directory / "guest", postroj.GUEST_RUNTIME)
 
 
 def test_nspawn_in_nsenter_mode_does_not_register(tmp_path):
-    argv = container(tmp_path, "nsenter").nspawn_argv(tmp_path / "upper")
+    argv = container(tmp_path, "nsenter").nspawn_argv()
     assert "--register=no" in argv
     assert "--keep-unit" in argv
 
 
 def test_nspawn_in_machined_mode_registers(tmp_path):
-    argv = container(tmp_path, "machined").nspawn_argv(tmp_path / "upper")
+    argv = container(tmp_path, "machined").nspawn_argv()
     assert not [a for a in argv if a.startswith("--register")]
     assert "--keep-unit" not in argv
 
 
 def test_nspawn_network(tmp_path):
-    shared = container(tmp_path, "nsenter").nspawn_argv(tmp_path / "upper")
+    shared = container(tmp_path, "nsenter").nspawn_argv()
     assert "--private-network" not in shared
     assert option(shared, "--resolv-conf") == "replace-host"
-    private = container(tmp_path, "nsenter", private_network=True).nspawn_argv(tmp_path / "upper")
+    private = container(tmp_path, "nsenter", private_network=True).nspawn_argv()
     assert "--private-network" in private
     assert option(private, "--resolv-conf") == "off"
 
@@ -74,8 +74,7 @@ def test_nspawn_binds_and_environment(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     binds = [postroj.parse_bind(str(src), False), postroj.parse_bind("%s:/opt/data" % src, True)]
-    argv = container(tmp_path, "nsenter", binds=binds, setenv=[("LANG", "C"), ("EMPTY", "")]).nspawn_argv(
-        tmp_path / "upper")
+    argv = container(tmp_path, "nsenter", binds=binds, setenv=[("LANG", "C"), ("EMPTY", "")]).nspawn_argv()
     assert "--bind=%s:%s" % (src, src) in argv
     assert "--bind-ro=%s:/opt/data" % src in argv
     assert "--setenv=LANG=C" in argv
@@ -85,12 +84,12 @@ def test_nspawn_binds_and_environment(tmp_path):
 def test_nspawn_escapes_colons_in_every_path(tmp_path):
     # nspawn splits --overlay and --bind-ro at colons; a state root with a colon needs \: everywhere.
     box = container(tmp_path, "nsenter", home="state:2024")
-    upper = box.rundir / "upper"
-    argv = box.nspawn_argv(upper)
+    upper = box.files.directory / "upper"
+    argv = box.nspawn_argv()
     escaped = lambda path: str(path).replace(":", "\\:")  # noqa: E731
     assert option(argv, "--overlay") == "%s:%s:/" % (escaped(box.image.path), escaped(upper))
     assert [a for a in argv if a.startswith("--bind-ro=")] == [
-        "--bind-ro=%s:%s" % (escaped(box.rundir / "guest"), postroj.GUEST_RUNTIME)]
+        "--bind-ro=%s:%s" % (escaped(box.files.directory / "guest"), postroj.GUEST_RUNTIME)]
 
 
 def test_nspawn_run_argv_for_provisioning(tmp_path):

@@ -144,3 +144,19 @@ def test_package_manager_errors_keep_what_apt_said():
     assert postroj.package_manager_errors(text) == ["E: Release file for http://x/InRelease is expired", "E: failed"]
     assert postroj.package_manager_errors("just\nlines\n") == ["just", "lines"]
 
+
+
+@pytest.mark.parametrize("message, falls_back", [
+    ("skopeo copy docker://docker.io/library/debian:bookworm-slim returned non-zero exit code 1\n  time=... "
+     "pinging container registry registry-1.docker.io: Get ...: dial tcp: lookup registry-1.docker.io: no such host",
+     True),
+    ("skopeo copy docker://x returned non-zero exit code 1\n  ... dial tcp 127.0.0.1:5: connect: connection refused",
+     True),
+    ("skopeo copy docker://x returned non-zero exit code 1\n  reading manifest bookworm-slim: manifest unknown", True),
+    ("skopeo copy docker://x returned non-zero exit code 1\n  writing blob: write /v/oci/blobs: no space left on "
+     "device", False),
+    ("umoci raw unpack returned non-zero exit code 1\n  ... not found", False),
+    ("skopeo copy docker://x returned non-zero exit code 1\n  invalid layer digest", False),
+])
+def test_only_an_unreachable_registry_or_a_missing_image_falls_back(message, falls_back):
+    assert postroj.registry_unavailable(message) is falls_back

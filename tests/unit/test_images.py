@@ -6,7 +6,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import threading
+import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -234,10 +237,70 @@ def test_run_matrix_fail_fast_stops_the_rest():
     lock = threading.Lock()
 
     def probe_one(name, cancel):
+        if cancel.is_set():  # as probe_image: the images after a failure are reported as skipped
+            return [postroj.ProbeResult(name, postroj.Probe("command", "false"), "skip", 0.0,
+                                        reason="not run: --fail-fast")]
         with lock:
             probed.append(name)
         return [postroj.ProbeResult(name, postroj.Probe("command", "false"), "fail", 0.0, reason="exit status 1")]
 
     results = postroj.run_matrix(["a", "b", "c"], 1, True, probe_one, lambda r: None)
     assert probed == ["a"]
-    assert [r.image for r in results] == ["a"]
+    assert [(r.image, r.status) for r in results] == [("a", "fail"), ("b", "skip"), ("c", "skip")]
+
+
+def test_fail_fast_across_images_reports_the_skipped_images(tmp_path):
+    """probe_image itself turns a cancelled image into SKIP rows, which JUnit counts."""
+    plan = postroj.ProbePlan((postroj.Probe("command", "true"), postroj.Probe("unit", "nginx")), fail_fast=True)
+    cancel = threading.Event()
+    cancel.set()
+    settings = postroj.Settings(tmp_path / "home", tmp_path / "cache")
+    rows = postroj.probe_image(settings, "debian-bookworm", plan, pull=False, cancel=cancel, packages={})
+    assert [(r.image, r.probe.kind, r.status, r.reason) for r in rows] == [
+        ("debian-bookworm", "command", "skip", "not run: --fail-fast"),
+        ("debian-bookworm", "unit", "skip", "not run: --fail-fast")]
+    suite = ET.fromstring(postroj.junit_xml(rows)).find("testsuite")
+    assert suite.get("skipped") == "2"
+
+
+# --- ending containers --------------------------------------------------------------
+
+
+class SignalledContainer:
+    """Stands in for a container whose clean-up is hit by SIGTERM (sent by itself) half-way."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def close(self):
+        self.log.append("begun")
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        self.log.append("ended")
+
+
+def test_signals_during_the_clean_up_are_ignored(monkeypatch):
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, postroj._terminate)
+    try:
+        log = []
+        monkeypatch.setattr(postroj, "_live", {SignalledContainer(log), SignalledContainer(log)})
+        postroj.end_all_containers()  # neither Terminated nor KeyboardInterrupt
+        assert log == ["begun", "ended", "begun", "ended"]
+        assert signal.getsignal(signal.SIGTERM) is postroj._terminate, "the handler is back afterwards"
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def test_process_gone_for_exited_reaped_and_zombie_processes():
+    import subprocess
+
+    assert postroj.process_gone(os.getpid()) is False
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while not postroj.process_gone(child.pid):  # a zombie until reaped
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    child.wait()
+    assert postroj.process_gone(child.pid) is True  # reaped: /proc/PID is gone, no exception

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import enum
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -245,6 +247,44 @@ def die(message: str, hint: str = "", usage: bool = False) -> NoReturn:
 # Data model
 # ==============================================================================
 
+class StrEnum(str, enum.Enum):
+    """Kinds that are strings on the wire (JSON, state files, argv): a member is its value, also in
+    str() and format() on every Python (enum.StrEnum is 3.11+)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class ProbeKind(StrEnum):
+    PACKAGE = "package"
+    COPY = "copy"
+    UNIT = "unit"
+    NETWORK = "network"
+    COMMAND = "command"
+
+
+class Status(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+class SourceKind(StrEnum):
+    REGISTRY = "registry"
+    HTTP = "http"
+    TARBALL = "tarball"
+    DIRECTORY = "directory"
+    BOOTSTRAP = "bootstrap"
+
+
+class HostMode(StrEnum):
+    NSENTER = "nsenter"  # no machined: nspawn --register=no, commands through nsenter
+    MACHINED = "machined"  # machines registered with machined, commands through systemd-run
+
+
 PACKAGE_TYPES = {"apt": "deb", "dnf": "rpm", "microdnf": "rpm", "yum": "rpm", "zypper": "rpm", "pacman": "pkg"}
 
 
@@ -322,7 +362,7 @@ class ImageInfo(NamedTuple):
 class Probe(NamedTuple):
     """One check to run in a container: package, copy, unit, network or command."""
 
-    kind: str
+    kind: ProbeKind
     target: str
     expect_status: Optional[int] = None
     expect_body: str = ""
@@ -337,7 +377,7 @@ class ProbeResult(NamedTuple):
 
     image: str
     probe: Probe
-    status: str  # "pass", "fail" or "skip"
+    status: Status
     duration: float
     reason: str = ""
     output: str = ""
@@ -345,7 +385,7 @@ class ProbeResult(NamedTuple):
 
     @property
     def passed(self) -> bool:
-        return self.status == "pass"
+        return self.status == Status.PASS
 
 
 # ==============================================================================
@@ -562,14 +602,15 @@ def require_tool(tool: str) -> str:
     return path
 
 
-_SETPRIV: List[Optional[str]] = []
+@functools.lru_cache(maxsize=None)
+def setpriv_path() -> Optional[str]:
+    return shutil.which("setpriv")
 
 
 def die_with_parent_prefix() -> List[str]:
     """`setpriv --pdeathsig SIGTERM`: children end when postroj is killed, even by SIGKILL."""
-    if not _SETPRIV:
-        _SETPRIV.append(shutil.which("setpriv"))
-    return [_SETPRIV[0], "--pdeathsig", "SIGTERM", "--"] if _SETPRIV[0] else []
+    setpriv = setpriv_path()
+    return [setpriv, "--pdeathsig", "SIGTERM", "--"] if setpriv else []
 
 
 def spawn(cmd: Sequence[str], *, stdin: Any = subprocess.DEVNULL, stdout: Any = None, stderr: Any = None,
@@ -693,15 +734,15 @@ def process_cmdline(pid: int) -> List[str]:
 MACHINED_PATHS = ("/usr/lib/systemd/systemd-machined", "/lib/systemd/systemd-machined")
 
 
-def host_mode() -> str:
+def host_mode() -> HostMode:
     """`machined` when the host runs systemd with machined, else `nsenter` (doctor's rule)."""
     forced = os.environ.get("POSTROJ_MODE", "")
-    if forced in ("machined", "nsenter"):
-        return forced
+    if forced in tuple(HostMode):
+        return HostMode(forced)
     if (os.path.isdir("/run/systemd/system") and any(os.path.exists(p) for p in MACHINED_PATHS)
             and shutil.which("machinectl") and shutil.which("systemd-run")):
-        return "machined"
-    return "nsenter"
+        return HostMode.MACHINED
+    return HostMode.NSENTER
 
 
 def tool_version(tool: str, args: Sequence[str] = ("--version",)) -> str:
@@ -787,7 +828,7 @@ def doctor_checks() -> List[Check]:
     checks.append(Check("systemd-nspawn", bool(nspawn), nspawn or "not found", "apt-get install systemd-container"))
     checks.append(Check("nsenter", bool(shutil.which("nsenter")), "util-linux", "apt-get install util-linux"))
     mode = host_mode()
-    if mode == "machined":
+    if mode == HostMode.MACHINED:
         detail = "reachable: containers are registered (mode: machined)"
     else:
         detail = "not running: --register=no, commands through nsenter (mode: nsenter)"
@@ -830,7 +871,7 @@ class Source(NamedTuple):
     ('' for the catalogue's), and `accept_expired` lets apt take a Release file past its Valid-Until.
     """
 
-    kind: str
+    kind: SourceKind
     location: str
     distribution: Optional[Distribution] = None
     sha256: str = ""
@@ -886,15 +927,15 @@ def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = 
     security = check_mirror(security, "--security-mirror")
     dist = find_distribution(reference)
     if dist:
-        bootstrapped = Source("bootstrap", mirror, dist, security=security, accept_expired=accept_expired)
+        bootstrapped = Source(SourceKind.BOOTSTRAP, mirror, dist, security=security, accept_expired=accept_expired)
         if via == "bootstrap":
             if not dist.can_bootstrap():
                 die("%s cannot be bootstrapped" % dist.label, "only Debian and Ubuntu bootstrap from a mirror; "
                     "omit --via bootstrap", usage=True)
             return dist.label, bootstrapped
         if dist.image.startswith(("http://", "https://")):
-            return dist.label, Source("http", dist.image, dist, dist.checksum)
-        return dist.label, Source("registry", dist.image, dist,
+            return dist.label, Source(SourceKind.HTTP, dist.image, dist, dist.checksum)
+        return dist.label, Source(SourceKind.REGISTRY, dist.image, dist,
                                   fallback=bootstrapped if dist.can_bootstrap() else None)
     if via == "bootstrap":
         raise unknown_name_error("image", reference, all_labels(),
@@ -903,7 +944,7 @@ def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = 
         body = reference.split(":", 1)[1].lstrip("/")
         if not body or any(ch.isspace() for ch in reference):
             die("malformed image reference %r" % reference, "write docker://REGISTRY/REPO:TAG", usage=True)
-        return derive_name(reference), Source("registry", reference)
+        return derive_name(reference), Source(SourceKind.REGISTRY, reference)
     parsed = parse_url(reference)
     if parsed.scheme in ("http", "https"):
         if not parsed.netloc or any(ch.isspace() for ch in reference):
@@ -911,7 +952,7 @@ def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = 
         if not parsed.path.endswith(TARBALL_SUFFIXES):
             die("%s does not name a root file system tarball" % reference,
                 "the URL must end in one of %s" % ", ".join(TARBALL_SUFFIXES), usage=True)
-        return derive_name(parsed.path), Source("http", reference, None, sha256.lower())
+        return derive_name(parsed.path), Source(SourceKind.HTTP, reference, None, sha256.lower())
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", reference):
         die("unsupported scheme in %r" % reference,
             "use docker://, oci:, oci-archive:, docker-archive:, http://, https:// or a local path", usage=True)
@@ -923,11 +964,11 @@ def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = 
             "give a catalogue label, docker://, http(s):// or a path", usage=True)
     if "/" in reference or exists or reference.endswith(TARBALL_SUFFIXES):
         if is_dir:
-            return derive_name(str(path.absolute())), Source("directory", str(path.absolute()))
+            return derive_name(str(path.absolute())), Source(SourceKind.DIRECTORY, str(path.absolute()))
         if is_file or reference.endswith(TARBALL_SUFFIXES):
             if not exists:
                 die("%s does not exist" % reference, "check the path of the tarball", usage=True)
-            return derive_name(path.name), Source("tarball", str(path.absolute()), None, sha256.lower())
+            return derive_name(path.name), Source(SourceKind.TARBALL, str(path.absolute()), None, sha256.lower())
         die("%s does not exist" % reference, "give an existing tarball or directory", usage=True)
     raise unknown_name_error("image", reference, all_labels(), "see `postroj list-images` for the catalogue")
 
@@ -1732,7 +1773,7 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
     rootfs = staging / "rootfs"
     digest = ""
     origin = source.location
-    if source.kind == "registry":
+    if source.kind == SourceKind.REGISTRY:
         layout = settings.archives / name
         fresh = not layout.exists()
         try:
@@ -1751,11 +1792,11 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
             log.warning("%s cannot be fetched from the registry (%s); bootstrapping from the package mirror "
                         "instead", source.location, exc.message.splitlines()[-1].strip())
             source = source.fallback
-    if source.kind == "bootstrap":
+    if source.kind == SourceKind.BOOTSTRAP:
         with Step(name, "bootstrap"):
             origin = bootstrap(settings, source, rootfs)
-    elif source.kind in ("http", "tarball"):
-        if source.kind == "http":
+    elif source.kind in (SourceKind.HTTP, SourceKind.TARBALL):
+        if source.kind == SourceKind.HTTP:
             with Step(name, "fetch"):
                 expected = source.sha256 or fetch_published_sha256(source.location)
                 tarball = download(source.location, settings.downloads)
@@ -1769,7 +1810,7 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
         with Step(name, "unpack"):
             digest = "sha256:" + verify_sha256(tarball, expected, source.location)
             extract_tarball(tarball, rootfs)
-    elif source.kind == "directory":
+    elif source.kind == SourceKind.DIRECTORY:
         log.info("copying %s", source.location)
         # SOURCE/. copies what a link to a root file system points at (images/NAME are such links)
         ensure_dir(rootfs)
@@ -2019,7 +2060,7 @@ class NspawnContainer:
 
     def __init__(self, settings: Settings, image: ImageInfo, *, machine: str = "", binds: Sequence[Bind] = (),
                  setenv: Sequence[Tuple[str, str]] = (), private_network: bool = False, boot_timeout: float = 30,
-                 keep: bool = False, mode: str = "") -> None:
+                 keep: bool = False, mode: Optional[HostMode] = None) -> None:
         self.settings = settings
         self.image = image
         self.requested = machine
@@ -2028,7 +2069,7 @@ class NspawnContainer:
         self.private_network = private_network
         self.boot_timeout = boot_timeout
         self.keep = keep
-        self.mode = mode or host_mode()
+        self.mode = HostMode(mode) if mode else host_mode()
         self.machine = ""
         self.files: Optional[RuntimeFiles] = None
         self.leader = 0
@@ -2161,7 +2202,7 @@ class NspawnContainer:
             with self._lock:
                 self._check_open()
                 self.leader, self.state, self.failed_units = 0, "", []
-                if self.mode == "nsenter":
+                if self.mode == HostMode.NSENTER:
                     self.cgroups = make_cgroups("%s%s.%s" % (CGROUP_PREFIX, self.machine, random_id(8)))
                     self._running.callback(self._remove_cgroups, list(self.cgroups))
                 self.write_state(nspawn_pid=0)
@@ -2260,7 +2301,7 @@ class NspawnContainer:
             "--resolv-conf=%s" % ("off" if self.private_network else "replace-host"),
             Bind(str(self.guest_dir()), GUEST_RUNTIME, readonly=True).option(),
         ]
-        if self.mode == "nsenter":
+        if self.mode == HostMode.NSENTER:
             cmd += ["--register=no", "--keep-unit"]
         if self.private_network:
             cmd.append("--private-network")
@@ -2338,7 +2379,7 @@ class NspawnContainer:
 
     def command_argv(self, argv: Sequence[str], env: Dict[str, str]) -> List[str]:
         """The host command that runs `argv` in the container, by the host mode."""
-        if self.mode == "machined":
+        if self.mode == HostMode.MACHINED:
             cmd = ["systemd-run", "--machine=%s" % self.machine, "--wait", "--pipe", "--quiet", "--collect",
                    "--service-type=exec", "--working-directory=/"]
             cmd += ["--setenv=%s=%s" % (k, v) for k, v in env.items()]
@@ -2359,7 +2400,7 @@ class NspawnContainer:
         env = self.environment()
         # no pdeathsig: the payload's own process, whose exit status and signals are passed on as they are
         proc = spawn(self.command_argv(argv, env), stdin=stdin, stdout=stdout, stderr=stderr,
-                     env=env if self.mode == "nsenter" else None, die_with_parent=False)
+                     env=env if self.mode == HostMode.NSENTER else None, die_with_parent=False)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while not wait_exit(proc, 0.1):
@@ -2370,7 +2411,7 @@ class NspawnContainer:
         except BaseException:
             kill_and_wait(proc)
             raise
-        if self.mode == "machined" and proc.returncode == 203:
+        if self.mode == HostMode.MACHINED and proc.returncode == 203:
             # systemd's EXIT_EXEC: the command could not be executed.
             sys.stderr.write("postroj: %s: command not found in %s\n" % (argv[0], self.machine))
             return 127
@@ -2409,7 +2450,7 @@ class NspawnContainer:
 
     def shell(self) -> int:
         """An interactive login shell (the caller's terminal)."""
-        if self.mode == "machined":
+        if self.mode == HostMode.MACHINED:
             return run(["machinectl", "shell", self.machine], check=False, stdin=None).returncode
         shell = login_shell(Path(self.image.path))
         return run(self.enter_argv() + ["--", shell, "-l"], check=False, stdin=None, env=self.environment()).returncode
@@ -2432,8 +2473,10 @@ class NspawnContainer:
         return self.files.directory / "guest"
 
 
+# --- cgroups ---------------------------------------------------------------------
+
 CGROUP_PREFIX = "postroj."
-_CGROUP_WARNED: List[bool] = []
+CGROUPS_UNAVAILABLE = threading.Event()  # set once the warning that they cannot be made is given
 
 
 def cgroup_mounts() -> List[Tuple[str, str, str]]:
@@ -2485,8 +2528,8 @@ def make_cgroups(name: str) -> List[Path]:
         except FileExistsError:
             pass
         except OSError as exc:
-            if not _CGROUP_WARNED:
-                _CGROUP_WARNED.append(True)
+            if not CGROUPS_UNAVAILABLE.is_set():
+                CGROUPS_UNAVAILABLE.set()
                 log.warning("cannot make a cgroup below %s (%s): containers running at once share one cgroup "
                             "tree and may stop each other's units; run them one at a time (--jobs 1), or give "
                             "postroj a writable cgroup file system", root, exc.strerror or exc)
@@ -2537,6 +2580,9 @@ def remove_cgroups(cgroups: Sequence[str], kill: bool = False) -> None:
             time.sleep(0.02)
 
 
+# --- the overlay and what the container reports --------------------------------------
+
+
 def mask_for_boot(lower: Path, upper: Path) -> None:
     """Mask, in the container's overlay only, what a throw-away container does not need at boot."""
     for rel, names in (("etc/systemd/system-generators", BOOT_MASKED_GENERATORS),
@@ -2566,6 +2612,9 @@ def login_shell(root: Path) -> str:
     except OSError:
         pass
     return "/bin/sh"
+
+
+# --- machines of other postroj processes, kept ones and leftovers: machines, stop, gc ---
 
 
 def machine_registered(name: str) -> bool:
@@ -2935,15 +2984,15 @@ class ProbePlan(NamedTuple):
 
 
 def order_probes(probes: Sequence[Probe]) -> Tuple[Probe, ...]:
-    rank = {"package": 0, "copy": 1, "unit": 2, "network": 3, "command": 4}
-    return tuple(sorted(probes, key=lambda p: rank[p.kind]))
+    """Probes in the order of their kinds' ranks, in the order given within a kind."""
+    return tuple(sorted(probes, key=lambda p: PROBE_RUNNERS[p.kind].rank))
 
 
 def materialize_packages(settings: Settings, probes: Sequence[Probe]) -> Dict[str, Path]:
     """Local paths of the packages: URLs downloaded into POSTROJ_CACHE/downloads first."""
     paths = {}
     for probe in probes:
-        if probe.kind == "package":
+        if probe.kind == ProbeKind.PACKAGE:
             if probe.target.startswith(("http://", "https://")):
                 paths[probe.target] = download(probe.target, settings.downloads)
                 check_package_file(paths[probe.target])
@@ -2979,8 +3028,8 @@ def install_packages(settings: Settings, image: ImageInfo, packages: Sequence[Tu
                                                 what="installing %s" % ", ".join(p.name for _, p in packages))
     duration = (time.monotonic() - t0) / len(packages)
     if code == 0:
-        return [ProbeResult(image.name, probe, "pass", duration, output=tail(output)) for probe, _ in packages]
-    return [ProbeResult(image.name, probe, "fail", duration, reason="%s exited with %d" % (image.package_manager, code),
+        return [ProbeResult(image.name, probe, Status.PASS, duration, output=tail(output)) for probe, _ in packages]
+    return [ProbeResult(image.name, probe, Status.FAIL, duration, reason="%s exited with %d" % (image.package_manager, code),
                         output=tail(output, 40)) for probe, _ in packages]
 
 
@@ -2988,9 +3037,10 @@ def tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def run_unit_probe(container: NspawnContainer, probe: Probe, timeout: float, image: str) -> ProbeResult:
+def run_unit_probe(container: NspawnContainer, probe: Probe, timeout: float) -> ProbeResult:
     """The unit must become active; a unit that exists but is not running is enabled and started."""
     t0 = time.monotonic()
+    image = container.image.name
     unit = probe.target
     deadline = t0 + timeout
     started = False
@@ -2998,7 +3048,7 @@ def run_unit_probe(container: NspawnContainer, probe: Probe, timeout: float, ima
     while True:
         code, state = container.run_captured(["systemctl", "is-active", unit])
         if state == "active":
-            return ProbeResult(image, probe, "pass", time.monotonic() - t0, output=state)
+            return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0, output=state)
         if state == "failed":
             break
         if state in ("inactive", "unknown") and not started:
@@ -3016,43 +3066,47 @@ def run_unit_probe(container: NspawnContainer, probe: Probe, timeout: float, ima
     journal = container.journal_tail(30, unit if state != "not-found" else "")
     reason = {"not-found": "unit %s does not exist" % unit, "failed": "unit %s failed" % unit}.get(
         state, "unit %s is %s, not active, after %s s" % (unit, state or "unknown", timeout))
-    return ProbeResult(image, probe, "fail", time.monotonic() - t0, reason=reason, output=status,
+    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason=reason, output=status,
                        details=journal)
 
 
-def run_network_probe(container: NspawnContainer, probe: Probe, timeout: float, image: str) -> ProbeResult:
+def run_network_probe(container: NspawnContainer, probe: Probe, timeout: float) -> ProbeResult:
     """Connect from inside the container's network namespace, retrying until the timeout."""
     t0 = time.monotonic()
+    image = container.image.name
     cmd = ["nsenter", "--target=%d" % container.leader, "--net", "--", sys.executable, "-I", "-c", NETWORK_CHECK,
            probe.target, str(timeout), "" if probe.expect_status is None else str(probe.expect_status),
            probe.expect_body]
     proc = run(cmd, check=False, capture=True, stderr=subprocess.STDOUT, timeout=timeout + 15)
     output = proc.stdout.decode("utf-8", "replace").strip()
     if proc.returncode == 0:
-        return ProbeResult(image, probe, "pass", time.monotonic() - t0, output=output)
+        return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0, output=output)
     if proc.returncode == NETWORK_WRONG_ANSWER:  # the last answer, not the fact that the time ran out
         reason = "%s answered %s" % (probe.target, output.splitlines()[0] if output else "wrongly")
     else:
         reason = "%s did not answer within %s s" % (probe.target, timeout)
-    return ProbeResult(image, probe, "fail", time.monotonic() - t0, reason=reason, output=output,
+    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason=reason, output=output,
                        details=container.journal_tail(20))
 
 
-def run_command_probe(container: NspawnContainer, probe: Probe, timeout: float, image: str) -> ProbeResult:
+def run_command_probe(container: NspawnContainer, probe: Probe, timeout: float) -> ProbeResult:
+    """The command must exit 0 within the timeout."""
     t0 = time.monotonic()
+    image = container.image.name
     code, output = container.run_captured(["/bin/sh", "-c", probe.target], timeout=timeout)
     if code == 0:
-        return ProbeResult(image, probe, "pass", time.monotonic() - t0, output=tail(output, 40))
+        return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0, output=tail(output, 40))
     reason = "timed out after %s s" % timeout if code == 124 else "exit status %d" % code
     if container.ended():
         reason = "the container shut down while the command ran"
-    return ProbeResult(image, probe, "fail", time.monotonic() - t0, reason=reason, output=tail(output, 40),
+    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason=reason, output=tail(output, 40),
                        details=container.journal_tail(20))
 
 
-def run_copy_probe(container: NspawnContainer, probe: Probe, image: str) -> ProbeResult:
+def run_copy_probe(container: NspawnContainer, probe: Probe, timeout: float) -> ProbeResult:
     """Copy a host file or directory into the container (through the read-only guest directory)."""
     t0 = time.monotonic()
+    image = container.image.name
     source, _, target = probe.target.rpartition(":")
     staged = container.guest_dir() / "copy" / random_id(8)
     ensure_dir(staged.parent)
@@ -3067,8 +3121,8 @@ def run_copy_probe(container: NspawnContainer, probe: Probe, image: str) -> Prob
                                            inner, target])
     shutil.rmtree(staged, ignore_errors=True)
     if code == 0:
-        return ProbeResult(image, probe, "pass", time.monotonic() - t0)
-    return ProbeResult(image, probe, "fail", time.monotonic() - t0, reason="copying failed (%d)" % code,
+        return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0)
+    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason="copying failed (%d)" % code,
                        output=output)
 
 
@@ -3077,10 +3131,10 @@ def probe_image(settings: Settings, name: str, plan: ProbePlan, *, pull: bool, c
     """Boot one fresh container of `name`, run the plan's probes in order, and throw it away."""
     t0 = time.monotonic()
     if cancel.is_set():  # --fail-fast: another image failed first; reported as within an image
-        return [ProbeResult(name, probe, "skip", 0.0, reason="not run: --fail-fast") for probe in plan.probes]
+        return [ProbeResult(name, probe, Status.SKIP, 0.0, reason="not run: --fail-fast") for probe in plan.probes]
     try:
         image = require_image(settings, name, pull=pull)  # package types were checked by cmd_probe
-        pending = [(p, packages[p.target]) for p in plan.probes if p.kind == "package"]
+        pending = [(p, packages[p.target]) for p in plan.probes if p.kind == ProbeKind.PACKAGE]
         with NspawnContainer(settings, image, private_network=plan.private_network,
                              boot_timeout=plan.boot_timeout) as container:
             installed = install_packages(settings, image, pending, container, plan.timeout) if pending else []
@@ -3094,7 +3148,7 @@ def probe_image(settings: Settings, name: str, plan: ProbePlan, *, pull: bool, c
         if isinstance(exc, UsageError):
             raise
         reason = exc.message + ("\nhint: %s" % exc.hint if exc.hint else "")
-        return [ProbeResult(name, probe, "fail", time.monotonic() - t0, reason=reason) for probe in plan.probes]
+        return [ProbeResult(name, probe, Status.FAIL, time.monotonic() - t0, reason=reason) for probe in plan.probes]
 
 
 def run_probes(image: ImageInfo, container: NspawnContainer, plan: ProbePlan, cancel: threading.Event,
@@ -3102,28 +3156,20 @@ def run_probes(image: ImageInfo, container: NspawnContainer, plan: ProbePlan, ca
     """The probes after the packages (`installed` before boot), in order, in the booted container."""
     results: List[ProbeResult] = list(installed)
     # a unit or a port of a package that did not install would only wait out its timeout
-    broken = [os.path.basename(r.probe.target) for r in installed if r.status == "fail"]
+    broken = [os.path.basename(r.probe.target) for r in installed if r.status == Status.FAIL]
     for probe in plan.probes:
-        if plan.fail_fast and any(r.status == "fail" for r in results):
+        if plan.fail_fast and any(r.status == Status.FAIL for r in results):
             cancel.set()
-        if probe.kind == "package":
+        if probe.kind == ProbeKind.PACKAGE:
             continue
         if cancel.is_set():
-            results.append(ProbeResult(image.name, probe, "skip", 0.0, reason="not run: --fail-fast"))
+            results.append(ProbeResult(image.name, probe, Status.SKIP, 0.0, reason="not run: --fail-fast"))
             continue
-        if broken and probe.kind in ("unit", "network"):
-            results.append(ProbeResult(image.name, probe, "skip", 0.0,
+        if broken and probe.kind in (ProbeKind.UNIT, ProbeKind.NETWORK):
+            results.append(ProbeResult(image.name, probe, Status.SKIP, 0.0,
                                        reason="not run: installing %s failed" % ", ".join(broken)))
             continue
-        if probe.kind == "copy":
-            result = run_copy_probe(container, probe, image.name)
-        elif probe.kind == "unit":
-            result = run_unit_probe(container, probe, plan.timeout, image.name)
-        elif probe.kind == "network":
-            result = run_network_probe(container, probe, plan.timeout, image.name)
-        else:
-            result = run_command_probe(container, probe, plan.timeout, image.name)
-        results.append(result)
+        results.append(PROBE_RUNNERS[probe.kind].in_container(container, probe, plan.timeout))
     return results
 
 
@@ -3136,7 +3182,7 @@ def run_matrix(images: Sequence[str], jobs: int, fail_fast: bool,
 
     def one(name: str) -> List[ProbeResult]:
         found = probe_one(name, cancel)
-        if fail_fast and any(r.status == "fail" for r in found):
+        if fail_fast and any(r.status == Status.FAIL for r in found):
             cancel.set()
         return found
 
@@ -3165,6 +3211,120 @@ def run_matrix(images: Sequence[str], jobs: int, fail_fast: bool,
     return results
 
 
+# --- probes in virtual machines ------------------------------------------------------
+
+
+def vm_probe(vm: VagrantMachine, probe: Probe, command: str, limit: float,
+             judge: Callable[[int, str], bool] = lambda code, output: code == 0) -> ProbeResult:
+    """Run `command` in the VM for `probe`, within `limit` s; `judge` tells a pass from its status and output."""
+    t0 = time.monotonic()
+    try:
+        code, output = vm.capture(command, timeout=limit)
+    except PostrojError as exc:  # a time-out is an error
+        return ProbeResult(vm.box.label, probe, Status.FAIL, time.monotonic() - t0, reason=exc.message)
+    if judge(code, output):
+        return ProbeResult(vm.box.label, probe, Status.PASS, time.monotonic() - t0, output=output)
+    return ProbeResult(vm.box.label, probe, Status.FAIL, time.monotonic() - t0, reason="exit status %d" % code,
+                       output=output)
+
+
+def vm_command_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
+    return vm_probe(vm, probe, probe.target, timeout)
+
+
+def vm_unit_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
+    unit = shlex.quote(probe.target)
+    return vm_probe(vm, probe, "sudo systemctl enable --now %s >/dev/null 2>&1; systemctl is-active %s" % (unit, unit),
+                    timeout)
+
+
+def vm_network_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
+    parsed = urllib.parse.urlparse(probe.target)
+    if vm.box.guest == "windows":
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        command = "Test-NetConnection -ComputerName %s -Port %d -InformationLevel Quiet" % (parsed.hostname, port)
+        # Test-NetConnection says False, with exit status 0, when nothing answers
+        return vm_probe(vm, probe, command, timeout + 15,
+                        lambda code, output: code == 0 and output.strip().lower() != "false")
+    if parsed.scheme == "tcp":
+        command = "timeout %d bash -c 'until exec 3<>/dev/tcp/%s/%d; do sleep 1; done'" % (
+            timeout, parsed.hostname, parsed.port)
+    else:
+        command = "curl -fsS --retry-connrefused --retry 30 --max-time %d %s" % (timeout, shlex.quote(probe.target))
+    return vm_probe(vm, probe, command, timeout + 15)
+
+
+def vm_package_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
+    t0 = time.monotonic()
+    local = packages[probe.target]
+    name = local.name
+    windows = vm.box.guest == "windows"
+    upload = vm.vagrant(["upload", str(local), ("C:\\postroj\\" if windows else "/tmp/") + name], check=False)
+    if upload.returncode != 0:
+        return ProbeResult(vm.box.label, probe, Status.FAIL, time.monotonic() - t0, reason="uploading %s failed" % name,
+                           output=clean_console(upload.stderr.decode("utf-8", "replace")))
+    if windows:
+        command = "Start-Process msiexec.exe -Wait -ArgumentList '/i C:\\postroj\\%s /qn'" % name
+    else:
+        command = "sudo apt-get install -y /tmp/%s || sudo dnf install -y /tmp/%s" % (name, name)
+    return vm_probe(vm, probe, command, max(timeout, 300))
+
+
+def vm_copy_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
+    t0 = time.monotonic()
+    source, _, target = probe.target.rpartition(":")
+    proc = vm.vagrant(["upload", source, target], check=False)
+    if proc.returncode == 0:
+        return ProbeResult(vm.box.label, probe, Status.PASS, time.monotonic() - t0)
+    return ProbeResult(vm.box.label, probe, Status.FAIL, time.monotonic() - t0, reason="upload failed")
+
+
+def probe_vm(settings: Settings, box: Box, probes: Sequence[Probe], *, timeout: float, provider: str, keep: bool,
+             packages: Dict[str, Path], report: Callable[[ProbeResult], None]) -> Tuple[List[ProbeResult], bool]:
+    """The probes in a VM of `box` brought up for them and destroyed after (unless `keep`, or it was up
+    before: a VM of `postroj vm up` is the user's); the results, and whether a VM it should end is left running."""
+    vm = VagrantMachine(settings, box, provider)
+    if not keep and (vm.directory / VM_UP_MARK).exists():
+        keep = True
+        log.warning("%s was up before this run (`postroj vm up`): probing it, and leaving it up", box.label)
+    results: List[ProbeResult] = []
+    left_running = False
+    t0 = time.monotonic()
+    try:
+        vm.up()
+        for probe in probes:
+            results.append(PROBE_RUNNERS[probe.kind].in_vm(vm, probe, timeout, packages))
+            report(results[-1])
+    except PostrojError as exc:
+        if results:
+            raise
+        results = [ProbeResult(box.label, p, Status.FAIL, time.monotonic() - t0, reason=exc.message) for p in probes]
+        for result in results:
+            report(result)
+    finally:
+        if not keep:
+            left_running = not vm.destroy_or_warn()
+    return results, left_running
+
+
+class ProbeRunner(NamedTuple):
+    """How one kind of probe runs: its rank in a run, in a booted container (None: installed before the
+    boot), in a VM. Adding a kind of probe: a ProbeKind, a row here, and its command-line option."""
+
+    rank: int
+    in_container: Optional[Callable[[NspawnContainer, Probe, float], ProbeResult]]
+    in_vm: Callable[[VagrantMachine, Probe, float, Dict[str, Path]], ProbeResult]
+
+
+PROBE_RUNNERS: Dict[ProbeKind, ProbeRunner] = {
+    ProbeKind.PACKAGE: ProbeRunner(0, None, vm_package_probe),
+    ProbeKind.COPY: ProbeRunner(1, run_copy_probe, vm_copy_probe),
+    ProbeKind.UNIT: ProbeRunner(2, run_unit_probe, vm_unit_probe),
+    ProbeKind.NETWORK: ProbeRunner(3, run_network_probe, vm_network_probe),
+    ProbeKind.COMMAND: ProbeRunner(4, run_command_probe, vm_command_probe),
+}
+
+
 # ==============================================================================
 # Reports
 # ==============================================================================
@@ -3172,13 +3332,13 @@ def run_matrix(images: Sequence[str], jobs: int, fail_fast: bool,
 
 def format_result(result: ProbeResult, color: bool = False) -> str:
     """One terminal line per image × probe; a failure adds its reason, output and journal."""
-    word = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}[result.status]
+    word = str(result.status).upper()
     if color:
         word = {"PASS": "\x1b[32mPASS\x1b[0m", "FAIL": "\x1b[31mFAIL\x1b[0m", "SKIP": "\x1b[33mSKIP\x1b[0m"}[word]
     line = "%s  %-20s %-50s %6.2fs" % (word, result.image, result.probe.title[:50], result.duration)
-    if result.status == "skip" and result.reason:
+    if result.status == Status.SKIP and result.reason:
         return "%s\n      reason: %s" % (line, result.reason)
-    if result.status != "fail":
+    if result.status != Status.FAIL:
         return line
     parts = [line, "      reason: %s" % result.reason]
     for label, text in (("output", result.output), ("journal", result.details)):
@@ -3191,7 +3351,7 @@ def format_result(result: ProbeResult, color: bool = False) -> str:
 def results_json(results: Sequence[ProbeResult]) -> Dict[str, Any]:
     return {
         "version": __version__,
-        "passed": all(r.status != "fail" for r in results),
+        "passed": all(r.status != Status.FAIL for r in results),
         "results": [{"image": r.image, "kind": r.probe.kind, "target": r.probe.target, "status": r.status,
                      "duration": round(r.duration, 3), "reason": r.reason, "output": r.output, "details": r.details}
                     for r in results],
@@ -3203,23 +3363,23 @@ def junit_xml(results: Sequence[ProbeResult]) -> bytes:
     import xml.etree.ElementTree as ET
 
     suites = ET.Element("testsuites", name="postroj", tests=str(len(results)),
-                        failures=str(sum(r.status == "fail" for r in results)),
+                        failures=str(sum(r.status == Status.FAIL for r in results)),
                         time="%.3f" % sum(r.duration for r in results))
     by_image: Dict[str, List[ProbeResult]] = {}
     for result in results:
         by_image.setdefault(result.image, []).append(result)
     for image, items in by_image.items():
         suite = ET.SubElement(suites, "testsuite", name=image, tests=str(len(items)),
-                              failures=str(sum(r.status == "fail" for r in items)), errors="0",
-                              skipped=str(sum(r.status == "skip" for r in items)),
+                              failures=str(sum(r.status == Status.FAIL for r in items)), errors="0",
+                              skipped=str(sum(r.status == Status.SKIP for r in items)),
                               time="%.3f" % sum(r.duration for r in items), timestamp=now_iso())
         for r in items:
             case = ET.SubElement(suite, "testcase", classname="postroj.%s" % image, name=xml_safe(r.probe.title),
                                  time="%.3f" % r.duration)
-            if r.status == "fail":
+            if r.status == Status.FAIL:
                 failure = ET.SubElement(case, "failure", message=xml_safe(r.reason), type=r.probe.kind)
                 failure.text = xml_safe("\n".join(t for t in (r.output, r.details) if t))
-            elif r.status == "skip":
+            elif r.status == Status.SKIP:
                 ET.SubElement(case, "skipped", message=xml_safe(r.reason))
             if r.output:
                 ET.SubElement(case, "system-out").text = xml_safe(r.output)
@@ -3273,8 +3433,7 @@ def positive_float(text: str) -> float:
     return value
 
 
-def cmd_list_images(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+def cmd_list_images(args: argparse.Namespace, settings: Settings) -> int:
     acquired = {info.name: info for info in list_images(settings)}
     if args.json:
         data = {
@@ -3304,7 +3463,7 @@ def cmd_list_images(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_doctor(args: argparse.Namespace) -> int:
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     checks = doctor_checks()
     if args.json:
         print(json.dumps([c._asdict() for c in checks], indent=2))
@@ -3322,8 +3481,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_OK if all(c.ok for c in checks if c.required) else EXIT_FAILURE
 
 
-def cmd_image(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
     names = list(args.names)
     if args.all:
         names = [d.label for d in DISTRIBUTIONS]
@@ -3349,8 +3507,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if failed else EXIT_OK
 
 
-def cmd_remove(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     require_root("removing images")
     names = [i.name for i in list_images(settings)] if args.all else args.names
     if not names:
@@ -3369,8 +3526,7 @@ def container_options(args: argparse.Namespace) -> Dict[str, Any]:
             "private_network": args.private_network, "boot_timeout": args.boot_timeout, "keep": args.keep}
 
 
-def cmd_container(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+def cmd_container(args: argparse.Namespace, settings: Settings) -> int:
     command = list(args.command)
     options = container_options(args)
     require_root("running containers")
@@ -3390,7 +3546,7 @@ def cmd_container(args: argparse.Namespace) -> int:
             container.release()
             print("container %s keeps running (leader %d)." % (container.machine, container.leader), file=sys.stderr)
             print("enter it: nsenter --target=%d --all --root --wd /bin/sh -l" % container.leader
-                  if container.mode == "nsenter" else "enter it: machinectl shell %s" % container.machine,
+                  if container.mode == HostMode.NSENTER else "enter it: machinectl shell %s" % container.machine,
                   file=sys.stderr)
             print("end it:   postroj stop %s" % container.machine, file=sys.stderr)
     log.info("%s: %s", container.machine, format_timings(container.timings))
@@ -3405,8 +3561,7 @@ cat /etc/os-release
 """
 
 
-def cmd_machines(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+def cmd_machines(args: argparse.Namespace, settings: Settings) -> int:
     machines = list_machines(settings)
     if args.json:
         print(json.dumps([m._asdict() for m in machines], indent=2))
@@ -3416,8 +3571,7 @@ def cmd_machines(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_stop(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
     require_root("ending containers")
     found = {m.name: m for m in list_machines(settings)}
     for name in args.machines:
@@ -3428,8 +3582,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_gc(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
     require_root("collecting garbage")
     for item in collect_garbage(settings):
         print("removed %s" % item)
@@ -3448,18 +3601,18 @@ def build_probes(args: argparse.Namespace) -> Tuple[Probe, ...]:
         else:
             check_package_file(Path(spec))
             spec = str(Path(spec).absolute())
-        probes.append(Probe("package", spec))
+        probes.append(Probe(ProbeKind.PACKAGE, spec))
     for spec in args.copy:
         source, sep, target = spec.rpartition(":")
         if not sep or not source or not target.startswith("/"):
             die("invalid --copy %r" % spec, "write --copy SRC:/ABSOLUTE/DST", usage=True)
         if not Path(source).exists():
             die("--copy source %s does not exist" % source, "check the path", usage=True)
-        probes.append(Probe("copy", "%s:%s" % (Path(source).absolute(), target)))
-    probes += [Probe("unit", unit) for unit in args.check_unit]
-    probes += [Probe("network", parse_network_target(u), args.expect_status, args.expect_body or "")
+        probes.append(Probe(ProbeKind.COPY, "%s:%s" % (Path(source).absolute(), target)))
+    probes += [Probe(ProbeKind.UNIT, unit) for unit in args.check_unit]
+    probes += [Probe(ProbeKind.NETWORK, parse_network_target(u), args.expect_status, args.expect_body or "")
                for u in args.check_network]
-    probes += [Probe("command", c) for c in args.command]
+    probes += [Probe(ProbeKind.COMMAND, c) for c in args.command]
     for unit in args.check_unit:
         if not re.fullmatch(r"[A-Za-z0-9@:._\\-]+", unit):
             die("invalid unit name %r" % unit, "give a systemd unit name, e.g. nginx or nginx.service", usage=True)
@@ -3468,13 +3621,17 @@ def build_probes(args: argparse.Namespace) -> Tuple[Probe, ...]:
     return order_probes(probes)
 
 
-def cmd_probe(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     probes = build_probes(args)
     if not probes:
         die("no probe given", "add --command, --check-unit, --check-network, --package or --copy", usage=True)
+    color = sys.stdout.isatty()
+
+    def report(result: ProbeResult) -> None:
+        print(format_result(result, color), flush=True)
+
     if args.vm:
-        return probe_vms(settings, args, probes)
+        return cmd_probe_vms(args, settings, probes, report)
     images = list(args.image)
     if args.all:
         images += [i.name for i in list_images(settings)]
@@ -3482,7 +3639,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
             die("--all, but no image is acquired", "acquire one with `postroj image debian-bookworm`")
     images = images or [DEFAULT_IMAGE]
     images = list(dict.fromkeys(images))
-    for name in images:
+    for name in images:  # resolved and checked once, here, before anything boots
         info = read_image(settings, name)
         dist = find_distribution(name)
         if info is None and dist is None:
@@ -3491,7 +3648,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
                                      "see `postroj list-images`")
         manager = info.package_manager if info else dist.package_manager if dist else ""
         for probe in probes:
-            kind = package_type(probe.target) if probe.kind == "package" else ""
+            kind = package_type(probe.target) if probe.kind == ProbeKind.PACKAGE else ""
             if kind and manager and not package_matches(kind, manager):
                 die("%s is a .%s package, but %s uses %s" % (os.path.basename(probe.target), kind, name, manager),
                     "give a package built for %s" % name, usage=True)
@@ -3501,39 +3658,24 @@ def cmd_probe(args: argparse.Namespace) -> int:
     plan = ProbePlan(probes, timeout=args.timeout, boot_timeout=args.boot_timeout,
                      private_network=not args.host_network, fail_fast=args.fail_fast)
     packages = materialize_packages(settings, probes)
-    color = sys.stdout.isatty()
-
-    def report(result: ProbeResult) -> None:
-        print(format_result(result, color), flush=True)
 
     def probe_one(name: str, cancel: threading.Event) -> List[ProbeResult]:
         return probe_image(settings, name, plan, pull=not args.no_pull, cancel=cancel, packages=packages)
 
     results = run_matrix(images, args.jobs, args.fail_fast, probe_one, report)
-    return finish_report(args, results)
+    return finish_report(results, args.json, args.junit)
 
 
-def finish_report(args: argparse.Namespace, results: Sequence[ProbeResult]) -> int:
-    failed = sum(r.status == "fail" for r in results)
-    print("%d passed, %d failed, %d skipped" % (sum(r.passed for r in results), failed,
-                                                sum(r.status == "skip" for r in results)), file=sys.stderr)
-    if args.json:
-        write_output(args.json, (json.dumps(results_json(results), indent=2) + "\n").encode())
-    if args.junit:
-        write_output(args.junit, junit_xml(results))
-    return EXIT_FAILURE if failed else EXIT_OK
-
-
-def probe_vms(settings: Settings, args: argparse.Namespace, probes: Sequence[Probe]) -> int:
-    """The probes of a run, in a VM brought up for it and destroyed after (unless --keep)."""
+def cmd_probe_vms(args: argparse.Namespace, settings: Settings, probes: Sequence[Probe],
+                  report: Callable[[ProbeResult], None]) -> int:
+    """probe --vm: the same probes in each box's VM, one after the other."""
     boxes = [find_box(name) for name in args.vm]
-    results: List[ProbeResult] = []
     for box in boxes:
         for probe in probes:
-            if probe.kind == "unit" and box.guest != "linux":
+            if probe.kind == ProbeKind.UNIT and box.guest != "linux":
                 die("--check-unit needs a Linux guest; %s is %s" % (box.label, box.guest), "drop --check-unit",
                     usage=True)
-            if probe.kind == "package":
+            if probe.kind == ProbeKind.PACKAGE:
                 kind = package_type(probe.target)
                 if (kind == "msi") != (box.guest == "windows"):
                     die("%s cannot be installed on %s" % (os.path.basename(probe.target), box.label),
@@ -3541,103 +3683,46 @@ def probe_vms(settings: Settings, args: argparse.Namespace, probes: Sequence[Pro
     require_tool("vagrant")
     check_provider(args.provider)
     packages = materialize_packages(settings, probes)
+    results: List[ProbeResult] = []
     left_running = 0
     for box in boxes:
-        vm = VagrantMachine(settings, box, args.provider)
-        # a VM brought up with `postroj vm up` is the user's: probe it as it is, never destroy it
-        keep = args.keep or (vm.directory / VM_UP_MARK).exists()
-        if keep and not args.keep:
-            log.warning("%s was up before this run (`postroj vm up`): probing it, and leaving it up", box.label)
-        t0 = time.monotonic()
-        try:
-            vm.up()
-        except PostrojError as exc:
-            if not keep:
-                left_running += not vm.destroy_or_warn()
-            results += [ProbeResult(box.label, p, "fail", time.monotonic() - t0, reason=exc.message) for p in probes]
-            for r in results[-len(probes):]:
-                print(format_result(r))
-            continue
-        try:
-            for probe in probes:
-                result = run_vm_probe(vm, probe, args.timeout, packages)
-                print(format_result(result), flush=True)
-                results.append(result)
-        finally:
-            if not keep:
-                left_running += not vm.destroy_or_warn()
-    code = finish_report(args, results)
+        found, left = probe_vm(settings, box, probes, timeout=args.timeout, provider=args.provider, keep=args.keep,
+                               packages=packages, report=report)
+        results += found
+        left_running += left
+    code = finish_report(results, args.json, args.junit)
     return EXIT_FAILURE if left_running else code
 
 
-def run_vm_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
-    """One probe in the VM, bounded by `timeout` as in containers (more for network and package probes)."""
-    t0 = time.monotonic()
-    limit = timeout
-    windows = vm.box.guest == "windows"
-    if probe.kind == "command":
-        command = probe.target
-    elif probe.kind == "unit":
-        command = "sudo systemctl enable --now %s >/dev/null 2>&1; systemctl is-active %s" % (
-            shlex.quote(probe.target), shlex.quote(probe.target))
-    elif probe.kind == "network":
-        parsed = urllib.parse.urlparse(probe.target)
-        if windows:
-            port = parsed.port or (443 if parsed.scheme == "https" else 80)
-            command = "Test-NetConnection -ComputerName %s -Port %d -InformationLevel Quiet" % (parsed.hostname, port)
-        elif parsed.scheme == "tcp":
-            command = "timeout %d bash -c 'until exec 3<>/dev/tcp/%s/%d; do sleep 1; done'" % (
-                timeout, parsed.hostname, parsed.port)
-        else:
-            command = "curl -fsS --retry-connrefused --retry 30 --max-time %d %s" % (timeout, shlex.quote(probe.target))
-        limit = timeout + 15
-    elif probe.kind == "package":
-        local = packages[probe.target]
-        name = local.name
-        limit = max(timeout, 300)
-        if windows:
-            command = "Start-Process msiexec.exe -Wait -ArgumentList '/i C:\\postroj\\%s /qn'" % name
-        else:
-            command = "sudo apt-get install -y /tmp/%s || sudo dnf install -y /tmp/%s" % (name, name)
-        upload = vm.vagrant(["upload", str(local), ("C:\\postroj\\" if windows else "/tmp/") + name], check=False)
-        if upload.returncode != 0:
-            return ProbeResult(vm.box.label, probe, "fail", time.monotonic() - t0, reason="uploading %s failed" % name,
-                               output=clean_console(upload.stderr.decode("utf-8", "replace")))
-    else:
-        source, _, target = probe.target.rpartition(":")
-        proc = vm.vagrant(["upload", source, target], check=False)
-        status = "pass" if proc.returncode == 0 else "fail"
-        return ProbeResult(vm.box.label, probe, status, time.monotonic() - t0,
-                           reason="" if status == "pass" else "upload failed")
-    try:
-        code, output = vm.capture(command, timeout=limit)
-    except PostrojError as exc:  # run() turns a time-out into an error
-        return ProbeResult(vm.box.label, probe, "fail", time.monotonic() - t0, reason=exc.message)
-    if code == 0 and not (windows and probe.kind == "network" and output.strip().lower() == "false"):
-        return ProbeResult(vm.box.label, probe, "pass", time.monotonic() - t0, output=output)
-    return ProbeResult(vm.box.label, probe, "fail", time.monotonic() - t0, reason="exit status %d" % code,
-                       output=output)
+def finish_report(results: Sequence[ProbeResult], json_path: Optional[str] = None,
+                  junit_path: Optional[str] = None) -> int:
+    """The summary line on stderr, the JSON and JUnit reports, and probe's exit code."""
+    failed = sum(r.status == Status.FAIL for r in results)
+    print("%d passed, %d failed, %d skipped" % (sum(r.passed for r in results), failed,
+                                                sum(r.status == Status.SKIP for r in results)), file=sys.stderr)
+    if json_path:
+        write_output(json_path, (json.dumps(results_json(results), indent=2) + "\n").encode())
+    if junit_path:
+        write_output(junit_path, junit_xml(results))
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
-def cmd_selftest(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+def cmd_selftest(args: argparse.Namespace, settings: Settings) -> int:
     images = [i.name for i in list_images(settings)]
     if not images:
         die("no image is acquired", "acquire one with `postroj image debian-bookworm`")
     require_root("probing")
-    plan = ProbePlan((Probe("unit", "systemd-journald"), Probe("command", "hostnamectl")),
+    plan = ProbePlan((Probe(ProbeKind.UNIT, "systemd-journald"), Probe(ProbeKind.COMMAND, "hostnamectl")),
                      boot_timeout=args.boot_timeout)
 
     def probe_one(name: str, cancel: threading.Event) -> List[ProbeResult]:
         return probe_image(settings, name, plan, pull=False, cancel=cancel, packages={})
 
     results = run_matrix(images, args.jobs, False, probe_one, lambda r: print(format_result(r), flush=True))
-    args.json = args.junit = None
-    return finish_report(args, results)
+    return finish_report(results)
 
 
-def cmd_vm(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+def cmd_vm(args: argparse.Namespace, settings: Settings) -> int:
     if args.vm_command == "list":
         rows = []
         for label in list_vms(settings):
@@ -3854,7 +3939,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not getattr(args, "func", None):
             build_parser().print_help(sys.stderr)
             return EXIT_USAGE
-        return int(args.func(args))
+        return int(args.func(args, Settings.from_env()))
     except PostrojError as exc:
         if debug:
             log.exception("traceback")

@@ -127,6 +127,7 @@ def power_off(nspawn: subprocess.Popen, leader: int) -> None:
 
 
 def wait_active(enter: "list[str]", unit: str) -> bool:
+    """Ask systemctl is-active until the unit is active; False when it failed or the time ran out."""
     deadline = time.monotonic() + TIMEOUT
     while True:
         state = subprocess.run(enter + ["systemctl", "is-active", unit], stdin=subprocess.DEVNULL,

@@ -362,6 +362,37 @@ def processes_mentioning(text: str) -> "list[tuple[int, str]]":
     return found
 
 
+def wait_for(predicate, timeout: float = 120, step: float = 0.01, what: str = "condition"):
+    """Poll until `predicate()` is true; returns its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("%s not reached within %s s" % (what, timeout))
+        time.sleep(step)
+
+
+def active_images(home: Path) -> "dict[str, str]":
+    """name -> the version directory the image's link points at, for each activated image of `home`."""
+    images = home / "images"
+    if not images.is_dir():
+        return {}
+    return {p.name: os.path.realpath(p) for p in sorted(images.iterdir()) if not p.name.startswith(".")}
+
+
+def staging_has(home: Path, relative: str) -> bool:
+    """True when an acquisition's staging directory in `home` has `relative` already."""
+    tmp = home / "tmp"
+    return tmp.is_dir() and any((entry / relative).exists() for entry in tmp.iterdir())
+
+
+def nspawn_of(home: Path) -> "list[tuple[int, str]]":
+    """The systemd-nspawn processes of containers of the state root `home`."""
+    return [p for p in processes_mentioning(str(home)) if "systemd-nspawn" in p[1]]
+
+
 def mounts_mentioning(text: str) -> "list[str]":
     return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if text in line]
 

@@ -13,6 +13,7 @@ import time
 import pytest
 
 import rig
+from rig import wait_for
 
 
 def test_os_release(images):
@@ -187,16 +188,8 @@ def test_interactive_shell_under_a_pty(images):
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3, status  # os.waitstatus_to_exitcode is 3.9+
 
 
-def wait_for(predicate, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.02)
 
 
-def container_processes(home) -> "list":
-    return [p for p in rig.processes_mentioning(str(home)) if "systemd-nspawn" in p[1]]
 
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)])
@@ -204,7 +197,7 @@ def container_processes(home) -> "list":
 def test_signals_leave_nothing_behind(images, signum, code, phase):
     proc = images.popen("container", "debian-bookworm", "--", "sh", "-c", "echo started; sleep 60")
     if phase == "boot":
-        wait_for(lambda: container_processes(images.home))
+        wait_for(lambda: rig.nspawn_of(images.home))
     else:
         assert proc.stdout.readline() == "started\n"
     proc.send_signal(signum)

@@ -22,6 +22,7 @@ import pytest
 
 import postroj
 import rig
+from rig import active_images, nspawn_of, staging_has, wait_for
 
 URL_TARBALL = "debian-bookworm-minbase.tar"
 EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}
@@ -33,24 +34,8 @@ SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
 # ==============================================================================
 
 
-def wait_for(predicate, timeout: float = 120, step: float = 0.01, what: str = "condition"):
-    """Poll until `predicate()` is true; returns its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("%s not reached within %s s" % (what, timeout))
-        time.sleep(step)
 
 
-def active_images(home: Path) -> "dict[str, str]":
-    """name -> the version directory the image's link points at."""
-    images = home / "images"
-    if not images.is_dir():
-        return {}
-    return {p.name: os.path.realpath(p) for p in images.iterdir() if not p.name.startswith(".")}
 
 
 def size_of(path: Path) -> int:
@@ -204,13 +189,8 @@ def signal_and_wait(proc: subprocess.Popen, signum: int) -> "tuple[str, str]":
     return proc.communicate(timeout=60)
 
 
-def nspawn_of(home: Path) -> "list":
-    return [p for p in rig.processes_mentioning(str(home)) if "systemd-nspawn" in p[1]]
 
 
-def staging_has(home: Path, relative: str) -> bool:
-    tmp = home / "tmp"
-    return tmp.is_dir() and any((entry / relative).exists() for entry in tmp.iterdir())
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

@@ -7,17 +7,14 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 import rig
+from rig import staging_has, wait_for
 
 
-def active_images(home: Path) -> "list[str]":
-    images = home / "images"
-    return sorted(p.name for p in images.iterdir() if not p.name.startswith(".")) if images.is_dir() else []
 
 
 def assert_boots(postroj, name: str) -> None:
@@ -33,7 +30,7 @@ def test_registry_image_without_systemd_is_provisioned_and_boots(postroj, regist
     postroj.extra_env["CONTAINERS_REGISTRIES_CONF"] = str(registries_conf)
     proc = postroj("-v", "image", "debian-bookworm", check=0, timeout=600)
     assert "installing systemd" in proc.stderr
-    assert active_images(postroj.home) == ["debian-bookworm"]
+    assert list(rig.active_images(postroj.home)) == ["debian-bookworm"]
     meta = json.loads(postroj("list-images", "--json", check=0).stdout)
     (info,) = [i for i in meta["images"] if i["name"] == "debian-bookworm"]
     assert info["source"] == "docker://docker.io/library/debian:bookworm-slim"
@@ -58,7 +55,7 @@ def test_registry_image_without_systemd_is_provisioned_and_boots(postroj, regist
 def test_http_tarball_with_sha256sums(postroj, http_server):
     url = "%s/debian-bullseye-minbase.tar.xz" % http_server.url
     postroj("image", url, "--name", "bullseye-http", check=0, timeout=600)
-    assert active_images(postroj.home) == ["bullseye-http"]
+    assert list(rig.active_images(postroj.home)) == ["bullseye-http"]
     info = json.loads(postroj("list-images", "--json", check=0).stdout)["images"][0]
     sums = (http_server.root / "SHA256SUMS").read_text()
     assert info["digest"][len("sha256:"):] in sums
@@ -75,7 +72,7 @@ def test_wrong_checksum_is_refused_and_nothing_activated(postroj, http_server):
     proc = postroj("image", url, "--sha256", "0" * 64, timeout=600)
     assert proc.returncode == 1
     assert "checksum mismatch" in proc.stderr and "Traceback" not in proc.stderr
-    assert active_images(postroj.home) == []
+    assert list(rig.active_images(postroj.home)) == []
     assert not list((postroj.home / "tmp").iterdir())
 
 
@@ -96,17 +93,8 @@ def test_unreachable_registry_falls_back_to_bootstrap(postroj, tmp_path):
     assert_boots(postroj, "debian-bookworm")
 
 
-def wait_for(predicate, timeout: float = 120, step: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached within %s s" % timeout)
-        time.sleep(step)
 
 
-def staging_has(home: Path, relative: str) -> bool:
-    tmp = home / "tmp"
-    return tmp.is_dir() and any((entry / relative).exists() for entry in tmp.iterdir())
 
 
 @pytest.mark.parametrize("phase", ["download", "unpack", "provisioning"])
@@ -131,9 +119,9 @@ def test_sigkill_leaves_no_half_image(postroj, http_server, phase):
         proc.wait()
     # children die with postroj (PR_SET_PDEATHSIG)
     wait_for(lambda: not rig.processes_mentioning(str(postroj.home)), timeout=20)
-    assert active_images(postroj.home) == []
+    assert list(rig.active_images(postroj.home)) == []
     postroj("image", url, "--name", "killed", check=0, timeout=600)
-    assert active_images(postroj.home) == ["killed"]
+    assert list(rig.active_images(postroj.home)) == ["killed"]
     assert not list((postroj.home / "tmp").iterdir()), "staging of the killed run is cleaned up"
     assert_boots(postroj, "killed")
 
@@ -144,7 +132,7 @@ def test_two_forced_acquisitions_at_once(postroj, http_server):
     procs = [postroj.popen("image", url, "--name", "twice", "--force") for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    assert active_images(postroj.home) == ["twice"]
+    assert list(rig.active_images(postroj.home)) == ["twice"]
     assert len(list((postroj.home / "images" / ".versions").iterdir())) == 1
     assert_boots(postroj, "twice")
 
@@ -153,7 +141,7 @@ def test_remove(postroj, http_server):
     url = "%s/debian-bullseye-minbase.tar.xz" % http_server.url
     postroj("image", url, "--name", "doomed", check=0, timeout=600)
     postroj("remove", "doomed", check=0)
-    assert active_images(postroj.home) == []
+    assert list(rig.active_images(postroj.home)) == []
     assert not list((postroj.home / "images" / ".versions").iterdir())
     proc = postroj("remove", "doomed")
     assert proc.returncode == 1 and "not acquired" in proc.stderr
@@ -167,13 +155,13 @@ def test_tarball_without_os_is_refused(postroj, tmp_path):
     subprocess.run(["tar", "-C", str(tree), "-cf", str(tarball), "."], check=True)
     proc = postroj("image", str(tarball))
     assert proc.returncode == 1 and "os-release" in proc.stderr
-    assert active_images(postroj.home) == []
+    assert list(rig.active_images(postroj.home)) == []
 
 
 def test_oci_layout_transport(postroj):
     layout = rig.oci_layout()
     postroj("image", "oci:%s:bullseye-slim" % layout, "--name", "from-layout", check=0, timeout=600)
-    assert active_images(postroj.home) == ["from-layout"]
+    assert list(rig.active_images(postroj.home)) == ["from-layout"]
     info = json.loads(postroj("list-images", "--json", check=0).stdout)["images"][0]
     assert info["os_release"] == "Debian GNU/Linux 11 (bullseye)" and info["digest"].startswith("sha256:")
     assert_boots(postroj, "from-layout")

@@ -3,6 +3,7 @@ Vagrantfile it writes. Nothing is booted: the argv lists are checked as data."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -160,7 +161,7 @@ def test_make_cgroups_warns_once_where_it_cannot(tmp_path, monkeypatch, caplog):
     writable, unwritable = tmp_path / "unified", Path("/proc/postroj-cannot-make-this")
     writable.mkdir()
     monkeypatch.setattr(postroj, "systemd_cgroup_roots", lambda: [unwritable, writable])
-    monkeypatch.setattr(postroj, "_CGROUP_WARNED", [])
+    monkeypatch.setattr(postroj, "CGROUPS_UNAVAILABLE", threading.Event())
     assert postroj.make_cgroups("postroj.m.1") == [writable / "postroj.m.1"]
     assert postroj.make_cgroups("postroj.m.2") == [writable / "postroj.m.2"]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

@@ -270,7 +270,7 @@ def test_tracebacks_show_the_archive_source(snapshot, tmp_path):
     tree.mkdir()
     shutil.copyfile(snapshot / "build_zipapp.py", tree / "build_zipapp.py")
     (tree / "postroj.py").write_text((snapshot / "postroj.py").read_text()
-                                     + "\n\ndef cmd_list_images(args):\n    die('planted failure')\n")
+                                     + "\n\ndef cmd_list_images(args, settings):\n    die('planted failure')\n")
     pyz = build(sys.executable, tree, tmp_path / "crash.pyz")
     for _ in ("compiled", "cached"):
         proc = run_pyz(sys.executable, pyz, tmp_path, "--debug", "list-images")

@@ -2060,8 +2060,9 @@ class NspawnContainer:
 
     def __init__(self, settings: Settings, image: ImageInfo, *, machine: str = "", binds: Sequence[Bind] = (),
                  setenv: Sequence[Tuple[str, str]] = (), private_network: bool = False, boot_timeout: float = 30,
-                 keep: bool = False, mode: Optional[HostMode] = None) -> None:
+                 keep: bool = False, mode: Optional[HostMode] = None, scratch: str = "") -> None:
         self.settings = settings
+        self.scratch = scratch  # a path in the container where a writable host directory is bound
         self.image = image
         self.requested = machine
         self.binds = list(binds)
@@ -2168,6 +2169,8 @@ class NspawnContainer:
         private_dir(self.files.directory)
         os.chmod(ensure_dir(self.upper), 0o755)
         ensure_dir(self.guest_dir())
+        if self.scratch:
+            os.chmod(ensure_dir(self.scratch_dir()), 0o1777)  # as /tmp: tests may run as a normal user
         mask_for_boot(Path(self.image.path), self.upper)
 
     def run_in_overlay(self, argv: Sequence[str], binds: Sequence[Tuple[str, str]] = (), timeout: float = 600,
@@ -2305,6 +2308,8 @@ class NspawnContainer:
             cmd += ["--register=no", "--keep-unit"]
         if self.private_network:
             cmd.append("--private-network")
+        if self.scratch:
+            cmd.append(Bind(str(self.scratch_dir()), self.scratch).option())
         cmd += [bind.option() for bind in self.binds]
         cmd += ["--setenv=%s=%s" % (k, v) for k, v in self.setenv]
         return cmd
@@ -2385,6 +2390,14 @@ class NspawnContainer:
             cmd += ["--setenv=%s=%s" % (k, v) for k, v in env.items()]
             return cmd + ["--", *argv]
         return self.enter_argv() + ["--", *argv]
+
+    def exec_prefix(self) -> List[str]:
+        """An argv prefix for other programs (autopkgtest) to run a command in the container with postroj's
+        environment; the command's status, and its death by a signal, come back as nsenter's own."""
+        env = self.environment()
+        if self.mode == HostMode.MACHINED:
+            return self.command_argv([], env)
+        return self.enter_argv() + ["--", "/usr/bin/env", "-i"] + ["%s=%s" % item for item in env.items()]
 
     def environment(self, extra: Sequence[Tuple[str, str]] = ()) -> Dict[str, str]:
         env = dict(CONTAINER_ENV)
@@ -2471,6 +2484,11 @@ class NspawnContainer:
         """A host directory that shows up read-only at /run/postroj in the container."""
         assert self.files is not None
         return self.files.directory / "guest"
+
+    def scratch_dir(self) -> Path:
+        """The host side of the writable directory bound at `self.scratch`, made afresh with the overlay."""
+        assert self.files is not None
+        return self.files.directory / "scratch"
 
 
 # --- cgroups ---------------------------------------------------------------------
@@ -3409,6 +3427,258 @@ def print_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
 
 
 # ==============================================================================
+# autopkgtest testbed
+# ==============================================================================
+
+AUTOPKGTEST_NAME = "autopkgtest-virt-postroj"
+# The testbed's scratch directory: a host directory bound in (copies are free), outside /tmp, which
+# systemd may mount a tmpfs over, and the same path after revert and reboot, as autopkgtest wants.
+AUTOPKGTEST_DOWNTMP = "/var/tmp/autopkgtest"
+# autopkgtest's own exit status for a failure of its virtualisation server (VirtSubproc's Quit(12)).
+AUTOPKGTEST_FAILURE = 12
+
+
+class NotOk(NamedTuple):
+    """The reply to a command that failed without breaking the testbed (`copy-failed`)."""
+
+    reply: str
+
+
+class TestbedFailure(Exception):
+    """A command autopkgtest may not give now: the server says why on stderr, closes the testbed, exits 12."""
+
+
+class AutopkgtestTestbed:
+    """A virtualisation server for autopkgtest (README.virtualisation-server.rst of Debian's autopkgtest):
+    line commands on stdin, `ok ...` replies on stdout, one postroj container per `open`, thrown away by
+    `close`, `revert` (a fresh overlay) and at the end, however it ends."""
+
+    CAPABILITIES = ("revert", "revert-full-system", "isolation-container", "root-on-testbed", "reboot")
+
+    def __init__(self, settings: Settings, image: ImageInfo, options: Dict[str, Any], boot_timeout: float,
+                 stdin: IO[str], stdout: IO[str]) -> None:
+        self.settings = settings
+        self.image = image
+        self.options = options
+        self.boot_timeout = boot_timeout
+        self.stdin = stdin
+        self.stdout = stdout
+        self.container: Optional[NspawnContainer] = None
+
+    # --- the protocol ---
+
+    def serve(self) -> int:
+        """Answer commands until `quit` (0), or until a failure or the end of stdin (12)."""
+        self.reply("ok")
+        try:
+            while True:
+                line = self.stdin.readline()
+                if not line:
+                    raise TestbedFailure("end of file - caller quit?")
+                words = [urllib.parse.unquote(word) for word in line.split()]
+                if not words:
+                    raise TestbedFailure("empty commands are not permitted")
+                if words == ["quit"]:
+                    self.close()
+                    self.reply("ok")
+                    return EXIT_OK
+                handler = getattr(self, "cmd_" + words[0].replace("-", "_"), None)
+                if handler is None:
+                    raise TestbedFailure("unknown command `%s'" % words[0])
+                self.check_arguments(handler, len(words) - 1, words[0])
+                answer = handler(*words[1:])
+                if isinstance(answer, NotOk):  # a command that failed but leaves the testbed usable
+                    self.reply(answer.reply)
+                else:
+                    self.reply("ok %s" % answer if answer else "ok")
+        except TestbedFailure as exc:
+            self.close()
+            print("%s: failure: %s" % (AUTOPKGTEST_NAME, exc), file=sys.stderr)
+            return AUTOPKGTEST_FAILURE
+        finally:
+            self.close()
+
+    @staticmethod
+    def check_arguments(handler: Callable[..., Any], given: int, name: str) -> None:
+        import inspect
+
+        parameters = list(inspect.signature(handler).parameters.values())
+        needed = sum(p.default is inspect.Parameter.empty and p.kind == p.POSITIONAL_OR_KEYWORD for p in parameters)
+        variadic = any(p.kind == p.VAR_POSITIONAL for p in parameters)
+        if given < needed:
+            raise TestbedFailure("too few arguments to command `%s'" % name)
+        if given > len(parameters) and not variadic:
+            raise TestbedFailure("too many arguments to command `%s'" % name)
+
+    def reply(self, line: str) -> None:
+        try:
+            self.stdout.write(line + "\n")
+            self.stdout.flush()
+        except BrokenPipeError:
+            # autopkgtest closes its end before it sends `quit`: the reply has no reader, and the
+            # interpreter's last flush at exit must not fail on it either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stdout.fileno())
+
+    def require_open(self, name: str) -> NspawnContainer:
+        if self.container is None:
+            raise TestbedFailure("`%s' when not open" % name)
+        return self.container
+
+    # --- commands ---
+
+    def cmd_capabilities(self) -> str:
+        found = list(self.CAPABILITIES)
+        if self.container is not None:
+            found.append("downtmp-host=%s" % self.container.scratch_dir())
+        return " ".join(found)
+
+    def cmd_open(self) -> str:
+        if self.container is not None:
+            raise TestbedFailure("`open' when already open")
+        container = NspawnContainer(self.settings, self.image, scratch=AUTOPKGTEST_DOWNTMP,
+                                    boot_timeout=self.boot_timeout, **self.options)
+        self.container = container
+        container.create()
+        container.boot()
+        return AUTOPKGTEST_DOWNTMP
+
+    def cmd_close(self) -> None:
+        self.require_open("close")
+        self.close()
+
+    def cmd_revert(self) -> str:
+        self.require_open("revert").revert()
+        return AUTOPKGTEST_DOWNTMP
+
+    def cmd_reboot(self, mode: str = "") -> str:
+        container = self.require_open("reboot")
+        if mode == "prepare-only":
+            # the test reboots the testbed itself: wait for its shutdown, then boot the same overlay again
+            deadline = time.monotonic() + 300
+            while not container.ended():
+                if time.monotonic() > deadline:
+                    raise TestbedFailure("timed out waiting for the testbed to reboot")
+                time.sleep(0.1)
+        elif mode:
+            raise TestbedFailure("unknown argument `%s' to command `reboot'" % mode)
+        container.reboot()
+        return AUTOPKGTEST_DOWNTMP
+
+    def cmd_print_execute_command(self) -> str:
+        prefix = self.require_open("print-execute-command").exec_prefix()
+        return ",".join(urllib.parse.quote(arg) for arg in prefix)
+
+    def cmd_copydown(self, source: str, target: str) -> Optional[NotOk]:
+        return self.copy("copydown", source, target, up=False)
+
+    def cmd_copyup(self, source: str, target: str) -> Optional[NotOk]:
+        return self.copy("copyup", source, target, up=True)
+
+    def cmd_auxverb_debug_fail(self) -> None:
+        """What autopkgtest asks after a failure, for its log: the testbed's state, on stderr."""
+        if self.container is not None:
+            log.warning("%s: %s; last journal lines:\n%s", self.container.machine,
+                        self.container.system_state(10) or "not running", self.container.journal_tail(15))
+
+    def cmd_shell(self, directory: str, *environment: str) -> None:
+        container = self.require_open("shell")
+        script = "cd %s; %s exec bash -i 2>/dev/null || exec sh -i" % (
+            shlex.quote(directory), "".join("export %s; " % shlex.quote(e) for e in environment))
+        try:
+            with open("/dev/tty", "rb") as tty_in, open("/dev/tty", "wb") as tty_out:
+                container.execute(["sh", "-c", script], stdin=tty_in, stdout=tty_out, stderr=tty_out)
+        except OSError as exc:
+            log.error("cannot run a shell: %s", exc)
+
+    # --- copies ---
+
+    def copy(self, name: str, source: str, target: str, up: bool) -> Optional[NotOk]:
+        """copyup/copydown: directories when both paths end in /, files when neither does; through the
+        scratch directory's host side when the testbed path is in it, else streamed through tar or cat."""
+        container = self.require_open(name)
+        if not source or not target:
+            raise TestbedFailure("%s paths must be nonempty" % name)
+        directory = source.endswith("/")
+        if directory != target.endswith("/"):
+            raise TestbedFailure("%s paths must agree about directoryness (presence or absence of trailing /)"
+                                 % name)
+        host, inside = (target, source) if up else (source, target)
+        shared = self.shared_path(container, inside)
+        try:
+            if shared is not None:
+                source_path, target_path = (shared, Path(host)) if up else (Path(host), shared)
+                if os.path.abspath(source_path) != os.path.abspath(target_path):  # autopkgtest may put it there
+                    copy_tree_or_file(source_path, target_path, directory)
+            elif directory:
+                self.stream_tree(container, host, inside, up)
+            else:
+                self.stream_file(container, host, inside, up)
+        except (OSError, PostrojError) as exc:
+            log.warning("%s %s %s failed: %s", name, source, target, exc)
+            return NotOk("copy-failed")
+        return None
+
+    @staticmethod
+    def shared_path(container: NspawnContainer, inside: str) -> Optional[Path]:
+        relative = os.path.normpath(inside)
+        if relative != AUTOPKGTEST_DOWNTMP and not relative.startswith(AUTOPKGTEST_DOWNTMP + "/"):
+            return None
+        return container.scratch_dir() / os.path.relpath(relative, AUTOPKGTEST_DOWNTMP)
+
+    @staticmethod
+    def stream_file(container: NspawnContainer, host: str, inside: str, up: bool) -> None:
+        if up:
+            with open(host, "wb") as out:
+                code = container.execute(["cat", "--", inside], stdin=subprocess.DEVNULL, stdout=out)
+        else:
+            mode = " && chmod +x -- \"$1\"" if os.stat(host).st_mode & 0o111 else ""
+            with open(host, "rb") as source:
+                code = container.execute(["sh", "-ec", 'cat > "$1"' + mode, "sh", inside], stdin=source)
+        if code != 0:
+            raise PostrojError("exit status %d" % code)
+
+    @staticmethod
+    def stream_tree(container: NspawnContainer, host: str, inside: str, up: bool) -> None:
+        unpack = ["--warning=none", "--preserve-permissions", "--extract", "--no-same-owner", "-f", "-"]
+        if up:
+            os.makedirs(host, exist_ok=True)
+            local = spawn(["tar", "--directory", host, *unpack], stdin=subprocess.PIPE)
+            assert local.stdin is not None
+            code = container.execute(["sh", "-ec", 'cd "$1"; tar --warning=none -c -f - .', "sh", inside],
+                                     stdin=subprocess.DEVNULL, stdout=local.stdin)
+            local.stdin.close()
+        else:
+            local = spawn(["tar", "--directory", host, "--warning=none", "-c", "-f", "-", "."], stdout=subprocess.PIPE)
+            assert local.stdout is not None
+            code = container.execute(["sh", "-ec", 'mkdir -p -- "$1"; cd "$1"; tar %s' % " ".join(unpack), "sh",
+                                      inside], stdin=local.stdout)
+            local.stdout.close()
+        if local.wait() != 0 or code != 0:
+            raise PostrojError("tar exit status %d in the testbed, %d on the host" % (code, local.returncode))
+
+    def close(self) -> None:
+        container, self.container = self.container, None
+        if container is not None:
+            container.close()
+
+
+def copy_tree_or_file(source: Path, target: Path, directory: bool) -> None:
+    """Copy a directory's content into `target` (made if need be, merged), or one file, keeping modes."""
+    if directory:
+        target.mkdir(parents=True, exist_ok=True)
+        for entry in source.iterdir():
+            copy_tree_or_file(entry, target / entry.name, entry.is_dir() and not entry.is_symlink())
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_symlink():
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        os.symlink(os.readlink(source), target)
+    else:
+        shutil.copy2(source, target)
+
+
+# ==============================================================================
 # Command line
 # ==============================================================================
 
@@ -3722,6 +3992,27 @@ def cmd_selftest(args: argparse.Namespace, settings: Settings) -> int:
     return finish_report(results)
 
 
+def cmd_autopkgtest_virt(args: argparse.Namespace, settings: Settings) -> int:
+    """The autopkgtest virtualisation server on stdin and stdout (`autopkgtest SRC -- postroj IMAGE`)."""
+    options = container_options(args)
+    options.pop("boot_timeout")
+    options.pop("keep")
+    options["private_network"] = args.private_network and not args.host_network
+    if args.debug_server:
+        logging.getLogger().setLevel(logging.DEBUG)
+    require_root("running containers")
+    # refused before `ok`, so that autopkgtest reports it as the server's failure to start
+    image = require_image(settings, args.image, pull=args.pull)
+    if image.package_manager == "apt":
+        # test dependencies come from postroj's package cache of the release, and what apt downloads
+        # stays there for the next run, as for probes (apt locks the directory against concurrent use)
+        cache = package_cache_for(settings, read_os_release(Path(image.path)))
+        options["binds"] = [Bind(str(cache), "/var/cache/apt/archives")] + options["binds"]
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, _terminate)  # autopkgtest's servers clean up on SIGHUP too
+    return AutopkgtestTestbed(settings, image, options, args.boot_timeout, sys.stdin, sys.stdout).serve()
+
+
 def cmd_vm(args: argparse.Namespace, settings: Settings) -> int:
     if args.vm_command == "list":
         rows = []
@@ -3875,6 +4166,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_container_options(p)
     p.set_defaults(func=cmd_selftest)
 
+    p = sub.add_parser("autopkgtest-virt", help="serve autopkgtest as its virtualisation server (`autopkgtest "
+                       "SRC -- postroj.pyz autopkgtest-virt IMAGE`, or `-- postroj IMAGE` through a link named %s)"
+                       % AUTOPKGTEST_NAME)
+    p.add_argument("image", metavar="IMAGE", help="the image to test in (catalogue label or acquired name)")
+    p.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]")
+    p.add_argument("--bind-ro", action="append", default=[], metavar="SRC[:DST]")
+    p.add_argument("--setenv", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--private-network", action="store_true", help="loopback only (test dependencies then "
+                   "cannot be downloaded)")
+    p.add_argument("--host-network", action="store_true", help="the host's network (the default)")
+    p.add_argument("--pull", action="store_true", help="acquire the image first when it is not there")
+    p.add_argument("-d", "--debug-server", action="store_true", help="log every command on stderr")
+    add_container_options(p)
+    p.set_defaults(func=cmd_autopkgtest_virt, machine="", keep=False)
+
     p = sub.add_parser("vm", help="full virtual machines through Vagrant")
     vm = p.add_subparsers(dest="vm_command", metavar="ACTION", parser_class=ArgumentParser)
     vm.required = True
@@ -3921,6 +4227,8 @@ def _terminate(signum: int, frame: Any) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse the command line, run the command, turn expected failures into messages and exit codes."""
+    if argv is None and os.path.basename(sys.argv[0]) == AUTOPKGTEST_NAME:
+        argv = ["autopkgtest-virt"] + sys.argv[1:]  # autopkgtest ... -- postroj IMAGE
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv == ["--version"]:
         print("postroj %s" % __version__)

@@ -3,7 +3,7 @@
 PYTHON ?= python3
 PYZ := postroj.pyz
 APT_PACKAGES := systemd-container skopeo umoci mmdebstrap debootstrap docker-registry \
-                util-linux xz-utils zstd dpkg-dev iproute2 python3-pytest vagrant
+                util-linux xz-utils zstd dpkg-dev iproute2 python3-pytest vagrant autopkgtest
 export DEBIAN_FRONTEND := noninteractive
 
 .PHONY: all setup test unit integration demo bench clean
@@ -17,6 +17,8 @@ setup:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
 	@$(PYTHON) -c "import pytest" 2>/dev/null || $(PYTHON) -m pip install -q pytest
+	@# autopkgtest's unshare backend, which the tests run beside postroj, maps root's ids through these
+	@for f in /etc/subuid /etc/subgid; do grep -q '^root:' $$f 2>/dev/null || echo 'root:100000:65536' >> $$f; done
 
 test: setup $(PYZ)
 	$(PYTHON) -m pytest -q tests

@@ -2221,6 +2221,9 @@ class NspawnContainer:
         finally:
             notify.close()
         self.write_state(nspawn_pid=self.proc.pid)
+        with self._lock:
+            if not self._closed:
+                self.leader_file().write_text("%d\n" % self.leader)
         log.debug("container %s up in %.3f s (leader %d, %s, mode %s)", self.machine, time.monotonic() - t0,
                   self.leader, self.state, self.mode)
 
@@ -2396,8 +2399,16 @@ class NspawnContainer:
         environment; the command's status, and its death by a signal, come back as nsenter's own."""
         env = self.environment()
         if self.mode == HostMode.MACHINED:
-            return self.command_argv([], env)
-        return self.enter_argv() + ["--", "/usr/bin/env", "-i"] + ["%s=%s" % item for item in env.items()]
+            return self.command_argv([], env)  # by machine name: the same after a reboot
+        # the leader changes when the container reboots, the prefix must not: it reads the leader's PID
+        # from the file boot() writes, at every use
+        script = 'exec nsenter --target="$(cat "$0")" --all --root --wd -- "$@"'
+        return ["sh", "-c", script, str(self.leader_file()), "/usr/bin/env", "-i"] + [
+            "%s=%s" % item for item in env.items()]
+
+    def leader_file(self) -> Path:
+        assert self.files is not None
+        return self.files.directory / "leader"
 
     def environment(self, extra: Sequence[Tuple[str, str]] = ()) -> Dict[str, str]:
         env = dict(CONTAINER_ENV)
@@ -3550,7 +3561,7 @@ class AutopkgtestTestbed:
         self.require_open("revert").revert()
         return AUTOPKGTEST_DOWNTMP
 
-    def cmd_reboot(self, mode: str = "") -> str:
+    def cmd_reboot(self, mode: str = "") -> None:
         container = self.require_open("reboot")
         if mode == "prepare-only":
             # the test reboots the testbed itself: wait for its shutdown, then boot the same overlay again
@@ -3561,8 +3572,8 @@ class AutopkgtestTestbed:
                 time.sleep(0.1)
         elif mode:
             raise TestbedFailure("unknown argument `%s' to command `reboot'" % mode)
-        container.reboot()
-        return AUTOPKGTEST_DOWNTMP
+        container.reboot()  # autopkgtest takes no scratch path from this reply, whatever the spec says
+        return None
 
     def cmd_print_execute_command(self) -> str:
         prefix = self.require_open("print-execute-command").exec_prefix()
@@ -3595,7 +3606,9 @@ class AutopkgtestTestbed:
     def copy(self, name: str, source: str, target: str, up: bool) -> Optional[NotOk]:
         """copyup/copydown: directories when both paths end in /, files when neither does; through the
         scratch directory's host side when the testbed path is in it, else streamed through tar or cat."""
-        container = self.require_open(name)
+        if self.container is None:
+            raise TestbedFailure("%s when not open" % name)  # autopkgtest's wording, without quotes
+        container = self.container
         if not source or not target:
             raise TestbedFailure("%s paths must be nonempty" % name)
         directory = source.endswith("/")

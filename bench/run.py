@@ -9,16 +9,21 @@ so that a noisy machine affects both sides alike; the verdict is the ratio of me
 5. peak resident memory of postroj during a probe
 6. package probe: nginx's .deb (which needs nginx-common) installed, its unit active, HTTP answered,
    vs. the same steps by hand (bench/floor.py --package), both with a warm apt cache
+7. autopkgtest: hello's tests through postroj's virtualisation server vs. autopkgtest's own unshare
+   backend on the rig's minbase tarball (the root file system the bench's image is built from);
+   7b, once each, no target: memcached's isolation-container tests, which unshare skips
 
 usage: bench/run.py [--rounds N] [--only 1,2,...] [--json FILE]
-Needs root, the packages of `make setup`, and Debian's mirror (for provisioning and pair 6).
+Needs root, the packages of `make setup`, and Debian's mirror (for provisioning and pairs 6 and 7).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -36,6 +41,10 @@ FLOOR = REPO / "bench" / "floor.py"
 BENCH_DIR = Path(os.environ.get("POSTROJ_BENCH_DIR", "/var/tmp/postroj-bench"))
 PROBE = "systemctl is-active systemd-journald"
 URL = "http://localhost:80"
+HELLO_TESTS = ("command1", "upstream-tests")
+# autopkgtest's exit codes for runs that tested (bits: 2 some skipped, 4 some failed, 8 none ran); from 12
+# up the package, the testbed or autopkgtest itself failed
+AUTOPKGTEST_RAN = (0, 2, 4, 6, 8)
 
 
 def timed(cmd: "list[str]", env: "dict[str, str] | None" = None, check: bool = True) -> float:
@@ -47,6 +56,26 @@ def timed(cmd: "list[str]", env: "dict[str, str] | None" = None, check: bool = T
     if check and proc.returncode != 0:
         raise SystemExit("%s failed (%d):\n%s" % (" ".join(cmd), proc.returncode, proc.stderr.decode()[-2000:]))
     return elapsed
+
+
+def autopkgtest_results(log: str) -> "dict[str, str]":
+    """Test name -> PASS, FAIL, SKIP, ... from the lines after the "@@@@ summary" line of autopkgtest's log.
+    autopkgtest 5.28 lists a test skipped for its restrictions twice there: each name counts once."""
+    lines = log.splitlines()
+    starts = [i for i, line in enumerate(lines) if "@@@@ summary" in line]
+    results = {}
+    for line in lines[starts[-1] + 1:] if starts else []:
+        fields = line.split()
+        if len(fields) >= 2 and not line.startswith("autopkgtest ["):
+            results[fields[0]] = fields[1]
+    return results
+
+
+def unshare_roots() -> "set[str]":
+    """The root file systems autopkgtest-virt-unshare unpacked (in mkdtemp's directories, where it puts
+    them by default; useradd gave each a /home/unshare) and did not remove yet."""
+    return {os.path.dirname(os.path.dirname(home))
+            for home in glob.glob(os.path.join(tempfile.gettempdir(), "tmp*", "home", "unshare"))}
 
 
 def summary(samples: "list[float]") -> "dict[str, float]":
@@ -212,16 +241,10 @@ class Bench:
                     "none (what two boots at once gain on this machine)", None, higher_is_better=True)
 
     def nginx_deb(self) -> Path:
-        """nginx's .deb from this host's apt sources, downloaded once into the bench's directory."""
-        debs = BENCH_DIR / "debs"
-        found = sorted(debs.glob("nginx_*.deb"))
-        if not found:
-            debs.mkdir(parents=True, exist_ok=True)
-            # the sandbox user _apt cannot write to a directory of root's
-            subprocess.run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", "nginx"], cwd=str(debs),
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
-            found = sorted(debs.glob("nginx_*.deb"))
-        return found[-1]
+        """nginx's newest .deb of bookworm and its -updates and -security, fetched with apt-get download
+        through the rig's private apt configuration (fresh lists, the host's apt state untouched)."""
+        apt = rig.PrivateApt(BENCH_DIR / "apt-download", rig.DEBIAN_SOURCES["bookworm"])
+        return apt.download("nginx", BENCH_DIR / "debs")
 
     def package_probe(self) -> None:
         deb = str(self.nginx_deb())
@@ -238,6 +261,68 @@ class Bench:
                     "postroj.pyz probe --package --check-unit --check-network", xs,
                     "floor.py --package (nspawn apt-get install, boot, by hand)", ys,
                     "postroj <= 1.0 x by hand", 1.0)
+
+    def autopkgtest(self, dsc: Path, side: str, virt: "list[str]") -> "tuple[float, int, dict[str, str]]":
+        """One `autopkgtest DSC -- VIRT...` run: its wall time, exit code and each test's result. Its log
+        and artifacts stay in BENCH_DIR/autopkgtest/SIDE until that side's next run; a run that did not
+        test, or that leaves a container or an unpacked root file system behind, stops the bench."""
+        out = BENCH_DIR / "autopkgtest" / side
+        shutil.rmtree(out, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = ["autopkgtest", "--no-built-binaries", "-o", str(out), "-U", str(dsc), "--", *virt]
+        roots = unshare_roots()
+        start = time.monotonic()
+        proc = subprocess.run(cmd, env=self.env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, check=False)
+        elapsed = time.monotonic() - start
+        log = out / "log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if proc.returncode not in AUTOPKGTEST_RAN:
+            raise SystemExit("%s failed (%d), its log: %s\n%s" % (shlex.join(cmd), proc.returncode, log,
+                                                                  text[-3000:]))
+        left = ["nspawn %d: %s" % found for found in rig.nspawn_of(self.home)]
+        left += [str(p) for p in (self.home / "run").iterdir()] if (self.home / "run").is_dir() else []
+        left += sorted(unshare_roots() - roots)
+        if left:
+            raise SystemExit("%s left behind:\n  %s" % (shlex.join(cmd), "\n  ".join(left)))
+        return elapsed, proc.returncode, autopkgtest_results(text)
+
+    def autopkgtest_pair(self) -> None:
+        tarball = str(rig.rootfs_tarball("bookworm"))
+        backends = (("postroj", [str(self.pyz), "autopkgtest-virt", "debian-bookworm"]),
+                    ("unshare", ["unshare", "--tarball", tarball]))
+        hello = rig.source_package("hello")
+
+        def side(name: str, virt: "list[str]") -> float:
+            elapsed, code, results = self.autopkgtest(hello, name, virt)
+            if code != 0 or results != {test: "PASS" for test in HELLO_TESTS}:
+                raise SystemExit("%s: hello's tests did not all pass (autopkgtest exit %d): %s; its log: %s" % (
+                    name, code, results, BENCH_DIR / "autopkgtest" / name / "log"))
+            return elapsed
+
+        xs, ys = alternate(self.rounds, lambda: side(*backends[0]), lambda: side(*backends[1]))
+        self.record(7, "autopkgtest: %s's tests (%s)" % (hello.name.split("_")[0], ", ".join(HELLO_TESTS)),
+                    "autopkgtest -- postroj.pyz autopkgtest-virt debian-bookworm", xs,
+                    "autopkgtest -- unshare --tarball %s" % os.path.basename(tarball), ys,
+                    "postroj <= 1.0 x unshare", 1.0)
+
+        # what each backend can test at all: memcached's tests need isolation-container
+        memcached = rig.source_package("memcached")
+        sides = []
+        for name, virt in backends:
+            elapsed, code, results = self.autopkgtest(memcached, name + "-memcached", virt)
+            passed, skipped = (sum(1 for r in results.values() if r == kind) for kind in ("PASS", "SKIP"))
+            sides.append({"name": name, "passed": passed, "skipped": skipped,
+                          "failed": len(results) - passed - skipped, "seconds": elapsed, "exit": code,
+                          "results": results})
+        title = "autopkgtest: %s's tests (isolation-container), one run each" % memcached.name.split("_")[0]
+        self.results.append({"number": "7b", "title": title, "sides": sides, "target": None, "met": None})
+        print("\n7b. %s\n   %-10s %6s %8s %7s %9s %5s" % (title, "backend", "passed", "skipped", "failed",
+                                                            "wall", "exit"))
+        for s in sides:
+            print("   %-10s %6d %8d %7d %7.1f s %5d" % (s["name"], s["passed"], s["skipped"], s["failed"],
+                                                        s["seconds"], s["exit"]))
+        sys.stdout.flush()
 
     def memory(self) -> None:
         peaks = []
@@ -264,7 +349,7 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10, help="runs of each side (default: 10)")
-    parser.add_argument("--only", default="1,2,3,4,5,6", help="which pairs, e.g. 1,2")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="which pairs, e.g. 1,2 (7 includes 7b)")
     parser.add_argument("--json", default=str(REPO / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -275,7 +360,7 @@ def main() -> int:
     try:
         bench.setup()
         steps = {1: bench.probe_cycle, 2: bench.startup, 3: bench.acquisition, 4: bench.matrix, 5: bench.memory,
-                 6: bench.package_probe}
+                 6: bench.package_probe, 7: bench.autopkgtest_pair}
         for number in sorted(chosen):
             steps[number]()
     finally:

@@ -23,6 +23,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The same source packages through postroj and through autopkgtest's unshare backend, side by side."""
+    if rig.AUTOPKGTEST_COMPARISON:
+        terminalreporter.section("autopkgtest: postroj and unshare")
+        for row in sorted(rig.AUTOPKGTEST_COMPARISON):
+            terminalreporter.write_line("%-10s %-8s passed %d, skipped %d, %6.1f s" % row)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Under CI=true a skipped integration test is a failure: CI must run them all."""

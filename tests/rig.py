@@ -509,6 +509,28 @@ class PrivateApt:
         return found[-1]
 
 
+# (package, backend, tests passed, tests skipped, seconds) of the autopkgtest runs, for the run's summary
+AUTOPKGTEST_COMPARISON: "list[tuple[str, str, int, int, float]]" = []
+DEBIAN_SOURCE_LINES = [line.replace("deb ", "deb-src ", 1) for line in DEBIAN_SOURCES["bookworm"]]
+
+
+def source_package(name: str) -> Path:
+    """The .dsc of bookworm's source package `name` (with its tarballs), fetched once with
+    `apt-get source --download-only` and kept in the rig's cache."""
+    target = RIG_CACHE / "sources" / name
+    with rig_lock("source-" + name):
+        found = sorted(target.glob("%s_*.dsc" % name))
+        if not found:
+            tmp = target.with_name(name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            apt = PrivateApt(RIG_CACHE / "sources" / ".apt", DEBIAN_SOURCE_LINES)
+            apt.source(name, tmp)
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(tmp, target)
+            found = sorted(target.glob("%s_*.dsc" % name))
+    return found[-1]
+
+
 def ubuntu_keyring(cache: Path) -> Path:
     """Ubuntu's archive keyring as postroj verified and kept it in POSTROJ_CACHE (after an Ubuntu bootstrap)."""
     found = sorted((cache / "keyrings").glob("*/ubuntu-archive-keyring.gpg"))

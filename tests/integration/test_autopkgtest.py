@@ -1,0 +1,354 @@
+"""postroj as an autopkgtest virtualisation server (issue 13): Debian's real autopkgtest runs real source
+packages' own tests in postroj containers, and beside it autopkgtest's unshare backend on the same root
+file system; the protocol is also driven by hand for its errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+import rig
+from rig import wait_for
+
+COMPARISON = rig.AUTOPKGTEST_COMPARISON  # printed at the end of the run (tests/conftest.py)
+
+
+@pytest.fixture(autouse=True)
+def needs_autopkgtest():
+    if not shutil.which("autopkgtest"):
+        pytest.skip("autopkgtest is not installed (make setup)")
+
+
+@pytest.fixture
+def virt(images, tmp_path):
+    """`images` with a PATH on which autopkgtest finds postroj as autopkgtest-virt-postroj (a link)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    link = bindir / "autopkgtest-virt-postroj"
+    link.symlink_to(images.pyz)  # run by its #! line, as a user's copy would be
+    images.extra_env["PATH"] = "%s:%s" % (bindir, os.environ["PATH"])
+    return images
+
+
+def autopkgtest(runner, source, *server: str, options=("--no-built-binaries", "-U"), timeout: float = 900):
+    """Run Debian's autopkgtest on `source` with `server` (the words after --); its exit code and output."""
+    argv = ["autopkgtest", *options, str(source), "--", *server]
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          env=dict(runner.env, PATH=runner.extra_env.get("PATH", os.environ["PATH"])),
+                          timeout=timeout)
+    return proc.returncode, proc.stdout.decode("utf-8", "replace")
+
+
+def summary(output: str) -> "dict[str, str]":
+    """Test name -> PASS, FAIL, SKIP... from the summary autopkgtest prints at its end."""
+    found = {}
+    for line in output.split("@@@@@@@@@@@@@@@@@@@@ summary", 1)[-1].splitlines():
+        match = re.match(r"^(\S+)\s+(PASS|FAIL|SKIP|FLAKY|BROKEN|NEUTRAL)\b", line)
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+def assert_all_pass(code: int, output: str, tests: "list[str]") -> None:
+    assert code == 0, output[-6000:]
+    assert summary(output) == {name: "PASS" for name in tests}, output[-6000:]
+
+
+def assert_nothing_left(runner) -> None:
+    wait_for(lambda: not rig.nspawn_of(runner.home), timeout=30, what="the testbed's end")
+    run = runner.home / "run"
+    assert not run.exists() or sorted(p.name for p in run.iterdir()) == []
+
+
+# --- real source packages -----------------------------------------------------------
+
+
+def test_hello_through_the_long_form(virt):
+    started = time.monotonic()
+    code, output = autopkgtest(virt, rig.source_package("hello"), sys.executable, str(virt.pyz),
+                               "autopkgtest-virt", "debian-bookworm")
+    assert_all_pass(code, output, ["command1", "upstream-tests"])
+    assert "Testing greeting-1" in output, "upstream-tests runs hello's own test suite from the source tree"
+    COMPARISON.append(("hello", "postroj", 2, 0, time.monotonic() - started))
+    assert_nothing_left(virt)
+
+
+def test_lighttpd_needs_root_and_serves_through_the_link(virt):
+    """Every test of lighttpd's: needs-root, a service answering HTTP, CGI, all modules loaded."""
+    code, output = autopkgtest(virt, rig.source_package("lighttpd"), "postroj", "debian-bookworm")
+    assert_all_pass(code, output, ["defconfig", "load-all-modules", "serve-static-file", "serve-cgi-file",
+                                   "do-not-emit-http-proxy-to-cgi", "integration-tests"])
+    assert_nothing_left(virt)
+
+
+def test_isolation_container_tests_run_here_and_are_skipped_by_unshare(virt):
+    """memcached's tests need a container of their own (they start the daemon): postroj runs them,
+    autopkgtest's unshare backend, on a tarball of the same root file system, cannot."""
+    source = rig.source_package("memcached")
+    started = time.monotonic()
+    code, output = autopkgtest(virt, source, "postroj", "debian-bookworm")
+    postroj_seconds = time.monotonic() - started
+    assert_all_pass(code, output, ["daemon", "client.pl"])
+    with tarfile.open(str(next(source.parent.glob("*.debian.tar.*")))) as debian:
+        control = debian.extractfile("debian/tests/control").read().decode()
+    assert "isolation-container" in control
+    started = time.monotonic()
+    code, output = autopkgtest(virt, source, "unshare", "-t", str(rig.rootfs_tarball("bookworm")))
+    unshare_seconds = time.monotonic() - started
+    assert code == 8, output[-4000:]  # autopkgtest: no test ran
+    assert set(summary(output).values()) == {"SKIP"}, output[-4000:]
+    assert 'requires testbed capability "isolation-container"' in output
+    COMPARISON.append(("memcached", "postroj", 2, 0, postroj_seconds))
+    COMPARISON.append(("memcached", "unshare", 0, 2, unshare_seconds))
+    assert_nothing_left(virt)
+
+
+def test_hello_through_unshare_for_comparison(virt):
+    started = time.monotonic()
+    code, output = autopkgtest(virt, rig.source_package("hello"), "unshare", "-t",
+                               str(rig.rootfs_tarball("bookworm")))
+    assert code == 0, output[-4000:]
+    COMPARISON.append(("hello", "unshare", 2, 0, time.monotonic() - started))
+
+
+# --- revert and reboot, with a test package of our own ---------------------------------
+
+CONTROL = """\
+Source: postroj-testbed-check
+Maintainer: postroj <postroj@localhost>
+Section: misc
+Priority: optional
+Standards-Version: 4.6.2
+
+Package: postroj-testbed-check
+Architecture: all
+Description: checks of postroj as an autopkgtest testbed
+ Reverts and reboots.
+"""
+
+CHANGELOG = """\
+postroj-testbed-check (1.0) unstable; urgency=medium
+
+  * Checks of postroj as an autopkgtest testbed.
+
+ -- postroj <postroj@localhost>  Sun, 29 Nov 2026 00:00:00 +0000
+"""
+
+TESTS = """\
+Tests: write-marker
+Depends:
+Restrictions: needs-root, breaks-testbed
+
+Tests: marker-is-gone
+Depends:
+Restrictions: needs-root
+
+Tests: reboot-keeps-files
+Depends:
+Restrictions: needs-root, needs-reboot, isolation-container
+"""
+
+SCRIPTS = {
+    "write-marker": """\
+        #!/bin/sh
+        set -e
+        echo written > /etc/postroj-marker
+        echo "marker written"
+    """,
+    "marker-is-gone": """\
+        #!/bin/sh
+        set -e
+        test ! -e /etc/postroj-marker
+        echo "the testbed was reverted"
+    """,
+    "reboot-keeps-files": """\
+        #!/bin/sh
+        set -e
+        case "${AUTOPKGTEST_REBOOT_MARK:-}" in
+          "")
+            echo before > /var/lib/postroj-reboot-state
+            touch /run/postroj-before-reboot
+            /tmp/autopkgtest-reboot after-reboot
+            ;;
+          after-reboot)
+            test "$(cat /var/lib/postroj-reboot-state)" = before
+            test ! -e /run/postroj-before-reboot
+            echo "rebooted: /run is new, the overlay kept /var/lib"
+            ;;
+        esac
+    """,
+    "sleeps": """\
+        #!/bin/sh
+        echo "sleeping"
+        exec sleep %s
+    """,
+}
+
+
+def make_test_package(directory: Path, tests: str = TESTS, scripts: "dict[str, str]" = SCRIPTS) -> Path:
+    """An unbuilt source tree with debian/tests: autopkgtest takes a directory ending in /."""
+    (directory / "debian" / "tests").mkdir(parents=True)
+    (directory / "debian" / "source").mkdir()
+    (directory / "debian" / "source" / "format").write_text("3.0 (native)\n")
+    (directory / "debian" / "changelog").write_text(CHANGELOG)
+    (directory / "debian" / "rules").write_text("#!/usr/bin/make -f\n%:\n\tdh $@\n")
+    (directory / "debian" / "rules").chmod(0o755)
+    (directory / "debian" / "control").write_text(CONTROL)
+    (directory / "debian" / "tests" / "control").write_text(tests)
+    for name, text in scripts.items():
+        path = directory / "debian" / "tests" / name
+        path.write_text(textwrap.dedent(text))
+        path.chmod(0o755)
+    return directory
+
+
+def test_revert_between_tests_and_reboot(virt, tmp_path):
+    tree = make_test_package(tmp_path / "check")
+    code, output = autopkgtest(virt, str(tree) + "/", "postroj", "debian-bookworm")
+    assert_all_pass(code, output, ["write-marker", "marker-is-gone", "reboot-keeps-files"])
+    assert "the testbed was reverted" in output
+    assert "rebooted: /run is new, the overlay kept /var/lib" in output
+    assert_nothing_left(virt)
+
+
+SLEEPY = """\
+Tests: sleeps
+Depends:
+Restrictions: needs-root
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killing_autopkgtest_mid_test_leaves_nothing(virt, tmp_path, signum):
+    marker = "%d.%06d" % (300, os.getpid() % 1000000)
+    tree = make_test_package(tmp_path / "sleepy", SLEEPY, {"sleeps": SCRIPTS["sleeps"] % marker})
+    proc = subprocess.Popen(["autopkgtest", "--no-built-binaries", "-U", str(tree) + "/", "--", "postroj",
+                             "debian-bookworm"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=dict(virt.env, PATH=virt.extra_env["PATH"]))
+    try:
+        wait_for(lambda: proc.poll() is not None or rig.processes_mentioning("sleep " + marker), timeout=300,
+                 what="the test's sleep")
+        assert proc.poll() is None, proc.communicate()[0][-4000:]
+        proc.send_signal(signum)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # postroj sees its stdin close, closes the testbed and exits: nothing of it is left
+    wait_for(lambda: not rig.processes_mentioning("sleep " + marker), timeout=60, what="the test's end")
+    wait_for(lambda: not rig.processes_mentioning("autopkgtest-virt-postroj"), timeout=60, what="postroj's end")
+    assert_nothing_left(virt)
+
+
+# --- the protocol, by hand ---------------------------------------------------------
+
+
+def serve(runner, commands: "list[str]", *args: str, timeout: float = 120):
+    proc = subprocess.run(runner.argv("autopkgtest-virt", *args), input="".join(c + "\n" for c in commands),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=runner.env,
+                          timeout=timeout)
+    return proc.returncode, proc.stdout.splitlines(), proc.stderr
+
+
+def test_a_session_by_hand(images, tmp_path):
+    host_file = tmp_path / "script.sh"
+    host_file.write_text("#!/bin/sh\necho copied\n")
+    host_file.chmod(0o755)
+    host_dir = tmp_path / "tree"
+    (host_dir / "sub").mkdir(parents=True)
+    (host_dir / "sub" / "data").write_text("tree content\n")
+    back = tmp_path / "back"
+    q = urllib.parse.quote
+    code, lines, err = serve(images, [
+        "capabilities", "open", "capabilities", "print-execute-command",
+        "copydown %s %s" % (q(str(host_file)), q("/usr/local/bin/copied-script")),
+        "copydown %s/ %s" % (q(str(host_dir)), q("/opt/tree/")),
+        "copyup %s %s/" % (q("/opt/tree/"), q(str(back))),
+        "copydown %s %s" % (q(str(host_file)), q("/var/tmp/autopkgtest/in-scratch.sh")),
+        "revert", "close", "quit"], "debian-bookworm")
+    assert code == 0, err
+    assert lines[0] == "ok"
+    assert "downtmp-host" not in lines[1]
+    assert set(lines[1].split()[1:]) >= {"revert", "revert-full-system", "isolation-container", "root-on-testbed",
+                                          "reboot"}
+    assert lines[2] == "ok /var/tmp/autopkgtest"
+    assert "downtmp-host=%s" % (images.home / "run") in lines[3]
+    assert lines[4].startswith("ok ") and "nsenter" in lines[4]
+    assert lines[5:] == ["ok"] * 4 + ["ok /var/tmp/autopkgtest", "ok", "ok"], lines
+    assert (back / "sub" / "data").read_text() == "tree content\n"
+    assert_nothing_left(images)
+
+
+def test_print_execute_command_keeps_streams_status_and_signals(images):
+    """Drive a testbed while a second program runs commands through the argv it printed."""
+    proc = subprocess.Popen(images.argv("autopkgtest-virt", "debian-bookworm"), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=images.env)
+    try:
+        assert proc.stdout.readline().strip() == "ok"
+        proc.stdin.write("open\nprint-execute-command\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().startswith("ok /var/tmp/autopkgtest")
+        words = proc.stdout.readline().split()
+        assert words[0] == "ok"
+        prefix = [urllib.parse.unquote(arg) for arg in words[1].split(",")]
+
+        def run(*argv, **kwargs):
+            return subprocess.run(prefix + list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+                                  **kwargs)
+
+        echoed = run("sh", "-c", "cat; echo err >&2; exit 7", input=b"from stdin\n")
+        assert (echoed.returncode, echoed.stdout, echoed.stderr) == (7, b"from stdin\n", b"err\n")
+        killed = run("sh", "-c", "kill -TERM $$")
+        assert killed.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM), killed
+        assert run("sh", "-c", "test \"$HOME\" = /root && test \"$(id -u)\" = 0").returncode == 0
+        proc.stdin.write("quit\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert_nothing_left(images)
+
+
+@pytest.mark.parametrize("commands, message", [
+    (["revert"], "`revert' when not open"),
+    (["close"], "`close' when not open"),
+    (["print-execute-command"], "`print-execute-command' when not open"),
+    (["copydown /a /b"], "copydown when not open"),
+    (["open", "open"], "`open' when already open"),
+    (["open", "copydown /etc/hostname /tmp/x/"], "copydown paths must agree about directoryness"),
+    (["open", "reboot sideways"], "unknown argument `sideways'"),
+    (["frobnicate"], "unknown command `frobnicate'"),
+    (["capabilities extra"], "too many arguments to command `capabilities'"),
+    (["open", "copyup /etc/hostname"], "too few arguments to command `copyup'"),
+    (["open"], "end of file - caller quit?"),
+])
+def test_commands_in_the_wrong_state_get_autopkgtests_error(images, commands, message):
+    code, lines, err = serve(images, commands, "debian-bookworm")
+    assert code == 12, (lines, err)
+    assert "autopkgtest-virt-postroj: failure: %s" % message in err, err
+    assert "Traceback" not in err
+    assert_nothing_left(images)
+
+
+def test_bad_images_and_options_are_refused_before_ok(images):
+    code, lines, err = serve(images, ["open"], "debian-bokworm")
+    assert (code, lines) == (1, []), err
+    assert "not acquired" in err and "did you mean" in err and "Traceback" not in err
+    code, lines, err = serve(images, ["open"], "debian-bookworm", "--frobnicate")
+    assert (code, lines) == (2, []), err
+    code, lines, err = serve(images, ["open"], "debian-bookworm", "--boot-timeout", "0")
+    assert (code, lines) == (2, []), err

@@ -745,6 +745,42 @@ def host_mode() -> HostMode:
     return HostMode.NSENTER
 
 
+def cgroup_outside_namespace() -> str:
+    """The first line of /proc/self/cgroup whose path lies outside postroj's cgroup namespace, or ''.
+
+    A process entered into a container with `nsenter --all` from outside keeps its cgroup, which the
+    container's cgroup namespace shows as /../...; nspawn cannot make the container's cgroups below it.
+    """
+    try:
+        text = Path("/proc/self/cgroup").read_text()
+    except OSError:
+        return ""
+    return next((line for line in text.splitlines() if line.split(":", 2)[-1].startswith("/..")), "")
+
+
+@functools.lru_cache(maxsize=None)
+def nspawn_scope_prefix() -> Tuple[str, ...]:
+    """What systemd-nspawn is started through: nothing where postroj's cgroup is its own; a scope of its own
+    (`systemd-run --scope`) where it lies outside the cgroup namespace and systemd runs; else a refusal."""
+    line = cgroup_outside_namespace()
+    if not line:
+        return ()
+    if os.path.isdir("/run/systemd/system") and shutil.which("systemd-run"):
+        log.info("postroj's cgroup (%s) lies outside its cgroup namespace: each nspawn runs in a scope of its own",
+                 line)
+        return ("systemd-run", "--scope", "--quiet", "--collect", "--")
+    die("postroj runs in a cgroup outside its cgroup namespace (%s in /proc/self/cgroup), where systemd-nspawn "
+        "cannot make a container's cgroups" % line,
+        "start postroj from a process of this host's own: `nsenter --all` from outside keeps the outside cgroup; "
+        "use `machinectl shell`, ssh, or `systemd-run --pipe --wait` instead")
+
+
+def require_container_host(action: str) -> None:
+    """Root, and a cgroup systemd-nspawn can work below (refused before anything starts)."""
+    require_root(action)
+    nspawn_scope_prefix()
+
+
 def tool_version(tool: str, args: Sequence[str] = ("--version",)) -> str:
     path = shutil.which(tool)
     if not path:
@@ -838,6 +874,12 @@ def doctor_checks() -> List[Check]:
     layout = cgroup_layout()
     checks.append(Check("cgroups", bool(layout), layout or "no cgroup file system at /sys/fs/cgroup",
                         "mount cgroup2 on /sys/fs/cgroup"))
+    outside = cgroup_outside_namespace()
+    scoped = bool(outside) and os.path.isdir("/run/systemd/system") and bool(shutil.which("systemd-run"))
+    checks.append(Check("cgroup namespace", not outside or scoped,
+                        "postroj's own cgroup" if not outside else "outside it (%s): %s" % (
+                            outside, "nspawn runs in scopes of its own" if scoped else "containers cannot start"),
+                        "start postroj from a process of this host's own, not `nsenter --all` from outside"))
     for tool, what in (("skopeo", "registry images"), ("umoci", "registry images")):
         version = tool_version(tool)
         checks.append(Check(tool, bool(version), version or "not found (needed for %s)" % what,
@@ -1522,6 +1564,7 @@ def nspawn_run_argv(root: Path, binds: Sequence[Tuple[str, str]] = (), network: 
     With `upper`, changes go to that overlay directory instead of `root`.
     """
     cmd = [
+        *nspawn_scope_prefix(),
         "systemd-nspawn",
         "--quiet",
         "--register=no",
@@ -1727,7 +1770,7 @@ def acquire_image(settings: Settings, reference: str, *, force: bool = False, vi
     default_name, source = parse_source(reference, via, mirror, sha256, security=security,
                                         accept_expired=accept_expired)
     name = check_name(name or default_name)
-    require_root("acquiring images")
+    require_container_host("acquiring images")
     for directory in (settings.home, settings.images, settings.versions, settings.locks, settings.tmp):
         private_dir(directory) if directory != settings.images else ensure_dir(directory, 0o700)
     started = time.monotonic()
@@ -2210,7 +2253,7 @@ class NspawnContainer:
                     self._running.callback(self._remove_cgroups, list(self.cgroups))
                 self.write_state(nspawn_pid=0)
                 env = dict(os.environ, NOTIFY_SOCKET="@" + address[1:])
-                prefix = cgroup_entry_prefix(self.cgroups)
+                prefix = list(nspawn_scope_prefix()) + cgroup_entry_prefix(self.cgroups)
                 with open(self.files.directory / "console.log", "wb") as console:
                     self.proc = spawn(prefix + self.nspawn_argv(), env=env, stdout=console, stderr=subprocess.STDOUT,
                                       die_with_parent=not self.keep, new_session=True)
@@ -2550,7 +2593,9 @@ def make_cgroups(name: str) -> List[Path]:
     (as .../payload): two containers at once would share one cgroup tree, and each systemd would
     manage, and kill, the other's units. Empty when cgroups cannot be made here (read-only cgroupfs).
     """
-    made = []
+    made: List[Path] = []
+    if nspawn_scope_prefix():
+        return made  # each nspawn has a scope of its own, made by systemd
     for root in systemd_cgroup_roots():
         try:
             (root / name).mkdir()
@@ -3387,6 +3432,42 @@ def results_json(results: Sequence[ProbeResult]) -> Dict[str, Any]:
     }
 
 
+def results_from_json(path: str) -> List[ProbeResult]:
+    """The results of a `--json` report (a shard's, or another run's); what is not one is a usage error."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        die("%s does not exist" % path, "give the --json files of probe runs", usage=True)
+    except OSError as exc:
+        die("cannot read %s: %s" % (path, exc.strerror or exc), "check the path and its permissions", usage=True)
+    except ValueError as exc:
+        die("%s is not JSON: %s" % (path, exc), "give the --json files of probe runs", usage=True)
+    rows = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        die("%s is not a postroj report: it has no \"results\" list" % path,
+            "give the --json files of probe runs", usage=True)
+    found = []
+    for number, row in enumerate(rows, 1):
+        try:
+            probe = Probe(ProbeKind(row["kind"]), str(row["target"]))
+            found.append(ProbeResult(str(row["image"]), probe, Status(row["status"]), float(row.get("duration", 0)),
+                                     str(row.get("reason", "")), str(row.get("output", "")),
+                                     str(row.get("details", ""))))
+        except (KeyError, TypeError, ValueError) as exc:
+            die("%s: result %d is malformed (%s: %s)" % (path, number, type(exc).__name__, exc),
+                "give the --json files of probe runs, unchanged", usage=True)
+    return found
+
+
+def shard_of(images: Sequence[str], shard: Tuple[int, int]) -> List[str]:
+    """The images of shard K of N: every N-th image from the K-th on, so that the N shards are disjoint, hold
+    every image once, and differ by one image at most. All probes of an image stay in its shard: one container
+    serves them."""
+    number, count = shard
+    return [image for index, image in enumerate(images) if index % count == number - 1]
+
+
 def junit_xml(results: Sequence[ProbeResult]) -> bytes:
     """JUnit XML: a testsuite per image, a testcase per probe, failures with message and output."""
     import xml.etree.ElementTree as ET
@@ -3706,6 +3787,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def shard_spec(text: str) -> Tuple[int, int]:
+    """K/N with 1 <= K <= N."""
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise argparse.ArgumentTypeError("%r is not K/N with 1 <= K <= N, e.g. 2/4" % text)
+    return int(match.group(1)), int(match.group(2))
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -3812,7 +3901,7 @@ def container_options(args: argparse.Namespace) -> Dict[str, Any]:
 def cmd_container(args: argparse.Namespace, settings: Settings) -> int:
     command = list(args.command)
     options = container_options(args)
-    require_root("running containers")
+    require_container_host("running containers")
     image = require_image(settings, args.image, pull=args.pull)
     container = NspawnContainer(settings, image, **options)
     with container:
@@ -3922,6 +4011,9 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
             die("--all, but no image is acquired", "acquire one with `postroj image debian-bookworm`")
     images = images or [DEFAULT_IMAGE]
     images = list(dict.fromkeys(images))
+    if args.shard:
+        images = shard_of(images, args.shard)
+        log.info("shard %d/%d: %s", args.shard[0], args.shard[1], ", ".join(images) or "no image")
     for name in images:  # resolved and checked once, here, before anything boots
         info = read_image(settings, name)
         dist = find_distribution(name)
@@ -3937,7 +4029,7 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
                     "give a package built for %s" % name, usage=True)
         if info is None and args.no_pull:
             die("image %s is not acquired and --no-pull was given" % name, "acquire it with `postroj image %s`" % name)
-    require_root("probing")
+    require_container_host("probing")
     plan = ProbePlan(probes, timeout=args.timeout, boot_timeout=args.boot_timeout,
                      private_network=not args.host_network, fail_fast=args.fail_fast)
     packages = materialize_packages(settings, probes)
@@ -3949,10 +4041,19 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     return finish_report(results, args.json, args.junit)
 
 
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    """Merge the --json reports of shards or runs: one summary, JSON and JUnit; exits as probe would."""
+    results = [result for path in args.files for result in results_from_json(path)]
+    color = sys.stdout.isatty()
+    for result in results:
+        print(format_result(result, color))
+    return finish_report(results, args.json, args.junit)
+
+
 def cmd_probe_vms(args: argparse.Namespace, settings: Settings, probes: Sequence[Probe],
                   report: Callable[[ProbeResult], None]) -> int:
     """probe --vm: the same probes in each box's VM, one after the other."""
-    boxes = [find_box(name) for name in args.vm]
+    boxes = [find_box(name) for name in (shard_of(args.vm, args.shard) if args.shard else args.vm)]
     for box in boxes:
         for probe in probes:
             if probe.kind == ProbeKind.UNIT and box.guest != "linux":
@@ -3994,7 +4095,7 @@ def cmd_selftest(args: argparse.Namespace, settings: Settings) -> int:
     images = [i.name for i in list_images(settings)]
     if not images:
         die("no image is acquired", "acquire one with `postroj image debian-bookworm`")
-    require_root("probing")
+    require_container_host("probing")
     plan = ProbePlan((Probe(ProbeKind.UNIT, "systemd-journald"), Probe(ProbeKind.COMMAND, "hostnamectl")),
                      boot_timeout=args.boot_timeout)
 
@@ -4013,7 +4114,7 @@ def cmd_autopkgtest_virt(args: argparse.Namespace, settings: Settings) -> int:
     options["private_network"] = args.private_network and not args.host_network
     if args.debug_server:
         logging.getLogger().setLevel(logging.DEBUG)
-    require_root("running containers")
+    require_container_host("running containers")
     # refused before `ok`, so that autopkgtest reports it as the server's failure to start
     image = require_image(settings, args.image, pull=args.pull)
     if image.package_manager == "apt":
@@ -4165,6 +4266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=positive_float, default=30, metavar="SECONDS", help="per probe (default: 30)")
     p.add_argument("--jobs", "-j", type=positive_int, default=os.cpu_count() or 1, metavar="N")
     p.add_argument("--fail-fast", action="store_true")
+    p.add_argument("--shard", type=shard_spec, default=None, metavar="K/N", help="run the K-th of N parts of the "
+                   "image matrix (whole images; the N parts together are the whole run)")
     p.add_argument("--no-pull", action="store_true", help="refuse images that are not acquired")
     p.add_argument("--host-network", action="store_true", help="share the host's network instead of a private one")
     p.add_argument("--json", default=None, metavar="FILE", help="write results as JSON (- for stdout)")
@@ -4173,6 +4276,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", default="", help="with --vm: the vagrant provider")
     add_container_options(p)
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("report", help="merge the --json reports of shards or runs into one")
+    p.add_argument("files", nargs="+", metavar="FILE.json", help="reports written by probe --json")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the merged results as JSON (- for stdout)")
+    p.add_argument("--junit", default=None, metavar="FILE", help="write the merged results as JUnit XML")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("selftest", help="hostnamectl and systemd-journald on every acquired image")
     p.add_argument("--jobs", "-j", type=positive_int, default=os.cpu_count() or 1, metavar="N")

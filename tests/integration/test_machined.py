@@ -151,3 +151,19 @@ def test_probe_in_machined_mode(testhost):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASS" in proc.stdout
     assert testhost.run("machinectl", "list", "--no-legend", "--no-pager").stdout.strip() == ""
+
+
+def test_entered_from_outside_its_cgroup_namespace(testhost):
+    """An admin who enters the test host with `nsenter --all` from outside keeps the outside cgroup, which the
+    host's cgroup namespace shows as /../... nspawn cannot make cgroups there: postroj starts each nspawn in a
+    scope of its own (issue 14), also without machined's help (POSTROJ_MODE=nsenter)."""
+    seen = testhost.run("cat", "/proc/self/cgroup").stdout
+    assert "/.." in seen, "not the case under test: %s" % seen
+    doctor = testhost.run("/root/postroj.pyz", "doctor")
+    assert "nspawn runs in scopes of its own" in doctor.stdout, doctor.stdout
+    for mode in ("nsenter", "machined"):
+        proc = testhost.run("env", "POSTROJ_MODE=%s" % mode, "/root/postroj.pyz", "probe", "--image",
+                            "debian-bookworm", "--command", "systemctl is-active systemd-journald")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Failed to create" not in proc.stderr and "Traceback" not in proc.stderr
+    assert testhost.run("ls", "/var/lib/postroj/run").stdout.strip() == ""

@@ -151,3 +151,42 @@ def test_all_acquired_images(images):
     proc = images("probe", "--all", "--command", "test -d /run/systemd/system", "--json", "-", check=0)
     report = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert sorted(r["image"] for r in report["results"]) == ["debian-bookworm", "debian-bullseye"]
+
+
+def test_shards_together_are_the_whole_run_and_report_merges_them(images, tmp_path):
+    """Two images, two probes each, in two shards (issue 14)."""
+    probes = ["--command", "systemctl is-active systemd-journald", "--check-unit", "systemd-journald"]
+    matrix = ["--image", "debian-bookworm", "--image", "debian-bullseye"]
+    whole = tmp_path / "whole.json"
+    images("probe", *matrix, *probes, "--json", str(whole), check=0, timeout=300)
+    shards = []
+    for number in (1, 2):
+        path = tmp_path / ("shard-%d.json" % number)
+        images("probe", *matrix, *probes, "--shard", "%d/2" % number, "--json", str(path), check=0, timeout=300)
+        shards.append([(r["image"], r["kind"], r["target"], r["status"])
+                       for r in json.loads(path.read_text())["results"]])
+    assert len(shards[0]) == len(shards[1]) == 2
+    assert not set(shards[0]) & set(shards[1]), "the shards overlap"
+    assert {r[0] for r in shards[0]} != {r[0] for r in shards[1]}, "an image is split between shards"
+    unsharded = [(r["image"], r["kind"], r["target"], r["status"]) for r in json.loads(whole.read_text())["results"]]
+    assert sorted(shards[0] + shards[1]) == sorted(unsharded)
+
+    junit = tmp_path / "merged.xml"
+    merged = tmp_path / "merged.json"
+    proc = images("report", str(tmp_path / "shard-1.json"), str(tmp_path / "shard-2.json"), "--junit", str(junit),
+                  "--json", str(merged), check=0)
+    assert "4 passed, 0 failed, 0 skipped" in proc.stderr
+    root = ET.parse(str(junit)).getroot()
+    assert (root.get("tests"), root.get("failures")) == ("4", "0")
+    assert len(root.findall(".//testcase")) == 4
+    assert sorted((r["image"], r["kind"], r["target"], r["status"]) for r in json.loads(merged.read_text())["results"]) \
+        == sorted(unsharded)
+
+    # one shard that failed makes the merge fail; a missing file is bad input
+    failing = tmp_path / "failing.json"
+    images("probe", "--image", "debian-bullseye", "--command", "false", "--shard", "1/1", "--json", str(failing),
+           check=1, timeout=300)
+    proc = images("report", str(tmp_path / "shard-1.json"), str(failing), check=1)
+    assert "1 failed" in proc.stderr and "FAIL  debian-bullseye" in proc.stdout
+    proc = images("report", str(tmp_path / "shard-1.json"), str(tmp_path / "nowhere.json"), check=2)
+    assert "nowhere.json does not exist" in proc.stderr and "Traceback" not in proc.stderr

@@ -275,3 +275,33 @@ def test_vagrantfile_for_a_vagrant_cloud_windows_box():
 ])
 def test_clean_console(raw, clean):
     assert postroj.clean_console(raw) == clean
+
+
+@pytest.mark.parametrize("text, outside", [
+    ("0::/user.slice/session-1.scope\n", ""),
+    ("12:pids:/\n1:name=systemd:/system.slice/x.service\n0::/system.slice/x.service\n", ""),
+    ("1:name=systemd:/../../payload\n0::/../../payload\n", "1:name=systemd:/../../payload"),
+    ("0::/..\n", "0::/.."),
+])
+def test_a_cgroup_outside_the_namespace_is_found(monkeypatch, tmp_path, text, outside):
+    fake = tmp_path / "cgroup"
+    fake.write_text(text)
+    real_path = postroj.Path
+
+    def path(name, *rest):
+        return real_path(str(fake)) if name == "/proc/self/cgroup" else real_path(name, *rest)
+
+    monkeypatch.setattr(postroj, "Path", path)
+    assert postroj.cgroup_outside_namespace() == outside
+
+
+def test_outside_the_cgroup_namespace_without_systemd_is_refused(monkeypatch):
+    monkeypatch.setattr(postroj, "cgroup_outside_namespace", lambda: "0::/../payload")
+    monkeypatch.setattr(postroj.os.path, "isdir", lambda path: False)
+    postroj.nspawn_scope_prefix.cache_clear()
+    try:
+        with pytest.raises(postroj.PostrojError) as info:
+            postroj.nspawn_scope_prefix()
+        assert "outside its cgroup namespace" in info.value.message and "nsenter --all" in info.value.hint
+    finally:
+        postroj.nspawn_scope_prefix.cache_clear()

@@ -237,3 +237,48 @@ def test_network_check_without_an_answer(http_answer):
         proc = network_check("http://127.0.0.1:%d/" % port, "0.3", "", "")
     assert proc.returncode == postroj.NETWORK_NO_ANSWER
     assert "Connection refused" in proc.stdout or "ConnectionRefused" in proc.stdout
+
+
+# --- shards and merged reports -----------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("images", [["a"], ["a", "b"], list("abcdefghij")])
+def test_shards_are_disjoint_complete_and_balanced(images, count):
+    shards = [postroj.shard_of(images, (number, count)) for number in range(1, count + 1)]
+    flat = [image for shard in shards for image in shard]
+    assert sorted(flat) == sorted(images), "every image once"
+    assert len(flat) == len(set(flat)), "no image in two shards"
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert shards == [postroj.shard_of(images, (n, count)) for n in range(1, count + 1)], "deterministic"
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "1", "a/b", "1/0", "-1/2", "1/2/3"])
+def test_bad_shards_are_usage_errors(text, usage_error):
+    error = usage_error(postroj.parse_command_line, ["probe", "--command", "true", "--shard", text])
+    assert "--shard" in error.message
+
+
+def test_a_json_report_reads_back_as_it_was_written(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(postroj.results_json(RESULTS)))
+    back = postroj.results_from_json(str(path))
+    assert [(r.image, r.probe.kind, r.probe.target, r.status, r.reason) for r in back] == [
+        (r.image, r.probe.kind, r.probe.target, r.status, r.reason) for r in RESULTS]
+    assert postroj.junit_xml(back).count(b"<testcase") == len(RESULTS)
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "does not exist"),
+    ("{not json", "is not JSON"),
+    ('{"results": 3}', 'has no "results" list'),
+    ('[1, 2]', 'has no "results" list'),
+    ('{"results": [{"image": "x", "kind": "frobnicate", "target": "t", "status": "pass"}]}', "result 1 is malformed"),
+    ('{"results": [{"image": "x", "kind": "unit", "target": "t"}]}', "result 1 is malformed"),
+])
+def test_reports_that_are_not_reports_are_usage_errors(tmp_path, usage_error, content, words):
+    path = tmp_path / "shard.json"
+    if content is not None:
+        path.write_text(content)
+    error = usage_error(postroj.results_from_json, str(path))
+    assert str(path) in error.message and words in error.message

@@ -793,6 +793,31 @@ def tool_version(tool: str, args: Sequence[str] = ("--version",)) -> str:
     return lines[0].strip() if lines else "unknown version"
 
 
+def filesystem_of(path: Path) -> str:
+    """The type of the file system `path` is on (the mount with the longest matching mount point)."""
+    target = os.path.realpath(str(path))
+    while not os.path.exists(target) and target != "/":
+        target = os.path.dirname(target)
+    best, kind = "", ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields, _, tail = line.partition(" - ")
+            parts, rest = fields.split(), tail.split()
+            if len(parts) < 5 or not rest:
+                continue
+            point = parts[4].replace("\\040", " ")
+            inside = target == point or target.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, kind = point, rest[0]
+    return kind
+
+
+def overlay_upper_on_tmpfs(settings: Settings) -> bool:
+    """True where POSTROJ_HOME is on overlayfs (a CI container's root): an overlay's upper directory cannot
+    be there, so each container's runtime directory gets a tmpfs of its own."""
+    return filesystem_of(settings.runtime) == "overlay"
+
+
 def overlayfs_available() -> bool:
     try:
         return "overlay" in Path("/proc/filesystems").read_text()
@@ -874,6 +899,10 @@ def doctor_checks() -> List[Check]:
     layout = cgroup_layout()
     checks.append(Check("cgroups", bool(layout), layout or "no cgroup file system at /sys/fs/cgroup",
                         "mount cgroup2 on /sys/fs/cgroup"))
+    settings = Settings.from_env()
+    home_fs = filesystem_of(settings.home) or "unknown"
+    checks.append(Check("overlay upper directories", True, "on a tmpfs per container (POSTROJ_HOME is on overlay)"
+                        if overlay_upper_on_tmpfs(settings) else "in POSTROJ_HOME (%s)" % home_fs))
     outside = cgroup_outside_namespace()
     scoped = bool(outside) and os.path.isdir("/run/systemd/system") and bool(shutil.which("systemd-run"))
     checks.append(Check("cgroup namespace", not outside or scoped,
@@ -896,6 +925,126 @@ def doctor_checks() -> List[Check]:
         detail = "not found (only needed for `postroj vm`)"
     checks.append(Check("vagrant", bool(vagrant), detail, "apt-get install vagrant", required=False))
     return checks
+
+
+# --- cgroups ---------------------------------------------------------------------
+
+CGROUP_PREFIX = "postroj."
+CGROUPS_UNAVAILABLE = threading.Event()  # set once the warning that they cannot be made is given
+
+
+def cgroup_mounts() -> List[Tuple[str, str, str]]:
+    """(hierarchy, mount root, mount point) of the cgroup hierarchies a container's systemd manages:
+    "cgroup2", and "name=systemd" on hosts with the v1 layout."""
+    found = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields, _, tail = line.partition(" - ")
+            parts, fstype_etc = fields.split(), tail.split()
+            if len(parts) < 5 or len(fstype_etc) < 3:
+                continue
+            if fstype_etc[0] == "cgroup2":
+                found.append(("cgroup2", parts[3], parts[4].replace("\\040", " ")))
+            elif fstype_etc[0] == "cgroup" and "name=systemd" in fstype_etc[2].split(","):
+                found.append(("name=systemd", parts[3], parts[4].replace("\\040", " ")))
+    return found
+
+
+def systemd_cgroup_roots() -> List[Path]:
+    """Our own cgroup in each hierarchy a container's systemd manages."""
+    own = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            number, controllers, path = line.split(":", 2)
+            if controllers == "name=systemd" or (number == "0" and not controllers):
+                own["cgroup2" if number == "0" else "name=systemd"] = path
+    roots = []
+    for kind, mount_root, mount_point in cgroup_mounts():
+        if kind in own:
+            relative = own.pop(kind)
+            if mount_root != "/" and relative.startswith(mount_root):
+                relative = relative[len(mount_root):]
+            roots.append(Path(mount_point + "/" + relative.strip("/")))
+    return roots
+
+
+def make_cgroups(name: str) -> List[Path]:
+    """A cgroup of its own for one container, in each hierarchy its systemd manages.
+
+    Without machined, nspawn --keep-unit puts every container's systemd into the caller's cgroup
+    (as .../payload): two containers at once would share one cgroup tree, and each systemd would
+    manage, and kill, the other's units. Empty when cgroups cannot be made here (read-only cgroupfs).
+    """
+    made: List[Path] = []
+    if nspawn_scope_prefix():
+        return made  # each nspawn has a scope of its own, made by systemd
+    for root in systemd_cgroup_roots():
+        try:
+            (root / name).mkdir()
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            if not CGROUPS_UNAVAILABLE.is_set():
+                CGROUPS_UNAVAILABLE.set()
+                log.warning("cannot make a cgroup below %s (%s): containers running at once share one cgroup "
+                            "tree and may stop each other's units; run them one at a time (--jobs 1), or give "
+                            "postroj a writable cgroup file system", root, exc.strerror or exc)
+            continue
+        made.append(root / name)
+    return made
+
+
+def cgroup_entry_prefix(cgroups: Sequence[Path]) -> List[str]:
+    """Runs the command that follows in `cgroups` (a process joins before it executes nspawn)."""
+    if not cgroups:
+        return []
+    script = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+    return ["sh", "-c", script, "sh", *[str(c / "cgroup.procs") for c in cgroups], "--"]
+
+
+def our_cgroups(cgroups: Sequence[str]) -> List[str]:
+    """Those of `cgroups` (read from a state file) that are cgroups postroj made: named postroj.*, not a
+    symlink, inside a cgroup hierarchy (postroj may have run in another cgroup than this one)."""
+    mounts = [mount_point.rstrip("/") + "/" for _kind, _root, mount_point in cgroup_mounts()]
+    return [top for top in cgroups if os.path.basename(top).startswith(CGROUP_PREFIX) and not os.path.islink(top)
+            and os.path.isdir(top) and any(os.path.realpath(top).startswith(m) for m in mounts)]
+
+
+def remove_cgroups(cgroups: Sequence[str], kill: bool = False) -> None:
+    """Remove a container's cgroups, with what its systemd made below them; with `kill`, first end every
+    process still in them (a container whose nspawn had to be killed)."""
+    for top in our_cgroups(cgroups):
+        deadline = time.monotonic() + (2.0 if kill else 0.5)
+        while True:
+            if kill:
+                for root, _dirs, _files in os.walk(top):
+                    with contextlib.suppress(OSError, ValueError):
+                        for pid in Path(root, "cgroup.procs").read_text().split():
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(int(pid), signal.SIGKILL)
+            for root, dirs, _files in os.walk(top, topdown=False):
+                for name in dirs:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(os.path.join(root, name))
+            try:
+                os.rmdir(top)
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline:  # EBUSY: processes still exiting
+                    log.warning("cannot remove cgroup %s: %s", top, exc.strerror or exc)
+                    break
+            time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def own_cgroups(label: str) -> Iterator[List[str]]:
+    """A cgroup of its own for one run of systemd-nspawn that is not a booted container (provisioning, a
+    package install): the argv prefix that enters it, removed with whatever is left in it afterwards."""
+    cgroups = make_cgroups("%s%s.%s" % (CGROUP_PREFIX, label, random_id(8)))
+    try:
+        yield cgroup_entry_prefix(cgroups)
+    finally:
+        remove_cgroups([str(c) for c in cgroups], kill=True)
 
 
 # ==============================================================================
@@ -1674,9 +1823,9 @@ def provision(settings: Settings, root: Path) -> Tuple[Dict[str, str], str, int]
         packages = SYSTEMD_PACKAGES[manager]
         argv = nspawn_run_argv(root, [(str(cache), PACKAGE_CACHE_DIR)])
         # one package manager at a time per cache: apt and dnf do not share a cache directory well
-        with file_lock(cache / ".postroj.lock"):
+        with file_lock(cache / ".postroj.lock"), own_cgroups("provision") as entry:
             before = package_files(cache)
-            proc = run(argv + ["--", *package_transaction(manager, packages, refresh=True)], check=False,
+            proc = run(entry + argv + ["--", *package_transaction(manager, packages, refresh=True)], check=False,
                        capture=True, stderr=subprocess.STDOUT)
             downloaded = len(package_files(cache) - before)
         if proc.returncode != 0:
@@ -2126,6 +2275,7 @@ class NspawnContainer:
         self._running = contextlib.ExitStack()  # what boot() took: released by shutdown() and close()
         self._locks: List[int] = []
         self._forced = False  # nspawn had to be killed: what is left in its cgroups is killed too
+        self._tmpfs: Optional[Path] = None  # the runtime directory's own tmpfs, where POSTROJ_HOME is on overlayfs
         self._closed = False
         # steps take it to check that the container is open and register what they take; close()
         # takes it to mark the container closed: a step never registers after close() released
@@ -2201,15 +2351,29 @@ class NspawnContainer:
                 die("image %s is being replaced" % self.image.name, "try again in a moment")
             self.files = RuntimeFiles(self.settings.runtime, self.machine)
             self._taken.callback(self.files.remove)
+            if overlay_upper_on_tmpfs(self.settings):
+                self._mount_tmpfs(self.files.directory)
             self.fresh_overlay()
         self.timings["setup"] = time.monotonic() - t0
         return self
 
+    def _mount_tmpfs(self, directory: Path) -> None:
+        remove_tree(directory)
+        private_dir(directory)
+        run(["mount", "-t", "tmpfs", "-o", "mode=0700", "postroj-%s" % self.machine, str(directory)], capture=True,
+            what="mounting a tmpfs for %s's overlay" % self.machine)
+        self._tmpfs = directory
+        self._taken.callback(run, ["umount", "--lazy", str(directory)], check=False, capture=True)
+
     def fresh_overlay(self) -> None:
         """An empty overlay (and guest directory) over the image, with what a throw-away boot masks."""
         assert self.files is not None
-        remove_tree(self.files.directory)
-        private_dir(self.files.directory)
+        if self._tmpfs:  # the mount point stays, its content goes
+            for entry in list(self._tmpfs.iterdir()):
+                remove_tree(entry)
+        else:
+            remove_tree(self.files.directory)
+            private_dir(self.files.directory)
         os.chmod(ensure_dir(self.upper), 0o755)
         ensure_dir(self.guest_dir())
         if self.scratch:
@@ -2222,17 +2386,18 @@ class NspawnContainer:
         guest directory at GUEST_RUNTIME (a package install before boot); returns its status and output."""
         cmd = nspawn_run_argv(Path(self.image.path), binds, upper=self.upper)
         cmd.append(Bind(str(self.guest_dir()), GUEST_RUNTIME, readonly=True).option())
-        with self._lock:
-            self._check_open()
-            proc = spawn(cmd + ["--", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            self._taken.callback(kill_and_wait, proc)  # close() ends it, however long it would run
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_and_wait(proc)
-            die("%s did not finish within %s s" % (what or argv[0], timeout))
-        finally:
-            kill_and_wait(proc)
+        with own_cgroups(self.machine) as entry:
+            with self._lock:
+                self._check_open()
+                proc = spawn(entry + cmd + ["--", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                self._taken.callback(kill_and_wait, proc)  # close() ends it, however long it would run
+            try:
+                out, _ = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                kill_and_wait(proc)
+                die("%s did not finish within %s s" % (what or argv[0], timeout))
+            finally:
+                kill_and_wait(proc)
         self._check_open()
         return proc.returncode, without_nspawn_noise(out.decode("utf-8", "replace"))
 
@@ -2543,115 +2708,6 @@ class NspawnContainer:
         """The host side of the writable directory bound at `self.scratch`, made afresh with the overlay."""
         assert self.files is not None
         return self.files.directory / "scratch"
-
-
-# --- cgroups ---------------------------------------------------------------------
-
-CGROUP_PREFIX = "postroj."
-CGROUPS_UNAVAILABLE = threading.Event()  # set once the warning that they cannot be made is given
-
-
-def cgroup_mounts() -> List[Tuple[str, str, str]]:
-    """(hierarchy, mount root, mount point) of the cgroup hierarchies a container's systemd manages:
-    "cgroup2", and "name=systemd" on hosts with the v1 layout."""
-    found = []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields, _, tail = line.partition(" - ")
-            parts, fstype_etc = fields.split(), tail.split()
-            if len(parts) < 5 or len(fstype_etc) < 3:
-                continue
-            if fstype_etc[0] == "cgroup2":
-                found.append(("cgroup2", parts[3], parts[4].replace("\\040", " ")))
-            elif fstype_etc[0] == "cgroup" and "name=systemd" in fstype_etc[2].split(","):
-                found.append(("name=systemd", parts[3], parts[4].replace("\\040", " ")))
-    return found
-
-
-def systemd_cgroup_roots() -> List[Path]:
-    """Our own cgroup in each hierarchy a container's systemd manages."""
-    own = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            number, controllers, path = line.split(":", 2)
-            if controllers == "name=systemd" or (number == "0" and not controllers):
-                own["cgroup2" if number == "0" else "name=systemd"] = path
-    roots = []
-    for kind, mount_root, mount_point in cgroup_mounts():
-        if kind in own:
-            relative = own.pop(kind)
-            if mount_root != "/" and relative.startswith(mount_root):
-                relative = relative[len(mount_root):]
-            roots.append(Path(mount_point + "/" + relative.strip("/")))
-    return roots
-
-
-def make_cgroups(name: str) -> List[Path]:
-    """A cgroup of its own for one container, in each hierarchy its systemd manages.
-
-    Without machined, nspawn --keep-unit puts every container's systemd into the caller's cgroup
-    (as .../payload): two containers at once would share one cgroup tree, and each systemd would
-    manage, and kill, the other's units. Empty when cgroups cannot be made here (read-only cgroupfs).
-    """
-    made: List[Path] = []
-    if nspawn_scope_prefix():
-        return made  # each nspawn has a scope of its own, made by systemd
-    for root in systemd_cgroup_roots():
-        try:
-            (root / name).mkdir()
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            if not CGROUPS_UNAVAILABLE.is_set():
-                CGROUPS_UNAVAILABLE.set()
-                log.warning("cannot make a cgroup below %s (%s): containers running at once share one cgroup "
-                            "tree and may stop each other's units; run them one at a time (--jobs 1), or give "
-                            "postroj a writable cgroup file system", root, exc.strerror or exc)
-            continue
-        made.append(root / name)
-    return made
-
-
-def cgroup_entry_prefix(cgroups: Sequence[Path]) -> List[str]:
-    """Runs the command that follows in `cgroups` (a process joins before it executes nspawn)."""
-    if not cgroups:
-        return []
-    script = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
-    return ["sh", "-c", script, "sh", *[str(c / "cgroup.procs") for c in cgroups], "--"]
-
-
-def our_cgroups(cgroups: Sequence[str]) -> List[str]:
-    """Those of `cgroups` (read from a state file) that are cgroups postroj made: named postroj.*, not a
-    symlink, inside a cgroup hierarchy (postroj may have run in another cgroup than this one)."""
-    mounts = [mount_point.rstrip("/") + "/" for _kind, _root, mount_point in cgroup_mounts()]
-    return [top for top in cgroups if os.path.basename(top).startswith(CGROUP_PREFIX) and not os.path.islink(top)
-            and os.path.isdir(top) and any(os.path.realpath(top).startswith(m) for m in mounts)]
-
-
-def remove_cgroups(cgroups: Sequence[str], kill: bool = False) -> None:
-    """Remove a container's cgroups, with what its systemd made below them; with `kill`, first end every
-    process still in them (a container whose nspawn had to be killed)."""
-    for top in our_cgroups(cgroups):
-        deadline = time.monotonic() + (2.0 if kill else 0.5)
-        while True:
-            if kill:
-                for root, _dirs, _files in os.walk(top):
-                    with contextlib.suppress(OSError, ValueError):
-                        for pid in Path(root, "cgroup.procs").read_text().split():
-                            with contextlib.suppress(ProcessLookupError):
-                                os.kill(int(pid), signal.SIGKILL)
-            for root, dirs, _files in os.walk(top, topdown=False):
-                for name in dirs:
-                    with contextlib.suppress(OSError):
-                        os.rmdir(os.path.join(root, name))
-            try:
-                os.rmdir(top)
-                break
-            except OSError as exc:
-                if time.monotonic() > deadline:  # EBUSY: processes still exiting
-                    log.warning("cannot remove cgroup %s: %s", top, exc.strerror or exc)
-                    break
-            time.sleep(0.02)
 
 
 # --- the overlay and what the container reports --------------------------------------

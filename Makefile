@@ -17,6 +17,8 @@ setup:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
 	@$(PYTHON) -c "import pytest" 2>/dev/null || $(PYTHON) -m pip install -q pytest
+	@# development only: checks the README's CI examples against their schemas
+	@$(PYTHON) -c "import check_jsonschema" 2>/dev/null || $(PYTHON) -m pip install -q check-jsonschema
 	@# autopkgtest's unshare backend, which the tests run beside postroj, maps root's ids through these
 	@for f in /etc/subuid /etc/subgid; do grep -q '^root:' $$f 2>/dev/null || echo 'root:100000:65536' >> $$f; done
 

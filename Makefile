@@ -1,12 +1,13 @@
 # postroj: `make` builds postroj.pyz; `make setup` installs what postroj and its tests need;
-# `make test` runs every test; `make demo` acquires debian-bookworm and probes it.
+# `make test` runs every test; `make check` the unit tests and one real container; `make demo` acquires
+# debian-bookworm and probes it.
 PYTHON ?= python3
 PYZ := postroj.pyz
 APT_PACKAGES := systemd-container skopeo umoci mmdebstrap debootstrap docker-registry \
                 util-linux xz-utils zstd dpkg-dev iproute2 python3-pytest vagrant autopkgtest
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: all setup test unit integration demo bench clean
+.PHONY: all setup test check unit integration demo bench clean
 
 all: $(PYZ)
 
@@ -23,7 +24,11 @@ setup:
 	@for f in /etc/subuid /etc/subgid; do grep -q '^root:' $$f 2>/dev/null || echo 'root:100000:65536' >> $$f; done
 
 test: setup $(PYZ)
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q --durations=15 tests
+
+# the inner loop: the unit tests and one real container, in under two minutes on a warm rig cache
+check: $(PYZ)
+	$(PYTHON) -m pytest -q tests/unit tests/integration/test_smoke.py
 
 unit: $(PYZ)
 	$(PYTHON) -m pytest -q tests/unit

@@ -62,6 +62,8 @@ log = logging.getLogger("postroj")
 DEFAULT_HOME = "/var/lib/postroj"
 DEFAULT_CACHE = "/var/cache/postroj"
 DEFAULT_IMAGE = "debian-bookworm"
+# The version of every --json output's layout; raised when a field is renamed or removed (README: JSON).
+JSON_SCHEMA = 1
 
 # Exit codes, documented in the README.
 EXIT_OK = 0
@@ -3480,6 +3482,7 @@ def format_result(result: ProbeResult, color: bool = False) -> str:
 
 def results_json(results: Sequence[ProbeResult]) -> Dict[str, Any]:
     return {
+        "schema": JSON_SCHEMA,
         "version": __version__,
         "passed": all(r.status != Status.FAIL for r in results),
         "results": [{"image": r.image, "kind": r.probe.kind, "target": r.probe.target, "status": r.status,
@@ -3865,6 +3868,7 @@ def cmd_list_images(args: argparse.Namespace, settings: Settings) -> int:
     acquired = {info.name: info for info in list_images(settings)}
     if args.json:
         data = {
+            "schema": JSON_SCHEMA,
             "distributions": [dict(d._asdict(), label=d.label, fullname=d.fullname,
                                    acquired=d.label in acquired) for d in DISTRIBUTIONS],
             "boxes": [b._asdict() for b in BOXES],
@@ -3894,7 +3898,8 @@ def cmd_list_images(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     checks = doctor_checks()
     if args.json:
-        print(json.dumps([c._asdict() for c in checks], indent=2))
+        print(json.dumps({"schema": JSON_SCHEMA, "mode": host_mode(), "checks": [c._asdict() for c in checks]},
+                         indent=2))
     else:
         rows = [[c.name, "ok" if c.ok else ("missing" if c.required else "optional"), c.detail] for c in checks]
         print_table(rows, ["CHECK", "STATUS", "DETAIL"])
@@ -3992,10 +3997,12 @@ cat /etc/os-release
 def cmd_machines(args: argparse.Namespace, settings: Settings) -> int:
     machines = list_machines(settings)
     if args.json:
-        print(json.dumps([m._asdict() for m in machines], indent=2))
+        print(json.dumps({"schema": JSON_SCHEMA, "machines": [m._asdict() for m in machines]}, indent=2))
     elif machines:
         print_table([[m.name, m.image, str(m.leader), m.since, "kept" if m.keep else ""] for m in machines],
                     ["MACHINE", "IMAGE", "LEADER", "SINCE", ""])
+    elif sys.stdout.isatty():  # a person asked; a script reading a pipe gets nothing
+        print("no postroj containers are running")
     return EXIT_OK
 
 
@@ -4190,6 +4197,8 @@ def cmd_vm(args: argparse.Namespace, settings: Settings) -> int:
             rows.append([label, VagrantMachine(settings, find_box_by_dir(label)).status()])
         if rows:
             print_table(rows, ["VM", "STATE"])
+        elif sys.stdout.isatty():
+            print("no postroj VMs; bring one up with `postroj vm up BOX`")
         return EXIT_OK
     box = find_box(args.box)
     vm = VagrantMachine(settings, box, getattr(args, "provider", ""), getattr(args, "cpus", 0) or 0,

@@ -100,6 +100,34 @@ class Postroj:
         return subprocess.Popen(self.argv(*args), env=self.env, text=True, **kwargs)
 
 
+def documented_fields(output: str) -> "set[str]":
+    """The fields the README's JSON section documents for `output` (e.g. "machines --json"), as paths:
+    "schema", "machines", "machines[].name"..."""
+    text = (REPO / "README.rst").read_text()
+    fields = set()
+    borders = 0
+    for line in text.split("``%s``" % output, 1)[1].splitlines():
+        if line.startswith("="):
+            borders += 1
+            if borders == 3:  # the table's last line
+                break
+        elif borders == 2 and line and not line.startswith(" "):
+            fields.add(line.split()[0])
+    return fields
+
+
+def json_fields(data, prefix: str = "") -> "set[str]":
+    """The field paths of a JSON object as documented_fields writes them; lists of objects as NAME[].FIELD."""
+    fields = set()
+    for key, value in data.items():
+        path = prefix + key
+        fields.add(path)
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                fields |= json_fields(item, path + "[].")
+    return fields
+
+
 # --- root file systems ----------------------------------------------------------
 
 

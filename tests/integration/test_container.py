@@ -74,14 +74,14 @@ def test_two_containers_of_one_image_at_once(images):
     deadline = time.monotonic() + 30
     machines = []
     while time.monotonic() < deadline and len(machines) < 2:
-        machines = json.loads(images("machines", "--json", check=0).stdout)
+        machines = json.loads(images("machines", "--json", check=0).stdout)["machines"]
         time.sleep(0.1)
     outputs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     names = sorted(out.strip() for out, _ in outputs)
     assert names == ["postroj-debian-bookworm", "postroj-debian-bookworm-2"]
     assert sorted(m["name"] for m in machines) == names
-    assert json.loads(images("machines", "--json", check=0).stdout) == []
+    assert json.loads(images("machines", "--json", check=0).stdout)["machines"] == []
 
 
 def test_containers_at_once_have_cgroups_of_their_own(images):
@@ -92,7 +92,7 @@ def test_containers_at_once_have_cgroups_of_their_own(images):
         deadline = time.monotonic() + 30
         machines = []
         while time.monotonic() < deadline and len(machines) < 2:
-            machines = [m for m in json.loads(images("machines", "--json", check=0).stdout) if m["leader"]]
+            machines = [m for m in json.loads(images("machines", "--json", check=0).stdout)["machines"] if m["leader"]]
             time.sleep(0.1)
         assert len(machines) == 2, machines
         tops = set()
@@ -135,18 +135,20 @@ def test_keep_and_stop(images):
     proc = images("container", "debian-bookworm", "--keep", "--machine", "kept-one", "--", "true", check=0)
     assert "postroj stop kept-one" in proc.stderr
     try:
-        machines = json.loads(images("machines", "--json", check=0).stdout)
+        listing = json.loads(images("machines", "--json", check=0).stdout)
+        machines = listing["machines"]
         assert [m["name"] for m in machines] == ["kept-one"]
+        assert rig.json_fields(listing) == rig.documented_fields("machines --json"), "README's JSON section"
         leader = machines[0]["leader"]
         assert os.path.exists("/proc/%d" % leader)
         # gc does not end a kept container
         images("gc", check=0)
-        assert [m["name"] for m in json.loads(images("machines", "--json", check=0).stdout)] == ["kept-one"]
+        assert [m["name"] for m in json.loads(images("machines", "--json", check=0).stdout)["machines"]] == ["kept-one"]
         taken = images("container", "debian-bookworm", "--machine", "kept-one", "--", "true")
         assert taken.returncode == 2 and "already taken" in taken.stderr
     finally:
         images("stop", "kept-one", check=0)
-    assert json.loads(images("machines", "--json", check=0).stdout) == []
+    assert json.loads(images("machines", "--json", check=0).stdout)["machines"] == []
     assert not os.path.exists("/proc/%d" % leader) or "systemd" not in open("/proc/%d/comm" % leader).read()
 
 
@@ -207,7 +209,7 @@ def test_signals_leave_nothing_behind(images, signum, code, phase):
     assert not rig.mounts_mentioning(str(images.home))
     if signum == signal.SIGKILL:
         # postroj could not clean its runtime state; gc does, and finds nothing alive
-        assert json.loads(images("machines", "--json", check=0).stdout) == []
+        assert json.loads(images("machines", "--json", check=0).stdout)["machines"] == []
         images("gc", check=0)
     assert not list((images.home / "run").iterdir())
 
@@ -215,7 +217,7 @@ def test_signals_leave_nothing_behind(images, signum, code, phase):
 def test_killing_the_leader_ends_the_run(images):
     proc = images.popen("container", "debian-bookworm", "--", "sh", "-c", "echo started; sleep 60")
     assert proc.stdout.readline() == "started\n"
-    (machine,) = json.loads(images("machines", "--json", check=0).stdout)
+    (machine,) = json.loads(images("machines", "--json", check=0).stdout)["machines"]
     os.kill(machine["leader"], signal.SIGKILL)
     proc.communicate(timeout=30)
     assert proc.returncode != 0

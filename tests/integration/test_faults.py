@@ -271,7 +271,7 @@ def test_signal_to_probe(images, phase, signum):
         # postroj could not clean up; its children ended with it, and gc removes what it left
         wait_for(lambda: not postroj_processes(images.home) and not payload(images, marker), timeout=20,
                  what="children's end")
-        assert json.loads(images("machines", "--json", check=0).stdout) == []
+        assert json.loads(images("machines", "--json", check=0).stdout)["machines"] == []
         images("gc", check=0)
     assert_nothing_left(images, marker)
     assert active_images(images.home) == before
@@ -327,7 +327,7 @@ def test_signal_to_container_in_teardown(images, signum):
     assert "Traceback" not in err, err
     if signum == signal.SIGKILL:
         wait_for(lambda: not postroj_processes(images.home), timeout=20, what="children's end")
-        assert json.loads(images("machines", "--json", check=0).stdout) == []
+        assert json.loads(images("machines", "--json", check=0).stdout)["machines"] == []
         images("gc", check=0)
     assert_nothing_left(images)
 
@@ -340,7 +340,7 @@ def test_signal_to_the_leader_during_a_probe(images, signum):
     proc = images.popen("probe", "--image", "debian-bookworm", "--command", marker, "--timeout", "20", "--json", "-")
     with ended_afterwards(proc):
         wait_for(lambda: payload(images, marker), what="the probe's command")
-        (machine,) = json.loads(images("machines", "--json", check=0).stdout)
+        (machine,) = json.loads(images("machines", "--json", check=0).stdout)["machines"]
         signalled = time.monotonic()
         os.kill(machine["leader"], signum)
         out, err = proc.communicate(timeout=120)
@@ -605,11 +605,11 @@ def test_gc_while_a_probe_runs(images):
                         "--json", "-")
     with ended_afterwards(proc):
         wait_for(lambda: payload(images, marker), what="the probe's command")
-        (machine,) = json.loads(images("machines", "--json", check=0).stdout)
+        (machine,) = json.loads(images("machines", "--json", check=0).stdout)["machines"]
         gc = images("gc", check=0)
         assert machine["name"] not in gc.stdout, gc.stdout
         assert nspawn_of(images.home), "gc ended the live container"
-        assert [m["name"] for m in json.loads(images("machines", "--json", check=0).stdout)] == [machine["name"]]
+        assert [m["name"] for m in json.loads(images("machines", "--json", check=0).stdout)["machines"]] == [machine["name"]]
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
     (result,) = json.loads(out[out.index("{"):])["results"]

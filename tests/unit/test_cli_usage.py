@@ -169,7 +169,7 @@ def test_doctor_without_skopeo(cli, tmp_path, monkeypatch):
 
     code, out, err = cli("doctor", "--json")
     assert code == 1
-    checks = {c["name"]: c for c in json.loads(out)}
+    checks = {c["name"]: c for c in json.loads(out)["checks"]}
     assert checks["skopeo"]["ok"] is False
     assert checks["skopeo"]["fix"] == "apt-get install skopeo"
     assert checks["skopeo"]["required"] is True

@@ -4190,6 +4190,118 @@ def cmd_autopkgtest_virt(args: argparse.Namespace, settings: Settings) -> int:
     return AutopkgtestTestbed(settings, image, options, args.boot_timeout, sys.stdin, sys.stdout).serve()
 
 
+# What the words after a command complete to: images, machines, boxes, files, or fixed words.
+COMPLETE_ARGUMENTS = {
+    "image": "images", "pull": "images", "container": "images", "run": "images", "remove": "images",
+    "rm": "images", "autopkgtest-virt": "images", "stop": "machines", "report": "files", "completion": "bash zsh",
+}
+COMPLETE_OPTION_VALUES = {
+    "--image": "images", "--vm": "boxes", "--package": "files", "--copy": "files", "--json": "files",
+    "--junit": "files", "--bind": "files", "--bind-ro": "files", "--via": "registry bootstrap",
+    "--shell": "cmd powershell",
+}
+
+BASH_COMPLETION = r"""# postroj completion for bash: `source <(postroj completion bash)`, or save it in /etc/bash_completion.d/
+_postroj_words() {
+    local home="${POSTROJ_HOME:-/var/lib/postroj}" entry
+    case "$1" in
+        images)
+            printf '%s\n' @LABELS@
+            for entry in "$home"/images/*; do [ -e "$entry" ] && printf '%s\n' "${entry##*/}"; done ;;
+        machines)
+            for entry in "$home"/run/*.json; do [ -e "$entry" ] && entry="${entry##*/}" && printf '%s\n' "${entry%.json}"; done ;;
+        boxes)
+            printf '%s\n' @BOXES@ ;;
+        *)
+            printf '%s\n' $1 ;;
+    esac
+}
+
+_postroj_complete() {
+    if [ "$1" = files ]; then
+        compopt -o filenames 2>/dev/null
+        COMPREPLY=($(compgen -f -- "$2"))
+    else
+        COMPREPLY=($(compgen -W "$(_postroj_words "$1")" -- "$2"))
+    fi
+}
+
+_postroj() {
+    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" sub="" i word
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        word="${COMP_WORDS[i]}"
+        case "$word" in
+            --) return 0 ;;  # the payload's own words
+            -*) ;;
+            *) case "${COMP_WORDS[i-1]}" in @VALUED@) continue ;; esac
+               if [ -z "$cmd" ]; then cmd="$word"; elif [ "$cmd" = vm ] && [ -z "$sub" ]; then sub="$word"; fi ;;
+        esac
+    done
+    case "$prev" in
+@OPTION_VALUES@
+    esac
+    if [ -z "$cmd" ]; then
+        COMPREPLY=($(compgen -W "@COMMANDS@ @GLOBAL@" -- "$cur"))
+        return 0
+    fi
+    if [ "$cmd" = vm ] && [ -z "$sub" ]; then
+        COMPREPLY=($(compgen -W "@VM_ACTIONS@" -- "$cur"))
+        return 0
+    fi
+    if [[ "$cur" == -* ]]; then
+        case "$cmd${sub:+ $sub}" in
+@OPTIONS@
+        esac
+        return 0
+    fi
+    case "$cmd" in
+@ARGUMENTS@
+        vm) [ "$sub" = list ] || _postroj_complete boxes "$cur" ;;
+    esac
+}
+
+complete -F _postroj postroj postroj.pyz ./postroj.pyz
+"""
+
+
+def completion_script(shell: str) -> str:
+    """The bash (or zsh, through bashcompinit) completion script, made from the parser itself."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    vm = next(a for a in commands.choices["vm"]._actions if isinstance(a, argparse._SubParsersAction))
+
+    def options(command: argparse.ArgumentParser) -> str:
+        return " ".join(o for a in command._actions for o in a.option_strings)
+
+    def case(pattern: str, body: str) -> str:
+        return "        %s) %s ;;" % (pattern, body)
+
+    option_cases = [case('"%s"' % name, 'COMPREPLY=($(compgen -W "%s" -- "$cur"))' % options(command))
+                    for name, command in commands.choices.items() if name != "vm"]
+    option_cases += [case('"vm %s"' % name, 'COMPREPLY=($(compgen -W "%s" -- "$cur"))' % options(command))
+                     for name, command in vm.choices.items()]
+    values = [case(option, '_postroj_complete "%s" "$cur"; return 0' % kind)
+              for option, kind in COMPLETE_OPTION_VALUES.items()]
+    arguments = [case(name, '_postroj_complete "%s" "$cur"' % kind) for name, kind in COMPLETE_ARGUMENTS.items()]
+    valued = [o for name, command in commands.choices.items() for a in command._actions if a.nargs != 0
+              for o in a.option_strings]
+    script = BASH_COMPLETION
+    for key, value in (("@LABELS@", " ".join(all_labels())), ("@BOXES@", " ".join(b.label for b in BOXES)),
+                       ("@COMMANDS@", " ".join(commands.choices)), ("@GLOBAL@", options(parser)),
+                       ("@VM_ACTIONS@", " ".join(vm.choices)), ("@OPTION_VALUES@", "\n".join(values)),
+                       ("@OPTIONS@", "\n".join(option_cases)), ("@ARGUMENTS@", "\n".join(arguments)),
+                       ("@VALUED@", "|".join(sorted(set(valued)) or ["--"]))):
+        script = script.replace(key, value)
+    if shell == "zsh":
+        script = "#compdef postroj postroj.pyz\nautoload -U +X bashcompinit && bashcompinit\n" + script
+    return script
+
+
+def cmd_completion(args: argparse.Namespace, settings: Settings) -> int:
+    sys.stdout.write(completion_script(args.shell))
+    return EXIT_OK
+
+
 def cmd_vm(args: argparse.Namespace, settings: Settings) -> int:
     if args.vm_command == "list":
         rows = []
@@ -4256,27 +4368,69 @@ def add_container_options(parser: argparse.ArgumentParser) -> None:
                         help="how long the container may take to boot (default: 30)")
 
 
+def add_container_mounts(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]",
+                        help="bind a host directory or file into the container (DST defaults to SRC); repeatable")
+    parser.add_argument("--bind-ro", action="append", default=[], metavar="SRC[:DST]",
+                        help="the same, read-only; repeatable")
+    parser.add_argument("--setenv", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for what runs in the container; repeatable")
+
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    success; every probe passed
+  1    a runtime failure, or a probe that failed
+  2    bad usage: nothing was started or changed
+  12   autopkgtest-virt: a command the testbed cannot take
+  130  interrupted (SIGINT); 143: terminated (SIGTERM)
+  N    container and vm run: the command's own status
+
+most used:
+  postroj image debian-bookworm
+  postroj container debian-bookworm -- cat /etc/os-release
+  postroj probe --image debian-bookworm --package ./app.deb --check-unit app --junit report.xml
+"""
+
+
+def add_command(sub: Any, name: str, summary: str, examples: Sequence[str],
+                aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """A subcommand whose --help has a one-line description and examples of real use."""
+    return sub.add_parser(name, aliases=list(aliases), help=summary, description=summary[0].upper() + summary[1:] + ".",
+                          epilog="examples:\n" + "\n".join("  " + e for e in examples),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The command line; every help text of postroj is here (the README's Usage says the same)."""
     parser = ArgumentParser(prog="postroj", description="Test packages on many Linux distributions: images, "
-                            "ephemeral systemd-nspawn containers, probes, and Vagrant VMs.")
+                            "ephemeral systemd-nspawn containers, probes, and Vagrant VMs.",
+                            epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version="postroj %s" % __version__)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more output on stderr (-vv: commands)")
     parser.add_argument("--debug", action="store_true", help="tracebacks for errors, every command on stderr")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=ArgumentParser)
 
-    p = sub.add_parser("list-images", aliases=["ls"], help="the catalogue and the acquired images")
-    p.add_argument("--json", action="store_true", help="as JSON")
+    p = add_command(sub, "list-images", "the catalogue and the acquired images", [
+        "postroj list-images", "postroj list-images --json | jq -r '.distributions[].label'"], aliases=["ls"])
+    p.add_argument("--json", action="store_true", help="as JSON (README: JSON)")
     p.set_defaults(func=cmd_list_images)
 
-    p = sub.add_parser("doctor", help="check what postroj needs on this host")
-    p.add_argument("--json", action="store_true", help="as JSON")
+    p = add_command(sub, "doctor", "check what postroj needs on this host", [
+        "postroj doctor", "postroj doctor --json"])
+    p.add_argument("--json", action="store_true", help="as JSON (README: JSON)")
     p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser("image", aliases=["pull"], help="acquire, provision and activate images")
-    p.add_argument("names", nargs="*", metavar="NAME", help="catalogue label, docker://..., URL, tarball or directory")
+    p = add_command(sub, "image", "acquire, provision and activate images", [
+        "postroj image debian-bookworm ubuntu-noble",
+        "postroj image debian-trixie --via bootstrap --mirror http://deb.debian.org/debian",
+        "postroj image https://example.org/rootfs.tar.xz --sha256 HEX --name myos"], aliases=["pull"])
+    p.add_argument("names", nargs="*", metavar="NAME", help="catalogue label or alias, docker://..., oci:..., "
+                   "http(s)://.../ROOTFS.tar.*, a tarball or a directory")
     p.add_argument("--all", action="store_true", help="every image of the catalogue")
     p.add_argument("--force", action="store_true", help="acquire afresh and swap atomically")
-    p.add_argument("--via", choices=["registry", "bootstrap"], default="", help="how to get a catalogue image")
+    p.add_argument("--via", choices=["registry", "bootstrap"], default="",
+                   help="how to get a catalogue image (default: the registry, bootstrapping when it is out of reach)")
     p.add_argument("--mirror", default="", metavar="URL", help="package archive to bootstrap from (default: the "
                    "distribution's own; POSTROJ_MIRROR)")
     p.add_argument("--security-mirror", default="", metavar="URL", help="security archive to bootstrap from "
@@ -4287,17 +4441,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="name of the image (default: derived from the reference)")
     p.set_defaults(func=cmd_image)
 
-    p = sub.add_parser("remove", aliases=["rm"], help="delete images and their archives")
-    p.add_argument("names", nargs="*", metavar="NAME")
-    p.add_argument("--all", action="store_true")
+    p = add_command(sub, "remove", "delete images and their archives", [
+        "postroj remove debian-bookworm", "postroj remove --all"], aliases=["rm"])
+    p.add_argument("names", nargs="*", metavar="NAME", help="acquired images")
+    p.add_argument("--all", action="store_true", help="every acquired image")
     p.set_defaults(func=cmd_remove)
 
-    p = sub.add_parser("container", aliases=["run"], help="boot an image and run a command in it")
-    p.add_argument("image", metavar="NAME")
-    p.add_argument("command", nargs="*", metavar="-- COMMAND", help="command and its arguments, after --")
-    p.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]")
-    p.add_argument("--bind-ro", action="append", default=[], metavar="SRC[:DST]")
-    p.add_argument("--setenv", action="append", default=[], metavar="NAME=VALUE")
+    p = add_command(sub, "container", "boot an image and run a command in it", [
+        "postroj container debian-bookworm -- cat /etc/os-release",
+        "postroj container ubuntu-noble --bind ./src:/src -- make -C /src check",
+        "postroj container debian-bookworm --keep   # then: postroj stop postroj-debian-bookworm"],
+        aliases=["run"])
+    p.add_argument("image", metavar="NAME", help="an acquired image (or a catalogue label with --pull)")
+    p.add_argument("command", nargs="*", metavar="-- COMMAND", help="command and its arguments, after --; without "
+                   "one: a shell on a terminal, else what runs")
+    add_container_mounts(p)
     p.add_argument("--machine", default="", metavar="NAME", help="machine name (default: postroj-<image>)")
     p.add_argument("--keep", action="store_true", help="leave the container running")
     p.add_argument("--private-network", action="store_true", help="own network namespace, loopback only")
@@ -4305,32 +4463,44 @@ def build_parser() -> argparse.ArgumentParser:
     add_container_options(p)
     p.set_defaults(func=cmd_container)
 
-    p = sub.add_parser("machines", help="running postroj containers")
-    p.add_argument("--json", action="store_true")
+    p = add_command(sub, "machines", "running postroj containers", ["postroj machines", "postroj machines --json"])
+    p.add_argument("--json", action="store_true", help="as JSON (README: JSON)")
     p.set_defaults(func=cmd_machines)
 
-    p = sub.add_parser("stop", help="end kept containers")
-    p.add_argument("machines", nargs="+", metavar="MACHINE")
+    p = add_command(sub, "stop", "end kept containers", ["postroj stop postroj-debian-bookworm"])
+    p.add_argument("machines", nargs="+", metavar="MACHINE", help="names from `postroj machines`")
     p.set_defaults(func=cmd_stop)
 
-    p = sub.add_parser("gc", help="end leftover containers, remove stale state and unused image versions")
+    p = add_command(sub, "gc", "end leftover containers, remove stale state and unused image versions",
+                    ["postroj gc"])
     p.set_defaults(func=cmd_gc)
 
-    p = sub.add_parser("probe", aliases=["pkgprobe"], help="run probes over a matrix of images")
-    p.add_argument("--image", action="append", default=[], metavar="NAME", help="repeatable (default: %s)"
-                   % DEFAULT_IMAGE)
+    p = add_command(sub, "probe", "run probes over a matrix of images", [
+        "postroj probe --image debian-bookworm --command 'systemctl is-active systemd-journald'",
+        "postroj probe --image debian-bookworm --image ubuntu-noble --package ./app.deb --check-unit app \\",
+        "    --check-network http://localhost:8080 --junit report.xml",
+        "postroj probe --all --command true --shard 2/4 --json shard-2.json"], aliases=["pkgprobe"])
+    p.add_argument("--image", action="append", default=[], metavar="NAME", help="an image to probe; repeatable "
+                   "(default: %s)" % DEFAULT_IMAGE)
     p.add_argument("--all", action="store_true", help="every acquired image")
-    p.add_argument("--vm", action="append", default=[], metavar="BOX", help="probe a Vagrant VM instead")
-    p.add_argument("--package", action="append", default=[], metavar="PATH|URL", help=".deb, .rpm (or .msi on VMs)")
-    p.add_argument("--copy", action="append", default=[], metavar="SRC:DST")
-    p.add_argument("--check-unit", action="append", default=[], metavar="UNIT")
-    p.add_argument("--check-network", action="append", default=[], metavar="URL")
-    p.add_argument("--expect-status", type=int, default=None, metavar="CODE")
-    p.add_argument("--expect-body", default="", metavar="TEXT")
-    p.add_argument("--command", action="append", default=[], metavar="CMD")
+    p.add_argument("--vm", action="append", default=[], metavar="BOX", help="probe a Vagrant VM instead; repeatable")
+    p.add_argument("--package", action="append", default=[], metavar="PATH|URL", help="a .deb or .rpm (.msi on "
+                   "Windows VMs) to install with its dependencies before the container boots; repeatable")
+    p.add_argument("--copy", action="append", default=[], metavar="SRC:DST", help="put a host file or directory "
+                   "at the absolute path DST in the container; repeatable")
+    p.add_argument("--check-unit", action="append", default=[], metavar="UNIT", help="a systemd unit that must "
+                   "become active (enabled and started if it is not); repeatable")
+    p.add_argument("--check-network", action="append", default=[], metavar="URL", help="tcp://HOST:PORT or "
+                   "http(s)://... that must answer from inside the container, within --timeout; repeatable")
+    p.add_argument("--expect-status", type=int, default=None, metavar="CODE", help="the HTTP status "
+                   "--check-network expects (default: any 2xx or 3xx)")
+    p.add_argument("--expect-body", default="", metavar="TEXT", help="text the HTTP answer must contain")
+    p.add_argument("--command", action="append", default=[], metavar="CMD", help="a shell command that must exit "
+                   "0 in the container; repeatable")
     p.add_argument("--timeout", type=positive_float, default=30, metavar="SECONDS", help="per probe (default: 30)")
-    p.add_argument("--jobs", "-j", type=positive_int, default=os.cpu_count() or 1, metavar="N")
-    p.add_argument("--fail-fast", action="store_true")
+    p.add_argument("--jobs", "-j", type=positive_int, default=os.cpu_count() or 1, metavar="N",
+                   help="images probed at once (default: the number of CPUs)")
+    p.add_argument("--fail-fast", action="store_true", help="skip the rest after the first failure")
     p.add_argument("--shard", type=shard_spec, default=None, metavar="K/N", help="run the K-th of N parts of the "
                    "image matrix (whole images; the N parts together are the whole run)")
     p.add_argument("--no-pull", action="store_true", help="refuse images that are not acquired")
@@ -4342,24 +4512,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_container_options(p)
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("report", help="merge the --json reports of shards or runs into one")
+    p = add_command(sub, "report", "merge the --json reports of shards or runs into one", [
+        "postroj report shard-1.json shard-2.json --junit report.xml",
+        "postroj report runs/*.json --json merged.json"])
     p.add_argument("files", nargs="+", metavar="FILE.json", help="reports written by probe --json")
     p.add_argument("--json", default=None, metavar="FILE", help="write the merged results as JSON (- for stdout)")
     p.add_argument("--junit", default=None, metavar="FILE", help="write the merged results as JUnit XML")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("selftest", help="hostnamectl and systemd-journald on every acquired image")
-    p.add_argument("--jobs", "-j", type=positive_int, default=os.cpu_count() or 1, metavar="N")
+    p = add_command(sub, "selftest", "hostnamectl and systemd-journald on every acquired image", [
+        "postroj selftest", "postroj selftest --jobs 1 --boot-timeout 60"])
+    p.add_argument("--jobs", "-j", type=positive_int, default=os.cpu_count() or 1, metavar="N",
+                   help="images probed at once (default: the number of CPUs)")
     add_container_options(p)
     p.set_defaults(func=cmd_selftest)
 
-    p = sub.add_parser("autopkgtest-virt", help="serve autopkgtest as its virtualisation server (`autopkgtest "
-                       "SRC -- postroj.pyz autopkgtest-virt IMAGE`, or `-- postroj IMAGE` through a link named %s)"
-                       % AUTOPKGTEST_NAME)
+    p = add_command(sub, "autopkgtest-virt", "serve autopkgtest as its virtualisation server", [
+        "autopkgtest -U hello_2.10-3.dsc -- /path/to/postroj.pyz autopkgtest-virt debian-bookworm",
+        "ln -s /path/to/postroj.pyz /usr/local/bin/%s" % AUTOPKGTEST_NAME,
+        "autopkgtest -U memcached_1.6.18-1+deb12u1.dsc -- postroj debian-bookworm"])
     p.add_argument("image", metavar="IMAGE", help="the image to test in (catalogue label or acquired name)")
-    p.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]")
-    p.add_argument("--bind-ro", action="append", default=[], metavar="SRC[:DST]")
-    p.add_argument("--setenv", action="append", default=[], metavar="NAME=VALUE")
+    add_container_mounts(p)
     p.add_argument("--private-network", action="store_true", help="loopback only (test dependencies then "
                    "cannot be downloaded)")
     p.add_argument("--host-network", action="store_true", help="the host's network (the default)")
@@ -4368,23 +4541,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_container_options(p)
     p.set_defaults(func=cmd_autopkgtest_virt, machine="", keep=False)
 
-    p = sub.add_parser("vm", help="full virtual machines through Vagrant")
+    p = add_command(sub, "completion", "print a shell completion script", [
+        "source <(postroj completion bash)",
+        "postroj completion bash > /etc/bash_completion.d/postroj",
+        "postroj completion zsh > \"${fpath[1]}/_postroj\""])
+    p.add_argument("shell", choices=("bash", "zsh"), help="the shell the script is for")
+    p.set_defaults(func=cmd_completion)
+
+    p = add_command(sub, "vm", "full virtual machines through Vagrant", [
+        "postroj vm up windows-2019", "postroj vm run windows-2019 -- ver", "postroj vm destroy windows-2019"])
     vm = p.add_subparsers(dest="vm_command", metavar="ACTION", parser_class=ArgumentParser)
     vm.required = True
-    q = vm.add_parser("up", help="bring a box up")
-    q.add_argument("box", metavar="BOX")
-    q.add_argument("--provider", default="")
-    q.add_argument("--cpus", type=positive_int, default=0)
-    q.add_argument("--memory", type=positive_int, default=0, metavar="MB")
+    q = add_command(vm, "up", "bring a box up", ["postroj vm up debian-12 --cpus 4 --memory 4096"])
+    q.add_argument("box", metavar="BOX", help="a curated box (postroj list-images) or vagrant:OWNER/BOX")
+    q.add_argument("--provider", default="", help="the vagrant provider (default: vagrant's choice)")
+    q.add_argument("--cpus", type=positive_int, default=0, help="CPUs (default: the box's)")
+    q.add_argument("--memory", type=positive_int, default=0, metavar="MB", help="memory (default: the box's)")
     q.add_argument("--keep", action="store_true", help="keep the machine when it fails to come up")
-    q = vm.add_parser("run", help="run a command in a VM")
-    q.add_argument("box", metavar="BOX")
+    q = add_command(vm, "run", "run a command in a VM", [
+        "postroj vm run windows-2019 -- ver", "postroj vm run windows-2019 --shell powershell -- Get-Service"])
+    q.add_argument("box", metavar="BOX", help="a box that is up, or is brought up for the command")
     q.add_argument("--shell", choices=("cmd", "powershell"), default="",
                    help="Windows: the shell that runs COMMAND (default: cmd, as winrs does)")
-    q.add_argument("command", nargs="*", metavar="-- COMMAND")
-    q = vm.add_parser("destroy", help="destroy a VM")
-    q.add_argument("box", metavar="BOX")
-    vm.add_parser("list", help="state of each VM")
+    q.add_argument("command", nargs="*", metavar="-- COMMAND", help="command and its arguments, after --")
+    q = add_command(vm, "destroy", "destroy a VM", ["postroj vm destroy windows-2019"])
+    q.add_argument("box", metavar="BOX", help="the box whose VM goes")
+    add_command(vm, "list", "state of each VM", ["postroj vm list"])
     p.set_defaults(func=cmd_vm)
     return parser
 

@@ -1,0 +1,63 @@
+"""Help as people meet it (issue 17): every command's --help has a description, a help line for every option
+and argument, and examples; `postroj --help` ends with the exit codes and the most used commands; the README's
+Usage section names every option --help does."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+import postroj
+
+README = Path(__file__).resolve().parent.parent.parent / "README.rst"
+PARSER = postroj.build_parser()
+COMMANDS = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction))
+VM = next(a for a in COMMANDS.choices["vm"]._actions if isinstance(a, argparse._SubParsersAction))
+PRIMARY = sorted({parser.prog.split()[-1]: parser for parser in COMMANDS.choices.values()}.items())
+ALL = PRIMARY + [("vm " + name, parser) for name, parser in VM.choices.items()]
+
+
+def test_top_level_help_ends_with_exit_codes_and_the_most_used_commands():
+    text = PARSER.format_help()
+    assert "exit codes:" in text and "130  interrupted" in text
+    most_used = text.split("most used:", 1)[1].strip().splitlines()
+    assert len(most_used) == 3 and all(line.strip().startswith("postroj ") for line in most_used)
+
+
+@pytest.mark.parametrize("name, parser", ALL, ids=[name for name, _ in ALL])
+def test_every_command_explains_itself_with_examples(name, parser):
+    text = parser.format_help()
+    assert parser.description and parser.description.endswith(".")
+    examples = text.split("examples:", 1)[1].strip().splitlines()
+    assert examples and all(line.startswith("  ") for line in text.split("examples:", 1)[1].splitlines()[1:] if line)
+    for action in parser._actions:
+        if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+            assert action.help, "%s: %s has no help" % (name, action.option_strings or action.dest)
+
+
+def usage_blocks() -> "dict[str, str]":
+    """The README's Usage section: command name -> its definition (the ``postroj ...`` line and what follows)."""
+    section = README.read_text().split("\nUsage\n=====\n", 1)[1].split("\nShell completion\n", 1)[0]
+    blocks: "dict[str, str]" = {}
+    current: "list[str]" = []
+    for line in section.splitlines():
+        if line.startswith("``postroj "):
+            current = [name.split()[0] for name in re.findall(r"``postroj ([a-z-]+)", line)]
+        elif line.startswith("``"):  # a paragraph of its own (``-v`` ...)
+            current = []
+        for name in current:
+            blocks[name] = blocks.get(name, "") + line + "\n"
+    return blocks
+
+
+@pytest.mark.parametrize("name, parser", PRIMARY, ids=[name for name, _ in PRIMARY])
+def test_the_readme_usage_names_every_option(name, parser):
+    block = usage_blocks().get(name, "")
+    assert block, "the README's Usage section has no ``postroj %s ...`` entry" % name
+    mentioned = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", block))
+    options = {o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+    assert options - mentioned == set(), "%s: --help has options the README does not name" % name
+    assert mentioned - options - {"--"} == set(), "%s: the README names options --help does not have" % name

@@ -10,13 +10,20 @@ import postroj
 DIST = postroj.find_distribution
 
 
-@pytest.mark.parametrize("label", ["debian-bullseye", "debian-bookworm", "debian-trixie"])
-def test_debian_releases_get_updates_and_the_security_archive(label):
+@pytest.mark.parametrize("label, archive, security, components", [
+    ("debian-bullseye", "http://deb.debian.org/debian", "http://deb.debian.org/debian-security", "main"),
+    ("debian-bookworm", "http://deb.debian.org/debian", "http://deb.debian.org/debian-security", "main"),
+    ("debian-trixie", "http://deb.debian.org/debian", "http://deb.debian.org/debian-security", "main"),
+    ("ubuntu-focal", "http://archive.ubuntu.com/ubuntu", "http://security.ubuntu.com/ubuntu", "main universe"),
+    ("ubuntu-jammy", "http://archive.ubuntu.com/ubuntu", "http://security.ubuntu.com/ubuntu", "main universe"),
+    ("ubuntu-noble", "http://archive.ubuntu.com/ubuntu", "http://security.ubuntu.com/ubuntu", "main universe"),
+])
+def test_releases_get_updates_and_the_security_archive(label, archive, security, components):
     release = label.split("-")[1]
     assert postroj.apt_sources(DIST(label)) == [
-        "deb http://deb.debian.org/debian %s main" % release,
-        "deb http://deb.debian.org/debian %s-updates main" % release,
-        "deb http://deb.debian.org/debian-security %s-security main" % release,
+        "deb %s %s %s" % (archive, release, components),
+        "deb %s %s-updates %s" % (archive, release, components),
+        "deb %s %s-security %s" % (security, release, components),
     ]
 
 
@@ -33,16 +40,6 @@ def test_retired_debian_releases_come_from_the_archive_mirror():
 
 def test_sid_has_neither_updates_nor_security():
     assert postroj.apt_sources(DIST("debian-sid")) == ["deb http://deb.debian.org/debian sid main"]
-
-
-@pytest.mark.parametrize("label", ["ubuntu-focal", "ubuntu-jammy", "ubuntu-noble"])
-def test_ubuntu_gets_its_own_pockets_with_main_and_universe(label):
-    release = label.split("-")[1]
-    assert postroj.apt_sources(DIST(label)) == [
-        "deb http://archive.ubuntu.com/ubuntu %s main universe" % release,
-        "deb http://archive.ubuntu.com/ubuntu %s-updates main universe" % release,
-        "deb http://security.ubuntu.com/ubuntu %s-security main universe" % release,
-    ]
 
 
 def test_mirrors_given_replace_the_archives():

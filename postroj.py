@@ -1038,15 +1038,34 @@ def remove_cgroups(cgroups: Sequence[str], kill: bool = False) -> None:
             time.sleep(0.02)
 
 
+# Cgroups of single nspawn runs (provisioning, package installs) carry the PID of the postroj that made
+# them: one killed by SIGKILL leaves its cgroup, and the next run (or gc) removes it.
+RUN_CGROUP = re.compile(r"^%srun-(\d+)-[a-z0-9]+$" % re.escape(CGROUP_PREFIX))
+
+
 @contextlib.contextmanager
-def own_cgroups(label: str) -> Iterator[List[str]]:
+def own_cgroups() -> Iterator[List[str]]:
     """A cgroup of its own for one run of systemd-nspawn that is not a booted container (provisioning, a
     package install): the argv prefix that enters it, removed with whatever is left in it afterwards."""
-    cgroups = make_cgroups("%s%s.%s" % (CGROUP_PREFIX, label, random_id(8)))
+    remove_stale_run_cgroups()
+    cgroups = make_cgroups("%srun-%d-%s" % (CGROUP_PREFIX, os.getpid(), random_id(8)))
     try:
         yield cgroup_entry_prefix(cgroups)
     finally:
         remove_cgroups([str(c) for c in cgroups], kill=True)
+
+
+def remove_stale_run_cgroups() -> List[str]:
+    """Remove the cgroups of nspawn runs whose postroj has gone (killed before it could remove them)."""
+    removed = []
+    for root in systemd_cgroup_roots():
+        with contextlib.suppress(OSError):
+            for entry in root.iterdir():
+                match = RUN_CGROUP.match(entry.name)
+                if match and process_gone(int(match.group(1))):
+                    remove_cgroups([str(entry)], kill=True)
+                    removed.append(entry.name)
+    return removed
 
 
 # ==============================================================================
@@ -1825,7 +1844,7 @@ def provision(settings: Settings, root: Path) -> Tuple[Dict[str, str], str, int]
         packages = SYSTEMD_PACKAGES[manager]
         argv = nspawn_run_argv(root, [(str(cache), PACKAGE_CACHE_DIR)])
         # one package manager at a time per cache: apt and dnf do not share a cache directory well
-        with file_lock(cache / ".postroj.lock"), own_cgroups("provision") as entry:
+        with file_lock(cache / ".postroj.lock"), own_cgroups() as entry:
             before = package_files(cache)
             proc = run(entry + argv + ["--", *package_transaction(manager, packages, refresh=True)], check=False,
                        capture=True, stderr=subprocess.STDOUT)
@@ -2388,7 +2407,7 @@ class NspawnContainer:
         guest directory at GUEST_RUNTIME (a package install before boot); returns its status and output."""
         cmd = nspawn_run_argv(Path(self.image.path), binds, upper=self.upper)
         cmd.append(Bind(str(self.guest_dir()), GUEST_RUNTIME, readonly=True).option())
-        with own_cgroups(self.machine) as entry:
+        with own_cgroups() as entry:
             with self._lock:
                 self._check_open()
                 proc = spawn(entry + cmd + ["--", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -2826,6 +2845,7 @@ def collect_garbage(settings: Settings) -> List[str]:
             if entry.name.startswith(".doomed-") or not lock_is_held(settings.locks / ("image-%s.lock" % name)):
                 remove_tree(entry)
                 done.append("staging %s" % entry.name)
+    done += ["cgroup %s" % name for name in sorted(set(remove_stale_run_cgroups()))]
     done += ["image version %s" % v.name for v in prune_versions(settings)]
     return done
 

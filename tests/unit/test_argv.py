@@ -305,3 +305,22 @@ def test_outside_the_cgroup_namespace_without_systemd_is_refused(monkeypatch):
         assert "outside its cgroup namespace" in info.value.message and "nsenter --all" in info.value.hint
     finally:
         postroj.nspawn_scope_prefix.cache_clear()
+
+
+def test_stale_run_cgroups_of_a_killed_postroj_are_removed(tmp_path, monkeypatch):
+    """A postroj killed by SIGKILL during provisioning leaves its run's cgroup; the next run removes it."""
+    import subprocess
+
+    hierarchy = tmp_path / "unified"
+    child = subprocess.Popen(["true"])
+    child.wait()  # its PID is gone now
+    stale = hierarchy / ("postroj.run-%d-0a1b2c3d" % child.pid)
+    (stale / "payload").mkdir(parents=True)
+    mine = hierarchy / ("postroj.run-%d-0a1b2c3d" % postroj.os.getpid())
+    container = hierarchy / "postroj.postroj-debian-bookworm.0a1b2c3d"
+    mine.mkdir()
+    container.mkdir()
+    monkeypatch.setattr(postroj, "cgroup_mounts", lambda: [("cgroup2", "/", str(hierarchy))])
+    monkeypatch.setattr(postroj, "systemd_cgroup_roots", lambda: [hierarchy])
+    assert postroj.remove_stale_run_cgroups() == [stale.name]
+    assert not stale.exists() and mine.is_dir() and container.is_dir()

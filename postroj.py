@@ -1092,10 +1092,23 @@ class Source(NamedTuple):
     fallback: Optional["Source"] = None  # where a catalogue image comes from when its registry fails
 
 
+def check_bracketed_host(netloc: str) -> None:
+    """A [host] in a URL must be an IPv6 address: Python 3.11+ says so itself, 3.8 to 3.10 let `[db]` through."""
+    match = re.search(r"\[([^\]]*)\]", netloc.rpartition("@")[2])
+    if match:
+        import ipaddress
+
+        try:
+            ipaddress.IPv6Address(match.group(1).split("%", 1)[0])
+        except ValueError:
+            raise ValueError("%r is not an IPv6 address" % match.group(1)) from None
+
+
 def parse_url(url: str) -> urllib.parse.ParseResult:
     """urlparse, with what it cannot parse (`http://[::1`) as a usage error."""
     try:
         parsed = urllib.parse.urlparse(url)
+        check_bracketed_host(parsed.netloc)
         if parsed.port == 0:  # urllib raises for a port above 65535 or not a number, but lets 0 through
             raise ValueError("Port out of range 1-65535")
     except ValueError as exc:
@@ -3087,6 +3100,7 @@ def parse_network_target(url: str) -> str:
     """Check a --check-network URL: tcp://HOST:PORT, http:// or https://, ports 1 to 65535."""
     try:
         parsed = urllib.parse.urlparse(url)
+        check_bracketed_host(parsed.netloc)
         port = parsed.port
     except ValueError as exc:
         problem = "port out of range" if "port" in str(exc).lower() else "malformed URL"

@@ -244,7 +244,8 @@ def test_spoilt_code_is_replaced_and_older_builds_code_removed(snapshot, built, 
     code.mkdir(parents=True, mode=0o700)
     tag = sys.implementation.cache_tag
     older = code / ("postroj.0123456789abcdef.%s.pyc" % tag)
-    other_python = code / "postroj.0123456789abcdef.cpython-38.pyc"
+    other_tag = "cpython-39" if tag == "cpython-38" else "cpython-38"  # another interpreter than this one
+    other_python = code / ("postroj.0123456789abcdef.%s.pyc" % other_tag)
     older.write_bytes(b"old")
     other_python.write_bytes(b"old")
     run_pyz(sys.executable, built, tmp_path, "--version")

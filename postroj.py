@@ -760,6 +760,11 @@ def cgroup_outside_namespace() -> str:
     return next((line for line in text.splitlines() if line.split(":", 2)[-1].startswith("/..")), "")
 
 
+def systemd_scopes_available() -> bool:
+    """systemd runs here and `systemd-run --scope` can start a process in a scope of its own."""
+    return os.path.isdir("/run/systemd/system") and bool(shutil.which("systemd-run"))
+
+
 @functools.lru_cache(maxsize=None)
 def nspawn_scope_prefix() -> Tuple[str, ...]:
     """What systemd-nspawn is started through: nothing where postroj's cgroup is its own; a scope of its own
@@ -767,7 +772,7 @@ def nspawn_scope_prefix() -> Tuple[str, ...]:
     line = cgroup_outside_namespace()
     if not line:
         return ()
-    if os.path.isdir("/run/systemd/system") and shutil.which("systemd-run"):
+    if systemd_scopes_available():
         log.info("postroj's cgroup (%s) lies outside its cgroup namespace: each nspawn runs in a scope of its own",
                  line)
         return ("systemd-run", "--scope", "--quiet", "--collect", "--")
@@ -795,23 +800,33 @@ def tool_version(tool: str, args: Sequence[str] = ("--version",)) -> str:
     return lines[0].strip() if lines else "unknown version"
 
 
+class Mount(NamedTuple):
+    """One line of /proc/self/mountinfo: what is mounted where."""
+
+    root: str
+    point: str
+    fstype: str
+    options: str
+
+
+def mounts() -> List[Mount]:
+    found = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields, _, tail = line.partition(" - ")
+            parts, rest = fields.split(), tail.split()
+            if len(parts) >= 5 and len(rest) >= 3:
+                found.append(Mount(parts[3], parts[4].replace("\\040", " "), rest[0], rest[2]))
+    return found
+
+
 def filesystem_of(path: Path) -> str:
     """The type of the file system `path` is on (the mount with the longest matching mount point)."""
     target = os.path.realpath(str(path))
     while not os.path.exists(target) and target != "/":
         target = os.path.dirname(target)
-    best, kind = "", ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields, _, tail = line.partition(" - ")
-            parts, rest = fields.split(), tail.split()
-            if len(parts) < 5 or not rest:
-                continue
-            point = parts[4].replace("\\040", " ")
-            inside = target == point or target.startswith(point.rstrip("/") + "/")
-            if inside and len(point) >= len(best):
-                best, kind = point, rest[0]
-    return kind
+    inside = [m for m in mounts() if target == m.point or target.startswith(m.point.rstrip("/") + "/")]
+    return max(inside, key=lambda m: len(m.point)).fstype if inside else ""
 
 
 def overlay_upper_on_tmpfs(settings: Settings) -> bool:
@@ -906,7 +921,7 @@ def doctor_checks() -> List[Check]:
     checks.append(Check("overlay upper directories", True, "on a tmpfs per container (POSTROJ_HOME is on overlay)"
                         if overlay_upper_on_tmpfs(settings) else "in POSTROJ_HOME (%s)" % home_fs))
     outside = cgroup_outside_namespace()
-    scoped = bool(outside) and os.path.isdir("/run/systemd/system") and bool(shutil.which("systemd-run"))
+    scoped = bool(outside) and systemd_scopes_available()
     checks.append(Check("cgroup namespace", not outside or scoped,
                         "postroj's own cgroup" if not outside else "outside it (%s): %s" % (
                             outside, "nspawn runs in scopes of its own" if scoped else "containers cannot start"),
@@ -939,16 +954,11 @@ def cgroup_mounts() -> List[Tuple[str, str, str]]:
     """(hierarchy, mount root, mount point) of the cgroup hierarchies a container's systemd manages:
     "cgroup2", and "name=systemd" on hosts with the v1 layout."""
     found = []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields, _, tail = line.partition(" - ")
-            parts, fstype_etc = fields.split(), tail.split()
-            if len(parts) < 5 or len(fstype_etc) < 3:
-                continue
-            if fstype_etc[0] == "cgroup2":
-                found.append(("cgroup2", parts[3], parts[4].replace("\\040", " ")))
-            elif fstype_etc[0] == "cgroup" and "name=systemd" in fstype_etc[2].split(","):
-                found.append(("name=systemd", parts[3], parts[4].replace("\\040", " ")))
+    for mount in mounts():
+        if mount.fstype == "cgroup2":
+            found.append(("cgroup2", mount.root, mount.point))
+        elif mount.fstype == "cgroup" and "name=systemd" in mount.options.split(","):
+            found.append(("name=systemd", mount.root, mount.point))
     return found
 
 
@@ -2148,20 +2158,27 @@ def stop_all_containers() -> None:
 
 
 @contextlib.contextmanager
+def stop_signals_handled_by(handler: Any) -> Iterator[Dict[int, Any]]:
+    """SIGINT and SIGTERM go to `handler` in the block (the main thread only: the only one signals reach,
+    and the only one that may set handlers); yields the handlers it replaced, which are back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield {}
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield previous
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
 def deferred_signals() -> Iterator[None]:
     """SIGINT and SIGTERM that land in the block act when it is done: a clean-up that has begun is finished,
-    and the signal is not lost. Only the main thread receives signals; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    and the signal is not lost."""
     pending: List[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stop_signals_handled_by(lambda signum, frame: pending.append(signum)) as previous:
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if pending:
         handler = previous[pending[0]]
         if callable(handler):
@@ -2172,16 +2189,9 @@ def deferred_signals() -> Iterator[None]:
 
 def end_all_containers() -> None:
     """stop_all_containers with SIGINT and SIGTERM ignored, as mkosi does: a second Ctrl-C or SIGTERM
-    must not cut the clean-up short. Only the main thread can change signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
+    must not cut the clean-up short."""
+    with stop_signals_handled_by(signal.SIG_IGN):
         stop_all_containers()
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        stop_all_containers()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 # What systemd-nspawn says about its own housekeeping, which tells a probe's reader nothing.
@@ -3677,7 +3687,6 @@ class AutopkgtestTestbed:
                 else:
                     self.reply("ok %s" % answer if answer else "ok")
         except TestbedFailure as exc:
-            self.close()
             print("%s: failure: %s" % (AUTOPKGTEST_NAME, exc), file=sys.stderr)
             return AUTOPKGTEST_FAILURE
         finally:
@@ -3794,8 +3803,13 @@ class AutopkgtestTestbed:
         try:
             if shared is not None:
                 source_path, target_path = (shared, Path(host)) if up else (Path(host), shared)
-                if os.path.abspath(source_path) != os.path.abspath(target_path):  # autopkgtest may put it there
-                    copy_tree_or_file(source_path, target_path, directory)
+                if os.path.abspath(source_path) == os.path.abspath(target_path):
+                    pass  # autopkgtest put it there itself
+                elif directory:
+                    shutil.copytree(source_path, target_path, symlinks=True, dirs_exist_ok=True)
+                else:
+                    ensure_dir(target_path.parent)
+                    shutil.copy2(source_path, target_path)
             elif directory:
                 self.stream_tree(container, host, inside, up)
             else:
@@ -3847,22 +3861,6 @@ class AutopkgtestTestbed:
         container, self.container = self.container, None
         if container is not None:
             container.close()
-
-
-def copy_tree_or_file(source: Path, target: Path, directory: bool) -> None:
-    """Copy a directory's content into `target` (made if need be, merged), or one file, keeping modes."""
-    if directory:
-        target.mkdir(parents=True, exist_ok=True)
-        for entry in source.iterdir():
-            copy_tree_or_file(entry, target / entry.name, entry.is_dir() and not entry.is_symlink())
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if source.is_symlink():
-        if target.is_symlink() or target.exists():
-            target.unlink()
-        os.symlink(os.readlink(source), target)
-    else:
-        shutil.copy2(source, target)
 
 
 # ==============================================================================

@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 SHEBANG = b"#!/usr/bin/env python3\n"
-# __main__.py: `import postroj; raise SystemExit(postroj.main())`, except that the import goes through a
+# __main__.py: `import postroj; postroj.exit_now(postroj.main())`, except that the import goes through a
 # cache of the compiled module. Python keeps no compiled code for modules inside a zip archive, and
 # compiling postroj.py takes longer than everything else postroj does to start.
 MAIN = b'''\
@@ -117,7 +117,7 @@ def load_postroj():
 
 
 postroj = load_postroj()
-raise SystemExit(postroj.main())
+postroj.exit_now(postroj.main())
 '''
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 

@@ -2314,6 +2314,7 @@ class NspawnContainer:
         self.failed_units: List[str] = []
         self.timings: Dict[str, float] = {}
         self.proc: Optional[subprocess.Popen] = None
+        self._state_query: Optional[subprocess.Popen] = None  # `systemctl is-system-running`, asked at READY=1
         self.cgroups: List[Path] = []
         self._taken = contextlib.ExitStack()  # what create() took: released by close()
         self._running = contextlib.ExitStack()  # what boot() took: released by shutdown() and close()
@@ -2456,7 +2457,7 @@ class NspawnContainer:
             notify.bind(address)
             with self._lock:
                 self._check_open()
-                self.leader, self.state, self.failed_units = 0, "", []
+                self.leader, self.state, self.failed_units, self._state_query = 0, "", [], None
                 if self.mode == HostMode.NSENTER:
                     self.cgroups = make_cgroups("%s%s.%s" % (CGROUP_PREFIX, self.machine, random_id(8)))
                     self._running.callback(self._remove_cgroups, list(self.cgroups))
@@ -2476,8 +2477,8 @@ class NspawnContainer:
         with self._lock:
             if not self._closed:
                 self.leader_file().write_text("%d\n" % self.leader)
-        log.debug("container %s up in %.3f s (leader %d, %s, mode %s)", self.machine, time.monotonic() - t0,
-                  self.leader, self.state, self.mode)
+        log.debug("container %s up in %.3f s (leader %d, mode %s)", self.machine, time.monotonic() - t0,
+                  self.leader, self.mode)
 
     def _end_nspawn(self, proc: subprocess.Popen) -> None:
         """Tell nspawn to end the container (it sends --kill-signal=SIGKILL to it); kill what outlives 10 s."""
@@ -2601,13 +2602,35 @@ class NspawnContainer:
                 state = self.system_state(max(0.1, deadline - time.monotonic()))
                 ready = state in ("running", "degraded")
         self.timings["boot"] = time.monotonic() - started
-        self.state = self.system_state(max(1.0, deadline - time.monotonic()))
+        # the state the boot ended in is asked now and read when first needed (boot_state()): the
+        # question runs beside the first probe instead of before it
+        with self._lock:
+            self._check_open()
+            query = spawn(self.enter_argv() + ["--", "systemctl", "is-system-running"], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, env=self.environment())
+            self._running.callback(kill_and_wait, query)
+        self._state_query = query
+
+    def boot_state(self) -> str:
+        """How the boot ended (`systemctl is-system-running` as READY=1 came); warns once about the failed
+        units of a degraded boot. Asked in wait_ready(), answered here, where the caller has time for it."""
+        query, self._state_query = self._state_query, None
+        if query is None:
+            return self.state
+        t0 = time.monotonic()
+        try:
+            out, _ = query.communicate(timeout=max(1.0, self.boot_timeout))
+            self.state = out.decode("utf-8", "replace").strip()
+        except subprocess.TimeoutExpired:
+            kill_and_wait(query)
+            self.state = ""
         if self.state == "degraded":
             self.failed_units = self.capture(["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"]
                                              ).split("\n")
             self.failed_units = [line.split()[0] for line in self.failed_units if line.strip()]
             log.warning("%s is degraded; failed units: %s", self.machine, ", ".join(self.failed_units) or "?")
-        self.timings["readiness"] = time.monotonic() - started - self.timings["boot"]
+        self.timings["readiness"] = time.monotonic() - t0
+        return self.state
 
     def console_tail(self, lines: int = 20) -> str:
         if not self.files:
@@ -3318,6 +3341,7 @@ def probe_image(settings: Settings, name: str, plan: ProbePlan, *, pull: bool, c
             t1 = time.monotonic()
             results = run_probes(image, container, plan, cancel, installed)
             container.timings["probes"] = time.monotonic() - t1
+            container.boot_state()
         log.info("%s: %s", name, format_timings(container.timings))
         return results
     except PostrojError as exc:
@@ -3734,6 +3758,7 @@ class AutopkgtestTestbed:
         self.container = container
         container.create()
         container.boot()
+        container.boot_state()
         return AUTOPKGTEST_DOWNTMP
 
     def cmd_close(self) -> None:
@@ -3741,7 +3766,9 @@ class AutopkgtestTestbed:
         self.close()
 
     def cmd_revert(self) -> str:
-        self.require_open("revert").revert()
+        container = self.require_open("revert")
+        container.revert()
+        container.boot_state()
         return AUTOPKGTEST_DOWNTMP
 
     def cmd_reboot(self, mode: str = "") -> None:
@@ -3756,6 +3783,7 @@ class AutopkgtestTestbed:
         elif mode:
             raise TestbedFailure("unknown argument `%s' to command `reboot'" % mode)
         container.reboot()  # autopkgtest takes no scratch path from this reply, whatever the spec says
+        container.boot_state()
         return None
 
     def cmd_print_execute_command(self) -> str:
@@ -3999,14 +4027,17 @@ def cmd_container(args: argparse.Namespace, settings: Settings) -> int:
     container = NspawnContainer(settings, image, **options)
     with container:
         container.boot()
-        log.info("container %s is %s (leader %d, mode %s)", container.machine, container.state, container.leader,
-                 container.mode)
+        interactive = not command and sys.stdin.isatty() and sys.stdout.isatty()
+        if interactive:  # what the boot ended in, before the shell; otherwise beside the command
+            container.boot_state()
         if command:
             code = container.execute(command, stdin=None)
-        elif sys.stdin.isatty() and sys.stdout.isatty():
+        elif interactive:
             code = container.shell()
         else:
             code = container.execute(["/bin/sh", "-c", SHOW_SYSTEM], stdin=subprocess.DEVNULL)
+        log.info("container %s booted %s (leader %d, mode %s)", container.machine, container.boot_state(),
+                 container.leader, container.mode)
         if args.keep:
             container.release()
             print("container %s keeps running (leader %d)." % (container.machine, container.leader), file=sys.stderr)
@@ -4670,5 +4701,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         end_all_containers()
 
 
+def exit_now(code: int) -> NoReturn:
+    """End the process with `code` once main() returned: streams flushed, without the interpreter's own
+    clean-up, which frees every object one by one (12 ms of a probe cycle) and has nothing left to do;
+    main() released all it took. Where a thread of ours still runs, the interpreter's exit waits for it."""
+    if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: as the interpreter's own exit would say
+            code = code or EXIT_FAILURE
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -190,3 +190,32 @@ def test_shards_together_are_the_whole_run_and_report_merges_them(images, tmp_pa
     assert "1 failed" in proc.stderr and "FAIL  debian-bullseye" in proc.stdout
     proc = images("report", str(tmp_path / "shard-1.json"), str(tmp_path / "nowhere.json"), check=2)
     assert "nowhere.json does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def failing_unit_deb(directory):
+    """postroj-fails_1.0_all.deb: a oneshot unit that fails, enabled by its postinst, so that a boot after
+    the install ends degraded."""
+    tree = directory / "postroj-fails"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "lib" / "systemd" / "system").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        "Package: postroj-fails\nVersion: 1.0\nArchitecture: all\nMaintainer: postroj <postroj@localhost>\n"
+        "Description: a unit that fails at boot, for postroj's tests\n")
+    postinst = tree / "DEBIAN" / "postinst"
+    postinst.write_text("#!/bin/sh\nset -e\nsystemctl enable postroj-fails.service\n")
+    postinst.chmod(0o755)
+    (tree / "lib" / "systemd" / "system" / "postroj-fails.service").write_text(
+        "[Unit]\nDescription=fails at boot\n\n[Service]\nType=oneshot\nExecStart=/bin/false\n\n"
+        "[Install]\nWantedBy=multi-user.target\n")
+    target = directory / "postroj-fails_1.0_all.deb"
+    rig.sh("dpkg-deb", "--root-owner-group", "--build", tree, target)
+    return target
+
+
+def test_a_degraded_boot_is_named_beside_the_probes(images, tmp_path):
+    # the boot's state is asked at READY=1 and read after the probes: the warning must still come, and
+    # name the unit that failed during the boot
+    proc = images("probe", "--image", "debian-bookworm", "--package", str(failing_unit_deb(tmp_path)),
+                  "--command", "systemctl is-failed postroj-fails.service", "--json", "-", check=0)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "debian-bookworm is degraded; failed units: postroj-fails.service" in proc.stderr, proc.stderr

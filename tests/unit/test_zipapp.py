@@ -111,7 +111,7 @@ def test_archive_layout(snapshot, built, tmp_path):
             assert info.external_attr >> 16 == 0o100644
             assert info.compress_type == zipfile.ZIP_DEFLATED
         assert archive.read("postroj.py") == (snapshot / "postroj.py").read_bytes()
-        assert b"raise SystemExit(postroj.main())" in archive.read("__main__.py")
+        assert b"postroj.exit_now(postroj.main())" in archive.read("__main__.py")
 
 
 def test_archive_runs_by_itself(snapshot, built):

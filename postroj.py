@@ -72,7 +72,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,47}")
+NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,47}"  # patterns are text: re compiles (and caches) them at first use
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -551,7 +551,7 @@ def find_box(name: str) -> Box:
             die("malformed box reference %r" % name, "write vagrant:OWNER/BOX, as on Vagrant Cloud", usage=True)
         guest = "windows" if "windows" in ref.lower() else "bsd" if "bsd" in ref.lower() else "linux"
         label = re.sub(r"[^a-z0-9.-]+", "-", ref.lower()).strip("-.")
-        if not NAME_PATTERN.fullmatch(label) or ".." in label:
+        if not re.fullmatch(NAME_PATTERN, label) or ".." in label:
             die("box reference %r gives no usable name" % name, "write vagrant:OWNER/BOX with letters or digits",
                 usage=True)
         return Box(label, ref, guest, "winrm" if guest == "windows" else "ssh")
@@ -561,7 +561,7 @@ def find_box(name: str) -> Box:
 
 def check_name(name: str, what: str = "image name") -> str:
     """Refuse names that cannot be a directory and machine name: only [a-z0-9._-], no `..`."""
-    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+    if not re.fullmatch(NAME_PATTERN, name) or ".." in name:
         printable = name.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
         die("invalid %s %r" % (what, printable[:80]),
             "use lower-case letters, digits, '.', '_' and '-', at most 48 characters, starting with a letter or digit",
@@ -1050,7 +1050,7 @@ def remove_cgroups(cgroups: Sequence[str], kill: bool = False) -> None:
 
 # Cgroups of single nspawn runs (provisioning, package installs) carry the PID of the postroj that made
 # them: one killed by SIGKILL leaves its cgroup, and the next run (or gc) removes it.
-RUN_CGROUP = re.compile(r"^%srun-(\d+)-[a-z0-9]+$" % re.escape(CGROUP_PREFIX))
+RUN_CGROUP = r"^%srun-(\d+)-[a-z0-9]+$" % re.escape(CGROUP_PREFIX)
 
 
 @contextlib.contextmanager
@@ -1071,7 +1071,7 @@ def remove_stale_run_cgroups() -> List[str]:
     for root in systemd_cgroup_roots():
         with contextlib.suppress(OSError):
             for entry in root.iterdir():
-                match = RUN_CGROUP.match(entry.name)
+                match = re.match(RUN_CGROUP, entry.name)
                 if match and process_gone(int(match.group(1))):
                     remove_cgroups([str(entry)], kill=True)
                     removed.append(entry.name)
@@ -1515,16 +1515,16 @@ def copy_from_registry(reference: str, layout: Path, tag: str) -> str:
 
 
 # What skopeo says when a registry cannot be reached or does not have the image.
-REGISTRY_UNAVAILABLE = re.compile(
-    r"connection refused|no such host|network is unreachable|no route to host|i/o timeout|timeout|"
+REGISTRY_UNAVAILABLE = (
+    r"(?i)connection refused|no such host|network is unreachable|no route to host|i/o timeout|timeout|"
     r"server misbehaving|TLS handshake|manifest unknown|name unknown|not found|requested access to the resource is "
-    r"denied|unauthorized|toomanyrequests", re.IGNORECASE)
+    r"denied|unauthorized|toomanyrequests")
 
 
 def registry_unavailable(message: str) -> bool:
     """True when `skopeo copy` failed because the registry is out of reach or lacks the image."""
     first = message.split("\n", 1)[0]
-    return first.startswith("skopeo copy") and bool(REGISTRY_UNAVAILABLE.search(message)) and \
+    return first.startswith("skopeo copy") and bool(re.search(REGISTRY_UNAVAILABLE, message)) and \
         "no space left on device" not in message.lower()
 
 
@@ -1909,7 +1909,7 @@ def image_link(settings: Settings, name: str) -> Path:
 
 def read_image(settings: Settings, name: str) -> Optional[ImageInfo]:
     """The activated image `name`, or None when there is none."""
-    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+    if not re.fullmatch(NAME_PATTERN, name) or ".." in name:
         return None  # not an image name, and never a path below images/
     link = image_link(settings, name)
     if not link.is_symlink():
@@ -2195,11 +2195,11 @@ def end_all_containers() -> None:
 
 
 # What systemd-nspawn says about its own housekeeping, which tells a probe's reader nothing.
-NSPAWN_NOISE = re.compile(r"^Attempted to remove disk file system under .*$\n?", re.MULTILINE)
+NSPAWN_NOISE = r"(?m)^Attempted to remove disk file system under .*$\n?"
 
 
 def without_nspawn_noise(text: str) -> str:
-    return NSPAWN_NOISE.sub("", text)
+    return re.sub(NSPAWN_NOISE, "", text)
 
 
 def nspawn_escape(path: str) -> str:
@@ -2923,7 +2923,7 @@ WINDOWS_GUEST_LINES = """\
   config.vm.guest = :windows
   config.winrm.transport = :plaintext
   config.winrm.basic_auth_only = true"""
-ANSI_ESCAPE = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07]*\x07|[@-Z\\-_])")
+ANSI_ESCAPE = r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07]*\x07|[@-Z\\-_])"
 
 
 def vagrantfile_text(box: Box, cpus: int = 0, memory: int = 0, boot_timeout: int = 600) -> str:
@@ -2936,7 +2936,7 @@ def vagrantfile_text(box: Box, cpus: int = 0, memory: int = 0, boot_timeout: int
 
 def clean_console(text: str) -> str:
     """Vagrant's and Windows' output without escape sequences, CRLF as LF."""
-    return ANSI_ESCAPE.sub("", text).replace("\r\n", "\n").replace("\r", "")
+    return re.sub(ANSI_ESCAPE, "", text).replace("\r\n", "\n").replace("\r", "")
 
 
 def pump_lines(sinks: Dict[Any, Any], timeout: Optional[float], what: str) -> None:
@@ -4456,16 +4456,29 @@ most used:
 """
 
 
+class Unbuilt:
+    """A command the command line does not name (build_parser(only=...)): what is asked of it does nothing,
+    so argparse builds no parser for it (each one costs start-up 0.3 ms, most of it gettext's look-ups)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self
+
+
 def add_command(sub: Any, name: str, summary: str, examples: Sequence[str],
-                aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
+                aliases: Sequence[str] = ()) -> Any:
     """A subcommand whose --help has a one-line description and examples of real use."""
+    only = getattr(sub, "only", "")
+    if isinstance(sub, Unbuilt) or (only and only != name and only not in aliases):
+        return Unbuilt()
+    sub.built = True
     return sub.add_parser(name, aliases=list(aliases), help=summary, description=summary[0].upper() + summary[1:] + ".",
                           epilog="examples:\n" + "\n".join("  " + e for e in examples),
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line; every help text of postroj is here (the README's Usage says the same)."""
+def build_parser(only: str = "") -> argparse.ArgumentParser:
+    """The command line; every help text of postroj is here (the README's Usage says the same). With `only`,
+    the parser knows that command alone (its name or an alias; none: every command)."""
     parser = ArgumentParser(prog="postroj", description="Test packages on many Linux distributions: images, "
                             "ephemeral systemd-nspawn containers, probes, and Vagrant VMs.",
                             epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -4473,6 +4486,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more output on stderr (-vv: commands)")
     parser.add_argument("--debug", action="store_true", help="tracebacks for errors, every command on stderr")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=ArgumentParser)
+    sub.only, sub.built = only, False
 
     p = add_command(sub, "list-images", "the catalogue and the acquired images", [
         "postroj list-images", "postroj list-images --json | jq -r '.distributions[].label'"], aliases=["ls"])
@@ -4631,6 +4645,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("box", metavar="BOX", help="the box whose VM goes")
     add_command(vm, "list", "state of each VM", ["postroj vm list"])
     p.set_defaults(func=cmd_vm)
+    if only and not sub.built:  # no such command: argparse's error names every one there is
+        return build_parser()
     return parser
 
 
@@ -4645,7 +4661,9 @@ def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
     if "--" in argv:
         at = list(argv).index("--")
         argv, command = list(argv[:at]), list(argv[at + 1:])
-    args = build_parser().parse_args(argv)
+    # the first word that is not an option names the command (postroj's own options take no value)
+    word = next((arg for arg in argv if not arg.startswith("-")), "")
+    args = build_parser(only=word).parse_args(argv)
     if command is not None:
         if not hasattr(args, "command"):
             raise UsageError("unexpected -- %s" % shlex.join(command), "only `container` and `vm run` take a command")

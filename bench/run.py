@@ -2,8 +2,8 @@
 """postroj's benchmark: each pair of commands alternates in one run (A B A B ...) on the same machine,
 so that a noisy machine affects both sides alike; the verdict is the ratio of medians.
 
-1. warm probe cycle: postroj probe vs. the hand-written floor (bench/floor.py); 1s, no target, where a
-   checkout has ../shared: the same vs. ../shared/bench/nspawn_floor.py
+1. warm probe cycle: postroj probe vs. the hand-written floor ../shared/bench/nspawn_floor.py (where a
+   checkout has ../shared; else bench/floor.py); 1b, no target: the same vs. bench/floor.py
 2. start-up: postroj.pyz --version vs. python3 -c "import argparse, subprocess"
 3. cold acquisition through the rig's registry vs. the same steps by hand; warm vs. cold package cache
 4. matrix: 2 images x 2 probes with --jobs 1 vs. --jobs 2; the floor on both images, in turn vs. at once
@@ -154,18 +154,21 @@ class Bench:
     def probe_cycle(self) -> None:
         rootfs = os.path.realpath(self.home / "images" / "debian-bookworm")
         a = lambda: timed(self.postroj("probe", "--image", "debian-bookworm", "--command", PROBE), self.env())  # noqa
-        b = lambda: timed(self.floor(rootfs, *PROBE.split()))  # noqa: E731
-        xs, ys = alternate(self.rounds, a, b)
-        self.record(1, "warm probe cycle", "postroj.pyz probe --command '%s'" % PROBE, xs,
-                    "floor.py (hand-written)", ys, "postroj <= 0.75 x floor", 0.75)
-        if SHARED_FLOOR.is_file():  # the floor issue 16's target was first set against, where a checkout has it
-            xs, ys = alternate(self.rounds, a, lambda: timed([self.python, str(SHARED_FLOOR), rootfs]))
-            self.record("1s", "reference: the same against ../shared/bench/nspawn_floor.py",
-                        "postroj.pyz probe", xs, "nspawn_floor.py", ys, "none", None)
+        own = lambda: timed(self.floor(rootfs, *PROBE.split()))  # noqa: E731
+        # the target is set against the shared floor where a checkout has it (../shared/bench), else bench/floor.py
+        floors = [("../shared/bench/nspawn_floor.py", lambda: timed([self.python, str(SHARED_FLOOR), rootfs]))
+                  ] if SHARED_FLOOR.is_file() else []
+        floors.append(("bench/floor.py (hand-written, ours)", own))
+        first = len(self.results)
+        for i, (name, b) in enumerate(floors):
+            xs, ys = alternate(self.rounds, a, b)
+            self.record(1 if i == 0 else "1b", "warm probe cycle" if i == 0 else "reference: the same against "
+                        "bench/floor.py", "postroj.pyz probe --command '%s'" % PROBE, xs, name, ys,
+                        "postroj <= 0.75 x floor" if i == 0 else "none", 0.75 if i == 0 else None)
         breakdown = subprocess.run(self.postroj("-v", "probe", "--image", "debian-bookworm", "--command", PROBE),
                                    env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         print("   breakdown (-v): %s" % [l for l in breakdown.stderr.splitlines() if "setup" in l])
-        self.results[-1]["breakdown"] = breakdown.stderr
+        self.results[first]["breakdown"] = breakdown.stderr
 
     def startup(self) -> None:
         a = lambda: timed([str(self.pyz), "--version"])  # noqa: E731

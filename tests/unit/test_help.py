@@ -61,3 +61,30 @@ def test_the_readme_usage_names_every_option(name, parser):
     options = {o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
     assert options - mentioned == set(), "%s: --help has options the README does not name" % name
     assert mentioned - options - {"--"} == set(), "%s: the README names options --help does not have" % name
+
+
+@pytest.mark.parametrize("argv", [
+    ["probe", "--image", "debian-bookworm", "--command", "true", "--jobs", "2"],
+    ["-v", "pkgprobe", "--check-unit", "nginx", "--json", "-"],
+    ["container", "debian-bookworm", "--bind", "/tmp", "--keep"],
+    ["run", "ubuntu-noble", "--private-network"],
+    ["vm", "run", "windows-2019", "--shell", "powershell"],
+    ["--debug", "image", "debian-bookworm", "--force"],
+    ["completion", "zsh"],
+])
+def test_the_parser_of_the_named_command_alone_parses_as_the_whole_one(argv):
+    # start-up builds only the command the line names; it must read the line exactly as the whole parser does
+    word = next(arg for arg in argv if not arg.startswith("-"))
+    alone = postroj.build_parser(only=word)
+    (commands,) = [a for a in alone._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) < set(COMMANDS.choices) and word in commands.choices
+    assert vars(alone.parse_args(argv)) == vars(PARSER.parse_args(argv))
+    assert postroj.parse_command_line(argv + ["--", "x"] if word in ("container", "run") else argv)
+
+
+def test_a_word_that_is_no_command_gets_the_whole_parser_and_its_list_of_commands():
+    whole = postroj.build_parser(only="no-such-command")
+    (commands,) = [a for a in whole._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == set(COMMANDS.choices)
+    with pytest.raises(postroj.UsageError, match="invalid choice: 'no-such-command'.*'probe'"):
+        postroj.parse_command_line(["no-such-command"])

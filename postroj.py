@@ -4672,6 +4672,10 @@ def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _terminate(signum: int, frame: Any) -> None:
+    """The command line's SIGTERM (and, for autopkgtest, SIGHUP): postroj ends, cleaning up on the way;
+    stop signals after this one change nothing."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     raise Terminated()
 
 
@@ -4705,14 +4709,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if exc.hint:
             print("hint: %s" % exc.hint, file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
+        # postroj is ending for a stop signal: the ones that follow change nothing (they stay ignored)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
         end_all_containers()
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Terminated:
-        end_all_containers()
-        print("terminated", file=sys.stderr)
-        return EXIT_TERMINATED
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        print("interrupted" if interrupted else "terminated", file=sys.stderr)
+        return EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED
     except BrokenPipeError:
         return EXIT_FAILURE
     finally:

@@ -3,7 +3,8 @@
 so that a noisy machine affects both sides alike; the verdict is the ratio of medians.
 
 1. warm probe cycle: postroj probe vs. the hand-written floor ../shared/bench/nspawn_floor.py (where a
-   checkout has ../shared; else bench/floor.py); 1b, no target: the same vs. bench/floor.py
+   checkout has ../shared; else bench/floor.py); 1b, no target: the same vs. bench/floor.py; 1c, with
+   --before OLD.pyz: OLD's probe cycle vs. this build's, with the median of each phase
 2. start-up: postroj.pyz --version vs. python3 -c "import argparse, subprocess"
 3. cold acquisition through the rig's registry vs. the same steps by hand; warm vs. cold package cache
 4. matrix: 2 images x 2 probes with --jobs 1 vs. --jobs 2; the floor on both images, in turn vs. at once
@@ -14,7 +15,7 @@ so that a noisy machine affects both sides alike; the verdict is the ratio of me
    backend on the rig's minbase tarball (the root file system the bench's image is built from);
    7b, once each, no target: memcached's isolation-container tests, which unshare skips
 
-usage: bench/run.py [--rounds N] [--only 1,2,...] [--json FILE]
+usage: bench/run.py [--rounds N] [--only 1,2,...] [--json FILE] [--before OLD.pyz]
 Needs root, the packages of `make setup`, and Debian's mirror (for provisioning and pairs 6 and 7).
 """
 
@@ -24,6 +25,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -169,6 +171,32 @@ class Bench:
                                    env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         print("   breakdown (-v): %s" % [l for l in breakdown.stderr.splitlines() if "setup" in l])
         self.results[first]["breakdown"] = breakdown.stderr
+
+    def before_after(self, before: Path) -> None:
+        """1c, no target: the probe cycle of another build of postroj.pyz (--before, e.g. the last release's)
+        against this one's, alternated, with the medians of each phase that `-v` reports."""
+        argv = ["-v", "probe", "--image", "debian-bookworm", "--command", PROBE]
+        phases: "dict[str, dict[str, list[float]]]" = {"before": {}, "after": {}}
+
+        def cycle(side: str, pyz: Path) -> float:
+            start = time.monotonic()
+            # a cache of its own for each build: each removes the compiled code other builds left there
+            env = self.env(POSTROJ_CACHE=str(BENCH_DIR / "cache-before")) if side == "before" else self.env()
+            proc = subprocess.run([self.python, str(pyz), *argv], env=env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True)
+            elapsed = time.monotonic() - start
+            line = next(l for l in proc.stderr.splitlines() if "setup" in l)
+            for name, seconds in re.findall(r"(\w+) ([0-9.]+) s", line):
+                phases[side].setdefault(name, []).append(float(seconds))
+            return elapsed
+
+        xs, ys = alternate(self.rounds, lambda: cycle("before", before), lambda: cycle("after", self.pyz))
+        self.record("1c", "the probe cycle of %s against this build" % before.name, str(before), xs,
+                    "postroj.pyz (this build)", ys, "none", None)
+        for side in ("before", "after"):
+            medians = {name: statistics.median(v[-self.rounds:]) for name, v in phases[side].items()}
+            self.results[-1][side + "_phases"] = medians
+            print("   %-6s %s" % (side, ", ".join("%s %.3f s" % item for item in medians.items())))
 
     def startup(self) -> None:
         a = lambda: timed([str(self.pyz), "--version"])  # noqa: E731
@@ -360,6 +388,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10, help="runs of each side (default: 10)")
     parser.add_argument("--only", default="1,2,3,4,5,6,7", help="which pairs, e.g. 1,2 (7 includes 7b)")
     parser.add_argument("--json", default=str(REPO / "bench" / "results" / "latest.json"))
+    parser.add_argument("--before", type=Path, default=None, metavar="PYZ",
+                        help="with pair 1: also compare another build's probe cycle, phase by phase (1c)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("the benchmark runs containers: run it as root")
@@ -372,6 +402,8 @@ def main() -> int:
                  6: bench.package_probe, 7: bench.autopkgtest_pair}
         for number in sorted(chosen):
             steps[number]()
+            if number == 1 and args.before:
+                bench.before_after(args.before.resolve())
     finally:
         bench.teardown()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -163,7 +163,7 @@ class Bench:
         floors.append(("bench/floor.py (hand-written, ours)", own))
         first = len(self.results)
         for i, (name, b) in enumerate(floors):
-            xs, ys = alternate(self.rounds, a, b)
+            xs, ys = alternate(max(self.rounds, 20), a, b)  # a short cycle on a noisy machine: 20 rounds at least
             self.record(1 if i == 0 else "1b", "warm probe cycle" if i == 0 else "reference: the same against "
                         "bench/floor.py", "postroj.pyz probe --command '%s'" % PROBE, xs, name, ys,
                         "postroj <= 0.75 x floor" if i == 0 else "none", 0.75 if i == 0 else None)
@@ -190,11 +190,12 @@ class Bench:
                 phases[side].setdefault(name, []).append(float(seconds))
             return elapsed
 
-        xs, ys = alternate(self.rounds, lambda: cycle("before", before), lambda: cycle("after", self.pyz))
+        rounds = max(self.rounds, 20)
+        xs, ys = alternate(rounds, lambda: cycle("before", before), lambda: cycle("after", self.pyz))
         self.record("1c", "the probe cycle of %s against this build" % before.name, str(before), xs,
                     "postroj.pyz (this build)", ys, "none", None)
         for side in ("before", "after"):
-            medians = {name: statistics.median(v[-self.rounds:]) for name, v in phases[side].items()}
+            medians = {name: statistics.median(v[-rounds:]) for name, v in phases[side].items()}
             self.results[-1][side + "_phases"] = medians
             print("   %-6s %s" % (side, ", ".join("%s %.3f s" % item for item in medians.items())))
 

@@ -2625,9 +2625,10 @@ class NspawnContainer:
             kill_and_wait(query)
             self.state = ""
         if self.state == "degraded":
-            self.failed_units = self.capture(["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"]
-                                             ).split("\n")
-            self.failed_units = [line.split()[0] for line in self.failed_units if line.strip()]
+            # a container that was powered off since (`container NAME -- poweroff`) has no units to list
+            listed = "" if self.ended() else self.capture(["systemctl", "--failed", "--plain", "--no-legend",
+                                                           "--no-pager"])
+            self.failed_units = [line.split()[0] for line in listed.split("\n") if line.strip()]
             log.warning("%s is degraded; failed units: %s", self.machine, ", ".join(self.failed_units) or "?")
         self.timings["readiness"] = time.monotonic() - t0
         return self.state

@@ -899,7 +899,7 @@ class Check(NamedTuple):
     required: bool = True
 
 
-def doctor_checks() -> List[Check]:
+def doctor_checks(settings: Settings) -> List[Check]:
     """Everything postroj needs from the host, in the order a reader fixes it."""
     checks = [Check("root", is_root(), "running as uid %d" % os.geteuid(), "run postroj as root (sudo)")]
     nspawn = tool_version("systemd-nspawn")
@@ -916,7 +916,6 @@ def doctor_checks() -> List[Check]:
     layout = cgroup_layout()
     checks.append(Check("cgroups", bool(layout), layout or "no cgroup file system at /sys/fs/cgroup",
                         "mount cgroup2 on /sys/fs/cgroup"))
-    settings = Settings.from_env()
     home_fs = filesystem_of(settings.home) or "unknown"
     checks.append(Check("overlay upper directories", True, "on a tmpfs per container (POSTROJ_HOME is on overlay)"
                         if overlay_upper_on_tmpfs(settings) else "in POSTROJ_HOME (%s)" % home_fs))
@@ -2157,6 +2156,16 @@ def stop_all_containers() -> None:
         container.close()
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def ignore_stop_signals() -> None:
+    """postroj is ending for a stop signal: those that follow change nothing, for the rest of the process."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def stop_signals_handled_by(handler: Any) -> Iterator[Dict[int, Any]]:
     """SIGINT and SIGTERM go to `handler` in the block (the main thread only: the only one signals reach,
@@ -2164,7 +2173,7 @@ def stop_signals_handled_by(handler: Any) -> Iterator[Dict[int, Any]]:
     if threading.current_thread() is not threading.main_thread():
         yield {}
         return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield previous
     finally:
@@ -2606,8 +2615,8 @@ class NspawnContainer:
         # question runs beside the first probe instead of before it
         with self._lock:
             self._check_open()
-            query = spawn(self.enter_argv() + ["--", "systemctl", "is-system-running"], stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, env=self.environment())
+            query = spawn(self.state_argv(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          env=self.environment())
             self._running.callback(kill_and_wait, query)
         self._state_query = query
 
@@ -2660,6 +2669,10 @@ class NspawnContainer:
 
     def enter_argv(self) -> List[str]:
         return ["nsenter", "--target=%d" % self.leader, "--all", "--root", "--wd"]
+
+    def state_argv(self) -> List[str]:
+        """`systemctl is-system-running` in the container: running, degraded, starting..."""
+        return self.enter_argv() + ["--", "systemctl", "is-system-running"]
 
     def command_argv(self, argv: Sequence[str], env: Dict[str, str]) -> List[str]:
         """The host command that runs `argv` in the container, by the host mode."""
@@ -2740,7 +2753,7 @@ class NspawnContainer:
 
     def system_state(self, timeout: float = 30) -> str:
         """`systemctl is-system-running` in the container, within `timeout` s ('' when it takes longer)."""
-        cmd = self.enter_argv() + ["--", "systemctl", "is-system-running"]
+        cmd = self.state_argv()
         try:
             proc = run(cmd, check=False, capture=True, stderr=subprocess.DEVNULL, env=self.environment(),
                        timeout=timeout)
@@ -3957,7 +3970,7 @@ def cmd_list_images(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
-    checks = doctor_checks()
+    checks = doctor_checks(settings)
     if args.json:
         print(json.dumps({"schema": JSON_SCHEMA, "mode": host_mode(), "checks": [c._asdict() for c in checks]},
                          indent=2))
@@ -4675,8 +4688,7 @@ def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
 def _terminate(signum: int, frame: Any) -> None:
     """The command line's SIGTERM (and, for autopkgtest, SIGHUP): postroj ends, cleaning up on the way;
     stop signals after this one change nothing."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    ignore_stop_signals()
     raise Terminated()
 
 
@@ -4711,10 +4723,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("hint: %s" % exc.hint, file=sys.stderr)
         return exc.exit_code
     except (KeyboardInterrupt, Terminated) as exc:
-        # postroj is ending for a stop signal: the ones that follow change nothing (they stay ignored)
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_IGN)
+        ignore_stop_signals()
         end_all_containers()
         interrupted = isinstance(exc, KeyboardInterrupt)
         print("interrupted" if interrupted else "terminated", file=sys.stderr)

@@ -595,20 +595,30 @@ WantedBy=multi-user.target
 """
 
 
-def build_demo_deb(directory: Path, port: int = 8080, depends: str = "perl-base") -> Path:
-    """postroj-demo_1.0_all.deb: a systemd unit whose service answers HTTP on `port`, built with dpkg-deb."""
-    tree = directory / "postroj-demo"
+def build_deb(directory: Path, package: str, description: str, files: "dict[str, tuple[str, int]]",
+              depends: str = "", postinst: str = "") -> Path:
+    """PACKAGE_1.0_all.deb in `directory`, built with dpkg-deb: `files` maps paths in the package to their
+    text and mode; `postinst`, a shell script's body, runs after the install."""
+    tree = directory / package
     shutil.rmtree(tree, ignore_errors=True)
     (tree / "DEBIAN").mkdir(parents=True)
-    (tree / "usr" / "bin").mkdir(parents=True)
-    (tree / "lib" / "systemd" / "system").mkdir(parents=True)
     (tree / "DEBIAN" / "control").write_text(
-        "Package: postroj-demo\nVersion: 1.0\nArchitecture: all\nMaintainer: postroj <postroj@localhost>\n"
-        "Depends: %s\nDescription: HTTP greeting service for postroj's tests\n" % depends)
-    server = tree / "usr" / "bin" / "postroj-demo-server"
-    server.write_text(DEMO_SERVER)
-    server.chmod(0o755)
-    (tree / "lib" / "systemd" / "system" / "postroj-demo.service").write_text(DEMO_UNIT.format(port=port))
-    target = directory / "postroj-demo_1.0_all.deb"
-    sh("dpkg-deb", "--root-owner-group", "--build", tree, target)
-    return target
+        "Package: %s\nVersion: 1.0\nArchitecture: all\nMaintainer: postroj <postroj@localhost>\n%s"
+        "Description: %s\n" % (package, "Depends: %s\n" % depends if depends else "", description))
+    if postinst:
+        files = dict(files, **{"DEBIAN/postinst": ("#!/bin/sh\nset -e\n" + postinst, 0o755)})
+    for path, (text, mode) in files.items():
+        target = tree / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(mode)
+    deb = directory / ("%s_1.0_all.deb" % package)
+    sh("dpkg-deb", "--root-owner-group", "--build", tree, deb)
+    return deb
+
+
+def build_demo_deb(directory: Path, port: int = 8080, depends: str = "perl-base") -> Path:
+    """postroj-demo_1.0_all.deb: a systemd unit whose service answers HTTP on `port`."""
+    return build_deb(directory, "postroj-demo", "HTTP greeting service for postroj's tests", {
+        "usr/bin/postroj-demo-server": (DEMO_SERVER, 0o755),
+        "lib/systemd/system/postroj-demo.service": (DEMO_UNIT.format(port=port), 0o644)}, depends=depends)

@@ -195,21 +195,11 @@ def test_shards_together_are_the_whole_run_and_report_merges_them(images, tmp_pa
 def failing_unit_deb(directory):
     """postroj-fails_1.0_all.deb: a oneshot unit that fails, enabled by its postinst, so that a boot after
     the install ends degraded."""
-    tree = directory / "postroj-fails"
-    (tree / "DEBIAN").mkdir(parents=True)
-    (tree / "lib" / "systemd" / "system").mkdir(parents=True)
-    (tree / "DEBIAN" / "control").write_text(
-        "Package: postroj-fails\nVersion: 1.0\nArchitecture: all\nMaintainer: postroj <postroj@localhost>\n"
-        "Description: a unit that fails at boot, for postroj's tests\n")
-    postinst = tree / "DEBIAN" / "postinst"
-    postinst.write_text("#!/bin/sh\nset -e\nsystemctl enable postroj-fails.service\n")
-    postinst.chmod(0o755)
-    (tree / "lib" / "systemd" / "system" / "postroj-fails.service").write_text(
-        "[Unit]\nDescription=fails at boot\n\n[Service]\nType=oneshot\nExecStart=/bin/false\n\n"
-        "[Install]\nWantedBy=multi-user.target\n")
-    target = directory / "postroj-fails_1.0_all.deb"
-    rig.sh("dpkg-deb", "--root-owner-group", "--build", tree, target)
-    return target
+    unit = ("[Unit]\nDescription=fails at boot\n\n[Service]\nType=oneshot\nExecStart=/bin/false\n\n"
+            "[Install]\nWantedBy=multi-user.target\n")
+    return rig.build_deb(directory, "postroj-fails", "a unit that fails at boot, for postroj's tests",
+                         {"lib/systemd/system/postroj-fails.service": (unit, 0o644)},
+                         postinst="systemctl enable postroj-fails.service\n")
 
 
 def test_a_degraded_boot_is_named_beside_the_probes(images, tmp_path):

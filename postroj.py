@@ -35,6 +35,7 @@ import select
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -89,6 +90,13 @@ class Settings(NamedTuple):
         return cls(Path(home).absolute(), Path(cache).absolute())
 
     @property
+    def home_key(self) -> str:
+        """Eight hex digits that tell this POSTROJ_HOME's cgroups from another's (gc removes its own only)."""
+        import hashlib
+
+        return hashlib.sha256(str(self.home).encode()).hexdigest()[:8]
+
+    @property
     def images(self) -> Path:
         return self.home / "images"
 
@@ -125,6 +133,28 @@ class Settings(NamedTuple):
         return self.cache / "packages"
 
 
+def check_state_dirs(settings: Settings, cache: bool = True) -> None:
+    """Refuse, before anything starts, a POSTROJ_HOME (and POSTROJ_CACHE) that is not a directory postroj can
+    write: a file, a read-only file system, a path that cannot be made."""
+    for name, path in (("POSTROJ_HOME", settings.home), ("POSTROJ_CACHE", settings.cache))[: 2 if cache else 1]:
+        hint = "point %s at a writable directory (default: %s)" % (
+            name, DEFAULT_HOME if name == "POSTROJ_HOME" else DEFAULT_CACHE)
+        existing = path
+        while not os.path.lexists(existing) and existing != existing.parent:
+            existing = existing.parent
+        try:
+            st = existing.stat()
+        except OSError as exc:
+            die("%s %s cannot be used: %s" % (name, path, exc.strerror or exc), hint)
+        if not stat.S_ISDIR(st.st_mode):
+            die("%s %s is not a directory (%s is %s)" % (name, path, existing, "a file" if stat.S_ISREG(st.st_mode)
+                                                         else "not a directory"), hint)
+        if os.statvfs(str(existing)).f_flag & os.ST_RDONLY:
+            die("%s %s is on a read-only file system" % (name, path), hint)
+        if not os.access(str(existing), os.W_OK | os.X_OK):
+            die("%s %s cannot be written (%s)" % (name, path, existing), hint)
+
+
 def ensure_dir(path: Path, mode: int = 0o755) -> Path:
     """Create a directory (and its parents) owned by us, with `mode`."""
     path.mkdir(parents=True, exist_ok=True, mode=mode)
@@ -139,14 +169,62 @@ def private_dir(path: Path) -> Path:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a file or directory tree, without following symlinks, ignoring what is gone."""
+    """Remove a file or a directory tree the way `rm -rf --one-file-system` does, and more: what is mounted
+    below it is unmounted first (deepest first), links are removed, never followed, and no directory on
+    another file system is entered. A mount that cannot be unmounted stays, with its content: an error."""
     try:
-        if path.is_symlink() or path.is_file():
-            path.unlink()
-        elif path.exists():
-            shutil.rmtree(path)
+        top = os.lstat(path)
     except FileNotFoundError:
-        pass
+        return
+    if not stat.S_ISDIR(top.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    stuck = unmount_below(path)
+    kept: List[str] = []
+    _remove_below(os.path.realpath(str(path)), top.st_dev, set(stuck), kept)
+    if not kept:
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(path)
+        return
+    die("did not delete %s: another file system is mounted there" % ", ".join(kept),
+        "unmount it (umount %s), then run `postroj gc`" % shlex.quote(kept[0]))
+
+
+def _remove_below(directory: str, device: int, stuck: "set[str]", kept: List[str]) -> None:
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if not is_dir:
+                os.unlink(entry.path)
+                continue
+            if entry.path in stuck or entry.stat(follow_symlinks=False).st_dev != device:
+                kept.append(entry.path)  # a mount point: what is below it is not ours to delete
+                continue
+        except FileNotFoundError:
+            continue
+        before = len(kept)
+        _remove_below(entry.path, device, stuck, kept)
+        if len(kept) == before:
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(entry.path)
+
+
+def unmount_below(path: Path) -> List[str]:
+    """Unmount, deepest first, what is mounted at or below `path` in postroj's mount namespace (what an
+    interrupted step of its own left there); returns the mount points that stay mounted."""
+    top = os.path.realpath(str(path)).rstrip("/") or "/"
+    points = sorted({m.point for m in mounts() if m.point == top or m.point.startswith(top + "/")},
+                    key=lambda p: (p.count("/"), p), reverse=True)
+    stuck = []
+    for point in points:
+        if run(["umount", "--lazy", point], check=False, capture=True).returncode != 0:
+            stuck.append(point)
+    return stuck
 
 
 def tree_size(path: Path) -> int:
@@ -184,17 +262,22 @@ def random_id(length: int) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, *, shared: bool = False, wait: bool = True) -> Iterator[bool]:
-    """Hold a flock on `path` for the block; yields False when `wait` is off and it is taken."""
+def file_lock(path: Path, *, shared: bool = False, wait: bool = True, waiting: str = "") -> Iterator[bool]:
+    """Hold a flock on `path` for the block; yields False when `wait` is off and it is taken. When another
+    process holds it, `waiting` (what is waited for) is logged before the wait."""
     ensure_dir(path.parent, 0o700)
     fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         flags = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
-            fcntl.flock(fd, flags if wait else flags | fcntl.LOCK_NB)
+            fcntl.flock(fd, flags | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
+            if not wait:
+                yield False
+                return
+            if waiting:
+                log.info("waiting for %s", waiting)
+            fcntl.flock(fd, flags)
         yield True
     finally:
         os.close(fd)
@@ -237,8 +320,16 @@ class UsageError(PostrojError):
     exit_code = EXIT_USAGE
 
 
+class TimedOut(PostrojError):
+    """A step did not finish within its time-out (the step's own result says so, where it has one)."""
+
+
 class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM so that every `finally` runs."""
+    """Raised in the main thread on SIGTERM or SIGHUP so that every `finally` runs; exit code 128 + signal."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def die(message: str, hint: str = "", usage: bool = False) -> NoReturn:
@@ -584,6 +675,7 @@ TOOL_PACKAGES = {
     "mmdebstrap": "mmdebstrap",
     "debootstrap": "debootstrap",
     "tar": "tar",
+    "unshare": "util-linux",
     "zstd": "zstd",
     "xz": "xz-utils",
     "vagrant": "vagrant",
@@ -615,6 +707,22 @@ def die_with_parent_prefix() -> List[str]:
     return [setpriv, "--pdeathsig", "SIGTERM", "--"] if setpriv else []
 
 
+# What a child process gets of postroj's environment: the locale, proxies and certificates, systemd's and
+# vagrant's own settings. Nothing else (tokens, CI secrets) reaches nspawn, skopeo, mmdebstrap or vagrant.
+CHILD_ENV_NAMES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR", "http_proxy",
+                   "https_proxy", "ftp_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY",
+                   "NO_PROXY", "ALL_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR", "SSH_AUTH_SOCK")
+CHILD_ENV_PREFIXES = ("LC_", "SYSTEMD_", "VAGRANT_", "LIBVIRT_", "VBOX_")
+
+
+def child_environment(**extra: str) -> Dict[str, str]:
+    """The environment of a process postroj starts: the allowed part of its own, and `extra`."""
+    env = {k: v for k, v in os.environ.items() if k in CHILD_ENV_NAMES or k.startswith(CHILD_ENV_PREFIXES)}
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env.update(extra)
+    return env
+
+
 def spawn(cmd: Sequence[str], *, stdin: Any = subprocess.DEVNULL, stdout: Any = None, stderr: Any = None,
           env: Optional[Dict[str, str]] = None, die_with_parent: bool = True,
           new_session: bool = False) -> subprocess.Popen:
@@ -624,14 +732,36 @@ def spawn(cmd: Sequence[str], *, stdin: Any = subprocess.DEVNULL, stdout: Any = 
     log.debug("+ %s", shlex.join(cmd))
     argv = (die_with_parent_prefix() if die_with_parent else []) + cmd
     try:
-        return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
-                                start_new_session=new_session)
+        return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
+                                env=child_environment() if env is None else env, start_new_session=new_session)
     except FileNotFoundError:
         die("%s not found" % cmd[0], tool_hint(os.path.basename(cmd[0])))
 
 
-def kill_and_wait(proc: subprocess.Popen) -> None:
-    """SIGKILL `proc` if it still runs, and reap it."""
+@contextlib.contextmanager
+def spawned(cmd: Sequence[str], **options: Any) -> Iterator[subprocess.Popen]:
+    """spawn() for the length of a block: reaped when it ends, killed first when it ends with an exception,
+    so that no caller can leave a process behind."""
+    proc = spawn(cmd, **options)
+    try:
+        yield proc
+    except BaseException:
+        kill_and_wait(proc)
+        raise
+    finally:
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        proc.wait()
+
+
+def kill_and_wait(proc: subprocess.Popen, group: bool = False) -> None:
+    """SIGKILL `proc` if it still runs (with `group`, its whole process group: it was started in a session
+    of its own), and reap it."""
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
@@ -640,7 +770,7 @@ def kill_and_wait(proc: subprocess.Popen) -> None:
 
 def run(cmd: Sequence[str], *, check: bool = True, capture: bool = False, stdin: Any = subprocess.DEVNULL,
         stdout: Any = None, stderr: Any = None, input: Optional[bytes] = None, env: Optional[Dict[str, str]] = None,
-        timeout: Optional[float] = None, die_with_parent: bool = True,
+        timeout: Optional[float] = None, die_with_parent: bool = True, new_session: bool = False,
         what: str = "") -> subprocess.CompletedProcess:
     """Run one external program to its end: argv list, stdin from /dev/null, clear errors.
 
@@ -652,14 +782,15 @@ def run(cmd: Sequence[str], *, check: bool = True, capture: bool = False, stdin:
         stderr = subprocess.PIPE if stderr is None else stderr
     if input is not None:
         stdin = subprocess.PIPE
-    proc = spawn(cmd, stdin=stdin, stdout=stdout, stderr=stderr, env=env, die_with_parent=die_with_parent)
+    proc = spawn(cmd, stdin=stdin, stdout=stdout, stderr=stderr, env=env, die_with_parent=die_with_parent,
+                 new_session=new_session)
     try:
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
-        kill_and_wait(proc)
+        kill_and_wait(proc, group=new_session)
         die("%s did not finish within %s s" % (what or cmd[0], timeout))
     except BaseException:
-        kill_and_wait(proc)
+        kill_and_wait(proc, group=new_session)
         raise
     if check and proc.returncode != 0:
         tail = ""
@@ -1149,6 +1280,24 @@ def check_mirror(url: str, option: str) -> str:
     return url
 
 
+def check_directory_source(settings: Settings, directory: str) -> None:
+    """A directory to copy as an image must hold an operating system's root, and neither be the host's own
+    root nor hold postroj's state or cache (the copy would copy itself, and /proc and /sys with it)."""
+    real = os.path.realpath(directory)
+    hint = "give the root file system of another system (a chroot, an unpacked image), not the host's"
+    if real == "/":
+        die("%s is the host's own root" % directory, hint, usage=True)
+    for name, own in (("POSTROJ_HOME", settings.home), ("POSTROJ_CACHE", settings.cache)):
+        own_real = os.path.realpath(str(own))
+        if own_real == real or own_real.startswith(real.rstrip("/") + "/"):
+            die("%s holds %s (%s): the copy would copy itself" % (directory, name, own), hint, usage=True)
+    if real.split("/")[1] in ("proc", "sys", "dev"):
+        die("%s is part of the host's %s" % (directory, "/" + real.split("/")[1]), hint, usage=True)
+    if not read_os_release(Path(real)):
+        die("%s has no os-release (etc/os-release or usr/lib/os-release): it is not a root file system" % directory,
+            "give the directory that holds the system's /etc and /usr", usage=True)
+
+
 def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = "", *, security: str = "",
                  accept_expired: bool = False) -> Tuple[str, Source]:
     """Turn what the user typed into (image name, Source); bad references are usage errors."""
@@ -1199,10 +1348,15 @@ def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = 
     if "/" in reference or exists or reference.endswith(TARBALL_SUFFIXES):
         if is_dir:
             return derive_name(str(path.absolute())), Source(SourceKind.DIRECTORY, str(path.absolute()))
+        if exists and not is_file:
+            die("%s is not a regular file" % reference, "give a tarball (a regular file) or a directory", usage=True)
         if is_file or reference.endswith(TARBALL_SUFFIXES):
             if not exists:
                 die("%s does not exist" % reference, "check the path of the tarball", usage=True)
             return derive_name(path.name), Source(SourceKind.TARBALL, str(path.absolute()), None, sha256.lower())
+        if path.is_symlink():
+            die("%s is a link that leads nowhere (or a symlink loop)" % reference, "give an existing tarball or "
+                "directory", usage=True)
         die("%s does not exist" % reference, "give an existing tarball or directory", usage=True)
     raise unknown_name_error("image", reference, all_labels(), "see `postroj list-images` for the catalogue")
 
@@ -1466,6 +1620,52 @@ def check_tar_members(members: "Iterator[tarfile.TarInfo]", what: str) -> int:
     return count
 
 
+def extract_untrusted_tree(stream: IO[bytes], target: Path) -> None:
+    """Extract a tar stream from a testbed into the host directory `target`: regular files, directories and
+    links only, every entry inside `target` and never written through a link, no set-id bits, no owners."""
+    import tarfile
+
+    what = "the testbed's tree"
+    ensure_dir(target)
+    top = os.path.realpath(str(target))
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                check_tar_members(iter([member]), what)  # absolute names and ..
+                parts = [p for p in member.name.split("/") if p not in ("", ".")]
+                if not parts:
+                    continue
+                dest = os.path.join(top, *parts)
+                # nothing on the way may be a link: not one from the archive, not one that was there
+                for i in range(1, len(parts)):
+                    if os.path.islink(os.path.join(top, *parts[:i])):
+                        die("%s: entry %r is written through a link" % (what, member.name), "")
+                if os.path.islink(dest) or (os.path.lexists(dest) and not os.path.isdir(dest)):
+                    os.unlink(dest)
+                if member.isdir():
+                    os.makedirs(dest, mode=0o755, exist_ok=True)
+                    os.chmod(dest, member.mode & 0o777 | 0o700)
+                elif member.isfile():
+                    source = tar.extractfile(member)
+                    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                    with open(fd, "wb") as out:
+                        shutil.copyfileobj(source, out)  # type: ignore[arg-type]
+                    os.chmod(dest, member.mode & 0o777)
+                    os.utime(dest, (member.mtime, member.mtime), follow_symlinks=False)
+                elif member.issym():
+                    os.symlink(member.linkname, dest)
+                elif member.islnk():
+                    linked = [p for p in member.linkname.split("/") if p not in ("", ".")]
+                    if member.linkname.startswith("/") or ".." in linked or any(
+                            os.path.islink(os.path.join(top, *linked[:i])) for i in range(1, len(linked) + 1)):
+                        die("%s: hard link %r leads outside the tree" % (what, member.name), "")
+                    os.link(os.path.join(top, *linked), dest)
+                else:
+                    die("%s: %r is a device or a FIFO" % (what, member.name), "")
+    except tarfile.TarError as exc:
+        die("%s is not a tar archive: %s" % (what, exc), "")
+
+
 def extract_tarball(path: Path, root: Path) -> None:
     """Check every entry of the tarball, then extract it into the empty directory `root`."""
     import tarfile
@@ -1637,8 +1837,14 @@ def bootstrap(settings: Settings, source: Source, rootfs: Path) -> str:
     if not tool:
         die("neither mmdebstrap nor debootstrap found", tool_hint("mmdebstrap"))
     log.info("bootstrapping %s from:\n  %s", dist.label, "\n  ".join(sources))
-    proc = run(bootstrap_argv(tool, dist, rootfs, sources, cache, keyring, accept_expired), check=False,
-               capture=True, stderr=subprocess.STDOUT)
+    # In a mount namespace of its own: what it mounts in the new root (proc, sys, a bind of the host's
+    # /dev/shm) goes with its last process, however it ends; in a cgroup and a session of its own, so that
+    # an interrupted bootstrap ends with every process it started.
+    private_mounts = [require_tool("unshare"), "--mount", "--propagation", "private", "--"]
+    with own_cgroups() as entry:
+        proc = run(entry + private_mounts + bootstrap_argv(tool, dist, rootfs, sources, cache, keyring,
+                                                           accept_expired),
+                   check=False, capture=True, stderr=subprocess.STDOUT, new_session=True)
     if proc.returncode != 0:
         text = proc.stdout.decode("utf-8", "replace")
         hint = "check that this host reaches %s, or give another archive with --mirror" % mirror
@@ -1916,15 +2122,16 @@ def read_image(settings: Settings, name: str) -> Optional[ImageInfo]:
     rootfs = Path(os.path.realpath(link))
     try:
         meta = json.loads((rootfs.parent / "image.json").read_text())
-    except (OSError, ValueError):
-        return None
-    fields = set(ImageInfo._fields)
-    meta = {k: v for k, v in meta.items() if k in fields}
-    meta["path"] = rootfs
-    try:
+        fields = set(ImageInfo._fields)
+        meta = {k: v for k, v in meta.items() if k in fields}
+        meta["path"] = rootfs
         return ImageInfo(**meta)
-    except TypeError:
-        return None
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        problem = getattr(exc, "strerror", None) or exc
+        raise PostrojError("image %s is broken: its %s cannot be read (%s)" % (name, rootfs.parent / "image.json",
+                                                                               problem),
+                           "acquire it again with `postroj image %s --force`, or remove it with `postroj rm %s`"
+                           % (name, name)) from None
 
 
 def list_images(settings: Settings) -> List[ImageInfo]:
@@ -1933,7 +2140,11 @@ def list_images(settings: Settings) -> List[ImageInfo]:
     found = []
     for entry in sorted(settings.images.iterdir()):
         if not entry.name.startswith("."):
-            info = read_image(settings, entry.name)
+            try:
+                info = read_image(settings, entry.name)
+            except PostrojError as exc:
+                log.warning("%s (hint: %s)", exc.message, exc.hint)
+                continue
             if info:
                 found.append(info)
     return found
@@ -1967,7 +2178,11 @@ def acquire_image(settings: Settings, reference: str, *, force: bool = False, vi
         private_dir(directory) if directory != settings.images else ensure_dir(directory, 0o700)
     started = time.monotonic()
     with file_lock(settings.locks / ("image-%s.lock" % name)):
-        existing = read_image(settings, name)
+        try:
+            existing = read_image(settings, name)
+        except PostrojError as exc:
+            log.warning("%s: acquiring it again", exc.message)
+            existing = None
         if existing and not force:
             log.info("image %s is already acquired (%s)", name, existing.source)
             return existing
@@ -1985,7 +2200,10 @@ def acquire_image(settings: Settings, reference: str, *, force: bool = False, vi
                 os.rename(staging, version)
                 activate(settings, name, version)
         except BaseException:
-            remove_tree(staging)
+            try:
+                remove_tree(staging)
+            except PostrojError as exc:  # what failed first is what the user must see
+                log.error("%s", exc.message)
             raise
         prune_versions(settings, name)
     log.info("image %s is ready (%.1f s)", name, time.monotonic() - started)
@@ -2050,7 +2268,9 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
         # SOURCE/. copies what a link to a root file system points at (images/NAME are such links)
         ensure_dir(rootfs)
         with Step(name, "copy"):
-            run(["cp", "-a", "--reflink=auto", "--no-target-directory", os.path.join(source.location, "."),
+            # --one-file-system: what is mounted in a chroot (its /proc, a bind of the host's) is not copied
+            run(["cp", "-a", "--reflink=auto", "--one-file-system", "--no-target-directory",
+                 os.path.join(source.location, "."),
                  str(rootfs)], capture=True, what="copying the directory")
     with Step(name, "provision"):
         fields, manager, downloaded = provision(settings, rootfs)
@@ -2098,8 +2318,7 @@ def prune_versions(settings: Settings, name: Optional[str] = None) -> List[Path]
                 continue
             doomed = settings.tmp / (".doomed-%s" % version.name)
             os.rename(version, doomed)
-        # rm walks a tree of ten thousand files in about half the time shutil.rmtree takes
-        run(["rm", "-rf", "--one-file-system", str(doomed)], what="removing %s" % version.name)
+        remove_tree(doomed)
         removed.append(version)
     return removed
 
@@ -2156,7 +2375,7 @@ def stop_all_containers() -> None:
         container.close()
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def ignore_stop_signals() -> None:
@@ -2282,11 +2501,12 @@ class RuntimeFiles(NamedTuple):
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.state)
 
-    def remove(self) -> None:
+    def remove(self, keep_lock: bool = False) -> None:
         remove_tree(self.directory)
         for suffix in self.SUFFIXES:
-            with contextlib.suppress(FileNotFoundError):
-                (self.runtime / (self.machine + suffix)).unlink()
+            if not (keep_lock and suffix == ".lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.runtime / (self.machine + suffix)).unlink()
 
 
 class NspawnContainer:
@@ -2369,12 +2589,18 @@ class NspawnContainer:
             os.close(fd)
 
     def _try_name(self, name: str) -> bool:
-        """Take `name` when no container of ours (running or kept) and no registered machine has it."""
-        if not self._hold(RuntimeFiles(self.settings.runtime, name).lock, False):
+        """Take `name` when no container of ours (running or kept) and no registered machine has it; what a
+        killed postroj left under the name (its nspawn, its cgroups, its state) is ended first."""
+        files = RuntimeFiles(self.settings.runtime, name)
+        if not self._hold(files.lock, False):
             return False
-        if machine_registered(name) or any(m.name == name for m in list_machines(self.settings) if m.keep):
+        leftover = read_machine(files.state, lock_held=False)
+        if machine_registered(name) or (leftover and leftover.keep and leftover.alive):
             self._unhold(self._locks[-1])
             return False
+        if leftover:
+            log.info("ending what a killed postroj left of %s", name)
+            end_machine(self.settings, leftover, keep_lock=True)
         self.machine = name
         return True
 
@@ -2448,8 +2674,11 @@ class NspawnContainer:
             try:
                 out, _ = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
+                proc.terminate()  # nspawn ends the container's processes with it
+                wait_exit(proc, 10)
                 kill_and_wait(proc)
-                die("%s did not finish within %s s" % (what or argv[0], timeout))
+                raise TimedOut("%s did not finish within %g s" % (what or argv[0], timeout),
+                               "raise --install-timeout, or look at what the package's maintainer scripts wait for")
             finally:
                 kill_and_wait(proc)
         self._check_open()
@@ -2468,10 +2697,11 @@ class NspawnContainer:
                 self._check_open()
                 self.leader, self.state, self.failed_units, self._state_query = 0, "", [], None
                 if self.mode == HostMode.NSENTER:
-                    self.cgroups = make_cgroups("%s%s.%s" % (CGROUP_PREFIX, self.machine, random_id(8)))
+                    self.cgroups = make_cgroups("%s%s.%s.%s" % (CGROUP_PREFIX, self.machine, self.settings.home_key,
+                                                                random_id(8)))
                     self._running.callback(self._remove_cgroups, list(self.cgroups))
                 self.write_state(nspawn_pid=0)
-                env = dict(os.environ, NOTIFY_SOCKET="@" + address[1:])
+                env = child_environment(NOTIFY_SOCKET="@" + address[1:])
                 prefix = list(nspawn_scope_prefix()) + cgroup_entry_prefix(self.cgroups)
                 with open(self.files.directory / "console.log", "wb") as console:
                     self.proc = spawn(prefix + self.nspawn_argv(), env=env, stdout=console, stderr=subprocess.STDOUT,
@@ -2731,8 +2961,9 @@ class NspawnContainer:
         return proc.returncode
 
     def ended(self) -> bool:
-        """True once nspawn has exited or the container's systemd has begun to shut down."""
-        if self.proc is None or self.proc.poll() is not None:
+        """True once nspawn has exited, or the container's systemd has died (killed: a zombie until nspawn
+        reaps it) or begun to shut down."""
+        if self.proc is None or self.proc.poll() is not None or process_gone(self.leader):
             return True
         try:
             return Path("/proc/%d/comm" % self.leader).read_text().strip() == "systemd-shutdow"
@@ -2846,30 +3077,48 @@ class Machine(NamedTuple):
     cgroups: Tuple[str, ...] = ()
 
 
-def list_machines(settings: Settings, include_stale: bool = False) -> List[Machine]:
-    found = []
-    if not settings.runtime.is_dir():
-        return found
-    for path in sorted(settings.runtime.glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        name = data.get("machine", path.stem)
+def read_machine(path: Path, lock_held: Optional[bool] = None) -> Optional[Machine]:
+    """The machine of a state file NAME.json, or None when there is none. Alive: its lock is held (a postroj
+    owns it) or it is kept and its nspawn runs. A state file that cannot be read is a dead machine of that
+    name (gc removes it). `lock_held` says it when the caller knows."""
+    name = path.name[: -len(".json")]
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        data = {}
+    try:
         nspawn_pid = int(data.get("nspawn_pid") or 0)
-        held = lock_is_held(settings.runtime / (name + ".lock"))
-        running = bool(nspawn_pid) and process_alive(nspawn_pid) and any(
-            "--machine=%s" % name == arg for arg in process_cmdline(nspawn_pid))
-        alive = held or (bool(data.get("keep")) and running)
-        if alive or include_stale:
-            found.append(Machine(name, data.get("image", ""), int(data.get("leader") or 0), nspawn_pid,
-                                 data.get("since", ""), bool(data.get("keep")), alive, data.get("version", ""),
-                                 tuple(str(c) for c in data.get("cgroups") or ())))
+        leader = int(data.get("leader") or 0)
+        cgroups = tuple(str(c) for c in data.get("cgroups") or ())
+    except (TypeError, ValueError):
+        nspawn_pid, leader, cgroups = 0, 0, ()
+    held = lock_is_held(path.with_name(name + ".lock")) if lock_held is None else lock_held
+    running = nspawn_pid > 0 and process_alive(nspawn_pid) and any(
+        "--machine=%s" % name == arg for arg in process_cmdline(nspawn_pid))
+    keep = bool(data.get("keep"))
+    return Machine(name, str(data.get("image", "")), leader, nspawn_pid, str(data.get("since", "")), keep,
+                   held or (keep and running), str(data.get("version", "")), cgroups)
+
+
+def list_machines(settings: Settings, include_stale: bool = False) -> List[Machine]:
+    """The containers of this POSTROJ_HOME that run (with `include_stale`, also those a killed postroj left)."""
+    if not settings.runtime.is_dir():
+        return []
+    found = []
+    for path in sorted(settings.runtime.glob("*.json")):
+        machine = read_machine(path)
+        if machine and (machine.alive or include_stale):
+            found.append(machine)
     return found
 
 
-def end_machine(settings: Settings, machine: Machine) -> None:
-    """Kill a leftover or kept container and remove its runtime state."""
+def end_machine(settings: Settings, machine: Machine, keep_lock: bool = False) -> None:
+    """Kill a leftover or kept container and remove its runtime state (but its lock, with `keep_lock`: the
+    caller holds it and takes the name)."""
     if machine.nspawn_pid and process_alive(machine.nspawn_pid) and any(
             "--machine=%s" % machine.name == arg for arg in process_cmdline(machine.nspawn_pid)):
         with contextlib.suppress(ProcessLookupError):
@@ -2882,7 +3131,26 @@ def end_machine(settings: Settings, machine: Machine) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(machine.nspawn_pid, signal.SIGKILL)
     remove_cgroups(machine.cgroups, kill=True)  # whatever of the container outlived its nspawn
-    RuntimeFiles(settings.runtime, machine.name).remove()
+    RuntimeFiles(settings.runtime, machine.name).remove(keep_lock=keep_lock)
+
+
+def remove_orphan_cgroups(settings: Settings) -> List[str]:
+    """Remove the cgroups of this POSTROJ_HOME's containers that no running container owns (their postroj and
+    nspawn were killed), killing what is left in them."""
+    live = {c for m in list_machines(settings) for c in m.cgroups}
+    pattern = r"%s(%s)\.%s\.[0-9a-f]{8}" % (re.escape(CGROUP_PREFIX), NAME_PATTERN, settings.home_key)
+    removed = []
+    for root in systemd_cgroup_roots():
+        with contextlib.suppress(OSError):
+            for entry in root.iterdir():
+                match = re.fullmatch(pattern, entry.name)
+                if not match or str(entry) in live:
+                    continue
+                if lock_is_held(RuntimeFiles(settings.runtime, match.group(1)).lock):
+                    continue  # a container that is booting: its state file does not name it yet
+                remove_cgroups([str(entry)], kill=True)
+                removed.append(entry.name)
+    return removed
 
 
 def collect_garbage(settings: Settings) -> List[str]:
@@ -2905,7 +3173,7 @@ def collect_garbage(settings: Settings) -> List[str]:
             if entry.name.startswith(".doomed-") or not lock_is_held(settings.locks / ("image-%s.lock" % name)):
                 remove_tree(entry)
                 done.append("staging %s" % entry.name)
-    done += ["cgroup %s" % name for name in sorted(set(remove_stale_run_cgroups()))]
+    done += ["cgroup %s" % name for name in sorted(set(remove_stale_run_cgroups() + remove_orphan_cgroups(settings)))]
     done += ["image version %s" % v.name for v in prune_versions(settings)]
     return done
 
@@ -2991,7 +3259,7 @@ class VagrantMachine:
         self.directory = settings.vagrant / box.label
 
     def environment(self) -> Dict[str, str]:
-        return dict(os.environ, VAGRANT_CWD=str(self.directory), VAGRANT_NO_COLOR="1")
+        return child_environment(VAGRANT_CWD=str(self.directory), VAGRANT_NO_COLOR="1")
 
     def vagrant(self, args: Sequence[str], *, check: bool = True, capture: bool = True, stdin: Any = subprocess.DEVNULL,
                 what: str = "", timeout: Optional[float] = None) -> subprocess.CompletedProcess:
@@ -3144,22 +3412,34 @@ NETWORK_NO_ANSWER, NETWORK_WRONG_ANSWER = 1, 2
 
 
 def parse_network_target(url: str) -> str:
-    """Check a --check-network URL: tcp://HOST:PORT, http:// or https://, ports 1 to 65535."""
+    """Check a --check-network URL: tcp://HOST:PORT, http:// or https://, ports 1 to 65535, a host name or
+    address without spaces, escapes or controls."""
     try:
         parsed = urllib.parse.urlparse(url)
         check_bracketed_host(parsed.netloc)
         port = parsed.port
     except ValueError as exc:
-        problem = "port out of range" if "port" in str(exc).lower() else "malformed URL"
-        die("%s in --check-network %r" % (problem, url), "ports are 1 to 65535; write tcp://HOST:PORT or "
+        if "out of range" in str(exc).lower():
+            die("port out of range in --check-network %r" % url, "ports are 1 to 65535", usage=True)
+        if "port" in str(exc).lower():
+            port_text = urllib.parse.urlparse(url).netloc.rpartition(":")[2]
+            die("the port %r in --check-network %r is not a number" % (port_text, url),
+                "write tcp://HOST:PORT with a port from 1 to 65535", usage=True)
+        die("malformed URL in --check-network %r: %s" % (url, exc), "write tcp://HOST:PORT or "
             "http://HOST[:PORT]/PATH", usage=True)
     if parsed.scheme not in ("tcp", "http", "https") or not parsed.hostname:
         die("unsupported --check-network %r" % url, "use tcp://HOST:PORT, http://HOST[:PORT]/PATH or https://...",
             usage=True)
+    if "[" not in parsed.netloc and not re.fullmatch(r"[A-Za-z0-9._-]+", parsed.hostname):  # [IPv6] is checked
+        die("malformed URL in --check-network %r: the host is not a name or an address" % url,
+            "write tcp://HOST:PORT or http://HOST[:PORT]/PATH, e.g. http://localhost:8080/", usage=True)
     if parsed.scheme == "tcp" and port is None:
         die("no port in %r" % url, "write tcp://HOST:PORT", usage=True)
     if port is not None and not 1 <= port <= 65535:
         die("port out of range in %r" % url, "ports are 1 to 65535", usage=True)
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        die("malformed URL in --check-network %r: it holds a space or a control character" % url,
+            "escape spaces in the path as %20", usage=True)
     return url
 
 
@@ -3174,8 +3454,18 @@ def package_type(path: str) -> str:
 def check_package_file(path: Path) -> str:
     """The kind of a local package file (deb, rpm, msi), refusing what is not one."""
     kind = package_type(path.name)
-    if not path.is_file():
+    try:
+        st = path.stat()
+    except FileNotFoundError:
         die("package %s does not exist" % path, "check the path", usage=True)
+    except OSError as exc:  # ELOOP, ENAMETOOLONG, EACCES on a directory on the way
+        problem = "is a symlink loop" if exc.errno == 40 else "cannot be reached: %s" % (exc.strerror or exc)
+        die("package %s %s" % (path, problem), "give the path of a package file", usage=True)
+    if stat.S_ISDIR(st.st_mode):
+        die("package %s is a directory" % path, "give a package file (.deb, .rpm, .msi), not its directory",
+            usage=True)
+    if not stat.S_ISREG(st.st_mode):
+        die("package %s is not a regular file" % path, "give a package file (.deb, .rpm, .msi)", usage=True)
     if not os.access(path, os.R_OK):
         die("cannot read package %s" % path, "check its permissions", usage=True)
     with open(path, "rb") as handle:
@@ -3194,6 +3484,7 @@ class ProbePlan(NamedTuple):
     boot_timeout: float = 30
     private_network: bool = True
     fail_fast: bool = False
+    install_timeout: float = 600
 
 
 def order_probes(probes: Sequence[Probe]) -> Tuple[Probe, ...]:
@@ -3233,12 +3524,18 @@ def install_packages(settings: Settings, image: ImageInfo, packages: Sequence[Tu
         os.chmod(staged / path.name, 0o644)
         inner.append("%s/packages/%s" % (GUEST_RUNTIME, path.name))
     cache = package_cache_for(settings, read_os_release(Path(image.path)))
-    with file_lock(cache / ".postroj.lock"):
+    waiting = "the package cache %s, which another probe of this release is installing from" % cache
+    with file_lock(cache / ".postroj.lock", waiting=waiting):
         # always refresh: the lists are shared by the images of a release, whose sources may differ;
         # with warm lists this is a few conditional requests
         command = package_transaction(image.package_manager, inner, refresh=True)
-        code, output = container.run_in_overlay(command, [(str(cache), PACKAGE_CACHE_DIR)], max(timeout, 600),
-                                                what="installing %s" % ", ".join(p.name for _, p in packages))
+        try:
+            code, output = container.run_in_overlay(command, [(str(cache), PACKAGE_CACHE_DIR)], timeout,
+                                                    what="installing %s" % ", ".join(p.name for _, p in packages))
+        except TimedOut as exc:
+            duration = (time.monotonic() - t0) / len(packages)
+            return [ProbeResult(image.name, probe, Status.FAIL, duration, reason="%s\nhint: %s" % (
+                exc.message, exc.hint)) for probe, _ in packages]
     duration = (time.monotonic() - t0) / len(packages)
     if code == 0:
         return [ProbeResult(image.name, probe, Status.PASS, duration, output=tail(output)) for probe, _ in packages]
@@ -3311,7 +3608,7 @@ def run_command_probe(container: NspawnContainer, probe: Probe, timeout: float) 
         return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0, output=tail(output, 40))
     reason = "timed out after %s s" % timeout if code == 124 else "exit status %d" % code
     if container.ended():
-        reason = "the container shut down while the command ran"
+        reason = "the container ended while the command ran (it was shut down, or its PID 1 was killed)"
     return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason=reason, output=tail(output, 40),
                        details=container.journal_tail(20))
 
@@ -3324,15 +3621,20 @@ def run_copy_probe(container: NspawnContainer, probe: Probe, timeout: float) -> 
     staged = container.guest_dir() / "copy" / random_id(8)
     ensure_dir(staged.parent)
     src = Path(source)
-    if src.is_dir():
-        shutil.copytree(src, staged / src.name, symlinks=True)
-    else:
-        ensure_dir(staged)
-        shutil.copy2(src, staged / src.name)
+    try:
+        if src.is_dir():
+            shutil.copytree(src, staged / src.name, symlinks=True)
+        else:
+            ensure_dir(staged)
+            shutil.copy2(src, staged / src.name)
+    except (OSError, shutil.Error) as exc:
+        remove_tree(staged)
+        return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0,
+                           reason="cannot copy %s from the host: %s" % (source, exc))
     inner = "%s/copy/%s/%s" % (GUEST_RUNTIME, staged.name, src.name)
     code, output = container.run_captured(["/bin/sh", "-c", 'mkdir -p "$(dirname "$2")" && cp -a "$1" "$2"', "sh",
                                            inner, target])
-    shutil.rmtree(staged, ignore_errors=True)
+    remove_tree(staged)
     if code == 0:
         return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0)
     return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason="copying failed (%d)" % code,
@@ -3350,7 +3652,7 @@ def probe_image(settings: Settings, name: str, plan: ProbePlan, *, pull: bool, c
         pending = [(p, packages[p.target]) for p in plan.probes if p.kind == ProbeKind.PACKAGE]
         with NspawnContainer(settings, image, private_network=plan.private_network,
                              boot_timeout=plan.boot_timeout) as container:
-            installed = install_packages(settings, image, pending, container, plan.timeout) if pending else []
+            installed = install_packages(settings, image, pending, container, plan.install_timeout) if pending else []
             container.boot()
             t1 = time.monotonic()
             results = run_probes(image, container, plan, cancel, installed)
@@ -3573,32 +3875,81 @@ def results_json(results: Sequence[ProbeResult]) -> Dict[str, Any]:
     }
 
 
-def results_from_json(path: str) -> List[ProbeResult]:
-    """The results of a `--json` report (a shard's, or another run's); what is not one is a usage error."""
+REPORT_MAX_BYTES = 64 << 20  # a report of 10,000 probes with long outputs is a few MiB
+
+
+def read_report(path: str) -> Dict[str, Any]:
+    """The JSON of a `--json` report: a regular file of at most REPORT_MAX_BYTES."""
+    hint = "give the --json files of probe runs"
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)  # a FIFO must not block
     except FileNotFoundError:
-        die("%s does not exist" % path, "give the --json files of probe runs", usage=True)
+        die("%s does not exist" % path, hint, usage=True)
     except OSError as exc:
         die("cannot read %s: %s" % (path, exc.strerror or exc), "check the path and its permissions", usage=True)
-    except ValueError as exc:
-        die("%s is not JSON: %s" % (path, exc), "give the --json files of probe runs", usage=True)
+    with open(fd, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            die("%s is not a regular file" % path, hint, usage=True)
+        data = handle.read(REPORT_MAX_BYTES + 1)
+    if len(data) > REPORT_MAX_BYTES:
+        die("%s is too large for a report (more than %s)" % (path, human_size(REPORT_MAX_BYTES)), hint, usage=True)
+    try:
+        return json.loads(data.decode("utf-8"))  # NaN and Infinity are refused where they stand (durations)
+    except RecursionError:
+        die("%s is nested too deeply to be a report" % path, hint, usage=True)
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError too
+        die("%s is not JSON: %s" % (path, exc), hint, usage=True)
+
+
+def results_from_json(path: str) -> List[ProbeResult]:
+    """The results of a `--json` report (a shard's, or another run's); what is not one is a usage error."""
+    data = read_report(path)
+    hint = "give the --json files of probe runs, unchanged"
     rows = data.get("results") if isinstance(data, dict) else None
     if not isinstance(rows, list):
-        die("%s is not a postroj report: it has no \"results\" list" % path,
-            "give the --json files of probe runs", usage=True)
+        die("%s is not a postroj report: it has no \"results\" list" % path, hint, usage=True)
+    schema = data.get("schema", JSON_SCHEMA)
+    if schema != JSON_SCHEMA:
+        die("%s has schema %s; this postroj reads schema %d" % (path, str(schema)[:20], JSON_SCHEMA),
+            "merge reports with the postroj that wrote them", usage=True)
     found = []
     for number, row in enumerate(rows, 1):
         try:
-            probe = Probe(ProbeKind(row["kind"]), str(row["target"]))
-            found.append(ProbeResult(str(row["image"]), probe, Status(row["status"]), float(row.get("duration", 0)),
-                                     str(row.get("reason", "")), str(row.get("output", "")),
-                                     str(row.get("details", ""))))
-        except (KeyError, TypeError, ValueError) as exc:
-            die("%s: result %d is malformed (%s: %s)" % (path, number, type(exc).__name__, exc),
-                "give the --json files of probe runs, unchanged", usage=True)
+            probe = Probe(ProbeKind(row["kind"]), text_safe(str(row["target"])))
+            duration = float(row.get("duration", 0))
+            if not 0 <= duration < float("inf"):
+                raise ValueError("duration %r is not a number of seconds" % row.get("duration"))
+            found.append(ProbeResult(text_safe(str(row["image"])), probe, Status(row["status"]), duration,
+                                     *(text_safe(str(row.get(key, ""))) for key in ("reason", "output", "details"))))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            die("%s: result %d is malformed (%s: %s)" % (path, number, type(exc).__name__, exc), hint, usage=True)
     return found
+
+
+def merge_reports(paths: Sequence[str]) -> List[ProbeResult]:
+    """The results of several reports; a file given twice, or one result in two files, is refused: it
+    would be counted twice."""
+    seen_files: Dict[Tuple[int, int], str] = {}
+    seen: Dict[Tuple[str, str, str], str] = {}
+    results = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen_files:
+                die("%s is given twice (also as %s)" % (path, seen_files[(st.st_dev, st.st_ino)]),
+                    "give each shard's report once", usage=True)
+            seen_files[(st.st_dev, st.st_ino)] = path
+        for result in results_from_json(path):
+            key = (result.image, str(result.probe.kind), result.probe.target)
+            if seen.get(key, path) != path:
+                die("%s and %s both hold %s on %s: a shard given twice would be counted twice" % (
+                    seen[key], path, result.probe.title, result.image),
+                    "give each shard's report once; merge separate runs with separate `postroj report` calls",
+                    usage=True)
+            seen[key] = path
+            results.append(result)
+    return results
 
 
 def shard_of(images: Sequence[str], shard: Tuple[int, int]) -> List[str]:
@@ -3620,15 +3971,15 @@ def junit_xml(results: Sequence[ProbeResult]) -> bytes:
     for result in results:
         by_image.setdefault(result.image, []).append(result)
     for image, items in by_image.items():
-        suite = ET.SubElement(suites, "testsuite", name=image, tests=str(len(items)),
+        suite = ET.SubElement(suites, "testsuite", name=xml_safe(image), tests=str(len(items)),
                               failures=str(sum(r.status == Status.FAIL for r in items)), errors="0",
                               skipped=str(sum(r.status == Status.SKIP for r in items)),
                               time="%.3f" % sum(r.duration for r in items), timestamp=now_iso())
         for r in items:
-            case = ET.SubElement(suite, "testcase", classname="postroj.%s" % image, name=xml_safe(r.probe.title),
+            case = ET.SubElement(suite, "testcase", classname=xml_safe("postroj.%s" % image), name=xml_safe(r.probe.title),
                                  time="%.3f" % r.duration)
             if r.status == Status.FAIL:
-                failure = ET.SubElement(case, "failure", message=xml_safe(r.reason), type=r.probe.kind)
+                failure = ET.SubElement(case, "failure", message=xml_safe(r.reason), type=str(r.probe.kind))
                 failure.text = xml_safe("\n".join(t for t in (r.output, r.details) if t))
             elif r.status == Status.SKIP:
                 ET.SubElement(case, "skipped", message=xml_safe(r.reason))
@@ -3637,20 +3988,75 @@ def junit_xml(results: Sequence[ProbeResult]) -> bytes:
     return ET.tostring(suites, encoding="utf-8", xml_declaration=True)
 
 
+# What XML 1.0 cannot carry, even escaped: controls but tab, newline and return; lone surrogates; U+FFFE, U+FFFF.
+XML_FORBIDDEN = "[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]"
+
+
 def xml_safe(text: str) -> str:
-    return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", "?", text)
+    """`text` as XML can hold it: each character XML 1.0 forbids becomes '?'."""
+    return re.sub(XML_FORBIDDEN, "?", str(text))
+
+
+def text_safe(text: str) -> str:
+    """`text` as UTF-8 can hold it: lone surrogates (from JSON's \\ud800) become U+FFFD."""
+    return re.sub("[\ud800-\udfff]", "\ufffd", text)
+
+
+def check_report_path(target: Optional[str], option: str) -> None:
+    """Refuse a report path that cannot be written, before anything runs: a missing directory, a directory,
+    or one postroj may not write (the report is written atomically beside it)."""
+    if not target or target == "-":
+        return
+    path = Path(target)
+    hint = "give a file in a directory that exists and can be written, or - for stdout"
+    try:
+        st: Optional[os.stat_result] = path.stat()
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        die("cannot write the %s report to %s: %s" % (option, target, exc.strerror or exc), hint, usage=True)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        die("cannot write the %s report to %s: it is a directory" % (option, target), hint, usage=True)
+    if st is not None and not stat.S_ISREG(st.st_mode) or path.is_symlink():
+        if not os.access(target, os.W_OK):  # a device, a FIFO or a link: written in place
+            die("cannot write the %s report to %s: not writable" % (option, target), hint, usage=True)
+        return
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        die("cannot write the %s report to %s: %s is not a directory" % (option, target, parent), hint, usage=True)
+    if not os.access(str(parent), os.W_OK | os.X_OK):
+        die("cannot write the %s report to %s: %s is not writable" % (option, target, parent), hint, usage=True)
 
 
 def write_output(target: str, data: bytes) -> None:
-    """Write a report to a file (atomically) or to stdout for `-`."""
+    """Write a report: `-` to stdout; a regular file or a new path atomically (a temporary file beside it,
+    renamed); anything else that exists (a link, a device, a FIFO) opened and written in place, never replaced."""
     if target == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
         return
     path = Path(target)
-    tmp = path.with_name(".%s.tmp" % path.name)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        in_place = os.path.lexists(target) and (path.is_symlink() or not path.is_file())
+        if in_place:
+            fd = os.open(target, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOCTTY)
+            with open(fd, "wb") as out:
+                out.write(data)
+            return
+        mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o644
+        fd, tmp = tempfile.mkstemp(prefix=".%s." % path.name[:64], suffix=".tmp", dir=str(path.absolute().parent))
+        try:
+            with open(fd, "wb") as out:
+                out.write(data)
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        die("cannot write the report to %s: %s" % (target, exc.strerror or exc),
+            "check the path, its directory's permissions and the free space")
 
 
 def print_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
@@ -3664,8 +4070,9 @@ def print_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
 # ==============================================================================
 
 AUTOPKGTEST_NAME = "autopkgtest-virt-postroj"
-# The testbed's scratch directory: a host directory bound in (copies are free), outside /tmp, which
-# systemd may mount a tmpfs over, and the same path after revert and reboot, as autopkgtest wants.
+# The testbed's scratch directory: outside /tmp, which systemd may mount a tmpfs over, and the same path after
+# revert and reboot, as autopkgtest wants. Its host side is never read or written by a copy: root in the
+# testbed can plant links there, which only the container may resolve (README: Security).
 AUTOPKGTEST_DOWNTMP = "/var/tmp/autopkgtest"
 # autopkgtest's own exit status for a failure of its virtualisation server (VirtSubproc's Quit(12)).
 AUTOPKGTEST_FAILURE = 12
@@ -3689,11 +4096,12 @@ class AutopkgtestTestbed:
     CAPABILITIES = ("revert", "revert-full-system", "isolation-container", "root-on-testbed", "reboot")
 
     def __init__(self, settings: Settings, image: ImageInfo, options: Dict[str, Any], boot_timeout: float,
-                 stdin: IO[str], stdout: IO[str]) -> None:
+                 stdin: IO[str], stdout: IO[str], copy_timeout: float = 300) -> None:
         self.settings = settings
         self.image = image
         self.options = options
         self.boot_timeout = boot_timeout
+        self.copy_timeout = copy_timeout
         self.stdin = stdin
         self.stdout = stdout
         self.container: Optional[NspawnContainer] = None
@@ -3719,7 +4127,14 @@ class AutopkgtestTestbed:
                 if handler is None:
                     raise TestbedFailure("unknown command `%s'" % words[0])
                 self.check_arguments(handler, len(words) - 1, words[0])
-                answer = handler(*words[1:])
+                try:
+                    answer = handler(*words[1:])
+                except PostrojError as exc:
+                    raise TestbedFailure("%s: %s%s" % (words[0], exc.message,
+                                                       "\nhint: %s" % exc.hint if exc.hint else "")) from None
+                except OSError as exc:
+                    where = " (%s)" % exc.filename if exc.filename else ""
+                    raise TestbedFailure("%s: %s%s" % (words[0], exc.strerror or exc, where)) from None
                 if isinstance(answer, NotOk):  # a command that failed but leaves the testbed usable
                     self.reply(answer.reply)
                 else:
@@ -3759,14 +4174,14 @@ class AutopkgtestTestbed:
     # --- commands ---
 
     def cmd_capabilities(self) -> str:
-        found = list(self.CAPABILITIES)
-        if self.container is not None:
-            found.append("downtmp-host=%s" % self.container.scratch_dir())
-        return " ".join(found)
+        # never downtmp-host=: autopkgtest would then read and write the scratch directory's host side
+        # itself, following the links the testbed planted there
+        return " ".join(self.CAPABILITIES)
 
     def cmd_open(self) -> str:
         if self.container is not None:
             raise TestbedFailure("`open' when already open")
+        check_state_dirs(self.settings)
         container = NspawnContainer(self.settings, self.image, scratch=AUTOPKGTEST_DOWNTMP,
                                     boot_timeout=self.boot_timeout, **self.options)
         self.container = container
@@ -3829,8 +4244,9 @@ class AutopkgtestTestbed:
     # --- copies ---
 
     def copy(self, name: str, source: str, target: str, up: bool) -> Optional[NotOk]:
-        """copyup/copydown: directories when both paths end in /, files when neither does; through the
-        scratch directory's host side when the testbed path is in it, else streamed through tar or cat."""
+        """copyup/copydown: directories when both paths end in /, files when neither does. The testbed's path
+        is resolved in the container only (cat and tar run there); the host's is autopkgtest's own, written
+        through a temporary file (a file) or from a checked archive (a tree). Each copy has `copy_timeout`."""
         if self.container is None:
             raise TestbedFailure("%s when not open" % name)  # autopkgtest's wording, without quotes
         container = self.container
@@ -3841,63 +4257,58 @@ class AutopkgtestTestbed:
             raise TestbedFailure("%s paths must agree about directoryness (presence or absence of trailing /)"
                                  % name)
         host, inside = (target, source) if up else (source, target)
-        shared = self.shared_path(container, inside)
+        copier = {(False, False): self.file_down, (False, True): self.file_up, (True, False): self.tree_down,
+                  (True, True): self.tree_up}[(directory, up)]
         try:
-            if shared is not None:
-                source_path, target_path = (shared, Path(host)) if up else (Path(host), shared)
-                if os.path.abspath(source_path) == os.path.abspath(target_path):
-                    pass  # autopkgtest put it there itself
-                elif directory:
-                    shutil.copytree(source_path, target_path, symlinks=True, dirs_exist_ok=True)
-                else:
-                    ensure_dir(target_path.parent)
-                    shutil.copy2(source_path, target_path)
-            elif directory:
-                self.stream_tree(container, host, inside, up)
-            else:
-                self.stream_file(container, host, inside, up)
+            copier(container, host, inside)
         except (OSError, PostrojError) as exc:
-            log.warning("%s %s %s failed: %s", name, source, target, exc)
+            log.warning("%s %s %s failed: %s", name, source, target, getattr(exc, "message", exc))
             return NotOk("copy-failed")
         return None
 
-    @staticmethod
-    def shared_path(container: NspawnContainer, inside: str) -> Optional[Path]:
-        relative = os.path.normpath(inside)
-        if relative != AUTOPKGTEST_DOWNTMP and not relative.startswith(AUTOPKGTEST_DOWNTMP + "/"):
-            return None
-        return container.scratch_dir() / os.path.relpath(relative, AUTOPKGTEST_DOWNTMP)
-
-    @staticmethod
-    def stream_file(container: NspawnContainer, host: str, inside: str, up: bool) -> None:
-        if up:
-            with open(host, "wb") as out:
-                code = container.execute(["cat", "--", inside], stdin=subprocess.DEVNULL, stdout=out)
-        else:
-            mode = " && chmod +x -- \"$1\"" if os.stat(host).st_mode & 0o111 else ""
-            with open(host, "rb") as source:
-                code = container.execute(["sh", "-ec", 'cat > "$1"' + mode, "sh", inside], stdin=source)
+    def in_testbed(self, container: NspawnContainer, script: str, inside: str, **streams: Any) -> None:
+        """Run `script` (sh, with the testbed path as $1) in the container, bounded by the copy time-out there
+        (what nsenter started must not outlive it) and here."""
+        argv = ["timeout", "--signal=KILL", "%.0f" % max(1, self.copy_timeout), "sh", "-ec", script, "sh", inside]
+        code = container.execute(argv, timeout=self.copy_timeout + 5, **streams)
         if code != 0:
-            raise PostrojError("exit status %d" % code)
+            raise PostrojError("exit status %d in the testbed%s" % (
+                code, " (time-out: %s s)" % self.copy_timeout if code in (124, 137) else ""))
 
-    @staticmethod
-    def stream_tree(container: NspawnContainer, host: str, inside: str, up: bool) -> None:
-        unpack = ["--warning=none", "--preserve-permissions", "--extract", "--no-same-owner", "-f", "-"]
-        if up:
-            os.makedirs(host, exist_ok=True)
-            local = spawn(["tar", "--directory", host, *unpack], stdin=subprocess.PIPE)
-            assert local.stdin is not None
-            code = container.execute(["sh", "-ec", 'cd "$1"; tar --warning=none -c -f - .', "sh", inside],
-                                     stdin=subprocess.DEVNULL, stdout=local.stdin)
-            local.stdin.close()
-        else:
-            local = spawn(["tar", "--directory", host, "--warning=none", "-c", "-f", "-", "."], stdout=subprocess.PIPE)
-            assert local.stdout is not None
-            code = container.execute(["sh", "-ec", 'mkdir -p -- "$1"; cd "$1"; tar %s' % " ".join(unpack), "sh",
-                                      inside], stdin=local.stdout)
+    def file_down(self, container: NspawnContainer, host: str, inside: str) -> None:
+        mode = ' && chmod +x -- "$1"' if os.stat(host).st_mode & 0o111 else ""
+        with open(host, "rb") as source:
+            self.in_testbed(container, 'cat > "$1"' + mode, inside, stdin=source, stdout=subprocess.DEVNULL)
+
+    def file_up(self, container: NspawnContainer, host: str, inside: str) -> None:
+        target = Path(host)
+        fd, tmp = tempfile.mkstemp(prefix=".%s." % target.name[:64], suffix=".part", dir=str(target.absolute().parent))
+        try:
+            with open(fd, "wb") as out:
+                self.in_testbed(container, 'exec cat -- "$1"', inside, stdin=subprocess.DEVNULL, stdout=out)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def tree_down(self, container: NspawnContainer, host: str, inside: str) -> None:
+        with spawned(["tar", "--directory", host, "--warning=none", "-c", "-f", "-", "."],
+                           stdout=subprocess.PIPE) as local:
+            self.in_testbed(container, 'mkdir -p -- "$1"; cd "$1"; exec tar --warning=none --preserve-permissions '
+                            '--extract --no-same-owner -f -', inside, stdin=local.stdout, stdout=subprocess.DEVNULL)
             local.stdout.close()
-        if local.wait() != 0 or code != 0:
-            raise PostrojError("tar exit status %d in the testbed, %d on the host" % (code, local.returncode))
+            if local.wait() != 0:
+                raise PostrojError("tar exit status %d on the host" % local.returncode)
+
+    def tree_up(self, container: NspawnContainer, host: str, inside: str) -> None:
+        assert container.files is not None
+        with tempfile.TemporaryFile(dir=str(container.files.directory)) as spool:
+            self.in_testbed(container, 'cd "$1"; exec tar --warning=none -c -f - .', inside,
+                            stdin=subprocess.DEVNULL, stdout=spool)
+            spool.seek(0)
+            extract_untrusted_tree(spool, Path(host))
 
     def close(self) -> None:
         container, self.container = self.container, None
@@ -3928,13 +4339,19 @@ def shard_spec(text: str) -> Tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+MAX_SECONDS = 7 * 24 * 3600  # a time-out beyond a week is a typo, and beyond what select() and sleep() take
+
+
 def positive_float(text: str) -> float:
+    """A time-out in seconds: above 0, at most MAX_SECONDS."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError("%r is not a number" % text)
     if not value > 0 or value != value or value == float("inf"):
         raise argparse.ArgumentTypeError("must be a positive number of seconds, not %s" % text)
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError("must be at most %d seconds (7 days), not %s" % (MAX_SECONDS, text))
     return value
 
 
@@ -3999,7 +4416,10 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
     options = {"via": args.via, "mirror": args.mirror, "sha256": args.sha256, "security": args.security_mirror,
                "accept_expired": args.accept_expired}
     for name in names:  # refuse bad input before anything is fetched
-        parse_source(name, **options)
+        _default, source = parse_source(name, **options)
+        if source.kind == SourceKind.DIRECTORY:
+            check_directory_source(settings, source.location)
+    check_state_dirs(settings)
     failed = 0
     for name in names:
         try:
@@ -4016,6 +4436,7 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     require_root("removing images")
+    check_state_dirs(settings, cache=False)
     names = [i.name for i in list_images(settings)] if args.all else args.names
     if not names:
         die("no image given", "name one, or pass --all", usage=True)
@@ -4037,6 +4458,7 @@ def cmd_container(args: argparse.Namespace, settings: Settings) -> int:
     command = list(args.command)
     options = container_options(args)
     require_container_host("running containers")
+    check_state_dirs(settings)
     image = require_image(settings, args.image, pull=args.pull)
     container = NspawnContainer(settings, image, **options)
     with container:
@@ -4085,6 +4507,7 @@ def cmd_machines(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
     require_root("ending containers")
+    check_state_dirs(settings, cache=False)
     found = {m.name: m for m in list_machines(settings)}
     for name in args.machines:
         if name not in found:
@@ -4096,6 +4519,7 @@ def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
     require_root("collecting garbage")
+    check_state_dirs(settings, cache=False)
     for item in collect_garbage(settings):
         print("removed %s" % item)
     return EXIT_OK
@@ -4128,12 +4552,17 @@ def build_probes(args: argparse.Namespace) -> Tuple[Probe, ...]:
     for unit in args.check_unit:
         if not re.fullmatch(r"[A-Za-z0-9@:._\\-]+", unit):
             die("invalid unit name %r" % unit, "give a systemd unit name, e.g. nginx or nginx.service", usage=True)
+        if re.search(r"@(\.[a-z]+)?$", unit):
+            die("%s is a template unit, which never runs itself" % unit,
+                "give an instance of it, e.g. %s" % re.sub(r"@(\.[a-z]+)?$", r"@1\1", unit), usage=True)
     if args.expect_status is not None and not 100 <= args.expect_status <= 599:
         die("--expect-status %d is not an HTTP status" % args.expect_status, "use 100 to 599", usage=True)
     return order_probes(probes)
 
 
 def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
+    check_report_path(args.json, "--json")
+    check_report_path(args.junit, "--junit")
     probes = build_probes(args)
     if not probes:
         die("no probe given", "add --command, --check-unit, --check-network, --package or --copy", usage=True)
@@ -4152,8 +4581,12 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     images = images or [DEFAULT_IMAGE]
     images = list(dict.fromkeys(images))
     if args.shard:
+        count = len(images)
         images = shard_of(images, args.shard)
-        log.info("shard %d/%d: %s", args.shard[0], args.shard[1], ", ".join(images) or "no image")
+        if not images:
+            die("shard %d/%d holds no image: there are %d in all" % (args.shard[0], args.shard[1], count),
+                "split the run into at most %d shards" % count, usage=True)
+        log.info("shard %d/%d: %s", args.shard[0], args.shard[1], ", ".join(images))
     for name in images:  # resolved and checked once, here, before anything boots
         info = read_image(settings, name)
         dist = find_distribution(name)
@@ -4170,8 +4603,10 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
         if info is None and args.no_pull:
             die("image %s is not acquired and --no-pull was given" % name, "acquire it with `postroj image %s`" % name)
     require_container_host("probing")
+    check_state_dirs(settings)
     plan = ProbePlan(probes, timeout=args.timeout, boot_timeout=args.boot_timeout,
-                     private_network=not args.host_network, fail_fast=args.fail_fast)
+                     private_network=not args.host_network, fail_fast=args.fail_fast,
+                     install_timeout=args.install_timeout)
     packages = materialize_packages(settings, probes)
 
     def probe_one(name: str, cancel: threading.Event) -> List[ProbeResult]:
@@ -4183,7 +4618,9 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     """Merge the --json reports of shards or runs: one summary, JSON and JUnit; exits as probe would."""
-    results = [result for path in args.files for result in results_from_json(path)]
+    check_report_path(args.json, "--json")
+    check_report_path(args.junit, "--junit")
+    results = merge_reports(args.files)
     color = sys.stdout.isatty()
     for result in results:
         print(format_result(result, color))
@@ -4206,6 +4643,7 @@ def cmd_probe_vms(args: argparse.Namespace, settings: Settings, probes: Sequence
                         "use .msi on Windows, .deb or .rpm on Linux", usage=True)
     require_tool("vagrant")
     check_provider(args.provider)
+    check_state_dirs(settings)
     packages = materialize_packages(settings, probes)
     results: List[ProbeResult] = []
     left_running = 0
@@ -4236,6 +4674,7 @@ def cmd_selftest(args: argparse.Namespace, settings: Settings) -> int:
     if not images:
         die("no image is acquired", "acquire one with `postroj image debian-bookworm`")
     require_container_host("probing")
+    check_state_dirs(settings)
     plan = ProbePlan((Probe(ProbeKind.UNIT, "systemd-journald"), Probe(ProbeKind.COMMAND, "hostnamectl")),
                      boot_timeout=args.boot_timeout)
 
@@ -4262,9 +4701,8 @@ def cmd_autopkgtest_virt(args: argparse.Namespace, settings: Settings) -> int:
         # stays there for the next run, as for probes (apt locks the directory against concurrent use)
         cache = package_cache_for(settings, read_os_release(Path(image.path)))
         options["binds"] = [Bind(str(cache), "/var/cache/apt/archives")] + options["binds"]
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGHUP, _terminate)  # autopkgtest's servers clean up on SIGHUP too
-    return AutopkgtestTestbed(settings, image, options, args.boot_timeout, sys.stdin, sys.stdout).serve()
+    return AutopkgtestTestbed(settings, image, options, args.boot_timeout, sys.stdin, sys.stdout,
+                              args.copy_timeout).serve()
 
 
 # What the words after a command complete to: images, machines, boxes, files, or fixed words.
@@ -4436,6 +4874,11 @@ def find_box_by_dir(label: str) -> Box:
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are postroj's usage errors (exit 2, with a hint)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # `--shard -1/2` is a wrong value for --shard, not an unknown option
+        self._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d+/\d+$")
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(message, "see `%s --help`" % self.prog)
 
@@ -4460,7 +4903,9 @@ exit codes:
   1    a runtime failure, or a probe that failed
   2    bad usage: nothing was started or changed
   12   autopkgtest-virt: a command the testbed cannot take
-  130  interrupted (SIGINT); 143: terminated (SIGTERM)
+  129  hung up (SIGHUP)
+  130  interrupted (SIGINT)
+  143  terminated (SIGTERM)
   N    container and vm run: the command's own status
 
 most used:
@@ -4589,6 +5034,8 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     p.add_argument("--command", action="append", default=[], metavar="CMD", help="a shell command that must exit "
                    "0 in the container; repeatable")
     p.add_argument("--timeout", type=positive_float, default=30, metavar="SECONDS", help="per probe (default: 30)")
+    p.add_argument("--install-timeout", type=positive_float, default=600, metavar="SECONDS",
+                   help="for installing the packages, maintainer scripts included (default: 600)")
     p.add_argument("--jobs", "-j", type=positive_int, default=os.cpu_count() or 1, metavar="N",
                    help="images probed at once (default: the number of CPUs)")
     p.add_argument("--fail-fast", action="store_true", help="skip the rest after the first failure")
@@ -4624,10 +5071,13 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
         "autopkgtest -U memcached_1.6.18-1+deb12u1.dsc -- postroj debian-bookworm"])
     p.add_argument("image", metavar="IMAGE", help="the image to test in (catalogue label or acquired name)")
     add_container_mounts(p)
-    p.add_argument("--private-network", action="store_true", help="loopback only (test dependencies then "
+    network = p.add_mutually_exclusive_group()
+    network.add_argument("--private-network", action="store_true", help="loopback only (test dependencies then "
                    "cannot be downloaded)")
-    p.add_argument("--host-network", action="store_true", help="the host's network (the default)")
+    network.add_argument("--host-network", action="store_true", help="the host's network (the default)")
     p.add_argument("--pull", action="store_true", help="acquire the image first when it is not there")
+    p.add_argument("--copy-timeout", type=positive_float, default=300, metavar="SECONDS",
+                   help="for each copyup and copydown (default: 300, as autopkgtest's own servers)")
     p.add_argument("-d", "--debug-server", action="store_true", help="log every command on stderr")
     add_container_options(p)
     p.set_defaults(func=cmd_autopkgtest_virt, machine="", keep=False)
@@ -4686,10 +5136,10 @@ def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    """The command line's SIGTERM (and, for autopkgtest, SIGHUP): postroj ends, cleaning up on the way;
-    stop signals after this one change nothing."""
+    """SIGTERM and SIGHUP (a closed terminal; autopkgtest's servers clean up on it too): postroj ends,
+    cleaning up on the way; stop signals after this one change nothing."""
     ignore_stop_signals()
-    raise Terminated()
+    raise Terminated(signum)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -4703,7 +5153,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(format="postroj: %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(logging.WARNING)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _terminate)
     debug = False
     try:
         # postroj's own flags as argparse parsed them: what follows `--` is the payload's (grep -v ...)
@@ -4725,10 +5176,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (KeyboardInterrupt, Terminated) as exc:
         ignore_stop_signals()
         end_all_containers()
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        print("interrupted" if interrupted else "terminated", file=sys.stderr)
-        return EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED
+        if isinstance(exc, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        print("terminated" if exc.signum == signal.SIGTERM else "hung up", file=sys.stderr)
+        return 128 + exc.signum
     except BrokenPipeError:
+        return EXIT_FAILURE
+    except OSError as exc:  # the host refused: a full disk, a file system gone read-only, a path taken away
+        if debug:
+            log.exception("traceback")
+        where = " (%s)" % exc.filename if exc.filename else ""
+        print("error: %s%s" % (exc.strerror or exc, where), file=sys.stderr)
+        print("hint: check the free space and permissions of POSTROJ_HOME and POSTROJ_CACHE, then run "
+              "`postroj gc`", file=sys.stderr)
         return EXIT_FAILURE
     finally:
         end_all_containers()

@@ -150,7 +150,7 @@ def test_validation_is_real(vagrant_bin, vagrant_home, winrm_gem_missing, tmp_pa
 
 def test_vagrantfile_postroj_vm_up_writes_validates(vagrant_bin, vagrant_home, postroj, tmp_path):
     """The file `postroj vm up --cpus --memory` writes (vagrant itself faked for the `up`) validates."""
-    env = {"PATH": "%s:%s" % (FAKES, os.environ["PATH"]), "FAKE_VAGRANT_LOG": str(tmp_path / "calls.jsonl")}
+    env = {"PATH": "%s:%s" % (FAKES, os.environ["PATH"]), "VAGRANT_FAKE_LOG": str(tmp_path / "calls.jsonl")}
     postroj("vm", "up", "fedora-40", "--cpus", "3", "--memory", "1536", env=env, check=0)
     written = (postroj.home / "vagrant" / "fedora-40" / "Vagrantfile").read_text()
     postroj("vm", "destroy", "fedora-40", env=env, check=0)

@@ -31,10 +31,10 @@ class FakeVagrant:
         self.log = log
 
     def env(self, **settings: object) -> "dict[str, str]":
-        """exit_up=1 becomes FAKE_VAGRANT_EXIT_UP=1, and so on (see tests/fakes/vagrant)."""
-        env = {"PATH": "%s:%s" % (FAKES, os.environ["PATH"]), "FAKE_VAGRANT_LOG": str(self.log),
-               "FAKE_VAGRANT_PLUGINS": "vagrant-libvirt (0.11.2, system)\n"}
-        env.update({"FAKE_VAGRANT_%s" % key.upper(): str(value) for key, value in settings.items()})
+        """exit_up=1 becomes VAGRANT_FAKE_EXIT_UP=1, and so on (see tests/fakes/vagrant)."""
+        env = {"PATH": "%s:%s" % (FAKES, os.environ["PATH"]), "VAGRANT_FAKE_LOG": str(self.log),
+               "VAGRANT_FAKE_PLUGINS": "vagrant-libvirt (0.11.2, system)\n"}
+        env.update({"VAGRANT_FAKE_%s" % key.upper(): str(value) for key, value in settings.items()})
         return env
 
     @property

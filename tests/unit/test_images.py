@@ -194,12 +194,15 @@ def test_remove_image(settings):
     assert postroj.remove_image(settings, "debian-bookworm") is False
 
 
-def test_broken_image_json_is_no_image(settings):
+def test_broken_image_json_is_a_broken_image_not_a_missing_one(settings):
     version = make_version(settings, "debian-bookworm", "aaaa")
     postroj.activate(settings, "debian-bookworm", version)
     (version / "image.json").write_text("{not json")
-    assert postroj.read_image(settings, "debian-bookworm") is None
-    assert postroj.list_images(settings) == []
+    with pytest.raises(postroj.PostrojError) as raised:
+        postroj.read_image(settings, "debian-bookworm")
+    assert "image debian-bookworm is broken" in raised.value.message
+    assert "postroj image debian-bookworm --force" in raised.value.hint
+    assert postroj.list_images(settings) == []  # listed as a warning, not an image
 
 
 # --- locks ------------------------------------------------------------------------

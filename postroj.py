@@ -758,7 +758,7 @@ def spawned(cmd: Sequence[str], **options: Any) -> Iterator[subprocess.Popen]:
 
 def kill_and_wait(proc: subprocess.Popen, group: bool = False) -> None:
     """SIGKILL `proc` if it still runs (with `group`, its whole process group: it was started in a session
-    of its own), and reap it."""
+    of its own, and postroj is the subreaper of what it leaves), and reap it."""
     if group:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -766,6 +766,39 @@ def kill_and_wait(proc: subprocess.Popen, group: bool = False) -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
     proc.wait()
+    if group:
+        reap_group(proc.pid)
+
+
+def become_subreaper() -> None:
+    """Orphans of postroj's children become postroj's, not init's: a killed process group is then reaped by
+    postroj itself (reap_group) before it exits, never left to a PID 1 that reaps late or not at all."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def reap_group(pgid: int, timeout: float = 5.0) -> None:
+    """Wait until no process of the killed process group `pgid` is left, reaping those that became ours."""
+    deadline = time.monotonic() + timeout
+    while True:
+        members = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    fields = Path("/proc/%s/stat" % entry).read_text().rsplit(") ", 1)[1].split()
+                except (OSError, IndexError):
+                    continue
+                if int(fields[2]) == pgid:  # state, ppid, pgrp
+                    members.append((int(entry), int(fields[1])))
+        for pid, ppid in members:
+            if ppid == os.getpid():
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+        if not members or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
 
 
 def run(cmd: Sequence[str], *, check: bool = True, capture: bool = False, stdin: Any = subprocess.DEVNULL,
@@ -792,6 +825,8 @@ def run(cmd: Sequence[str], *, check: bool = True, capture: bool = False, stdin:
     except BaseException:
         kill_and_wait(proc, group=new_session)
         raise
+    if new_session:  # what it left running in its session (a daemon a maintainer script started) ends with it
+        kill_and_wait(proc, group=True)
     if check and proc.returncode != 0:
         tail = ""
         if capture and err:
@@ -1841,6 +1876,7 @@ def bootstrap(settings: Settings, source: Source, rootfs: Path) -> str:
     # /dev/shm) goes with its last process, however it ends; in a cgroup and a session of its own, so that
     # an interrupted bootstrap ends with every process it started.
     private_mounts = [require_tool("unshare"), "--mount", "--propagation", "private", "--"]
+    become_subreaper()
     with own_cgroups() as entry:
         proc = run(entry + private_mounts + bootstrap_argv(tool, dist, rootfs, sources, cache, keyring,
                                                            accept_expired),
@@ -3960,6 +3996,16 @@ def shard_of(images: Sequence[str], shard: Tuple[int, int]) -> List[str]:
     return [image for index, image in enumerate(images) if index % count == number - 1]
 
 
+def take_shard(images: Sequence[str], shard: Tuple[int, int]) -> List[str]:
+    """shard_of(), refusing a shard that holds nothing: a run that probes nothing must not pass."""
+    mine = shard_of(images, shard)
+    if not mine:
+        die("shard %d/%d holds no image: there are %d in all" % (shard[0], shard[1], len(images)),
+            "split the run into at most %d shards" % len(images), usage=True)
+    log.info("shard %d/%d: %s", shard[0], shard[1], ", ".join(mine))
+    return mine
+
+
 def junit_xml(results: Sequence[ProbeResult]) -> bytes:
     """JUnit XML: a testsuite per image, a testcase per probe, failures with message and output."""
     import xml.etree.ElementTree as ET
@@ -4581,12 +4627,7 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     images = images or [DEFAULT_IMAGE]
     images = list(dict.fromkeys(images))
     if args.shard:
-        count = len(images)
-        images = shard_of(images, args.shard)
-        if not images:
-            die("shard %d/%d holds no image: there are %d in all" % (args.shard[0], args.shard[1], count),
-                "split the run into at most %d shards" % count, usage=True)
-        log.info("shard %d/%d: %s", args.shard[0], args.shard[1], ", ".join(images))
+        images = take_shard(images, args.shard)
     for name in images:  # resolved and checked once, here, before anything boots
         info = read_image(settings, name)
         dist = find_distribution(name)
@@ -4630,7 +4671,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_probe_vms(args: argparse.Namespace, settings: Settings, probes: Sequence[Probe],
                   report: Callable[[ProbeResult], None]) -> int:
     """probe --vm: the same probes in each box's VM, one after the other."""
-    boxes = [find_box(name) for name in (shard_of(args.vm, args.shard) if args.shard else args.vm)]
+    boxes = [find_box(name) for name in (take_shard(args.vm, args.shard) if args.shard else args.vm)]
     for box in boxes:
         for probe in probes:
             if probe.kind == ProbeKind.UNIT and box.guest != "linux":
@@ -4694,7 +4735,10 @@ def cmd_autopkgtest_virt(args: argparse.Namespace, settings: Settings) -> int:
     if args.debug_server:
         logging.getLogger().setLevel(logging.DEBUG)
     require_container_host("running containers")
-    # refused before `ok`, so that autopkgtest reports it as the server's failure to start
+    # refused before `ok`, so that autopkgtest reports it as the server's failure to start; a state directory
+    # that cannot be written fails `open` (exit 12), as any failure to make a testbed does
+    if any(p.exists() and not p.is_dir() for p in (settings.home, settings.cache)):
+        check_state_dirs(settings)
     image = require_image(settings, args.image, pull=args.pull)
     if image.package_manager == "apt":
         # test dependencies come from postroj's package cache of the release, and what apt downloads

@@ -211,6 +211,26 @@ CASES = [
     # --- other options ------------------------------------------------------------
     case(["container", "debian-bookworm", "--setenv", "TWO WORDS=1", "--", "true"], 2, "invalid --setenv"),
     case(["probe", "--check-unit", "nginx\nreboot"], 2, "invalid unit name"),
+    # --- issue 21: report paths checked first, time-outs of at most 7 days, what is no image, messages ----
+    case(["probe", "--command", "true", "--junit", "/nonexistent/postroj/r.xml"], 2, "cannot write",
+         "/nonexistent/postroj/r.xml"),
+    case(["probe", "--command", "true", "--json", "/nonexistent/postroj/r.json"], 2, "cannot write",
+         "/nonexistent/postroj/r.json"),
+    case(["probe", "--timeout", "1e308", "--command", "true"], 2, "--timeout", "at most 604800"),
+    case(["probe", "--timeout", "604801", "--command", "true"], 2, "--timeout", "at most 604800"),
+    case(["probe", "--install-timeout", "1e10", "--command", "true"], 2, "--install-timeout", "at most 604800"),
+    case(["container", "debian-bookworm", "--boot-timeout", "1e10", "--", "true"], 2, "--boot-timeout",
+         "at most 604800"),
+    case(["image", "/", "--name", "x"], 2, "host's own root"),
+    case(["image", "/dev/zero"], 2, "/dev/zero", "not a regular file"),
+    case(["probe", "--check-network", "tcp://localhost:22x"], 2, "is not a number"),
+    case(["probe", "--check-network", "http://exa mple.com/"], 2, "malformed URL"),
+    case(["probe", "--check-network", "http://%00/"], 2, "malformed URL"),
+    case(["probe", "--check-unit", "ssh@.service"], 2, "ssh@.service", "template"),
+    case(["probe", "--image", "debian-bookworm", "--shard", "99999/99999", "--command", "true"], 2,
+         "holds no image"),
+    case(["probe", "--shard", "-1/2", "--command", "true"], 2, "--shard", "K/N"),
+    case(["autopkgtest-virt", "debian-bookworm", "--private-network", "--host-network"], 2, "not allowed with"),
 ]
 
 

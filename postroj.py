@@ -1655,50 +1655,99 @@ def check_tar_members(members: "Iterator[tarfile.TarInfo]", what: str) -> int:
     return count
 
 
-def extract_untrusted_tree(stream: IO[bytes], target: Path) -> None:
-    """Extract a tar stream from a testbed into the host directory `target`: regular files, directories and
-    links only, every entry inside `target` and never written through a link, no set-id bits, no owners."""
+def escapes_tree(parts: Sequence[str], linkname: str) -> bool:
+    """True when a symlink at `parts` (inside a tree) to `linkname` leads out of the tree: absolute, or up
+    past its top with `..`."""
+    if linkname.startswith("/"):
+        return True
+    depth = len(parts) - 1
+    for part in linkname.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
+def check_untrusted_tree(members: "Iterator[tarfile.TarInfo]", what: str) -> "set[str]":
+    """Refuse a tree from a testbed with an entry outside it, one written through a link, a hard link out of
+    it, a device or a FIFO; returns the symlinks that lead out of it, which are left out (with a warning)."""
+    links: "set[str]" = set()
+    files: "set[str]" = set()
+    dropped: "set[str]" = set()
+    for member in members:
+        check_tar_members(iter([member]), what)  # absolute names and ..
+        parts = [p for p in member.name.split("/") if p not in ("", ".")]
+        name = "/".join(parts)
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in links | dropped:
+                die("%s: entry %r is written through the link %r" % (what, member.name, "/".join(parts[:i])), "")
+        if member.issym():
+            if escapes_tree(parts, member.linkname):
+                log.warning("%s: left out %s, a link to %s, outside the tree", what, name, member.linkname)
+                dropped.add(name)
+            else:
+                links.add(name)
+        elif member.islnk():
+            linked = "/".join(p for p in member.linkname.split("/") if p not in ("", "."))
+            if linked not in files:
+                die("%s: hard link %r leads to %r, which is not a file of the tree" % (what, name, member.linkname),
+                    "")
+            files.add(name)
+        elif member.isfile():
+            files.add(name)
+        elif not member.isdir():
+            die("%s: %r is a device or a FIFO" % (what, member.name), "")
+    return dropped
+
+
+def extract_untrusted_tree(spool: IO[bytes], target: Path) -> None:
+    """Extract a tar archive a testbed sent into the host directory `target`: the whole archive is checked
+    first (check_untrusted_tree), then regular files, directories and links inside the tree are written, with
+    no set-id bits and no owners, never through a link. A failure leaves no `target` it made."""
     import tarfile
 
     what = "the testbed's tree"
-    ensure_dir(target)
-    top = os.path.realpath(str(target))
+    made = not os.path.lexists(str(target))
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        with tarfile.open(fileobj=spool, mode="r|") as tar:
+            dropped = check_untrusted_tree(iter(tar), what)
+        spool.seek(0)
+        ensure_dir(target)
+        top = os.path.realpath(str(target))
+        with tarfile.open(fileobj=spool, mode="r|") as tar:
             for member in tar:
-                check_tar_members(iter([member]), what)  # absolute names and ..
                 parts = [p for p in member.name.split("/") if p not in ("", ".")]
-                if not parts:
+                if not parts or "/".join(parts) in dropped:
                     continue
                 dest = os.path.join(top, *parts)
-                # nothing on the way may be a link: not one from the archive, not one that was there
-                for i in range(1, len(parts)):
-                    if os.path.islink(os.path.join(top, *parts[:i])):
-                        die("%s: entry %r is written through a link" % (what, member.name), "")
+                if any(os.path.islink(os.path.join(top, *parts[:i])) for i in range(1, len(parts))):
+                    die("%s: entry %r is written through a link in %s" % (what, member.name, target), "")
                 if os.path.islink(dest) or (os.path.lexists(dest) and not os.path.isdir(dest)):
                     os.unlink(dest)
                 if member.isdir():
                     os.makedirs(dest, mode=0o755, exist_ok=True)
                     os.chmod(dest, member.mode & 0o777 | 0o700)
                 elif member.isfile():
-                    source = tar.extractfile(member)
                     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                     with open(fd, "wb") as out:
-                        shutil.copyfileobj(source, out)  # type: ignore[arg-type]
+                        shutil.copyfileobj(tar.extractfile(member), out)  # type: ignore[arg-type]
                     os.chmod(dest, member.mode & 0o777)
-                    os.utime(dest, (member.mtime, member.mtime), follow_symlinks=False)
+                    os.utime(dest, (member.mtime, member.mtime))
                 elif member.issym():
                     os.symlink(member.linkname, dest)
                 elif member.islnk():
-                    linked = [p for p in member.linkname.split("/") if p not in ("", ".")]
-                    if member.linkname.startswith("/") or ".." in linked or any(
-                            os.path.islink(os.path.join(top, *linked[:i])) for i in range(1, len(linked) + 1)):
-                        die("%s: hard link %r leads outside the tree" % (what, member.name), "")
-                    os.link(os.path.join(top, *linked), dest)
-                else:
-                    die("%s: %r is a device or a FIFO" % (what, member.name), "")
+                    os.link(os.path.join(top, *[p for p in member.linkname.split("/") if p not in ("", ".")]), dest)
     except tarfile.TarError as exc:
+        if made:
+            remove_tree(target)
         die("%s is not a tar archive: %s" % (what, exc), "")
+    except BaseException:
+        if made:
+            remove_tree(target)
+        raise
 
 
 def extract_tarball(path: Path, root: Path) -> None:
@@ -3640,6 +3689,12 @@ def run_command_probe(container: NspawnContainer, probe: Probe, timeout: float) 
     t0 = time.monotonic()
     image = container.image.name
     code, output = container.run_captured(["/bin/sh", "-c", probe.target], timeout=timeout)
+    if code < 0 or code > 128:
+        # killed by a signal: its container's PID 1 may be dying with it (it ends the commands before it
+        # becomes a zombie); give it a moment to say so
+        deadline = time.monotonic() + 2
+        while not container.ended() and time.monotonic() < deadline:
+            time.sleep(0.02)
     if code == 0:
         return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0, output=tail(output, 40))
     reason = "timed out after %s s" % timeout if code == 124 else "exit status %d" % code

@@ -44,7 +44,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, NoReturn, Optional, Sequence, Tuple
+from typing import (IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, NoReturn, Optional, Sequence,
+                    Tuple, TypeVar)
 
 if TYPE_CHECKING:  # for type checkers only: imported where used, to keep start-up fast
     import socket  # noqa: F401
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # for type checkers only: imported where used, to keep start-
 __version__ = "0.9.0"
 
 log = logging.getLogger("postroj")
+T = TypeVar("T")
 
 
 # ==============================================================================
@@ -77,17 +79,58 @@ NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,47}"  # patterns are text: re compiles (a
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+# What a child process gets of postroj's environment: the locale, proxies and certificates, systemd's and
+# vagrant's own settings. Nothing else (tokens, CI secrets) reaches nspawn, skopeo, mmdebstrap or vagrant.
+CHILD_ENV_NAMES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR", "http_proxy",
+                   "https_proxy", "ftp_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY",
+                   "NO_PROXY", "ALL_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR", "SSH_AUTH_SOCK")
+CHILD_ENV_PREFIXES = ("LC_", "SYSTEMD_", "VAGRANT_", "LIBVIRT_", "VBOX_")
+# The environment of the tools that need none of the user's (tar, cp, umoci, nsenter): fixed, the same on
+# every host.
+PLAIN_ENV = (("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("LANG", "C.UTF-8"))
+
+
 class Settings(NamedTuple):
-    """Where postroj keeps its state (POSTROJ_HOME) and its downloads (POSTROJ_CACHE)."""
+    """Everything postroj takes from its environment, read once in main(): where it keeps its state
+    (POSTROJ_HOME) and its downloads (POSTROJ_CACHE), the container mode a user forces (POSTROJ_MODE), the
+    package mirror to bootstrap from (POSTROJ_MIRROR), skopeo's registries (CONTAINERS_REGISTRIES_CONF), the
+    terminal (TERM), and what children get of the environment (an allowlist)."""
 
     home: Path
     cache: Path
+    mode: str = ""
+    mirror: str = ""
+    registries_conf: str = ""
+    term: str = ""
+    environment: Tuple[Tuple[str, str], ...] = PLAIN_ENV
 
     @classmethod
-    def from_env(cls) -> "Settings":
-        home = os.environ.get("POSTROJ_HOME") or DEFAULT_HOME
-        cache = os.environ.get("POSTROJ_CACHE") or DEFAULT_CACHE
-        return cls(Path(home).absolute(), Path(cache).absolute())
+    def from_env(cls, environ: Optional[Dict[str, str]] = None) -> "Settings":
+        """The settings of `environ` (postroj's own environment by default)."""
+        env = dict(os.environ if environ is None else environ)
+        home = env.get("POSTROJ_HOME") or DEFAULT_HOME
+        cache = env.get("POSTROJ_CACHE") or DEFAULT_CACHE
+        allowed = tuple(sorted((k, v) for k, v in env.items()
+                               if k in CHILD_ENV_NAMES or k.startswith(CHILD_ENV_PREFIXES)))
+        return cls(Path(home).absolute(), Path(cache).absolute(), env.get("POSTROJ_MODE", ""),
+                   env.get("POSTROJ_MIRROR", ""), env.get("CONTAINERS_REGISTRIES_CONF", ""), env.get("TERM", ""),
+                   allowed)
+
+    def child_env(self, **extra: str) -> Dict[str, str]:
+        """The environment of a tool that needs the user's (nspawn, skopeo, mmdebstrap, vagrant), with `extra`."""
+        env = dict(PLAIN_ENV)
+        env.update(self.environment)
+        env.update(extra)
+        return env
+
+    @property
+    def proxies(self) -> Dict[str, str]:
+        """The proxies of the environment, as urllib's ProxyHandler takes them."""
+        found = {}
+        for key, value in self.environment:
+            if key.lower().endswith("_proxy") and value:
+                found[key.lower()[: -len("_proxy")]] = value
+        return found
 
     @property
     def home_key(self) -> str:
@@ -420,13 +463,28 @@ class Keyring(NamedTuple):
     sha256: str
 
 
+class Guest(StrEnum):
+    """The kind of operating system in a VM (how postroj talks to it and works in it: GUESTS)."""
+
+    LINUX = "linux"
+    WINDOWS = "windows"
+    BSD = "bsd"
+
+
+class Communicator(StrEnum):
+    """How vagrant reaches a VM."""
+
+    SSH = "ssh"
+    WINRM = "winrm"
+
+
 class Box(NamedTuple):
     """A curated Vagrant box: a full virtual machine for what containers cannot do."""
 
     label: str
     box: str
-    guest: str
-    communicator: str
+    guest: Guest
+    communicator: Communicator
     cpus: int = 2
     memory: int = 2048
 
@@ -587,14 +645,14 @@ def apt_sources(dist: Distribution, mirror: str = "", security: str = "") -> Lis
 
 
 BOXES: Tuple[Box, ...] = (
-    Box("windows-2019", "StefanScherer/windows_2019", "windows", "winrm", 2, 4096),
-    Box("windows-2022", "StefanScherer/windows_2022", "windows", "winrm", 2, 4096),
-    Box("debian-12", "debian/bookworm64", "linux", "ssh", 2, 1024),
-    Box("debian-11", "debian/bullseye64", "linux", "ssh", 2, 1024),
-    Box("ubuntu-22.04", "generic/ubuntu2204", "linux", "ssh", 2, 2048),
-    Box("ubuntu-24.04", "bento/ubuntu-24.04", "linux", "ssh", 2, 2048),
-    Box("fedora-40", "generic/fedora40", "linux", "ssh", 2, 2048),
-    Box("freebsd-14", "generic/freebsd14", "bsd", "ssh", 2, 2048),
+    Box("windows-2019", "StefanScherer/windows_2019", Guest.WINDOWS, Communicator.WINRM, 2, 4096),
+    Box("windows-2022", "StefanScherer/windows_2022", Guest.WINDOWS, Communicator.WINRM, 2, 4096),
+    Box("debian-12", "debian/bookworm64", Guest.LINUX, Communicator.SSH, 2, 1024),
+    Box("debian-11", "debian/bullseye64", Guest.LINUX, Communicator.SSH, 2, 1024),
+    Box("ubuntu-22.04", "generic/ubuntu2204", Guest.LINUX, Communicator.SSH, 2, 2048),
+    Box("ubuntu-24.04", "bento/ubuntu-24.04", Guest.LINUX, Communicator.SSH, 2, 2048),
+    Box("fedora-40", "generic/fedora40", Guest.LINUX, Communicator.SSH, 2, 2048),
+    Box("freebsd-14", "generic/freebsd14", Guest.BSD, Communicator.SSH, 2, 2048),
 )
 
 
@@ -640,12 +698,12 @@ def find_box(name: str) -> Box:
         ref = name[len("vagrant:"):]
         if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", ref):
             die("malformed box reference %r" % name, "write vagrant:OWNER/BOX, as on Vagrant Cloud", usage=True)
-        guest = "windows" if "windows" in ref.lower() else "bsd" if "bsd" in ref.lower() else "linux"
+        guest = Guest.WINDOWS if "windows" in ref.lower() else Guest.BSD if "bsd" in ref.lower() else Guest.LINUX
         label = re.sub(r"[^a-z0-9.-]+", "-", ref.lower()).strip("-.")
         if not re.fullmatch(NAME_PATTERN, label) or ".." in label:
             die("box reference %r gives no usable name" % name, "write vagrant:OWNER/BOX with letters or digits",
                 usage=True)
-        return Box(label, ref, guest, "winrm" if guest == "windows" else "ssh")
+        return Box(label, ref, guest, GUESTS[guest].communicator)
     raise unknown_name_error("box", name, [b.label for b in BOXES],
                              "see `postroj list-images` for curated boxes, or use vagrant:OWNER/BOX")
 
@@ -707,53 +765,41 @@ def die_with_parent_prefix() -> List[str]:
     return [setpriv, "--pdeathsig", "SIGTERM", "--"] if setpriv else []
 
 
-# What a child process gets of postroj's environment: the locale, proxies and certificates, systemd's and
-# vagrant's own settings. Nothing else (tokens, CI secrets) reaches nspawn, skopeo, mmdebstrap or vagrant.
-CHILD_ENV_NAMES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR", "http_proxy",
-                   "https_proxy", "ftp_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY",
-                   "NO_PROXY", "ALL_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR", "SSH_AUTH_SOCK")
-CHILD_ENV_PREFIXES = ("LC_", "SYSTEMD_", "VAGRANT_", "LIBVIRT_", "VBOX_")
-
-
-def child_environment(**extra: str) -> Dict[str, str]:
-    """The environment of a process postroj starts: the allowed part of its own, and `extra`."""
-    env = {k: v for k, v in os.environ.items() if k in CHILD_ENV_NAMES or k.startswith(CHILD_ENV_PREFIXES)}
-    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    env.update(extra)
-    return env
-
-
+@contextlib.contextmanager
 def spawn(cmd: Sequence[str], *, stdin: Any = subprocess.DEVNULL, stdout: Any = None, stderr: Any = None,
           env: Optional[Dict[str, str]] = None, die_with_parent: bool = True,
-          new_session: bool = False) -> subprocess.Popen:
-    """Start one external program that the caller streams or waits on: argv list, stdin from /dev/null,
-    a debug line, a missing program as a clear error. Every process postroj starts goes through here."""
+          new_session: bool = False) -> Iterator[subprocess.Popen]:
+    """Start one external program for the length of a block, as mkosi's spawn does: argv list, stdin from
+    /dev/null, the plain environment unless `env` says otherwise, a debug line, a missing program as a clear
+    error. The block ends with the program reaped; an exception kills it first (with `new_session`, its whole
+    process group, which is also killed and reaped when the program has ended). Every process postroj starts
+    goes through here."""
     cmd = [str(c) for c in cmd]
     log.debug("+ %s", shlex.join(cmd))
     argv = (die_with_parent_prefix() if die_with_parent else []) + cmd
     try:
-        return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
-                                env=child_environment() if env is None else env, start_new_session=new_session)
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
+                                env=dict(PLAIN_ENV) if env is None else env, start_new_session=new_session)
     except FileNotFoundError:
         die("%s not found" % cmd[0], tool_hint(os.path.basename(cmd[0])))
-
-
-@contextlib.contextmanager
-def spawned(cmd: Sequence[str], **options: Any) -> Iterator[subprocess.Popen]:
-    """spawn() for the length of a block: reaped when it ends, killed first when it ends with an exception,
-    so that no caller can leave a process behind."""
-    proc = spawn(cmd, **options)
+    released = False
     try:
         yield proc
+    except GeneratorExit:  # the block was given up without ending (a container kept running): it runs on
+        released = True
+        raise
     except BaseException:
-        kill_and_wait(proc)
+        kill_and_wait(proc, group=new_session)
         raise
     finally:
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        proc.wait()
+        if not released:
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+            proc.wait()
+            if new_session:  # what it left running in its session (a daemon a maintainer script started) ends
+                kill_and_wait(proc, group=True)
 
 
 def kill_and_wait(proc: subprocess.Popen, group: bool = False) -> None:
@@ -815,18 +861,13 @@ def run(cmd: Sequence[str], *, check: bool = True, capture: bool = False, stdin:
         stderr = subprocess.PIPE if stderr is None else stderr
     if input is not None:
         stdin = subprocess.PIPE
-    proc = spawn(cmd, stdin=stdin, stdout=stdout, stderr=stderr, env=env, die_with_parent=die_with_parent,
-                 new_session=new_session)
-    try:
-        out, err = proc.communicate(input, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_and_wait(proc, group=new_session)
-        die("%s did not finish within %s s" % (what or cmd[0], timeout))
-    except BaseException:
-        kill_and_wait(proc, group=new_session)
-        raise
-    if new_session:  # what it left running in its session (a daemon a maintainer script started) ends with it
-        kill_and_wait(proc, group=True)
+    with spawn(cmd, stdin=stdin, stdout=stdout, stderr=stderr, env=env, die_with_parent=die_with_parent,
+               new_session=new_session) as proc:
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_and_wait(proc, group=new_session)
+            die("%s did not finish within %s s" % (what or cmd[0], timeout))
     if check and proc.returncode != 0:
         tail = ""
         if capture and err:
@@ -902,27 +943,28 @@ def process_cmdline(pid: int) -> List[str]:
 MACHINED_PATHS = ("/usr/lib/systemd/systemd-machined", "/lib/systemd/systemd-machined")
 
 
-def host_mode() -> HostMode:
-    """`machined` when the host runs systemd with machined, else `nsenter` (doctor's rule)."""
-    forced = os.environ.get("POSTROJ_MODE", "")
-    if forced in tuple(HostMode):
-        return HostMode(forced)
+def host_mode(settings: Settings) -> HostMode:
+    """`machined` when the host runs systemd with machined, else `nsenter` (doctor's rule); POSTROJ_MODE
+    forces one."""
+    if settings.mode in tuple(HostMode):
+        return HostMode(settings.mode)
     if (os.path.isdir("/run/systemd/system") and any(os.path.exists(p) for p in MACHINED_PATHS)
             and shutil.which("machinectl") and shutil.which("systemd-run")):
         return HostMode.MACHINED
     return HostMode.NSENTER
 
 
-def cgroup_outside_namespace() -> str:
-    """The first line of /proc/self/cgroup whose path lies outside postroj's cgroup namespace, or ''.
+def cgroup_outside_namespace(text: Optional[str] = None) -> str:
+    """The first line of /proc/self/cgroup (or `text`) whose path lies outside postroj's cgroup namespace, or ''.
 
     A process entered into a container with `nsenter --all` from outside keeps its cgroup, which the
     container's cgroup namespace shows as /../...; nspawn cannot make the container's cgroups below it.
     """
-    try:
-        text = Path("/proc/self/cgroup").read_text()
-    except OSError:
-        return ""
+    if text is None:
+        try:
+            text = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return ""
     return next((line for line in text.splitlines() if line.split(":", 2)[-1].startswith("/..")), "")
 
 
@@ -931,14 +973,14 @@ def systemd_scopes_available() -> bool:
     return os.path.isdir("/run/systemd/system") and bool(shutil.which("systemd-run"))
 
 
-@functools.lru_cache(maxsize=None)
-def nspawn_scope_prefix() -> Tuple[str, ...]:
-    """What systemd-nspawn is started through: nothing where postroj's cgroup is its own; a scope of its own
-    (`systemd-run --scope`) where it lies outside the cgroup namespace and systemd runs; else a refusal."""
-    line = cgroup_outside_namespace()
+def nspawn_scope_prefix(line: str, scopes: bool) -> Tuple[str, ...]:
+    """What systemd-nspawn is started through, given the line of postroj's cgroup outside its namespace
+    (cgroup_outside_namespace) and whether systemd can start scopes here: nothing where postroj's cgroup is
+    its own; a scope of its own (`systemd-run --scope`) where it lies outside and systemd runs; else a
+    refusal."""
     if not line:
         return ()
-    if systemd_scopes_available():
+    if scopes:
         log.info("postroj's cgroup (%s) lies outside its cgroup namespace: each nspawn runs in a scope of its own",
                  line)
         return ("systemd-run", "--scope", "--quiet", "--collect", "--")
@@ -948,10 +990,31 @@ def nspawn_scope_prefix() -> Tuple[str, ...]:
         "use `machinectl shell`, ssh, or `systemd-run --pipe --wait` instead")
 
 
-def require_container_host(action: str) -> None:
-    """Root, and a cgroup systemd-nspawn can work below (refused before anything starts)."""
+class Host(NamedTuple):
+    """How this host runs containers, found once by the command that runs them (container_host): the mode,
+    what systemd-nspawn is started through, where containers' own cgroups are made (none: they cannot be),
+    and whether an overlay's upper directory needs a tmpfs of its own (POSTROJ_HOME on overlayfs)."""
+
+    mode: HostMode
+    scope: Tuple[str, ...] = ()
+    cgroup_roots: Tuple[Path, ...] = ()
+    upper_on_tmpfs: bool = False
+
+
+def container_host(settings: Settings, action: str, jobs: int = 1) -> Host:
+    """Root, and a cgroup systemd-nspawn can work below (refused before anything starts): the Host."""
     require_root(action)
-    nspawn_scope_prefix()
+    scope = nspawn_scope_prefix(cgroup_outside_namespace(), systemd_scopes_available())
+    roots: Tuple[Path, ...] = ()
+    if not scope:  # each nspawn in a scope of its own: systemd makes its cgroups
+        roots = tuple(systemd_cgroup_roots())
+        fixed = tuple(r for r in roots if os.access(str(r), os.W_OK))
+        if fixed != roots and jobs > 1:
+            log.warning("cannot make cgroups below %s: containers running at once share one cgroup tree and may "
+                        "stop each other's units; run them one at a time (--jobs 1), or give postroj a writable "
+                        "cgroup file system", ", ".join(str(r) for r in roots if r not in fixed))
+        roots = fixed
+    return Host(host_mode(settings), scope, roots, overlay_upper_on_tmpfs(settings))
 
 
 def tool_version(tool: str, args: Sequence[str] = ("--version",)) -> str:
@@ -1018,24 +1081,25 @@ def cgroup_layout() -> str:
     return ""
 
 
-def vagrant_plugins() -> List[str]:
+def vagrant_plugins(settings: Settings) -> List[str]:
     """Names of the plugins vagrant has (`vagrant plugin list`), empty when it cannot tell."""
     if not shutil.which("vagrant"):
         return []
     try:
-        out = run(["vagrant", "plugin", "list"], check=False, capture=True, timeout=60).stdout.decode(
+        out = run(["vagrant", "plugin", "list"], check=False, capture=True, timeout=60,
+                  env=settings.child_env()).stdout.decode(
             "utf-8", "replace")
     except (OSError, PostrojError):
         return []
     return [line.split()[0] for line in out.splitlines() if line.startswith("vagrant-")]
 
 
-def vagrant_providers() -> List[str]:
+def vagrant_providers(settings: Settings) -> List[str]:
     """Providers vagrant can use here, from its plugin list and the hypervisors on PATH."""
     found = []
     if shutil.which("VBoxManage"):
         found.append("virtualbox")
-    plugins = vagrant_plugins()
+    plugins = vagrant_plugins(settings)
     for provider in ("libvirt", "vmware_desktop", "parallels", "hyperv"):
         if "vagrant-" + provider.replace("_", "-") in plugins:
             found.append(provider)
@@ -1044,12 +1108,13 @@ def vagrant_providers() -> List[str]:
     return found
 
 
-def check_provider(provider: str) -> None:
+def check_provider(settings: Settings, provider: str) -> None:
     """Refuse a --provider vagrant cannot use here, before anything is written or booted."""
     if not provider:
         return
-    providers = vagrant_providers()
-    if providers and provider not in providers and "vagrant-" + provider.replace("_", "-") not in vagrant_plugins():
+    providers = vagrant_providers(settings)
+    if providers and provider not in providers and "vagrant-" + provider.replace("_", "-") not in \
+            vagrant_plugins(settings):
         die("vagrant has no provider %r here" % provider,
             "available: %s; install the plugin (vagrant plugin install vagrant-%s)" % (
                 ", ".join(providers), provider.replace("_", "-")), usage=True)
@@ -1071,7 +1136,7 @@ def doctor_checks(settings: Settings) -> List[Check]:
     nspawn = tool_version("systemd-nspawn")
     checks.append(Check("systemd-nspawn", bool(nspawn), nspawn or "not found", "apt-get install systemd-container"))
     checks.append(Check("nsenter", bool(shutil.which("nsenter")), "util-linux", "apt-get install util-linux"))
-    mode = host_mode()
+    mode = host_mode(settings)
     if mode == HostMode.MACHINED:
         detail = "reachable: containers are registered (mode: machined)"
     else:
@@ -1100,7 +1165,7 @@ def doctor_checks(settings: Settings) -> List[Check]:
                         "apt-get install mmdebstrap", required=False))
     vagrant = tool_version("vagrant")
     if vagrant:
-        providers = vagrant_providers()
+        providers = vagrant_providers(settings)
         detail = "%s; providers: %s; winrm boxes need the winrm gem, which Debian does not package" % (
             vagrant, ", ".join(providers) or "none found")
     else:
@@ -1112,7 +1177,6 @@ def doctor_checks(settings: Settings) -> List[Check]:
 # --- cgroups ---------------------------------------------------------------------
 
 CGROUP_PREFIX = "postroj."
-CGROUPS_UNAVAILABLE = threading.Event()  # set once the warning that they cannot be made is given
 
 
 def cgroup_mounts() -> List[Tuple[str, str, str]]:
@@ -1145,27 +1209,21 @@ def systemd_cgroup_roots() -> List[Path]:
     return roots
 
 
-def make_cgroups(name: str) -> List[Path]:
+def make_cgroups(host: Host, name: str) -> List[Path]:
     """A cgroup of its own for one container, in each hierarchy its systemd manages.
 
     Without machined, nspawn --keep-unit puts every container's systemd into the caller's cgroup
     (as .../payload): two containers at once would share one cgroup tree, and each systemd would
-    manage, and kill, the other's units. Empty when cgroups cannot be made here (read-only cgroupfs).
+    manage, and kill, the other's units. Empty where the host has no cgroup roots to make them in.
     """
     made: List[Path] = []
-    if nspawn_scope_prefix():
-        return made  # each nspawn has a scope of its own, made by systemd
-    for root in systemd_cgroup_roots():
+    for root in host.cgroup_roots:
         try:
             (root / name).mkdir()
         except FileExistsError:
             pass
         except OSError as exc:
-            if not CGROUPS_UNAVAILABLE.is_set():
-                CGROUPS_UNAVAILABLE.set()
-                log.warning("cannot make a cgroup below %s (%s): containers running at once share one cgroup "
-                            "tree and may stop each other's units; run them one at a time (--jobs 1), or give "
-                            "postroj a writable cgroup file system", root, exc.strerror or exc)
+            log.warning("cannot make a cgroup below %s: %s", root, exc.strerror or exc)
             continue
         made.append(root / name)
     return made
@@ -1219,11 +1277,11 @@ RUN_CGROUP = r"^%srun-(\d+)-[a-z0-9]+$" % re.escape(CGROUP_PREFIX)
 
 
 @contextlib.contextmanager
-def own_cgroups() -> Iterator[List[str]]:
-    """A cgroup of its own for one run of systemd-nspawn that is not a booted container (provisioning, a
-    package install): the argv prefix that enters it, removed with whatever is left in it afterwards."""
+def own_cgroups(host: Host) -> Iterator[List[str]]:
+    """A cgroup of its own for one run of a program that is not a booted container (provisioning, a package
+    install, a bootstrap): the argv prefix that enters it, removed with whatever is left in it afterwards."""
     remove_stale_run_cgroups()
-    cgroups = make_cgroups("%srun-%d-%s" % (CGROUP_PREFIX, os.getpid(), random_id(8)))
+    cgroups = make_cgroups(host, "%srun-%d-%s" % (CGROUP_PREFIX, os.getpid(), random_id(8)))
     try:
         yield cgroup_entry_prefix(cgroups)
     finally:
@@ -1401,10 +1459,10 @@ def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = 
 
 class Step:
     """Which step of a long job runs and for how long, on one line of the terminal; nothing when stderr
-    is not a terminal or -v logs the work instead. One step shows at a time per process."""
+    is not a terminal or -v logs the work instead. One step shows at a time per process (the first to take
+    the terminal); a download within it shows its progress on its line."""
 
-    _lock = threading.Lock()
-    _active: Optional["Step"] = None
+    terminal = threading.Lock()  # held by the step that shows its line
 
     def __init__(self, subject: str, name: str) -> None:
         self.subject = subject
@@ -1415,25 +1473,29 @@ class Step:
         self.thread: Optional[threading.Thread] = None
 
     def line(self) -> str:
+        """What the terminal shows of the step now."""
         detail = "  %s" % self.detail if self.detail else ""
         return "postroj: %s: %s %.0f s%s" % (self.subject, self.name, time.monotonic() - self.started, detail)
 
     def tick(self) -> None:
+        """The step's line, once a second until it is done (its own thread)."""
         while not self.done.wait(1.0):
             self.show()
 
     def show(self) -> None:
-        with Step._lock:
-            sys.stderr.write("\r\x1b[K" + self.line())
-            sys.stderr.flush()
+        """Write the step's line over the last one."""
+        sys.stderr.write("\r\x1b[K" + self.line())
+        sys.stderr.flush()
+
+    @property
+    def shown(self) -> bool:
+        """True when this step has the terminal's line."""
+        return self.thread is not None
 
     def __enter__(self) -> "Step":
         log.info("%s: %s", self.subject, self.name)
-        with Step._lock:
-            if Step._active is None and sys.stderr.isatty() and not log.isEnabledFor(logging.INFO):
-                Step._active = self
-                self.thread = threading.Thread(target=self.tick, daemon=True)
-        if self.thread:
+        if sys.stderr.isatty() and not log.isEnabledFor(logging.INFO) and Step.terminal.acquire(blocking=False):
+            self.thread = threading.Thread(target=self.tick, daemon=True)
             self.show()
             self.thread.start()
         return self
@@ -1443,25 +1505,25 @@ class Step:
             return
         self.done.set()
         self.thread.join()
-        with Step._lock:
-            Step._active = None
-            failed = " (failed)" if exc[0] else ""
-            sys.stderr.write("\r\x1b[Kpostroj: %s: %s %.1f s%s\n" % (self.subject, self.name,
-                                                                    time.monotonic() - self.started, failed))
-            sys.stderr.flush()
+        failed = " (failed)" if exc[0] else ""
+        sys.stderr.write("\r\x1b[Kpostroj: %s: %s %.1f s%s\n" % (self.subject, self.name,
+                                                                time.monotonic() - self.started, failed))
+        sys.stderr.flush()
+        Step.terminal.release()
 
 
 class Progress:
-    """A download's progress on stderr, only when stderr is a terminal: on the running step's line, if any."""
+    """A download's progress on stderr, only when stderr is a terminal: on its step's line, when it shows one."""
 
-    def __init__(self, label: str, total: int) -> None:
+    def __init__(self, label: str, total: int, step: Optional[Step] = None) -> None:
         self.label = label
         self.total = total
-        self.step = Step._active
-        self.enabled = sys.stderr.isatty() and not self.step
+        self.step = step if step and step.shown else None
+        self.enabled = sys.stderr.isatty() and not self.step and not (step and not step.shown)
         self.last = 0.0
 
     def update(self, done: int) -> None:
+        """`done` bytes of `total` are there."""
         share = " %3d%%" % (100 * done // self.total) if self.total else ""
         if self.step:
             self.step.detail = "%s: %s%s" % (self.label, human_size(done), share)
@@ -1472,17 +1534,19 @@ class Progress:
         sys.stderr.flush()
 
     def close(self) -> None:
+        """The download is over: its line ends (or its step's detail goes)."""
         if self.step:
             self.step.detail = ""
         if self.enabled:
             sys.stderr.write("\n")
 
 
-def url_opener() -> "urllib.request.OpenerDirector":
-    # HTTPS certificates are verified by the default context.
+def url_opener(proxies: Optional[Dict[str, str]] = None) -> "urllib.request.OpenerDirector":
+    """urllib through `proxies` (Settings.proxies; none by default); HTTPS certificates are verified by the
+    default context."""
     import urllib.request
 
-    return urllib.request.build_opener()
+    return urllib.request.build_opener(urllib.request.ProxyHandler(proxies or {}))
 
 
 def read_json(path: Path) -> Dict[str, Any]:
@@ -1492,7 +1556,8 @@ def read_json(path: Path) -> Dict[str, Any]:
         return {}
 
 
-def download(url: str, dest_dir: Path, *, timeout: float = 60) -> Path:
+def download(url: str, dest_dir: Path, *, timeout: float = 60, proxies: Optional[Dict[str, str]] = None,
+             step: Optional["Step"] = None) -> Path:
     """Fetch `url` into `dest_dir`: resumed when a partial file is there, not fetched again when unchanged.
 
     The validators (ETag, Last-Modified) of the complete file and of the partial one are kept apart,
@@ -1525,14 +1590,14 @@ def download(url: str, dest_dir: Path, *, timeout: float = 60) -> Path:
         if meta.get("last_modified"):
             headers["If-Modified-Since"] = meta["last_modified"]
     try:
-        response = url_opener().open(urllib.request.Request(url, headers=headers), timeout=timeout)
+        response = url_opener(proxies).open(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 304 and target.exists():
             log.info("%s has not changed, using %s", url, target)
             return target
         if exc.code == 416 and offset:
             partial.unlink()
-            return download(url, dest_dir, timeout=timeout)
+            return download(url, dest_dir, timeout=timeout, proxies=proxies, step=step)
         die("downloading %s failed: HTTP %d %s" % (url, exc.code, exc.reason), "check the URL")
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
@@ -1545,7 +1610,7 @@ def download(url: str, dest_dir: Path, *, timeout: float = 60) -> Path:
         meta = {"url": url, "etag": response.headers.get("ETag") or "",
                 "last_modified": response.headers.get("Last-Modified") or ""}
         partial_meta.write_text(json.dumps(meta))
-        progress = Progress(os.path.basename(target.name), total)
+        progress = Progress(os.path.basename(target.name), total, step)
         done = offset
         try:
             with open(partial, "ab" if offset else "wb") as out:
@@ -1588,14 +1653,14 @@ def parse_sha256sums(text: str, filename: str) -> str:
     return ""
 
 
-def fetch_published_sha256(url: str) -> str:
+def fetch_published_sha256(url: str, proxies: Optional[Dict[str, str]] = None) -> str:
     """The SHA-256 from a SHA256SUMS file beside `url`, or '' when there is none."""
     import urllib.error
     import urllib.request
 
     sums_url = urllib.parse.urljoin(url, "SHA256SUMS")
     try:
-        with url_opener().open(urllib.request.Request(sums_url), timeout=30) as response:
+        with url_opener(proxies).open(urllib.request.Request(sums_url), timeout=30) as response:
             text = response.read(1 << 20).decode("utf-8", "replace")
     except (urllib.error.URLError, OSError, ValueError):
         log.info("no SHA256SUMS beside %s", url)
@@ -1614,15 +1679,18 @@ def verify_sha256(path: Path, expected: str, what: str) -> str:
 # --- tarballs -----------------------------------------------------------------
 
 
-def open_tar_stream(path: Path) -> Tuple[IO[bytes], Optional[subprocess.Popen]]:
-    """A readable stream of the uncompressed tar, decompressing zstd with the zstd tool."""
+@contextlib.contextmanager
+def tar_stream(path: Path) -> Iterator[IO[bytes]]:
+    """A readable stream of the uncompressed tar for the block, decompressing zstd with the zstd tool
+    (Python's tarfile reads gzip, bzip2 and xz itself)."""
     with open(path, "rb") as handle:
-        magic = handle.read(4)
-    if magic == b"\x28\xb5\x2f\xfd":
-        proc = spawn([require_tool("zstd"), "-dc", str(path)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        if handle.read(4) != b"\x28\xb5\x2f\xfd":
+            handle.seek(0)
+            yield handle
+            return
+    with spawn([require_tool("zstd"), "-dc", str(path)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
         assert proc.stdout is not None
-        return proc.stdout, proc
-    return open(path, "rb"), None
+        yield proc.stdout
 
 
 def check_tar_members(members: "Iterator[tarfile.TarInfo]", what: str) -> int:
@@ -1755,16 +1823,11 @@ def extract_tarball(path: Path, root: Path) -> None:
     import tarfile
 
     what = path.name
-    stream, proc = open_tar_stream(path)
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with tar_stream(path) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
             count = check_tar_members(iter(tar), what)
     except tarfile.TarError as exc:
         die("%s is not a tarball this postroj can read: %s" % (what, exc), "give a .tar, .tar.gz, .tar.xz or .tar.zst")
-    finally:
-        stream.close()
-        if proc:
-            proc.wait()
     if count == 0:
         die("%s is empty" % what, "give a tarball of a root file system")
     ensure_dir(root)
@@ -1776,20 +1839,15 @@ def extract_tarball(path: Path, root: Path) -> None:
 # --- registries ---------------------------------------------------------------
 
 
-def skopeo_base() -> List[str]:
-    """skopeo with the registries configuration postroj hands over (CONTAINERS_REGISTRIES_CONF)."""
-    cmd = [require_tool("skopeo")]
-    conf = os.environ.get("CONTAINERS_REGISTRIES_CONF")
-    if conf:
-        cmd.append("--registries-conf=%s" % conf)
-    return cmd
-
-
-def copy_from_registry(reference: str, layout: Path, tag: str) -> str:
-    """`skopeo copy` the image into an OCI layout; returns the manifest digest."""
+def copy_from_registry(settings: Settings, reference: str, layout: Path, tag: str) -> str:
+    """`skopeo copy` the image into an OCI layout, with the registries configuration postroj hands over
+    (CONTAINERS_REGISTRIES_CONF); returns the manifest digest."""
     ensure_dir(layout.parent, 0o700)
-    run(skopeo_base() + ["copy", "--quiet", reference, "oci:%s:%s" % (layout, tag)], capture=True,
-        what="skopeo copy %s" % reference)
+    cmd = [require_tool("skopeo")]
+    if settings.registries_conf:
+        cmd.append("--registries-conf=%s" % settings.registries_conf)
+    run(cmd + ["copy", "--quiet", reference, "oci:%s:%s" % (layout, tag)], capture=True,
+        what="skopeo copy %s" % reference, env=settings.child_env())
     index = json.loads((layout / "index.json").read_text())
     for manifest in index.get("manifests", []):
         if manifest.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
@@ -1841,14 +1899,12 @@ def fetch_keyring(settings: Settings, pin: Keyring) -> Path:
     target = settings.cache / "keyrings" / pin.sha256[:16] / os.path.basename(pin.member)
     if target.is_file() and sha256_of(target) == pin.sha256:
         return target
-    package = download(pin.package_url, settings.downloads)
+    package = download(pin.package_url, settings.downloads, proxies=settings.proxies)
     verify_sha256(package, pin.package_sha256, pin.package_url)
-    proc = spawn([require_tool("dpkg-deb"), "--fsys-tarfile", str(package)], stdout=subprocess.PIPE,
-                 stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
     data = None
     try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+        with spawn([require_tool("dpkg-deb"), "--fsys-tarfile", str(package)], stdout=subprocess.PIPE,
+                   stderr=subprocess.DEVNULL) as proc, tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             for member in tar:
                 if member.isfile() and member.name.lstrip("./") == pin.member:
                     handle = tar.extractfile(member)
@@ -1856,9 +1912,6 @@ def fetch_keyring(settings: Settings, pin: Keyring) -> Path:
                     break
     except tarfile.TarError as exc:
         die("%s is not a package dpkg-deb can read: %s" % (package.name, exc), "remove it and try again")
-    finally:
-        proc.stdout.close()
-        proc.wait()
     if data is None:
         die("%s has no %s" % (pin.package_url, pin.member), "the keyring package changed; update postroj")
     import hashlib
@@ -1906,7 +1959,7 @@ def bootstrap_argv(tool: str, dist: Distribution, rootfs: Path, sources: Sequenc
     return cmd + [dist.release, str(rootfs), *sources]
 
 
-def bootstrap(settings: Settings, source: Source, rootfs: Path) -> str:
+def bootstrap(settings: Settings, host: Host, source: Source, rootfs: Path) -> str:
     """Build a root file system with systemd from the package archives; returns where it came from."""
     dist = source.distribution
     assert dist is not None
@@ -1926,10 +1979,10 @@ def bootstrap(settings: Settings, source: Source, rootfs: Path) -> str:
     # an interrupted bootstrap ends with every process it started.
     private_mounts = [require_tool("unshare"), "--mount", "--propagation", "private", "--"]
     become_subreaper()
-    with own_cgroups() as entry:
+    with own_cgroups(host) as entry:
         proc = run(entry + private_mounts + bootstrap_argv(tool, dist, rootfs, sources, cache, keyring,
                                                            accept_expired),
-                   check=False, capture=True, stderr=subprocess.STDOUT, new_session=True)
+                   check=False, capture=True, stderr=subprocess.STDOUT, new_session=True, env=settings.child_env())
     if proc.returncode != 0:
         text = proc.stdout.decode("utf-8", "replace")
         hint = "check that this host reaches %s, or give another archive with --mirror" % mirror
@@ -2040,14 +2093,14 @@ def has_systemd(root: Path) -> bool:
     return any((root / p).exists() for p in ("usr/lib/systemd/systemd", "lib/systemd/systemd"))
 
 
-def nspawn_run_argv(root: Path, binds: Sequence[Tuple[str, str]] = (), network: bool = True,
+def nspawn_run_argv(host: Host, root: Path, binds: Sequence[Tuple[str, str]] = (), network: bool = True,
                     upper: Optional[Path] = None) -> List[str]:
     """systemd-nspawn running one command in `root`, not booted (provisioning, package installs).
 
     With `upper`, changes go to that overlay directory instead of `root`.
     """
     cmd = [
-        *nspawn_scope_prefix(),
+        *host.scope,
         "systemd-nspawn",
         "--quiet",
         "--register=no",
@@ -2136,7 +2189,7 @@ def package_files(cache: Path) -> "set[str]":
     return found
 
 
-def provision(settings: Settings, root: Path) -> Tuple[Dict[str, str], str, int]:
+def provision(settings: Settings, host: Host, root: Path) -> Tuple[Dict[str, str], str, int]:
     """Make `root` bootable: install systemd where it lacks it, mask units that stall a container's boot.
 
     Returns the os-release fields, the package manager and how many packages were downloaded.
@@ -2155,12 +2208,12 @@ def provision(settings: Settings, root: Path) -> Tuple[Dict[str, str], str, int]
         cache = package_cache_for(settings, fields)
         log.info("installing systemd into %s with %s", fields.get("PRETTY_NAME", "the image"), manager)
         packages = SYSTEMD_PACKAGES[manager]
-        argv = nspawn_run_argv(root, [(str(cache), PACKAGE_CACHE_DIR)])
+        argv = nspawn_run_argv(host, root, [(str(cache), PACKAGE_CACHE_DIR)])
         # one package manager at a time per cache: apt and dnf do not share a cache directory well
-        with file_lock(cache / ".postroj.lock"), own_cgroups() as entry:
+        with file_lock(cache / ".postroj.lock"), own_cgroups(host) as entry:
             before = package_files(cache)
             proc = run(entry + argv + ["--", *package_transaction(manager, packages, refresh=True)], check=False,
-                       capture=True, stderr=subprocess.STDOUT)
+                       capture=True, stderr=subprocess.STDOUT, env=settings.child_env())
             downloaded = len(package_files(cache) - before)
         if proc.returncode != 0:
             said = package_manager_errors(proc.stdout.decode("utf-8", "replace"))
@@ -2235,15 +2288,34 @@ def list_images(settings: Settings) -> List[ImageInfo]:
     return found
 
 
-def require_image(settings: Settings, name: str, pull: bool = False) -> ImageInfo:
-    """The activated image `name` (or its alias); acquired first with `pull`, else an error that says how."""
+def find_image(settings: Settings, name: str) -> Optional[ImageInfo]:
+    """The activated image `name`, or the one of the catalogue label `name` is an alias of, or None."""
     dist = find_distribution(name)
     for candidate in dict.fromkeys([name] + ([dist.label] if dist else [])):
         info = read_image(settings, candidate)
         if info:
             return info
-    if pull:
-        return acquire_image(settings, dist.label if dist else name)
+    return None
+
+
+class ImageTarget(NamedTuple):
+    """An image a command boots, resolved once: activated already (`image`), or acquired first from a
+    catalogue `source` (--pull); `name` is what the user called it (results carry it)."""
+
+    name: str
+    image: Optional[ImageInfo] = None
+    source: Optional[Source] = None
+
+
+def resolve_image(settings: Settings, name: str, pull: bool = False) -> ImageTarget:
+    """The image `name` (or its alias) as a command boots it: activated, or with `pull` a catalogue label to
+    acquire first; else an error that says how to get it."""
+    info = find_image(settings, name)
+    if info:
+        return ImageTarget(name, info)
+    dist = find_distribution(name)
+    if pull and dist:
+        return ImageTarget(name, None, parse_source(dist.label, mirror=settings.mirror)[1])
     check_name(name)
     message = "image %r is not acquired" % name
     near = [] if dist else closest(name, [i.name for i in list_images(settings)] + all_labels())
@@ -2252,13 +2324,17 @@ def require_image(settings: Settings, name: str, pull: bool = False) -> ImageInf
     raise PostrojError(message, "acquire it with `postroj image %s`, or pass --pull" % name)
 
 
-def acquire_image(settings: Settings, reference: str, *, force: bool = False, via: str = "", mirror: str = "",
-                  sha256: str = "", name: str = "", security: str = "", accept_expired: bool = False) -> ImageInfo:
-    """Fetch, provision and atomically activate an image; a second caller waits and finds it done."""
-    default_name, source = parse_source(reference, via, mirror, sha256, security=security,
-                                        accept_expired=accept_expired)
-    name = check_name(name or default_name)
-    require_container_host("acquiring images")
+def obtain_image(settings: Settings, host: Host, target: ImageTarget) -> ImageInfo:
+    """The target's image, acquired first when it is not activated yet."""
+    if target.image:
+        return target.image
+    assert target.source is not None and target.source.distribution is not None
+    return acquire_image(settings, host, target.source.distribution.label, target.source)
+
+
+def acquire_image(settings: Settings, host: Host, name: str, source: Source, force: bool = False) -> ImageInfo:
+    """Fetch, provision and atomically activate the image `name` from `source`; a second caller waits and
+    finds it done."""
     for directory in (settings.home, settings.images, settings.versions, settings.locks, settings.tmp):
         private_dir(directory) if directory != settings.images else ensure_dir(directory, 0o700)
     started = time.monotonic()
@@ -2274,7 +2350,7 @@ def acquire_image(settings: Settings, reference: str, *, force: bool = False, vi
         remove_stale_staging(settings, name)
         staging = Path(tempfile.mkdtemp(prefix="%s." % name, dir=str(settings.tmp)))
         try:
-            build_image(settings, name, source, staging)
+            build_image(settings, host, name, source, staging)
             with Step(name, "activate"):
                 # umoci does not fsync and dpkg ran with --force-unsafe-io: flush the new version before
                 # it becomes the image (and the one it replaces goes), so that a host crash cannot leave
@@ -2306,7 +2382,7 @@ def remove_stale_staging(settings: Settings, name: str) -> None:
                 remove_tree(entry)
 
 
-def build_image(settings: Settings, name: str, source: Source, staging: Path) -> Dict[str, Any]:
+def build_image(settings: Settings, host: Host, name: str, source: Source, staging: Path) -> Dict[str, Any]:
     """Fill `staging` with rootfs/ and image.json for `source`."""
     rootfs = staging / "rootfs"
     digest = ""
@@ -2316,7 +2392,7 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
         fresh = not layout.exists()
         try:
             with Step(name, "fetch"):
-                digest = copy_from_registry(source.location, layout, "latest")
+                digest = copy_from_registry(settings, source.location, layout, "latest")
             with Step(name, "unpack"):
                 unpack_layout(layout, "latest", rootfs)
         except BaseException as exc:
@@ -2332,12 +2408,12 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
             source = source.fallback
     if source.kind == SourceKind.BOOTSTRAP:
         with Step(name, "bootstrap"):
-            origin = bootstrap(settings, source, rootfs)
+            origin = bootstrap(settings, host, source, rootfs)
     elif source.kind in (SourceKind.HTTP, SourceKind.TARBALL):
         if source.kind == SourceKind.HTTP:
-            with Step(name, "fetch"):
-                expected = source.sha256 or fetch_published_sha256(source.location)
-                tarball = download(source.location, settings.downloads)
+            with Step(name, "fetch") as step:
+                expected = source.sha256 or fetch_published_sha256(source.location, settings.proxies)
+                tarball = download(source.location, settings.downloads, proxies=settings.proxies, step=step)
         else:
             expected = source.sha256
             tarball = Path(source.location)
@@ -2358,7 +2434,7 @@ def build_image(settings: Settings, name: str, source: Source, staging: Path) ->
                  os.path.join(source.location, "."),
                  str(rootfs)], capture=True, what="copying the directory")
     with Step(name, "provision"):
-        fields, manager, downloaded = provision(settings, rootfs)
+        fields, manager, downloaded = provision(settings, host, rootfs)
     meta = {
         "name": name,
         "source": origin,
@@ -2443,23 +2519,6 @@ BOOT_MASKED_UNITS = (
     "dev-hugepages.mount", "sys-fs-fuse-connections.mount", "e2scrub_reap.service",
 )
 
-_live: "set[NspawnContainer]" = set()
-_live_lock = threading.Lock()
-
-
-def _forget_live(container: "NspawnContainer") -> None:
-    with _live_lock:
-        _live.discard(container)
-
-
-def stop_all_containers() -> None:
-    """End every container of this process (signal handlers, fatal errors)."""
-    with _live_lock:
-        containers = list(_live)
-    for container in containers:
-        container.close()
-
-
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -2498,13 +2557,6 @@ def deferred_signals() -> Iterator[None]:
             handler(pending[0], None)  # raises KeyboardInterrupt or Terminated
         elif handler == signal.SIG_DFL:
             os.kill(os.getpid(), pending[0])
-
-
-def end_all_containers() -> None:
-    """stop_all_containers with SIGINT and SIGTERM ignored, as mkosi does: a second Ctrl-C or SIGTERM
-    must not cut the clean-up short."""
-    with stop_signals_handled_by(signal.SIG_IGN):
-        stop_all_containers()
 
 
 # What systemd-nspawn says about its own housekeeping, which tells a probe's reader nothing.
@@ -2594,33 +2646,155 @@ class RuntimeFiles(NamedTuple):
                     (self.runtime / (self.machine + suffix)).unlink()
 
 
-class NspawnContainer:
-    """An image booted with systemd as PID 1 below a throw-away overlay, used and thrown away.
+class ContainerSpec(NamedTuple):
+    """What to boot, resolved once by the command: the image, the host's way of running containers, what is
+    bound in, the environment of its commands, its network, its time-outs, and what it is called."""
 
-    The lifetime is explicit: create() takes a machine name, the runtime files and a fresh overlay;
-    boot() starts systemd-nspawn and waits until the container is up; execute() runs commands in it;
-    close() releases everything taken, in reverse order. Each resource registers its release on an
-    ExitStack the moment it is taken, so a close() that lands half-way (a signal, another thread)
-    releases exactly what was taken, and a step after close() refuses to start. Between create() and
-    boot(), run_in_overlay() runs a command (a package install) on the overlay. revert() boots a fresh
-    overlay of the same image, reboot() the same overlay again.
+    image: ImageInfo
+    host: "Host"
+    binds: Tuple[Bind, ...] = ()
+    setenv: Tuple[Tuple[str, str], ...] = ()
+    private_network: bool = False
+    boot_timeout: float = 30
+    keep: bool = False
+    machine: str = ""  # the name asked for; '' for postroj-IMAGE (or -2, -3 ...)
+    scratch: str = ""  # a path in the container where a writable host directory is bound (autopkgtest's)
+
+
+class Fleet:
+    """The containers of one command that run at once (a probe matrix's threads): when the command ends
+    for a signal or another thread's error, close_all() ends those still running."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._members: "set[NspawnContainer]" = set()
+
+    def add(self, container: "NspawnContainer") -> None:
+        """Count `container` in until it is closed."""
+        with self._lock:
+            self._members.add(container)
+
+    def discard(self, container: "NspawnContainer") -> None:
+        """`container` was closed (or released, with --keep)."""
+        with self._lock:
+            self._members.discard(container)
+
+    def close_all(self) -> None:
+        """Close every container still counted in, with SIGINT and SIGTERM ignored, as mkosi does: a second
+        Ctrl-C must not cut the clean-up short."""
+        with self._lock:
+            members = list(self._members)
+        with stop_signals_handled_by(signal.SIG_IGN):
+            for container in members:
+                container.close()
+
+
+class NsenterMode:
+    """Hosts without machined: nspawn --register=no --keep-unit in a cgroup postroj makes, commands through
+    nsenter into the container's leader."""
+
+    mode = HostMode.NSENTER
+
+    def nspawn_options(self) -> List[str]:
+        """What nspawn is told about registration and its unit."""
+        return ["--register=no", "--keep-unit"]
+
+    def make_cgroups(self, container: "NspawnContainer") -> List[Path]:
+        """A cgroup of the container's own, in each hierarchy its systemd manages (make_cgroups says why)."""
+        return make_cgroups(container.host, "%s%s.%s.%s" % (CGROUP_PREFIX, container.machine,
+                                                            container.settings.home_key, random_id(8)))
+
+    def command(self, container: "NspawnContainer", argv: Sequence[str],
+                env: Dict[str, str]) -> Tuple[List[str], Optional[Dict[str, str]]]:
+        """The host command that runs `argv` in the container, and its environment (nsenter passes its own)."""
+        return container.enter_argv() + ["--", *argv], env
+
+    def exit_status(self, code: int, argv: Sequence[str], container: "NspawnContainer") -> int:
+        """The status of the command, as the caller gets it: nsenter passes the command's own."""
+        return code
+
+    def exec_prefix(self, container: "NspawnContainer", env: Dict[str, str]) -> List[str]:
+        """An argv prefix that runs a command in the container: the leader changes when the container reboots,
+        the prefix must not, so it reads the leader's PID from the file boot() writes, at every use."""
+        script = 'exec nsenter --target="$(cat "$0")" --all --root --wd -- "$@"'
+        return ["sh", "-c", script, str(container.leader_file()), "/usr/bin/env", "-i"] + [
+            "%s=%s" % item for item in env.items()]
+
+    def shell(self, container: "NspawnContainer") -> Tuple[List[str], Optional[Dict[str, str]]]:
+        """The command and environment of an interactive login shell in the container."""
+        return container.enter_argv() + ["--", login_shell(Path(container.spec.image.path)), "-l"], \
+            container.environment()
+
+    def enter_hint(self, container: "NspawnContainer") -> str:
+        """How a user enters a kept container."""
+        return "nsenter --target=%d --all --root --wd /bin/sh -l" % container.leader
+
+
+class MachinedMode:
+    """Hosts with machined: containers registered by name, commands through systemd-run --machine."""
+
+    mode = HostMode.MACHINED
+
+    def nspawn_options(self) -> List[str]:
+        """What nspawn is told about registration and its unit: it registers, in a scope of its own."""
+        return []
+
+    def make_cgroups(self, container: "NspawnContainer") -> List[Path]:
+        """None: machined gives each container a scope of its own."""
+        return []
+
+    def command(self, container: "NspawnContainer", argv: Sequence[str],
+                env: Dict[str, str]) -> Tuple[List[str], Optional[Dict[str, str]]]:
+        """The host command that runs `argv` in the container, by machine name (the same after a reboot)."""
+        cmd = ["systemd-run", "--machine=%s" % container.machine, "--wait", "--pipe", "--quiet", "--collect",
+               "--service-type=exec", "--working-directory=/"]
+        cmd += ["--setenv=%s=%s" % (k, v) for k, v in env.items()]
+        return cmd + ["--", *argv], None
+
+    def exit_status(self, code: int, argv: Sequence[str], container: "NspawnContainer") -> int:
+        """systemd's EXIT_EXEC (203), a command that could not be executed, as the shell's 127."""
+        if code == 203:
+            sys.stderr.write("postroj: %s: command not found in %s\n" % (argv[0], container.machine))
+            return 127
+        return code
+
+    def exec_prefix(self, container: "NspawnContainer", env: Dict[str, str]) -> List[str]:
+        """An argv prefix that runs a command in the container, by machine name."""
+        return self.command(container, [], env)[0]
+
+    def shell(self, container: "NspawnContainer") -> Tuple[List[str], Optional[Dict[str, str]]]:
+        """machinectl's login shell."""
+        return ["machinectl", "shell", container.machine], container.settings.child_env()
+
+    def enter_hint(self, container: "NspawnContainer") -> str:
+        """How a user enters a kept container."""
+        return "machinectl shell %s" % container.machine
+
+
+HOST_MODES = {HostMode.NSENTER: NsenterMode(), HostMode.MACHINED: MachinedMode()}
+
+
+class NspawnContainer:
+    """An image booted with systemd as PID 1 below a throw-away overlay, used and thrown away: the lifetime of
+    one ContainerSpec.
+
+    create() takes a machine name, the runtime files and a fresh overlay; boot() starts systemd-nspawn and
+    waits until the container is up; execute() runs commands in it; close() releases everything taken, in
+    reverse order. Each resource registers its release on an ExitStack the moment it is taken (`taken` for
+    create(), `running` for boot()), so a close() that lands half-way (a signal, another thread) releases
+    exactly what was taken, and a step after close() refuses to start. Between create() and boot(),
+    run_in_overlay() runs a command (a package install) on the overlay. revert() boots a fresh overlay of
+    the same image, reboot() the same overlay again. The host mode (HOST_MODES) says how.
 
     As a context manager: create() on entry, close() on exit, however the block ends.
     """
 
-    def __init__(self, settings: Settings, image: ImageInfo, *, machine: str = "", binds: Sequence[Bind] = (),
-                 setenv: Sequence[Tuple[str, str]] = (), private_network: bool = False, boot_timeout: float = 30,
-                 keep: bool = False, mode: Optional[HostMode] = None, scratch: str = "") -> None:
+    def __init__(self, settings: Settings, spec: ContainerSpec, fleet: Optional[Fleet] = None) -> None:
         self.settings = settings
-        self.scratch = scratch  # a path in the container where a writable host directory is bound
-        self.image = image
-        self.requested = machine
-        self.binds = list(binds)
-        self.setenv = list(setenv)
-        self.private_network = private_network
-        self.boot_timeout = boot_timeout
-        self.keep = keep
-        self.mode = HostMode(mode) if mode else host_mode()
+        self.spec = spec
+        self.host = spec.host
+        self.how = HOST_MODES[spec.host.mode]
+        self.fleet = fleet
         self.machine = ""
         self.files: Optional[RuntimeFiles] = None
         self.leader = 0
@@ -2628,17 +2802,26 @@ class NspawnContainer:
         self.failed_units: List[str] = []
         self.timings: Dict[str, float] = {}
         self.proc: Optional[subprocess.Popen] = None
-        self._state_query: Optional[subprocess.Popen] = None  # `systemctl is-system-running`, asked at READY=1
         self.cgroups: List[Path] = []
+        self._state_query: Optional[subprocess.Popen] = None  # `systemctl is-system-running`, asked at READY=1
         self._taken = contextlib.ExitStack()  # what create() took: released by close()
         self._running = contextlib.ExitStack()  # what boot() took: released by shutdown() and close()
         self._locks: List[int] = []
         self._forced = False  # nspawn had to be killed: what is left in its cgroups is killed too
-        self._tmpfs: Optional[Path] = None  # the runtime directory's own tmpfs, where POSTROJ_HOME is on overlayfs
         self._closed = False
         # steps take it to check that the container is open and register what they take; close()
         # takes it to mark the container closed: a step never registers after close() released
         self._lock = threading.RLock()
+
+    @property
+    def image(self) -> ImageInfo:
+        """The image the container boots."""
+        return self.spec.image
+
+    @property
+    def mode(self) -> HostMode:
+        """How this host runs containers (README: Container modes)."""
+        return self.host.mode
 
     # --- life cycle ---
 
@@ -2658,6 +2841,7 @@ class NspawnContainer:
             raise PostrojError("container %s was stopped" % (self.machine or self.image.name))
 
     def _hold(self, path: Path, shared: bool) -> bool:
+        """Take a flock on `path` until close() (False when another process has it)."""
         fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
@@ -2691,10 +2875,9 @@ class NspawnContainer:
 
     def _claim_name(self) -> None:
         private_dir(self.settings.runtime)
-        if self.requested:
-            check_name(self.requested, "machine name")
-            if not self._try_name(self.requested):
-                die("machine name %s is already taken" % self.requested,
+        if self.spec.machine:
+            if not self._try_name(check_name(self.spec.machine, "machine name")):
+                die("machine name %s is already taken" % self.spec.machine,
                     "choose another --machine, or end the running one (`postroj machines`)", usage=True)
             return
         base = "postroj-%s" % self.image.name
@@ -2708,40 +2891,40 @@ class NspawnContainer:
         t0 = time.monotonic()
         with self._lock:
             self._check_open()
-            with _live_lock:
-                _live.add(self)
-            self._taken.callback(_forget_live, self)
+            if self.fleet:
+                self.fleet.add(self)
+                self._taken.callback(self.fleet.discard, self)
             self._claim_name()  # its lock, taken first, is released last
             if not self._hold(Path(self.image.path).parent / "image.json", True):
                 die("image %s is being replaced" % self.image.name, "try again in a moment")
             self.files = RuntimeFiles(self.settings.runtime, self.machine)
             self._taken.callback(self.files.remove)
-            if overlay_upper_on_tmpfs(self.settings):
+            if self.host.upper_on_tmpfs:
                 self._mount_tmpfs(self.files.directory)
             self.fresh_overlay()
         self.timings["setup"] = time.monotonic() - t0
         return self
 
     def _mount_tmpfs(self, directory: Path) -> None:
+        """A tmpfs of its own for the runtime directory: an overlay's upper cannot be on overlayfs."""
         remove_tree(directory)
         private_dir(directory)
         run(["mount", "-t", "tmpfs", "-o", "mode=0700", "postroj-%s" % self.machine, str(directory)], capture=True,
             what="mounting a tmpfs for %s's overlay" % self.machine)
-        self._tmpfs = directory
-        self._taken.callback(run, ["umount", "--lazy", str(directory)], check=False, capture=True)
+        self._taken.callback(unmount, directory)
 
     def fresh_overlay(self) -> None:
         """An empty overlay (and guest directory) over the image, with what a throw-away boot masks."""
         assert self.files is not None
-        if self._tmpfs:  # the mount point stays, its content goes
-            for entry in list(self._tmpfs.iterdir()):
+        if self.host.upper_on_tmpfs:  # the mount point stays, its content goes
+            for entry in list(self.files.directory.iterdir()):
                 remove_tree(entry)
         else:
             remove_tree(self.files.directory)
             private_dir(self.files.directory)
         os.chmod(ensure_dir(self.upper), 0o755)
         ensure_dir(self.guest_dir())
-        if self.scratch:
+        if self.spec.scratch:
             os.chmod(ensure_dir(self.scratch_dir()), 0o1777)  # as /tmp: tests may run as a normal user
         mask_for_boot(Path(self.image.path), self.upper)
 
@@ -2749,12 +2932,13 @@ class NspawnContainer:
                        what: str = "") -> Tuple[int, str]:
         """Run `argv` in the image below the container's overlay, not booted, with the host's network and the
         guest directory at GUEST_RUNTIME (a package install before boot); returns its status and output."""
-        cmd = nspawn_run_argv(Path(self.image.path), binds, upper=self.upper)
+        cmd = nspawn_run_argv(self.host, Path(self.image.path), binds, upper=self.upper)
         cmd.append(Bind(str(self.guest_dir()), GUEST_RUNTIME, readonly=True).option())
-        with own_cgroups() as entry:
+        with own_cgroups(self.host) as entry:
             with self._lock:
                 self._check_open()
-                proc = spawn(entry + cmd + ["--", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                proc = self._taken.enter_context(spawn(entry + cmd + ["--", *argv], stdout=subprocess.PIPE,
+                                                       stderr=subprocess.STDOUT, env=self.settings.child_env()))
                 self._taken.callback(kill_and_wait, proc)  # close() ends it, however long it would run
             try:
                 out, _ = proc.communicate(timeout=timeout)
@@ -2774,29 +2958,26 @@ class NspawnContainer:
         t0 = time.monotonic()
         import socket  # only containers need it: start-up of other commands is faster without
 
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as notify:
             address = "\0postroj/%s/%d/%s" % (self.machine, os.getpid(), random_id(8))
             notify.bind(address)
             with self._lock:
                 self._check_open()
+                assert self.files is not None
                 self.leader, self.state, self.failed_units, self._state_query = 0, "", [], None
-                if self.mode == HostMode.NSENTER:
-                    self.cgroups = make_cgroups("%s%s.%s.%s" % (CGROUP_PREFIX, self.machine, self.settings.home_key,
-                                                                random_id(8)))
-                    self._running.callback(self._remove_cgroups, list(self.cgroups))
+                self.cgroups = self.how.make_cgroups(self)
+                self._running.callback(self._remove_cgroups, list(self.cgroups))
                 self.write_state(nspawn_pid=0)
-                env = child_environment(NOTIFY_SOCKET="@" + address[1:])
-                prefix = list(nspawn_scope_prefix()) + cgroup_entry_prefix(self.cgroups)
+                prefix = list(self.host.scope) + cgroup_entry_prefix(self.cgroups)
                 with open(self.files.directory / "console.log", "wb") as console:
-                    self.proc = spawn(prefix + self.nspawn_argv(), env=env, stdout=console, stderr=subprocess.STDOUT,
-                                      die_with_parent=not self.keep, new_session=True)
+                    self.proc = self._running.enter_context(spawn(
+                        prefix + self.nspawn_argv(), env=self.settings.child_env(NOTIFY_SOCKET="@" + address[1:]),
+                        stdout=console, stderr=subprocess.STDOUT, die_with_parent=not self.spec.keep,
+                        new_session=True))
                 self._running.callback(self._end_nspawn, self.proc)
                 self.write_state(nspawn_pid=self.proc.pid)
             self.timings["setup"] = self.timings.get("setup", 0.0) + time.monotonic() - t0
             self.wait_ready(notify)
-        finally:
-            notify.close()
         self.write_state(nspawn_pid=self.proc.pid)
         with self._lock:
             if not self._closed:
@@ -2841,7 +3022,7 @@ class NspawnContainer:
 
     def close(self) -> None:
         """End the container and release all it took, in reverse order; safe to call more than once, from
-        another thread, and again when a signal interrupted it (main() calls it for every live container)."""
+        another thread, and again when a signal interrupted it."""
         with self._lock:
             if self._closed:
                 return
@@ -2865,9 +3046,11 @@ class NspawnContainer:
             self._taken.pop_all()
         while self._locks:
             os.close(self._locks.pop())
-        _forget_live(self)
+        if self.fleet:
+            self.fleet.discard(self)
 
     def nspawn_argv(self) -> List[str]:
+        """systemd-nspawn booting the image below the overlay, one option per line."""
         root = str(self.image.path)
         cmd = [
             "systemd-nspawn",
@@ -2881,30 +3064,30 @@ class NspawnContainer:
             "--kill-signal=SIGKILL",
             "--link-journal=no",
             "--timezone=off",
-            "--resolv-conf=%s" % ("off" if self.private_network else "replace-host"),
+            "--resolv-conf=%s" % ("off" if self.spec.private_network else "replace-host"),
             Bind(str(self.guest_dir()), GUEST_RUNTIME, readonly=True).option(),
+            *self.how.nspawn_options(),
         ]
-        if self.mode == HostMode.NSENTER:
-            cmd += ["--register=no", "--keep-unit"]
-        if self.private_network:
+        if self.spec.private_network:
             cmd.append("--private-network")
-        if self.scratch:
-            cmd.append(Bind(str(self.scratch_dir()), self.scratch).option())
-        cmd += [bind.option() for bind in self.binds]
-        cmd += ["--setenv=%s=%s" % (k, v) for k, v in self.setenv]
+        if self.spec.scratch:
+            cmd.append(Bind(str(self.scratch_dir()), self.spec.scratch).option())
+        cmd += [bind.option() for bind in self.spec.binds]
+        cmd += ["--setenv=%s=%s" % (k, v) for k, v in self.spec.setenv]
         return cmd
 
-    def wait_ready(self, notify: socket.socket) -> None:
+    def wait_ready(self, notify: "socket.socket") -> None:
         """Wait for READY=1 from the container's systemd; poll only when an old guest never sends it."""
         assert self.proc is not None
         started = time.monotonic()
-        deadline = started + self.boot_timeout
+        deadline = started + self.spec.boot_timeout
         ready = False
         leader_seen = 0.0
         while not ready:
             now = time.monotonic()
             if now > deadline:
-                die("%s did not finish booting within %s s%s" % (self.machine, self.boot_timeout, self.console_tail()),
+                die("%s did not finish booting within %s s%s" % (self.machine, self.spec.boot_timeout,
+                                                                 self.console_tail()),
                     "raise --boot-timeout, or look at the units above")
             if self.proc.poll() is not None:
                 self._check_open()  # ended by close(), not by itself
@@ -2930,8 +3113,8 @@ class NspawnContainer:
         # question runs beside the first probe instead of before it
         with self._lock:
             self._check_open()
-            query = spawn(self.state_argv(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                          env=self.environment())
+            query = self._running.enter_context(spawn(self.state_argv(), stdout=subprocess.PIPE,
+                                                      stderr=subprocess.DEVNULL, env=self.environment()))
             self._running.callback(kill_and_wait, query)
         self._state_query = query
 
@@ -2943,7 +3126,7 @@ class NspawnContainer:
             return self.state
         t0 = time.monotonic()
         try:
-            out, _ = query.communicate(timeout=max(1.0, self.boot_timeout))
+            out, _ = query.communicate(timeout=max(1.0, self.spec.boot_timeout))
             self.state = out.decode("utf-8", "replace").strip()
         except subprocess.TimeoutExpired:
             kill_and_wait(query)
@@ -2958,6 +3141,7 @@ class NspawnContainer:
         return self.state
 
     def console_tail(self, lines: int = 20) -> str:
+        """The container's last console lines (what systemd printed while booting), for an error."""
         if not self.files:
             return ""
         try:
@@ -2977,73 +3161,52 @@ class NspawnContainer:
                 return
             self.files.write_state({
                 "machine": self.machine, "image": self.image.name, "version": str(Path(self.image.path).parent),
-                "leader": self.leader, "postroj_pid": os.getpid(), "since": now_iso(), "keep": self.keep,
+                "leader": self.leader, "postroj_pid": os.getpid(), "since": now_iso(), "keep": self.spec.keep,
                 "mode": self.mode, "cgroups": [str(c) for c in self.cgroups], **extra})
 
     # --- running commands ---
 
     def enter_argv(self) -> List[str]:
+        """nsenter into every namespace of the container's leader, its root and working directory."""
         return ["nsenter", "--target=%d" % self.leader, "--all", "--root", "--wd"]
 
     def state_argv(self) -> List[str]:
         """`systemctl is-system-running` in the container: running, degraded, starting..."""
         return self.enter_argv() + ["--", "systemctl", "is-system-running"]
 
-    def command_argv(self, argv: Sequence[str], env: Dict[str, str]) -> List[str]:
-        """The host command that runs `argv` in the container, by the host mode."""
-        if self.mode == HostMode.MACHINED:
-            cmd = ["systemd-run", "--machine=%s" % self.machine, "--wait", "--pipe", "--quiet", "--collect",
-                   "--service-type=exec", "--working-directory=/"]
-            cmd += ["--setenv=%s=%s" % (k, v) for k, v in env.items()]
-            return cmd + ["--", *argv]
-        return self.enter_argv() + ["--", *argv]
-
     def exec_prefix(self) -> List[str]:
         """An argv prefix for other programs (autopkgtest) to run a command in the container with postroj's
         environment; the command's status, and its death by a signal, come back as nsenter's own."""
-        env = self.environment()
-        if self.mode == HostMode.MACHINED:
-            return self.command_argv([], env)  # by machine name: the same after a reboot
-        # the leader changes when the container reboots, the prefix must not: it reads the leader's PID
-        # from the file boot() writes, at every use
-        script = 'exec nsenter --target="$(cat "$0")" --all --root --wd -- "$@"'
-        return ["sh", "-c", script, str(self.leader_file()), "/usr/bin/env", "-i"] + [
-            "%s=%s" % item for item in env.items()]
+        return self.how.exec_prefix(self, self.environment())
 
     def leader_file(self) -> Path:
+        """Where boot() writes the leader's PID (exec_prefix reads it at every use)."""
         assert self.files is not None
         return self.files.directory / "leader"
 
     def environment(self, extra: Sequence[Tuple[str, str]] = ()) -> Dict[str, str]:
+        """The environment of a command in the container: postroj's, the user's TERM and --setenv."""
         env = dict(CONTAINER_ENV)
-        if os.environ.get("TERM"):
-            env["TERM"] = os.environ["TERM"]
-        env.update(self.setenv)
+        if self.settings.term:
+            env["TERM"] = self.settings.term
+        env.update(self.spec.setenv)
         env.update(extra)
         return env
 
     def execute(self, argv: Sequence[str], *, stdin: Any = None, stdout: Any = None, stderr: Any = None,
                 timeout: Optional[float] = None) -> int:
-        """Run `argv` in the container with the given streams; returns its exit status (127: not found)."""
-        env = self.environment()
-        # no pdeathsig: the payload's own process, whose exit status and signals are passed on as they are
-        proc = spawn(self.command_argv(argv, env), stdin=stdin, stdout=stdout, stderr=stderr,
-                     env=env if self.mode == HostMode.NSENTER else None, die_with_parent=False)
+        """Run `argv` in the container with the given streams; returns its exit status (127: not found, 124:
+        the time-out or the container's end came first)."""
+        cmd, env = self.how.command(self, argv, self.environment())
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
+        # no pdeathsig: the payload's own process, whose exit status and signals are passed on as they are
+        with spawn(cmd, stdin=stdin, stdout=stdout, stderr=stderr, env=env, die_with_parent=False) as proc:
             while not wait_exit(proc, 0.1):
                 # a container that shuts down (reboot, poweroff) can leave the command stopped for good
                 if self.ended() or (deadline is not None and time.monotonic() > deadline):
                     kill_and_wait(proc)
                     return 124
-        except BaseException:
-            kill_and_wait(proc)
-            raise
-        if self.mode == HostMode.MACHINED and proc.returncode == 203:
-            # systemd's EXIT_EXEC: the command could not be executed.
-            sys.stderr.write("postroj: %s: command not found in %s\n" % (argv[0], self.machine))
-            return 127
-        return proc.returncode
+        return self.how.exit_status(proc.returncode, argv, self)
 
     def ended(self) -> bool:
         """True once nspawn has exited, or the container's systemd has died (killed: a zombie until nspawn
@@ -3057,10 +3220,10 @@ class NspawnContainer:
 
     def capture(self, argv: Sequence[str], timeout: Optional[float] = 30) -> str:
         """stdout and stderr of `argv` in the container, together, as text."""
-        result = self.run_captured(argv, timeout=timeout)
-        return result[1]
+        return self.run_captured(argv, timeout=timeout)[1]
 
     def run_captured(self, argv: Sequence[str], timeout: Optional[float] = 30) -> Tuple[int, str]:
+        """The exit status of `argv` in the container, and its stdout and stderr together, as text."""
         with tempfile.TemporaryFile(dir=str(self.files.directory) if self.files else None) as out:
             code = self.execute(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 timeout=timeout)
@@ -3069,22 +3232,20 @@ class NspawnContainer:
 
     def system_state(self, timeout: float = 30) -> str:
         """`systemctl is-system-running` in the container, within `timeout` s ('' when it takes longer)."""
-        cmd = self.state_argv()
         try:
-            proc = run(cmd, check=False, capture=True, stderr=subprocess.DEVNULL, env=self.environment(),
-                       timeout=timeout)
+            proc = run(self.state_argv(), check=False, capture=True, stderr=subprocess.DEVNULL,
+                       env=self.environment(), timeout=timeout)
         except PostrojError:
             return ""
         return proc.stdout.decode().strip()
 
     def shell(self) -> int:
         """An interactive login shell (the caller's terminal)."""
-        if self.mode == HostMode.MACHINED:
-            return run(["machinectl", "shell", self.machine], check=False, stdin=None).returncode
-        shell = login_shell(Path(self.image.path))
-        return run(self.enter_argv() + ["--", shell, "-l"], check=False, stdin=None, env=self.environment()).returncode
+        cmd, env = self.how.shell(self)
+        return run(cmd, check=False, stdin=None, env=env).returncode
 
     def journal_tail(self, lines: int = 30, unit: str = "") -> str:
+        """The container's last journal lines (of `unit`), for a failure's report."""
         argv = ["journalctl", "--no-pager", "-n", str(lines), "-o", "short-monotonic"]
         if unit:
             argv += ["-u", unit]
@@ -3102,7 +3263,8 @@ class NspawnContainer:
         return self.files.directory / "guest"
 
     def scratch_dir(self) -> Path:
-        """The host side of the writable directory bound at `self.scratch`, made afresh with the overlay."""
+        """The host side of the writable directory bound at the spec's scratch path, made afresh with the
+        overlay; postroj never reads or writes what is in it (the testbed may have planted links there)."""
         assert self.files is not None
         return self.files.directory / "scratch"
 
@@ -3298,7 +3460,7 @@ def vagrantfile_text(box: Box, cpus: int = 0, memory: int = 0, boot_timeout: int
     return VAGRANTFILE_TEMPLATE.format(
         version=__version__, label=box.label, box=box.box, hostname=re.sub(r"[^a-z0-9-]", "-", box.label)[:63],
         communicator=box.communicator, cpus=cpus or box.cpus, memory=memory or box.memory, boot_timeout=boot_timeout,
-        guest_lines=WINDOWS_GUEST_LINES if box.guest == "windows" else "")
+        guest_lines=GUESTS[box.guest].vagrant_lines)
 
 
 def clean_console(text: str) -> str:
@@ -3344,7 +3506,8 @@ class VagrantMachine:
         self.directory = settings.vagrant / box.label
 
     def environment(self) -> Dict[str, str]:
-        return child_environment(VAGRANT_CWD=str(self.directory), VAGRANT_NO_COLOR="1")
+        """vagrant's environment: the user's (VAGRANT_*, HOME, proxies), this VM's directory, no colours."""
+        return self.settings.child_env(VAGRANT_CWD=str(self.directory), VAGRANT_NO_COLOR="1")
 
     def vagrant(self, args: Sequence[str], *, check: bool = True, capture: bool = True, stdin: Any = subprocess.DEVNULL,
                 what: str = "", timeout: Optional[float] = None) -> subprocess.CompletedProcess:
@@ -3374,23 +3537,15 @@ class VagrantMachine:
         Its output is passed on a line at a time as it comes, without escape sequences: an installer
         that runs for minutes shows its progress.
         """
-        if self.box.communicator == "winrm":
-            args = ["winrm", "--shell", shell, "--command", command]
-        else:
-            args = ["ssh", "--no-tty", "--command", command]
-        proc = spawn([require_tool("vagrant"), *args], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                     env=self.environment())
+        args = COMMUNICATORS[self.box.communicator](command, shell)
         started = time.monotonic()
-        try:
+        with spawn([require_tool("vagrant"), *args], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   env=self.environment()) as proc:
             pump_lines({proc.stdout: stdout or sys.stdout, proc.stderr: stderr or sys.stderr}, timeout,
                        "vagrant %s" % args[0])
             left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
             if not wait_exit(proc, left):
                 die("vagrant %s did not finish within %s s" % (args[0], timeout))
-        finally:
-            kill_and_wait(proc)
-            for pipe in (proc.stdout, proc.stderr):
-                pipe.close()
         return proc.returncode
 
     def capture(self, command: str, timeout: Optional[float] = None) -> Tuple[int, str]:
@@ -3583,7 +3738,7 @@ def materialize_packages(settings: Settings, probes: Sequence[Probe]) -> Dict[st
     for probe in probes:
         if probe.kind == ProbeKind.PACKAGE:
             if probe.target.startswith(("http://", "https://")):
-                paths[probe.target] = download(probe.target, settings.downloads)
+                paths[probe.target] = download(probe.target, settings.downloads, proxies=settings.proxies)
                 check_package_file(paths[probe.target])
             else:
                 paths[probe.target] = Path(probe.target).absolute()
@@ -3732,17 +3887,19 @@ def run_copy_probe(container: NspawnContainer, probe: Probe, timeout: float) -> 
                        output=output)
 
 
-def probe_image(settings: Settings, name: str, plan: ProbePlan, *, pull: bool, cancel: threading.Event,
-                packages: Dict[str, Path]) -> List[ProbeResult]:
-    """Boot one fresh container of `name`, run the plan's probes in order, and throw it away."""
+def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: ProbePlan, *, cancel: threading.Event,
+                packages: Dict[str, Path], fleet: Optional[Fleet] = None) -> List[ProbeResult]:
+    """Boot one fresh container of the target's image (acquired first when it is not), run the plan's probes
+    in order, and throw it away."""
     t0 = time.monotonic()
+    name = target.name
     if cancel.is_set():  # --fail-fast: another image failed first; reported as within an image
         return [ProbeResult(name, probe, Status.SKIP, 0.0, reason="not run: --fail-fast") for probe in plan.probes]
     try:
-        image = require_image(settings, name, pull=pull)  # package types were checked by cmd_probe
+        image = obtain_image(settings, host, target)  # package types were checked by cmd_probe
         pending = [(p, packages[p.target]) for p in plan.probes if p.kind == ProbeKind.PACKAGE]
-        with NspawnContainer(settings, image, private_network=plan.private_network,
-                             boot_timeout=plan.boot_timeout) as container:
+        spec = ContainerSpec(image, host, private_network=plan.private_network, boot_timeout=plan.boot_timeout)
+        with NspawnContainer(settings, spec, fleet) as container:
             installed = install_packages(settings, image, pending, container, plan.install_timeout) if pending else []
             container.boot()
             t1 = time.monotonic()
@@ -3780,15 +3937,17 @@ def run_probes(image: ImageInfo, container: NspawnContainer, plan: ProbePlan, ca
     return results
 
 
-def run_matrix(images: Sequence[str], jobs: int, fail_fast: bool,
-               probe_one: Callable[[str, threading.Event], List[ProbeResult]],
+def run_matrix(images: Sequence[T], jobs: int, fail_fast: bool,
+               probe_one: Callable[[T, threading.Event, Fleet], List[ProbeResult]],
                report: Callable[[ProbeResult], None]) -> List[ProbeResult]:
-    """Probe each image, `jobs` at a time, reporting each result as it comes."""
+    """Probe each image, `jobs` at a time, reporting each result as it comes. A failure (with `fail_fast`)
+    cancels the images not begun; a signal or an error ends the containers of the other threads too."""
     cancel = threading.Event()
+    fleet = Fleet()
     results: List[ProbeResult] = []
 
-    def one(name: str) -> List[ProbeResult]:
-        found = probe_one(name, cancel)
+    def one(name: T) -> List[ProbeResult]:
+        found = probe_one(name, cancel, fleet)
         if fail_fast and any(r.status == Status.FAIL for r in found):
             cancel.set()
         return found
@@ -3813,7 +3972,7 @@ def run_matrix(images: Sequence[str], jobs: int, fail_fast: bool,
             cancel.set()
             for future in futures:
                 future.cancel()
-            end_all_containers()
+            fleet.close_all()
             raise
     return results
 
@@ -3836,54 +3995,101 @@ def vm_probe(vm: VagrantMachine, probe: Probe, command: str, limit: float,
 
 
 def vm_command_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
+    """The command must exit 0 in the VM within the time-out."""
     return vm_probe(vm, probe, probe.target, timeout)
 
 
 def vm_unit_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
+    """The unit must be active in the VM (enabled and started first, as in containers today)."""
     unit = shlex.quote(probe.target)
     return vm_probe(vm, probe, "sudo systemctl enable --now %s >/dev/null 2>&1; systemctl is-active %s" % (unit, unit),
                     timeout)
 
 
 def vm_network_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
-    parsed = urllib.parse.urlparse(probe.target)
-    if vm.box.guest == "windows":
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        command = "Test-NetConnection -ComputerName %s -Port %d -InformationLevel Quiet" % (parsed.hostname, port)
-        # Test-NetConnection says False, with exit status 0, when nothing answers
-        return vm_probe(vm, probe, command, timeout + 15,
-                        lambda code, output: code == 0 and output.strip().lower() != "false")
+    """The URL must answer from inside the VM, within the time-out (the guest kind says how it asks)."""
+    command, judge = GUESTS[vm.box.guest].network_check(urllib.parse.urlparse(probe.target), probe.target, timeout)
+    return vm_probe(vm, probe, command, timeout + 15, judge)
+
+
+def posix_network_check(parsed: urllib.parse.ParseResult, url: str,
+                        timeout: float) -> Tuple[str, Callable[[int, str], bool]]:
+    """bash's /dev/tcp for tcp://, curl for HTTP: exit status 0 when it answered."""
     if parsed.scheme == "tcp":
-        command = "timeout %d bash -c 'until exec 3<>/dev/tcp/%s/%d; do sleep 1; done'" % (
-            timeout, parsed.hostname, parsed.port)
-    else:
-        command = "curl -fsS --retry-connrefused --retry 30 --max-time %d %s" % (timeout, shlex.quote(probe.target))
-    return vm_probe(vm, probe, command, timeout + 15)
+        return "timeout %d bash -c 'until exec 3<>/dev/tcp/%s/%d; do sleep 1; done'" % (
+            timeout, parsed.hostname, parsed.port), lambda code, output: code == 0
+    return "curl -fsS --retry-connrefused --retry 30 --max-time %d %s" % (timeout, shlex.quote(url)), \
+        lambda code, output: code == 0
+
+
+def windows_network_check(parsed: urllib.parse.ParseResult, url: str,
+                          timeout: float) -> Tuple[str, Callable[[int, str], bool]]:
+    """Test-NetConnection to the port: it says False, with exit status 0, when nothing answers."""
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    command = "Test-NetConnection -ComputerName %s -Port %d -InformationLevel Quiet" % (parsed.hostname, port)
+    return command, lambda code, output: code == 0 and output.strip().lower() != "false"
 
 
 def vm_package_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
+    """Upload the package into the VM and install it with the guest's installer."""
     t0 = time.monotonic()
     local = packages[probe.target]
-    name = local.name
-    windows = vm.box.guest == "windows"
-    upload = vm.vagrant(["upload", str(local), ("C:\\postroj\\" if windows else "/tmp/") + name], check=False)
+    kind = GUESTS[vm.box.guest]
+    path = kind.upload_dir + local.name
+    upload = vm.vagrant(["upload", str(local), path], check=False)
     if upload.returncode != 0:
-        return ProbeResult(vm.box.label, probe, Status.FAIL, time.monotonic() - t0, reason="uploading %s failed" % name,
+        return ProbeResult(vm.box.label, probe, Status.FAIL, time.monotonic() - t0,
+                           reason="uploading %s failed" % local.name,
                            output=clean_console(upload.stderr.decode("utf-8", "replace")))
-    if windows:
-        command = "Start-Process msiexec.exe -Wait -ArgumentList '/i C:\\postroj\\%s /qn'" % name
-    else:
-        command = "sudo apt-get install -y /tmp/%s || sudo dnf install -y /tmp/%s" % (name, name)
-    return vm_probe(vm, probe, command, max(timeout, 300))
+    return vm_probe(vm, probe, kind.install.format(path=path), max(timeout, 300))
 
 
 def vm_copy_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
+    """Upload a host file or directory into the VM."""
     t0 = time.monotonic()
     source, _, target = probe.target.rpartition(":")
     proc = vm.vagrant(["upload", source, target], check=False)
     if proc.returncode == 0:
         return ProbeResult(vm.box.label, probe, Status.PASS, time.monotonic() - t0)
     return ProbeResult(vm.box.label, probe, Status.FAIL, time.monotonic() - t0, reason="upload failed")
+
+
+def windows_command_line(command: Sequence[str]) -> str:
+    """One argument is a command line as typed; several are quoted the way Windows programs split them."""
+    return command[0] if len(command) == 1 else subprocess.list2cmdline(command)
+
+
+class GuestKind(NamedTuple):
+    """What differs between kinds of guests: how vagrant reaches them, the Vagrantfile's own lines, where an
+    uploaded package goes and what installs it, which packages and probes they take, how `vm run` joins a
+    command's words, whether --shell applies, and how a network probe asks."""
+
+    communicator: Communicator
+    vagrant_lines: str
+    upload_dir: str
+    install: str  # a shell command with {path}
+    package_types: Tuple[str, ...]
+    units: bool
+    command_line: Callable[[Sequence[str]], str]
+    shells: bool
+    network_check: Callable[[urllib.parse.ParseResult, str, float], Tuple[str, Callable[[int, str], bool]]]
+
+
+POSIX_INSTALL = "sudo apt-get install -y {path} || sudo dnf install -y {path}"
+GUESTS: Dict[Guest, GuestKind] = {
+    Guest.LINUX: GuestKind(Communicator.SSH, "", "/tmp/", POSIX_INSTALL, ("deb", "rpm"), True, shlex.join, False,
+                           posix_network_check),
+    Guest.BSD: GuestKind(Communicator.SSH, "", "/tmp/", POSIX_INSTALL, ("deb", "rpm"), False, shlex.join, False,
+                         posix_network_check),
+    Guest.WINDOWS: GuestKind(Communicator.WINRM, WINDOWS_GUEST_LINES, "C:\\postroj\\",
+                             "Start-Process msiexec.exe -Wait -ArgumentList '/i {path} /qn'", ("msi",), False,
+                             windows_command_line, True, windows_network_check),
+}
+# vagrant's arguments that run a command in the VM, by communicator (`shell`: winrm's cmd or powershell)
+COMMUNICATORS: Dict[Communicator, Callable[[str, str], List[str]]] = {
+    Communicator.SSH: lambda command, shell: ["ssh", "--no-tty", "--command", command],
+    Communicator.WINRM: lambda command, shell: ["winrm", "--shell", shell, "--command", command],
+}
 
 
 def probe_vm(settings: Settings, box: Box, probes: Sequence[Probe], *, timeout: float, provider: str, keep: bool,
@@ -4196,12 +4402,10 @@ class AutopkgtestTestbed:
 
     CAPABILITIES = ("revert", "revert-full-system", "isolation-container", "root-on-testbed", "reboot")
 
-    def __init__(self, settings: Settings, image: ImageInfo, options: Dict[str, Any], boot_timeout: float,
-                 stdin: IO[str], stdout: IO[str], copy_timeout: float = 300) -> None:
+    def __init__(self, settings: Settings, spec: ContainerSpec, stdin: IO[str], stdout: IO[str],
+                 copy_timeout: float = 300) -> None:
         self.settings = settings
-        self.image = image
-        self.options = options
-        self.boot_timeout = boot_timeout
+        self.spec = spec
         self.copy_timeout = copy_timeout
         self.stdin = stdin
         self.stdout = stdout
@@ -4283,8 +4487,7 @@ class AutopkgtestTestbed:
         if self.container is not None:
             raise TestbedFailure("`open' when already open")
         check_state_dirs(self.settings)
-        container = NspawnContainer(self.settings, self.image, scratch=AUTOPKGTEST_DOWNTMP,
-                                    boot_timeout=self.boot_timeout, **self.options)
+        container = NspawnContainer(self.settings, self.spec)
         self.container = container
         container.create()
         container.boot()
@@ -4395,7 +4598,7 @@ class AutopkgtestTestbed:
             raise
 
     def tree_down(self, container: NspawnContainer, host: str, inside: str) -> None:
-        with spawned(["tar", "--directory", host, "--warning=none", "-c", "-f", "-", "."],
+        with spawn(["tar", "--directory", host, "--warning=none", "-c", "-f", "-", "."],
                            stdout=subprocess.PIPE) as local:
             self.in_testbed(container, 'mkdir -p -- "$1"; cd "$1"; exec tar --warning=none --preserve-permissions '
                             '--extract --no-same-owner -f -', inside, stdin=local.stdout, stdout=subprocess.DEVNULL)
@@ -4490,7 +4693,7 @@ def cmd_list_images(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     checks = doctor_checks(settings)
     if args.json:
-        print(json.dumps({"schema": JSON_SCHEMA, "mode": host_mode(), "checks": [c._asdict() for c in checks]},
+        print(json.dumps({"schema": JSON_SCHEMA, "mode": host_mode(settings), "checks": [c._asdict() for c in checks]},
                          indent=2))
     else:
         rows = [[c.name, "ok" if c.ok else ("missing" if c.required else "optional"), c.detail] for c in checks]
@@ -4507,6 +4710,8 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
+    """Acquire, provision and activate the images named: every source parsed and checked before any is
+    fetched."""
     names = list(args.names)
     if args.all:
         names = [d.label for d in DISTRIBUTIONS]
@@ -4514,17 +4719,19 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
         die("no image given", "name one, for example `postroj image debian-bookworm`, or pass --all", usage=True)
     if args.name and len(names) > 1:
         die("--name works with one image only", "run postroj image once per image", usage=True)
-    options = {"via": args.via, "mirror": args.mirror, "sha256": args.sha256, "security": args.security_mirror,
-               "accept_expired": args.accept_expired}
+    sources = []
     for name in names:  # refuse bad input before anything is fetched
-        _default, source = parse_source(name, **options)
+        default, source = parse_source(name, args.via, args.mirror or settings.mirror, args.sha256,
+                                       security=args.security_mirror, accept_expired=args.accept_expired)
         if source.kind == SourceKind.DIRECTORY:
             check_directory_source(settings, source.location)
+        sources.append((name, check_name(args.name or default), source))
+    host = container_host(settings, "acquiring images")
     check_state_dirs(settings)
     failed = 0
-    for name in names:
+    for name, image_name, source in sources:
         try:
-            info = acquire_image(settings, name, force=args.force, name=args.name, **options)
+            info = acquire_image(settings, host, image_name, source, force=args.force)
         except PostrojError as exc:
             if len(names) == 1:
                 raise
@@ -4536,6 +4743,7 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+    """Delete images, their versions and their OCI archives."""
     require_root("removing images")
     check_state_dirs(settings, cache=False)
     names = [i.name for i in list_images(settings)] if args.all else args.names
@@ -4549,19 +4757,23 @@ def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def container_options(args: argparse.Namespace) -> Dict[str, Any]:
-    binds = [parse_bind(s, False) for s in args.bind] + [parse_bind(s, True) for s in args.bind_ro]
-    return {"binds": binds, "setenv": [parse_setenv(s) for s in args.setenv], "machine": args.machine or "",
-            "private_network": args.private_network, "boot_timeout": args.boot_timeout, "keep": args.keep}
+def container_mounts(args: argparse.Namespace) -> Tuple[Tuple[Bind, ...], Tuple[Tuple[str, str], ...]]:
+    """--bind, --bind-ro and --setenv as they are checked and resolved (usage errors before anything runs)."""
+    binds = tuple([parse_bind(s, False) for s in args.bind] + [parse_bind(s, True) for s in args.bind_ro])
+    return binds, tuple(parse_setenv(s) for s in args.setenv)
 
 
 def cmd_container(args: argparse.Namespace, settings: Settings) -> int:
+    """Boot an image, run a command (or a shell) in it, and throw the container away (or keep it)."""
     command = list(args.command)
-    options = container_options(args)
-    require_container_host("running containers")
+    binds, setenv = container_mounts(args)
+    machine = check_name(args.machine, "machine name") if args.machine else ""
+    host = container_host(settings, "running containers")
     check_state_dirs(settings)
-    image = require_image(settings, args.image, pull=args.pull)
-    container = NspawnContainer(settings, image, **options)
+    image = obtain_image(settings, host, resolve_image(settings, args.image, pull=args.pull))
+    spec = ContainerSpec(image, host, binds, setenv, private_network=args.private_network,
+                         boot_timeout=args.boot_timeout, keep=args.keep, machine=machine)
+    container = NspawnContainer(settings, spec)
     with container:
         container.boot()
         interactive = not command and sys.stdin.isatty() and sys.stdout.isatty()
@@ -4578,9 +4790,7 @@ def cmd_container(args: argparse.Namespace, settings: Settings) -> int:
         if args.keep:
             container.release()
             print("container %s keeps running (leader %d)." % (container.machine, container.leader), file=sys.stderr)
-            print("enter it: nsenter --target=%d --all --root --wd /bin/sh -l" % container.leader
-                  if container.mode == HostMode.NSENTER else "enter it: machinectl shell %s" % container.machine,
-                  file=sys.stderr)
+            print("enter it: %s" % container.how.enter_hint(container), file=sys.stderr)
             print("end it:   postroj stop %s" % container.machine, file=sys.stderr)
     log.info("%s: %s", container.machine, format_timings(container.timings))
     return code
@@ -4662,6 +4872,8 @@ def build_probes(args: argparse.Namespace) -> Tuple[Probe, ...]:
 
 
 def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
+    """Probe every image (or VM) of the matrix; every name, package and report path checked before anything
+    boots."""
     check_report_path(args.json, "--json")
     check_report_path(args.junit, "--junit")
     probes = build_probes(args)
@@ -4683,8 +4895,9 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     images = list(dict.fromkeys(images))
     if args.shard:
         images = take_shard(images, args.shard)
+    targets = []
     for name in images:  # resolved and checked once, here, before anything boots
-        info = read_image(settings, name)
+        info = find_image(settings, name)
         dist = find_distribution(name)
         if info is None and dist is None:
             check_name(name)
@@ -4698,17 +4911,18 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
                     "give a package built for %s" % name, usage=True)
         if info is None and args.no_pull:
             die("image %s is not acquired and --no-pull was given" % name, "acquire it with `postroj image %s`" % name)
-    require_container_host("probing")
+        targets.append(resolve_image(settings, name, pull=True))
+    host = container_host(settings, "probing", args.jobs)
     check_state_dirs(settings)
     plan = ProbePlan(probes, timeout=args.timeout, boot_timeout=args.boot_timeout,
                      private_network=not args.host_network, fail_fast=args.fail_fast,
                      install_timeout=args.install_timeout)
     packages = materialize_packages(settings, probes)
 
-    def probe_one(name: str, cancel: threading.Event) -> List[ProbeResult]:
-        return probe_image(settings, name, plan, pull=not args.no_pull, cancel=cancel, packages=packages)
+    def probe_one(target: ImageTarget, cancel: threading.Event, fleet: Fleet) -> List[ProbeResult]:
+        return probe_image(settings, host, target, plan, cancel=cancel, packages=packages, fleet=fleet)
 
-    results = run_matrix(images, args.jobs, args.fail_fast, probe_one, report)
+    results = run_matrix(targets, args.jobs, args.fail_fast, probe_one, report)
     return finish_report(results, args.json, args.junit)
 
 
@@ -4729,16 +4943,16 @@ def cmd_probe_vms(args: argparse.Namespace, settings: Settings, probes: Sequence
     boxes = [find_box(name) for name in (take_shard(args.vm, args.shard) if args.shard else args.vm)]
     for box in boxes:
         for probe in probes:
-            if probe.kind == ProbeKind.UNIT and box.guest != "linux":
+            if probe.kind == ProbeKind.UNIT and not GUESTS[box.guest].units:
                 die("--check-unit needs a Linux guest; %s is %s" % (box.label, box.guest), "drop --check-unit",
                     usage=True)
             if probe.kind == ProbeKind.PACKAGE:
                 kind = package_type(probe.target)
-                if (kind == "msi") != (box.guest == "windows"):
+                if kind not in GUESTS[box.guest].package_types:
                     die("%s cannot be installed on %s" % (os.path.basename(probe.target), box.label),
                         "use .msi on Windows, .deb or .rpm on Linux", usage=True)
     require_tool("vagrant")
-    check_provider(args.provider)
+    check_provider(settings, args.provider)
     check_state_dirs(settings)
     packages = materialize_packages(settings, probes)
     results: List[ProbeResult] = []
@@ -4766,42 +4980,39 @@ def finish_report(results: Sequence[ProbeResult], json_path: Optional[str] = Non
 
 
 def cmd_selftest(args: argparse.Namespace, settings: Settings) -> int:
-    images = [i.name for i in list_images(settings)]
-    if not images:
+    """hostnamectl and systemd-journald on every acquired image: does this host run them?"""
+    targets = [ImageTarget(i.name, i) for i in list_images(settings)]
+    if not targets:
         die("no image is acquired", "acquire one with `postroj image debian-bookworm`")
-    require_container_host("probing")
+    host = container_host(settings, "probing", args.jobs)
     check_state_dirs(settings)
     plan = ProbePlan((Probe(ProbeKind.UNIT, "systemd-journald"), Probe(ProbeKind.COMMAND, "hostnamectl")),
                      boot_timeout=args.boot_timeout)
 
-    def probe_one(name: str, cancel: threading.Event) -> List[ProbeResult]:
-        return probe_image(settings, name, plan, pull=False, cancel=cancel, packages={})
+    def probe_one(target: ImageTarget, cancel: threading.Event, fleet: Fleet) -> List[ProbeResult]:
+        return probe_image(settings, host, target, plan, cancel=cancel, packages={}, fleet=fleet)
 
-    results = run_matrix(images, args.jobs, False, probe_one, lambda r: print(format_result(r), flush=True))
+    results = run_matrix(targets, args.jobs, False, probe_one, lambda r: print(format_result(r), flush=True))
     return finish_report(results)
 
 
 def cmd_autopkgtest_virt(args: argparse.Namespace, settings: Settings) -> int:
     """The autopkgtest virtualisation server on stdin and stdout (`autopkgtest SRC -- postroj IMAGE`)."""
-    options = container_options(args)
-    options.pop("boot_timeout")
-    options.pop("keep")
-    options["private_network"] = args.private_network and not args.host_network
-    if args.debug_server:
-        logging.getLogger().setLevel(logging.DEBUG)
-    require_container_host("running containers")
+    binds, setenv = container_mounts(args)
+    host = container_host(settings, "running containers")
     # refused before `ok`, so that autopkgtest reports it as the server's failure to start; a state directory
     # that cannot be written fails `open` (exit 12), as any failure to make a testbed does
     if any(p.exists() and not p.is_dir() for p in (settings.home, settings.cache)):
         check_state_dirs(settings)
-    image = require_image(settings, args.image, pull=args.pull)
+    image = obtain_image(settings, host, resolve_image(settings, args.image, pull=args.pull))
     if image.package_manager == "apt":
         # test dependencies come from postroj's package cache of the release, and what apt downloads
         # stays there for the next run, as for probes (apt locks the directory against concurrent use)
         cache = package_cache_for(settings, read_os_release(Path(image.path)))
-        options["binds"] = [Bind(str(cache), "/var/cache/apt/archives")] + options["binds"]
-    return AutopkgtestTestbed(settings, image, options, args.boot_timeout, sys.stdin, sys.stdout,
-                              args.copy_timeout).serve()
+        binds = (Bind(str(cache), "/var/cache/apt/archives"),) + binds
+    spec = ContainerSpec(image, host, binds, setenv, private_network=args.private_network,
+                         boot_timeout=args.boot_timeout, scratch=AUTOPKGTEST_DOWNTMP)
+    return AutopkgtestTestbed(settings, spec, sys.stdin, sys.stdout, args.copy_timeout).serve()
 
 
 # What the words after a command complete to: images, machines, boxes, files, or fixed words.
@@ -4917,57 +5128,71 @@ def cmd_completion(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_vm(args: argparse.Namespace, settings: Settings) -> int:
-    if args.vm_command == "list":
-        rows = []
-        for label in list_vms(settings):
-            rows.append([label, VagrantMachine(settings, find_box_by_dir(label)).status()])
-        if rows:
-            print_table(rows, ["VM", "STATE"])
-        elif sys.stdout.isatty():
-            print("no postroj VMs; bring one up with `postroj vm up BOX`")
-        return EXIT_OK
+    """`postroj vm ACTION`: up, run, destroy or list (VM_ACTIONS)."""
+    return int(args.vm_action(args, settings))
+
+
+def vm_list(args: argparse.Namespace, settings: Settings) -> int:
+    """The state of each VM postroj has a Vagrantfile for."""
+    rows = []
+    for label in list_vms(settings):
+        rows.append([label, VagrantMachine(settings, find_box_by_dir(label)).status()])
+    if rows:
+        print_table(rows, ["VM", "STATE"])
+    elif sys.stdout.isatty():
+        print("no postroj VMs; bring one up with `postroj vm up BOX`")
+    return EXIT_OK
+
+
+def vm_up(args: argparse.Namespace, settings: Settings) -> int:
+    """Bring a box up (and leave it up for probe --vm), destroying it again when that fails."""
     box = find_box(args.box)
-    vm = VagrantMachine(settings, box, getattr(args, "provider", ""), getattr(args, "cpus", 0) or 0,
-                        getattr(args, "memory", 0) or 0)
-    if args.vm_command == "up":
-        require_tool("vagrant")
-        check_provider(vm.provider)
-        try:
-            vm.up()
-        except BaseException:
-            if not args.keep:
-                vm.destroy_or_warn()
-            raise
-        (vm.directory / VM_UP_MARK).write_text("brought up by `postroj vm up`; probe --vm leaves it up\n")
-        print("%s is up (%s)" % (box.label, vm.directory))
-        return EXIT_OK
-    if args.vm_command == "destroy":
-        require_tool("vagrant")
-        vm.destroy()
-        print("destroyed %s" % box.label)
-        return EXIT_OK
+    vm = VagrantMachine(settings, box, args.provider, args.cpus, args.memory)
+    require_tool("vagrant")
+    check_provider(settings, vm.provider)
+    try:
+        vm.up()
+    except BaseException:
+        if not args.keep:
+            vm.destroy_or_warn()
+        raise
+    (vm.directory / VM_UP_MARK).write_text("brought up by `postroj vm up`; probe --vm leaves it up\n")
+    print("%s is up (%s)" % (box.label, vm.directory))
+    return EXIT_OK
+
+
+def vm_destroy(args: argparse.Namespace, settings: Settings) -> int:
+    """Destroy a box's VM and its Vagrantfile."""
+    box = find_box(args.box)
+    require_tool("vagrant")
+    VagrantMachine(settings, box).destroy()
+    print("destroyed %s" % box.label)
+    return EXIT_OK
+
+
+def vm_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a command in a VM that is up; its exit status is postroj's."""
+    box = find_box(args.box)
+    kind = GUESTS[box.guest]
     command = list(args.command)
     if not command:
         die("no command given", "write postroj vm run BOX -- COMMAND", usage=True)
-    if args.shell and box.guest != "windows":
+    if args.shell and not kind.shells:
         die("--shell is for Windows boxes; %s runs commands with ssh in the login shell" % box.label,
             "drop --shell", usage=True)
     require_tool("vagrant")
-    if box.guest == "windows":
-        # one argument is a command line as typed; several are quoted the way Windows programs split them
-        text = command[0] if len(command) == 1 else subprocess.list2cmdline(command)
-    else:
-        text = shlex.join(command)
+    vm = VagrantMachine(settings, box)
     if not (vm.directory / "Vagrantfile").exists():
         die("%s is not up" % box.label, "bring it up with `postroj vm up %s`" % box.label)
-    return vm.execute(text, shell=args.shell or "cmd")
+    return vm.execute(kind.command_line(command), shell=args.shell or "cmd")
 
 
 def find_box_by_dir(label: str) -> Box:
+    """The box of a VM directory: a curated one, or one of vagrant:OWNER/BOX (a Linux guest over ssh)."""
     for box in BOXES:
         if box.label == label:
             return box
-    return Box(label, label, "linux", "ssh")
+    return Box(label, label, Guest.LINUX, Communicator.SSH)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -5022,16 +5247,23 @@ class Unbuilt:
         return lambda *args, **kwargs: self
 
 
-def add_command(sub: Any, name: str, summary: str, examples: Sequence[str],
-                aliases: Sequence[str] = ()) -> Any:
-    """A subcommand whose --help has a one-line description and examples of real use."""
-    only = getattr(sub, "only", "")
-    if isinstance(sub, Unbuilt) or (only and only != name and only not in aliases):
-        return Unbuilt()
-    sub.built = True
-    return sub.add_parser(name, aliases=list(aliases), help=summary, description=summary[0].upper() + summary[1:] + ".",
-                          epilog="examples:\n" + "\n".join("  " + e for e in examples),
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+class Commands:
+    """The subcommands of a parser; with `only`, the one the command line names is the only one built."""
+
+    def __init__(self, action: Any, only: str = "") -> None:
+        self.action = action  # argparse's subparsers action (Unbuilt when its parser is)
+        self.only = only
+        self.built = False
+
+    def add(self, name: str, summary: str, examples: Sequence[str], aliases: Sequence[str] = ()) -> Any:
+        """A subcommand whose --help has a one-line description and examples of real use."""
+        if isinstance(self.action, Unbuilt) or (self.only and self.only != name and self.only not in aliases):
+            return Unbuilt()
+        self.built = True
+        return self.action.add_parser(name, aliases=list(aliases), help=summary,
+                                      description=summary[0].upper() + summary[1:] + ".",
+                                      epilog="examples:\n" + "\n".join("  " + e for e in examples),
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def build_parser(only: str = "") -> argparse.ArgumentParser:
@@ -5043,20 +5275,20 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="postroj %s" % __version__)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more output on stderr (-vv: commands)")
     parser.add_argument("--debug", action="store_true", help="tracebacks for errors, every command on stderr")
-    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=ArgumentParser)
-    sub.only, sub.built = only, False
+    parser.set_defaults(func=None, debug_server=False)
+    sub = Commands(parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=ArgumentParser), only)
 
-    p = add_command(sub, "list-images", "the catalogue and the acquired images", [
+    p = sub.add("list-images", "the catalogue and the acquired images", [
         "postroj list-images", "postroj list-images --json | jq -r '.distributions[].label'"], aliases=["ls"])
     p.add_argument("--json", action="store_true", help="as JSON (README: JSON)")
     p.set_defaults(func=cmd_list_images)
 
-    p = add_command(sub, "doctor", "check what postroj needs on this host", [
+    p = sub.add("doctor", "check what postroj needs on this host", [
         "postroj doctor", "postroj doctor --json"])
     p.add_argument("--json", action="store_true", help="as JSON (README: JSON)")
     p.set_defaults(func=cmd_doctor)
 
-    p = add_command(sub, "image", "acquire, provision and activate images", [
+    p = sub.add("image", "acquire, provision and activate images", [
         "postroj image debian-bookworm ubuntu-noble",
         "postroj image debian-trixie --via bootstrap --mirror http://deb.debian.org/debian",
         "postroj image https://example.org/rootfs.tar.xz --sha256 HEX --name myos"], aliases=["pull"])
@@ -5076,13 +5308,13 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="name of the image (default: derived from the reference)")
     p.set_defaults(func=cmd_image)
 
-    p = add_command(sub, "remove", "delete images and their archives", [
+    p = sub.add("remove", "delete images and their archives", [
         "postroj remove debian-bookworm", "postroj remove --all"], aliases=["rm"])
     p.add_argument("names", nargs="*", metavar="NAME", help="acquired images")
     p.add_argument("--all", action="store_true", help="every acquired image")
     p.set_defaults(func=cmd_remove)
 
-    p = add_command(sub, "container", "boot an image and run a command in it", [
+    p = sub.add("container", "boot an image and run a command in it", [
         "postroj container debian-bookworm -- cat /etc/os-release",
         "postroj container ubuntu-noble --bind ./src:/src -- make -C /src check",
         "postroj container debian-bookworm --keep   # then: postroj stop postroj-debian-bookworm"],
@@ -5098,19 +5330,19 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     add_container_options(p)
     p.set_defaults(func=cmd_container)
 
-    p = add_command(sub, "machines", "running postroj containers", ["postroj machines", "postroj machines --json"])
+    p = sub.add("machines", "running postroj containers", ["postroj machines", "postroj machines --json"])
     p.add_argument("--json", action="store_true", help="as JSON (README: JSON)")
     p.set_defaults(func=cmd_machines)
 
-    p = add_command(sub, "stop", "end kept containers", ["postroj stop postroj-debian-bookworm"])
+    p = sub.add("stop", "end kept containers", ["postroj stop postroj-debian-bookworm"])
     p.add_argument("machines", nargs="+", metavar="MACHINE", help="names from `postroj machines`")
     p.set_defaults(func=cmd_stop)
 
-    p = add_command(sub, "gc", "end leftover containers, remove stale state and unused image versions",
+    p = sub.add("gc", "end leftover containers, remove stale state and unused image versions",
                     ["postroj gc"])
     p.set_defaults(func=cmd_gc)
 
-    p = add_command(sub, "probe", "run probes over a matrix of images", [
+    p = sub.add("probe", "run probes over a matrix of images", [
         "postroj probe --image debian-bookworm --command 'systemctl is-active systemd-journald'",
         "postroj probe --image debian-bookworm --image ubuntu-noble --package ./app.deb --check-unit app \\",
         "    --check-network http://localhost:8080 --junit report.xml",
@@ -5149,7 +5381,7 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     add_container_options(p)
     p.set_defaults(func=cmd_probe)
 
-    p = add_command(sub, "report", "merge the --json reports of shards or runs into one", [
+    p = sub.add("report", "merge the --json reports of shards or runs into one", [
         "postroj report shard-1.json shard-2.json --junit report.xml",
         "postroj report runs/*.json --json merged.json"])
     p.add_argument("files", nargs="+", metavar="FILE.json", help="reports written by probe --json")
@@ -5157,14 +5389,14 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     p.add_argument("--junit", default=None, metavar="FILE", help="write the merged results as JUnit XML")
     p.set_defaults(func=cmd_report)
 
-    p = add_command(sub, "selftest", "hostnamectl and systemd-journald on every acquired image", [
+    p = sub.add("selftest", "hostnamectl and systemd-journald on every acquired image", [
         "postroj selftest", "postroj selftest --jobs 1 --boot-timeout 60"])
     p.add_argument("--jobs", "-j", type=positive_int, default=os.cpu_count() or 1, metavar="N",
                    help="images probed at once (default: the number of CPUs)")
     add_container_options(p)
     p.set_defaults(func=cmd_selftest)
 
-    p = add_command(sub, "autopkgtest-virt", "serve autopkgtest as its virtualisation server", [
+    p = sub.add("autopkgtest-virt", "serve autopkgtest as its virtualisation server", [
         "autopkgtest -U hello_2.10-3.dsc -- /path/to/postroj.pyz autopkgtest-virt debian-bookworm",
         "ln -s /path/to/postroj.pyz /usr/local/bin/%s" % AUTOPKGTEST_NAME,
         "autopkgtest -U memcached_1.6.18-1+deb12u1.dsc -- postroj debian-bookworm"])
@@ -5181,32 +5413,36 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     add_container_options(p)
     p.set_defaults(func=cmd_autopkgtest_virt, machine="", keep=False)
 
-    p = add_command(sub, "completion", "print a shell completion script", [
+    p = sub.add("completion", "print a shell completion script", [
         "source <(postroj completion bash)",
         "postroj completion bash > /etc/bash_completion.d/postroj",
         "postroj completion zsh > \"${fpath[1]}/_postroj\""])
     p.add_argument("shell", choices=("bash", "zsh"), help="the shell the script is for")
     p.set_defaults(func=cmd_completion)
 
-    p = add_command(sub, "vm", "full virtual machines through Vagrant", [
+    p = sub.add("vm", "full virtual machines through Vagrant", [
         "postroj vm up windows-2019", "postroj vm run windows-2019 -- ver", "postroj vm destroy windows-2019"])
-    vm = p.add_subparsers(dest="vm_command", metavar="ACTION", parser_class=ArgumentParser)
-    vm.required = True
-    q = add_command(vm, "up", "bring a box up", ["postroj vm up debian-12 --cpus 4 --memory 4096"])
+    actions = p.add_subparsers(dest="vm_command", metavar="ACTION", parser_class=ArgumentParser)
+    actions.required = True
+    vm = Commands(actions)
+    q = vm.add("up", "bring a box up", ["postroj vm up debian-12 --cpus 4 --memory 4096"])
     q.add_argument("box", metavar="BOX", help="a curated box (postroj list-images) or vagrant:OWNER/BOX")
     q.add_argument("--provider", default="", help="the vagrant provider (default: vagrant's choice)")
     q.add_argument("--cpus", type=positive_int, default=0, help="CPUs (default: the box's)")
     q.add_argument("--memory", type=positive_int, default=0, metavar="MB", help="memory (default: the box's)")
     q.add_argument("--keep", action="store_true", help="keep the machine when it fails to come up")
-    q = add_command(vm, "run", "run a command in a VM", [
+    q.set_defaults(vm_action=vm_up)
+    q = vm.add("run", "run a command in a VM", [
         "postroj vm run windows-2019 -- ver", "postroj vm run windows-2019 --shell powershell -- Get-Service"])
     q.add_argument("box", metavar="BOX", help="a box that is up, or is brought up for the command")
     q.add_argument("--shell", choices=("cmd", "powershell"), default="",
                    help="Windows: the shell that runs COMMAND (default: cmd, as winrs does)")
     q.add_argument("command", nargs="*", metavar="-- COMMAND", help="command and its arguments, after --")
-    q = add_command(vm, "destroy", "destroy a VM", ["postroj vm destroy windows-2019"])
+    q.set_defaults(vm_action=vm_run)
+    q = vm.add("destroy", "destroy a VM", ["postroj vm destroy windows-2019"])
     q.add_argument("box", metavar="BOX", help="the box whose VM goes")
-    add_command(vm, "list", "state of each VM", ["postroj vm list"])
+    q.set_defaults(vm_action=vm_destroy)
+    vm.add("list", "state of each VM", ["postroj vm list"]).set_defaults(vm_action=vm_list)
     p.set_defaults(func=cmd_vm)
     if only and not sub.built:  # no such command: argparse's error names every one there is
         return build_parser()
@@ -5241,6 +5477,30 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated(signum)
 
 
+@contextlib.contextmanager
+def command_process() -> Iterator[Callable[[int], None]]:
+    """What postroj sets for the length of a command, and sets back: its log handler on stderr, and SIGTERM
+    and SIGHUP raising Terminated. Yields the function that sets the log's level. After a stop signal the
+    stop signals stay ignored: postroj is ending."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("postroj: %(message)s"))
+    saved = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)} if main_thread else {}
+    try:
+        yield log.setLevel
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+        for sig, old in previous.items():
+            if signal.getsignal(sig) is _terminate:  # not a stop signal: they are ignored from then on
+                signal.signal(sig, old)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse the command line, run the command, turn expected failures into messages and exit codes."""
     if argv is None and os.path.basename(sys.argv[0]) == AUTOPKGTEST_NAME:
@@ -5249,19 +5509,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv == ["--version"]:
         print("postroj %s" % __version__)
         return EXIT_OK
-    logging.basicConfig(format="postroj: %(message)s", stream=sys.stderr)
-    logging.getLogger().setLevel(logging.WARNING)
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, _terminate)
+    with command_process() as set_level:
+        return run_command(argv, set_level)
+
+
+def run_command(argv: Sequence[str], set_level: Callable[[int], None]) -> int:
+    """The command of `argv`, with the settings of postroj's environment; its exit code."""
     debug = False
     try:
         # postroj's own flags as argparse parsed them: what follows `--` is the payload's (grep -v ...)
         args = parse_command_line(argv)
         debug = args.debug
-        logging.getLogger().setLevel(logging.DEBUG if debug or args.verbose > 1 else
-                                     logging.INFO if args.verbose else logging.WARNING)
-        if not getattr(args, "func", None):
+        set_level(logging.DEBUG if debug or args.verbose > 1 or args.debug_server else
+                  logging.INFO if args.verbose else logging.WARNING)
+        if not args.func:
             build_parser().print_help(sys.stderr)
             return EXIT_USAGE
         return int(args.func(args, Settings.from_env()))
@@ -5274,7 +5535,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.exit_code
     except (KeyboardInterrupt, Terminated) as exc:
         ignore_stop_signals()
-        end_all_containers()
         if isinstance(exc, KeyboardInterrupt):
             print("interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
@@ -5290,8 +5550,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("hint: check the free space and permissions of POSTROJ_HOME and POSTROJ_CACHE, then run "
               "`postroj gc`", file=sys.stderr)
         return EXIT_FAILURE
-    finally:
-        end_all_containers()
 
 
 def exit_now(code: int) -> NoReturn:

@@ -93,15 +93,20 @@ def test_curated_box_vagrantfile_validates(vagrant_bin, vagrant_home, winrm_gem_
 def test_every_box_reference_accepted_gives_a_valid_vagrantfile(vagrant_bin, vagrant_home, winrm_gem_missing,
                                                                 tmp_path, reference):
     """A reference postroj takes must not turn into a Vagrantfile vagrant refuses (the hostname is
-    derived from it); refusing the reference up front as a usage error is fine too."""
-    try:
-        box = postroj_module.find_box(reference)
-    except postroj_module.UsageError:
-        return
+    derived from it)."""
+    box = postroj_module.find_box(reference)
     directory = write_vagrantfile(tmp_path / "box", box)
     proc = validate(vagrant_bin, vagrant_home, directory, "libvirt",
                     winrm_stub=box.communicator == "winrm" and winrm_gem_missing)
     assert_valid(proc)
+
+
+@pytest.mark.parametrize("reference, words", [("vagrant:___/___", "gives no usable name"),
+                                              ("vagrant:a b/c", "malformed box reference")])
+def test_box_references_that_give_no_vagrantfile_are_refused_up_front(reference, words):
+    with pytest.raises(postroj_module.UsageError) as refused:
+        postroj_module.find_box(reference)
+    assert words in refused.value.message and "vagrant:OWNER/BOX" in refused.value.hint
 
 
 def test_windows_vagrantfile_without_the_winrm_gem(vagrant_bin, vagrant_home, tmp_path):

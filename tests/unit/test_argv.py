@@ -3,7 +3,6 @@ Vagrantfile it writes. Nothing is booted: the argv lists are checked as data."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,11 @@ def image_info(path: Path, name: str = "debian-bookworm") -> postroj.ImageInfo:
                              package_manager="apt", acquired="2024-01-01T00:00:00+00:00", size=0, path=path)
 
 
-def container(tmp_path: Path, mode: str, home: str = "home", **options) -> postroj.NspawnContainer:
-    settings = postroj.Settings(tmp_path / home, tmp_path / "cache")
+def container(tmp_path: Path, mode: str, home: str = "home", term: str = "", **options) -> postroj.NspawnContainer:
+    settings = postroj.Settings(tmp_path / home, tmp_path / "cache", term=term)
     rootfs = settings.versions / "debian-bookworm@0123456789ab" / "rootfs"
-    box = postroj.NspawnContainer(settings, image_info(rootfs), mode=mode, **options)
+    spec = postroj.ContainerSpec(image_info(rootfs), postroj.Host(postroj.HostMode(mode)), **options)
+    box = postroj.NspawnContainer(settings, spec)
     box.machine = "postroj-debian-bookworm"
     box.files = postroj.RuntimeFiles(settings.runtime, box.machine)
     return box
@@ -75,7 +75,7 @@ def test_nspawn_binds_and_environment(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     binds = [postroj.parse_bind(str(src), False), postroj.parse_bind("%s:/opt/data" % src, True)]
-    argv = container(tmp_path, "nsenter", binds=binds, setenv=[("LANG", "C"), ("EMPTY", "")]).nspawn_argv()
+    argv = container(tmp_path, "nsenter", binds=tuple(binds), setenv=(("LANG", "C"), ("EMPTY", ""))).nspawn_argv()
     assert "--bind=%s:%s" % (src, src) in argv
     assert "--bind-ro=%s:/opt/data" % src in argv
     assert "--setenv=LANG=C" in argv
@@ -94,7 +94,8 @@ def test_nspawn_escapes_colons_in_every_path(tmp_path):
 
 
 def test_nspawn_run_argv_for_provisioning(tmp_path):
-    argv = postroj.nspawn_run_argv(tmp_path / "rootfs", [("/var/cache/x", postroj.PACKAGE_CACHE_DIR)])
+    host = postroj.Host(postroj.HostMode.NSENTER)
+    argv = postroj.nspawn_run_argv(host, tmp_path / "rootfs", [("/var/cache/x", postroj.PACKAGE_CACHE_DIR)])
     assert argv[0] == "systemd-nspawn"
     assert "--boot" not in argv
     assert "--register=no" in argv and "--keep-unit" in argv
@@ -102,7 +103,10 @@ def test_nspawn_run_argv_for_provisioning(tmp_path):
     assert "--bind=/var/cache/x:%s" % postroj.PACKAGE_CACHE_DIR in argv
     assert "--setenv=DEBIAN_FRONTEND=noninteractive" in argv
     assert "--private-network" not in argv
-    assert "--private-network" in postroj.nspawn_run_argv(tmp_path / "rootfs", network=False)
+    assert "--private-network" in postroj.nspawn_run_argv(host, tmp_path / "rootfs", network=False)
+    scoped = postroj.Host(postroj.HostMode.NSENTER, scope=("systemd-run", "--scope", "--"))
+    assert postroj.nspawn_run_argv(scoped, tmp_path / "rootfs")[:4] == ["systemd-run", "--scope", "--",
+                                                                      "systemd-nspawn"]
 
 
 # --- commands in the container ----------------------------------------------------
@@ -111,14 +115,16 @@ def test_nspawn_run_argv_for_provisioning(tmp_path):
 def test_command_through_nsenter(tmp_path):
     box = container(tmp_path, "nsenter")
     box.leader = 4242
-    argv = box.command_argv(["sh", "-c", "echo hi"], {"PATH": postroj.CONTAINER_PATH})
+    argv, env = box.how.command(box, ["sh", "-c", "echo hi"], {"PATH": postroj.CONTAINER_PATH})
     assert argv == ["nsenter", "--target=4242", "--all", "--root", "--wd", "--", "sh", "-c", "echo hi"]
+    assert env == {"PATH": postroj.CONTAINER_PATH}  # nsenter hands its own environment on
 
 
 def test_command_through_systemd_run(tmp_path):
     box = container(tmp_path, "machined")
     env = box.environment([("EXTRA", "1")])
-    argv = box.command_argv(["sh", "-c", "echo hi"], env)
+    argv, own = box.how.command(box, ["sh", "-c", "echo hi"], env)
+    assert own is None  # the environment goes as --setenv
     assert argv[0] == "systemd-run"
     assert "--machine=postroj-debian-bookworm" in argv
     assert "--wait" in argv and "--pipe" in argv
@@ -127,9 +133,8 @@ def test_command_through_systemd_run(tmp_path):
     assert argv[argv.index("--"):] == ["--", "sh", "-c", "echo hi"]
 
 
-def test_container_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("TERM", "xterm-256color")
-    box = container(tmp_path, "nsenter", setenv=[("LANG", "de_DE.UTF-8")])
+def test_container_environment(tmp_path):
+    box = container(tmp_path, "nsenter", term="xterm-256color", setenv=(("LANG", "de_DE.UTF-8"),))
     env = box.environment([("A", "b")])
     assert env["PATH"] == postroj.CONTAINER_PATH
     assert env["container"] == "systemd-nspawn"
@@ -157,15 +162,18 @@ def test_cgroup_entry_prefix_joins_every_cgroup_before_the_command(tmp_path):
     assert subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 125
 
 
-def test_make_cgroups_warns_once_where_it_cannot(tmp_path, monkeypatch, caplog):
+def test_cgroups_are_made_where_the_host_can_and_said_once_where_it_cannot(tmp_path, monkeypatch, caplog):
     writable, unwritable = tmp_path / "unified", Path("/proc/postroj-cannot-make-this")
     writable.mkdir()
     monkeypatch.setattr(postroj, "systemd_cgroup_roots", lambda: [unwritable, writable])
-    monkeypatch.setattr(postroj, "CGROUPS_UNAVAILABLE", threading.Event())
-    assert postroj.make_cgroups("postroj.m.1") == [writable / "postroj.m.1"]
-    assert postroj.make_cgroups("postroj.m.2") == [writable / "postroj.m.2"]
+    host = postroj.container_host(postroj.Settings(tmp_path / "home", tmp_path / "cache"), "testing", jobs=2)
+    assert host.cgroup_roots == (writable,)
+    assert postroj.make_cgroups(host, "postroj.m.1") == [writable / "postroj.m.1"]
+    assert postroj.make_cgroups(host, "postroj.m.2") == [writable / "postroj.m.2"]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "--jobs 1" in warnings[0] and str(unwritable) in warnings[0]
+    postroj.container_host(postroj.Settings(tmp_path / "home", tmp_path / "cache"), "testing", jobs=1)
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1, "one at a time: nothing to say"
 
 
 def test_remove_cgroups_removes_only_what_postroj_made(tmp_path, monkeypatch):
@@ -216,11 +224,48 @@ def test_parse_setenv(usage_error):
 # --- package managers -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("manager", ["apt", "dnf", "yum", "microdnf", "zypper", "pacman"])
-def test_install_command_installs_without_questions(manager):
-    argv = postroj.install_command(manager, ["systemd", "/run/postroj/packages/hello.deb"])
-    assert argv[-2:] == ["systemd", "/run/postroj/packages/hello.deb"]
-    assert {"-y", "--non-interactive", "--noconfirm"} & set(argv)
+CACHE = postroj.PACKAGE_CACHE_DIR
+PACKAGES = ["systemd", "/run/postroj/packages/hello.deb"]
+
+
+@pytest.mark.parametrize("manager, expected", [
+    ("apt", ["apt-get", *postroj.APT_OPTIONS, "-q", "install", "-y", "--no-install-recommends", *PACKAGES]),
+    ("dnf", ["dnf", "-y", "-q", "--setopt=keepcache=1", "--setopt=cachedir=%s" % CACHE, "--setopt=install_weak_deps=0",
+             "install", *PACKAGES]),
+    ("yum", ["yum", "-y", "-q", "--setopt=keepcache=1", "--setopt=cachedir=%s" % CACHE, "--setopt=install_weak_deps=0",
+             "install", *PACKAGES]),
+    ("microdnf", ["microdnf", "-y", "--setopt=keepcache=1", "--nodocs", "install", *PACKAGES]),
+    ("zypper", ["zypper", "--non-interactive", "--quiet", "--pkg-cache-dir=%s" % CACHE, "install", "--no-recommends",
+                "--allow-unsigned-rpm", *PACKAGES]),
+    ("pacman", ["pacman", "-Sy", "--noconfirm", "--noprogressbar", "--needed", "--cachedir=%s" % CACHE, *PACKAGES]),
+])
+def test_install_command_installs_without_questions(manager, expected):
+    # the whole line: a verb (install, not remove) or an option that answers the questions must not change
+    assert postroj.install_command(manager, PACKAGES) == expected
+
+
+def test_apt_keeps_its_downloads_in_postrojs_cache():
+    assert all(flag == "-o" for flag in postroj.APT_OPTIONS[::2])
+    pairs = postroj.APT_OPTIONS[1::2]
+    assert "Dir::Cache::Archives=%s/" % CACHE in pairs
+    assert "Dir::State::Lists=%s/lists/" % CACHE in pairs
+    assert "APT::Keep-Downloaded-Packages=true" in pairs
+
+
+@pytest.mark.parametrize("manager, expected", [
+    ("apt", ["apt-get", *postroj.APT_OPTIONS, "-qq", "update"]),
+    ("zypper", ["zypper", "--non-interactive", "--quiet", "refresh"]),
+    ("dnf", []),
+])
+def test_refresh_command(manager, expected):
+    assert postroj.refresh_command(manager) == expected
+
+
+def test_package_transaction_refreshes_then_installs_in_one_run():
+    argv = postroj.package_transaction("apt", PACKAGES, refresh=True)
+    assert argv[:2] == ["sh", "-c"] and argv[2].startswith("apt-get ") and argv[2].endswith(" update && exec \"$@\"")
+    assert argv[3:] == ["sh", *postroj.install_command("apt", PACKAGES)]
+    assert postroj.package_transaction("dnf", PACKAGES, refresh=True) == postroj.install_command("dnf", PACKAGES)
 
 
 def test_install_command_for_an_unknown_manager():
@@ -283,28 +328,16 @@ def test_clean_console(raw, clean):
     ("1:name=systemd:/../../payload\n0::/../../payload\n", "1:name=systemd:/../../payload"),
     ("0::/..\n", "0::/.."),
 ])
-def test_a_cgroup_outside_the_namespace_is_found(monkeypatch, tmp_path, text, outside):
-    fake = tmp_path / "cgroup"
-    fake.write_text(text)
-    real_path = postroj.Path
-
-    def path(name, *rest):
-        return real_path(str(fake)) if name == "/proc/self/cgroup" else real_path(name, *rest)
-
-    monkeypatch.setattr(postroj, "Path", path)
-    assert postroj.cgroup_outside_namespace() == outside
+def test_a_cgroup_outside_the_namespace_is_found(text, outside):
+    assert postroj.cgroup_outside_namespace(text) == outside
 
 
-def test_outside_the_cgroup_namespace_without_systemd_is_refused(monkeypatch):
-    monkeypatch.setattr(postroj, "cgroup_outside_namespace", lambda: "0::/../payload")
-    monkeypatch.setattr(postroj.os.path, "isdir", lambda path: False)
-    postroj.nspawn_scope_prefix.cache_clear()
-    try:
-        with pytest.raises(postroj.PostrojError) as info:
-            postroj.nspawn_scope_prefix()
-        assert "outside its cgroup namespace" in info.value.message and "nsenter --all" in info.value.hint
-    finally:
-        postroj.nspawn_scope_prefix.cache_clear()
+def test_outside_the_cgroup_namespace_nspawn_runs_in_a_scope_of_its_own_or_is_refused():
+    assert postroj.nspawn_scope_prefix("", scopes=False) == ()
+    assert postroj.nspawn_scope_prefix("0::/../payload", scopes=True)[:2] == ("systemd-run", "--scope")
+    with pytest.raises(postroj.PostrojError) as info:
+        postroj.nspawn_scope_prefix("0::/../payload", scopes=False)
+    assert "outside its cgroup namespace" in info.value.message and "nsenter --all" in info.value.hint
 
 
 def test_stale_run_cgroups_of_a_killed_postroj_are_removed(tmp_path, monkeypatch):

@@ -227,7 +227,7 @@ def test_file_lock(tmp_path):
 def test_run_matrix_reports_in_image_order():
     reported = []
 
-    def probe_one(name, cancel):
+    def probe_one(name, cancel, fleet):
         return [postroj.ProbeResult(name, postroj.Probe("command", "true"), "pass", 0.0)]
 
     results = postroj.run_matrix(["a", "b", "c", "d"], 3, False, probe_one, reported.append)
@@ -235,60 +235,74 @@ def test_run_matrix_reports_in_image_order():
     assert reported == results
 
 
-def test_run_matrix_fail_fast_stops_the_rest():
-    probed = []
-    lock = threading.Lock()
-
-    def probe_one(name, cancel):
-        if cancel.is_set():  # as probe_image: the images after a failure are reported as skipped
-            return [postroj.ProbeResult(name, postroj.Probe("command", "false"), "skip", 0.0,
-                                        reason="not run: --fail-fast")]
-        with lock:
-            probed.append(name)
-        return [postroj.ProbeResult(name, postroj.Probe("command", "false"), "fail", 0.0, reason="exit status 1")]
-
-    results = postroj.run_matrix(["a", "b", "c"], 1, True, probe_one, lambda r: None)
-    assert probed == ["a"]
-    assert [(r.image, r.status) for r in results] == [("a", "fail"), ("b", "skip"), ("c", "skip")]
+PLAN = postroj.ProbePlan((postroj.Probe("command", "true"), postroj.Probe("unit", "nginx")), fail_fast=True)
 
 
-def test_fail_fast_across_images_reports_the_skipped_images(tmp_path):
-    """probe_image itself turns a cancelled image into SKIP rows, which JUnit counts."""
-    plan = postroj.ProbePlan((postroj.Probe("command", "true"), postroj.Probe("unit", "nginx")), fail_fast=True)
-    cancel = threading.Event()
-    cancel.set()
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_fail_fast_skips_the_images_after_a_failure_with_and_without_threads(tmp_path, jobs):
+    """Image a fails; the others, begun at once (jobs 2) or after it (jobs 1), are reported as skipped by
+    probe_image itself, which sees the cancel that run_matrix set."""
     settings = postroj.Settings(tmp_path / "home", tmp_path / "cache")
-    rows = postroj.probe_image(settings, "debian-bookworm", plan, pull=False, cancel=cancel, packages={})
-    assert [(r.image, r.probe.kind, r.status, r.reason) for r in rows] == [
-        ("debian-bookworm", "command", "skip", "not run: --fail-fast"),
-        ("debian-bookworm", "unit", "skip", "not run: --fail-fast")]
-    suite = ET.fromstring(postroj.junit_xml(rows)).find("testsuite")
+    host = postroj.Host(postroj.HostMode.NSENTER)
+
+    def probe_one(name, cancel, fleet):
+        if name == "a":
+            return [postroj.ProbeResult(name, PLAN.probes[0], "fail", 0.0, reason="exit status 1")]
+        assert cancel.wait(10), "run_matrix never cancelled the rest"
+        return postroj.probe_image(settings, host, postroj.ImageTarget(name), PLAN, cancel=cancel, packages={},
+                                   fleet=fleet)
+
+    results = postroj.run_matrix(["a", "b", "c", "d"], jobs, True, probe_one, lambda r: None)
+    assert [(r.image, r.probe.kind, r.status) for r in results] == [("a", "command", "fail")] + [
+        (name, kind, "skip") for name in "bcd" for kind in ("command", "unit")]
+    assert {r.reason for r in results[1:]} == {"not run: --fail-fast"}
+    suite = ET.fromstring(postroj.junit_xml(results)).findall("testsuite")[1]
     assert suite.get("skipped") == "2"
 
 
-# --- ending containers --------------------------------------------------------------
+class StandIn:
+    """Stands in for a container of a probe thread: close() is what the fleet calls."""
 
-
-class SignalledContainer:
-    """Stands in for a container whose clean-up is hit by SIGTERM (sent by itself) half-way."""
-
-    def __init__(self, log):
-        self.log = log
+    def __init__(self, log=None, signalled=False):
+        self.closed = threading.Event()
+        self.log = log if log is not None else []
+        self.signalled = signalled
 
     def close(self):
         self.log.append("begun")
-        os.kill(os.getpid(), signal.SIGTERM)
-        os.kill(os.getpid(), signal.SIGINT)
+        if self.signalled:  # its clean-up is hit by SIGTERM and SIGINT (sent by itself) half-way
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
         self.log.append("ended")
+        self.closed.set()
 
 
-def test_signals_during_the_clean_up_are_ignored(monkeypatch):
+def test_an_interrupt_ends_the_containers_of_every_thread():
+    stand_ins = {name: StandIn() for name in "abc"}
+
+    def probe_one(name, cancel, fleet):
+        fleet.add(stand_ins[name])
+        if name != "a":
+            assert stand_ins[name].closed.wait(10), "the fleet never closed %s" % name
+        return [postroj.ProbeResult(name, postroj.Probe("command", "true"), "pass", 0.0)]
+
+    def report(result):
+        raise KeyboardInterrupt()  # Ctrl-C as the first result comes in
+
+    with pytest.raises(KeyboardInterrupt):
+        postroj.run_matrix(list("abc"), 3, False, probe_one, report)
+    assert all(s.closed.is_set() for s in stand_ins.values())
+
+
+def test_signals_during_the_clean_up_are_ignored():
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, postroj._terminate)
     try:
         log = []
-        monkeypatch.setattr(postroj, "_live", {SignalledContainer(log), SignalledContainer(log)})
-        postroj.end_all_containers()  # neither Terminated nor KeyboardInterrupt
+        fleet = postroj.Fleet()
+        for _ in range(2):
+            fleet.add(StandIn(log, signalled=True))
+        fleet.close_all()  # neither Terminated nor KeyboardInterrupt
         assert log == ["begun", "ended", "begun", "ended"]
         assert signal.getsignal(signal.SIGTERM) is postroj._terminate, "the handler is back afterwards"
     finally:

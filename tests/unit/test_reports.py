@@ -179,12 +179,6 @@ def test_nspawn_housekeeping_is_dropped_from_package_output():
     assert postroj.without_nspawn_noise(text) == "Setting up nginx (1.22.1-9+deb12u11) ...\nProcessing triggers for libc-bin\n"
 
 
-def test_package_managers_run_quietly():
-    assert "-q" in postroj.install_command("apt", ["./x.deb"])
-    assert "-qq" in postroj.refresh_command("apt")
-    assert "-q" in postroj.install_command("dnf", ["./x.rpm"])
-
-
 @pytest.fixture
 def http_answer():
     """An HTTP server on loopback that answers every GET with 200 and a fixed body."""

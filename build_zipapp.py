@@ -23,7 +23,7 @@ SHEBANG = b"#!/usr/bin/env python3\n"
 MAIN = b'''\
 """postroj.pyz: run postroj.main() from code compiled once per host, postroj build and Python version.
 
-The compiled module is kept in POSTROJ_CACHE/code (default /var/cache/postroj/code), a directory only
+The compiled module is kept in POSTROJ_CACHE/code (default @DEFAULT_CACHE@/code), a directory only
 its owner may write, named by the source's checksums and the interpreter's cache tag. Anything amiss
 there (missing, foreign, stale, unreadable, read-only) means compiling as before.
 """
@@ -100,7 +100,7 @@ def load_postroj():
 
     source = loader.get_data("postroj.py")
     filename = os.path.join(loader.archive, "postroj.py")
-    directory = os.path.join(os.environ.get("POSTROJ_CACHE") or "/var/cache/postroj", "code")
+    directory = os.path.join(os.environ.get("POSTROJ_CACHE") or "@DEFAULT_CACHE@", "code")
     suffix = ".%s%s.pyc" % (tag, ".opt-%d" % sys.flags.optimize if sys.flags.optimize else "")
     name = "postroj.%08x%08x%x%s" % (zlib.crc32(source), zlib.adler32(source), len(source), suffix)
     code = read_cached(directory, name, MAGIC_NUMBER)
@@ -130,9 +130,20 @@ def entry(name: str) -> zipfile.ZipInfo:
     return info
 
 
+def default_cache(source: bytes) -> bytes:
+    """postroj.py's DEFAULT_CACHE, which __main__.py needs before postroj is loaded: one place says it."""
+    import ast
+
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "DEFAULT_CACHE":
+            return ast.literal_eval(node.value).encode()
+    raise SystemExit("postroj.py has no DEFAULT_CACHE")
+
+
 def build(source: Path, output: Path) -> Path:
     """Write the zipapp for `source` to `output` atomically and return its path."""
-    files = {"__main__.py": MAIN, "postroj.py": source.read_bytes()}
+    code = source.read_bytes()
+    files = {"__main__.py": MAIN.replace(b"@DEFAULT_CACHE@", default_cache(code)), "postroj.py": code}
     fd, tmp = tempfile.mkstemp(prefix=".%s." % output.name, dir=str(output.parent))
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -11,7 +11,14 @@ and are probed the same way.
 Design: images are activated atomically under POSTROJ_HOME/images/NAME (a symlink to a complete
 version directory); a container is the image below a throw-away overlay, booted with
 `systemd-nspawn --boot`, found ready through nspawn's notify socket, entered with nsenter (or
-systemd-run where the host runs machined), and killed with everything it used.
+systemd-run where the host runs machined), and killed with everything it used. Each command resolves
+its input once into frozen records and hands only those down: Settings (all it takes from the
+environment), Host (how this host runs containers), Source and ImageTarget (where an image comes
+from), ContainerSpec (what to boot), ProbePlan (what to check). NspawnContainer is the lifetime of one
+ContainerSpec; what differs by host mode is in NsenterMode and MachinedMode, by VM guest in GUESTS.
+Every process starts through spawn(), which reaps or kills what it started. The sections below follow
+the data: settings, errors, records, catalogue, processes, host facts, images, containers, VMs,
+probes, reports, the autopkgtest testbed, the command line.
 
 Host tools: systemd-nspawn (systemd-container), nsenter and setpriv (util-linux), skopeo and
 umoci for registries, mmdebstrap or debootstrap for bootstrapping, vagrant for VMs.
@@ -65,6 +72,7 @@ T = TypeVar("T")
 DEFAULT_HOME = "/var/lib/postroj"
 DEFAULT_CACHE = "/var/cache/postroj"
 DEFAULT_IMAGE = "debian-bookworm"
+
 # The version of every --json output's layout; raised when a field is renamed or removed (README: JSON).
 JSON_SCHEMA = 1
 
@@ -74,17 +82,17 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
-
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,47}"  # patterns are text: re compiles (and caches) them at first use
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
 
 # What a child process gets of postroj's environment: the locale, proxies and certificates, systemd's and
 # vagrant's own settings. Nothing else (tokens, CI secrets) reaches nspawn, skopeo, mmdebstrap or vagrant.
 CHILD_ENV_NAMES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR", "http_proxy",
                    "https_proxy", "ftp_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY",
                    "NO_PROXY", "ALL_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR", "SSH_AUTH_SOCK")
+
 CHILD_ENV_PREFIXES = ("LC_", "SYSTEMD_", "VAGRANT_", "LIBVIRT_", "VBOX_")
+
 # The environment of the tools that need none of the user's (tar, cp, umoci, nsenter): fixed, the same on
 # every host.
 PLAIN_ENV = (("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("LANG", "C.UTF-8"))
@@ -141,38 +149,47 @@ class Settings(NamedTuple):
 
     @property
     def images(self) -> Path:
+        """Activated images: NAME links to a version in .versions."""
         return self.home / "images"
 
     @property
     def versions(self) -> Path:
+        """Complete image versions (NAME@ID/rootfs and image.json)."""
         return self.images / ".versions"
 
     @property
     def archives(self) -> Path:
+        """OCI layouts skopeo copied, one per image."""
         return self.home / "oci"
 
     @property
     def locks(self) -> Path:
+        """One lock per image, held while it is acquired or removed."""
         return self.home / "locks"
 
     @property
     def tmp(self) -> Path:
+        """Acquisitions in progress (staging directories) and versions being deleted."""
         return self.home / "tmp"
 
     @property
     def runtime(self) -> Path:
+        """Runtime state of running containers (RuntimeFiles)."""
         return self.home / "run"
 
     @property
     def vagrant(self) -> Path:
+        """A directory per VM, with its Vagrantfile."""
         return self.home / "vagrant"
 
     @property
     def downloads(self) -> Path:
+        """Files fetched over HTTP(S), with their validators."""
         return self.cache / "downloads"
 
     @property
     def packages(self) -> Path:
+        """Package manager downloads and lists, one directory per OS release."""
         return self.cache / "packages"
 
 
@@ -211,65 +228,6 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def remove_tree(path: Path) -> None:
-    """Remove a file or a directory tree the way `rm -rf --one-file-system` does, and more: what is mounted
-    below it is unmounted first (deepest first), links are removed, never followed, and no directory on
-    another file system is entered. A mount that cannot be unmounted stays, with its content: an error."""
-    try:
-        top = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(top.st_mode):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
-    stuck = unmount_below(path)
-    kept: List[str] = []
-    _remove_below(os.path.realpath(str(path)), top.st_dev, set(stuck), kept)
-    if not kept:
-        with contextlib.suppress(FileNotFoundError):
-            os.rmdir(path)
-        return
-    die("did not delete %s: another file system is mounted there" % ", ".join(kept),
-        "unmount it (umount %s), then run `postroj gc`" % shlex.quote(kept[0]))
-
-
-def _remove_below(directory: str, device: int, stuck: "set[str]", kept: List[str]) -> None:
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        try:
-            is_dir = entry.is_dir(follow_symlinks=False)
-            if not is_dir:
-                os.unlink(entry.path)
-                continue
-            if entry.path in stuck or entry.stat(follow_symlinks=False).st_dev != device:
-                kept.append(entry.path)  # a mount point: what is below it is not ours to delete
-                continue
-        except FileNotFoundError:
-            continue
-        before = len(kept)
-        _remove_below(entry.path, device, stuck, kept)
-        if len(kept) == before:
-            with contextlib.suppress(FileNotFoundError):
-                os.rmdir(entry.path)
-
-
-def unmount_below(path: Path) -> List[str]:
-    """Unmount, deepest first, what is mounted at or below `path` in postroj's mount namespace (what an
-    interrupted step of its own left there); returns the mount points that stay mounted."""
-    top = os.path.realpath(str(path)).rstrip("/") or "/"
-    points = sorted({m.point for m in mounts() if m.point == top or m.point.startswith(top + "/")},
-                    key=lambda p: (p.count("/"), p), reverse=True)
-    stuck = []
-    for point in points:
-        if run(["umount", "--lazy", point], check=False, capture=True).returncode != 0:
-            stuck.append(point)
-    return stuck
-
-
 def tree_size(path: Path) -> int:
     """Bytes used by the regular files below `path` (hard links counted once)."""
     total = 0
@@ -288,6 +246,7 @@ def tree_size(path: Path) -> int:
 
 
 def human_size(size: int) -> str:
+    """`size` bytes for people: B, KiB, MiB or GiB."""
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":
@@ -297,10 +256,12 @@ def human_size(size: int) -> str:
 
 
 def now_iso() -> str:
+    """The time now, in UTC, as ISO 8601."""
     return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
 
 
 def random_id(length: int) -> str:
+    """`length` random hex digits, for names that must not collide."""
     return os.urandom(length).hex()[:length]
 
 
@@ -345,7 +306,6 @@ def lock_is_held(path: Path) -> bool:
 # Errors
 # ==============================================================================
 
-
 class PostrojError(Exception):
     """An expected failure: printed as `error: ...` and `hint: ...`, no traceback."""
 
@@ -376,6 +336,7 @@ class Terminated(BaseException):
 
 
 def die(message: str, hint: str = "", usage: bool = False) -> NoReturn:
+    """Raise the one error type postroj has: a UsageError (exit 2) with `usage`, else a PostrojError."""
     raise (UsageError if usage else PostrojError)(message, hint)
 
 
@@ -395,6 +356,7 @@ class StrEnum(str, enum.Enum):
 
 
 class ProbeKind(StrEnum):
+    """What a probe checks: a package installs, a copy lands, a unit runs, a port answers, a command succeeds."""
     PACKAGE = "package"
     COPY = "copy"
     UNIT = "unit"
@@ -403,12 +365,14 @@ class ProbeKind(StrEnum):
 
 
 class Status(StrEnum):
+    """How a probe ended."""
     PASS = "pass"
     FAIL = "fail"
     SKIP = "skip"
 
 
 class SourceKind(StrEnum):
+    """Where an image comes from."""
     REGISTRY = "registry"
     HTTP = "http"
     TARBALL = "tarball"
@@ -417,6 +381,7 @@ class SourceKind(StrEnum):
 
 
 class HostMode(StrEnum):
+    """How this host runs containers (README: Container modes)."""
     NSENTER = "nsenter"  # no machined: nspawn --register=no, commands through nsenter
     MACHINED = "machined"  # machines registered with machined, commands through systemd-run
 
@@ -439,17 +404,21 @@ class Distribution(NamedTuple):
 
     @property
     def fullname(self) -> str:
+        """NAME-RELEASE, e.g. debian-bookworm."""
         return "%s-%s" % (self.name, self.release)
 
     @property
     def label(self) -> str:
+        """The catalogue's name for it (the full name)."""
         return self.fullname
 
     @property
     def package_type(self) -> str:
+        """The package files its package manager installs: deb, rpm or pkg."""
         return PACKAGE_TYPES[self.package_manager]
 
     def can_bootstrap(self) -> bool:
+        """True when postroj can build it from the publisher's package archive (mmdebstrap)."""
         return self.name in ("debian", "ubuntu")
 
 
@@ -505,6 +474,7 @@ class ImageInfo(NamedTuple):
     packages_downloaded: int = 0
 
     def as_json(self) -> Dict[str, Any]:
+        """The image's record as JSON takes it (README: JSON)."""
         data = self._asdict()
         data["path"] = str(self.path)
         return data
@@ -520,6 +490,7 @@ class Probe(NamedTuple):
 
     @property
     def title(self) -> str:
+        """KIND TARGET, as reports name the probe."""
         return "%s %s" % (self.kind, self.target)
 
 
@@ -536,13 +507,30 @@ class ProbeResult(NamedTuple):
 
     @property
     def passed(self) -> bool:
+        """True when the probe passed."""
         return self.status == Status.PASS
+
+
+def nspawn_escape(path: str) -> str:
+    """Colons separate paths in nspawn's --bind and --overlay: escape those inside a path."""
+    return path.replace("\\", "\\\\").replace(":", "\\:")
+
+
+class Bind(NamedTuple):
+    """A host path bound into a container (--bind, --bind-ro)."""
+    source: str
+    target: str
+    readonly: bool = False
+
+    def option(self) -> str:
+        """The bind as systemd-nspawn's option, colons escaped."""
+        return "--%s=%s:%s" % ("bind-ro" if self.readonly else "bind", nspawn_escape(self.source),
+                               nspawn_escape(self.target))
 
 
 # ==============================================================================
 # Distribution catalogue
 # ==============================================================================
-
 
 def _debian(release: str, version: str, *aliases: str, archived: bool = False) -> Distribution:
     return Distribution("debian", "debian", release, version, "docker://docker.io/library/debian:%s-slim" % release,
@@ -613,6 +601,7 @@ UBUNTU_KEYRING = Keyring(
     "usr/share/keyrings/ubuntu-archive-keyring.gpg",
     "80a36b0a6de2f69f49d2df75ef473ccde121e9e190b9ea01d20a4f63778d5c31",
 )
+
 KEYRINGS = {"ubuntu": UBUNTU_KEYRING}
 
 
@@ -657,6 +646,7 @@ BOXES: Tuple[Box, ...] = (
 
 
 def all_labels() -> List[str]:
+    """Every catalogue label and alias, in catalogue order."""
     labels = []
     for dist in DISTRIBUTIONS:
         labels.append(dist.label)
@@ -673,6 +663,7 @@ def find_distribution(name: str) -> Optional[Distribution]:
 
 
 def closest(name: str, candidates: Sequence[str]) -> List[str]:
+    """Up to four of `candidates` that look like `name` (typos), for a did-you-mean."""
     import difflib
 
     found = difflib.get_close_matches(name, candidates, n=4, cutoff=0.5)
@@ -682,6 +673,7 @@ def closest(name: str, candidates: Sequence[str]) -> List[str]:
 
 
 def unknown_name_error(kind: str, name: str, candidates: Sequence[str], hint: str) -> UsageError:
+    """A usage error for an unknown `kind` of name, with the closest known ones."""
     near = closest(name, candidates)
     message = "unknown %s %r" % (kind, name)
     if near:
@@ -742,6 +734,7 @@ TOOL_PACKAGES = {
 
 
 def tool_hint(tool: str) -> str:
+    """How to install `tool` on Debian and Ubuntu."""
     package = TOOL_PACKAGES.get(tool, tool)
     return "install it: apt-get install %s (or `make setup`)" % package
 
@@ -756,6 +749,7 @@ def require_tool(tool: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def setpriv_path() -> Optional[str]:
+    """setpriv's path, or None where util-linux lacks it."""
     return shutil.which("setpriv")
 
 
@@ -903,15 +897,18 @@ def wait_exit(proc: subprocess.Popen, timeout: Optional[float]) -> bool:
 
 
 def is_root() -> bool:
+    """True when postroj runs as root."""
     return os.geteuid() == 0
 
 
 def require_root(action: str) -> None:
+    """Refuse `action` unless postroj runs as root, saying how to run it so."""
     if not is_root():
         die("%s needs root" % action, "run it as root, for example: sudo %s" % shlex.join(sys.argv))
 
 
 def process_alive(pid: int) -> bool:
+    """True while a process `pid` exists (a zombie too)."""
     try:
         os.kill(pid, 0)
         return True
@@ -930,14 +927,68 @@ def process_gone(pid: int) -> bool:
 
 
 def process_cmdline(pid: int) -> List[str]:
+    """The command line of process `pid`, or [] when it is gone."""
     try:
         return Path("/proc/%d/cmdline" % pid).read_bytes().decode("utf-8", "replace").split("\0")
     except OSError:
         return []
 
 
+def tool_version(tool: str, args: Sequence[str] = ("--version",)) -> str:
+    """The first line `tool --version` prints, '' when the tool is missing."""
+    path = shutil.which(tool)
+    if not path:
+        return ""
+    try:
+        proc = run([path, *args], check=False, capture=True, stderr=subprocess.STDOUT, timeout=30)
+    except (OSError, PostrojError):
+        return "unknown version"
+    lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+    return lines[0].strip() if lines else "unknown version"
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def ignore_stop_signals() -> None:
+    """postroj is ending for a stop signal: those that follow change nothing, for the rest of the process."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def stop_signals_handled_by(handler: Any) -> Iterator[Dict[int, Any]]:
+    """SIGINT and SIGTERM go to `handler` in the block (the main thread only: the only one signals reach,
+    and the only one that may set handlers); yields the handlers it replaced, which are back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield {}
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield previous
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM that land in the block act when it is done: a clean-up that has begun is finished,
+    and the signal is not lost."""
+    pending: List[int] = []
+    with stop_signals_handled_by(lambda signum, frame: pending.append(signum)) as previous:
+        yield
+    if pending:
+        handler = previous[pending[0]]
+        if callable(handler):
+            handler(pending[0], None)  # raises KeyboardInterrupt or Terminated
+        elif handler == signal.SIG_DFL:
+            os.kill(os.getpid(), pending[0])
+
+
 # ==============================================================================
-# Host checks (doctor)
+# Host facts: mounts, cgroups, how containers run
 # ==============================================================================
 
 MACHINED_PATHS = ("/usr/lib/systemd/systemd-machined", "/lib/systemd/systemd-machined")
@@ -990,45 +1041,6 @@ def nspawn_scope_prefix(line: str, scopes: bool) -> Tuple[str, ...]:
         "use `machinectl shell`, ssh, or `systemd-run --pipe --wait` instead")
 
 
-class Host(NamedTuple):
-    """How this host runs containers, found once by the command that runs them (container_host): the mode,
-    what systemd-nspawn is started through, where containers' own cgroups are made (none: they cannot be),
-    and whether an overlay's upper directory needs a tmpfs of its own (POSTROJ_HOME on overlayfs)."""
-
-    mode: HostMode
-    scope: Tuple[str, ...] = ()
-    cgroup_roots: Tuple[Path, ...] = ()
-    upper_on_tmpfs: bool = False
-
-
-def container_host(settings: Settings, action: str, jobs: int = 1) -> Host:
-    """Root, and a cgroup systemd-nspawn can work below (refused before anything starts): the Host."""
-    require_root(action)
-    scope = nspawn_scope_prefix(cgroup_outside_namespace(), systemd_scopes_available())
-    roots: Tuple[Path, ...] = ()
-    if not scope:  # each nspawn in a scope of its own: systemd makes its cgroups
-        roots = tuple(systemd_cgroup_roots())
-        fixed = tuple(r for r in roots if os.access(str(r), os.W_OK))
-        if fixed != roots and jobs > 1:
-            log.warning("cannot make cgroups below %s: containers running at once share one cgroup tree and may "
-                        "stop each other's units; run them one at a time (--jobs 1), or give postroj a writable "
-                        "cgroup file system", ", ".join(str(r) for r in roots if r not in fixed))
-        roots = fixed
-    return Host(host_mode(settings), scope, roots, overlay_upper_on_tmpfs(settings))
-
-
-def tool_version(tool: str, args: Sequence[str] = ("--version",)) -> str:
-    path = shutil.which(tool)
-    if not path:
-        return ""
-    try:
-        proc = run([path, *args], check=False, capture=True, stderr=subprocess.STDOUT, timeout=30)
-    except (OSError, PostrojError):
-        return "unknown version"
-    lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
-    return lines[0].strip() if lines else "unknown version"
-
-
 class Mount(NamedTuple):
     """One line of /proc/self/mountinfo: what is mounted where."""
 
@@ -1039,6 +1051,7 @@ class Mount(NamedTuple):
 
 
 def mounts() -> List[Mount]:
+    """What is mounted where in postroj's mount namespace (/proc/self/mountinfo)."""
     found = []
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/mountinfo").read_text().splitlines():
@@ -1065,6 +1078,7 @@ def overlay_upper_on_tmpfs(settings: Settings) -> bool:
 
 
 def overlayfs_available() -> bool:
+    """True when the kernel has overlayfs."""
     try:
         return "overlay" in Path("/proc/filesystems").read_text()
     except OSError:
@@ -1072,6 +1086,7 @@ def overlayfs_available() -> bool:
 
 
 def cgroup_layout() -> str:
+    """The host's cgroup layout: unified, hybrid or legacy ('' when none is mounted)."""
     if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
         return "unified (cgroup v2)"
     if os.path.isdir("/sys/fs/cgroup/unified"):
@@ -1081,100 +1096,73 @@ def cgroup_layout() -> str:
     return ""
 
 
-def vagrant_plugins(settings: Settings) -> List[str]:
-    """Names of the plugins vagrant has (`vagrant plugin list`), empty when it cannot tell."""
-    if not shutil.which("vagrant"):
-        return []
+def unmount_below(path: Path) -> List[str]:
+    """Unmount, deepest first, what is mounted at or below `path` in postroj's mount namespace (what an
+    interrupted step of its own left there); returns the mount points that stay mounted."""
+    top = os.path.realpath(str(path)).rstrip("/") or "/"
+    points = sorted({m.point for m in mounts() if m.point == top or m.point.startswith(top + "/")},
+                    key=lambda p: (p.count("/"), p), reverse=True)
+    return [point for point in points if not unmount(Path(point))]
+
+
+def unmount(point: Path) -> bool:
+    """Detach what is mounted at `point` (umount2 with MNT_DETACH: also when it is busy); False when it stays."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(str(point)), 2) == 0:
+        return True
+    log.debug("cannot unmount %s: %s", point, os.strerror(ctypes.get_errno()))
+    return False
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file or a directory tree the way `rm -rf --one-file-system` does, and more: what is mounted
+    below it is unmounted first (deepest first), links are removed, never followed, and no directory on
+    another file system is entered. A mount that cannot be unmounted stays, with its content: an error."""
     try:
-        out = run(["vagrant", "plugin", "list"], check=False, capture=True, timeout=60,
-                  env=settings.child_env()).stdout.decode(
-            "utf-8", "replace")
-    except (OSError, PostrojError):
-        return []
-    return [line.split()[0] for line in out.splitlines() if line.startswith("vagrant-")]
-
-
-def vagrant_providers(settings: Settings) -> List[str]:
-    """Providers vagrant can use here, from its plugin list and the hypervisors on PATH."""
-    found = []
-    if shutil.which("VBoxManage"):
-        found.append("virtualbox")
-    plugins = vagrant_plugins(settings)
-    for provider in ("libvirt", "vmware_desktop", "parallels", "hyperv"):
-        if "vagrant-" + provider.replace("_", "-") in plugins:
-            found.append(provider)
-    if "docker" not in found and shutil.which("docker"):
-        found.append("docker")
-    return found
-
-
-def check_provider(settings: Settings, provider: str) -> None:
-    """Refuse a --provider vagrant cannot use here, before anything is written or booted."""
-    if not provider:
+        top = os.lstat(path)
+    except FileNotFoundError:
         return
-    providers = vagrant_providers(settings)
-    if providers and provider not in providers and "vagrant-" + provider.replace("_", "-") not in \
-            vagrant_plugins(settings):
-        die("vagrant has no provider %r here" % provider,
-            "available: %s; install the plugin (vagrant plugin install vagrant-%s)" % (
-                ", ".join(providers), provider.replace("_", "-")), usage=True)
+    if not stat.S_ISDIR(top.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    stuck = unmount_below(path)
+    kept: List[str] = []
+    _remove_below(os.path.realpath(str(path)), top.st_dev, set(stuck), kept)
+    if not kept:
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(path)
+        return
+    die("did not delete %s: another file system is mounted there" % ", ".join(kept),
+        "unmount it (umount %s), then run `postroj gc`" % shlex.quote(kept[0]))
 
 
-class Check(NamedTuple):
-    """One line of `doctor`: what was checked, whether it is fine, and how to fix it."""
+def _remove_below(directory: str, device: int, stuck: "set[str]", kept: List[str]) -> None:
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if not is_dir:
+                os.unlink(entry.path)
+                continue
+            if entry.path in stuck or entry.stat(follow_symlinks=False).st_dev != device:
+                kept.append(entry.path)  # a mount point: what is below it is not ours to delete
+                continue
+        except FileNotFoundError:
+            continue
+        before = len(kept)
+        _remove_below(entry.path, device, stuck, kept)
+        if len(kept) == before:
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(entry.path)
 
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-    required: bool = True
+# --- cgroups -----------------------------------------------------------------------------
 
-
-def doctor_checks(settings: Settings) -> List[Check]:
-    """Everything postroj needs from the host, in the order a reader fixes it."""
-    checks = [Check("root", is_root(), "running as uid %d" % os.geteuid(), "run postroj as root (sudo)")]
-    nspawn = tool_version("systemd-nspawn")
-    checks.append(Check("systemd-nspawn", bool(nspawn), nspawn or "not found", "apt-get install systemd-container"))
-    checks.append(Check("nsenter", bool(shutil.which("nsenter")), "util-linux", "apt-get install util-linux"))
-    mode = host_mode(settings)
-    if mode == HostMode.MACHINED:
-        detail = "reachable: containers are registered (mode: machined)"
-    else:
-        detail = "not running: --register=no, commands through nsenter (mode: nsenter)"
-    checks.append(Check("systemd-machined", True, detail, "", required=False))
-    checks.append(Check("overlayfs", overlayfs_available(), "in /proc/filesystems" if overlayfs_available()
-                        else "not in /proc/filesystems", "modprobe overlay"))
-    layout = cgroup_layout()
-    checks.append(Check("cgroups", bool(layout), layout or "no cgroup file system at /sys/fs/cgroup",
-                        "mount cgroup2 on /sys/fs/cgroup"))
-    home_fs = filesystem_of(settings.home) or "unknown"
-    checks.append(Check("overlay upper directories", True, "on a tmpfs per container (POSTROJ_HOME is on overlay)"
-                        if overlay_upper_on_tmpfs(settings) else "in POSTROJ_HOME (%s)" % home_fs))
-    outside = cgroup_outside_namespace()
-    scoped = bool(outside) and systemd_scopes_available()
-    checks.append(Check("cgroup namespace", not outside or scoped,
-                        "postroj's own cgroup" if not outside else "outside it (%s): %s" % (
-                            outside, "nspawn runs in scopes of its own" if scoped else "containers cannot start"),
-                        "start postroj from a process of this host's own, not `nsenter --all` from outside"))
-    for tool, what in (("skopeo", "registry images"), ("umoci", "registry images")):
-        version = tool_version(tool)
-        checks.append(Check(tool, bool(version), version or "not found (needed for %s)" % what,
-                            "apt-get install %s" % tool))
-    bootstrap = tool_version("mmdebstrap") or tool_version("debootstrap")
-    checks.append(Check("mmdebstrap", bool(bootstrap), bootstrap or "neither mmdebstrap nor debootstrap found",
-                        "apt-get install mmdebstrap", required=False))
-    vagrant = tool_version("vagrant")
-    if vagrant:
-        providers = vagrant_providers(settings)
-        detail = "%s; providers: %s; winrm boxes need the winrm gem, which Debian does not package" % (
-            vagrant, ", ".join(providers) or "none found")
-    else:
-        detail = "not found (only needed for `postroj vm`)"
-    checks.append(Check("vagrant", bool(vagrant), detail, "apt-get install vagrant", required=False))
-    return checks
-
-
-# --- cgroups ---------------------------------------------------------------------
 
 CGROUP_PREFIX = "postroj."
 
@@ -1207,6 +1195,33 @@ def systemd_cgroup_roots() -> List[Path]:
                 relative = relative[len(mount_root):]
             roots.append(Path(mount_point + "/" + relative.strip("/")))
     return roots
+
+
+class Host(NamedTuple):
+    """How this host runs containers, found once by the command that runs them (container_host): the mode,
+    what systemd-nspawn is started through, where containers' own cgroups are made (none: they cannot be),
+    and whether an overlay's upper directory needs a tmpfs of its own (POSTROJ_HOME on overlayfs)."""
+
+    mode: HostMode
+    scope: Tuple[str, ...] = ()
+    cgroup_roots: Tuple[Path, ...] = ()
+    upper_on_tmpfs: bool = False
+
+
+def container_host(settings: Settings, action: str, jobs: int = 1) -> Host:
+    """Root, and a cgroup systemd-nspawn can work below (refused before anything starts): the Host."""
+    require_root(action)
+    scope = nspawn_scope_prefix(cgroup_outside_namespace(), systemd_scopes_available())
+    roots: Tuple[Path, ...] = ()
+    if not scope:  # each nspawn in a scope of its own: systemd makes its cgroups
+        roots = tuple(systemd_cgroup_roots())
+        fixed = tuple(r for r in roots if os.access(str(r), os.W_OK))
+        if fixed != roots and jobs > 1:
+            log.warning("cannot make cgroups below %s: containers running at once share one cgroup tree and may "
+                        "stop each other's units; run them one at a time (--jobs 1), or give postroj a writable "
+                        "cgroup file system", ", ".join(str(r) for r in roots if r not in fixed))
+        roots = fixed
+    return Host(host_mode(settings), scope, roots, overlay_upper_on_tmpfs(settings))
 
 
 def make_cgroups(host: Host, name: str) -> List[Path]:
@@ -1298,6 +1313,153 @@ def remove_stale_run_cgroups() -> List[str]:
                 if match and process_gone(int(match.group(1))):
                     remove_cgroups([str(entry)], kill=True)
                     removed.append(entry.name)
+    return removed
+
+
+# ==============================================================================
+# Runtime state of containers
+# ==============================================================================
+
+class RuntimeFiles(NamedTuple):
+    """What a container keeps under POSTROJ_HOME/run: NAME.json (its state, written through NAME.json.tmp),
+    NAME.lock (held while a postroj process owns the container) and the directory NAME/ (overlay, guest
+    directory, console log). One place knows these names."""
+
+    runtime: Path
+    machine: str
+
+    SUFFIXES = (".json", ".json.tmp", ".lock")
+
+    @property
+    def state(self) -> Path:
+        """NAME.json: the container's state, for machines, stop and gc."""
+        return self.runtime / (self.machine + ".json")
+
+    @property
+    def lock(self) -> Path:
+        """NAME.lock: held while a postroj process owns the container."""
+        return self.runtime / (self.machine + ".lock")
+
+    @property
+    def directory(self) -> Path:
+        """NAME/: the overlay, the guest directory and the console log."""
+        return self.runtime / self.machine
+
+    @classmethod
+    def machine_of(cls, entry: str) -> str:
+        """The machine a runtime entry belongs to: NAME for NAME.json, NAME.json.tmp, NAME.lock and NAME/."""
+        for suffix in cls.SUFFIXES:
+            if entry.endswith(suffix):
+                return entry[: -len(suffix)]
+        return entry
+
+    def write_state(self, state: Dict[str, Any]) -> None:
+        """Replace the state file atomically."""
+        tmp = self.state.with_name(self.state.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state)
+
+    def remove(self, keep_lock: bool = False) -> None:
+        """Remove what the container kept here (but its lock, with `keep_lock`)."""
+        remove_tree(self.directory)
+        for suffix in self.SUFFIXES:
+            if not (keep_lock and suffix == ".lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.runtime / (self.machine + suffix)).unlink()
+
+
+def machine_registered(name: str) -> bool:
+    """True when machined has a machine of that name."""
+    return os.path.exists("/run/systemd/machines/%s" % name)
+
+
+class Machine(NamedTuple):
+    """A running (or leftover) postroj container, from POSTROJ_HOME/run."""
+
+    name: str
+    image: str
+    leader: int
+    nspawn_pid: int
+    since: str
+    keep: bool
+    alive: bool
+    version: str
+    cgroups: Tuple[str, ...] = ()
+
+
+def read_machine(path: Path, lock_held: Optional[bool] = None) -> Optional[Machine]:
+    """The machine of a state file NAME.json, or None when there is none. Alive: its lock is held (a postroj
+    owns it) or it is kept and its nspawn runs. A state file that cannot be read is a dead machine of that
+    name (gc removes it). `lock_held` says it when the caller knows."""
+    name = path.name[: -len(".json")]
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        data = {}
+    try:
+        nspawn_pid = int(data.get("nspawn_pid") or 0)
+        leader = int(data.get("leader") or 0)
+        cgroups = tuple(str(c) for c in data.get("cgroups") or ())
+    except (TypeError, ValueError):
+        nspawn_pid, leader, cgroups = 0, 0, ()
+    held = lock_is_held(path.with_name(name + ".lock")) if lock_held is None else lock_held
+    running = nspawn_pid > 0 and process_alive(nspawn_pid) and any(
+        "--machine=%s" % name == arg for arg in process_cmdline(nspawn_pid))
+    keep = bool(data.get("keep"))
+    return Machine(name, str(data.get("image", "")), leader, nspawn_pid, str(data.get("since", "")), keep,
+                   held or (keep and running), str(data.get("version", "")), cgroups)
+
+
+def list_machines(settings: Settings, include_stale: bool = False) -> List[Machine]:
+    """The containers of this POSTROJ_HOME that run (with `include_stale`, also those a killed postroj left)."""
+    if not settings.runtime.is_dir():
+        return []
+    found = []
+    for path in sorted(settings.runtime.glob("*.json")):
+        machine = read_machine(path)
+        if machine and (machine.alive or include_stale):
+            found.append(machine)
+    return found
+
+
+def end_machine(settings: Settings, machine: Machine, keep_lock: bool = False) -> None:
+    """Kill a leftover or kept container and remove its runtime state (but its lock, with `keep_lock`: the
+    caller holds it and takes the name)."""
+    if machine.nspawn_pid and process_alive(machine.nspawn_pid) and any(
+            "--machine=%s" % machine.name == arg for arg in process_cmdline(machine.nspawn_pid)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(machine.nspawn_pid, signal.SIGTERM)
+        for _ in range(200):
+            if process_gone(machine.nspawn_pid):
+                break
+            time.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(machine.nspawn_pid, signal.SIGKILL)
+    remove_cgroups(machine.cgroups, kill=True)  # whatever of the container outlived its nspawn
+    RuntimeFiles(settings.runtime, machine.name).remove(keep_lock=keep_lock)
+
+
+def remove_orphan_cgroups(settings: Settings) -> List[str]:
+    """Remove the cgroups of this POSTROJ_HOME's containers that no running container owns (their postroj and
+    nspawn were killed), killing what is left in them."""
+    live = {c for m in list_machines(settings) for c in m.cgroups}
+    pattern = r"%s(%s)\.%s\.[0-9a-f]{8}" % (re.escape(CGROUP_PREFIX), NAME_PATTERN, settings.home_key)
+    removed = []
+    for root in systemd_cgroup_roots():
+        with contextlib.suppress(OSError):
+            for entry in root.iterdir():
+                match = re.fullmatch(pattern, entry.name)
+                if not match or str(entry) in live:
+                    continue
+                if lock_is_held(RuntimeFiles(settings.runtime, match.group(1)).lock):
+                    continue  # a container that is booting: its state file does not name it yet
+                remove_cgroups([str(entry)], kill=True)
+                removed.append(entry.name)
     return removed
 
 
@@ -1399,7 +1561,7 @@ def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = 
             usage=True)
     if sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
         die("invalid --sha256 %r" % sha256[:80], "give the 64 hex digits of the tarball's SHA-256", usage=True)
-    mirror = check_mirror(mirror or os.environ.get("POSTROJ_MIRROR", ""), "--mirror")
+    mirror = check_mirror(mirror, "--mirror")
     security = check_mirror(security, "--security-mirror")
     dist = find_distribution(reference)
     if dist:
@@ -1453,8 +1615,7 @@ def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = 
         die("%s does not exist" % reference, "give an existing tarball or directory", usage=True)
     raise unknown_name_error("image", reference, all_labels(), "see `postroj list-images` for the catalogue")
 
-
-# --- downloads ----------------------------------------------------------------
+# --- downloads ---------------------------------------------------------------------------
 
 
 class Step:
@@ -1550,6 +1711,7 @@ def url_opener(proxies: Optional[Dict[str, str]] = None) -> "urllib.request.Open
 
 
 def read_json(path: Path) -> Dict[str, Any]:
+    """The JSON object in `path`, or {} when it cannot be read."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -1635,6 +1797,7 @@ def download(url: str, dest_dir: Path, *, timeout: float = 60, proxies: Optional
 
 
 def sha256_of(path: Path) -> str:
+    """The SHA-256 of the file at `path`, in hex."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -1669,14 +1832,14 @@ def fetch_published_sha256(url: str, proxies: Optional[Dict[str, str]] = None) -
 
 
 def verify_sha256(path: Path, expected: str, what: str) -> str:
+    """The file's SHA-256; an error when `expected` is given and differs."""
     actual = sha256_of(path)
     if expected and actual != expected.lower():
         die("checksum mismatch for %s: expected %s, got %s" % (what, expected.lower(), actual),
             "the file is corrupt or was replaced; check the source, or give the right --sha256")
     return actual
 
-
-# --- tarballs -----------------------------------------------------------------
+# --- tarballs ----------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -1835,8 +1998,7 @@ def extract_tarball(path: Path, root: Path) -> None:
                "--same-permissions", "--xattrs", "--xattrs-include=*", "--no-overwrite-dir"]
     run(tar_cmd, capture=True, what="extracting %s" % what)
 
-
-# --- registries ---------------------------------------------------------------
+# --- registries --------------------------------------------------------------------------
 
 
 def copy_from_registry(settings: Settings, reference: str, layout: Path, tag: str) -> str:
@@ -1879,6 +2041,8 @@ def unpack_layout(layout: Path, tag: str, rootfs: Path) -> None:
     run([require_tool("umoci"), "raw", "unpack", "--image", "%s:%s" % (layout, tag), str(rootfs)], capture=True,
         what="umoci raw unpack")
 
+# --- bootstrapping -----------------------------------------------------------------------
+
 
 SYSTEMD_PACKAGES = {
     "apt": ["systemd", "systemd-sysv", "dbus"],
@@ -1888,6 +2052,7 @@ SYSTEMD_PACKAGES = {
     "zypper": ["systemd", "dbus-1", "systemd-sysvinit"],
     "pacman": ["systemd", "dbus"],
 }
+
 ACCEPT_EXPIRED_OPTION = 'Acquire::Check-Valid-Until "false";'
 TRUSTED_PARTS = "/etc/apt/trusted.gpg.d"
 
@@ -1959,6 +2124,13 @@ def bootstrap_argv(tool: str, dist: Distribution, rootfs: Path, sources: Sequenc
     return cmd + [dist.release, str(rootfs), *sources]
 
 
+def package_manager_errors(text: str, lines: int = 15) -> List[str]:
+    """What a package manager said was wrong (its E:, W:, Err: lines), else the tail of its output."""
+    said = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in said if line.startswith(("E:", "W:", "Err:", "Error:"))]
+    return (errors or said)[-lines:]
+
+
 def bootstrap(settings: Settings, host: Host, source: Source, rootfs: Path) -> str:
     """Build a root file system with systemd from the package archives; returns where it came from."""
     dist = source.distribution
@@ -2001,13 +2173,6 @@ def bootstrap(settings: Settings, host: Host, source: Source, rootfs: Path) -> s
     return "bootstrap:%s %s" % (dist.release, mirror)
 
 
-def package_manager_errors(text: str, lines: int = 15) -> List[str]:
-    """What a package manager said was wrong (its E:, W:, Err: lines), else the tail of its output."""
-    said = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in said if line.startswith(("E:", "W:", "Err:", "Error:"))]
-    return (errors or said)[-lines:]
-
-
 # ==============================================================================
 # Images: provisioning
 # ==============================================================================
@@ -2022,6 +2187,7 @@ MASKED_UNITS = {
     "suse": ["wickedd.service", "wicked.service"],
     "arch": ["archlinux-keyring-wkd-sync.timer"],
 }
+
 OS_FAMILIES = {
     "debian": "debian", "ubuntu": "debian", "fedora": "redhat", "centos": "redhat", "rhel": "redhat",
     "rocky": "redhat", "almalinux": "redhat", "amzn": "redhat", "ol": "redhat", "opensuse": "suse",
@@ -2074,6 +2240,7 @@ def read_os_release(root: Path) -> Dict[str, str]:
 
 
 def os_family(fields: Dict[str, str]) -> str:
+    """The family (debian, redhat, suse, arch) of an os-release, by its ID and ID_LIKE."""
     for ident in [fields.get("ID", "")] + fields.get("ID_LIKE", "").split():
         for prefix, family in OS_FAMILIES.items():
             if ident == prefix or ident.startswith(prefix + "-"):
@@ -2082,6 +2249,7 @@ def os_family(fields: Dict[str, str]) -> str:
 
 
 def detect_package_manager(root: Path) -> str:
+    """The package manager the root file system has (apt, dnf, microdnf, yum, zypper, pacman), or ''."""
     for manager in ("apt-get", "dnf", "microdnf", "yum", "zypper", "pacman"):
         for bindir in ("usr/bin", "bin", "usr/sbin"):
             if (root / bindir / manager).exists():
@@ -2090,6 +2258,7 @@ def detect_package_manager(root: Path) -> str:
 
 
 def has_systemd(root: Path) -> bool:
+    """True when the root file system has systemd."""
     return any((root / p).exists() for p in ("usr/lib/systemd/systemd", "lib/systemd/systemd"))
 
 
@@ -2119,7 +2288,6 @@ def nspawn_run_argv(host: Host, root: Path, binds: Sequence[Tuple[str, str]] = (
 
 
 PACKAGE_CACHE_DIR = "/var/cache/postroj-packages"
-
 
 # apt keeps its package lists and downloads in postroj's cache, shared by the images of one release:
 # a warm cache makes `apt-get update` a few conditional requests and the install a download of nothing.
@@ -2153,6 +2321,7 @@ def install_command(manager: str, packages: Sequence[str]) -> List[str]:
 
 
 def refresh_command(manager: str) -> List[str]:
+    """The command that refreshes the package indexes, [] where installs refresh them themselves."""
     if manager == "apt":  # -qq: errors and warnings only
         return ["apt-get", *APT_OPTIONS, "-qq", "update"]
     if manager == "zypper":
@@ -2170,7 +2339,6 @@ def package_transaction(manager: str, packages: Sequence[str], refresh: bool) ->
     return ["sh", "-c", '%s && exec "$@"' % shlex.join(first), "sh", *install]
 
 
-
 def package_cache_for(settings: Settings, os_fields: Dict[str, str]) -> Path:
     """Package downloads are shared between images of one OS release."""
     key = "%s-%s" % (os_fields.get("ID", "unknown"), os_fields.get("VERSION_ID") or os_fields.get("VERSION_CODENAME")
@@ -2183,10 +2351,21 @@ def package_cache_for(settings: Settings, os_fields: Dict[str, str]) -> Path:
 
 
 def package_files(cache: Path) -> "set[str]":
+    """The names of the package files in a package cache."""
     found = set()
     for _root, _dirs, files in os.walk(cache):
         found.update(f for f in files if f.endswith((".deb", ".rpm", ".pkg.tar.zst", ".pkg.tar.xz")))
     return found
+
+
+def mask_units(root: Path, family: str) -> None:
+    """Mask, in the image, the units that stall or fail a container's boot."""
+    etc = ensure_dir(root / "etc" / "systemd" / "system")
+    for unit in MASKED_UNITS["all"] + MASKED_UNITS.get(family, []):
+        link = etc / unit
+        if link.is_symlink() or link.exists():
+            remove_tree(link)
+        os.symlink("/dev/null", link)
 
 
 def provision(settings: Settings, host: Host, root: Path) -> Tuple[Dict[str, str], str, int]:
@@ -2232,21 +2411,12 @@ def provision(settings: Settings, host: Host, root: Path) -> Tuple[Dict[str, str
     return fields, manager, downloaded
 
 
-def mask_units(root: Path, family: str) -> None:
-    etc = ensure_dir(root / "etc" / "systemd" / "system")
-    for unit in MASKED_UNITS["all"] + MASKED_UNITS.get(family, []):
-        link = etc / unit
-        if link.is_symlink() or link.exists():
-            remove_tree(link)
-        os.symlink("/dev/null", link)
-
-
 # ==============================================================================
 # Images: activation
 # ==============================================================================
 
-
 def image_link(settings: Settings, name: str) -> Path:
+    """The link images/NAME that activates an image."""
     return settings.images / name
 
 
@@ -2273,6 +2443,7 @@ def read_image(settings: Settings, name: str) -> Optional[ImageInfo]:
 
 
 def list_images(settings: Settings) -> List[ImageInfo]:
+    """Every activated image; a broken one is a warning, not an image."""
     if not settings.images.is_dir():
         return []
     found = []
@@ -2296,81 +2467,6 @@ def find_image(settings: Settings, name: str) -> Optional[ImageInfo]:
         if info:
             return info
     return None
-
-
-class ImageTarget(NamedTuple):
-    """An image a command boots, resolved once: activated already (`image`), or acquired first from a
-    catalogue `source` (--pull); `name` is what the user called it (results carry it)."""
-
-    name: str
-    image: Optional[ImageInfo] = None
-    source: Optional[Source] = None
-
-
-def resolve_image(settings: Settings, name: str, pull: bool = False) -> ImageTarget:
-    """The image `name` (or its alias) as a command boots it: activated, or with `pull` a catalogue label to
-    acquire first; else an error that says how to get it."""
-    info = find_image(settings, name)
-    if info:
-        return ImageTarget(name, info)
-    dist = find_distribution(name)
-    if pull and dist:
-        return ImageTarget(name, None, parse_source(dist.label, mirror=settings.mirror)[1])
-    check_name(name)
-    message = "image %r is not acquired" % name
-    near = [] if dist else closest(name, [i.name for i in list_images(settings)] + all_labels())
-    if near:
-        message += "; did you mean %s?" % ", ".join(near)
-    raise PostrojError(message, "acquire it with `postroj image %s`, or pass --pull" % name)
-
-
-def obtain_image(settings: Settings, host: Host, target: ImageTarget) -> ImageInfo:
-    """The target's image, acquired first when it is not activated yet."""
-    if target.image:
-        return target.image
-    assert target.source is not None and target.source.distribution is not None
-    return acquire_image(settings, host, target.source.distribution.label, target.source)
-
-
-def acquire_image(settings: Settings, host: Host, name: str, source: Source, force: bool = False) -> ImageInfo:
-    """Fetch, provision and atomically activate the image `name` from `source`; a second caller waits and
-    finds it done."""
-    for directory in (settings.home, settings.images, settings.versions, settings.locks, settings.tmp):
-        private_dir(directory) if directory != settings.images else ensure_dir(directory, 0o700)
-    started = time.monotonic()
-    with file_lock(settings.locks / ("image-%s.lock" % name)):
-        try:
-            existing = read_image(settings, name)
-        except PostrojError as exc:
-            log.warning("%s: acquiring it again", exc.message)
-            existing = None
-        if existing and not force:
-            log.info("image %s is already acquired (%s)", name, existing.source)
-            return existing
-        remove_stale_staging(settings, name)
-        staging = Path(tempfile.mkdtemp(prefix="%s." % name, dir=str(settings.tmp)))
-        try:
-            build_image(settings, host, name, source, staging)
-            with Step(name, "activate"):
-                # umoci does not fsync and dpkg ran with --force-unsafe-io: flush the new version before
-                # it becomes the image (and the one it replaces goes), so that a host crash cannot leave
-                # an active image of empty files. One syncfs costs far less than dpkg's fsync per file.
-                if run(["sync", "--file-system", str(staging)], check=False, capture=True).returncode != 0:
-                    os.sync()  # coreutils before 8.24
-                version = settings.versions / ("%s@%s" % (name, random_id(12)))
-                os.rename(staging, version)
-                activate(settings, name, version)
-        except BaseException:
-            try:
-                remove_tree(staging)
-            except PostrojError as exc:  # what failed first is what the user must see
-                log.error("%s", exc.message)
-            raise
-        prune_versions(settings, name)
-    log.info("image %s is ready (%.1f s)", name, time.monotonic() - started)
-    result = read_image(settings, name)
-    assert result is not None
-    return result
 
 
 def remove_stale_staging(settings: Settings, name: str) -> None:
@@ -2484,6 +2580,47 @@ def prune_versions(settings: Settings, name: Optional[str] = None) -> List[Path]
     return removed
 
 
+def acquire_image(settings: Settings, host: Host, name: str, source: Source, force: bool = False) -> ImageInfo:
+    """Fetch, provision and atomically activate the image `name` from `source`; a second caller waits and
+    finds it done."""
+    for directory in (settings.home, settings.images, settings.versions, settings.locks, settings.tmp):
+        private_dir(directory) if directory != settings.images else ensure_dir(directory, 0o700)
+    started = time.monotonic()
+    with file_lock(settings.locks / ("image-%s.lock" % name)):
+        try:
+            existing = read_image(settings, name)
+        except PostrojError as exc:
+            log.warning("%s: acquiring it again", exc.message)
+            existing = None
+        if existing and not force:
+            log.info("image %s is already acquired (%s)", name, existing.source)
+            return existing
+        remove_stale_staging(settings, name)
+        staging = Path(tempfile.mkdtemp(prefix="%s." % name, dir=str(settings.tmp)))
+        try:
+            build_image(settings, host, name, source, staging)
+            with Step(name, "activate"):
+                # umoci does not fsync and dpkg ran with --force-unsafe-io: flush the new version before
+                # it becomes the image (and the one it replaces goes), so that a host crash cannot leave
+                # an active image of empty files. One syncfs costs far less than dpkg's fsync per file.
+                if run(["sync", "--file-system", str(staging)], check=False, capture=True).returncode != 0:
+                    os.sync()  # coreutils before 8.24
+                version = settings.versions / ("%s@%s" % (name, random_id(12)))
+                os.rename(staging, version)
+                activate(settings, name, version)
+        except BaseException:
+            try:
+                remove_tree(staging)
+            except PostrojError as exc:  # what failed first is what the user must see
+                log.error("%s", exc.message)
+            raise
+        prune_versions(settings, name)
+    log.info("image %s is ready (%.1f s)", name, time.monotonic() - started)
+    result = read_image(settings, name)
+    assert result is not None
+    return result
+
+
 def remove_image(settings: Settings, name: str) -> bool:
     """Deactivate `name` and delete its versions and its OCI archive."""
     with file_lock(settings.locks / ("image-%s.lock" % name)):
@@ -2496,6 +2633,40 @@ def remove_image(settings: Settings, name: str) -> bool:
             remove_tree(settings.archives / name)
             found = True
     return found
+
+
+class ImageTarget(NamedTuple):
+    """An image a command boots, resolved once: activated already (`image`), or acquired first from a
+    catalogue `source` (--pull); `name` is what the user called it (results carry it)."""
+
+    name: str
+    image: Optional[ImageInfo] = None
+    source: Optional[Source] = None
+
+
+def resolve_image(settings: Settings, name: str, pull: bool = False) -> ImageTarget:
+    """The image `name` (or its alias) as a command boots it: activated, or with `pull` a catalogue label to
+    acquire first; else an error that says how to get it."""
+    info = find_image(settings, name)
+    if info:
+        return ImageTarget(name, info)
+    dist = find_distribution(name)
+    if pull and dist:
+        return ImageTarget(name, None, parse_source(dist.label, mirror=settings.mirror)[1])
+    check_name(name)
+    message = "image %r is not acquired" % name
+    near = [] if dist else closest(name, [i.name for i in list_images(settings)] + all_labels())
+    if near:
+        message += "; did you mean %s?" % ", ".join(near)
+    raise PostrojError(message, "acquire it with `postroj image %s`, or pass --pull" % name)
+
+
+def obtain_image(settings: Settings, host: Host, target: ImageTarget) -> ImageInfo:
+    """The target's image, acquired first when it is not activated yet."""
+    if target.image:
+        return target.image
+    assert target.source is not None and target.source.distribution is not None
+    return acquire_image(settings, host, target.source.distribution.label, target.source)
 
 
 # ==============================================================================
@@ -2514,136 +2685,51 @@ BOOT_MASKED_GENERATORS = (
     "systemd-integritysetup-generator", "systemd-veritysetup-generator", "systemd-getty-generator",
     "systemd-system-update-generator", "systemd-bless-boot-generator",
 )
+
 BOOT_MASKED_UNITS = (
     "systemd-journal-flush.service", "systemd-update-utmp.service", "systemd-update-utmp-runlevel.service",
     "dev-hugepages.mount", "sys-fs-fuse-connections.mount", "e2scrub_reap.service",
 )
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def ignore_stop_signals() -> None:
-    """postroj is ending for a stop signal: those that follow change nothing, for the rest of the process."""
-    if threading.current_thread() is threading.main_thread():
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def stop_signals_handled_by(handler: Any) -> Iterator[Dict[int, Any]]:
-    """SIGINT and SIGTERM go to `handler` in the block (the main thread only: the only one signals reach,
-    and the only one that may set handlers); yields the handlers it replaced, which are back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield {}
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    try:
-        yield previous
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-@contextlib.contextmanager
-def deferred_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM that land in the block act when it is done: a clean-up that has begun is finished,
-    and the signal is not lost."""
-    pending: List[int] = []
-    with stop_signals_handled_by(lambda signum, frame: pending.append(signum)) as previous:
-        yield
-    if pending:
-        handler = previous[pending[0]]
-        if callable(handler):
-            handler(pending[0], None)  # raises KeyboardInterrupt or Terminated
-        elif handler == signal.SIG_DFL:
-            os.kill(os.getpid(), pending[0])
-
 
 # What systemd-nspawn says about its own housekeeping, which tells a probe's reader nothing.
 NSPAWN_NOISE = r"(?m)^Attempted to remove disk file system under .*$\n?"
 
 
 def without_nspawn_noise(text: str) -> str:
+    """`text` without what systemd-nspawn says about its own housekeeping."""
     return re.sub(NSPAWN_NOISE, "", text)
 
 
-def nspawn_escape(path: str) -> str:
-    """Colons separate paths in nspawn's --bind and --overlay: escape those inside a path."""
-    return path.replace("\\", "\\\\").replace(":", "\\:")
+def mask_for_boot(lower: Path, upper: Path) -> None:
+    """Mask, in the container's overlay only, what a throw-away container does not need at boot."""
+    for rel, names in (("etc/systemd/system-generators", BOOT_MASKED_GENERATORS),
+                       ("etc/systemd/system", BOOT_MASKED_UNITS)):
+        parts = rel.split("/")
+        # a directory in the overlay would hide a link of the image's with the same path
+        if any(lower.joinpath(*parts[: i + 1]).is_symlink() for i in range(len(parts))):
+            continue
+        target = upper / rel
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            if not os.path.lexists(lower / rel / name):
+                os.symlink("/dev/null", target / name)
 
 
-class Bind(NamedTuple):
-    source: str
-    target: str
-    readonly: bool = False
-
-    def option(self) -> str:
-        return "--%s=%s:%s" % ("bind-ro" if self.readonly else "bind", nspawn_escape(self.source),
-                               nspawn_escape(self.target))
-
-
-def parse_bind(spec: str, readonly: bool) -> Bind:
-    """`SRC[:DST]` with an existing absolute SRC and an absolute DST."""
-    source, _, target = spec.partition(":")
-    if not source:
-        die("invalid --bind %r" % spec, "write --bind SRC[:DST]", usage=True)
-    path = Path(source).absolute()
-    if not path.exists():
-        die("--bind source %s does not exist" % source, "create it, or fix the path", usage=True)
-    target = target or str(path)
-    if not target.startswith("/") or ".." in target.split("/"):
-        die("invalid bind target %r" % target, "give an absolute path inside the container", usage=True)
-    return Bind(str(path), target, readonly)
+def login_shell(root: Path) -> str:
+    """root's login shell in the image, /bin/sh when it has none."""
+    try:
+        for line in (root / "etc" / "passwd").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == "root" and len(fields) > 6 and fields[6]:
+                return fields[6]
+    except OSError:
+        pass
+    return "/bin/sh"
 
 
-def parse_setenv(spec: str) -> Tuple[str, str]:
-    name, sep, value = spec.partition("=")
-    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        die("invalid --setenv %r" % spec, "write --setenv NAME=VALUE", usage=True)
-    return name, value
-
-
-class RuntimeFiles(NamedTuple):
-    """What a container keeps under POSTROJ_HOME/run: NAME.json (its state, written through NAME.json.tmp),
-    NAME.lock (held while a postroj process owns the container) and the directory NAME/ (overlay, guest
-    directory, console log). One place knows these names."""
-
-    runtime: Path
-    machine: str
-
-    SUFFIXES = (".json", ".json.tmp", ".lock")
-
-    @property
-    def state(self) -> Path:
-        return self.runtime / (self.machine + ".json")
-
-    @property
-    def lock(self) -> Path:
-        return self.runtime / (self.machine + ".lock")
-
-    @property
-    def directory(self) -> Path:
-        return self.runtime / self.machine
-
-    @classmethod
-    def machine_of(cls, entry: str) -> str:
-        """The machine a runtime entry belongs to: NAME for NAME.json, NAME.json.tmp, NAME.lock and NAME/."""
-        for suffix in cls.SUFFIXES:
-            if entry.endswith(suffix):
-                return entry[: -len(suffix)]
-        return entry
-
-    def write_state(self, state: Dict[str, Any]) -> None:
-        tmp = self.state.with_name(self.state.name + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.state)
-
-    def remove(self, keep_lock: bool = False) -> None:
-        remove_tree(self.directory)
-        for suffix in self.SUFFIXES:
-            if not (keep_lock and suffix == ".lock"):
-                with contextlib.suppress(FileNotFoundError):
-                    (self.runtime / (self.machine + suffix)).unlink()
+def format_timings(timings: Dict[str, float]) -> str:
+    """Where a container's time went: setup, boot, readiness, probes, teardown."""
+    return ", ".join("%s %.3f s" % item for item in timings.items())
 
 
 class ContainerSpec(NamedTuple):
@@ -2668,10 +2754,13 @@ class Fleet:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._members: "set[NspawnContainer]" = set()
+        self._closed = False
 
     def add(self, container: "NspawnContainer") -> None:
-        """Count `container` in until it is closed."""
+        """Count `container` in until it is closed; refused once the fleet was closed (postroj is ending)."""
         with self._lock:
+            if self._closed:
+                raise PostrojError("not started: postroj is ending")
             self._members.add(container)
 
     def discard(self, container: "NspawnContainer") -> None:
@@ -2683,6 +2772,7 @@ class Fleet:
         """Close every container still counted in, with SIGINT and SIGTERM ignored, as mkosi does: a second
         Ctrl-C must not cut the clean-up short."""
         with self._lock:
+            self._closed = True
             members = list(self._members)
         with stop_signals_handled_by(signal.SIG_IGN):
             for container in members:
@@ -3269,137 +3359,6 @@ class NspawnContainer:
         return self.files.directory / "scratch"
 
 
-# --- the overlay and what the container reports --------------------------------------
-
-
-def mask_for_boot(lower: Path, upper: Path) -> None:
-    """Mask, in the container's overlay only, what a throw-away container does not need at boot."""
-    for rel, names in (("etc/systemd/system-generators", BOOT_MASKED_GENERATORS),
-                       ("etc/systemd/system", BOOT_MASKED_UNITS)):
-        parts = rel.split("/")
-        # a directory in the overlay would hide a link of the image's with the same path
-        if any(lower.joinpath(*parts[: i + 1]).is_symlink() for i in range(len(parts))):
-            continue
-        target = upper / rel
-        target.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            if not os.path.lexists(lower / rel / name):
-                os.symlink("/dev/null", target / name)
-
-
-def format_timings(timings: Dict[str, float]) -> str:
-    """Where a container's time went: setup, boot, readiness, probes, teardown."""
-    return ", ".join("%s %.3f s" % item for item in timings.items())
-
-
-def login_shell(root: Path) -> str:
-    try:
-        for line in (root / "etc" / "passwd").read_text().splitlines():
-            fields = line.split(":")
-            if fields[0] == "root" and len(fields) > 6 and fields[6]:
-                return fields[6]
-    except OSError:
-        pass
-    return "/bin/sh"
-
-
-# --- machines of other postroj processes, kept ones and leftovers: machines, stop, gc ---
-
-
-def machine_registered(name: str) -> bool:
-    return os.path.exists("/run/systemd/machines/%s" % name)
-
-
-class Machine(NamedTuple):
-    """A running (or leftover) postroj container, from POSTROJ_HOME/run."""
-
-    name: str
-    image: str
-    leader: int
-    nspawn_pid: int
-    since: str
-    keep: bool
-    alive: bool
-    version: str
-    cgroups: Tuple[str, ...] = ()
-
-
-def read_machine(path: Path, lock_held: Optional[bool] = None) -> Optional[Machine]:
-    """The machine of a state file NAME.json, or None when there is none. Alive: its lock is held (a postroj
-    owns it) or it is kept and its nspawn runs. A state file that cannot be read is a dead machine of that
-    name (gc removes it). `lock_held` says it when the caller knows."""
-    name = path.name[: -len(".json")]
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError("not an object")
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        data = {}
-    try:
-        nspawn_pid = int(data.get("nspawn_pid") or 0)
-        leader = int(data.get("leader") or 0)
-        cgroups = tuple(str(c) for c in data.get("cgroups") or ())
-    except (TypeError, ValueError):
-        nspawn_pid, leader, cgroups = 0, 0, ()
-    held = lock_is_held(path.with_name(name + ".lock")) if lock_held is None else lock_held
-    running = nspawn_pid > 0 and process_alive(nspawn_pid) and any(
-        "--machine=%s" % name == arg for arg in process_cmdline(nspawn_pid))
-    keep = bool(data.get("keep"))
-    return Machine(name, str(data.get("image", "")), leader, nspawn_pid, str(data.get("since", "")), keep,
-                   held or (keep and running), str(data.get("version", "")), cgroups)
-
-
-def list_machines(settings: Settings, include_stale: bool = False) -> List[Machine]:
-    """The containers of this POSTROJ_HOME that run (with `include_stale`, also those a killed postroj left)."""
-    if not settings.runtime.is_dir():
-        return []
-    found = []
-    for path in sorted(settings.runtime.glob("*.json")):
-        machine = read_machine(path)
-        if machine and (machine.alive or include_stale):
-            found.append(machine)
-    return found
-
-
-def end_machine(settings: Settings, machine: Machine, keep_lock: bool = False) -> None:
-    """Kill a leftover or kept container and remove its runtime state (but its lock, with `keep_lock`: the
-    caller holds it and takes the name)."""
-    if machine.nspawn_pid and process_alive(machine.nspawn_pid) and any(
-            "--machine=%s" % machine.name == arg for arg in process_cmdline(machine.nspawn_pid)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(machine.nspawn_pid, signal.SIGTERM)
-        for _ in range(200):
-            if process_gone(machine.nspawn_pid):
-                break
-            time.sleep(0.05)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(machine.nspawn_pid, signal.SIGKILL)
-    remove_cgroups(machine.cgroups, kill=True)  # whatever of the container outlived its nspawn
-    RuntimeFiles(settings.runtime, machine.name).remove(keep_lock=keep_lock)
-
-
-def remove_orphan_cgroups(settings: Settings) -> List[str]:
-    """Remove the cgroups of this POSTROJ_HOME's containers that no running container owns (their postroj and
-    nspawn were killed), killing what is left in them."""
-    live = {c for m in list_machines(settings) for c in m.cgroups}
-    pattern = r"%s(%s)\.%s\.[0-9a-f]{8}" % (re.escape(CGROUP_PREFIX), NAME_PATTERN, settings.home_key)
-    removed = []
-    for root in systemd_cgroup_roots():
-        with contextlib.suppress(OSError):
-            for entry in root.iterdir():
-                match = re.fullmatch(pattern, entry.name)
-                if not match or str(entry) in live:
-                    continue
-                if lock_is_held(RuntimeFiles(settings.runtime, match.group(1)).lock):
-                    continue  # a container that is booting: its state file does not name it yet
-                remove_cgroups([str(entry)], kill=True)
-                removed.append(entry.name)
-    return removed
-
-
 def collect_garbage(settings: Settings) -> List[str]:
     """End leftover containers, remove stale runtime and staging state and unused image versions."""
     done = []
@@ -3448,11 +3407,70 @@ Vagrant.configure("2") do |config|
   end
 end
 """
+
 WINDOWS_GUEST_LINES = """\
   config.vm.guest = :windows
   config.winrm.transport = :plaintext
   config.winrm.basic_auth_only = true"""
+
 ANSI_ESCAPE = r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07]*\x07|[@-Z\\-_])"
+
+
+def windows_command_line(command: Sequence[str]) -> str:
+    """One argument is a command line as typed; several are quoted the way Windows programs split them."""
+    return command[0] if len(command) == 1 else subprocess.list2cmdline(command)
+
+
+def posix_network_check(parsed: urllib.parse.ParseResult, url: str,
+                        timeout: float) -> Tuple[str, Callable[[int, str], bool]]:
+    """bash's /dev/tcp for tcp://, curl for HTTP: exit status 0 when it answered."""
+    if parsed.scheme == "tcp":
+        return "timeout %d bash -c 'until exec 3<>/dev/tcp/%s/%d; do sleep 1; done'" % (
+            timeout, parsed.hostname, parsed.port), lambda code, output: code == 0
+    return "curl -fsS --retry-connrefused --retry 30 --max-time %d %s" % (timeout, shlex.quote(url)), \
+        lambda code, output: code == 0
+
+
+def windows_network_check(parsed: urllib.parse.ParseResult, url: str,
+                          timeout: float) -> Tuple[str, Callable[[int, str], bool]]:
+    """Test-NetConnection to the port: it says False, with exit status 0, when nothing answers."""
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    command = "Test-NetConnection -ComputerName %s -Port %d -InformationLevel Quiet" % (parsed.hostname, port)
+    return command, lambda code, output: code == 0 and output.strip().lower() != "false"
+
+
+class GuestKind(NamedTuple):
+    """What differs between kinds of guests: how vagrant reaches them, the Vagrantfile's own lines, where an
+    uploaded package goes and what installs it, which packages and probes they take, how `vm run` joins a
+    command's words, whether --shell applies, and how a network probe asks."""
+
+    communicator: Communicator
+    vagrant_lines: str
+    upload_dir: str
+    install: str  # a shell command with {path}
+    package_types: Tuple[str, ...]
+    units: bool
+    command_line: Callable[[Sequence[str]], str]
+    shells: bool
+    network_check: Callable[[urllib.parse.ParseResult, str, float], Tuple[str, Callable[[int, str], bool]]]
+
+
+POSIX_INSTALL = "sudo apt-get install -y {path} || sudo dnf install -y {path}"
+GUESTS: Dict[Guest, GuestKind] = {
+    Guest.LINUX: GuestKind(Communicator.SSH, "", "/tmp/", POSIX_INSTALL, ("deb", "rpm"), True, shlex.join, False,
+                           posix_network_check),
+    Guest.BSD: GuestKind(Communicator.SSH, "", "/tmp/", POSIX_INSTALL, ("deb", "rpm"), False, shlex.join, False,
+                         posix_network_check),
+    Guest.WINDOWS: GuestKind(Communicator.WINRM, WINDOWS_GUEST_LINES, "C:\\postroj\\",
+                             "Start-Process msiexec.exe -Wait -ArgumentList '/i {path} /qn'", ("msi",), False,
+                             windows_command_line, True, windows_network_check),
+}
+
+# vagrant's arguments that run a command in the VM, by communicator (`shell`: winrm's cmd or powershell)
+COMMUNICATORS: Dict[Communicator, Callable[[str, str], List[str]]] = {
+    Communicator.SSH: lambda command, shell: ["ssh", "--no-tty", "--command", command],
+    Communicator.WINRM: lambda command, shell: ["winrm", "--shell", shell, "--command", command],
+}
 
 
 def vagrantfile_text(box: Box, cpus: int = 0, memory: int = 0, boot_timeout: int = 600) -> str:
@@ -3511,11 +3529,13 @@ class VagrantMachine:
 
     def vagrant(self, args: Sequence[str], *, check: bool = True, capture: bool = True, stdin: Any = subprocess.DEVNULL,
                 what: str = "", timeout: Optional[float] = None) -> subprocess.CompletedProcess:
+        """Run vagrant for this VM, to its end."""
         require_tool("vagrant")
         return run(["vagrant", *args], check=check, capture=capture, stdin=stdin, env=self.environment(),
                    timeout=timeout, what=what or "vagrant %s" % " ".join(args[:1]))
 
     def write_vagrantfile(self) -> Path:
+        """Write the VM's Vagrantfile from postroj's template."""
         ensure_dir(self.directory, 0o700)
         path = self.directory / "Vagrantfile"
         path.write_text(vagrantfile_text(self.box, self.cpus, self.memory))
@@ -3549,6 +3569,7 @@ class VagrantMachine:
         return proc.returncode
 
     def capture(self, command: str, timeout: Optional[float] = None) -> Tuple[int, str]:
+        """The exit status of `command` in the VM, and what it printed."""
         out = _StringSink()
         code = self.execute(command, stdout=out, stderr=out, timeout=timeout)
         return code, out.text().strip()
@@ -3574,6 +3595,7 @@ class VagrantMachine:
             return False
 
     def status(self) -> str:
+        """vagrant's state of the VM (running, poweroff, not created...)."""
         if not (self.directory / "Vagrantfile").exists():
             return "not created"
         proc = self.vagrant(["status", "--machine-readable"], check=False)
@@ -3604,9 +3626,49 @@ class _StringSink:
 
 
 def list_vms(settings: Settings) -> List[str]:
+    """The labels of the VMs postroj has a Vagrantfile for."""
     if not settings.vagrant.is_dir():
         return []
     return sorted(p.name for p in settings.vagrant.iterdir() if (p / "Vagrantfile").exists())
+
+
+def vagrant_plugins(settings: Settings) -> List[str]:
+    """Names of the plugins vagrant has (`vagrant plugin list`), empty when it cannot tell."""
+    if not shutil.which("vagrant"):
+        return []
+    try:
+        out = run(["vagrant", "plugin", "list"], check=False, capture=True, timeout=60,
+                  env=settings.child_env()).stdout.decode(
+            "utf-8", "replace")
+    except (OSError, PostrojError):
+        return []
+    return [line.split()[0] for line in out.splitlines() if line.startswith("vagrant-")]
+
+
+def vagrant_providers(settings: Settings) -> List[str]:
+    """Providers vagrant can use here, from its plugin list and the hypervisors on PATH."""
+    found = []
+    if shutil.which("VBoxManage"):
+        found.append("virtualbox")
+    plugins = vagrant_plugins(settings)
+    for provider in ("libvirt", "vmware_desktop", "parallels", "hyperv"):
+        if "vagrant-" + provider.replace("_", "-") in plugins:
+            found.append(provider)
+    if "docker" not in found and shutil.which("docker"):
+        found.append("docker")
+    return found
+
+
+def check_provider(settings: Settings, provider: str) -> None:
+    """Refuse a --provider vagrant cannot use here, before anything is written or booted."""
+    if not provider:
+        return
+    providers = vagrant_providers(settings)
+    if providers and provider not in providers and "vagrant-" + provider.replace("_", "-") not in \
+            vagrant_plugins(settings):
+        die("vagrant has no provider %r here" % provider,
+            "available: %s; install the plugin (vagrant plugin install vagrant-%s)" % (
+                ", ".join(providers), provider.replace("_", "-")), usage=True)
 
 
 # ==============================================================================
@@ -3648,6 +3710,7 @@ while True:
         sys.exit(code)
     time.sleep(0.1)
 """
+
 NETWORK_NO_ANSWER, NETWORK_WRONG_ANSWER = 1, 2
 
 
@@ -3684,6 +3747,7 @@ def parse_network_target(url: str) -> str:
 
 
 def package_type(path: str) -> str:
+    """The kind of package a file name says: deb, rpm, msi or pkg ('' for none)."""
     lower = path.lower()
     for suffix, kind in ((".deb", "deb"), (".rpm", "rpm"), (".msi", "msi"), (".pkg.tar.zst", "pkg")):
         if lower.endswith(suffix):
@@ -3716,6 +3780,11 @@ def check_package_file(path: Path) -> str:
     return kind
 
 
+def package_matches(kind: str, manager: str) -> bool:
+    """True when a package of `kind` installs with `manager` (.msi: on Windows VMs)."""
+    return kind == "msi" or PACKAGE_TYPES.get(manager) == kind
+
+
 class ProbePlan(NamedTuple):
     """All probes of a run, in their order, with their timeouts."""
 
@@ -3725,11 +3794,6 @@ class ProbePlan(NamedTuple):
     private_network: bool = True
     fail_fast: bool = False
     install_timeout: float = 600
-
-
-def order_probes(probes: Sequence[Probe]) -> Tuple[Probe, ...]:
-    """Probes in the order of their kinds' ranks, in the order given within a kind."""
-    return tuple(sorted(probes, key=lambda p: PROBE_RUNNERS[p.kind].rank))
 
 
 def materialize_packages(settings: Settings, probes: Sequence[Probe]) -> Dict[str, Path]:
@@ -3745,8 +3809,9 @@ def materialize_packages(settings: Settings, probes: Sequence[Probe]) -> Dict[st
     return paths
 
 
-def package_matches(kind: str, manager: str) -> bool:
-    return kind == "msi" or PACKAGE_TYPES.get(manager) == kind
+def tail(text: str, lines: int = 20) -> str:
+    """The last `lines` lines of `text`."""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def install_packages(settings: Settings, image: ImageInfo, packages: Sequence[Tuple[Probe, Path]],
@@ -3781,10 +3846,6 @@ def install_packages(settings: Settings, image: ImageInfo, packages: Sequence[Tu
         return [ProbeResult(image.name, probe, Status.PASS, duration, output=tail(output)) for probe, _ in packages]
     return [ProbeResult(image.name, probe, Status.FAIL, duration, reason="%s exited with %d" % (image.package_manager, code),
                         output=tail(output, 40)) for probe, _ in packages]
-
-
-def tail(text: str, lines: int = 20) -> str:
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def run_unit_probe(container: NspawnContainer, probe: Probe, timeout: float) -> ProbeResult:
@@ -3886,6 +3947,111 @@ def run_copy_probe(container: NspawnContainer, probe: Probe, timeout: float) -> 
     return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason="copying failed (%d)" % code,
                        output=output)
 
+# --- probes in virtual machines ----------------------------------------------------------
+
+
+def vm_probe(vm: VagrantMachine, probe: Probe, command: str, limit: float,
+             judge: Callable[[int, str], bool] = lambda code, output: code == 0) -> ProbeResult:
+    """Run `command` in the VM for `probe`, within `limit` s; `judge` tells a pass from its status and output."""
+    t0 = time.monotonic()
+    try:
+        code, output = vm.capture(command, timeout=limit)
+    except PostrojError as exc:  # a time-out is an error
+        return ProbeResult(vm.box.label, probe, Status.FAIL, time.monotonic() - t0, reason=exc.message)
+    if judge(code, output):
+        return ProbeResult(vm.box.label, probe, Status.PASS, time.monotonic() - t0, output=output)
+    return ProbeResult(vm.box.label, probe, Status.FAIL, time.monotonic() - t0, reason="exit status %d" % code,
+                       output=output)
+
+
+def vm_command_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
+    """The command must exit 0 in the VM within the time-out."""
+    return vm_probe(vm, probe, probe.target, timeout)
+
+
+def vm_unit_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
+    """The unit must be active in the VM (enabled and started first, as in containers today)."""
+    unit = shlex.quote(probe.target)
+    return vm_probe(vm, probe, "sudo systemctl enable --now %s >/dev/null 2>&1; systemctl is-active %s" % (unit, unit),
+                    timeout)
+
+
+def vm_network_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
+    """The URL must answer from inside the VM, within the time-out (the guest kind says how it asks)."""
+    command, judge = GUESTS[vm.box.guest].network_check(urllib.parse.urlparse(probe.target), probe.target, timeout)
+    return vm_probe(vm, probe, command, timeout + 15, judge)
+
+
+def vm_package_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
+    """Upload the package into the VM and install it with the guest's installer."""
+    t0 = time.monotonic()
+    local = packages[probe.target]
+    kind = GUESTS[vm.box.guest]
+    path = kind.upload_dir + local.name
+    upload = vm.vagrant(["upload", str(local), path], check=False)
+    if upload.returncode != 0:
+        return ProbeResult(vm.box.label, probe, Status.FAIL, time.monotonic() - t0,
+                           reason="uploading %s failed" % local.name,
+                           output=clean_console(upload.stderr.decode("utf-8", "replace")))
+    return vm_probe(vm, probe, kind.install.format(path=path), max(timeout, 300))
+
+
+def vm_copy_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
+    """Upload a host file or directory into the VM."""
+    t0 = time.monotonic()
+    source, _, target = probe.target.rpartition(":")
+    proc = vm.vagrant(["upload", source, target], check=False)
+    if proc.returncode == 0:
+        return ProbeResult(vm.box.label, probe, Status.PASS, time.monotonic() - t0)
+    return ProbeResult(vm.box.label, probe, Status.FAIL, time.monotonic() - t0, reason="upload failed")
+
+# --- the matrix --------------------------------------------------------------------------
+
+
+class ProbeRunner(NamedTuple):
+    """How one kind of probe runs: its rank in a run, in a booted container (None: installed before the
+    boot), in a VM. Adding a kind of probe: a ProbeKind, a row here, and its command-line option."""
+
+    rank: int
+    in_container: Optional[Callable[[NspawnContainer, Probe, float], ProbeResult]]
+    in_vm: Callable[[VagrantMachine, Probe, float, Dict[str, Path]], ProbeResult]
+
+
+PROBE_RUNNERS: Dict[ProbeKind, ProbeRunner] = {
+    ProbeKind.PACKAGE: ProbeRunner(0, None, vm_package_probe),
+    ProbeKind.COPY: ProbeRunner(1, run_copy_probe, vm_copy_probe),
+    ProbeKind.UNIT: ProbeRunner(2, run_unit_probe, vm_unit_probe),
+    ProbeKind.NETWORK: ProbeRunner(3, run_network_probe, vm_network_probe),
+    ProbeKind.COMMAND: ProbeRunner(4, run_command_probe, vm_command_probe),
+}
+
+
+def order_probes(probes: Sequence[Probe]) -> Tuple[Probe, ...]:
+    """Probes in the order of their kinds' ranks, in the order given within a kind."""
+    return tuple(sorted(probes, key=lambda p: PROBE_RUNNERS[p.kind].rank))
+
+
+def run_probes(image: ImageInfo, container: NspawnContainer, plan: ProbePlan, cancel: threading.Event,
+               installed: Sequence[ProbeResult]) -> List[ProbeResult]:
+    """The probes after the packages (`installed` before boot), in order, in the booted container."""
+    results: List[ProbeResult] = list(installed)
+    # a unit or a port of a package that did not install would only wait out its timeout
+    broken = [os.path.basename(r.probe.target) for r in installed if r.status == Status.FAIL]
+    for probe in plan.probes:
+        if plan.fail_fast and any(r.status == Status.FAIL for r in results):
+            cancel.set()
+        if probe.kind == ProbeKind.PACKAGE:
+            continue
+        if cancel.is_set():
+            results.append(ProbeResult(image.name, probe, Status.SKIP, 0.0, reason="not run: --fail-fast"))
+            continue
+        if broken and probe.kind in (ProbeKind.UNIT, ProbeKind.NETWORK):
+            results.append(ProbeResult(image.name, probe, Status.SKIP, 0.0,
+                                       reason="not run: installing %s failed" % ", ".join(broken)))
+            continue
+        results.append(PROBE_RUNNERS[probe.kind].in_container(container, probe, plan.timeout))
+    return results
+
 
 def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: ProbePlan, *, cancel: threading.Event,
                 packages: Dict[str, Path], fleet: Optional[Fleet] = None) -> List[ProbeResult]:
@@ -3915,26 +4081,32 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
         return [ProbeResult(name, probe, Status.FAIL, time.monotonic() - t0, reason=reason) for probe in plan.probes]
 
 
-def run_probes(image: ImageInfo, container: NspawnContainer, plan: ProbePlan, cancel: threading.Event,
-               installed: Sequence[ProbeResult]) -> List[ProbeResult]:
-    """The probes after the packages (`installed` before boot), in order, in the booted container."""
-    results: List[ProbeResult] = list(installed)
-    # a unit or a port of a package that did not install would only wait out its timeout
-    broken = [os.path.basename(r.probe.target) for r in installed if r.status == Status.FAIL]
-    for probe in plan.probes:
-        if plan.fail_fast and any(r.status == Status.FAIL for r in results):
-            cancel.set()
-        if probe.kind == ProbeKind.PACKAGE:
-            continue
-        if cancel.is_set():
-            results.append(ProbeResult(image.name, probe, Status.SKIP, 0.0, reason="not run: --fail-fast"))
-            continue
-        if broken and probe.kind in (ProbeKind.UNIT, ProbeKind.NETWORK):
-            results.append(ProbeResult(image.name, probe, Status.SKIP, 0.0,
-                                       reason="not run: installing %s failed" % ", ".join(broken)))
-            continue
-        results.append(PROBE_RUNNERS[probe.kind].in_container(container, probe, plan.timeout))
-    return results
+def probe_vm(settings: Settings, box: Box, probes: Sequence[Probe], *, timeout: float, provider: str, keep: bool,
+             packages: Dict[str, Path], report: Callable[[ProbeResult], None]) -> Tuple[List[ProbeResult], bool]:
+    """The probes in a VM of `box` brought up for them and destroyed after (unless `keep`, or it was up
+    before: a VM of `postroj vm up` is the user's); the results, and whether a VM it should end is left running."""
+    vm = VagrantMachine(settings, box, provider)
+    if not keep and (vm.directory / VM_UP_MARK).exists():
+        keep = True
+        log.warning("%s was up before this run (`postroj vm up`): probing it, and leaving it up", box.label)
+    results: List[ProbeResult] = []
+    left_running = False
+    t0 = time.monotonic()
+    try:
+        vm.up()
+        for probe in probes:
+            results.append(PROBE_RUNNERS[probe.kind].in_vm(vm, probe, timeout, packages))
+            report(results[-1])
+    except PostrojError as exc:
+        if results:
+            raise
+        results = [ProbeResult(box.label, p, Status.FAIL, time.monotonic() - t0, reason=exc.message) for p in probes]
+        for result in results:
+            report(result)
+    finally:
+        if not keep:
+            left_running = not vm.destroy_or_warn()
+    return results, left_running
 
 
 def run_matrix(images: Sequence[T], jobs: int, fail_fast: bool,
@@ -3977,171 +4149,9 @@ def run_matrix(images: Sequence[T], jobs: int, fail_fast: bool,
     return results
 
 
-# --- probes in virtual machines ------------------------------------------------------
-
-
-def vm_probe(vm: VagrantMachine, probe: Probe, command: str, limit: float,
-             judge: Callable[[int, str], bool] = lambda code, output: code == 0) -> ProbeResult:
-    """Run `command` in the VM for `probe`, within `limit` s; `judge` tells a pass from its status and output."""
-    t0 = time.monotonic()
-    try:
-        code, output = vm.capture(command, timeout=limit)
-    except PostrojError as exc:  # a time-out is an error
-        return ProbeResult(vm.box.label, probe, Status.FAIL, time.monotonic() - t0, reason=exc.message)
-    if judge(code, output):
-        return ProbeResult(vm.box.label, probe, Status.PASS, time.monotonic() - t0, output=output)
-    return ProbeResult(vm.box.label, probe, Status.FAIL, time.monotonic() - t0, reason="exit status %d" % code,
-                       output=output)
-
-
-def vm_command_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
-    """The command must exit 0 in the VM within the time-out."""
-    return vm_probe(vm, probe, probe.target, timeout)
-
-
-def vm_unit_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
-    """The unit must be active in the VM (enabled and started first, as in containers today)."""
-    unit = shlex.quote(probe.target)
-    return vm_probe(vm, probe, "sudo systemctl enable --now %s >/dev/null 2>&1; systemctl is-active %s" % (unit, unit),
-                    timeout)
-
-
-def vm_network_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
-    """The URL must answer from inside the VM, within the time-out (the guest kind says how it asks)."""
-    command, judge = GUESTS[vm.box.guest].network_check(urllib.parse.urlparse(probe.target), probe.target, timeout)
-    return vm_probe(vm, probe, command, timeout + 15, judge)
-
-
-def posix_network_check(parsed: urllib.parse.ParseResult, url: str,
-                        timeout: float) -> Tuple[str, Callable[[int, str], bool]]:
-    """bash's /dev/tcp for tcp://, curl for HTTP: exit status 0 when it answered."""
-    if parsed.scheme == "tcp":
-        return "timeout %d bash -c 'until exec 3<>/dev/tcp/%s/%d; do sleep 1; done'" % (
-            timeout, parsed.hostname, parsed.port), lambda code, output: code == 0
-    return "curl -fsS --retry-connrefused --retry 30 --max-time %d %s" % (timeout, shlex.quote(url)), \
-        lambda code, output: code == 0
-
-
-def windows_network_check(parsed: urllib.parse.ParseResult, url: str,
-                          timeout: float) -> Tuple[str, Callable[[int, str], bool]]:
-    """Test-NetConnection to the port: it says False, with exit status 0, when nothing answers."""
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    command = "Test-NetConnection -ComputerName %s -Port %d -InformationLevel Quiet" % (parsed.hostname, port)
-    return command, lambda code, output: code == 0 and output.strip().lower() != "false"
-
-
-def vm_package_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
-    """Upload the package into the VM and install it with the guest's installer."""
-    t0 = time.monotonic()
-    local = packages[probe.target]
-    kind = GUESTS[vm.box.guest]
-    path = kind.upload_dir + local.name
-    upload = vm.vagrant(["upload", str(local), path], check=False)
-    if upload.returncode != 0:
-        return ProbeResult(vm.box.label, probe, Status.FAIL, time.monotonic() - t0,
-                           reason="uploading %s failed" % local.name,
-                           output=clean_console(upload.stderr.decode("utf-8", "replace")))
-    return vm_probe(vm, probe, kind.install.format(path=path), max(timeout, 300))
-
-
-def vm_copy_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
-    """Upload a host file or directory into the VM."""
-    t0 = time.monotonic()
-    source, _, target = probe.target.rpartition(":")
-    proc = vm.vagrant(["upload", source, target], check=False)
-    if proc.returncode == 0:
-        return ProbeResult(vm.box.label, probe, Status.PASS, time.monotonic() - t0)
-    return ProbeResult(vm.box.label, probe, Status.FAIL, time.monotonic() - t0, reason="upload failed")
-
-
-def windows_command_line(command: Sequence[str]) -> str:
-    """One argument is a command line as typed; several are quoted the way Windows programs split them."""
-    return command[0] if len(command) == 1 else subprocess.list2cmdline(command)
-
-
-class GuestKind(NamedTuple):
-    """What differs between kinds of guests: how vagrant reaches them, the Vagrantfile's own lines, where an
-    uploaded package goes and what installs it, which packages and probes they take, how `vm run` joins a
-    command's words, whether --shell applies, and how a network probe asks."""
-
-    communicator: Communicator
-    vagrant_lines: str
-    upload_dir: str
-    install: str  # a shell command with {path}
-    package_types: Tuple[str, ...]
-    units: bool
-    command_line: Callable[[Sequence[str]], str]
-    shells: bool
-    network_check: Callable[[urllib.parse.ParseResult, str, float], Tuple[str, Callable[[int, str], bool]]]
-
-
-POSIX_INSTALL = "sudo apt-get install -y {path} || sudo dnf install -y {path}"
-GUESTS: Dict[Guest, GuestKind] = {
-    Guest.LINUX: GuestKind(Communicator.SSH, "", "/tmp/", POSIX_INSTALL, ("deb", "rpm"), True, shlex.join, False,
-                           posix_network_check),
-    Guest.BSD: GuestKind(Communicator.SSH, "", "/tmp/", POSIX_INSTALL, ("deb", "rpm"), False, shlex.join, False,
-                         posix_network_check),
-    Guest.WINDOWS: GuestKind(Communicator.WINRM, WINDOWS_GUEST_LINES, "C:\\postroj\\",
-                             "Start-Process msiexec.exe -Wait -ArgumentList '/i {path} /qn'", ("msi",), False,
-                             windows_command_line, True, windows_network_check),
-}
-# vagrant's arguments that run a command in the VM, by communicator (`shell`: winrm's cmd or powershell)
-COMMUNICATORS: Dict[Communicator, Callable[[str, str], List[str]]] = {
-    Communicator.SSH: lambda command, shell: ["ssh", "--no-tty", "--command", command],
-    Communicator.WINRM: lambda command, shell: ["winrm", "--shell", shell, "--command", command],
-}
-
-
-def probe_vm(settings: Settings, box: Box, probes: Sequence[Probe], *, timeout: float, provider: str, keep: bool,
-             packages: Dict[str, Path], report: Callable[[ProbeResult], None]) -> Tuple[List[ProbeResult], bool]:
-    """The probes in a VM of `box` brought up for them and destroyed after (unless `keep`, or it was up
-    before: a VM of `postroj vm up` is the user's); the results, and whether a VM it should end is left running."""
-    vm = VagrantMachine(settings, box, provider)
-    if not keep and (vm.directory / VM_UP_MARK).exists():
-        keep = True
-        log.warning("%s was up before this run (`postroj vm up`): probing it, and leaving it up", box.label)
-    results: List[ProbeResult] = []
-    left_running = False
-    t0 = time.monotonic()
-    try:
-        vm.up()
-        for probe in probes:
-            results.append(PROBE_RUNNERS[probe.kind].in_vm(vm, probe, timeout, packages))
-            report(results[-1])
-    except PostrojError as exc:
-        if results:
-            raise
-        results = [ProbeResult(box.label, p, Status.FAIL, time.monotonic() - t0, reason=exc.message) for p in probes]
-        for result in results:
-            report(result)
-    finally:
-        if not keep:
-            left_running = not vm.destroy_or_warn()
-    return results, left_running
-
-
-class ProbeRunner(NamedTuple):
-    """How one kind of probe runs: its rank in a run, in a booted container (None: installed before the
-    boot), in a VM. Adding a kind of probe: a ProbeKind, a row here, and its command-line option."""
-
-    rank: int
-    in_container: Optional[Callable[[NspawnContainer, Probe, float], ProbeResult]]
-    in_vm: Callable[[VagrantMachine, Probe, float, Dict[str, Path]], ProbeResult]
-
-
-PROBE_RUNNERS: Dict[ProbeKind, ProbeRunner] = {
-    ProbeKind.PACKAGE: ProbeRunner(0, None, vm_package_probe),
-    ProbeKind.COPY: ProbeRunner(1, run_copy_probe, vm_copy_probe),
-    ProbeKind.UNIT: ProbeRunner(2, run_unit_probe, vm_unit_probe),
-    ProbeKind.NETWORK: ProbeRunner(3, run_network_probe, vm_network_probe),
-    ProbeKind.COMMAND: ProbeRunner(4, run_command_probe, vm_command_probe),
-}
-
-
 # ==============================================================================
 # Reports
 # ==============================================================================
-
 
 def format_result(result: ProbeResult, color: bool = False) -> str:
     """One terminal line per image × probe; a failure adds its reason, output and journal."""
@@ -4162,6 +4172,7 @@ def format_result(result: ProbeResult, color: bool = False) -> str:
 
 
 def results_json(results: Sequence[ProbeResult]) -> Dict[str, Any]:
+    """The results as --json writes them (README: JSON)."""
     return {
         "schema": JSON_SCHEMA,
         "version": __version__,
@@ -4267,6 +4278,20 @@ def take_shard(images: Sequence[str], shard: Tuple[int, int]) -> List[str]:
     return mine
 
 
+# What XML 1.0 cannot carry, even escaped: controls but tab, newline and return; lone surrogates; U+FFFE, U+FFFF.
+XML_FORBIDDEN = "[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]"
+
+
+def xml_safe(text: str) -> str:
+    """`text` as XML can hold it: each character XML 1.0 forbids becomes '?'."""
+    return re.sub(XML_FORBIDDEN, "?", str(text))
+
+
+def text_safe(text: str) -> str:
+    """`text` as UTF-8 can hold it: lone surrogates (from JSON's \\ud800) become U+FFFD."""
+    return re.sub("[\ud800-\udfff]", "\ufffd", text)
+
+
 def junit_xml(results: Sequence[ProbeResult]) -> bytes:
     """JUnit XML: a testsuite per image, a testcase per probe, failures with message and output."""
     import xml.etree.ElementTree as ET
@@ -4283,7 +4308,8 @@ def junit_xml(results: Sequence[ProbeResult]) -> bytes:
                               skipped=str(sum(r.status == Status.SKIP for r in items)),
                               time="%.3f" % sum(r.duration for r in items), timestamp=now_iso())
         for r in items:
-            case = ET.SubElement(suite, "testcase", classname=xml_safe("postroj.%s" % image), name=xml_safe(r.probe.title),
+            case = ET.SubElement(suite, "testcase", classname=xml_safe("postroj.%s" % image),
+                                 name=xml_safe(r.probe.title),
                                  time="%.3f" % r.duration)
             if r.status == Status.FAIL:
                 failure = ET.SubElement(case, "failure", message=xml_safe(r.reason), type=str(r.probe.kind))
@@ -4293,20 +4319,6 @@ def junit_xml(results: Sequence[ProbeResult]) -> bytes:
             if r.output:
                 ET.SubElement(case, "system-out").text = xml_safe(r.output)
     return ET.tostring(suites, encoding="utf-8", xml_declaration=True)
-
-
-# What XML 1.0 cannot carry, even escaped: controls but tab, newline and return; lone surrogates; U+FFFE, U+FFFF.
-XML_FORBIDDEN = "[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]"
-
-
-def xml_safe(text: str) -> str:
-    """`text` as XML can hold it: each character XML 1.0 forbids becomes '?'."""
-    return re.sub(XML_FORBIDDEN, "?", str(text))
-
-
-def text_safe(text: str) -> str:
-    """`text` as UTF-8 can hold it: lone surrogates (from JSON's \\ud800) become U+FFFD."""
-    return re.sub("[\ud800-\udfff]", "\ufffd", text)
 
 
 def check_report_path(target: Optional[str], option: str) -> None:
@@ -4367,9 +4379,23 @@ def write_output(target: str, data: bytes) -> None:
 
 
 def print_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
+    """Rows under headers, in columns, on stdout."""
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     for row in [headers, *rows]:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def finish_report(results: Sequence[ProbeResult], json_path: Optional[str] = None,
+                  junit_path: Optional[str] = None) -> int:
+    """The summary line on stderr, the JSON and JUnit reports, and probe's exit code."""
+    failed = sum(r.status == Status.FAIL for r in results)
+    print("%d passed, %d failed, %d skipped" % (sum(r.passed for r in results), failed,
+                                                sum(r.status == Status.SKIP for r in results)), file=sys.stderr)
+    if json_path:
+        write_output(json_path, (json.dumps(results_json(results), indent=2) + "\n").encode())
+    if junit_path:
+        write_output(junit_path, junit_xml(results))
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 # ==============================================================================
@@ -4377,10 +4403,12 @@ def print_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
 # ==============================================================================
 
 AUTOPKGTEST_NAME = "autopkgtest-virt-postroj"
+
 # The testbed's scratch directory: outside /tmp, which systemd may mount a tmpfs over, and the same path after
 # revert and reboot, as autopkgtest wants. Its host side is never read or written by a copy: root in the
 # testbed can plant links there, which only the container may resolve (README: Security).
 AUTOPKGTEST_DOWNTMP = "/var/tmp/autopkgtest"
+
 # autopkgtest's own exit status for a failure of its virtualisation server (VirtSubproc's Quit(12)).
 AUTOPKGTEST_FAILURE = 12
 
@@ -4452,6 +4480,7 @@ class AutopkgtestTestbed:
 
     @staticmethod
     def check_arguments(handler: Callable[..., Any], given: int, name: str) -> None:
+        """Refuse a command with too few or too many words, as autopkgtest's own servers do."""
         import inspect
 
         parameters = list(inspect.signature(handler).parameters.values())
@@ -4463,6 +4492,7 @@ class AutopkgtestTestbed:
             raise TestbedFailure("too many arguments to command `%s'" % name)
 
     def reply(self, line: str) -> None:
+        """One reply line to autopkgtest."""
         try:
             self.stdout.write(line + "\n")
             self.stdout.flush()
@@ -4472,6 +4502,7 @@ class AutopkgtestTestbed:
             os.dup2(os.open(os.devnull, os.O_WRONLY), self.stdout.fileno())
 
     def require_open(self, name: str) -> NspawnContainer:
+        """The open testbed, or autopkgtest's failure for a command that needs one."""
         if self.container is None:
             raise TestbedFailure("`%s' when not open" % name)
         return self.container
@@ -4481,9 +4512,11 @@ class AutopkgtestTestbed:
     def cmd_capabilities(self) -> str:
         # never downtmp-host=: autopkgtest would then read and write the scratch directory's host side
         # itself, following the links the testbed planted there
+        """What the testbed can do."""
         return " ".join(self.CAPABILITIES)
 
     def cmd_open(self) -> str:
+        """Boot a container of the image; the scratch directory's path."""
         if self.container is not None:
             raise TestbedFailure("`open' when already open")
         check_state_dirs(self.settings)
@@ -4495,16 +4528,19 @@ class AutopkgtestTestbed:
         return AUTOPKGTEST_DOWNTMP
 
     def cmd_close(self) -> None:
+        """End the container."""
         self.require_open("close")
         self.close()
 
     def cmd_revert(self) -> str:
+        """Boot a fresh overlay of the image: nothing a test did survives."""
         container = self.require_open("revert")
         container.revert()
         container.boot_state()
         return AUTOPKGTEST_DOWNTMP
 
     def cmd_reboot(self, mode: str = "") -> None:
+        """Boot the same overlay again (prepare-only: after the test rebooted it itself)."""
         container = self.require_open("reboot")
         if mode == "prepare-only":
             # the test reboots the testbed itself: wait for its shutdown, then boot the same overlay again
@@ -4520,13 +4556,16 @@ class AutopkgtestTestbed:
         return None
 
     def cmd_print_execute_command(self) -> str:
+        """The argv prefix autopkgtest runs commands in the testbed with, URL-quoted."""
         prefix = self.require_open("print-execute-command").exec_prefix()
         return ",".join(urllib.parse.quote(arg) for arg in prefix)
 
     def cmd_copydown(self, source: str, target: str) -> Optional[NotOk]:
+        """Copy a host file or tree into the testbed."""
         return self.copy("copydown", source, target, up=False)
 
     def cmd_copyup(self, source: str, target: str) -> Optional[NotOk]:
+        """Copy a file or tree of the testbed to the host."""
         return self.copy("copyup", source, target, up=True)
 
     def cmd_auxverb_debug_fail(self) -> None:
@@ -4536,6 +4575,7 @@ class AutopkgtestTestbed:
                         self.container.system_state(10) or "not running", self.container.journal_tail(15))
 
     def cmd_shell(self, directory: str, *environment: str) -> None:
+        """An interactive shell in the testbed on the caller's terminal (autopkgtest --shell)."""
         container = self.require_open("shell")
         script = "cd %s; %s exec bash -i 2>/dev/null || exec sh -i" % (
             shlex.quote(directory), "".join("export %s; " % shlex.quote(e) for e in environment))
@@ -4580,11 +4620,13 @@ class AutopkgtestTestbed:
                 code, " (time-out: %s s)" % self.copy_timeout if code in (124, 137) else ""))
 
     def file_down(self, container: NspawnContainer, host: str, inside: str) -> None:
+        """A host file into the testbed (executable when it is), through cat there."""
         mode = ' && chmod +x -- "$1"' if os.stat(host).st_mode & 0o111 else ""
         with open(host, "rb") as source:
             self.in_testbed(container, 'cat > "$1"' + mode, inside, stdin=source, stdout=subprocess.DEVNULL)
 
     def file_up(self, container: NspawnContainer, host: str, inside: str) -> None:
+        """A testbed file (cat there) to the host through a temporary file beside the target."""
         target = Path(host)
         fd, tmp = tempfile.mkstemp(prefix=".%s." % target.name[:64], suffix=".part", dir=str(target.absolute().parent))
         try:
@@ -4598,6 +4640,7 @@ class AutopkgtestTestbed:
             raise
 
     def tree_down(self, container: NspawnContainer, host: str, inside: str) -> None:
+        """A host tree into the testbed, through tar on both sides."""
         with spawn(["tar", "--directory", host, "--warning=none", "-c", "-f", "-", "."],
                            stdout=subprocess.PIPE) as local:
             self.in_testbed(container, 'mkdir -p -- "$1"; cd "$1"; exec tar --warning=none --preserve-permissions '
@@ -4607,6 +4650,7 @@ class AutopkgtestTestbed:
                 raise PostrojError("tar exit status %d on the host" % local.returncode)
 
     def tree_up(self, container: NspawnContainer, host: str, inside: str) -> None:
+        """A testbed tree (tar there) to the host, spooled, checked whole, then extracted."""
         assert container.files is not None
         with tempfile.TemporaryFile(dir=str(container.files.directory)) as spool:
             self.in_testbed(container, 'cd "$1"; exec tar --warning=none -c -f - .', inside,
@@ -4615,6 +4659,7 @@ class AutopkgtestTestbed:
             extract_untrusted_tree(spool, Path(host))
 
     def close(self) -> None:
+        """End the container, if one is open."""
         container, self.container = self.container, None
         if container is not None:
             container.close()
@@ -4624,8 +4669,8 @@ class AutopkgtestTestbed:
 # Command line
 # ==============================================================================
 
-
 def positive_int(text: str) -> int:
+    """A whole number of at least 1 (argparse's type)."""
     try:
         value = int(text)
     except ValueError:
@@ -4659,7 +4704,125 @@ def positive_float(text: str) -> float:
     return value
 
 
+def parse_bind(spec: str, readonly: bool) -> Bind:
+    """`SRC[:DST]` with an existing absolute SRC and an absolute DST."""
+    source, _, target = spec.partition(":")
+    if not source:
+        die("invalid --bind %r" % spec, "write --bind SRC[:DST]", usage=True)
+    path = Path(source).absolute()
+    if not path.exists():
+        die("--bind source %s does not exist" % source, "create it, or fix the path", usage=True)
+    target = target or str(path)
+    if not target.startswith("/") or ".." in target.split("/"):
+        die("invalid bind target %r" % target, "give an absolute path inside the container", usage=True)
+    return Bind(str(path), target, readonly)
+
+
+def parse_setenv(spec: str) -> Tuple[str, str]:
+    """`NAME=VALUE` of --setenv, checked."""
+    name, sep, value = spec.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        die("invalid --setenv %r" % spec, "write --setenv NAME=VALUE", usage=True)
+    return name, value
+
+
+def container_mounts(args: argparse.Namespace) -> Tuple[Tuple[Bind, ...], Tuple[Tuple[str, str], ...]]:
+    """--bind, --bind-ro and --setenv as they are checked and resolved (usage errors before anything runs)."""
+    binds = tuple([parse_bind(s, False) for s in args.bind] + [parse_bind(s, True) for s in args.bind_ro])
+    return binds, tuple(parse_setenv(s) for s in args.setenv)
+
+
+def build_probes(args: argparse.Namespace) -> Tuple[Probe, ...]:
+    """The probes of the command line, checked before anything boots."""
+    probes: List[Probe] = []
+    for spec in args.package:
+        if spec.startswith(("http://", "https://")):
+            if not package_type(parse_url(spec).path):
+                die("%s does not name a package" % spec, "the URL must end in .deb, .rpm or .msi", usage=True)
+        elif re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec):
+            die("unsupported scheme in --package %r" % spec, "use a path, http:// or https://", usage=True)
+        else:
+            check_package_file(Path(spec))
+            spec = str(Path(spec).absolute())
+        probes.append(Probe(ProbeKind.PACKAGE, spec))
+    for spec in args.copy:
+        source, sep, target = spec.rpartition(":")
+        if not sep or not source or not target.startswith("/"):
+            die("invalid --copy %r" % spec, "write --copy SRC:/ABSOLUTE/DST", usage=True)
+        if not Path(source).exists():
+            die("--copy source %s does not exist" % source, "check the path", usage=True)
+        probes.append(Probe(ProbeKind.COPY, "%s:%s" % (Path(source).absolute(), target)))
+    probes += [Probe(ProbeKind.UNIT, unit) for unit in args.check_unit]
+    probes += [Probe(ProbeKind.NETWORK, parse_network_target(u), args.expect_status, args.expect_body or "")
+               for u in args.check_network]
+    probes += [Probe(ProbeKind.COMMAND, c) for c in args.command]
+    for unit in args.check_unit:
+        if not re.fullmatch(r"[A-Za-z0-9@:._\\-]+", unit):
+            die("invalid unit name %r" % unit, "give a systemd unit name, e.g. nginx or nginx.service", usage=True)
+        if re.search(r"@(\.[a-z]+)?$", unit):
+            die("%s is a template unit, which never runs itself" % unit,
+                "give an instance of it, e.g. %s" % re.sub(r"@(\.[a-z]+)?$", r"@1\1", unit), usage=True)
+    if args.expect_status is not None and not 100 <= args.expect_status <= 599:
+        die("--expect-status %d is not an HTTP status" % args.expect_status, "use 100 to 599", usage=True)
+    return order_probes(probes)
+
+
+class Check(NamedTuple):
+    """One line of `doctor`: what was checked, whether it is fine, and how to fix it."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def doctor_checks(settings: Settings) -> List[Check]:
+    """Everything postroj needs from the host, in the order a reader fixes it."""
+    checks = [Check("root", is_root(), "running as uid %d" % os.geteuid(), "run postroj as root (sudo)")]
+    nspawn = tool_version("systemd-nspawn")
+    checks.append(Check("systemd-nspawn", bool(nspawn), nspawn or "not found", "apt-get install systemd-container"))
+    checks.append(Check("nsenter", bool(shutil.which("nsenter")), "util-linux", "apt-get install util-linux"))
+    mode = host_mode(settings)
+    if mode == HostMode.MACHINED:
+        detail = "reachable: containers are registered (mode: machined)"
+    else:
+        detail = "not running: --register=no, commands through nsenter (mode: nsenter)"
+    checks.append(Check("systemd-machined", True, detail, "", required=False))
+    checks.append(Check("overlayfs", overlayfs_available(), "in /proc/filesystems" if overlayfs_available()
+                        else "not in /proc/filesystems", "modprobe overlay"))
+    layout = cgroup_layout()
+    checks.append(Check("cgroups", bool(layout), layout or "no cgroup file system at /sys/fs/cgroup",
+                        "mount cgroup2 on /sys/fs/cgroup"))
+    home_fs = filesystem_of(settings.home) or "unknown"
+    checks.append(Check("overlay upper directories", True, "on a tmpfs per container (POSTROJ_HOME is on overlay)"
+                        if overlay_upper_on_tmpfs(settings) else "in POSTROJ_HOME (%s)" % home_fs))
+    outside = cgroup_outside_namespace()
+    scoped = bool(outside) and systemd_scopes_available()
+    checks.append(Check("cgroup namespace", not outside or scoped,
+                        "postroj's own cgroup" if not outside else "outside it (%s): %s" % (
+                            outside, "nspawn runs in scopes of its own" if scoped else "containers cannot start"),
+                        "start postroj from a process of this host's own, not `nsenter --all` from outside"))
+    for tool, what in (("skopeo", "registry images"), ("umoci", "registry images")):
+        version = tool_version(tool)
+        checks.append(Check(tool, bool(version), version or "not found (needed for %s)" % what,
+                            "apt-get install %s" % tool))
+    bootstrap = tool_version("mmdebstrap") or tool_version("debootstrap")
+    checks.append(Check("mmdebstrap", bool(bootstrap), bootstrap or "neither mmdebstrap nor debootstrap found",
+                        "apt-get install mmdebstrap", required=False))
+    vagrant = tool_version("vagrant")
+    if vagrant:
+        providers = vagrant_providers(settings)
+        detail = "%s; providers: %s; winrm boxes need the winrm gem, which Debian does not package" % (
+            vagrant, ", ".join(providers) or "none found")
+    else:
+        detail = "not found (only needed for `postroj vm`)"
+    checks.append(Check("vagrant", bool(vagrant), detail, "apt-get install vagrant", required=False))
+    return checks
+
+
 def cmd_list_images(args: argparse.Namespace, settings: Settings) -> int:
+    """The catalogue, the VM boxes and the acquired images (or all of it as JSON)."""
     acquired = {info.name: info for info in list_images(settings)}
     if args.json:
         data = {
@@ -4691,6 +4854,7 @@ def cmd_list_images(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    """What postroj needs of this host, found or missing; exit 1 when a required part is missing."""
     checks = doctor_checks(settings)
     if args.json:
         print(json.dumps({"schema": JSON_SCHEMA, "mode": host_mode(settings), "checks": [c._asdict() for c in checks]},
@@ -4757,10 +4921,12 @@ def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def container_mounts(args: argparse.Namespace) -> Tuple[Tuple[Bind, ...], Tuple[Tuple[str, str], ...]]:
-    """--bind, --bind-ro and --setenv as they are checked and resolved (usage errors before anything runs)."""
-    binds = tuple([parse_bind(s, False) for s in args.bind] + [parse_bind(s, True) for s in args.bind_ro])
-    return binds, tuple(parse_setenv(s) for s in args.setenv)
+SHOW_SYSTEM = """\
+echo "hostname: $(cat /proc/sys/kernel/hostname)"
+echo "systemd:  $(systemctl is-system-running)"
+echo
+cat /etc/os-release
+"""
 
 
 def cmd_container(args: argparse.Namespace, settings: Settings) -> int:
@@ -4796,15 +4962,8 @@ def cmd_container(args: argparse.Namespace, settings: Settings) -> int:
     return code
 
 
-SHOW_SYSTEM = """\
-echo "hostname: $(cat /proc/sys/kernel/hostname)"
-echo "systemd:  $(systemctl is-system-running)"
-echo
-cat /etc/os-release
-"""
-
-
 def cmd_machines(args: argparse.Namespace, settings: Settings) -> int:
+    """The running postroj containers of this POSTROJ_HOME."""
     machines = list_machines(settings)
     if args.json:
         print(json.dumps({"schema": JSON_SCHEMA, "machines": [m._asdict() for m in machines]}, indent=2))
@@ -4817,6 +4976,7 @@ def cmd_machines(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
+    """End kept containers."""
     require_root("ending containers")
     check_state_dirs(settings, cache=False)
     found = {m.name: m for m in list_machines(settings)}
@@ -4829,6 +4989,7 @@ def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
+    """End leftover containers, remove stale state and unused image versions."""
     require_root("collecting garbage")
     check_state_dirs(settings, cache=False)
     for item in collect_garbage(settings):
@@ -4836,39 +4997,33 @@ def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def build_probes(args: argparse.Namespace) -> Tuple[Probe, ...]:
-    """The probes of the command line, checked before anything boots."""
-    probes: List[Probe] = []
-    for spec in args.package:
-        if spec.startswith(("http://", "https://")):
-            if not package_type(parse_url(spec).path):
-                die("%s does not name a package" % spec, "the URL must end in .deb, .rpm or .msi", usage=True)
-        elif re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec):
-            die("unsupported scheme in --package %r" % spec, "use a path, http:// or https://", usage=True)
-        else:
-            check_package_file(Path(spec))
-            spec = str(Path(spec).absolute())
-        probes.append(Probe(ProbeKind.PACKAGE, spec))
-    for spec in args.copy:
-        source, sep, target = spec.rpartition(":")
-        if not sep or not source or not target.startswith("/"):
-            die("invalid --copy %r" % spec, "write --copy SRC:/ABSOLUTE/DST", usage=True)
-        if not Path(source).exists():
-            die("--copy source %s does not exist" % source, "check the path", usage=True)
-        probes.append(Probe(ProbeKind.COPY, "%s:%s" % (Path(source).absolute(), target)))
-    probes += [Probe(ProbeKind.UNIT, unit) for unit in args.check_unit]
-    probes += [Probe(ProbeKind.NETWORK, parse_network_target(u), args.expect_status, args.expect_body or "")
-               for u in args.check_network]
-    probes += [Probe(ProbeKind.COMMAND, c) for c in args.command]
-    for unit in args.check_unit:
-        if not re.fullmatch(r"[A-Za-z0-9@:._\\-]+", unit):
-            die("invalid unit name %r" % unit, "give a systemd unit name, e.g. nginx or nginx.service", usage=True)
-        if re.search(r"@(\.[a-z]+)?$", unit):
-            die("%s is a template unit, which never runs itself" % unit,
-                "give an instance of it, e.g. %s" % re.sub(r"@(\.[a-z]+)?$", r"@1\1", unit), usage=True)
-    if args.expect_status is not None and not 100 <= args.expect_status <= 599:
-        die("--expect-status %d is not an HTTP status" % args.expect_status, "use 100 to 599", usage=True)
-    return order_probes(probes)
+def cmd_probe_vms(args: argparse.Namespace, settings: Settings, probes: Sequence[Probe],
+                  report: Callable[[ProbeResult], None]) -> int:
+    """probe --vm: the same probes in each box's VM, one after the other."""
+    boxes = [find_box(name) for name in (take_shard(args.vm, args.shard) if args.shard else args.vm)]
+    for box in boxes:
+        for probe in probes:
+            if probe.kind == ProbeKind.UNIT and not GUESTS[box.guest].units:
+                die("--check-unit needs a Linux guest; %s is %s" % (box.label, box.guest), "drop --check-unit",
+                    usage=True)
+            if probe.kind == ProbeKind.PACKAGE:
+                kind = package_type(probe.target)
+                if kind not in GUESTS[box.guest].package_types:
+                    die("%s cannot be installed on %s" % (os.path.basename(probe.target), box.label),
+                        "use .msi on Windows, .deb or .rpm on Linux", usage=True)
+    require_tool("vagrant")
+    check_provider(settings, args.provider)
+    check_state_dirs(settings)
+    packages = materialize_packages(settings, probes)
+    results: List[ProbeResult] = []
+    left_running = 0
+    for box in boxes:
+        found, left = probe_vm(settings, box, probes, timeout=args.timeout, provider=args.provider, keep=args.keep,
+                               packages=packages, report=report)
+        results += found
+        left_running += left
+    code = finish_report(results, args.json, args.junit)
+    return EXIT_FAILURE if left_running else code
 
 
 def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
@@ -4937,48 +5092,6 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     return finish_report(results, args.json, args.junit)
 
 
-def cmd_probe_vms(args: argparse.Namespace, settings: Settings, probes: Sequence[Probe],
-                  report: Callable[[ProbeResult], None]) -> int:
-    """probe --vm: the same probes in each box's VM, one after the other."""
-    boxes = [find_box(name) for name in (take_shard(args.vm, args.shard) if args.shard else args.vm)]
-    for box in boxes:
-        for probe in probes:
-            if probe.kind == ProbeKind.UNIT and not GUESTS[box.guest].units:
-                die("--check-unit needs a Linux guest; %s is %s" % (box.label, box.guest), "drop --check-unit",
-                    usage=True)
-            if probe.kind == ProbeKind.PACKAGE:
-                kind = package_type(probe.target)
-                if kind not in GUESTS[box.guest].package_types:
-                    die("%s cannot be installed on %s" % (os.path.basename(probe.target), box.label),
-                        "use .msi on Windows, .deb or .rpm on Linux", usage=True)
-    require_tool("vagrant")
-    check_provider(settings, args.provider)
-    check_state_dirs(settings)
-    packages = materialize_packages(settings, probes)
-    results: List[ProbeResult] = []
-    left_running = 0
-    for box in boxes:
-        found, left = probe_vm(settings, box, probes, timeout=args.timeout, provider=args.provider, keep=args.keep,
-                               packages=packages, report=report)
-        results += found
-        left_running += left
-    code = finish_report(results, args.json, args.junit)
-    return EXIT_FAILURE if left_running else code
-
-
-def finish_report(results: Sequence[ProbeResult], json_path: Optional[str] = None,
-                  junit_path: Optional[str] = None) -> int:
-    """The summary line on stderr, the JSON and JUnit reports, and probe's exit code."""
-    failed = sum(r.status == Status.FAIL for r in results)
-    print("%d passed, %d failed, %d skipped" % (sum(r.passed for r in results), failed,
-                                                sum(r.status == Status.SKIP for r in results)), file=sys.stderr)
-    if json_path:
-        write_output(json_path, (json.dumps(results_json(results), indent=2) + "\n").encode())
-    if junit_path:
-        write_output(junit_path, junit_xml(results))
-    return EXIT_FAILURE if failed else EXIT_OK
-
-
 def cmd_selftest(args: argparse.Namespace, settings: Settings) -> int:
     """hostnamectl and systemd-journald on every acquired image: does this host run them?"""
     targets = [ImageTarget(i.name, i) for i in list_images(settings)]
@@ -5020,6 +5133,7 @@ COMPLETE_ARGUMENTS = {
     "image": "images", "pull": "images", "container": "images", "run": "images", "remove": "images",
     "rm": "images", "autopkgtest-virt": "images", "stop": "machines", "report": "files", "completion": "bash zsh",
 }
+
 COMPLETE_OPTION_VALUES = {
     "--image": "images", "--vm": "boxes", "--package": "files", "--copy": "files", "--json": "files",
     "--junit": "files", "--bind": "files", "--bind-ro": "files", "--via": "registry bootstrap",
@@ -5028,7 +5142,7 @@ COMPLETE_OPTION_VALUES = {
 
 BASH_COMPLETION = r"""# postroj completion for bash: `source <(postroj completion bash)`, or save it in /etc/bash_completion.d/
 _postroj_words() {
-    local home="${POSTROJ_HOME:-/var/lib/postroj}" entry
+    local home="${POSTROJ_HOME:-@HOME@}" entry
     case "$1" in
         images)
             printf '%s\n' @LABELS@
@@ -5112,6 +5226,7 @@ def completion_script(shell: str) -> str:
               for o in a.option_strings]
     script = BASH_COMPLETION
     for key, value in (("@LABELS@", " ".join(all_labels())), ("@BOXES@", " ".join(b.label for b in BOXES)),
+                       ("@HOME@", DEFAULT_HOME),
                        ("@COMMANDS@", " ".join(commands.choices)), ("@GLOBAL@", options(parser)),
                        ("@VM_ACTIONS@", " ".join(vm.choices)), ("@OPTION_VALUES@", "\n".join(values)),
                        ("@OPTIONS@", "\n".join(option_cases)), ("@ARGUMENTS@", "\n".join(arguments)),
@@ -5123,13 +5238,9 @@ def completion_script(shell: str) -> str:
 
 
 def cmd_completion(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the shell completion script."""
     sys.stdout.write(completion_script(args.shell))
     return EXIT_OK
-
-
-def cmd_vm(args: argparse.Namespace, settings: Settings) -> int:
-    """`postroj vm ACTION`: up, run, destroy or list (VM_ACTIONS)."""
-    return int(args.vm_action(args, settings))
 
 
 def vm_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -5195,6 +5306,11 @@ def find_box_by_dir(label: str) -> Box:
     return Box(label, label, Guest.LINUX, Communicator.SSH)
 
 
+def cmd_vm(args: argparse.Namespace, settings: Settings) -> int:
+    """`postroj vm ACTION`: up, run, destroy or list (VM_ACTIONS)."""
+    return int(args.vm_action(args, settings))
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are postroj's usage errors (exit 2, with a hint)."""
 
@@ -5204,15 +5320,18 @@ class ArgumentParser(argparse.ArgumentParser):
         self._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d+/\d+$")
 
     def error(self, message: str) -> NoReturn:
+        """A usage error (exit 2) with a hint, instead of argparse's exit."""
         raise UsageError(message, "see `%s --help`" % self.prog)
 
 
 def add_container_options(parser: argparse.ArgumentParser) -> None:
+    """--boot-timeout, for the commands that boot containers."""
     parser.add_argument("--boot-timeout", type=positive_float, default=30, metavar="SECONDS",
                         help="how long the container may take to boot (default: 30)")
 
 
 def add_container_mounts(parser: argparse.ArgumentParser) -> None:
+    """--bind, --bind-ro and --setenv, for the commands that boot containers."""
     parser.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]",
                         help="bind a host directory or file into the container (DST defaults to SRC); repeatable")
     parser.add_argument("--bind-ro", action="append", default=[], metavar="SRC[:DST]",
@@ -5452,7 +5571,6 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
 # ==============================================================================
 # main
 # ==============================================================================
-
 
 def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
     """Parse postroj's options; what follows the first `--` is the payload command, passed on verbatim."""

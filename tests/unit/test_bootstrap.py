@@ -111,8 +111,12 @@ def test_bootstrap_source_carries_the_mirrors(monkeypatch):
     assert registry.kind == "registry"
     assert registry.fallback.kind == "bootstrap" and registry.fallback.location == "http://m.example/debian"
     assert postroj.parse_source("fedora-41")[1].fallback is None
-    monkeypatch.setenv("POSTROJ_MIRROR", "http://env.example/debian")
-    assert postroj.parse_source("debian-12", via="bootstrap")[1].location == "http://env.example/debian"
+    # POSTROJ_MIRROR is read once, into the settings, which the commands hand to parse_source
+    settings = postroj.Settings.from_env({"POSTROJ_MIRROR": "http://env.example/debian"})
+    assert settings.mirror == "http://env.example/debian"
+    assert postroj.parse_source("debian-12", via="bootstrap", mirror=settings.mirror)[1].location == settings.mirror
+    target = postroj.resolve_image(settings._replace(home=postroj.Path("/nonexistent")), "debian-12", pull=True)
+    assert target.source.fallback.location == "http://env.example/debian"
 
 
 @pytest.mark.parametrize("option, url", [

@@ -19,7 +19,8 @@ from pathlib import Path
 SHEBANG = b"#!/usr/bin/env python3\n"
 # __main__.py: `import postroj; postroj.exit_now(postroj.main())`, except that the import goes through a
 # cache of the compiled module. Python keeps no compiled code for modules inside a zip archive, and
-# compiling postroj.py takes longer than everything else postroj does to start.
+# compiling postroj.py takes longer than everything else postroj does to start (without the cache every
+# command started 40 ms, 40 %, later: measured 2026-11-29, `postroj.pyz machines`, 40 alternating runs).
 MAIN = b'''\
 """postroj.pyz: run postroj.main() from code compiled once per host, postroj build and Python version.
 

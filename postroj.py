@@ -359,13 +359,27 @@ class StrEnum(str, enum.Enum):
 
 
 class ProbeKind(StrEnum):
-    """What a probe checks: a package installs, a copy lands, a unit runs, a port answers, a command succeeds."""
+    """What a probe checks: a package installs, a copy lands, a unit runs, a port answers, a command succeeds;
+    in a package's life also: the container reboots, nothing of the package is left behind."""
 
     PACKAGE = "package"
     COPY = "copy"
     UNIT = "unit"
     NETWORK = "network"
     COMMAND = "command"
+    REBOOT = "reboot"
+    LEFTOVER = "leftover"
+
+
+class Stage(StrEnum):
+    """Where in a package's life a result was taken (README: Lifecycle): `booted` where no package is probed."""
+
+    BOOTED = "booted"
+    INSTALLED = "installed"
+    UPGRADED = "upgraded"
+    REBOOTED = "rebooted"
+    REMOVED = "removed"
+    PURGED = "purged"
 
 
 class Status(StrEnum):
@@ -393,7 +407,15 @@ class HostMode(StrEnum):
     MACHINED = "machined"  # machines registered with machined, commands through systemd-run
 
 
-PACKAGE_TYPES = {"apt": "deb", "dnf": "rpm", "microdnf": "rpm", "yum": "rpm", "zypper": "rpm", "pacman": "pkg"}
+class PackageManager(StrEnum):
+    """The package managers postroj drives; what each does is in PACKAGE_MANAGERS."""
+
+    APT = "apt"
+    DNF = "dnf"
+    MICRODNF = "microdnf"
+    YUM = "yum"
+    ZYPPER = "zypper"
+    PACMAN = "pacman"
 
 
 class Distribution(NamedTuple):
@@ -422,7 +444,7 @@ class Distribution(NamedTuple):
     @property
     def package_type(self) -> str:
         """The package files its package manager installs: deb, rpm or pkg."""
-        return PACKAGE_TYPES[self.package_manager]
+        return PACKAGE_MANAGERS[PackageManager(self.package_manager)].package_type
 
     def can_bootstrap(self) -> bool:
         """True when postroj can build it from the publisher's package archive (mmdebstrap)."""
@@ -511,6 +533,13 @@ class ProbeResult(NamedTuple):
     reason: str = ""
     output: str = ""
     details: str = ""
+    stage: str = ""
+
+    @property
+    def title(self) -> str:
+        """STAGE: KIND TARGET in a package's life, KIND TARGET otherwise."""
+        packaged = self.stage and self.stage != Stage.BOOTED
+        return "%s: %s" % (self.stage, self.probe.title) if packaged else self.probe.title
 
     @property
     def passed(self) -> bool:
@@ -2052,14 +2081,6 @@ def unpack_layout(layout: Path, tag: str, rootfs: Path) -> None:
 # --- bootstrapping -----------------------------------------------------------------------
 
 
-SYSTEMD_PACKAGES = {
-    "apt": ["systemd", "systemd-sysv", "dbus"],
-    "dnf": ["systemd", "dbus", "procps-ng"],
-    "microdnf": ["systemd", "dbus", "procps-ng"],
-    "yum": ["systemd", "dbus"],
-    "zypper": ["systemd", "dbus-1", "systemd-sysvinit"],
-    "pacman": ["systemd", "dbus"],
-}
 
 ACCEPT_EXPIRED_OPTION = 'Acquire::Check-Valid-Until "false";'
 TRUSTED_PARTS = "/etc/apt/trusted.gpg.d"
@@ -2106,7 +2127,7 @@ def bootstrap_argv(tool: str, dist: Distribution, rootfs: Path, sources: Sequenc
                    keyring: Optional[Path] = None, accept_expired: bool = False) -> List[str]:
     """The mmdebstrap (or debootstrap) command that builds a minbase root file system with systemd."""
     # Ubuntu's apt is not part of its minbase (Priority: important); the publisher's image has it
-    include = "--include=%s" % ",".join(["apt"] + SYSTEMD_PACKAGES["apt"])
+    include = "--include=%s" % ",".join(("apt",) + Apt.systemd)
     if tool == "debootstrap":  # one mirror only: the other sources are written after it
         cmd = ["debootstrap", "--variant=minbase", include, "--cache-dir=%s" % cache]
         if keyring:
@@ -2258,10 +2279,10 @@ def os_family(fields: Dict[str, str]) -> str:
 
 def detect_package_manager(root: Path) -> str:
     """The package manager the root file system has (apt, dnf, microdnf, yum, zypper, pacman), or ''."""
-    for manager in ("apt-get", "dnf", "microdnf", "yum", "zypper", "pacman"):
+    for name, manager in PACKAGE_MANAGERS.items():
         for bindir in ("usr/bin", "bin", "usr/sbin"):
-            if (root / bindir / manager).exists():
-                return "apt" if manager == "apt-get" else manager
+            if (root / bindir / manager.command).exists():
+                return str(name)
     return ""
 
 
@@ -2308,43 +2329,236 @@ APT_OPTIONS = (
     # synced once before it is activated, and a probe's container is thrown away
     "-o", "Dpkg::Options::=--force-unsafe-io",
 )
+# In a booted container the shared cache is read, never written (everything was downloaded before the
+# boot): apt's locks on it would make the containers of one release wait for each other.
+APT_FROM_CACHE = ("-o", "Debug::NoLocking=1")
+
+
+class Apt:
+    """Debian's and Ubuntu's apt and dpkg: remove keeps a package's configuration files, purge deletes them."""
+
+    command = "apt-get"
+    package_type = "deb"
+    systemd = ("systemd", "systemd-sysv", "dbus")
+    archives = "/var/cache/apt/archives"  # where apt downloads to when autopkgtest runs it in a testbed
+
+    def refresh(self) -> List[str]:
+        """Refresh the package lists (-qq: errors and warnings only)."""
+        return ["apt-get", *APT_OPTIONS, "-qq", "update"]
+
+    def install(self, packages: Sequence[str], cached: bool = False) -> List[str]:
+        """Install names or package files with their dependencies (-q: no progress lines, errors kept);
+        `cached`: from the package cache alone, in a booted container."""
+        return ["apt-get", *APT_OPTIONS, *(APT_FROM_CACHE if cached else ()), "-q", "install", "-y",
+                "--no-install-recommends", *packages]
+
+    def download(self, packages: Sequence[str]) -> List[str]:
+        """Download what installing `packages` takes into the package cache, installing nothing."""
+        return ["apt-get", *APT_OPTIONS, "-q", "install", "-y", "--download-only", "--no-install-recommends",
+                *packages]
+
+    def remove(self, names: Sequence[str]) -> List[str]:
+        """Remove the packages; their configuration files stay."""
+        return ["apt-get", *APT_OPTIONS, *APT_FROM_CACHE, "-q", "remove", "-y", *names]
+
+    def purge(self, names: Sequence[str]) -> List[str]:
+        """Purge the packages and what was installed only for them."""
+        return ["apt-get", *APT_OPTIONS, *APT_FROM_CACHE, "-q", "purge", "-y", "--autoremove", *names]
+
+    def identify(self, paths: Sequence[str]) -> List[str]:
+        """Print NAME TAB VERSION of each package file."""
+        script = 'for f; do dpkg-deb --show --showformat="\\${Package}\\t\\${Version}\\n" "$f" || exit; done'
+        return ["sh", "-c", script, "sh", *paths]
+
+    def files(self, names: Sequence[str]) -> List[str]:
+        """List the files of installed packages, one a line."""
+        return ["dpkg", "-L", *names]
+
+
+class Dnf:
+    """Fedora's and Red Hat's dnf (and yum, which takes the same options): remove is a purge."""
+
+    command = "dnf"
+    package_type = "rpm"
+    systemd: Tuple[str, ...] = ("systemd", "dbus", "procps-ng")
+    archives = ""  # autopkgtest installs test dependencies with apt only
+
+    def __init__(self, command: str = "dnf") -> None:
+        self.command = command
+
+    def base(self) -> List[str]:
+        """The command with the package cache in postroj's cache, no weak dependencies."""
+        return [self.command, "-y", "-q", "--setopt=keepcache=1", "--setopt=cachedir=%s" % PACKAGE_CACHE_DIR,
+                "--setopt=install_weak_deps=0"]
+
+    def refresh(self) -> List[str]:
+        """Nothing: installs refresh the metadata themselves."""
+        return []
+
+    def install(self, packages: Sequence[str], cached: bool = False) -> List[str]:
+        """Install names or package files with their dependencies (`cached`: from the cache alone)."""
+        return self.base() + (["--cacheonly"] if cached else []) + ["install", *packages]
+
+    def download(self, packages: Sequence[str]) -> List[str]:
+        """Download what installing `packages` takes, installing nothing."""
+        return self.base() + ["install", "--downloadonly", *packages]
+
+    def remove(self, names: Sequence[str]) -> List[str]:
+        """Remove the packages (and what only they needed)."""
+        return self.base() + ["--cacheonly", "remove", *names]
+
+    purge = remove
+
+    def identify(self, paths: Sequence[str]) -> List[str]:
+        """Print NAME TAB EPOCH:VERSION-RELEASE of each package file."""
+        return ["rpm", "-qp", "--qf", "%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", *paths]
+
+    def files(self, names: Sequence[str]) -> List[str]:
+        """List the files of installed packages, one a line."""
+        return ["rpm", "-ql", *names]
+
+
+class Microdnf(Dnf):
+    """The minimal dnf of UBI and other small images."""
+
+    def __init__(self) -> None:
+        super().__init__("microdnf")
+
+    def base(self) -> List[str]:
+        """microdnf takes fewer options: the cache is kept where it is."""
+        return ["microdnf", "-y", "--setopt=keepcache=1", "--nodocs"]
+
+    def download(self, packages: Sequence[str]) -> List[str]:
+        """microdnf downloads as it installs: the metadata only, here."""
+        return self.base() + ["makecache"]
+
+
+class Zypper:
+    """SUSE's zypper: remove is a purge."""
+
+    command = "zypper"
+    package_type = "rpm"
+    systemd = ("systemd", "dbus-1", "systemd-sysvinit")
+    archives = ""  # autopkgtest installs test dependencies with apt only
+
+    def base(self) -> List[str]:
+        """zypper without questions, quiet, with its package cache in postroj's cache."""
+        return ["zypper", "--non-interactive", "--quiet", "--pkg-cache-dir=%s" % PACKAGE_CACHE_DIR]
+
+    def refresh(self) -> List[str]:
+        """Refresh the repositories' metadata."""
+        return ["zypper", "--non-interactive", "--quiet", "refresh"]
+
+    def install(self, packages: Sequence[str], cached: bool = False) -> List[str]:
+        """Install names or package files with their dependencies (`cached`: without refreshing)."""
+        return self.base() + (["--no-refresh"] if cached else []) + [
+            "install", "--no-recommends", "--allow-unsigned-rpm", *packages]
+
+    def download(self, packages: Sequence[str]) -> List[str]:
+        """Download what installing `packages` takes, installing nothing."""
+        return self.base() + ["install", "--no-recommends", "--allow-unsigned-rpm", "--download-only", *packages]
+
+    def remove(self, names: Sequence[str]) -> List[str]:
+        """Remove the packages and what only they needed."""
+        return self.base() + ["--no-refresh", "remove", "--clean-deps", *names]
+
+    purge = remove
+
+    def identify(self, paths: Sequence[str]) -> List[str]:
+        """Print NAME TAB EPOCH:VERSION-RELEASE of each package file."""
+        return ["rpm", "-qp", "--qf", "%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", *paths]
+
+    def files(self, names: Sequence[str]) -> List[str]:
+        """List the files of installed packages, one a line."""
+        return ["rpm", "-ql", *names]
+
+
+class Pacman:
+    """Arch's pacman: -R keeps configuration files as .pacsave, -Rns removes them with unneeded dependencies."""
+
+    command = "pacman"
+    package_type = "pkg"
+    systemd = ("systemd", "dbus")
+    archives = ""  # autopkgtest installs test dependencies with apt only
+
+    def base(self) -> List[str]:
+        """pacman without questions or progress bars, its package cache in postroj's cache."""
+        return ["pacman", "--noconfirm", "--noprogressbar", "--cachedir=%s" % PACKAGE_CACHE_DIR]
+
+    def refresh(self) -> List[str]:
+        """Nothing: installs refresh the databases themselves (-Sy)."""
+        return []
+
+    def install(self, packages: Sequence[str], cached: bool = False) -> List[str]:
+        """Install names (from the repositories) or package files (-U) with their dependencies."""
+        files = [p for p in packages if "/" in p]
+        if files:
+            return self.base() + ["-U", "--needed", *packages]
+        return self.base() + (["-S"] if cached else ["-Sy"]) + ["--needed", *packages]
+
+    def download(self, packages: Sequence[str]) -> List[str]:
+        """Download what installing `packages` takes, installing nothing."""
+        files = [p for p in packages if "/" in p]
+        return self.base() + (["-Uw"] if files else ["-Syw"]) + ["--needed", *packages]
+
+    def remove(self, names: Sequence[str]) -> List[str]:
+        """Remove the packages; their changed configuration files stay as .pacsave."""
+        return self.base() + ["-R", *names]
+
+    def purge(self, names: Sequence[str]) -> List[str]:
+        """Remove the packages, their configuration and the dependencies nothing else needs."""
+        return self.base() + ["-Rns", *names]
+
+    def identify(self, paths: Sequence[str]) -> List[str]:
+        """Print NAME VERSION of each package file."""
+        return ["pacman", "-Qp", *paths]
+
+    def files(self, names: Sequence[str]) -> List[str]:
+        """List the files of installed packages, one a line."""
+        return ["pacman", "-Qlq", *names]
+
+
+PACKAGE_MANAGERS: Dict[PackageManager, Any] = {
+    PackageManager.APT: Apt(),
+    PackageManager.DNF: Dnf("dnf"),
+    PackageManager.YUM: Dnf("yum"),
+    PackageManager.MICRODNF: Microdnf(),
+    PackageManager.ZYPPER: Zypper(),
+    PackageManager.PACMAN: Pacman(),
+}
+
+
+def package_manager(name: str) -> Any:
+    """The behaviour of the package manager `name` (an image's record), or an error that says which postroj
+    knows."""
+    try:
+        return PACKAGE_MANAGERS[PackageManager(name)]
+    except ValueError:
+        die("no package manager postroj knows in the image (%r)" % name,
+            "postroj supports %s" % ", ".join(PackageManager))
 
 
 def install_command(manager: str, packages: Sequence[str]) -> List[str]:
-    """The package manager's command that installs `packages` (names or paths) with their dependencies."""
-    cache = PACKAGE_CACHE_DIR
-    if manager == "apt":  # -q: no progress lines ("Reading package lists... 0%"), errors kept
-        return ["apt-get", *APT_OPTIONS, "-q", "install", "-y", "--no-install-recommends", *packages]
-    if manager in ("dnf", "yum"):
-        return [manager, "-y", "-q", "--setopt=keepcache=1", "--setopt=cachedir=%s" % cache, "--setopt=install_weak_deps=0",
-                "install", *packages]
-    if manager == "microdnf":
-        return ["microdnf", "-y", "--setopt=keepcache=1", "--nodocs", "install", *packages]
-    if manager == "zypper":
-        return ["zypper", "--non-interactive", "--quiet", "--pkg-cache-dir=%s" % cache, "install", "--no-recommends",
-                "--allow-unsigned-rpm", *packages]
-    if manager == "pacman":
-        return ["pacman", "-Sy", "--noconfirm", "--noprogressbar", "--needed", "--cachedir=%s" % cache, *packages]
-    die("no package manager postroj knows in the image", "postroj supports apt, dnf, microdnf, yum, zypper, pacman")
+    """The command that installs `packages` (names or paths) with their dependencies."""
+    return package_manager(manager).install(packages)
 
 
 def refresh_command(manager: str) -> List[str]:
     """The command that refreshes the package indexes, [] where installs refresh them themselves."""
-    if manager == "apt":  # -qq: errors and warnings only
-        return ["apt-get", *APT_OPTIONS, "-qq", "update"]
-    if manager == "zypper":
-        return ["zypper", "--non-interactive", "--quiet", "refresh"]
-    return []
+    return package_manager(manager).refresh()
 
 
 def package_transaction(manager: str, packages: Sequence[str], refresh: bool) -> List[str]:
     """One command that installs `packages`, refreshing the package indexes first when asked."""
-    install = install_command(manager, packages)
-    first = refresh_command(manager) if refresh else []
+    return then_exec(package_manager(manager).refresh() if refresh else [], install_command(manager, packages))
+
+
+def then_exec(first: Sequence[str], then: Sequence[str]) -> List[str]:
+    """One command that runs `first` and, when it succeeded, `then`: one container run instead of two (the
+    script is postroj's own, the arguments stay arguments)."""
     if not first:
-        return install
-    # one container run instead of two; the script is postroj's own, the package names are arguments
-    return ["sh", "-c", '%s && exec "$@"' % shlex.join(first), "sh", *install]
+        return list(then)
+    return ["sh", "-c", '%s && exec "$@"' % shlex.join(first), "sh", *then]
 
 
 def package_cache_for(settings: Settings, os_fields: Dict[str, str]) -> Path:
@@ -2394,7 +2608,7 @@ def provision(settings: Settings, host: Host, root: Path) -> Tuple[Dict[str, str
                 "use an image with systemd, or with apt, dnf, yum, zypper or pacman")
         cache = package_cache_for(settings, fields)
         log.info("installing systemd into %s with %s", fields.get("PRETTY_NAME", "the image"), manager)
-        packages = SYSTEMD_PACKAGES[manager]
+        packages = list(package_manager(manager).systemd)
         argv = nspawn_run_argv(host, root, [(str(cache), PACKAGE_CACHE_DIR)])
         # one package manager at a time per cache: apt and dnf do not share a cache directory well
         with file_lock(cache / ".postroj.lock"), own_cgroups(host) as entry:
@@ -3110,6 +3324,16 @@ class NspawnContainer:
         self.shutdown()
         self.boot()
 
+    def power_cycle(self) -> None:
+        """Reboot as a machine reboots: the container's systemd stops every unit and powers off (within the
+        boot time-out, else nspawn ends it), then the same overlay boots again."""
+        assert self.proc is not None
+        self.execute(["systemctl", "--no-block", "poweroff"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, timeout=self.spec.boot_timeout)
+        if not wait_exit(self.proc, self.spec.boot_timeout):
+            log.warning("%s did not power off within %s s: ended", self.machine, self.spec.boot_timeout)
+        self.reboot()
+
     def revert(self) -> None:
         """Boot a fresh overlay of the same image: nothing done in the container survives."""
         self.shutdown()
@@ -3790,11 +4014,12 @@ def check_package_file(path: Path) -> str:
 
 def package_matches(kind: str, manager: str) -> bool:
     """True when a package of `kind` installs with `manager` (.msi: on Windows VMs)."""
-    return kind == "msi" or PACKAGE_TYPES.get(manager) == kind
+    return kind == "msi" or (manager in tuple(PackageManager) and package_manager(manager).package_type == kind)
 
 
 class ProbePlan(NamedTuple):
-    """All probes of a run, in their order, with their timeouts."""
+    """All probes of a run, in their order, with their timeouts, and the stages of the packages' life:
+    `upgrade_from` ("archive", or package files) first, then the packages, then a reboot, remove and purge."""
 
     probes: Tuple[Probe, ...]
     timeout: float = 30
@@ -3802,6 +4027,20 @@ class ProbePlan(NamedTuple):
     private_network: bool = True
     fail_fast: bool = False
     install_timeout: float = 600
+    upgrade_from: Tuple[str, ...] = ()
+    reboot: bool = False
+    remove: bool = False
+    purge: bool = False
+    start_units: bool = False
+
+    def stages(self) -> List[Stage]:
+        """The stages of one image, in order."""
+        packaged = any(p.kind == ProbeKind.PACKAGE for p in self.probes)
+        stages = [Stage.INSTALLED, Stage.UPGRADED] if packaged and self.upgrade_from else \
+            [Stage.INSTALLED] if packaged else [Stage.BOOTED]
+        stages += [Stage.REBOOTED] if self.reboot else []
+        stages += [Stage.REMOVED] if packaged and (self.remove or self.purge) else []
+        return stages + ([Stage.PURGED] if packaged and self.purge else [])
 
 
 def materialize_packages(settings: Settings, probes: Sequence[Probe]) -> Dict[str, Path]:
@@ -3820,73 +4059,6 @@ def materialize_packages(settings: Settings, probes: Sequence[Probe]) -> Dict[st
 def tail(text: str, lines: int = 20) -> str:
     """The last `lines` lines of `text`."""
     return "\n".join(text.splitlines()[-lines:])
-
-
-def install_packages(settings: Settings, image: ImageInfo, packages: Sequence[Tuple[Probe, Path]],
-                     container: NspawnContainer, timeout: float) -> List[ProbeResult]:
-    """Install the packages into the container's overlay before it boots, with the image's package manager.
-
-    This runs with the host's network, so dependencies download even though the booted container gets a
-    network of its own; services the packages enable start when the container boots.
-    """
-    t0 = time.monotonic()
-    staged = ensure_dir(container.guest_dir() / "packages")
-    inner = []
-    for _probe, path in packages:
-        shutil.copyfile(path, staged / path.name)
-        os.chmod(staged / path.name, 0o644)
-        inner.append("%s/packages/%s" % (GUEST_RUNTIME, path.name))
-    cache = package_cache_for(settings, read_os_release(Path(image.path)))
-    waiting = "the package cache %s, which another probe of this release is installing from" % cache
-    with file_lock(cache / ".postroj.lock", waiting=waiting):
-        # always refresh: the lists are shared by the images of a release, whose sources may differ;
-        # with warm lists this is a few conditional requests
-        command = package_transaction(image.package_manager, inner, refresh=True)
-        try:
-            code, output = container.run_in_overlay(command, [(str(cache), PACKAGE_CACHE_DIR)], timeout,
-                                                    what="installing %s" % ", ".join(p.name for _, p in packages))
-        except TimedOut as exc:
-            duration = (time.monotonic() - t0) / len(packages)
-            return [ProbeResult(image.name, probe, Status.FAIL, duration, reason="%s\nhint: %s" % (
-                exc.message, exc.hint)) for probe, _ in packages]
-    duration = (time.monotonic() - t0) / len(packages)
-    if code == 0:
-        return [ProbeResult(image.name, probe, Status.PASS, duration, output=tail(output)) for probe, _ in packages]
-    return [ProbeResult(image.name, probe, Status.FAIL, duration, reason="%s exited with %d" % (image.package_manager, code),
-                        output=tail(output, 40)) for probe, _ in packages]
-
-
-def run_unit_probe(container: NspawnContainer, probe: Probe, timeout: float) -> ProbeResult:
-    """The unit must become active; a unit that exists but is not running is enabled and started."""
-    t0 = time.monotonic()
-    image = container.image.name
-    unit = probe.target
-    deadline = t0 + timeout
-    started = False
-    state = ""
-    while True:
-        code, state = container.run_captured(["systemctl", "is-active", unit])
-        if state == "active":
-            return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0, output=state)
-        if state == "failed":
-            break
-        if state in ("inactive", "unknown") and not started:
-            _, load = container.run_captured(["systemctl", "show", "-p", "LoadState", "--value", unit])
-            if load == "not-found":
-                state = "not-found"
-                break
-            started = True
-            container.run_captured(["systemctl", "enable", "--now", unit], timeout=timeout)
-            continue
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    _, status = container.run_captured(["systemctl", "status", "--no-pager", "--lines=20", unit])
-    journal = container.journal_tail(30, unit if state != "not-found" else "")
-    reason = {"not-found": "unit %s does not exist" % unit, "failed": "unit %s failed" % unit}.get(
-        state, "unit %s is %s, not active, after %s s" % (unit, state or "unknown", timeout))
-    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason=reason, output=status,
-                       details=journal)
 
 
 def run_network_probe(container: NspawnContainer, probe: Probe, timeout: float) -> ProbeResult:
@@ -3955,6 +4127,414 @@ def run_copy_probe(container: NspawnContainer, probe: Probe, timeout: float) -> 
     return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason="copying failed (%d)" % code,
                        output=output)
 
+class Packages(NamedTuple):
+    """The packages of one image's life, staged in the container's guest directory and named: `new` the
+    --package files, `old` what --upgrade-from installs first (files, or names from the image's sources),
+    `names` the packages' names, `probes` their probes."""
+
+    new: Tuple[str, ...]
+    old: Tuple[str, ...]
+    names: Tuple[str, ...]
+    probes: Tuple[Probe, ...]
+
+
+def stage_files(container: NspawnContainer, directory: str, paths: Sequence[Path]) -> List[str]:
+    """Copy package files into the container's guest directory; their paths in the container."""
+    staged = ensure_dir(container.guest_dir() / directory)
+    inner = []
+    for path in paths:
+        shutil.copyfile(path, staged / path.name)
+        os.chmod(staged / path.name, 0o644)
+        inner.append("%s/%s/%s" % (GUEST_RUNTIME, directory, path.name))
+    return inner
+
+
+def chain(*commands: Sequence[str]) -> List[str]:
+    """One command that runs `commands` in turn while they succeed: one container run instead of several
+    (the script is postroj's own; package paths are quoted)."""
+    return ["sh", "-c", " && ".join(shlex.join(c) for c in commands if c)]
+
+
+def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnContainer, plan: ProbePlan,
+                     packages: Dict[str, Path]) -> Packages:
+    """Before the boot, with the host's network: stage the package files, read their names, refresh the
+    lists and download all the stages install into the package cache. The cache's lock is held while the
+    cache is written, and no longer: the installs read it in the booted containers."""
+    manager = package_manager(image.package_manager)
+    probes = tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE)
+    new = stage_files(container, "packages", [packages[p.target] for p in probes])
+    old = stage_files(container, "old", [packages[s] for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE])
+    code, output = container.run_in_overlay(manager.identify(new), timeout=plan.install_timeout,
+                                            what="reading the packages' names")
+    if code != 0:
+        die("cannot read the names of %s:\n%s" % (", ".join(os.path.basename(p) for p in new), tail(output, 10)),
+            "give packages the image's package manager installs")
+    names = tuple(dict.fromkeys(line.split()[0] for line in output.splitlines() if line.strip()))
+    cache = package_cache_for(settings, read_os_release(Path(image.path)))
+    binds = [(str(cache), PACKAGE_CACHE_DIR)]
+    waiting = "the package cache %s, which another probe of this release is writing" % cache
+    with file_lock(cache / ".postroj.lock", waiting=waiting):
+        # always refresh: the lists are shared by the images of a release, whose sources may differ;
+        # with warm lists this is a few conditional requests
+        code, output = container.run_in_overlay(
+            chain(manager.refresh(), manager.download(new), manager.download(old) if old else []), binds,
+            plan.install_timeout, what="downloading what %s needs" % ", ".join(names))
+        if code != 0:
+            die("downloading what %s needs failed with exit code %d:\n%s" % (
+                ", ".join(names), code, "\n".join("  " + line for line in package_manager_errors(output))),
+                "check the image's package sources and that this host reaches them")
+        if UPGRADE_FROM_ARCHIVE in plan.upgrade_from:
+            code, output = container.run_in_overlay(manager.download(names), binds, plan.install_timeout,
+                                                    what="downloading %s from the image's sources" % ", ".join(names))
+            if code != 0:
+                die("--upgrade-from archive: the package sources of %s do not carry %s:\n%s" % (
+                    image.name, ", ".join(names), "\n".join("  " + e for e in package_manager_errors(output, 5))),
+                    "give the version to upgrade from as files: --upgrade-from OLD.deb")
+            old = list(names)
+    return Packages(tuple(new), tuple(old), names, probes)
+
+
+UPGRADE_FROM_ARCHIVE = "archive"
+
+# Paths a package's life changes on any system and purge does not restore: logs, the package managers' and
+# systemd's state, caches, the journal (README: Lifecycle). Users and groups that remain are reported, not
+# failed: Debian's policy keeps them.
+PURGE_EXPECTED = (
+    "/var/log/", "/var/lib/apt/", "/var/lib/dpkg/", "/var/lib/rpm/", "/var/lib/dnf/", "/var/lib/pacman/",
+    "/var/cache/", "/var/lib/systemd/", "/var/lib/dbus/", "/var/lib/ucf/", "/var/lib/polkit-1/",
+    "/var/lib/private/", "/run/", "/tmp/", "/var/tmp/", "/etc/ld.so.cache", "/etc/passwd", "/etc/group",
+    "/etc/shadow", "/etc/gshadow", "/etc/subuid", "/etc/subgid", "/etc/machine-id", "/etc/.pwd.lock",
+    "/usr/share/info/dir", "/var/lib/sgml-base/", "/var/lib/xml-core/", "/etc/ca-certificates.conf",
+    "/etc/ssl/certs/",
+)
+PROCESSES_SCRIPT = r'''for p in /proc/[0-9]*; do
+  exe=$(readlink "$p/exe" 2>/dev/null) || continue
+  printf '%s\t%s\t%s\n' "${p#/proc/}" "${exe% (deleted)}" "$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)"
+done'''
+MISSING_SCRIPT = 'for f; do [ -e "$f" ] || printf "%s\\n" "$f"; done'
+UNIT_DIRS = ("/lib/systemd/system/", "/usr/lib/systemd/system/", "/etc/systemd/system/")
+
+
+def overlay_entries(upper: Path) -> Dict[str, str]:
+    """What the container changed, from its overlay's upper directory, read on the host without following a
+    link: path in the container -> file, dir, link or gone (a whiteout: deleted from the image)."""
+    found = {}
+    for root, dirs, files in os.walk(str(upper)):  # os.walk does not follow links to directories
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            kind = "link" if stat.S_ISLNK(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode) else \
+                "gone" if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 else "file"
+            found["/" + os.path.relpath(path, str(upper))] = kind
+    return found
+
+
+def container_processes(container: NspawnContainer) -> Dict[int, Tuple[str, str]]:
+    """The processes in the container: PID -> (executable, command line)."""
+    _, out = container.run_captured(["sh", "-c", PROCESSES_SCRIPT])
+    found = {}
+    for line in out.splitlines():
+        fields = line.split("\t", 2)
+        if len(fields) == 3 and fields[0].isdigit():
+            found[int(fields[0])] = (fields[1], fields[2].strip())
+    return found
+
+
+def account_names(container: NspawnContainer) -> "set[str]":
+    """The users and groups of the container, as user:NAME and group:NAME."""
+    _, out = container.run_captured(["sh", "-c", "cut -d: -f1 /etc/passwd | sed s/^/user:/; "
+                                                 "cut -d: -f1 /etc/group | sed s/^/group:/"])
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+class Baseline(NamedTuple):
+    """The container before the first install, for purge's comparison (piuparts-style): what its overlay
+    held, which programs ran, which users and groups it had."""
+
+    entries: Dict[str, str]
+    executables: "set[str]"
+    accounts: "set[str]"
+
+    @classmethod
+    def take(cls, container: NspawnContainer) -> "Baseline":
+        """The container as it is now."""
+        return cls(overlay_entries(container.upper), {exe for exe, _ in container_processes(container).values()},
+                   account_names(container))
+
+
+def leftover_result(image: str, target: str, stage: Stage, found: Sequence[str], what: str, t0: float,
+                    reported: str = "") -> ProbeResult:
+    """A leftover check's result: a failure listing what was `found`."""
+    probe = Probe(ProbeKind.LEFTOVER, target)
+    if not found:
+        return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0, output=reported, stage=stage)
+    listed = "\n".join(found[:60]) + ("\n... and %d more" % (len(found) - 60) if len(found) > 60 else "")
+    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, stage=stage,
+                       reason="%s: %d %s" % (stage, len(found), what),
+                       output=listed + ("\n" + reported if reported else ""))
+
+
+def check_removed(container: NspawnContainer, files: "set[str]", t0: float) -> List[ProbeResult]:
+    """After remove: no process runs a program (or a script) of the packages' files, none of their units is
+    active."""
+    image = container.image.name
+    # a program of the packages, or a script of theirs run by its interpreter
+    running = sorted("%d %s (%s)" % (pid, exe, cmd) for pid, (exe, cmd) in container_processes(container).items()
+                     if exe in files or any(word in files for word in cmd.split()[:2]))
+    units = sorted(os.path.basename(f) for f in files if f.startswith(UNIT_DIRS) and
+                   f.endswith((".service", ".socket", ".timer", ".path")))
+    active = []
+    if units:
+        _, out = container.run_captured(["systemctl", "is-active", *units])
+        active = [unit for unit, state in zip(units, out.splitlines()) if state.strip() in ("active", "activating")]
+    return [leftover_result(image, "processes", Stage.REMOVED, running, "processes of the packages still run", t0),
+            leftover_result(image, "units", Stage.REMOVED, active, "units of the packages are still active", t0)]
+
+
+def open_beneath(root: Path, relative: str) -> int:
+    """A descriptor of the directory that holds `relative` below `root`, reached without following a link
+    (what a container made may be a link anywhere on the host)."""
+    fd = os.open(str(root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in [p for p in relative.split("/") if p][:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def same_as_image(lower: Path, path: str, kind: str, upper: Path) -> bool:
+    """True when the image has `path` as the overlay has it now: a directory that was there (files were made
+    and removed in it), a link to the same place, a file with the same bytes (its owner or mode changed)."""
+    parent = resolve_in_root(lower, os.path.dirname(path))  # its own links lead within the image only
+    if parent is None or kind == "gone":
+        return False
+    image_path = parent / os.path.basename(path)
+    if not os.path.lexists(str(image_path)):
+        return False
+    name = os.path.basename(path)
+    try:
+        if kind == "dir":
+            return image_path.is_dir() and not image_path.is_symlink()
+        fd = open_beneath(upper, path)
+        try:
+            if kind == "link":
+                return image_path.is_symlink() and os.readlink(str(image_path)) == os.readlink(name, dir_fd=fd)
+            if image_path.is_symlink() or not image_path.is_file():
+                return False
+            with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd), "rb") as ours, \
+                    open(str(image_path), "rb") as theirs:
+                return os.fstat(ours.fileno()).st_size == os.fstat(theirs.fileno()).st_size and \
+                    ours.read() == theirs.read()
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+
+
+def check_purged(container: NspawnContainer, baseline: Baseline, t0: float) -> List[ProbeResult]:
+    """After purge, against the container before the first install: files and directories left behind or
+    changed, broken links, *.wants links to units that are gone, programs still running; users and groups
+    left are reported."""
+    image = container.image.name
+    now = overlay_entries(container.upper)
+    lower = Path(container.image.path)
+    changed = [path for path, kind in now.items() if baseline.entries.get(path) != kind and
+               not (path.startswith(PURGE_EXPECTED) or path + "/" in PURGE_EXPECTED) and
+               not same_as_image(lower, path, kind, container.upper)]
+    # a directory left behind is named once, not with everything in it
+    dirs = {p for p in changed if now[p] == "dir"}
+    changed = [p for p in changed if not any(p.startswith(d + "/") for d in dirs)]
+    links = [p for p in changed if now[p] == "link"]
+    dangling = set()
+    if links:
+        _, out = container.run_captured(["sh", "-c", MISSING_SCRIPT, "sh", *links])
+        dangling = {line.strip() for line in out.splitlines() if line.strip()}
+    words = {"file": "left behind", "dir": "directory left behind", "link": "link left behind",
+             "gone": "deleted from the image"}
+    listed = []
+    for path in sorted(changed):
+        word = words[now[path]]
+        if path in dangling:
+            word = "broken link to a unit that is gone" if ".wants/" in path else "broken link left behind"
+        listed.append("%s: %s" % (path, word))
+    running = sorted("%s (%s)" % (exe, cmd) for exe, cmd in container_processes(container).values()
+                     if exe not in baseline.executables)
+    accounts = sorted(account_names(container) - baseline.accounts)
+    reported = "left, as Debian's policy allows: %s" % ", ".join(accounts) if accounts else ""
+    return [leftover_result(image, "files", Stage.PURGED, listed, "paths differ from the container before the install",
+                            t0,
+                            reported),
+            leftover_result(image, "processes", Stage.PURGED, running, "processes still run", t0)]
+
+
+def transaction(container: NspawnContainer, image: ImageInfo, probes: Sequence[Probe], stage: Stage,
+                argv: Sequence[str], timeout: float) -> List[ProbeResult]:
+    """Run the package manager in the booted container, as on a machine: a result per probe, with what it
+    printed, and the journal when it failed."""
+    t0 = time.monotonic()
+    code, output = container.run_captured(list(argv), timeout=timeout)
+    duration = (time.monotonic() - t0) / len(probes)
+    if code == 0:
+        return [ProbeResult(image.name, p, Status.PASS, duration, output=tail(output), stage=stage) for p in probes]
+    reason = "%s did not finish within %g s" % (image.package_manager, timeout) if code == 124 else \
+        "%s exited with %d" % (image.package_manager, code)
+    if container.ended():
+        reason = "the container ended while %s ran" % image.package_manager
+    journal = "" if container.ended() else container.journal_tail(30)
+    return [ProbeResult(image.name, p, Status.FAIL, duration, reason=reason, output=tail(output, 40), details=journal,
+                        stage=stage) for p in probes]
+
+
+def run_checks(container: NspawnContainer, plan: ProbePlan, stage: Stage, broken: str,
+               cancel: threading.Event, results: List[ProbeResult]) -> None:
+    """The checks of `plan` after `stage`: copies, units, ports and commands where the packages are installed;
+    units that must not be active where they were removed. `broken`: the stage's own step failed."""
+    installed = stage not in (Stage.REMOVED, Stage.PURGED)
+    for probe in plan.probes:
+        if probe.kind == ProbeKind.PACKAGE or (not installed and probe.kind != ProbeKind.UNIT):
+            continue
+        if plan.fail_fast and any(r.status == Status.FAIL for r in results):
+            cancel.set()
+        if cancel.is_set():
+            results.append(ProbeResult(container.image.name, probe, Status.SKIP, 0.0, reason="not run: --fail-fast",
+                                       stage=stage))
+        elif broken and probe.kind in (ProbeKind.UNIT, ProbeKind.NETWORK):
+            # a unit or a port of a package that did not install would only wait out its time-out
+            results.append(ProbeResult(container.image.name, probe, Status.SKIP, 0.0, reason="not run: %s" % broken,
+                                       stage=stage))
+        elif probe.kind == ProbeKind.UNIT and not installed:
+            results.append(run_unit_probe(container, probe, plan.timeout, expect_active=False)._replace(stage=stage))
+        else:
+            results.append(PROBE_RUNNERS[probe.kind].in_container(container, probe, plan.timeout)._replace(
+                stage=stage))
+
+
+def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Packages],
+         cancel: threading.Event) -> List[ProbeResult]:
+    """The stages of the plan in the booted container, in order, each followed by its checks; a stage whose
+    step fails skips the stages after it."""
+    image = container.image
+    manager = package_manager(image.package_manager) if packages else None
+    results: List[ProbeResult] = []
+    baseline = Baseline.take(container) if packages and plan.purge else None
+    files: "set[str]" = set()
+    failed = ""
+    for stage in plan.stages():
+        t0 = time.monotonic()
+        if failed:
+            results += [ProbeResult(image.name, p, Status.SKIP, 0.0, reason="not run: %s" % failed, stage=stage)
+                        for p in stage_probes(plan, stage, packages)]
+            continue
+        step: List[ProbeResult] = []
+        if stage == Stage.INSTALLED and plan.upgrade_from:
+            sources = [Probe(ProbeKind.PACKAGE, s) for s in plan.upgrade_from]
+            step = transaction(container, image, sources, stage, manager.install(packages.old, cached=True),
+                               plan.install_timeout)
+        elif stage in (Stage.INSTALLED, Stage.UPGRADED):
+            step = transaction(container, image, packages.probes, stage, manager.install(packages.new, cached=True),
+                               plan.install_timeout)
+            if plan.start_units:
+                units = [p.target for p in plan.probes if p.kind == ProbeKind.UNIT]
+                container.run_captured(["systemctl", "enable", "--now", *units], timeout=plan.timeout)
+        elif stage == Stage.REBOOTED:
+            step = [reboot(container, plan)]
+        elif stage == Stage.REMOVED:
+            _, listed = container.run_captured(manager.files(packages.names))
+            files = {line.strip() for line in listed.splitlines() if line.startswith("/")}
+            step = transaction(container, image, packages.probes, stage, manager.remove(packages.names),
+                               plan.install_timeout)
+        elif stage == Stage.PURGED:
+            step = transaction(container, image, packages.probes, stage, manager.purge(packages.names),
+                               plan.install_timeout)
+        results += step
+        broken = ", ".join(os.path.basename(r.probe.target) for r in step if r.status == Status.FAIL)
+        if broken:
+            failed = "the %s stage failed (%s)" % (stage, broken)
+        run_checks(container, plan, stage, failed and "%s failed" % broken, cancel, results)
+        if failed:
+            continue
+        if stage == Stage.REMOVED:
+            results += check_removed(container, files, t0)
+        elif stage == Stage.PURGED and baseline:
+            results += check_purged(container, baseline, t0)
+    return results
+
+
+def stage_probes(plan: ProbePlan, stage: Stage, packages: Optional[Packages]) -> List[Probe]:
+    """What a stage reports on: its step and its checks (for the rows of a stage that is skipped)."""
+    if stage == Stage.INSTALLED and plan.upgrade_from:
+        found = [Probe(ProbeKind.PACKAGE, s) for s in plan.upgrade_from]
+    elif stage == Stage.REBOOTED:
+        found = [Probe(ProbeKind.REBOOT, "the container")]
+    else:
+        found = list(packages.probes) if packages and stage != Stage.BOOTED else []
+    installed = stage not in (Stage.REMOVED, Stage.PURGED)
+    found += [p for p in plan.probes if p.kind != ProbeKind.PACKAGE and (installed or p.kind == ProbeKind.UNIT)]
+    if stage == Stage.REMOVED:
+        found += [Probe(ProbeKind.LEFTOVER, "processes"), Probe(ProbeKind.LEFTOVER, "units")]
+    elif stage == Stage.PURGED:
+        found += [Probe(ProbeKind.LEFTOVER, "files"), Probe(ProbeKind.LEFTOVER, "processes")]
+    return found
+
+
+def reboot(container: NspawnContainer, plan: ProbePlan) -> ProbeResult:
+    """Reboot the container as a machine reboots: its systemd stops every unit and powers off, then the same
+    overlay boots again."""
+    t0 = time.monotonic()
+    probe = Probe(ProbeKind.REBOOT, "the container")
+    try:
+        container.power_cycle()
+    except PostrojError as exc:
+        return ProbeResult(container.image.name, probe, Status.FAIL, time.monotonic() - t0, reason=exc.message,
+                           stage=Stage.REBOOTED)
+    return ProbeResult(container.image.name, probe, Status.PASS, time.monotonic() - t0,
+                       output="booted %s" % (container.boot_state() or "?"), stage=Stage.REBOOTED)
+
+
+def run_unit_probe(container: NspawnContainer, probe: Probe, timeout: float, expect_active: bool = True) -> ProbeResult:
+    """The unit as the package left it, starting and enabling nothing: it must be active (where the package is
+    installed) or not active (where it was removed). A unit on its way (activating, reloading) gets the
+    time-out to arrive."""
+    t0 = time.monotonic()
+    image = container.image.name
+    unit = probe.target
+    deadline = t0 + timeout
+    while True:
+        _, state = container.run_captured(["systemctl", "is-active", unit])
+        if state not in ("activating", "deactivating", "reloading", "refreshing") or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    _, enabled = container.run_captured(["systemctl", "is-enabled", unit])
+    _, load = container.run_captured(["systemctl", "show", "-p", "LoadState", "--value", unit])
+    active = state == "active"
+    if active == expect_active or (not expect_active and load == "not-found"):
+        return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0,
+                           output="%s, %s" % (state or "unknown", enabled or "not-found"))
+    if load == "not-found":
+        reason = "unit %s does not exist" % unit
+    elif not expect_active:
+        reason = "unit %s is still %s after the packages were removed" % (unit, state)
+    elif state == "failed":
+        reason = "unit %s failed (%s)" % (unit, enabled)
+    elif enabled == "enabled":
+        reason = "%s, enabled: the unit does not run, though it starts at boot" % (state or "unknown")
+    elif state in ("activating", "reloading"):
+        reason = "unit %s is still %s after %s s" % (unit, state, timeout)
+    else:
+        reason = "%s, not enabled: the package neither enabled nor started it" % (state or "unknown")
+    _, status = container.run_captured(["systemctl", "status", "--no-pager", "--lines=20", unit])
+    journal = container.journal_tail(30, unit if load != "not-found" else "")
+    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason=reason, output=status,
+                       details=journal)
+
+
 # --- probes in virtual machines ----------------------------------------------------------
 
 
@@ -4022,7 +4602,7 @@ class ProbeRunner(NamedTuple):
 
     rank: int
     in_container: Optional[Callable[[NspawnContainer, Probe, float], ProbeResult]]
-    in_vm: Callable[[VagrantMachine, Probe, float, Dict[str, Path]], ProbeResult]
+    in_vm: Optional[Callable[[VagrantMachine, Probe, float, Dict[str, Path]], ProbeResult]]
 
 
 PROBE_RUNNERS: Dict[ProbeKind, ProbeRunner] = {
@@ -4031,34 +4611,14 @@ PROBE_RUNNERS: Dict[ProbeKind, ProbeRunner] = {
     ProbeKind.UNIT: ProbeRunner(2, run_unit_probe, vm_unit_probe),
     ProbeKind.NETWORK: ProbeRunner(3, run_network_probe, vm_network_probe),
     ProbeKind.COMMAND: ProbeRunner(4, run_command_probe, vm_command_probe),
+    ProbeKind.REBOOT: ProbeRunner(5, None, None),  # stages of a package's life, not probes one asks for
+    ProbeKind.LEFTOVER: ProbeRunner(6, None, None),
 }
 
 
 def order_probes(probes: Sequence[Probe]) -> Tuple[Probe, ...]:
     """Probes in the order of their kinds' ranks, in the order given within a kind."""
     return tuple(sorted(probes, key=lambda p: PROBE_RUNNERS[p.kind].rank))
-
-
-def run_probes(image: ImageInfo, container: NspawnContainer, plan: ProbePlan, cancel: threading.Event,
-               installed: Sequence[ProbeResult]) -> List[ProbeResult]:
-    """The probes after the packages (`installed` before boot), in order, in the booted container."""
-    results: List[ProbeResult] = list(installed)
-    # a unit or a port of a package that did not install would only wait out its timeout
-    broken = [os.path.basename(r.probe.target) for r in installed if r.status == Status.FAIL]
-    for probe in plan.probes:
-        if plan.fail_fast and any(r.status == Status.FAIL for r in results):
-            cancel.set()
-        if probe.kind == ProbeKind.PACKAGE:
-            continue
-        if cancel.is_set():
-            results.append(ProbeResult(image.name, probe, Status.SKIP, 0.0, reason="not run: --fail-fast"))
-            continue
-        if broken and probe.kind in (ProbeKind.UNIT, ProbeKind.NETWORK):
-            results.append(ProbeResult(image.name, probe, Status.SKIP, 0.0,
-                                       reason="not run: installing %s failed" % ", ".join(broken)))
-            continue
-        results.append(PROBE_RUNNERS[probe.kind].in_container(container, probe, plan.timeout))
-    return results
 
 
 def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: ProbePlan, *, cancel: threading.Event,
@@ -4071,13 +4631,18 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
         return [ProbeResult(name, probe, Status.SKIP, 0.0, reason="not run: --fail-fast") for probe in plan.probes]
     try:
         image = obtain_image(settings, host, target)  # package types were checked by cmd_probe
-        pending = [(p, packages[p.target]) for p in plan.probes if p.kind == ProbeKind.PACKAGE]
-        spec = ContainerSpec(image, host, private_network=plan.private_network, boot_timeout=plan.boot_timeout)
+        packaged = any(p.kind == ProbeKind.PACKAGE for p in plan.probes)
+        binds: Tuple[Bind, ...] = ()
+        if packaged:  # the booted container installs from the cache what was downloaded before it booted
+            cache = package_cache_for(settings, read_os_release(Path(image.path)))
+            binds = (Bind(str(cache), PACKAGE_CACHE_DIR),)
+        spec = ContainerSpec(image, host, binds, private_network=plan.private_network,
+                             boot_timeout=plan.boot_timeout)
         with NspawnContainer(settings, spec, fleet) as container:
-            installed = install_packages(settings, image, pending, container, plan.install_timeout) if pending else []
+            prepared = prepare_packages(settings, image, container, plan, packages) if packaged else None
             container.boot()
             t1 = time.monotonic()
-            results = run_probes(image, container, plan, cancel, installed)
+            results = live(container, plan, prepared, cancel)
             container.timings["probes"] = time.monotonic() - t1
             container.boot_state()
         log.info("%s: %s", name, format_timings(container.timings))
@@ -4166,7 +4731,7 @@ def format_result(result: ProbeResult, color: bool = False) -> str:
     word = str(result.status).upper()
     if color:
         word = {"PASS": "\x1b[32mPASS\x1b[0m", "FAIL": "\x1b[31mFAIL\x1b[0m", "SKIP": "\x1b[33mSKIP\x1b[0m"}[word]
-    line = "%s  %-20s %-50s %6.2fs" % (word, result.image, result.probe.title[:50], result.duration)
+    line = "%s  %-20s %-50s %6.2fs" % (word, result.image, result.title[:50], result.duration)
     if result.status == Status.SKIP and result.reason:
         return "%s\n      reason: %s" % (line, result.reason)
     if result.status != Status.FAIL:
@@ -4186,8 +4751,8 @@ def results_json(results: Sequence[ProbeResult]) -> Dict[str, Any]:
         "version": __version__,
         "passed": all(r.status != Status.FAIL for r in results),
         "results": [{"image": r.image, "kind": r.probe.kind, "target": r.probe.target, "status": r.status,
-                     "duration": round(r.duration, 3), "reason": r.reason, "output": r.output, "details": r.details}
-                    for r in results],
+                     "duration": round(r.duration, 3), "reason": r.reason, "output": r.output, "details": r.details,
+                     "stage": r.stage} for r in results],
     }
 
 
@@ -4237,7 +4802,8 @@ def results_from_json(path: str) -> List[ProbeResult]:
             if not 0 <= duration < float("inf"):
                 raise ValueError("duration %r is not a number of seconds" % row.get("duration"))
             found.append(ProbeResult(text_safe(str(row["image"])), probe, Status(row["status"]), duration,
-                                     *(text_safe(str(row.get(key, ""))) for key in ("reason", "output", "details"))))
+                                     *(text_safe(str(row.get(key, ""))) for key in ("reason", "output", "details",
+                                                                                   "stage"))))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             die("%s: result %d is malformed (%s: %s)" % (path, number, type(exc).__name__, exc), hint, usage=True)
     return found
@@ -4257,7 +4823,7 @@ def merge_reports(paths: Sequence[str]) -> List[ProbeResult]:
                     "give each shard's report once", usage=True)
             seen_files[(st.st_dev, st.st_ino)] = path
         for result in results_from_json(path):
-            key = (result.image, str(result.probe.kind), result.probe.target)
+            key = (result.image, result.stage, str(result.probe.kind), result.probe.target)
             if seen.get(key, path) != path:
                 die("%s and %s both hold %s on %s: a shard given twice would be counted twice" % (
                     seen[key], path, result.probe.title, result.image),
@@ -4317,7 +4883,7 @@ def junit_xml(results: Sequence[ProbeResult]) -> bytes:
                               time="%.3f" % sum(r.duration for r in items), timestamp=now_iso())
         for r in items:
             case = ET.SubElement(suite, "testcase", classname=xml_safe("postroj.%s" % image),
-                                 name=xml_safe(r.probe.title),
+                                 name=xml_safe(r.title),
                                  time="%.3f" % r.duration)
             if r.status == Status.FAIL:
                 failure = ET.SubElement(case, "failure", message=xml_safe(r.reason), type=str(r.probe.kind))
@@ -4740,19 +5306,40 @@ def container_mounts(args: argparse.Namespace) -> Tuple[Tuple[Bind, ...], Tuple[
     return binds, tuple(parse_setenv(s) for s in args.setenv)
 
 
+def package_source(spec: str, option: str) -> str:
+    """A package file or URL as the command line gives it, checked: an absolute path or the URL."""
+    if spec.startswith(("http://", "https://")):
+        if not package_type(parse_url(spec).path):
+            die("%s does not name a package" % spec, "the URL must end in .deb, .rpm or .msi", usage=True)
+        return spec
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec):
+        die("unsupported scheme in %s %r" % (option, spec), "use a path, http:// or https://", usage=True)
+    check_package_file(Path(spec))
+    return str(Path(spec).absolute())
+
+
+def lifecycle(args: argparse.Namespace, probes: Sequence[Probe]) -> Dict[str, Any]:
+    """The stages of a package's life the command line asks for (ProbePlan's fields), checked."""
+    packaged = any(p.kind == ProbeKind.PACKAGE for p in probes)
+    upgrade_from = tuple(s if s == UPGRADE_FROM_ARCHIVE else package_source(s, "--upgrade-from")
+                         for s in args.upgrade_from)
+    for option, given in (("--upgrade-from", upgrade_from), ("--remove", args.remove), ("--purge", args.purge)):
+        if given and not packaged:
+            die("%s needs --package: it is a stage of the packages' life" % option,
+                "add the packages with --package", usage=True)
+    if args.vm and (upgrade_from or args.reboot or args.remove or args.purge or args.start_units):
+        die("the stages of a package's life (--upgrade-from, --reboot, --remove, --purge, --start-units) run in "
+            "containers only", "probe VMs without them", usage=True)
+    if UPGRADE_FROM_ARCHIVE in upgrade_from and len(upgrade_from) > 1:
+        die("--upgrade-from archive takes the old version from the image's sources: no files with it",
+            "give either archive or the old package files", usage=True)
+    return {"upgrade_from": upgrade_from, "reboot": args.reboot, "remove": args.remove or args.purge,
+            "purge": args.purge, "start_units": args.start_units}
+
+
 def build_probes(args: argparse.Namespace) -> Tuple[Probe, ...]:
     """The probes of the command line, checked before anything boots."""
-    probes: List[Probe] = []
-    for spec in args.package:
-        if spec.startswith(("http://", "https://")):
-            if not package_type(parse_url(spec).path):
-                die("%s does not name a package" % spec, "the URL must end in .deb, .rpm or .msi", usage=True)
-        elif re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec):
-            die("unsupported scheme in --package %r" % spec, "use a path, http:// or https://", usage=True)
-        else:
-            check_package_file(Path(spec))
-            spec = str(Path(spec).absolute())
-        probes.append(Probe(ProbeKind.PACKAGE, spec))
+    probes = [Probe(ProbeKind.PACKAGE, package_source(spec, "--package")) for spec in args.package]
     for spec in args.copy:
         source, sep, target = spec.rpartition(":")
         if not sep or not source or not target.startswith("/"):
@@ -5042,6 +5629,7 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     probes = build_probes(args)
     if not probes:
         die("no probe given", "add --command, --check-unit, --check-network, --package or --copy", usage=True)
+    stages = lifecycle(args, probes)
     color = sys.stdout.isatty()
 
     def report(result: ProbeResult) -> None:
@@ -5067,7 +5655,7 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
             raise unknown_name_error("image", name, all_labels() + [i.name for i in list_images(settings)],
                                      "see `postroj list-images`")
         manager = info.package_manager if info else dist.package_manager if dist else ""
-        for probe in probes:
+        for probe in list(probes) + [Probe(ProbeKind.PACKAGE, s) for s in stages["upgrade_from"]]:
             kind = package_type(probe.target) if probe.kind == ProbeKind.PACKAGE else ""
             if kind and manager and not package_matches(kind, manager):
                 die("%s is a .%s package, but %s uses %s" % (os.path.basename(probe.target), kind, name, manager),
@@ -5079,8 +5667,9 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     check_state_dirs(settings)
     plan = ProbePlan(probes, timeout=args.timeout, boot_timeout=args.boot_timeout,
                      private_network=not args.host_network, fail_fast=args.fail_fast,
-                     install_timeout=args.install_timeout)
-    packages = materialize_packages(settings, probes)
+                     install_timeout=args.install_timeout, **stages)
+    packages = materialize_packages(settings, list(probes) + [Probe(ProbeKind.PACKAGE, s) for s in plan.upgrade_from
+                                                             if s != UPGRADE_FROM_ARCHIVE])
 
     def probe_one(target: ImageTarget, cancel: threading.Event, fleet: Fleet) -> List[ProbeResult]:
         return probe_image(settings, host, target, plan, cancel=cancel, packages=packages, fleet=fleet)
@@ -5126,11 +5715,12 @@ def cmd_autopkgtest_virt(args: argparse.Namespace, settings: Settings) -> int:
     if any(p.exists() and not p.is_dir() for p in (settings.home, settings.cache)):
         check_state_dirs(settings)
     image = obtain_image(settings, host, resolve_image(settings, args.image, pull=args.pull))
-    if image.package_manager == "apt":
+    archives = package_manager(image.package_manager).archives if image.package_manager else ""
+    if archives:
         # test dependencies come from postroj's package cache of the release, and what apt downloads
         # stays there for the next run, as for probes (apt locks the directory against concurrent use)
         cache = package_cache_for(settings, read_os_release(Path(image.path)))
-        binds = (Bind(str(cache), "/var/cache/apt/archives"),) + binds
+        binds = (Bind(str(cache), archives),) + binds
     spec = ContainerSpec(image, host, binds, setenv, private_network=args.private_network,
                          boot_timeout=args.boot_timeout, scratch=AUTOPKGTEST_DOWNTMP)
     return AutopkgtestTestbed(settings, spec, sys.stdin, sys.stdout, args.copy_timeout).serve()
@@ -5480,11 +6070,22 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every acquired image")
     p.add_argument("--vm", action="append", default=[], metavar="BOX", help="probe a Vagrant VM instead; repeatable")
     p.add_argument("--package", action="append", default=[], metavar="PATH|URL", help="a .deb or .rpm (.msi on "
-                   "Windows VMs) to install with its dependencies before the container boots; repeatable")
+                   "Windows VMs) to install with its dependencies in the booted container; repeatable")
     p.add_argument("--copy", action="append", default=[], metavar="SRC:DST", help="put a host file or directory "
                    "at the absolute path DST in the container; repeatable")
     p.add_argument("--check-unit", action="append", default=[], metavar="UNIT", help="a systemd unit that must "
-                   "become active (enabled and started if it is not); repeatable")
+                   "be active as the package left it (nothing is started); repeatable")
+    p.add_argument("--start-units", action="store_true", help="enable and start the checked units after the "
+                   "install (where the distribution's policy leaves that to the administrator)")
+    p.add_argument("--upgrade-from", action="append", default=[], metavar="archive|PATH|URL",
+                   help="install this first and upgrade it with --package: `archive` for what the image's "
+                   "package sources carry, or old package files (repeatable)")
+    p.add_argument("--reboot", action="store_true", help="reboot the container after the install, then check "
+                   "again (a unit started but not enabled fails here)")
+    p.add_argument("--remove", action="store_true", help="remove the packages at the end: no unit or process "
+                   "of theirs may be left")
+    p.add_argument("--purge", action="store_true", help="purge them at the end (implies --remove) and compare "
+                   "with the container before the install: nothing may be left behind")
     p.add_argument("--check-network", action="append", default=[], metavar="URL", help="tcp://HOST:PORT or "
                    "http(s)://... that must answer from inside the container, within --timeout; repeatable")
     p.add_argument("--expect-status", type=int, default=None, metavar="CODE", help="the HTTP status "

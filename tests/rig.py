@@ -596,29 +596,52 @@ WantedBy=multi-user.target
 
 
 def build_deb(directory: Path, package: str, description: str, files: "dict[str, tuple[str, int]]",
-              depends: str = "", postinst: str = "") -> Path:
-    """PACKAGE_1.0_all.deb in `directory`, built with dpkg-deb: `files` maps paths in the package to their
-    text and mode; `postinst`, a shell script's body, runs after the install."""
+              depends: str = "", postinst: str = "", prerm: str = "", postrm: str = "", preinst: str = "",
+              version: str = "1.0") -> Path:
+    """PACKAGE_VERSION_all.deb in `directory`, built with dpkg-deb: `files` maps paths in the package to their
+    text and mode; `preinst`, `postinst`, `prerm` and `postrm`, shell scripts' bodies, are its maintainer
+    scripts."""
     tree = directory / package
     shutil.rmtree(tree, ignore_errors=True)
     (tree / "DEBIAN").mkdir(parents=True)
     (tree / "DEBIAN" / "control").write_text(
-        "Package: %s\nVersion: 1.0\nArchitecture: all\nMaintainer: postroj <postroj@localhost>\n%s"
-        "Description: %s\n" % (package, "Depends: %s\n" % depends if depends else "", description))
-    if postinst:
-        files = dict(files, **{"DEBIAN/postinst": ("#!/bin/sh\nset -e\n" + postinst, 0o755)})
+        "Package: %s\nVersion: %s\nArchitecture: all\nMaintainer: postroj <postroj@localhost>\n%s"
+        "Description: %s\n" % (package, version, "Depends: %s\n" % depends if depends else "", description))
+    scripts = {"preinst": preinst, "postinst": postinst, "prerm": prerm, "postrm": postrm}
+    files = dict(files, **{"DEBIAN/" + name: ("#!/bin/sh\nset -e\n" + body, 0o755)
+                           for name, body in scripts.items() if body})
     for path, (text, mode) in files.items():
         target = tree / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
         target.chmod(mode)
-    deb = directory / ("%s_1.0_all.deb" % package)
+    deb = directory / ("%s_%s_all.deb" % (package, version))
     sh("dpkg-deb", "--root-owner-group", "--build", tree, deb)
     return deb
 
 
-def build_demo_deb(directory: Path, port: int = 8080, depends: str = "perl-base") -> Path:
-    """postroj-demo_1.0_all.deb: a systemd unit whose service answers HTTP on `port`."""
+# What debhelper's maintainer scripts do for a unit (dh_installsystemd): enabled at configure, and started
+# when systemd runs; stopped before remove; the enablement forgotten at purge.
+UNIT_POSTINST = """if [ "$1" = configure ]; then
+  systemctl enable {unit} >/dev/null 2>&1 || true
+  if [ -d /run/systemd/system ]; then systemctl daemon-reload; systemctl restart {unit}; fi
+fi
+"""
+UNIT_PRERM = """if [ -d /run/systemd/system ] && [ "$1" = remove ]; then systemctl stop {unit}; fi
+"""
+UNIT_POSTRM = """if [ "$1" = purge ]; then rm -f /etc/systemd/system/*.wants/{unit}; fi
+if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+"""
+
+
+def build_demo_deb(directory: Path, port: int = 8080, depends: str = "perl-base", **overrides: str) -> Path:
+    """postroj-demo_1.0_all.deb: a systemd unit whose service answers HTTP on `port`, enabled and started by its
+    maintainer scripts as debhelper's are; `overrides` replace a script (postinst=...) or the version."""
+    unit = "postroj-demo.service"
+    scripts = {"postinst": UNIT_POSTINST.format(unit=unit), "prerm": UNIT_PRERM.format(unit=unit),
+               "postrm": UNIT_POSTRM.format(unit=unit)}
+    scripts.update(overrides)
     return build_deb(directory, "postroj-demo", "HTTP greeting service for postroj's tests", {
         "usr/bin/postroj-demo-server": (DEMO_SERVER, 0o755),
-        "lib/systemd/system/postroj-demo.service": (DEMO_UNIT.format(port=port), 0o644)}, depends=depends)
+        "lib/systemd/system/postroj-demo.service": (DEMO_UNIT.format(port=port), 0o644)}, depends=depends,
+        **scripts)

@@ -226,22 +226,99 @@ def test_parse_setenv(usage_error):
 
 CACHE = postroj.PACKAGE_CACHE_DIR
 PACKAGES = ["systemd", "/run/postroj/packages/hello.deb"]
+NAMES = ["nginx", "nginx-common"]
+APT = ["apt-get", *postroj.APT_OPTIONS]
+DNF = ["dnf", "-y", "-q", "--setopt=keepcache=1", "--setopt=cachedir=%s" % CACHE, "--setopt=install_weak_deps=0"]
+YUM = ["yum"] + DNF[1:]
+MICRODNF = ["microdnf", "-y", "--setopt=keepcache=1", "--nodocs"]
+ZYPPER = ["zypper", "--non-interactive", "--quiet", "--pkg-cache-dir=%s" % CACHE]
+PACMAN = ["pacman", "--noconfirm", "--noprogressbar", "--cachedir=%s" % CACHE]
+RPM_QUERY = ["rpm", "-qp", "--qf", "%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n"]
+
+# Every verb of every package manager, as the whole command line: changing a verb (install to remove, dnf's
+# install to erase) or an option that answers the questions, keeps the cache or works offline fails here.
+VERBS = [
+    ("apt", "install", (PACKAGES,), APT + ["-q", "install", "-y", "--no-install-recommends", *PACKAGES]),
+    ("apt", "install", (PACKAGES, True), APT + ["-o", "Debug::NoLocking=1", "-q", "install", "-y",
+                                                "--no-install-recommends", *PACKAGES]),
+    ("apt", "download", (PACKAGES,), APT + ["-q", "install", "-y", "--download-only", "--no-install-recommends",
+                                            *PACKAGES]),
+    ("apt", "refresh", (), APT + ["-qq", "update"]),
+    ("apt", "remove", (NAMES,), APT + ["-o", "Debug::NoLocking=1", "-q", "remove", "-y", *NAMES]),
+    ("apt", "purge", (NAMES,), APT + ["-o", "Debug::NoLocking=1", "-q", "purge", "-y", "--autoremove", *NAMES]),
+    ("apt", "files", (NAMES,), ["dpkg", "-L", *NAMES]),
+    ("dnf", "install", (PACKAGES,), DNF + ["install", *PACKAGES]),
+    ("dnf", "install", (PACKAGES, True), DNF + ["--cacheonly", "install", *PACKAGES]),
+    ("dnf", "download", (PACKAGES,), DNF + ["install", "--downloadonly", *PACKAGES]),
+    ("dnf", "refresh", (), []),
+    ("dnf", "remove", (NAMES,), DNF + ["--cacheonly", "remove", *NAMES]),
+    ("dnf", "purge", (NAMES,), DNF + ["--cacheonly", "remove", *NAMES]),
+    ("dnf", "identify", (PACKAGES,), RPM_QUERY + PACKAGES),
+    ("dnf", "files", (NAMES,), ["rpm", "-ql", *NAMES]),
+    ("yum", "install", (PACKAGES,), YUM + ["install", *PACKAGES]),
+    ("yum", "remove", (NAMES,), YUM + ["--cacheonly", "remove", *NAMES]),
+    ("microdnf", "install", (PACKAGES,), MICRODNF + ["install", *PACKAGES]),
+    ("microdnf", "download", (PACKAGES,), MICRODNF + ["makecache"]),
+    ("microdnf", "remove", (NAMES,), MICRODNF + ["--cacheonly", "remove", *NAMES]),
+    ("zypper", "install", (PACKAGES,), ZYPPER + ["install", "--no-recommends", "--allow-unsigned-rpm", *PACKAGES]),
+    ("zypper", "install", (PACKAGES, True), ZYPPER + ["--no-refresh", "install", "--no-recommends",
+                                                      "--allow-unsigned-rpm", *PACKAGES]),
+    ("zypper", "download", (PACKAGES,), ZYPPER + ["install", "--no-recommends", "--allow-unsigned-rpm",
+                                                  "--download-only", *PACKAGES]),
+    ("zypper", "refresh", (), ["zypper", "--non-interactive", "--quiet", "refresh"]),
+    ("zypper", "remove", (NAMES,), ZYPPER + ["--no-refresh", "remove", "--clean-deps", *NAMES]),
+    ("zypper", "purge", (NAMES,), ZYPPER + ["--no-refresh", "remove", "--clean-deps", *NAMES]),
+    ("zypper", "identify", (PACKAGES,), RPM_QUERY + PACKAGES),
+    ("zypper", "files", (NAMES,), ["rpm", "-ql", *NAMES]),
+    ("pacman", "install", (NAMES,), PACMAN + ["-Sy", "--needed", *NAMES]),
+    ("pacman", "install", (NAMES, True), PACMAN + ["-S", "--needed", *NAMES]),
+    ("pacman", "install", (["/run/postroj/packages/a.pkg.tar.zst"],), PACMAN + [
+        "-U", "--needed", "/run/postroj/packages/a.pkg.tar.zst"]),
+    ("pacman", "download", (NAMES,), PACMAN + ["-Syw", "--needed", *NAMES]),
+    ("pacman", "remove", (NAMES,), PACMAN + ["-R", *NAMES]),
+    ("pacman", "purge", (NAMES,), PACMAN + ["-Rns", *NAMES]),
+    ("pacman", "identify", (["/a.pkg.tar.zst"],), ["pacman", "-Qp", "/a.pkg.tar.zst"]),
+    ("pacman", "files", (NAMES,), ["pacman", "-Qlq", *NAMES]),
+]
 
 
-@pytest.mark.parametrize("manager, expected", [
-    ("apt", ["apt-get", *postroj.APT_OPTIONS, "-q", "install", "-y", "--no-install-recommends", *PACKAGES]),
-    ("dnf", ["dnf", "-y", "-q", "--setopt=keepcache=1", "--setopt=cachedir=%s" % CACHE, "--setopt=install_weak_deps=0",
-             "install", *PACKAGES]),
-    ("yum", ["yum", "-y", "-q", "--setopt=keepcache=1", "--setopt=cachedir=%s" % CACHE, "--setopt=install_weak_deps=0",
-             "install", *PACKAGES]),
-    ("microdnf", ["microdnf", "-y", "--setopt=keepcache=1", "--nodocs", "install", *PACKAGES]),
-    ("zypper", ["zypper", "--non-interactive", "--quiet", "--pkg-cache-dir=%s" % CACHE, "install", "--no-recommends",
-                "--allow-unsigned-rpm", *PACKAGES]),
-    ("pacman", ["pacman", "-Sy", "--noconfirm", "--noprogressbar", "--needed", "--cachedir=%s" % CACHE, *PACKAGES]),
-])
-def test_install_command_installs_without_questions(manager, expected):
-    # the whole line: a verb (install, not remove) or an option that answers the questions must not change
-    assert postroj.install_command(manager, PACKAGES) == expected
+@pytest.mark.parametrize("manager, verb, args, expected", VERBS,
+                         ids=["%s-%s-%d" % (m, v, i) for i, (m, v, _, _) in enumerate(VERBS)])
+def test_package_manager_verbs(manager, verb, args, expected):
+    assert getattr(postroj.package_manager(manager), verb)(*args) == expected
+
+
+def test_every_package_manager_has_every_verb_tested():
+    verbs = ("install", "download", "refresh", "remove", "purge", "files")
+    tested = {(m, v) for m, v, _, _ in VERBS}
+    for manager in postroj.PackageManager:
+        kind = postroj.package_manager(manager)
+        assert all(callable(getattr(kind, verb)) for verb in verbs + ("identify",))
+        assert (str(manager), "install") in tested and (str(manager), "remove") in tested
+
+
+def test_apt_identifies_package_files_through_dpkg_deb(tmp_path):
+    import subprocess
+    deb = tmp_path / "hello_1.0_all.deb"
+    (tmp_path / "p" / "DEBIAN").mkdir(parents=True)
+    (tmp_path / "p" / "DEBIAN" / "control").write_text(
+        "Package: hello\nVersion: 1.0-2\nArchitecture: all\nMaintainer: x <x@y>\nDescription: d\n")
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tmp_path / "p"), str(deb)], check=True,
+                   stdout=subprocess.DEVNULL)
+    out = subprocess.run(postroj.package_manager("apt").identify([str(deb), str(deb)]), stdout=subprocess.PIPE,
+                         text=True, check=True).stdout
+    assert out == "hello\t1.0-2\n" * 2
+
+
+def test_an_unknown_package_manager_is_an_error():
+    with pytest.raises(postroj.PostrojError) as error:
+        postroj.package_manager("apk")
+    assert "apt" in error.value.hint
+
+
+def test_install_command_installs_without_questions():
+    assert postroj.install_command("apt", PACKAGES) == APT + ["-q", "install", "-y", "--no-install-recommends",
+                                                             *PACKAGES]
 
 
 def test_apt_keeps_its_downloads_in_postrojs_cache():
@@ -252,26 +329,11 @@ def test_apt_keeps_its_downloads_in_postrojs_cache():
     assert "APT::Keep-Downloaded-Packages=true" in pairs
 
 
-@pytest.mark.parametrize("manager, expected", [
-    ("apt", ["apt-get", *postroj.APT_OPTIONS, "-qq", "update"]),
-    ("zypper", ["zypper", "--non-interactive", "--quiet", "refresh"]),
-    ("dnf", []),
-])
-def test_refresh_command(manager, expected):
-    assert postroj.refresh_command(manager) == expected
-
-
 def test_package_transaction_refreshes_then_installs_in_one_run():
     argv = postroj.package_transaction("apt", PACKAGES, refresh=True)
     assert argv[:2] == ["sh", "-c"] and argv[2].startswith("apt-get ") and argv[2].endswith(" update && exec \"$@\"")
     assert argv[3:] == ["sh", *postroj.install_command("apt", PACKAGES)]
     assert postroj.package_transaction("dnf", PACKAGES, refresh=True) == postroj.install_command("dnf", PACKAGES)
-
-
-def test_install_command_for_an_unknown_manager():
-    with pytest.raises(postroj.PostrojError) as error:
-        postroj.install_command("apk", ["systemd"])
-    assert "apt" in error.value.hint
 
 
 def test_order_probes():

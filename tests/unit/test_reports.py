@@ -95,7 +95,7 @@ def test_results_json():
     assert len(data["results"]) == 5
     first, nginx = data["results"][:2]
     assert first == {"image": "debian-bookworm", "kind": "command", "target": "hello --version", "status": "pass",
-                     "duration": 0.432, "reason": "", "output": "hello 2.10", "details": ""}
+                     "duration": 0.432, "reason": "", "output": "hello 2.10", "details": "", "stage": ""}
     assert (nginx["status"], nginx["reason"], nginx["details"]) == ("fail", "unit nginx failed",
                                                                    "journal line 1\njournal 2")
 
@@ -156,20 +156,35 @@ def test_format_long_probe_title_is_cut():
 # --- probes after a failed install, and what a network check answered ---------------
 
 
+class NoContainer:
+    """Stands in for a container in which nothing may run: only its image is there."""
+
+    def __init__(self, image):
+        self.image = image
+
+    def __getattr__(self, name):
+        raise AssertionError("%s was asked of a container in which nothing may run" % name)
+
+
 def test_unit_and_network_probes_of_a_failed_install_are_skipped_with_the_reason():
     plan = postroj.ProbePlan(postroj.order_probes([P("package", "/tmp/nginx_1.22_amd64.deb"), P("unit", "nginx"),
                                                    P("network", "http://localhost:80")]))
-    installed = [R("debian-bookworm", plan.probes[0], "fail", 2.0, reason="apt exited with 100")]
+    installed = [R("debian-bookworm", plan.probes[0], "fail", 2.0, reason="apt exited with 100", stage="installed")]
     image = postroj.ImageInfo("debian-bookworm", "", "", "", "debian", "debian", "apt", "", 0, postroj.Path("/"))
-    # no container: nothing may run in it
-    results = postroj.run_probes(image, None, plan, postroj.threading.Event(), installed)
-    assert [(r.probe.kind, r.status) for r in results] == [("package", "fail"), ("unit", "skip"), ("network", "skip")]
-    assert {r.reason for r in results[1:]} == {"not run: installing nginx_1.22_amd64.deb failed"}
+    results = list(installed)
+    postroj.run_checks(NoContainer(image), plan, postroj.Stage.INSTALLED, "nginx_1.22_amd64.deb failed",
+                       postroj.threading.Event(), results)
+    assert [(r.probe.kind, r.status, r.stage) for r in results] == [
+        ("package", "fail", "installed"), ("unit", "skip", "installed"), ("network", "skip", "installed")]
+    assert {r.reason for r in results[1:]} == {"not run: nginx_1.22_amd64.deb failed"}
     suite = parse(results).find("testsuite")
     assert (suite.get("failures"), suite.get("skipped")) == ("1", "2")
+    assert [c.get("name") for c in suite.findall("testcase")] == [
+        "installed: package /tmp/nginx_1.22_amd64.deb", "installed: unit nginx",
+        "installed: network http://localhost:80"]
     assert [c.find("skipped").get("message") for c in suite.findall("testcase")[1:]] == [
-        "not run: installing nginx_1.22_amd64.deb failed"] * 2
-    assert "reason: not run: installing nginx_1.22_amd64.deb failed" in postroj.format_result(results[1])
+        "not run: nginx_1.22_amd64.deb failed"] * 2
+    assert "reason: not run: nginx_1.22_amd64.deb failed" in postroj.format_result(results[1])
 
 
 def test_nspawn_housekeeping_is_dropped_from_package_output():

@@ -14,6 +14,10 @@ so that a noisy machine affects both sides alike; the verdict is the ratio of me
 7. autopkgtest: hello's tests through postroj's virtualisation server vs. autopkgtest's own unshare
    backend on the rig's minbase tarball (the root file system the bench's image is built from);
    7b, once each, no target: memcached's isolation-container tests, which unshare skips
+8. lifecycle: nginx on debian-bookworm installed at bookworm's release version, upgraded to the current one,
+   purged, through postroj (which also starts the service, reboots, checks it after every stage and compares
+   the file system after purge) vs. piuparts' own install-upgrade-purge test of the same two versions (its
+   base tarball made once, outside the timing)
 
 usage: bench/run.py [--rounds N] [--only 1,2,...] [--json FILE] [--before OLD.pyz]
 Needs root, the packages of `make setup`, and Debian's mirror (for provisioning and pairs 6 and 7).
@@ -362,6 +366,44 @@ class Bench:
                                                         s["seconds"], s["exit"]))
         sys.stdout.flush()
 
+    def nginx_versions(self) -> "tuple[list[str], list[str]]":
+        """nginx and nginx-common at bookworm's release version (old) and at the newest version of bookworm,
+        -updates and -security (new), fetched with apt-get download through the rig's private apt."""
+        apt = rig.PrivateApt(BENCH_DIR / "apt-download", rig.DEBIAN_SOURCES["bookworm"])
+        release = rig.PrivateApt(BENCH_DIR / "apt-release", rig.DEBIAN_SOURCES["bookworm"][:1])
+        new = [str(apt.download(name, BENCH_DIR / "debs-new")) for name in ("nginx-common", "nginx")]
+        old = [str(release.download(name, BENCH_DIR / "debs-old")) for name in ("nginx-common", "nginx")]
+        if sorted(os.path.basename(p) for p in old) == sorted(os.path.basename(p) for p in new):
+            raise SystemExit("bookworm's release and current nginx are the same version: nothing to upgrade")
+        return old, new
+
+    def piuparts_base(self) -> Path:
+        """piuparts' base tarball of bookworm (`piuparts -s`), made once and kept in the bench's directory."""
+        base = BENCH_DIR / "piuparts-bookworm.tgz"
+        if not base.exists():
+            subprocess.run(["piuparts", "-d", "bookworm", "-m", "http://deb.debian.org/debian main", "-s", str(base),
+                            "--no-upgrade-test", "--apt", "hello"], check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if k != "TMPDIR"})
+        return base
+
+    def lifecycle(self) -> None:
+        old, new = self.nginx_versions()
+        base = self.piuparts_base()
+        upgrade = [w for path in old for w in ("--upgrade-from", path)]
+        packages = [w for path in new for w in ("--package", path)]
+        a = lambda: timed(self.postroj("probe", "--image", "debian-bookworm", *upgrade, *packages,  # noqa: E731
+                                       "--reboot", "--purge", "--check-unit", "nginx", "--check-network", URL),
+                          self.env())
+        # piuparts installs the packages with apt-get from the archive (bookworm main: the release version),
+        # upgrades to the files given, and purges; it also runs its install-purge test of the files first
+        b = lambda: timed(["piuparts", "-d", "bookworm", "-m", "http://deb.debian.org/debian main", "-b", str(base),  # noqa
+                           "--skip-logrotatefiles-test", *new], {k: v for k, v in os.environ.items() if k != "TMPDIR"})
+        xs, ys = alternate(max(1, self.rounds // 3), a, b)
+        self.record(8, "lifecycle: nginx %s -> %s, upgraded and purged" % (
+            os.path.basename(old[1]).split("_")[1], os.path.basename(new[1]).split("_")[1]),
+            "postroj.pyz probe --upgrade-from --package --reboot --purge --check-unit --check-network", xs,
+            "piuparts -b base.tgz NEW.debs (install, upgrade, purge)", ys, "postroj <= 1.0 x piuparts", 1.0)
+
     def memory(self) -> None:
         peaks = []
         for _ in range(self.rounds):
@@ -387,7 +429,7 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10, help="runs of each side (default: 10)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="which pairs, e.g. 1,2 (7 includes 7b)")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="which pairs, e.g. 1,2 (7 includes 7b)")
     parser.add_argument("--json", default=str(REPO / "bench" / "results" / "latest.json"))
     parser.add_argument("--before", type=Path, default=None, metavar="PYZ",
                         help="with pair 1: also compare another build's probe cycle, phase by phase (1c)")
@@ -400,7 +442,7 @@ def main() -> int:
     try:
         bench.setup()
         steps = {1: bench.probe_cycle, 2: bench.startup, 3: bench.acquisition, 4: bench.matrix, 5: bench.memory,
-                 6: bench.package_probe, 7: bench.autopkgtest_pair}
+                 6: bench.package_probe, 7: bench.autopkgtest_pair, 8: bench.lifecycle}
         for number in sorted(chosen):
             steps[number]()
             if number == 1 and args.before:

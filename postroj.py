@@ -703,6 +703,7 @@ def closest(name: str, candidates: Sequence[str]) -> List[str]:
     """Up to four of `candidates` that look like `name` (typos), for a did-you-mean."""
     import difflib
 
+    candidates = list(dict.fromkeys(candidates))  # an acquired image is also a catalogue label
     found = difflib.get_close_matches(name, candidates, n=4, cutoff=0.5)
     if not found:
         found = [c for c in candidates if c.split("-")[0] == name.split("-")[0]][:4]
@@ -2346,16 +2347,17 @@ class Apt:
         """Refresh the package lists (-qq: errors and warnings only)."""
         return ["apt-get", *APT_OPTIONS, "-qq", "update"]
 
-    def install(self, packages: Sequence[str], cached: bool = False) -> List[str]:
-        """Install names or package files with their dependencies (-q: no progress lines, errors kept);
-        `cached`: from the package cache alone, in a booted container."""
+    def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
+        """Install names or package files with their dependencies, and what they recommend as `apt install`
+        does (-q: no progress lines, errors kept); `cached`: from the package cache alone, in a booted
+        container."""
         return ["apt-get", *APT_OPTIONS, *(APT_FROM_CACHE if cached else ()), "-q", "install", "-y",
-                "--no-install-recommends", *packages]
+                *([] if recommends else ["--no-install-recommends"]), *packages]
 
-    def download(self, packages: Sequence[str]) -> List[str]:
+    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
         """Download what installing `packages` takes into the package cache, installing nothing."""
-        return ["apt-get", *APT_OPTIONS, "-q", "install", "-y", "--download-only", "--no-install-recommends",
-                *packages]
+        return ["apt-get", *APT_OPTIONS, "-q", "install", "-y", "--download-only",
+                *([] if recommends else ["--no-install-recommends"]), *packages]
 
     def remove(self, names: Sequence[str]) -> List[str]:
         """Remove the packages; their configuration files stay."""
@@ -2386,22 +2388,22 @@ class Dnf:
     def __init__(self, command: str = "dnf") -> None:
         self.command = command
 
-    def base(self) -> List[str]:
-        """The command with the package cache in postroj's cache, no weak dependencies."""
+    def base(self, recommends: bool = True) -> List[str]:
+        """The command with the package cache in postroj's cache; weak dependencies as dnf's default, or none."""
         return [self.command, "-y", "-q", "--setopt=keepcache=1", "--setopt=cachedir=%s" % PACKAGE_CACHE_DIR,
-                "--setopt=install_weak_deps=0"]
+                *([] if recommends else ["--setopt=install_weak_deps=0"])]
 
     def refresh(self) -> List[str]:
         """Nothing: installs refresh the metadata themselves."""
         return []
 
-    def install(self, packages: Sequence[str], cached: bool = False) -> List[str]:
+    def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
         """Install names or package files with their dependencies (`cached`: from the cache alone)."""
-        return self.base() + (["--cacheonly"] if cached else []) + ["install", *packages]
+        return self.base(recommends) + (["--cacheonly"] if cached else []) + ["install", *packages]
 
-    def download(self, packages: Sequence[str]) -> List[str]:
+    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
         """Download what installing `packages` takes, installing nothing."""
-        return self.base() + ["install", "--downloadonly", *packages]
+        return self.base(recommends) + ["install", "--downloadonly", *packages]
 
     def remove(self, names: Sequence[str]) -> List[str]:
         """Remove the packages (and what only they needed)."""
@@ -2424,11 +2426,12 @@ class Microdnf(Dnf):
     def __init__(self) -> None:
         super().__init__("microdnf")
 
-    def base(self) -> List[str]:
+    def base(self, recommends: bool = True) -> List[str]:
         """microdnf takes fewer options: the cache is kept where it is."""
-        return ["microdnf", "-y", "--setopt=keepcache=1", "--nodocs"]
+        return ["microdnf", "-y", "--setopt=keepcache=1", "--nodocs",
+                *([] if recommends else ["--setopt=install_weak_deps=0"])]
 
-    def download(self, packages: Sequence[str]) -> List[str]:
+    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
         """microdnf downloads as it installs: the metadata only, here."""
         return self.base() + ["makecache"]
 
@@ -2449,14 +2452,15 @@ class Zypper:
         """Refresh the repositories' metadata."""
         return ["zypper", "--non-interactive", "--quiet", "refresh"]
 
-    def install(self, packages: Sequence[str], cached: bool = False) -> List[str]:
+    def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
         """Install names or package files with their dependencies (`cached`: without refreshing)."""
         return self.base() + (["--no-refresh"] if cached else []) + [
-            "install", "--no-recommends", "--allow-unsigned-rpm", *packages]
+            "install", *([] if recommends else ["--no-recommends"]), "--allow-unsigned-rpm", *packages]
 
-    def download(self, packages: Sequence[str]) -> List[str]:
+    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
         """Download what installing `packages` takes, installing nothing."""
-        return self.base() + ["install", "--no-recommends", "--allow-unsigned-rpm", "--download-only", *packages]
+        return self.base() + ["install", *([] if recommends else ["--no-recommends"]), "--allow-unsigned-rpm",
+                              "--download-only", *packages]
 
     def remove(self, names: Sequence[str]) -> List[str]:
         """Remove the packages and what only they needed."""
@@ -2489,14 +2493,15 @@ class Pacman:
         """Nothing: installs refresh the databases themselves (-Sy)."""
         return []
 
-    def install(self, packages: Sequence[str], cached: bool = False) -> List[str]:
-        """Install names (from the repositories) or package files (-U) with their dependencies."""
+    def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
+        """Install names (from the repositories) or package files (-U) with their dependencies (pacman has
+        no recommendations: optional dependencies are not installed)."""
         files = [p for p in packages if "/" in p]
         if files:
             return self.base() + ["-U", "--needed", *packages]
         return self.base() + (["-S"] if cached else ["-Sy"]) + ["--needed", *packages]
 
-    def download(self, packages: Sequence[str]) -> List[str]:
+    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
         """Download what installing `packages` takes, installing nothing."""
         files = [p for p in packages if "/" in p]
         return self.base() + (["-Uw"] if files else ["-Syw"]) + ["--needed", *packages]
@@ -2538,9 +2543,10 @@ def package_manager(name: str) -> Any:
             "postroj supports %s" % ", ".join(PackageManager))
 
 
-def install_command(manager: str, packages: Sequence[str]) -> List[str]:
-    """The command that installs `packages` (names or paths) with their dependencies."""
-    return package_manager(manager).install(packages)
+def install_command(manager: str, packages: Sequence[str], recommends: bool = False) -> List[str]:
+    """The command that installs `packages` (names or paths) with their dependencies (by default without
+    recommendations: provisioning installs what makes an image boot, no more)."""
+    return package_manager(manager).install(packages, recommends=recommends)
 
 
 def refresh_command(manager: str) -> List[str]:
@@ -2876,11 +2882,11 @@ def resolve_image(settings: Settings, name: str, pull: bool = False) -> ImageTar
     if pull and dist:
         return ImageTarget(name, None, parse_source(dist.label, mirror=settings.mirror)[1])
     check_name(name)
-    message = "image %r is not acquired" % name
-    near = [] if dist else closest(name, [i.name for i in list_images(settings)] + all_labels())
-    if near:
-        message += "; did you mean %s?" % ", ".join(near)
-    raise PostrojError(message, "acquire it with `postroj image %s`, or pass --pull" % name)
+    if not dist:  # neither acquired nor in the catalogue: a typo, most likely
+        raise unknown_name_error("image", name, [i.name for i in list_images(settings)] + all_labels(),
+                                 "see `postroj list-images`")
+    raise PostrojError("image %r is not acquired" % name,
+                       "acquire it with `postroj image %s`, or pass --pull" % name)
 
 
 def obtain_image(settings: Settings, host: Host, target: ImageTarget) -> ImageInfo:
@@ -4032,6 +4038,7 @@ class ProbePlan(NamedTuple):
     remove: bool = False
     purge: bool = False
     start_units: bool = False
+    recommends: bool = True
 
     def stages(self) -> List[Stage]:
         """The stages of one image, in order."""
@@ -4177,14 +4184,16 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
         # always refresh: the lists are shared by the images of a release, whose sources may differ;
         # with warm lists this is a few conditional requests
         code, output = container.run_in_overlay(
-            chain(manager.refresh(), manager.download(new), manager.download(old) if old else []), binds,
+            chain(manager.refresh(), manager.download(new, plan.recommends),
+                  manager.download(old, plan.recommends) if old else []), binds,
             plan.install_timeout, what="downloading what %s needs" % ", ".join(names))
         if code != 0:
             die("downloading what %s needs failed with exit code %d:\n%s" % (
                 ", ".join(names), code, "\n".join("  " + line for line in package_manager_errors(output))),
                 "check the image's package sources and that this host reaches them")
         if UPGRADE_FROM_ARCHIVE in plan.upgrade_from:
-            code, output = container.run_in_overlay(manager.download(names), binds, plan.install_timeout,
+            code, output = container.run_in_overlay(manager.download(names, plan.recommends), binds,
+                                                    plan.install_timeout,
                                                     what="downloading %s from the image's sources" % ", ".join(names))
             if code != 0:
                 die("--upgrade-from archive: the package sources of %s do not carry %s:\n%s" % (
@@ -4435,10 +4444,12 @@ def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Package
         step: List[ProbeResult] = []
         if stage == Stage.INSTALLED and plan.upgrade_from:
             sources = [Probe(ProbeKind.PACKAGE, s) for s in plan.upgrade_from]
-            step = transaction(container, image, sources, stage, manager.install(packages.old, cached=True),
+            step = transaction(container, image, sources, stage,
+                               manager.install(packages.old, cached=True, recommends=plan.recommends),
                                plan.install_timeout)
         elif stage in (Stage.INSTALLED, Stage.UPGRADED):
-            step = transaction(container, image, packages.probes, stage, manager.install(packages.new, cached=True),
+            step = transaction(container, image, packages.probes, stage,
+                               manager.install(packages.new, cached=True, recommends=plan.recommends),
                                plan.install_timeout)
             if plan.start_units:
                 units = [p.target for p in plan.probes if p.kind == ProbeKind.UNIT]
@@ -4744,12 +4755,13 @@ def format_result(result: ProbeResult, color: bool = False) -> str:
     return "\n".join(parts)
 
 
-def results_json(results: Sequence[ProbeResult]) -> Dict[str, Any]:
-    """The results as --json writes them (README: JSON)."""
+def results_json(results: Sequence[ProbeResult], wall: Optional[float] = None) -> Dict[str, Any]:
+    """The results as --json writes them (README: JSON), with the run's wall time where it is known."""
     return {
         "schema": JSON_SCHEMA,
         "version": __version__,
         "passed": all(r.status != Status.FAIL for r in results),
+        "wall": None if wall is None else round(wall, 3),
         "results": [{"image": r.image, "kind": r.probe.kind, "target": r.probe.target, "status": r.status,
                      "duration": round(r.duration, 3), "reason": r.reason, "output": r.output, "details": r.details,
                      "stage": r.stage} for r in results],
@@ -4785,6 +4797,11 @@ def read_report(path: str) -> Dict[str, Any]:
 
 def results_from_json(path: str) -> List[ProbeResult]:
     """The results of a `--json` report (a shard's, or another run's); what is not one is a usage error."""
+    return load_report(path)[0]
+
+
+def load_report(path: str) -> Tuple[List[ProbeResult], Optional[float]]:
+    """The results of a `--json` report and the wall time of its run (None where it has none)."""
     data = read_report(path)
     hint = "give the --json files of probe runs, unchanged"
     rows = data.get("results") if isinstance(data, dict) else None
@@ -4806,15 +4823,19 @@ def results_from_json(path: str) -> List[ProbeResult]:
                                                                                    "stage"))))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             die("%s: result %d is malformed (%s: %s)" % (path, number, type(exc).__name__, exc), hint, usage=True)
-    return found
+    wall = data.get("wall")
+    if wall is not None and not (isinstance(wall, (int, float)) and 0 <= wall < float("inf")):
+        die("%s: wall %r is not a number of seconds" % (path, wall), hint, usage=True)
+    return found, wall
 
 
-def merge_reports(paths: Sequence[str]) -> List[ProbeResult]:
-    """The results of several reports; a file given twice, or one result in two files, is refused: it
-    would be counted twice."""
+def merge_reports(paths: Sequence[str]) -> Tuple[List[ProbeResult], Optional[float]]:
+    """The results of several reports, and the sum of their runs' wall times (None when one has none); a
+    file given twice, or one result in two files, is refused: it would be counted twice."""
     seen_files: Dict[Tuple[int, int], str] = {}
-    seen: Dict[Tuple[str, str, str], str] = {}
+    seen: Dict[Tuple[str, str, str, str], str] = {}
     results = []
+    walls: List[Optional[float]] = []
     for path in paths:
         with contextlib.suppress(OSError):
             st = os.stat(path)
@@ -4822,7 +4843,9 @@ def merge_reports(paths: Sequence[str]) -> List[ProbeResult]:
                 die("%s is given twice (also as %s)" % (path, seen_files[(st.st_dev, st.st_ino)]),
                     "give each shard's report once", usage=True)
             seen_files[(st.st_dev, st.st_ino)] = path
-        for result in results_from_json(path):
+        found, wall = load_report(path)
+        walls.append(wall)
+        for result in found:
             key = (result.image, result.stage, str(result.probe.kind), result.probe.target)
             if seen.get(key, path) != path:
                 die("%s and %s both hold %s on %s: a shard given twice would be counted twice" % (
@@ -4831,7 +4854,7 @@ def merge_reports(paths: Sequence[str]) -> List[ProbeResult]:
                     usage=True)
             seen[key] = path
             results.append(result)
-    return results
+    return results, None if None in walls else sum(w for w in walls if w is not None)
 
 
 def shard_of(images: Sequence[str], shard: Tuple[int, int]) -> List[str]:
@@ -4866,13 +4889,15 @@ def text_safe(text: str) -> str:
     return re.sub("[\ud800-\udfff]", "\ufffd", text)
 
 
-def junit_xml(results: Sequence[ProbeResult]) -> bytes:
-    """JUnit XML: a testsuite per image, a testcase per probe, failures with message and output."""
+def junit_xml(results: Sequence[ProbeResult], wall: Optional[float] = None) -> bytes:
+    """JUnit XML: a testsuite per image, a testcase per probe, failures with message and output; the
+    testsuites' time is the run's wall time (`wall`; the probes' sum where it is not known)."""
     import xml.etree.ElementTree as ET
 
     suites = ET.Element("testsuites", name="postroj", tests=str(len(results)),
-                        failures=str(sum(r.status == Status.FAIL for r in results)),
-                        time="%.3f" % sum(r.duration for r in results))
+                        failures=str(sum(r.status == Status.FAIL for r in results)), errors="0",
+                        skipped=str(sum(r.status == Status.SKIP for r in results)),
+                        time="%.3f" % (sum(r.duration for r in results) if wall is None else wall))
     by_image: Dict[str, List[ProbeResult]] = {}
     for result in results:
         by_image.setdefault(result.image, []).append(result)
@@ -4960,15 +4985,18 @@ def print_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
 
 
 def finish_report(results: Sequence[ProbeResult], json_path: Optional[str] = None,
-                  junit_path: Optional[str] = None) -> int:
-    """The summary line on stderr, the JSON and JUnit reports, and probe's exit code."""
+                  junit_path: Optional[str] = None, wall: Optional[float] = None) -> int:
+    """The summary line on stderr (with the run's wall time), the JSON and JUnit reports, and probe's exit
+    code."""
     failed = sum(r.status == Status.FAIL for r in results)
-    print("%d passed, %d failed, %d skipped" % (sum(r.passed for r in results), failed,
-                                                sum(r.status == Status.SKIP for r in results)), file=sys.stderr)
+    took = " in %.1f s" % wall if wall is not None else ""
+    print("%d passed, %d failed, %d skipped%s" % (sum(r.passed for r in results), failed,
+                                                  sum(r.status == Status.SKIP for r in results), took),
+          file=sys.stderr)
     if json_path:
-        write_output(json_path, (json.dumps(results_json(results), indent=2) + "\n").encode())
+        write_output(json_path, (json.dumps(results_json(results, wall), indent=2) + "\n").encode())
     if junit_path:
-        write_output(junit_path, junit_xml(results))
+        write_output(junit_path, junit_xml(results, wall))
     return EXIT_FAILURE if failed else EXIT_OK
 
 
@@ -5334,7 +5362,7 @@ def lifecycle(args: argparse.Namespace, probes: Sequence[Probe]) -> Dict[str, An
         die("--upgrade-from archive takes the old version from the image's sources: no files with it",
             "give either archive or the old package files", usage=True)
     return {"upgrade_from": upgrade_from, "reboot": args.reboot, "remove": args.remove or args.purge,
-            "purge": args.purge, "start_units": args.start_units}
+            "purge": args.purge, "start_units": args.start_units, "recommends": not args.no_install_recommends}
 
 
 def build_probes(args: argparse.Namespace) -> Tuple[Probe, ...]:
@@ -5593,7 +5621,7 @@ def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_probe_vms(args: argparse.Namespace, settings: Settings, probes: Sequence[Probe],
-                  report: Callable[[ProbeResult], None]) -> int:
+                  report: Callable[[ProbeResult], None], started: float) -> int:
     """probe --vm: the same probes in each box's VM, one after the other."""
     boxes = [find_box(name) for name in (take_shard(args.vm, args.shard) if args.shard else args.vm)]
     for box in boxes:
@@ -5617,13 +5645,14 @@ def cmd_probe_vms(args: argparse.Namespace, settings: Settings, probes: Sequence
                                packages=packages, report=report)
         results += found
         left_running += left
-    code = finish_report(results, args.json, args.junit)
+    code = finish_report(results, args.json, args.junit, time.monotonic() - started)
     return EXIT_FAILURE if left_running else code
 
 
 def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     """Probe every image (or VM) of the matrix; every name, package and report path checked before anything
     boots."""
+    started = time.monotonic()
     check_report_path(args.json, "--json")
     check_report_path(args.junit, "--junit")
     probes = build_probes(args)
@@ -5636,7 +5665,7 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
         print(format_result(result, color), flush=True)
 
     if args.vm:
-        return cmd_probe_vms(args, settings, probes, report)
+        return cmd_probe_vms(args, settings, probes, report, started)
     images = list(args.image)
     if args.all:
         images += [i.name for i in list_images(settings)]
@@ -5675,18 +5704,18 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
         return probe_image(settings, host, target, plan, cancel=cancel, packages=packages, fleet=fleet)
 
     results = run_matrix(targets, args.jobs, args.fail_fast, probe_one, report)
-    return finish_report(results, args.json, args.junit)
+    return finish_report(results, args.json, args.junit, time.monotonic() - started)
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     """Merge the --json reports of shards or runs: one summary, JSON and JUnit; exits as probe would."""
     check_report_path(args.json, "--json")
     check_report_path(args.junit, "--junit")
-    results = merge_reports(args.files)
+    results, wall = merge_reports(args.files)
     color = sys.stdout.isatty()
     for result in results:
         print(format_result(result, color))
-    return finish_report(results, args.json, args.junit)
+    return finish_report(results, args.json, args.junit, wall)
 
 
 def cmd_selftest(args: argparse.Namespace, settings: Settings) -> int:
@@ -6075,6 +6104,8 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
                    "at the absolute path DST in the container; repeatable")
     p.add_argument("--check-unit", action="append", default=[], metavar="UNIT", help="a systemd unit that must "
                    "be active as the package left it (nothing is started); repeatable")
+    p.add_argument("--no-install-recommends", action="store_true", help="install the packages without what "
+                   "they recommend (apt; dnf's weak dependencies, zypper's recommends); default: as apt install")
     p.add_argument("--start-units", action="store_true", help="enable and start the checked units after the "
                    "install (where the distribution's policy leaves that to the administrator)")
     p.add_argument("--upgrade-from", action="append", default=[], metavar="archive|PATH|URL",

@@ -352,9 +352,13 @@ def test_commands_in_the_wrong_state_get_autopkgtests_error(images, commands, me
 
 
 def test_bad_images_and_options_are_refused_before_ok(images):
-    code, lines, err = serve(images, ["open"], "debian-bokworm")
+    code, lines, err = serve(images, ["open"], "debian-bokworm")  # a typo: a usage error
+    assert (code, lines) == (2, []), err
+    assert "unknown image 'debian-bokworm'; did you mean debian-bookworm" in err and "Traceback" not in err
+    assert err.count("debian-bookworm,") <= 1, "did you mean names each image once"
+    code, lines, err = serve(images, ["open"], "debian-trixie")  # a known image that is not acquired
     assert (code, lines) == (1, []), err
-    assert "not acquired" in err and "did you mean" in err and "Traceback" not in err
+    assert "not acquired" in err and "postroj image debian-trixie" in err
     code, lines, err = serve(images, ["open"], "debian-bookworm", "--frobnicate")
     assert (code, lines) == (2, []), err
     code, lines, err = serve(images, ["open"], "debian-bookworm", "--boot-timeout", "0")

@@ -228,7 +228,8 @@ CACHE = postroj.PACKAGE_CACHE_DIR
 PACKAGES = ["systemd", "/run/postroj/packages/hello.deb"]
 NAMES = ["nginx", "nginx-common"]
 APT = ["apt-get", *postroj.APT_OPTIONS]
-DNF = ["dnf", "-y", "-q", "--setopt=keepcache=1", "--setopt=cachedir=%s" % CACHE, "--setopt=install_weak_deps=0"]
+DNF = ["dnf", "-y", "-q", "--setopt=keepcache=1", "--setopt=cachedir=%s" % CACHE]
+NO_WEAK = ["--setopt=install_weak_deps=0"]
 YUM = ["yum"] + DNF[1:]
 MICRODNF = ["microdnf", "-y", "--setopt=keepcache=1", "--nodocs"]
 ZYPPER = ["zypper", "--non-interactive", "--quiet", "--pkg-cache-dir=%s" % CACHE]
@@ -238,17 +239,21 @@ RPM_QUERY = ["rpm", "-qp", "--qf", "%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\
 # Every verb of every package manager, as the whole command line: changing a verb (install to remove, dnf's
 # install to erase) or an option that answers the questions, keeps the cache or works offline fails here.
 VERBS = [
-    ("apt", "install", (PACKAGES,), APT + ["-q", "install", "-y", "--no-install-recommends", *PACKAGES]),
-    ("apt", "install", (PACKAGES, True), APT + ["-o", "Debug::NoLocking=1", "-q", "install", "-y",
-                                                "--no-install-recommends", *PACKAGES]),
-    ("apt", "download", (PACKAGES,), APT + ["-q", "install", "-y", "--download-only", "--no-install-recommends",
-                                            *PACKAGES]),
+    ("apt", "install", (PACKAGES,), APT + ["-q", "install", "-y", *PACKAGES]),
+    ("apt", "install", (PACKAGES, False, False), APT + ["-q", "install", "-y", "--no-install-recommends",
+                                                        *PACKAGES]),
+    ("apt", "install", (PACKAGES, True), APT + ["-o", "Debug::NoLocking=1", "-q", "install", "-y", *PACKAGES]),
+    ("apt", "download", (PACKAGES,), APT + ["-q", "install", "-y", "--download-only", *PACKAGES]),
+    ("apt", "download", (PACKAGES, False), APT + ["-q", "install", "-y", "--download-only",
+                                                  "--no-install-recommends", *PACKAGES]),
     ("apt", "refresh", (), APT + ["-qq", "update"]),
     ("apt", "remove", (NAMES,), APT + ["-o", "Debug::NoLocking=1", "-q", "remove", "-y", *NAMES]),
     ("apt", "purge", (NAMES,), APT + ["-o", "Debug::NoLocking=1", "-q", "purge", "-y", "--autoremove", *NAMES]),
     ("apt", "files", (NAMES,), ["dpkg", "-L", *NAMES]),
     ("dnf", "install", (PACKAGES,), DNF + ["install", *PACKAGES]),
     ("dnf", "install", (PACKAGES, True), DNF + ["--cacheonly", "install", *PACKAGES]),
+    ("dnf", "install", (PACKAGES, True, False), DNF + NO_WEAK + ["--cacheonly", "install", *PACKAGES]),
+    ("dnf", "download", (PACKAGES, False), DNF + NO_WEAK + ["install", "--downloadonly", *PACKAGES]),
     ("dnf", "download", (PACKAGES,), DNF + ["install", "--downloadonly", *PACKAGES]),
     ("dnf", "refresh", (), []),
     ("dnf", "remove", (NAMES,), DNF + ["--cacheonly", "remove", *NAMES]),
@@ -260,11 +265,10 @@ VERBS = [
     ("microdnf", "install", (PACKAGES,), MICRODNF + ["install", *PACKAGES]),
     ("microdnf", "download", (PACKAGES,), MICRODNF + ["makecache"]),
     ("microdnf", "remove", (NAMES,), MICRODNF + ["--cacheonly", "remove", *NAMES]),
-    ("zypper", "install", (PACKAGES,), ZYPPER + ["install", "--no-recommends", "--allow-unsigned-rpm", *PACKAGES]),
-    ("zypper", "install", (PACKAGES, True), ZYPPER + ["--no-refresh", "install", "--no-recommends",
-                                                      "--allow-unsigned-rpm", *PACKAGES]),
-    ("zypper", "download", (PACKAGES,), ZYPPER + ["install", "--no-recommends", "--allow-unsigned-rpm",
-                                                  "--download-only", *PACKAGES]),
+    ("zypper", "install", (PACKAGES,), ZYPPER + ["install", "--allow-unsigned-rpm", *PACKAGES]),
+    ("zypper", "install", (PACKAGES, True, False), ZYPPER + ["--no-refresh", "install", "--no-recommends",
+                                                             "--allow-unsigned-rpm", *PACKAGES]),
+    ("zypper", "download", (PACKAGES,), ZYPPER + ["install", "--allow-unsigned-rpm", "--download-only", *PACKAGES]),
     ("zypper", "refresh", (), ["zypper", "--non-interactive", "--quiet", "refresh"]),
     ("zypper", "remove", (NAMES,), ZYPPER + ["--no-refresh", "remove", "--clean-deps", *NAMES]),
     ("zypper", "purge", (NAMES,), ZYPPER + ["--no-refresh", "remove", "--clean-deps", *NAMES]),
@@ -316,9 +320,10 @@ def test_an_unknown_package_manager_is_an_error():
     assert "apt" in error.value.hint
 
 
-def test_install_command_installs_without_questions():
+def test_provisioning_installs_without_recommendations():
     assert postroj.install_command("apt", PACKAGES) == APT + ["-q", "install", "-y", "--no-install-recommends",
                                                              *PACKAGES]
+    assert postroj.install_command("dnf", PACKAGES) == DNF + NO_WEAK + ["install", *PACKAGES]
 
 
 def test_apt_keeps_its_downloads_in_postrojs_cache():

@@ -516,11 +516,16 @@ class Probe(NamedTuple):
     target: str
     expect_status: Optional[int] = None
     expect_body: str = ""
+    only: str = ""  # the image a package is for (--package IMAGE=FILE); '' for every image
 
     @property
     def title(self) -> str:
         """KIND TARGET, as reports name the probe."""
         return "%s %s" % (self.kind, self.target)
+
+    def for_image(self, name: str) -> bool:
+        """True when the probe runs on the image `name` (a label or an alias of it)."""
+        return not self.only or canonical_image(self.only) == canonical_image(name)
 
 
 class ProbeResult(NamedTuple):
@@ -534,12 +539,21 @@ class ProbeResult(NamedTuple):
     output: str = ""
     details: str = ""
     stage: str = ""
+    label: str = ""  # what people read for the target: a package's name and version
 
     @property
     def title(self) -> str:
-        """STAGE: KIND TARGET in a package's life, KIND TARGET otherwise."""
+        """STAGE: KIND TARGET in a package's life, KIND TARGET otherwise (JSON and JUnit: the target in full)."""
         packaged = self.stage and self.stage != Stage.BOOTED
         return "%s: %s" % (self.stage, self.probe.title) if packaged else self.probe.title
+
+    @property
+    def heading(self) -> str:
+        """The title as a terminal shows it: a package by its name and version rather than its path."""
+        if not self.label:
+            return self.title
+        named = "%s %s" % (self.probe.kind, self.label)
+        return "%s: %s" % (self.stage, named) if self.stage and self.stage != Stage.BOOTED else named
 
     @property
     def passed(self) -> bool:
@@ -689,6 +703,12 @@ def all_labels() -> List[str]:
         labels.append(dist.label)
         labels.extend(dist.aliases)
     return labels
+
+
+def canonical_image(name: str) -> str:
+    """The catalogue label of `name` where it is a label or an alias, else `name`."""
+    dist = find_distribution(name)
+    return dist.label if dist else name
 
 
 def find_distribution(name: str) -> Optional[Distribution]:
@@ -4134,6 +4154,11 @@ def run_copy_probe(container: NspawnContainer, probe: Probe, timeout: float) -> 
     return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason="copying failed (%d)" % code,
                        output=output)
 
+# What the live status line says an image is doing in each stage
+STAGE_DOING = {Stage.BOOTED: "probing", Stage.INSTALLED: "installing", Stage.UPGRADED: "upgrading",
+               Stage.REBOOTED: "rebooting", Stage.REMOVED: "removing", Stage.PURGED: "purging"}
+
+
 class Packages(NamedTuple):
     """The packages of one image's life, staged in the container's guest directory and named: `new` the
     --package files, `old` what --upgrade-from installs first (files, or names from the image's sources),
@@ -4143,6 +4168,7 @@ class Packages(NamedTuple):
     old: Tuple[str, ...]
     names: Tuple[str, ...]
     probes: Tuple[Probe, ...]
+    labels: Dict[str, str] = {}  # a probe's target, or an --upgrade-from source -> NAME VERSION
 
 
 def stage_files(container: NspawnContainer, directory: str, paths: Sequence[Path]) -> List[str]:
@@ -4171,12 +4197,16 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
     probes = tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE)
     new = stage_files(container, "packages", [packages[p.target] for p in probes])
     old = stage_files(container, "old", [packages[s] for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE])
-    code, output = container.run_in_overlay(manager.identify(new), timeout=plan.install_timeout,
+    code, output = container.run_in_overlay(manager.identify(new + old), timeout=plan.install_timeout,
                                             what="reading the packages' names")
     if code != 0:
         die("cannot read the names of %s:\n%s" % (", ".join(os.path.basename(p) for p in new), tail(output, 10)),
             "give packages the image's package manager installs")
-    names = tuple(dict.fromkeys(line.split()[0] for line in output.splitlines() if line.strip()))
+    identified = [line.split() for line in output.splitlines() if len(line.split()) == 2]
+    names = tuple(dict.fromkeys(name for name, _version in identified[:len(new)]))
+    sources = [p.target for p in probes] + [s for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE]
+    labels = {source: " ".join(found) for source, found in zip(sources, identified)} \
+        if len(identified) == len(sources) else {}
     cache = package_cache_for(settings, read_os_release(Path(image.path)))
     binds = [(str(cache), PACKAGE_CACHE_DIR)]
     waiting = "the package cache %s, which another probe of this release is writing" % cache
@@ -4200,7 +4230,7 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
                     image.name, ", ".join(names), "\n".join("  " + e for e in package_manager_errors(output, 5))),
                     "give the version to upgrade from as files: --upgrade-from OLD.deb")
             old = list(names)
-    return Packages(tuple(new), tuple(old), names, probes)
+    return Packages(tuple(new), tuple(old), names, probes, labels)
 
 
 UPGRADE_FROM_ARCHIVE = "archive"
@@ -4384,21 +4414,23 @@ def check_purged(container: NspawnContainer, baseline: Baseline, t0: float) -> L
 
 
 def transaction(container: NspawnContainer, image: ImageInfo, probes: Sequence[Probe], stage: Stage,
-                argv: Sequence[str], timeout: float) -> List[ProbeResult]:
+                argv: Sequence[str], timeout: float, labels: Optional[Dict[str, str]] = None) -> List[ProbeResult]:
     """Run the package manager in the booted container, as on a machine: a result per probe, with what it
     printed, and the journal when it failed."""
     t0 = time.monotonic()
     code, output = container.run_captured(list(argv), timeout=timeout)
     duration = (time.monotonic() - t0) / len(probes)
+    labels = labels or {}
     if code == 0:
-        return [ProbeResult(image.name, p, Status.PASS, duration, output=tail(output), stage=stage) for p in probes]
+        return [ProbeResult(image.name, p, Status.PASS, duration, output=tail(output), stage=stage,
+                            label=labels.get(p.target, "")) for p in probes]
     reason = "%s did not finish within %g s" % (image.package_manager, timeout) if code == 124 else \
         "%s exited with %d" % (image.package_manager, code)
     if container.ended():
         reason = "the container ended while %s ran" % image.package_manager
     journal = "" if container.ended() else container.journal_tail(30)
     return [ProbeResult(image.name, p, Status.FAIL, duration, reason=reason, output=tail(output, 40), details=journal,
-                        stage=stage) for p in probes]
+                        stage=stage, label=labels.get(p.target, "")) for p in probes]
 
 
 def run_checks(container: NspawnContainer, plan: ProbePlan, stage: Stage, broken: str,
@@ -4406,6 +4438,7 @@ def run_checks(container: NspawnContainer, plan: ProbePlan, stage: Stage, broken
     """The checks of `plan` after `stage`: copies, units, ports and commands where the packages are installed;
     units that must not be active where they were removed. `broken`: the stage's own step failed."""
     installed = stage not in (Stage.REMOVED, Stage.PURGED)
+    failed_units: List[str] = []  # a port of a unit that failed will not answer: no need to wait for it
     for probe in plan.probes:
         if probe.kind == ProbeKind.PACKAGE or (not installed and probe.kind != ProbeKind.UNIT):
             continue
@@ -4420,13 +4453,19 @@ def run_checks(container: NspawnContainer, plan: ProbePlan, stage: Stage, broken
                                        stage=stage))
         elif probe.kind == ProbeKind.UNIT and not installed:
             results.append(run_unit_probe(container, probe, plan.timeout, expect_active=False)._replace(stage=stage))
+        elif probe.kind == ProbeKind.NETWORK and failed_units:
+            results.append(ProbeResult(container.image.name, probe, Status.FAIL, 0.0, stage=stage,
+                                       reason="%s cannot answer: unit %s failed" % (probe.target,
+                                                                                   ", ".join(failed_units))))
         else:
             results.append(PROBE_RUNNERS[probe.kind].in_container(container, probe, plan.timeout)._replace(
                 stage=stage))
+            if probe.kind == ProbeKind.UNIT and results[-1].reason.startswith("unit %s failed" % probe.target):
+                failed_units.append(probe.target)
 
 
-def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Packages],
-         cancel: threading.Event) -> List[ProbeResult]:
+def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Packages], cancel: threading.Event,
+         say: Callable[[str], None] = lambda doing: None) -> List[ProbeResult]:
     """The stages of the plan in the booted container, in order, each followed by its checks; a stage whose
     step fails skips the stages after it."""
     image = container.image
@@ -4437,6 +4476,7 @@ def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Package
     failed = ""
     for stage in plan.stages():
         t0 = time.monotonic()
+        say(STAGE_DOING[stage])
         if failed:
             results += [ProbeResult(image.name, p, Status.SKIP, 0.0, reason="not run: %s" % failed, stage=stage)
                         for p in stage_probes(plan, stage, packages)]
@@ -4446,11 +4486,11 @@ def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Package
             sources = [Probe(ProbeKind.PACKAGE, s) for s in plan.upgrade_from]
             step = transaction(container, image, sources, stage,
                                manager.install(packages.old, cached=True, recommends=plan.recommends),
-                               plan.install_timeout)
+                               plan.install_timeout, packages.labels)
         elif stage in (Stage.INSTALLED, Stage.UPGRADED):
             step = transaction(container, image, packages.probes, stage,
                                manager.install(packages.new, cached=True, recommends=plan.recommends),
-                               plan.install_timeout)
+                               plan.install_timeout, packages.labels)
             if plan.start_units:
                 units = [p.target for p in plan.probes if p.kind == ProbeKind.UNIT]
                 container.run_captured(["systemctl", "enable", "--now", *units], timeout=plan.timeout)
@@ -4460,14 +4500,15 @@ def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Package
             _, listed = container.run_captured(manager.files(packages.names))
             files = {line.strip() for line in listed.splitlines() if line.startswith("/")}
             step = transaction(container, image, packages.probes, stage, manager.remove(packages.names),
-                               plan.install_timeout)
+                               plan.install_timeout, packages.labels)
         elif stage == Stage.PURGED:
             step = transaction(container, image, packages.probes, stage, manager.purge(packages.names),
-                               plan.install_timeout)
+                               plan.install_timeout, packages.labels)
         results += step
         broken = ", ".join(os.path.basename(r.probe.target) for r in step if r.status == Status.FAIL)
         if broken:
             failed = "the %s stage failed (%s)" % (stage, broken)
+        say("checking after %s" % STAGE_DOING[stage] if stage != Stage.BOOTED else "probing")
         run_checks(container, plan, stage, failed and "%s failed" % broken, cancel, results)
         if failed:
             continue
@@ -4633,14 +4674,19 @@ def order_probes(probes: Sequence[Probe]) -> Tuple[Probe, ...]:
 
 
 def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: ProbePlan, *, cancel: threading.Event,
-                packages: Dict[str, Path], fleet: Optional[Fleet] = None) -> List[ProbeResult]:
+                packages: Dict[str, Path], fleet: Optional[Fleet] = None,
+                say: Callable[[str, str], None] = lambda image, doing: None) -> List[ProbeResult]:
     """Boot one fresh container of the target's image (acquired first when it is not), run the plan's probes
     in order, and throw it away."""
     t0 = time.monotonic()
     name = target.name
+    plan = plan._replace(probes=tuple(p for p in plan.probes if p.for_image(name)))
+    if not any(p.kind == ProbeKind.PACKAGE for p in plan.probes):  # its packages are all other images'
+        plan = plan._replace(upgrade_from=(), remove=False, purge=False)
     if cancel.is_set():  # --fail-fast: another image failed first; reported as within an image
         return [ProbeResult(name, probe, Status.SKIP, 0.0, reason="not run: --fail-fast") for probe in plan.probes]
     try:
+        say(name, "acquiring" if target.image is None else "starting")
         image = obtain_image(settings, host, target)  # package types were checked by cmd_probe
         packaged = any(p.kind == ProbeKind.PACKAGE for p in plan.probes)
         binds: Tuple[Bind, ...] = ()
@@ -4650,10 +4696,13 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
         spec = ContainerSpec(image, host, binds, private_network=plan.private_network,
                              boot_timeout=plan.boot_timeout)
         with NspawnContainer(settings, spec, fleet) as container:
+            if packaged:
+                say(name, "downloading packages")
             prepared = prepare_packages(settings, image, container, plan, packages) if packaged else None
+            say(name, "booting")
             container.boot()
             t1 = time.monotonic()
-            results = live(container, plan, prepared, cancel)
+            results = live(container, plan, prepared, cancel, lambda doing: say(name, doing))
             container.timings["probes"] = time.monotonic() - t1
             container.boot_state()
         log.info("%s: %s", name, format_timings(container.timings))
@@ -4737,12 +4786,83 @@ def run_matrix(images: Sequence[T], jobs: int, fail_fast: bool,
 # Reports
 # ==============================================================================
 
+class LiveStatus:
+    """On a terminal, a line per image that runs: what it does now and for how long, redrawn every second;
+    cleared before a result prints and drawn again after it. Off in a pipe, with -v (the log says it) and
+    with --json - (stdout is data)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.lock = threading.Lock()
+        self.running: Dict[str, Tuple[str, float]] = {}
+        self.drawn = 0
+        self.stop = threading.Event()
+        self.thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "LiveStatus":
+        if self.enabled:
+            self.thread = threading.Thread(target=self.tick, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        if self.thread:
+            self.thread.join()
+        with self.lock:
+            self.clear()
+
+    def tick(self) -> None:
+        """Redraw once a second, for the elapsed times."""
+        while not self.stop.wait(1.0):
+            with self.lock:
+                self.clear()
+                self.draw()
+
+    def say(self, image: str, doing: str) -> None:
+        """`image` is now `doing` (acquiring, booting, installing...); '' when it is done."""
+        if not self.enabled:
+            return
+        with self.lock:
+            self.clear()
+            if doing:
+                since = self.running.get(image, ("", time.monotonic()))[1]
+                self.running[image] = (doing, since)
+            else:
+                self.running.pop(image, None)
+            self.draw()
+
+    def print(self, text: str) -> None:
+        """A result's lines on stdout, below no status line."""
+        with self.lock:
+            self.clear()
+            print(text, flush=True)
+            self.draw()
+
+    def clear(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\x1b[J")  # the cursor is at the top of the status lines: clear to the end
+            sys.stderr.flush()
+            self.drawn = 0
+
+    def draw(self) -> None:
+        if not self.enabled or not self.running:
+            return
+        now = time.monotonic()
+        lines = ["postroj: %-20s %s %.0f s" % (image, doing, now - since)
+                 for image, (doing, since) in self.running.items()]
+        sys.stderr.write("".join("\x1b[K%s\n" % line for line in lines) + "\x1b[%dA" % len(lines))
+        sys.stderr.flush()
+        self.drawn = len(lines)
+
+
 def format_result(result: ProbeResult, color: bool = False) -> str:
     """One terminal line per image × probe; a failure adds its reason, output and journal."""
     word = str(result.status).upper()
     if color:
         word = {"PASS": "\x1b[32mPASS\x1b[0m", "FAIL": "\x1b[31mFAIL\x1b[0m", "SKIP": "\x1b[33mSKIP\x1b[0m"}[word]
-    line = "%s  %-20s %-50s %6.2fs" % (word, result.image, result.title[:50], result.duration)
+    # names in full, never cut: a longer one moves the time to the right
+    line = "%s  %-20s %-50s %6.2fs" % (word, result.image, result.heading, result.duration)
     if result.status == Status.SKIP and result.reason:
         return "%s\n      reason: %s" % (line, result.reason)
     if result.status != Status.FAIL:
@@ -5367,7 +5487,13 @@ def lifecycle(args: argparse.Namespace, probes: Sequence[Probe]) -> Dict[str, An
 
 def build_probes(args: argparse.Namespace) -> Tuple[Probe, ...]:
     """The probes of the command line, checked before anything boots."""
-    probes = [Probe(ProbeKind.PACKAGE, package_source(spec, "--package")) for spec in args.package]
+    probes = []
+    for spec in args.package:
+        image, sep, path = spec.partition("=")
+        if sep and path and re.fullmatch(NAME_PATTERN, image) and not os.path.lexists(spec):
+            probes.append(Probe(ProbeKind.PACKAGE, package_source(path, "--package"), only=image))
+        else:
+            probes.append(Probe(ProbeKind.PACKAGE, package_source(spec, "--package")))
     for spec in args.copy:
         source, sep, target = spec.rpartition(":")
         if not sep or not source or not target.startswith("/"):
@@ -5660,9 +5786,10 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
         die("no probe given", "add --command, --check-unit, --check-network, --package or --copy", usage=True)
     stages = lifecycle(args, probes)
     color = sys.stdout.isatty()
+    status = LiveStatus(sys.stderr.isatty() and not log.isEnabledFor(logging.INFO) and args.json != "-")
 
     def report(result: ProbeResult) -> None:
-        print(format_result(result, color), flush=True)
+        status.print(format_result(result, color))
 
     if args.vm:
         return cmd_probe_vms(args, settings, probes, report, started)
@@ -5675,6 +5802,11 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     images = list(dict.fromkeys(images))
     if args.shard:
         images = take_shard(images, args.shard)
+    for probe in probes:
+        if probe.only and not any(probe.for_image(name) for name in images):
+            die("--package %s=%s: %s is not probed in this run" % (probe.only, probe.target, probe.only),
+                "add --image %s, or give the package to every image without %s=" % (probe.only, probe.only),
+                usage=True)
     targets = []
     for name in images:  # resolved and checked once, here, before anything boots
         info = find_image(settings, name)
@@ -5685,7 +5817,7 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
                                      "see `postroj list-images`")
         manager = info.package_manager if info else dist.package_manager if dist else ""
         for probe in list(probes) + [Probe(ProbeKind.PACKAGE, s) for s in stages["upgrade_from"]]:
-            kind = package_type(probe.target) if probe.kind == ProbeKind.PACKAGE else ""
+            kind = package_type(probe.target) if probe.kind == ProbeKind.PACKAGE and probe.for_image(name) else ""
             if kind and manager and not package_matches(kind, manager):
                 die("%s is a .%s package, but %s uses %s" % (os.path.basename(probe.target), kind, name, manager),
                     "give a package built for %s" % name, usage=True)
@@ -5701,9 +5833,14 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
                                                              if s != UPGRADE_FROM_ARCHIVE])
 
     def probe_one(target: ImageTarget, cancel: threading.Event, fleet: Fleet) -> List[ProbeResult]:
-        return probe_image(settings, host, target, plan, cancel=cancel, packages=packages, fleet=fleet)
+        try:
+            return probe_image(settings, host, target, plan, cancel=cancel, packages=packages, fleet=fleet,
+                               say=status.say)
+        finally:
+            status.say(target.name, "")
 
-    results = run_matrix(targets, args.jobs, args.fail_fast, probe_one, report)
+    with status:
+        results = run_matrix(targets, args.jobs, args.fail_fast, probe_one, report)
     return finish_report(results, args.json, args.junit, time.monotonic() - started)
 
 
@@ -6098,8 +6235,9 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
                    "(default: %s)" % DEFAULT_IMAGE)
     p.add_argument("--all", action="store_true", help="every acquired image")
     p.add_argument("--vm", action="append", default=[], metavar="BOX", help="probe a Vagrant VM instead; repeatable")
-    p.add_argument("--package", action="append", default=[], metavar="PATH|URL", help="a .deb or .rpm (.msi on "
-                   "Windows VMs) to install with its dependencies in the booted container; repeatable")
+    p.add_argument("--package", action="append", default=[], metavar="[IMAGE=]PATH|URL", help="a .deb or .rpm "
+                   "(.msi on Windows VMs) to install with its dependencies in the booted container; IMAGE= gives it "
+                   "to that image only (one build per release); repeatable")
     p.add_argument("--copy", action="append", default=[], metavar="SRC:DST", help="put a host file or directory "
                    "at the absolute path DST in the container; repeatable")
     p.add_argument("--check-unit", action="append", default=[], metavar="UNIT", help="a systemd unit that must "

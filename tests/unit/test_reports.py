@@ -147,10 +147,16 @@ def test_format_skip_and_color():
     assert postroj.format_result(RESULTS[1], color=True).startswith("\x1b[31mFAIL\x1b[0m")
 
 
-def test_format_long_probe_title_is_cut():
+def test_names_are_never_cut():
     result = R("img", P("command", "x" * 200), "pass", 1.0)
-    assert "command " + "x" * 42 + " " in postroj.format_result(result)
-    assert "x" * 43 not in postroj.format_result(result)
+    assert "command " + "x" * 200 + "   1.00s" in postroj.format_result(result)
+    package = R("debian-bookworm", P("package", "/srv/builds/bookworm/prometheus-node-exporter_1.5.0-1+b6_amd64.deb"),
+                "pass", 3.0, stage="installed", label="prometheus-node-exporter 1.5.0-1+b6")
+    line = postroj.format_result(package)
+    assert "installed: package prometheus-node-exporter 1.5.0-1+b6" in line
+    # JSON and JUnit keep the path in full
+    assert postroj.results_json([package])["results"][0]["target"] == package.probe.target
+    assert package.title == "installed: package " + package.probe.target
 
 
 # --- probes after a failed install, and what a network check answered ---------------

@@ -1,29 +1,41 @@
-# postroj: `make` builds postroj.pyz; `make setup` installs what postroj and its tests need;
-# `make test` runs every test; `make check` the unit tests and one real container; `make demo` acquires
-# debian-bookworm and probes it.
+# postroj: `make` builds postroj.pyz; `make setup` installs what postroj needs to run, `make setup-dev` what
+# its tests and benchmark need as well; `make test` runs every test; `make check` the unit tests and one real
+# container; `make demo` acquires debian-bookworm and probes it.
 PYTHON ?= python3
 PYZ := postroj.pyz
-APT_PACKAGES := systemd-container skopeo umoci mmdebstrap debootstrap docker-registry \
-                util-linux xz-utils zstd dpkg-dev iproute2 python3-pytest vagrant autopkgtest
+# what postroj itself needs: nspawn, registries, bootstrapping (util-linux, tar, xz are on every Debian host)
+RUN_PACKAGES := systemd-container skopeo umoci mmdebstrap
+# what the tests and the benchmark need besides: the rig's registry, autopkgtest, piuparts, vagrant ...
+DEV_PACKAGES := debootstrap docker-registry util-linux xz-utils zstd dpkg-dev iproute2 python3-pytest vagrant \
+                autopkgtest piuparts
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: all setup test check unit integration demo bench clean
+.PHONY: all setup setup-dev test check unit integration demo bench clean
 
 all: $(PYZ)
 
 $(PYZ): postroj.py build_zipapp.py
 	$(PYTHON) build_zipapp.py $(PYZ)
 
+# install the packages of $(1) that are missing, saying which
+define install_missing
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing:" $$missing; apt-get update -qq && apt-get install -y -qq $$missing; \
+	else echo "installed already: $(1)"; fi
+endef
+
 setup:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
+	$(call install_missing,$(RUN_PACKAGES))
+
+setup-dev: setup
+	$(call install_missing,$(DEV_PACKAGES))
 	@$(PYTHON) -c "import pytest" 2>/dev/null || $(PYTHON) -m pip install -q pytest
 	@# development only: checks the README's CI examples against their schemas
 	@$(PYTHON) -c "import check_jsonschema" 2>/dev/null || $(PYTHON) -m pip install -q check-jsonschema
 	@# autopkgtest's unshare backend, which the tests run beside postroj, maps root's ids through these
 	@for f in /etc/subuid /etc/subgid; do grep -q '^root:' $$f 2>/dev/null || echo 'root:100000:65536' >> $$f; done
 
-test: setup $(PYZ)
+test: setup-dev $(PYZ)
 	$(PYTHON) -m pytest -q --durations=15 tests
 
 # the inner loop: the unit tests and one real container, in under two minutes on a warm rig cache
@@ -33,7 +45,7 @@ check: $(PYZ)
 unit: $(PYZ)
 	$(PYTHON) -m pytest -q tests/unit
 
-integration: setup $(PYZ)
+integration: setup-dev $(PYZ)
 	$(PYTHON) -m pytest -q tests/integration
 
 demo: setup $(PYZ)
@@ -41,7 +53,7 @@ demo: setup $(PYZ)
 	./$(PYZ) image debian-bookworm
 	./$(PYZ) probe --image debian-bookworm --command "systemctl is-active systemd-journald"
 
-bench: setup $(PYZ)
+bench: setup-dev $(PYZ)
 	$(PYTHON) bench/run.py
 
 clean:

@@ -2355,6 +2355,10 @@ APT_OPTIONS = (
 APT_FROM_CACHE = ("-o", "Debug::NoLocking=1")
 
 
+# How identify()'s lines start: they share the run's output with the package manager's.
+IDENTIFIED = "postroj-package"
+
+
 class Apt:
     """Debian's and Ubuntu's apt and dpkg: remove keeps a package's configuration files, purge deletes them."""
 
@@ -2388,8 +2392,10 @@ class Apt:
         return ["apt-get", *APT_OPTIONS, *APT_FROM_CACHE, "-q", "purge", "-y", "--autoremove", *names]
 
     def identify(self, paths: Sequence[str]) -> List[str]:
-        """Print NAME TAB VERSION of each package file."""
-        script = 'for f; do dpkg-deb --show --showformat="\\${Package}\\t\\${Version}\\n" "$f" || exit; done'
+        """Print `postroj-package TAB NAME TAB VERSION` for each package file (marked: the lines share their
+        output with the package manager's)."""
+        script = 'for f; do dpkg-deb --show --showformat="%s\\t\\${Package}\\t\\${Version}\\n" "$f" || exit; done' \
+            % IDENTIFIED
         return ["sh", "-c", script, "sh", *paths]
 
     def files(self, names: Sequence[str]) -> List[str]:
@@ -2432,8 +2438,8 @@ class Dnf:
     purge = remove
 
     def identify(self, paths: Sequence[str]) -> List[str]:
-        """Print NAME TAB EPOCH:VERSION-RELEASE of each package file."""
-        return ["rpm", "-qp", "--qf", "%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", *paths]
+        """Print `postroj-package TAB NAME TAB EPOCH:VERSION-RELEASE` for each package file."""
+        return ["rpm", "-qp", "--qf", IDENTIFIED + "\\t%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", *paths]
 
     def files(self, names: Sequence[str]) -> List[str]:
         """List the files of installed packages, one a line."""
@@ -2489,8 +2495,8 @@ class Zypper:
     purge = remove
 
     def identify(self, paths: Sequence[str]) -> List[str]:
-        """Print NAME TAB EPOCH:VERSION-RELEASE of each package file."""
-        return ["rpm", "-qp", "--qf", "%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", *paths]
+        """Print `postroj-package TAB NAME TAB EPOCH:VERSION-RELEASE` for each package file."""
+        return ["rpm", "-qp", "--qf", IDENTIFIED + "\\t%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", *paths]
 
     def files(self, names: Sequence[str]) -> List[str]:
         """List the files of installed packages, one a line."""
@@ -2535,8 +2541,9 @@ class Pacman:
         return self.base() + ["-Rns", *names]
 
     def identify(self, paths: Sequence[str]) -> List[str]:
-        """Print NAME VERSION of each package file."""
-        return ["pacman", "-Qp", *paths]
+        """Print `postroj-package TAB NAME TAB VERSION` for each package file."""
+        script = 'found=$(pacman -Qp "$@") && printf "%%s\\n" "$found" | sed "s/^/%s\\t/; s/ /\\t/"' % IDENTIFIED
+        return ["sh", "-c", script, "sh", *paths]
 
     def files(self, names: Sequence[str]) -> List[str]:
         """List the files of installed packages, one a line."""
@@ -4197,26 +4204,24 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
     probes = tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE)
     new = stage_files(container, "packages", [packages[p.target] for p in probes])
     old = stage_files(container, "old", [packages[s] for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE])
-    code, output = container.run_in_overlay(manager.identify(new + old), timeout=plan.install_timeout,
-                                            what="reading the packages' names")
-    if code != 0:
-        die("cannot read the names of %s:\n%s" % (", ".join(os.path.basename(p) for p in new), tail(output, 10)),
-            "give packages the image's package manager installs")
-    identified = [line.split() for line in output.splitlines() if len(line.split()) == 2]
-    names = tuple(dict.fromkeys(name for name, _version in identified[:len(new)]))
-    sources = [p.target for p in probes] + [s for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE]
-    labels = {source: " ".join(found) for source, found in zip(sources, identified)} \
-        if len(identified) == len(sources) else {}
     cache = package_cache_for(settings, read_os_release(Path(image.path)))
     binds = [(str(cache), PACKAGE_CACHE_DIR)]
     waiting = "the package cache %s, which another probe of this release is writing" % cache
+    sources = [p.target for p in probes] + [s for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE]
     with file_lock(cache / ".postroj.lock", waiting=waiting):
-        # always refresh: the lists are shared by the images of a release, whose sources may differ;
-        # with warm lists this is a few conditional requests
+        # one run: the files' names, then the lists (always refreshed: they are shared by the images of a
+        # release, whose sources may differ; warm, a few conditional requests), then the downloads
         code, output = container.run_in_overlay(
-            chain(manager.refresh(), manager.download(new, plan.recommends),
+            chain(manager.identify(new + old), manager.refresh(), manager.download(new, plan.recommends),
                   manager.download(old, plan.recommends) if old else []), binds,
-            plan.install_timeout, what="downloading what %s needs" % ", ".join(names))
+            plan.install_timeout, what="downloading what the packages need")
+        identified = [line.split("\t")[1:3] for line in output.splitlines() if line.startswith(IDENTIFIED + "\t")]
+        if len(identified) != len(sources):
+            die("cannot read the names of %s:\n%s" % (", ".join(os.path.basename(p) for p in new + old),
+                                                     tail(output, 10)),
+                "give packages the image's package manager installs")
+        names = tuple(dict.fromkeys(name for name, _version in identified[:len(new)]))
+        labels = {source: " ".join(found) for source, found in zip(sources, identified)}
         if code != 0:
             die("downloading what %s needs failed with exit code %d:\n%s" % (
                 ", ".join(names), code, "\n".join("  " + line for line in package_manager_errors(output))),
@@ -4245,6 +4250,8 @@ PURGE_EXPECTED = (
     "/etc/shadow", "/etc/gshadow", "/etc/subuid", "/etc/subgid", "/etc/machine-id", "/etc/.pwd.lock",
     "/usr/share/info/dir", "/var/lib/sgml-base/", "/var/lib/xml-core/", "/etc/ca-certificates.conf",
     "/etc/ssl/certs/",
+    # the administrator's data, which a purge must not delete: web roots, /srv, backups, mail
+    "/var/www/", "/srv/", "/var/backups/", "/var/mail/",
 )
 PROCESSES_SCRIPT = r'''for p in /proc/[0-9]*; do
   exe=$(readlink "$p/exe" 2>/dev/null) || continue

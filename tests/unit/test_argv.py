@@ -234,7 +234,7 @@ YUM = ["yum"] + DNF[1:]
 MICRODNF = ["microdnf", "-y", "--setopt=keepcache=1", "--nodocs"]
 ZYPPER = ["zypper", "--non-interactive", "--quiet", "--pkg-cache-dir=%s" % CACHE]
 PACMAN = ["pacman", "--noconfirm", "--noprogressbar", "--cachedir=%s" % CACHE]
-RPM_QUERY = ["rpm", "-qp", "--qf", "%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n"]
+RPM_QUERY = ["rpm", "-qp", "--qf", "postroj-package\\t%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n"]
 
 # Every verb of every package manager, as the whole command line: changing a verb (install to remove, dnf's
 # install to erase) or an option that answers the questions, keeps the cache or works offline fails here.
@@ -281,7 +281,9 @@ VERBS = [
     ("pacman", "download", (NAMES,), PACMAN + ["-Syw", "--needed", *NAMES]),
     ("pacman", "remove", (NAMES,), PACMAN + ["-R", *NAMES]),
     ("pacman", "purge", (NAMES,), PACMAN + ["-Rns", *NAMES]),
-    ("pacman", "identify", (["/a.pkg.tar.zst"],), ["pacman", "-Qp", "/a.pkg.tar.zst"]),
+    ("pacman", "identify", (["/a.pkg.tar.zst"],), [
+        "sh", "-c", 'found=$(pacman -Qp "$@") && printf "%s\\n" "$found" | sed "s/^/postroj-package\\t/; s/ /\\t/"',
+        "sh", "/a.pkg.tar.zst"]),
     ("pacman", "files", (NAMES,), ["pacman", "-Qlq", *NAMES]),
 ]
 
@@ -311,7 +313,7 @@ def test_apt_identifies_package_files_through_dpkg_deb(tmp_path):
                    stdout=subprocess.DEVNULL)
     out = subprocess.run(postroj.package_manager("apt").identify([str(deb), str(deb)]), stdout=subprocess.PIPE,
                          text=True, check=True).stdout
-    assert out == "hello\t1.0-2\n" * 2
+    assert out == "postroj-package\thello\t1.0-2\n" * 2
 
 
 def test_an_unknown_package_manager_is_an_error():

@@ -731,8 +731,9 @@ def closest(name: str, candidates: Sequence[str]) -> List[str]:
 
 
 def unknown_name_error(kind: str, name: str, candidates: Sequence[str], hint: str) -> UsageError:
-    """A usage error for an unknown `kind` of name, with the closest known ones."""
-    near = closest(name, candidates)
+    """A usage error for an unknown `kind` of name, with the closest known ones (an image once: by its label,
+    not also by its alias)."""
+    near = list(dict.fromkeys(canonical_image(n) for n in closest(name, candidates)))
     message = "unknown %s %r" % (kind, name)
     if near:
         message += "; did you mean %s?" % ", ".join(near)
@@ -5807,13 +5808,13 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
             die("--all, but no image is acquired", "acquire one with `postroj image debian-bookworm`")
     images = images or [DEFAULT_IMAGE]
     images = list(dict.fromkeys(images))
-    if args.shard:
-        images = take_shard(images, args.shard)
-    for probe in probes:
+    for probe in probes:  # against the whole matrix: every shard runs the same command line
         if probe.only and not any(probe.for_image(name) for name in images):
             die("--package %s=%s: %s is not probed in this run" % (probe.only, probe.target, probe.only),
                 "add --image %s, or give the package to every image without %s=" % (probe.only, probe.only),
                 usage=True)
+    if args.shard:
+        images = take_shard(images, args.shard)
     targets = []
     for name in images:  # resolved and checked once, here, before anything boots
         info = find_image(settings, name)

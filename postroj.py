@@ -733,7 +733,9 @@ def closest(name: str, candidates: Sequence[str]) -> List[str]:
 def unknown_name_error(kind: str, name: str, candidates: Sequence[str], hint: str) -> UsageError:
     """A usage error for an unknown `kind` of name, with the closest known ones (an image once: by its label,
     not also by its alias)."""
-    near = list(dict.fromkeys(canonical_image(n) for n in closest(name, candidates)))
+    near = closest(name, candidates)
+    if kind == "image":
+        near = list(dict.fromkeys(canonical_image(n) for n in near))
     message = "unknown %s %r" % (kind, name)
     if near:
         message += "; did you mean %s?" % ", ".join(near)
@@ -2347,6 +2349,7 @@ APT_OPTIONS = (
     "-o", "Dir::State::Lists=%s/lists/" % PACKAGE_CACHE_DIR,
     "-o", "APT::Keep-Downloaded-Packages=true",
     "-o", "APT::Sandbox::User=root",
+    "-o", "Dpkg::Use-Pty=0",  # no progress lines ("Reading database ... 45%") in what a failure shows
     # dpkg's fsync after every file buys nothing here: a half-built image is thrown away, a finished one
     # synced once before it is activated, and a probe's container is thrown away
     "-o", "Dpkg::Options::=--force-unsafe-io",
@@ -2403,6 +2406,12 @@ class Apt:
         """List the files of installed packages, one a line."""
         return ["dpkg", "-L", *names]
 
+    def still_installed(self, names: Sequence[str]) -> List[str]:
+        """Print those of `names` dpkg still knows (installed, or removed with their configuration kept)."""
+        script = 'for p; do s=$(dpkg-query -W -f="\\${db:Status-Abbrev}" "$p" 2>/dev/null) || continue; ' \
+                 'case "$s" in ?n*) ;; *) echo "$p" ;; esac; done'
+        return ["sh", "-c", script, "sh", *names]
+
 
 class Dnf:
     """Fedora's and Red Hat's dnf (and yum, which takes the same options): remove is a purge."""
@@ -2445,6 +2454,10 @@ class Dnf:
     def files(self, names: Sequence[str]) -> List[str]:
         """List the files of installed packages, one a line."""
         return ["rpm", "-ql", *names]
+
+    def still_installed(self, names: Sequence[str]) -> List[str]:
+        """Print those of `names` that are installed."""
+        return ["sh", "-c", 'for p; do rpm -q "$p" >/dev/null 2>&1 && echo "$p"; done; true', "sh", *names]
 
 
 class Microdnf(Dnf):
@@ -2503,6 +2516,10 @@ class Zypper:
         """List the files of installed packages, one a line."""
         return ["rpm", "-ql", *names]
 
+    def still_installed(self, names: Sequence[str]) -> List[str]:
+        """Print those of `names` that are installed."""
+        return ["sh", "-c", 'for p; do rpm -q "$p" >/dev/null 2>&1 && echo "$p"; done; true', "sh", *names]
+
 
 class Pacman:
     """Arch's pacman: -R keeps configuration files as .pacsave, -Rns removes them with unneeded dependencies."""
@@ -2549,6 +2566,10 @@ class Pacman:
     def files(self, names: Sequence[str]) -> List[str]:
         """List the files of installed packages, one a line."""
         return ["pacman", "-Qlq", *names]
+
+    def still_installed(self, names: Sequence[str]) -> List[str]:
+        """Print those of `names` that are installed."""
+        return ["sh", "-c", 'for p; do pacman -Q "$p" >/dev/null 2>&1 && echo "$p"; done; true', "sh", *names]
 
 
 PACKAGE_MANAGERS: Dict[PackageManager, Any] = {
@@ -4167,6 +4188,14 @@ STAGE_DOING = {Stage.BOOTED: "probing", Stage.INSTALLED: "installing", Stage.UPG
                Stage.REBOOTED: "rebooting", Stage.REMOVED: "removing", Stage.PURGED: "purging"}
 
 
+class DownloadFailed(PostrojError):
+    """What the packages need could not be downloaded before the boot: the package manager's output says why."""
+
+    def __init__(self, message: str, hint: str, output: str) -> None:
+        super().__init__(message, hint)
+        self.output = output
+
+
 class Packages(NamedTuple):
     """The packages of one image's life, staged in the container's guest directory and named: `new` the
     --package files, `old` what --upgrade-from installs first (files, or names from the image's sources),
@@ -4224,17 +4253,16 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
         names = tuple(dict.fromkeys(name for name, _version in identified[:len(new)]))
         labels = {source: " ".join(found) for source, found in zip(sources, identified)}
         if code != 0:
-            die("downloading what %s needs failed with exit code %d:\n%s" % (
-                ", ".join(names), code, "\n".join("  " + line for line in package_manager_errors(output))),
-                "check the image's package sources and that this host reaches them")
+            raise DownloadFailed("downloading what %s needs failed with exit code %d" % (", ".join(names), code),
+                                 "check the image's package sources and that this host reaches them", tail(output, 40))
         if UPGRADE_FROM_ARCHIVE in plan.upgrade_from:
             code, output = container.run_in_overlay(manager.download(names, plan.recommends), binds,
                                                     plan.install_timeout,
                                                     what="downloading %s from the image's sources" % ", ".join(names))
             if code != 0:
-                die("--upgrade-from archive: the package sources of %s do not carry %s:\n%s" % (
-                    image.name, ", ".join(names), "\n".join("  " + e for e in package_manager_errors(output, 5))),
-                    "give the version to upgrade from as files: --upgrade-from OLD.deb")
+                raise DownloadFailed("--upgrade-from archive: the package sources of %s do not carry %s" % (
+                    image.name, ", ".join(names)), "give the version to upgrade from as files: --upgrade-from OLD.deb",
+                    tail(output, 40))
             old = list(names)
     return Packages(tuple(new), tuple(old), names, probes, labels)
 
@@ -4253,6 +4281,8 @@ PURGE_EXPECTED = (
     "/etc/ssl/certs/",
     # the administrator's data, which a purge must not delete: web roots, /srv, backups, mail
     "/var/www/", "/srv/", "/var/backups/", "/var/mail/",
+    # merged /usr's diversions, made by dpkg when a dependency unpacks into /bin, /sbin or /lib
+    "/bin.usr-is-merged/", "/sbin.usr-is-merged/", "/lib.usr-is-merged/",
 )
 PROCESSES_SCRIPT = r'''for p in /proc/[0-9]*; do
   exe=$(readlink "$p/exe" 2>/dev/null) || continue
@@ -4312,15 +4342,16 @@ class Baseline(NamedTuple):
                    account_names(container))
 
 
-def leftover_result(image: str, target: str, stage: Stage, found: Sequence[str], what: str, t0: float,
+def leftover_result(image: str, target: str, stage: Stage, found: Sequence[str], what: Tuple[str, str], t0: float,
                     reported: str = "") -> ProbeResult:
-    """A leftover check's result: a failure listing what was `found`."""
+    """A leftover check's result: a failure listing what was `found` (`what`: the words for one and for
+    several)."""
     probe = Probe(ProbeKind.LEFTOVER, target)
     if not found:
         return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0, output=reported, stage=stage)
     listed = "\n".join(found[:60]) + ("\n... and %d more" % (len(found) - 60) if len(found) > 60 else "")
     return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, stage=stage,
-                       reason="%s: %d %s" % (stage, len(found), what),
+                       reason="%s: %d %s" % (stage, len(found), what[0] if len(found) == 1 else what[1]),
                        output=listed + ("\n" + reported if reported else ""))
 
 
@@ -4337,8 +4368,10 @@ def check_removed(container: NspawnContainer, files: "set[str]", t0: float) -> L
     if units:
         _, out = container.run_captured(["systemctl", "is-active", *units])
         active = [unit for unit, state in zip(units, out.splitlines()) if state.strip() in ("active", "activating")]
-    return [leftover_result(image, "processes", Stage.REMOVED, running, "processes of the packages still run", t0),
-            leftover_result(image, "units", Stage.REMOVED, active, "units of the packages are still active", t0)]
+    return [leftover_result(image, "processes", Stage.REMOVED, running, ("process of the packages still runs",
+                                                                         "processes of the packages still run"), t0),
+            leftover_result(image, "units", Stage.REMOVED, active, ("unit of the packages is still active",
+                                                                    "units of the packages are still active"), t0)]
 
 
 def open_beneath(root: Path, relative: str) -> int:
@@ -4385,7 +4418,7 @@ def same_as_image(lower: Path, path: str, kind: str, upper: Path) -> bool:
         return False
 
 
-def check_purged(container: NspawnContainer, baseline: Baseline, t0: float) -> List[ProbeResult]:
+def check_purged(container: NspawnContainer, baseline: Baseline, files: "set[str]", t0: float) -> List[ProbeResult]:
     """After purge, against the container before the first install: files and directories left behind or
     changed, broken links, *.wants links to units that are gone, programs still running; users and groups
     left are reported."""
@@ -4411,14 +4444,15 @@ def check_purged(container: NspawnContainer, baseline: Baseline, t0: float) -> L
         if path in dangling:
             word = "broken link to a unit that is gone" if ".wants/" in path else "broken link left behind"
         listed.append("%s: %s" % (path, word))
+    # a program that did not run before, or a script of the packages' run by an interpreter that did
     running = sorted("%s (%s)" % (exe, cmd) for exe, cmd in container_processes(container).values()
-                     if exe not in baseline.executables)
+                     if exe not in baseline.executables or any(word in files for word in cmd.split()[:2]))
     accounts = sorted(account_names(container) - baseline.accounts)
     reported = "left, as Debian's policy allows: %s" % ", ".join(accounts) if accounts else ""
-    return [leftover_result(image, "files", Stage.PURGED, listed, "paths differ from the container before the install",
-                            t0,
-                            reported),
-            leftover_result(image, "processes", Stage.PURGED, running, "processes still run", t0)]
+    return [leftover_result(image, "files", Stage.PURGED, listed, (
+        "path differs from the container before the install", "paths differ from the container before the install"),
+        t0, reported),
+        leftover_result(image, "processes", Stage.PURGED, running, ("process still runs", "processes still run"), t0)]
 
 
 def transaction(container: NspawnContainer, image: ImageInfo, probes: Sequence[Probe], stage: Stage,
@@ -4470,6 +4504,9 @@ def run_checks(container: NspawnContainer, plan: ProbePlan, stage: Stage, broken
                 stage=stage))
             if probe.kind == ProbeKind.UNIT and results[-1].reason.startswith("unit %s failed" % probe.target):
                 failed_units.append(probe.target)
+            if stage == Stage.REBOOTED and "neither enabled nor started" in results[-1].reason:
+                results[-1] = results[-1]._replace(reason="inactive, not enabled: it did not come back after the "
+                                                   "reboot (the package started it but did not enable it)")
 
 
 def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Packages], cancel: threading.Event,
@@ -4510,8 +4547,13 @@ def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Package
             step = transaction(container, image, packages.probes, stage, manager.remove(packages.names),
                                plan.install_timeout, packages.labels)
         elif stage == Stage.PURGED:
-            step = transaction(container, image, packages.probes, stage, manager.purge(packages.names),
-                               plan.install_timeout, packages.labels)
+            # what remove took whole (no configuration files) the package manager no longer knows
+            _, known = container.run_captured(manager.still_installed(packages.names))
+            names = [name for name in packages.names if name in known.split()]
+            step = transaction(container, image, packages.probes, stage, manager.purge(names),
+                               plan.install_timeout, packages.labels) if names else [
+                ProbeResult(image.name, p, Status.PASS, 0.0, output="nothing left to purge: remove took it all",
+                            stage=stage, label=packages.labels.get(p.target, "")) for p in packages.probes]
         results += step
         broken = ", ".join(os.path.basename(r.probe.target) for r in step if r.status == Status.FAIL)
         if broken:
@@ -4523,7 +4565,23 @@ def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Package
         if stage == Stage.REMOVED:
             results += check_removed(container, files, t0)
         elif stage == Stage.PURGED and baseline:
-            results += check_purged(container, baseline, t0)
+            results += check_purged(container, baseline, files, t0)
+    return results
+
+
+def not_downloaded(image: str, plan: ProbePlan, failure: DownloadFailed, duration: float) -> List[ProbeResult]:
+    """The results of an image whose packages could not be downloaded: nothing booted; the first stage's step
+    fails with the package manager's output, everything after it is skipped."""
+    stages = plan.stages()
+    reason = failure.message + ("\nhint: %s" % failure.hint if failure.hint else "")
+    packaged = Packages((), (), (), tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE))
+    results = [ProbeResult(image, p, Status.FAIL, duration, reason=reason, output=failure.output, stage=stages[0])
+               for p in (stage_probes(plan, stages[0], packaged)) if p.kind == ProbeKind.PACKAGE]
+    skipped = "not run: %s" % failure.message.split(":")[0]
+    for stage in stages:
+        results += [ProbeResult(image, p, Status.SKIP, 0.0, reason=skipped, stage=stage)
+                    for p in stage_probes(plan, stage, packaged)
+                    if not (stage == stages[0] and p.kind == ProbeKind.PACKAGE)]
     return results
 
 
@@ -4574,13 +4632,13 @@ def run_unit_probe(container: NspawnContainer, probe: Probe, timeout: float, exp
     _, enabled = container.run_captured(["systemctl", "is-enabled", unit])
     _, load = container.run_captured(["systemctl", "show", "-p", "LoadState", "--value", unit])
     active = state == "active"
-    if active == expect_active or (not expect_active and load == "not-found"):
+    if active == expect_active:
         return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0,
                            output="%s, %s" % (state or "unknown", enabled or "not-found"))
-    if load == "not-found":
-        reason = "unit %s does not exist" % unit
-    elif not expect_active:
+    if not expect_active:
         reason = "unit %s is still %s after the packages were removed" % (unit, state)
+    elif load == "not-found":
+        reason = "unit %s does not exist" % unit
     elif state == "failed":
         reason = "unit %s failed (%s)" % (unit, enabled)
     elif enabled == "enabled":
@@ -4706,7 +4764,12 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
         with NspawnContainer(settings, spec, fleet) as container:
             if packaged:
                 say(name, "downloading packages")
-            prepared = prepare_packages(settings, image, container, plan, packages) if packaged else None
+                try:
+                    prepared = prepare_packages(settings, image, container, plan, packages)
+                except DownloadFailed as exc:
+                    return not_downloaded(name, plan, exc, time.monotonic() - t0)
+            else:
+                prepared = None
             say(name, "booting")
             container.boot()
             t1 = time.monotonic()
@@ -5800,6 +5863,9 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
         status.print(format_result(result, color))
 
     if args.vm:
+        if any(p.only for p in probes):
+            die("--package IMAGE=FILE is for images; VMs take every --package", "drop IMAGE= with --vm",
+                usage=True)
         return cmd_probe_vms(args, settings, probes, report, started)
     images = list(args.image)
     if args.all:

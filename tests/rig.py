@@ -489,6 +489,10 @@ UBUNTU_SOURCES = {
 }
 
 
+# bootstrapped for real from Debian's mirror and Ubuntu's archive by the `real` fixture
+REAL_IMAGES = ("debian-bookworm", "debian-trixie", "ubuntu-jammy", "ubuntu-noble")
+
+
 class PrivateApt:
     """The host's apt-get with a configuration of its own (sources, lists, cache, keyrings), so that tests
     download real packages and source packages without touching the host's apt state."""
@@ -519,14 +523,27 @@ class PrivateApt:
         ]
         sh("apt-get", *self.options, "-qq", "update")
 
-    def download(self, package: str, dest: Path) -> Path:
-        """`apt-get download PACKAGE` into `dest`: the newest version the sources have."""
+    def download(self, package: str, dest: Path, version: str = "") -> Path:
+        """`apt-get download PACKAGE[=VERSION]` into `dest`: the newest version the sources have, or `version`."""
         dest.mkdir(parents=True, exist_ok=True)
         before = set(dest.glob("%s_*.deb" % package))
-        sh("apt-get", *self.options, "-qq", "download", package, cwd=str(dest))
+        sh("apt-get", *self.options, "-qq", "download", "%s=%s" % (package, version) if version else package,
+           cwd=str(dest))
         found = sorted(set(dest.glob("%s_*.deb" % package)) - before) or sorted(dest.glob("%s_*.deb" % package))
         assert found, "apt-get download %s gave no file in %s" % (package, dest)
         return found[-1]
+
+    def versions(self, package: str) -> "list[tuple[str, str]]":
+        """(version, suite) of each version of `package` the sources carry, newest first (`apt-cache madison`):
+        ("1.22.1-9+deb12u9", "bookworm"), ("1.22.1-9+deb12u11", "bookworm-security")..."""
+        out = sh("apt-cache", *self.options, "madison", package).stdout
+        found = []
+        for line in out.splitlines():
+            fields = [f.strip() for f in line.split("|")]
+            if len(fields) == 3 and fields[0] == package and fields[2].endswith(" Packages"):
+                found.append((fields[1], fields[2].split()[1].split("/")[0]))
+        assert found, "the sources carry no %s:\n%s" % (package, out)
+        return found
 
     def source(self, package: str, dest: Path) -> Path:
         """`apt-get source --download-only PACKAGE` into `dest`; the .dsc's path."""

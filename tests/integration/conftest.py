@@ -1,4 +1,5 @@
-"""Every integration test leaves nothing behind: no process, mount or machine of its state root."""
+"""Every integration test leaves nothing behind: no process, mount or machine of its state root. The real
+distributions' state root, shared by the tests that need it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 import pytest
 
 import rig
+from rig import Postroj
 
 
 @pytest.fixture(autouse=True)
@@ -37,3 +39,15 @@ def nothing_left_behind(tmp_path):
     if run.is_dir():
         leftovers = [p.name for p in run.iterdir()]
         assert not leftovers, "runtime state left behind: %s" % leftovers
+
+
+@pytest.fixture(scope="session")
+def real(pyz, tmp_path_factory) -> Postroj:
+    """A state root with rig.REAL_IMAGES bootstrapped for real from Debian's mirror and Ubuntu's archive (shared
+    by test_real_distributions and test_lifecycle); the package downloads are kept in the rig's cache between
+    runs."""
+    home = tmp_path_factory.mktemp("real") / "home"
+    cache = rig.RIG_CACHE / "package-cache"
+    runner = Postroj(pyz, home, cache, {})
+    runner("image", *rig.REAL_IMAGES, "--via", "bootstrap", check=0, timeout=1800)
+    return runner

@@ -279,20 +279,27 @@ def test_signal_to_probe(images, phase, signum):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_while_containers_of_several_images_start(images, tmp_path, signum):
-    """--jobs 2: one worker is installing a package into its container's overlay (before boot) when the stop
-    lands; the stop must end that install and leave no state, and the worker must not crash (issue 15)."""
-    deb = rig.build_demo_deb(tmp_path, port=8093, depends="perl-base, hello")
+@pytest.mark.parametrize("phase", ["download", "install"])
+def test_signal_while_containers_of_several_images_start(images, tmp_path, phase, signum):
+    """--jobs 2: one worker is downloading what a package needs into the package cache (in its container's
+    overlay, before the boot), or installing it in its booted container (the postinst runs), when the stop
+    lands; the stop must end that work and leave no state, and the worker must not crash (issues 15, 23)."""
+    marker = marker_command(300)
+    postinst = rig.UNIT_POSTINST.format(unit="postroj-demo.service") + "%s\n" % marker
+    deb = rig.build_demo_deb(tmp_path, port=8093, depends="perl-base, hello", postinst=postinst)
     before = active_images(images.home)
     proc = images.popen("probe", "--image", "debian-bookworm", "--image", "debian-bullseye", "--jobs", "2",
                         "--package", str(deb), "--check-unit", "postroj-demo")
     with ended_afterwards(proc):
-        wait_for(lambda: [p for p in rig.processes_mentioning("apt-get") if str(images.home) in p[1]],
-                 timeout=300, what="a package install")
+        if phase == "download":
+            wait_for(lambda: [p for p in rig.processes_mentioning("--download-only") if str(images.home) in p[1]],
+                     timeout=300, what="a package download")
+        else:
+            wait_for(lambda: payload(images, marker), timeout=300, what="a postinst in a booted container")
         out, err = signal_and_wait(proc, signum)
     assert proc.returncode == EXIT_STATUS[signum], (out, err)
     assert "Traceback" not in err and "FileNotFoundError" not in err, err
-    assert_nothing_left(images)
+    assert_nothing_left(images, marker)
     assert active_images(images.home) == before
 
 

@@ -53,7 +53,9 @@ def test_package_unit_and_network_on_a_two_image_matrix(images, demo_deb, tmp_pa
     assert set(suites) == {"debian-bookworm", "debian-bullseye"}
     for suite in suites.values():
         names = [c.get("name") for c in suite.findall("testcase")]
-        assert names == ["package %s" % demo_deb, "unit postroj-demo", "network http://localhost:8080"]
+        # a probe with a package names its cases STAGE: CHECK (README: Lifecycle)
+        assert names == ["installed: package %s" % demo_deb, "installed: unit postroj-demo",
+                         "installed: network http://localhost:8080"]
         assert suite.get("failures") == "0"
         assert all(float(c.get("time")) >= 0 for c in suite.findall("testcase"))
 
@@ -193,8 +195,8 @@ def test_shards_together_are_the_whole_run_and_report_merges_them(images, tmp_pa
 
 
 def failing_unit_deb(directory):
-    """postroj-fails_1.0_all.deb: a oneshot unit that fails, enabled by its postinst, so that a boot after
-    the install ends degraded."""
+    """postroj-fails_1.0_all.deb: a oneshot unit that fails, enabled (not started) by its postinst, so that
+    the boot after the install (--reboot: the install runs in the booted container) ends degraded."""
     unit = ("[Unit]\nDescription=fails at boot\n\n[Service]\nType=oneshot\nExecStart=/bin/false\n\n"
             "[Install]\nWantedBy=multi-user.target\n")
     return rig.build_deb(directory, "postroj-fails", "a unit that fails at boot, for postroj's tests",
@@ -204,8 +206,11 @@ def failing_unit_deb(directory):
 
 def test_a_degraded_boot_is_named_beside_the_probes(images, tmp_path):
     # the boot's state is asked at READY=1 and read after the probes: the warning must still come, and
-    # name the unit that failed during the boot
-    proc = images("probe", "--image", "debian-bookworm", "--package", str(failing_unit_deb(tmp_path)),
-                  "--command", "systemctl is-failed postroj-fails.service", "--json", "-", check=0)
+    # name the unit that failed during the boot (the reboot's: the package is installed in the booted container)
+    report = tmp_path / "degraded.json"
+    proc = images("probe", "--image", "debian-bookworm", "--package", str(failing_unit_deb(tmp_path)), "--reboot",
+                  "--command", "systemctl is-enabled postroj-fails.service", "--json", str(report), check=0)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "debian-bookworm is degraded; failed units: postroj-fails.service" in proc.stderr, proc.stderr
+    stages = [(r["stage"], r["kind"], r["status"]) for r in json.loads(report.read_text())["results"]]
+    assert ("rebooted", "reboot", "pass") in stages, stages

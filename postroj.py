@@ -2105,7 +2105,6 @@ def unpack_layout(layout: Path, tag: str, rootfs: Path) -> None:
 # --- bootstrapping -----------------------------------------------------------------------
 
 
-
 ACCEPT_EXPIRED_OPTION = 'Acquire::Check-Valid-Until "false";'
 TRUSTED_PARTS = "/etc/apt/trusted.gpg.d"
 
@@ -2413,7 +2412,23 @@ class Apt:
         return ["sh", "-c", script, "sh", *names]
 
 
-class Dnf:
+class Rpm:
+    """What the RPM families share: rpm queries package files and installed packages."""
+
+    def identify(self, paths: Sequence[str]) -> List[str]:
+        """Print `postroj-package TAB NAME TAB EPOCH:VERSION-RELEASE` for each package file."""
+        return ["rpm", "-qp", "--qf", IDENTIFIED + "\\t%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", *paths]
+
+    def files(self, names: Sequence[str]) -> List[str]:
+        """List the files of installed packages, one a line."""
+        return ["rpm", "-ql", *names]
+
+    def still_installed(self, names: Sequence[str]) -> List[str]:
+        """Print those of `names` that are installed."""
+        return ["sh", "-c", 'for p; do rpm -q "$p" >/dev/null 2>&1 && echo "$p"; done; true', "sh", *names]
+
+
+class Dnf(Rpm):
     """Fedora's and Red Hat's dnf (and yum, which takes the same options): remove is a purge."""
 
     command = "dnf"
@@ -2447,18 +2462,6 @@ class Dnf:
 
     purge = remove
 
-    def identify(self, paths: Sequence[str]) -> List[str]:
-        """Print `postroj-package TAB NAME TAB EPOCH:VERSION-RELEASE` for each package file."""
-        return ["rpm", "-qp", "--qf", IDENTIFIED + "\\t%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", *paths]
-
-    def files(self, names: Sequence[str]) -> List[str]:
-        """List the files of installed packages, one a line."""
-        return ["rpm", "-ql", *names]
-
-    def still_installed(self, names: Sequence[str]) -> List[str]:
-        """Print those of `names` that are installed."""
-        return ["sh", "-c", 'for p; do rpm -q "$p" >/dev/null 2>&1 && echo "$p"; done; true', "sh", *names]
-
 
 class Microdnf(Dnf):
     """The minimal dnf of UBI and other small images."""
@@ -2476,7 +2479,7 @@ class Microdnf(Dnf):
         return self.base() + ["makecache"]
 
 
-class Zypper:
+class Zypper(Rpm):
     """SUSE's zypper: remove is a purge."""
 
     command = "zypper"
@@ -2507,18 +2510,6 @@ class Zypper:
         return self.base() + ["--no-refresh", "remove", "--clean-deps", *names]
 
     purge = remove
-
-    def identify(self, paths: Sequence[str]) -> List[str]:
-        """Print `postroj-package TAB NAME TAB EPOCH:VERSION-RELEASE` for each package file."""
-        return ["rpm", "-qp", "--qf", IDENTIFIED + "\\t%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", *paths]
-
-    def files(self, names: Sequence[str]) -> List[str]:
-        """List the files of installed packages, one a line."""
-        return ["rpm", "-ql", *names]
-
-    def still_installed(self, names: Sequence[str]) -> List[str]:
-        """Print those of `names` that are installed."""
-        return ["sh", "-c", 'for p; do rpm -q "$p" >/dev/null 2>&1 && echo "$p"; done; true', "sh", *names]
 
 
 class Pacman:
@@ -4182,6 +4173,7 @@ def run_copy_probe(container: NspawnContainer, probe: Probe, timeout: float) -> 
         return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0)
     return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason="copying failed (%d)" % code,
                        output=output)
+
 
 # What the live status line says an image is doing in each stage
 STAGE_DOING = {Stage.BOOTED: "probing", Stage.INSTALLED: "installing", Stage.UPGRADED: "upgrading",

@@ -4569,7 +4569,9 @@ def not_downloaded(image: str, plan: ProbePlan, failure: DownloadFailed, duratio
     packaged = Packages((), (), (), tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE))
     results = [ProbeResult(image, p, Status.FAIL, duration, reason=reason, output=failure.output, stage=stages[0])
                for p in (stage_probes(plan, stages[0], packaged)) if p.kind == ProbeKind.PACKAGE]
-    skipped = "not run: %s" % failure.message.split(":")[0]
+    files = ", ".join(os.path.basename(p.target) for p in plan.probes if p.kind == ProbeKind.PACKAGE)
+    skipped = "not run: downloading what %s needs failed" % files if failure.message.startswith("downloading") \
+        else "not run: %s" % failure.message.split(":")[0]
     for stage in stages:
         results += [ProbeResult(image, p, Status.SKIP, 0.0, reason=skipped, stage=stage)
                     for p in stage_probes(plan, stage, packaged)

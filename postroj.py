@@ -860,14 +860,18 @@ def spawn(cmd: Sequence[str], *, stdin: Any = subprocess.DEVNULL, stdout: Any = 
 def kill_and_wait(proc: subprocess.Popen, group: bool = False) -> None:
     """SIGKILL `proc` if it still runs (with `group`, its whole process group: it was started in a session
     of its own, and postroj is the subreaper of what it leaves), and reap it."""
+    lingering = False
     if group:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        try:
             os.killpg(proc.pid, signal.SIGKILL)
+            lingering = True
+        except (ProcessLookupError, PermissionError):  # nothing of the group is left: no need to look for it
+            pass
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
     proc.wait()
-    if group:
+    if lingering:
         reap_group(proc.pid)
 
 
@@ -2587,11 +2591,6 @@ def install_command(manager: str, packages: Sequence[str], recommends: bool = Fa
     """The command that installs `packages` (names or paths) with their dependencies (by default without
     recommendations: provisioning installs what makes an image boot, no more)."""
     return package_manager(manager).install(packages, recommends=recommends)
-
-
-def refresh_command(manager: str) -> List[str]:
-    """The command that refreshes the package indexes, [] where installs refresh them themselves."""
-    return package_manager(manager).refresh()
 
 
 def package_transaction(manager: str, packages: Sequence[str], refresh: bool) -> List[str]:

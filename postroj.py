@@ -430,6 +430,11 @@ class Distribution(NamedTuple):
     checksum: str = ""
     aliases: Tuple[str, ...] = ()
     archived: bool = False  # moved off the mirrors to the archive (Debian's archive.debian.org)
+    eol: str = ""  # the last day its publisher supports it (YYYY-MM-DD, or YYYY-MM: that month); '' when none is set
+
+    def ended(self, today: str) -> bool:
+        """True when its publisher's support ended before `today` (YYYY-MM-DD)."""
+        return bool(self.eol) and self.eol < today[:len(self.eol)]
 
     @property
     def fullname(self) -> str:
@@ -501,6 +506,7 @@ class ImageInfo(NamedTuple):
     size: int
     path: Path
     packages_downloaded: int = 0
+    systemd: int = 0  # the version of its systemd (0: unknown, an image acquired before postroj read it)
 
     def as_json(self) -> Dict[str, Any]:
         """The image's record as JSON takes it (README: JSON)."""
@@ -583,52 +589,68 @@ class Bind(NamedTuple):
 # Distribution catalogue
 # ==============================================================================
 
-def _debian(release: str, version: str, *aliases: str, archived: bool = False) -> Distribution:
+def _debian(release: str, version: str, eol: str, *aliases: str, archived: bool = False) -> Distribution:
     return Distribution("debian", "debian", release, version, "docker://docker.io/library/debian:%s-slim" % release,
                         "apt", aliases=("debian-%s" % version,) + aliases if version else aliases,
-                        archived=archived)
+                        archived=archived, eol=eol)
 
 
-def _ubuntu(release: str, version: str) -> Distribution:
+def _ubuntu(release: str, version: str, eol: str) -> Distribution:
     return Distribution("debian", "ubuntu", release, version, "docker://docker.io/library/ubuntu:%s" % version,
-                        "apt", aliases=("ubuntu-%s" % version,))
+                        "apt", aliases=("ubuntu-%s" % version,), eol=eol)
 
 
-def _redhat(name: str, release: str, image: str, manager: str = "dnf", *aliases: str) -> Distribution:
-    return Distribution("redhat", name, release, release.replace("stream", ""), image, manager, aliases=aliases)
+def _redhat(name: str, release: str, image: str, eol: str, *aliases: str) -> Distribution:
+    return Distribution("redhat", name, release, release.replace("stream", ""), image, "dnf", aliases=aliases, eol=eol)
 
 
+# The releases their publishers support on 2026-11-29, and the older ones users still test on (acquirable,
+# marked as past their end of life). End of life is the end of the publisher's own free security support:
+# Debian's LTS, Ubuntu's standard support (ESM is Ubuntu Pro), Fedora's EOL, the end of RHEL's maintenance
+# phase for its rebuilds and UBI, SUSE's general support; the dates as announced (README: Catalogue).
 DISTRIBUTIONS: Tuple[Distribution, ...] = (
-    _debian("buster", "10", archived=True),
-    _debian("bullseye", "11"),
-    _debian("bookworm", "12"),
-    _debian("trixie", "13"),
-    _debian("sid", "", "debian-unstable"),
-    _ubuntu("focal", "20.04"),
-    _ubuntu("jammy", "22.04"),
-    _ubuntu("noble", "24.04"),
-    _redhat("fedora", "40", "docker://registry.fedoraproject.org/fedora:40"),
-    _redhat("fedora", "41", "docker://registry.fedoraproject.org/fedora:41"),
-    _redhat("fedora", "42", "docker://registry.fedoraproject.org/fedora:42"),
-    _redhat("centos", "stream9", "docker://quay.io/centos/centos:stream9", "dnf", "centos-9"),
-    _redhat("centos", "stream10", "docker://quay.io/centos/centos:stream10", "dnf", "centos-10"),
-    _redhat("rocky", "8", "docker://docker.io/rockylinux/rockylinux:8", "dnf", "rockylinux-8"),
-    _redhat("rocky", "9", "docker://docker.io/rockylinux/rockylinux:9", "dnf", "rockylinux-9"),
-    _redhat("almalinux", "8", "docker://docker.io/library/almalinux:8", "dnf", "alma-8"),
-    _redhat("almalinux", "9", "docker://docker.io/library/almalinux:9", "dnf", "alma-9"),
-    _redhat("amazonlinux", "2023", "docker://docker.io/library/amazonlinux:2023", "dnf", "al2023"),
-    _redhat("oraclelinux", "8", "docker://docker.io/library/oraclelinux:8", "dnf", "oracle-8"),
-    _redhat("oraclelinux", "9", "docker://docker.io/library/oraclelinux:9", "dnf", "oracle-9"),
-    _redhat("ubi", "8", "docker://registry.access.redhat.com/ubi8/ubi", "dnf", "rhel-ubi8", "rhel-8"),
-    _redhat("ubi", "9", "docker://registry.access.redhat.com/ubi9/ubi", "dnf", "rhel-ubi9", "rhel-9"),
+    _debian("buster", "10", "2024-06-30", archived=True),
+    _debian("bullseye", "11", "2026-08-31"),
+    _debian("bookworm", "12", "2028-06-30"),
+    _debian("trixie", "13", "2030-06-30"),
+    _debian("forky", "14", "", "debian-testing"),
+    _debian("sid", "", "", "debian-unstable"),
+    _ubuntu("focal", "20.04", "2025-05-29"),
+    _ubuntu("jammy", "22.04", "2027-06-01"),
+    _ubuntu("noble", "24.04", "2029-05-31"),
+    _ubuntu("questing", "25.10", "2026-07-09"),
+    _ubuntu("resolute", "26.04", "2031-05-29"),
+    _ubuntu("stonking", "26.10", "2027-07-15"),
+    _redhat("fedora", "40", "docker://registry.fedoraproject.org/fedora:40", "2025-05-13"),
+    _redhat("fedora", "41", "docker://registry.fedoraproject.org/fedora:41", "2025-12-15"),
+    _redhat("fedora", "42", "docker://registry.fedoraproject.org/fedora:42", "2026-05-27"),
+    _redhat("fedora", "43", "docker://registry.fedoraproject.org/fedora:43", "2026-12-09"),
+    _redhat("fedora", "44", "docker://registry.fedoraproject.org/fedora:44", "2027-05-19"),
+    _redhat("centos", "stream9", "docker://quay.io/centos/centos:stream9", "2027-05-31", "centos-9"),
+    _redhat("centos", "stream10", "docker://quay.io/centos/centos:stream10", "2030-05-31", "centos-10"),
+    _redhat("rocky", "8", "docker://docker.io/rockylinux/rockylinux:8", "2029-05-31", "rockylinux-8"),
+    _redhat("rocky", "9", "docker://docker.io/rockylinux/rockylinux:9", "2032-05-31", "rockylinux-9"),
+    _redhat("rocky", "10", "docker://docker.io/rockylinux/rockylinux:10", "2035-05-31", "rockylinux-10"),
+    _redhat("almalinux", "8", "docker://docker.io/library/almalinux:8", "2029-05-31", "alma-8"),
+    _redhat("almalinux", "9", "docker://docker.io/library/almalinux:9", "2032-05-31", "alma-9"),
+    _redhat("almalinux", "10", "docker://docker.io/library/almalinux:10", "2035-05-31", "alma-10"),
+    _redhat("amazonlinux", "2023", "docker://docker.io/library/amazonlinux:2023", "2029-06-30", "al2023"),
+    _redhat("oraclelinux", "8", "docker://docker.io/library/oraclelinux:8", "2029-07", "oracle-8"),
+    _redhat("oraclelinux", "9", "docker://docker.io/library/oraclelinux:9", "2032-06", "oracle-9"),
+    _redhat("oraclelinux", "10", "docker://docker.io/library/oraclelinux:10", "", "oracle-10"),
+    _redhat("ubi", "8", "docker://registry.access.redhat.com/ubi8/ubi", "2029-05-31", "rhel-ubi8", "rhel-8"),
+    _redhat("ubi", "9", "docker://registry.access.redhat.com/ubi9/ubi", "2032-05-31", "rhel-ubi9", "rhel-9"),
+    _redhat("ubi", "10", "docker://registry.access.redhat.com/ubi10/ubi", "2035-05-31", "rhel-ubi10", "rhel-10"),
     Distribution("suse", "opensuse-leap", "15.6", "15.6", "docker://registry.opensuse.org/opensuse/leap:15.6",
-                 "zypper", aliases=("opensuse-leap", "leap-15.6")),
+                 "zypper", aliases=("leap-15.6",), eol="2026-04-30"),
+    Distribution("suse", "opensuse-leap", "16.0", "16.0", "docker://registry.opensuse.org/opensuse/leap:16.0",
+                 "zypper", aliases=("opensuse-leap", "leap-16.0"), eol="2027-10-31"),
     Distribution("suse", "opensuse", "tumbleweed", "", "docker://registry.opensuse.org/opensuse/tumbleweed",
                  "zypper", aliases=("tumbleweed",)),
-    Distribution("suse", "sles", "15", "15.6", "docker://registry.suse.com/suse/sle15:15.6", "zypper",
-                 aliases=("sles-15.6", "sle-15")),
-    Distribution("suse", "sles-bci", "15", "15.6", "docker://registry.suse.com/bci/bci-base:15.6", "zypper",
-                 aliases=("bci-15", "bci-base")),
+    Distribution("suse", "sles", "15", "15.7", "docker://registry.suse.com/suse/sle15:15.7", "zypper",
+                 aliases=("sles-15.7", "sle-15"), eol="2031-07-31"),
+    Distribution("suse", "sles-bci", "15", "15.7", "docker://registry.suse.com/bci/bci-base:15.7", "zypper",
+                 aliases=("bci-15", "bci-base"), eol="2031-07-31"),
     Distribution("arch", "archlinux", "latest", "", "docker://docker.io/library/archlinux:latest", "pacman",
                  aliases=("archlinux", "arch")),
 )
@@ -694,6 +716,25 @@ BOXES: Tuple[Box, ...] = (
     Box("fedora-40", "generic/fedora40", Guest.LINUX, Communicator.SSH, 2, 2048),
     Box("freebsd-14", "generic/freebsd14", Guest.BSD, Communicator.SSH, 2, 2048),
 )
+
+
+def today() -> str:
+    """The local date, YYYY-MM-DD: what end-of-life dates are compared with."""
+    return time.strftime("%Y-%m-%d")
+
+
+def warn_if_ended(name: str) -> None:
+    """A warning (one per image and command) when `name` is a catalogue release past its end of life."""
+    dist = find_distribution(name)
+    if dist and dist.ended(today()):
+        log.warning("%s reached its end of life on %s: its publisher no longer fixes it (see `postroj list-images` "
+                    "for the supported releases)", dist.label, dist.eol)
+
+
+def include_in_all(name: str, include_eol: bool) -> bool:
+    """Whether --all takes `name`: releases past their end of life only with --include-eol."""
+    dist = find_distribution(name)
+    return include_eol or not (dist and dist.ended(today()))
 
 
 def all_labels() -> List[str]:
@@ -1271,6 +1312,16 @@ class Host(NamedTuple):
     scope: Tuple[str, ...] = ()
     cgroup_roots: Tuple[Path, ...] = ()
     upper_on_tmpfs: bool = False
+    unified: bool = True  # /sys/fs/cgroup is cgroup v2; False on hosts with the v1 layout (legacy or hybrid)
+
+    def cgroup_env(self, image: "ImageInfo") -> Dict[str, str]:
+        """What systemd-nspawn needs to boot `image`: on a host with the v1 layout, a guest whose systemd
+        refuses cgroup v1 gets the unified hierarchy in its container. Older guests keep the host's layout, as
+        they always had: the unified hierarchy without controllers is untested with them (README: Hosts)."""
+        if self.unified:
+            return {}
+        version = image.systemd or systemd_version(Path(image.path))
+        return {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"} if version >= UNIFIED_SINCE_SYSTEMD else {}
 
 
 def container_host(settings: Settings, action: str, jobs: int = 1) -> Host:
@@ -1286,7 +1337,7 @@ def container_host(settings: Settings, action: str, jobs: int = 1) -> Host:
                         "stop each other's units; run them one at a time (--jobs 1), or give postroj a writable "
                         "cgroup file system", ", ".join(str(r) for r in roots if r not in fixed))
         roots = fixed
-    return Host(host_mode(settings), scope, roots, overlay_upper_on_tmpfs(settings))
+    return Host(host_mode(settings), scope, roots, overlay_upper_on_tmpfs(settings), cgroup_layout().startswith("unified"))
 
 
 def make_cgroups(host: Host, name: str) -> List[Path]:
@@ -2313,6 +2364,28 @@ def detect_package_manager(root: Path) -> str:
     return ""
 
 
+# systemd 256 refuses to boot on cgroup v1 unless told to, and 258 removed it (README: Hosts).
+UNIFIED_SINCE_SYSTEMD = 256
+
+
+def systemd_version(root: Path) -> int:
+    """The version of the image's systemd, from the name of its shared library (libsystemd-shared-257.so,
+    -256.11-1.fc41.so); 0 when there is none. Nothing of the image runs, and no link leads out of `root`."""
+    places = ["usr/lib/systemd", "usr/lib64/systemd", "lib/systemd", "lib64/systemd"]
+    lib = resolve_in_root(root, "usr/lib")
+    with contextlib.suppress(OSError):
+        if lib is not None:  # Debian's and Ubuntu's multiarch directory, usr/lib/x86_64-linux-gnu/systemd
+            places += ["usr/lib/%s/systemd" % e for e in os.listdir(lib) if re.fullmatch(r"\w+-linux-gnu\w*", e)]
+    found = [0]
+    for place in places:
+        directory = resolve_in_root(root, place)
+        with contextlib.suppress(OSError):
+            if directory is not None:
+                found += [int(m.group(1)) for m in map(re.compile(r"libsystemd-shared-(\d+)").match,
+                                                       os.listdir(directory)) if m]
+    return max(found)
+
+
 def has_systemd(root: Path) -> bool:
     """True when the root file system has systemd."""
     return any((root / p).exists() for p in ("usr/lib/systemd/systemd", "lib/systemd/systemd"))
@@ -2809,6 +2882,7 @@ def build_image(settings: Settings, host: Host, name: str, source: Source, stagi
         "acquired": now_iso(),
         "size": tree_size(rootfs),
         "packages_downloaded": downloaded,
+        "systemd": systemd_version(rootfs),
     }
     (staging / "image.json").write_text(json.dumps(meta, indent=2))
     os.chmod(staging, 0o755)
@@ -3328,7 +3402,8 @@ class NspawnContainer:
                 prefix = list(self.host.scope) + cgroup_entry_prefix(self.cgroups)
                 with open(self.files.directory / "console.log", "wb") as console:
                     self.proc = self._running.enter_context(spawn(
-                        prefix + self.nspawn_argv(), env=self.settings.child_env(NOTIFY_SOCKET="@" + address[1:]),
+                        prefix + self.nspawn_argv(), env=self.settings.child_env(
+                            NOTIFY_SOCKET="@" + address[1:], **self.host.cgroup_env(self.image)),
                         stdout=console, stderr=subprocess.STDOUT, die_with_parent=not self.spec.keep,
                         new_session=True))
                 self._running.callback(self._end_nspawn, self.proc)
@@ -3461,8 +3536,9 @@ class NspawnContainer:
                 console = self.console_tail()
                 hint = "see the console lines above"
                 if "unsupported legacy cgroup hierarchy" in console:
-                    hint = ("the image's systemd no longer boots on cgroup v1, which this host uses: boot the host "
-                            "with the unified hierarchy (systemd.unified_cgroup_hierarchy=1), or use an older release")
+                    hint = ("the image's systemd no longer boots on cgroup v1, which this host uses, and postroj "
+                            "did not find its version: run postroj with SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1, or "
+                            "boot the host with systemd.unified_cgroup_hierarchy=1")
                 die("systemd-nspawn for %s exited with code %d while booting%s" % (
                     self.machine, self.proc.returncode, console), hint)
             if select.select([notify], [], [], 0.05)[0]:
@@ -4855,8 +4931,9 @@ class LiveStatus:
     cleared before a result prints and drawn again after it. Off in a pipe, with -v (the log says it) and
     with --json - (stdout is data)."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, out: IO[str]) -> None:
         self.enabled = enabled
+        self.out = out  # where results go: stdout, or stderr when stdout carries --json -
         self.lock = threading.Lock()
         self.running: Dict[str, Tuple[str, float]] = {}
         self.drawn = 0
@@ -4864,6 +4941,9 @@ class LiveStatus:
         self.thread: Optional[threading.Thread] = None
 
     def __enter__(self) -> "LiveStatus":
+        if self.enabled:
+            # the status lines hold the terminal: an acquisition's Step logs instead of drawing over them
+            self.enabled = Step.terminal.acquire(blocking=False)
         if self.enabled:
             self.thread = threading.Thread(target=self.tick, daemon=True)
             self.thread.start()
@@ -4875,6 +4955,8 @@ class LiveStatus:
             self.thread.join()
         with self.lock:
             self.clear()
+        if self.enabled:
+            Step.terminal.release()
 
     def tick(self) -> None:
         """Redraw once a second, for the elapsed times."""
@@ -4897,10 +4979,10 @@ class LiveStatus:
             self.draw()
 
     def print(self, text: str) -> None:
-        """A result's lines on stdout, below no status line."""
+        """A result's lines, below no status line."""
         with self.lock:
             self.clear()
-            print(text, flush=True)
+            print(text, file=self.out, flush=True)
             self.draw()
 
     def clear(self) -> None:
@@ -5605,6 +5687,11 @@ def doctor_checks(settings: Settings) -> List[Check]:
     checks.append(Check("overlayfs", overlayfs_available(), "in /proc/filesystems" if overlayfs_available()
                         else "not in /proc/filesystems", "modprobe overlay"))
     layout = cgroup_layout()
+    if layout.startswith("unified"):
+        layout += ": every guest gets it"
+    elif layout:
+        layout += ": guests with systemd >= %d get the unified hierarchy in their container, older ones the " \
+                  "host's layout" % UNIFIED_SINCE_SYSTEMD
     checks.append(Check("cgroups", bool(layout), layout or "no cgroup file system at /sys/fs/cgroup",
                         "mount cgroup2 on /sys/fs/cgroup"))
     home_fs = filesystem_of(settings.home) or "unknown"
@@ -5616,10 +5703,11 @@ def doctor_checks(settings: Settings) -> List[Check]:
                         "postroj's own cgroup" if not outside else "outside it (%s): %s" % (
                             outside, "nspawn runs in scopes of its own" if scoped else "containers cannot start"),
                         "start postroj from a process of this host's own, not `nsenter --all` from outside"))
-    for tool, what in (("skopeo", "registry images"), ("umoci", "registry images")):
+    for tool in ("skopeo", "umoci"):  # bootstrapped, tarball and directory images need neither
         version = tool_version(tool)
-        checks.append(Check(tool, bool(version), version or "not found (needed for %s)" % what,
-                            "apt-get install %s" % tool))
+        checks.append(Check(tool, bool(version), version or "not found: needed for images from registries only "
+                            "(docker://, oci:); bootstrapped and tarball images work without it",
+                            "apt-get install %s" % tool, required=False))
     bootstrap = tool_version("mmdebstrap") or tool_version("debootstrap")
     checks.append(Check("mmdebstrap", bool(bootstrap), bootstrap or "neither mmdebstrap nor debootstrap found",
                         "apt-get install mmdebstrap", required=False))
@@ -5637,10 +5725,11 @@ def doctor_checks(settings: Settings) -> List[Check]:
 def cmd_list_images(args: argparse.Namespace, settings: Settings) -> int:
     """The catalogue, the VM boxes and the acquired images (or all of it as JSON)."""
     acquired = {info.name: info for info in list_images(settings)}
+    day = today()
     if args.json:
         data = {
             "schema": JSON_SCHEMA,
-            "distributions": [dict(d._asdict(), label=d.label, fullname=d.fullname,
+            "distributions": [dict(d._asdict(), label=d.label, fullname=d.fullname, ended=d.ended(day),
                                    acquired=d.label in acquired) for d in DISTRIBUTIONS],
             "boxes": [b._asdict() for b in BOXES],
             "images": [info.as_json() for info in acquired.values()],
@@ -5651,9 +5740,10 @@ def cmd_list_images(args: argparse.Namespace, settings: Settings) -> int:
     rows = []
     for d in DISTRIBUTIONS:
         info = acquired.get(d.label)
-        rows.append([d.label, d.version or "-", d.package_manager, ", ".join(d.aliases) or "-",
+        support = "%s (ended)" % d.eol if d.ended(day) else d.eol or "-"
+        rows.append([d.label, d.version or "-", d.package_manager, support, ", ".join(d.aliases) or "-",
                      "yes (%s)" % human_size(info.size) if info else "no"])
-    print_table(rows, ["LABEL", "VERSION", "PACKAGES", "ALIASES", "ACQUIRED"])
+    print_table(rows, ["LABEL", "VERSION", "PACKAGES", "SUPPORTED UNTIL", "ALIASES", "ACQUIRED"])
     print("\nVirtual machine boxes (postroj vm):")
     print_table([[b.label, b.box, b.guest, b.communicator, str(b.cpus), str(b.memory)] for b in BOXES],
                 ["LABEL", "BOX", "GUEST", "COMMUNICATOR", "CPUS", "MEMORY"])
@@ -5691,7 +5781,7 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
     fetched."""
     names = list(args.names)
     if args.all:
-        names = [d.label for d in DISTRIBUTIONS]
+        names = [d.label for d in DISTRIBUTIONS if include_in_all(d.label, args.include_eol)]
     if not names:
         die("no image given", "name one, for example `postroj image debian-bookworm`, or pass --all", usage=True)
     if args.name and len(names) > 1:
@@ -5703,6 +5793,8 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
         if source.kind == SourceKind.DIRECTORY:
             check_directory_source(settings, source.location)
         sources.append((name, check_name(args.name or default), source))
+    for name in names:
+        warn_if_ended(name)
     host = container_host(settings, "acquiring images")
     check_state_dirs(settings)
     failed = 0
@@ -5849,8 +5941,9 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     if not probes:
         die("no probe given", "add --command, --check-unit, --check-network, --package or --copy", usage=True)
     stages = lifecycle(args, probes)
-    color = sys.stdout.isatty()
-    status = LiveStatus(sys.stderr.isatty() and not log.isEnabledFor(logging.INFO) and args.json != "-")
+    out = sys.stderr if args.json in ("-", "/dev/stdout") else sys.stdout  # stdout is the JSON's alone
+    color = out.isatty()
+    status = LiveStatus(sys.stderr.isatty() and not log.isEnabledFor(logging.INFO) and args.json != "-", out)
 
     def report(result: ProbeResult) -> None:
         status.print(format_result(result, color))
@@ -5862,7 +5955,7 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
         return cmd_probe_vms(args, settings, probes, report, started)
     images = list(args.image)
     if args.all:
-        images += [i.name for i in list_images(settings)]
+        images += [i.name for i in list_images(settings) if include_in_all(i.name, args.include_eol)]
         if not images:
             die("--all, but no image is acquired", "acquire one with `postroj image debian-bookworm`")
     images = images or [DEFAULT_IMAGE]
@@ -5891,6 +5984,7 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
         if info is None and args.no_pull:
             die("image %s is not acquired and --no-pull was given" % name, "acquire it with `postroj image %s`" % name)
         targets.append(resolve_image(settings, name, pull=True))
+        warn_if_ended(name)
     host = container_host(settings, "probing", args.jobs)
     check_state_dirs(settings)
     plan = ProbePlan(probes, timeout=args.timeout, boot_timeout=args.boot_timeout,
@@ -5916,9 +6010,9 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     check_report_path(args.json, "--json")
     check_report_path(args.junit, "--junit")
     results, wall = merge_reports(args.files)
-    color = sys.stdout.isatty()
+    out = sys.stderr if args.json in ("-", "/dev/stdout") else sys.stdout  # stdout is the JSON's alone
     for result in results:
-        print(format_result(result, color))
+        print(format_result(result, out.isatty()), file=out)
     return finish_report(results, args.json, args.junit, wall)
 
 
@@ -6245,7 +6339,8 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
         "postroj image https://example.org/rootfs.tar.xz --sha256 HEX --name myos"], aliases=["pull"])
     p.add_argument("names", nargs="*", metavar="NAME", help="catalogue label or alias, docker://..., oci:..., "
                    "http(s)://.../ROOTFS.tar.*, a tarball or a directory")
-    p.add_argument("--all", action="store_true", help="every image of the catalogue")
+    p.add_argument("--all", action="store_true", help="every release of the catalogue its publisher supports")
+    p.add_argument("--include-eol", action="store_true", help="with --all, also the releases past their end of life")
     p.add_argument("--force", action="store_true", help="acquire afresh and swap atomically")
     p.add_argument("--via", choices=["registry", "bootstrap"], default="",
                    help="how to get a catalogue image (default: the registry, bootstrapping when it is out of reach)")
@@ -6300,7 +6395,8 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
         "postroj probe --all --command true --shard 2/4 --json shard-2.json"], aliases=["pkgprobe"])
     p.add_argument("--image", action="append", default=[], metavar="NAME", help="an image to probe; repeatable "
                    "(default: %s)" % DEFAULT_IMAGE)
-    p.add_argument("--all", action="store_true", help="every acquired image")
+    p.add_argument("--all", action="store_true", help="every acquired image but releases past their end of life")
+    p.add_argument("--include-eol", action="store_true", help="with --all, also the releases past their end of life")
     p.add_argument("--vm", action="append", default=[], metavar="BOX", help="probe a Vagrant VM instead; repeatable")
     p.add_argument("--package", action="append", default=[], metavar="[IMAGE=]PATH|URL", help="a .deb or .rpm "
                    "(.msi on Windows VMs) to install with its dependencies in the booted container; IMAGE= gives it "

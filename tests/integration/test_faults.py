@@ -110,7 +110,7 @@ def assert_every_active_image_boots(runner) -> None:
     proc = runner("probe", "--all", "--no-pull", "--command", "systemctl is-system-running --wait || true",
                   "--json", "-", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    report = json.loads(proc.stdout)
     assert sorted(r["image"] for r in report["results"]) == names
     assert all(r["output"] in ("running", "degraded") for r in report["results"]), report
 
@@ -353,7 +353,7 @@ def test_signal_to_the_leader_during_a_probe(images, signum):
         out, err = proc.communicate(timeout=120)
         took = time.monotonic() - signalled
     assert "Traceback" not in err, err
-    report = json.loads(out[out.index("{"):])
+    report = json.loads(out)
     (result,) = report["results"]
     if signum == signal.SIGTERM:
         assert proc.returncode == 0 and result["status"] == "pass", (out, err)
@@ -561,7 +561,7 @@ def test_four_probes_of_one_image_at_once(images):
              for _ in range(4)]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, outputs
-    names = sorted(json.loads(out[out.index("{"):])["results"][0]["output"] for out, _ in outputs)
+    names = sorted(json.loads(out)["results"][0]["output"] for out, _ in outputs)
     assert names == sorted(["postroj-debian-bookworm"] + ["postroj-debian-bookworm-%d" % n for n in (2, 3, 4)])
     assert_nothing_left(images)
 
@@ -619,6 +619,6 @@ def test_gc_while_a_probe_runs(images):
         assert [m["name"] for m in json.loads(images("machines", "--json", check=0).stdout)["machines"]] == [machine["name"]]
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
-    (result,) = json.loads(out[out.index("{"):])["results"]
+    (result,) = json.loads(out)["results"]
     assert result["output"] == "survived"
     assert_nothing_left(images, marker)

@@ -74,7 +74,7 @@ def refused(runner: Postroj, args, *words: str, prefix=(), timeout: float = 60) 
 def results(proc: subprocess.CompletedProcess) -> "list[dict]":
     """The results of `probe --json -`, which follows the lines of the table on stdout."""
     assert "{" in proc.stdout, "no JSON report on stdout:\n%s\n%s" % (proc.stdout, proc.stderr[-3000:])
-    return json.loads(proc.stdout[proc.stdout.index("{"):])["results"]
+    return json.loads(proc.stdout)["results"]
 
 
 @contextlib.contextmanager
@@ -269,9 +269,9 @@ def test_a_postinst_that_takes_its_time_does_not_hold_the_package_cache(images, 
             one.wait()
     assert two.returncode == 0 and not said(two.stderr.splitlines()), two.stdout + two.stderr
     assert still_running, "the second probe ended only after the first one's postinst"
-    assert [r["status"] for r in json.loads(two.stdout[two.stdout.index("{"):])["results"]] == ["pass"]
+    assert [r["status"] for r in json.loads(two.stdout)["results"]] == ["pass"]
     assert one.returncode == 0
-    assert [r["status"] for r in json.loads(out_one[out_one.index("{"):])["results"]] == ["pass"]
+    assert [r["status"] for r in json.loads(out_one)["results"]] == ["pass"]
 
 
 def test_a_probe_waiting_for_the_package_cache_says_so(images, tmp_path):
@@ -299,7 +299,7 @@ def test_a_probe_waiting_for_the_package_cache_says_so(images, tmp_path):
     reader.join(timeout=10)
     assert proc.returncode == 0, "".join(lines)
     assert said(lines), "".join(lines)
-    assert [r["status"] for r in json.loads(out[out.index("{"):])["results"]] == ["pass"]
+    assert [r["status"] for r in json.loads(out)["results"]] == ["pass"]
 
 
 # ==============================================================================

@@ -739,7 +739,7 @@ def test_a_probe_whose_container_is_killed_says_the_container_ended(images):
             proc.wait()
     assert proc.returncode == 1, (out, err)
     assert "Traceback" not in err, err
-    (result,) = json.loads(out[out.index("{"):])["results"]
+    (result,) = json.loads(out)["results"]
     assert result["status"] == "fail", result
     assert "the container ended while the command ran" in result["reason"], result["reason"]
     assert "exit status" not in result["reason"], result["reason"]

@@ -14,7 +14,7 @@ JOURNALD = "systemctl is-active systemd-journald"
 
 def test_journald_command_passes(images):
     proc = images("probe", "--image", "debian-bookworm", "--command", JOURNALD, "--json", "-", check=0)
-    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    report = json.loads(proc.stdout)
     assert report["passed"] is True
     (result,) = report["results"]
     assert result["status"] == "pass" and result["output"] == "active"
@@ -66,7 +66,7 @@ def test_package_dependencies_download_although_the_container_network_is_private
                   "--check-unit", "postroj-demo", "--check-network", "tcp://127.0.0.1:8081", "--command", "ip link 2>/dev/null || cat /proc/net/dev",
                   "--json", "-", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    report = json.loads(proc.stdout)
     assert [r["kind"] for r in report["results"]] == ["package", "unit", "network", "command", "command"]
     assert "Hello, world!" in report["results"][3]["output"]
     interfaces = [l.split(":")[0].strip() for l in report["results"][4]["output"].splitlines() if ":" in l]
@@ -99,7 +99,7 @@ def test_fail_fast_skips_the_rest(images):
     proc = images("probe", "--image", "debian-bookworm", "--jobs", "1", "--fail-fast", "--command", "false",
                   "--command", "true", "--json", "-")
     assert proc.returncode == 1
-    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    report = json.loads(proc.stdout)
     assert [r["status"] for r in report["results"]] == ["fail", "skip"]
 
 
@@ -151,7 +151,7 @@ def test_package_from_a_url_is_downloaded_into_the_cache(images, http_server, tm
 
 def test_all_acquired_images(images):
     proc = images("probe", "--all", "--command", "test -d /run/systemd/system", "--json", "-", check=0)
-    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    report = json.loads(proc.stdout)
     assert sorted(r["image"] for r in report["results"]) == ["debian-bookworm", "debian-bullseye"]
 
 

@@ -56,10 +56,84 @@ def test_every_distribution_has_a_known_package_manager_and_source(dist):
     ("al2023", "amazonlinux-2023"),
     ("tumbleweed", "opensuse-tumbleweed"),
     ("arch", "archlinux-latest"),
+    ("ubuntu-26.04", "ubuntu-resolute"),
+    ("ubuntu-25.10", "ubuntu-questing"),
+    ("debian-14", "debian-forky"),
+    ("debian-testing", "debian-forky"),
+    ("almalinux-10", "almalinux-10"),
+    ("rhel-10", "ubi-10"),
+    ("leap-16.0", "opensuse-leap-16.0"),
 ])
 def test_find_distribution_by_alias(alias, label):
     assert postroj.find_distribution(alias).label == label
     assert postroj.parse_source(alias)[0] == label
+
+
+# --- today's releases and their end of life ----------------------------------------------
+
+
+# (label, end of life) as their publishers announced them (README: Catalogue); a release added to the
+# catalogue gets its line here
+ANNOUNCED = {
+    "debian-buster": "2024-06-30", "debian-bullseye": "2026-08-31", "debian-bookworm": "2028-06-30",
+    "debian-trixie": "2030-06-30", "debian-forky": "", "debian-sid": "",
+    "ubuntu-focal": "2025-05-29", "ubuntu-jammy": "2027-06-01", "ubuntu-noble": "2029-05-31",
+    "ubuntu-questing": "2026-07-09", "ubuntu-resolute": "2031-05-29", "ubuntu-stonking": "2027-07-15",
+    "fedora-40": "2025-05-13", "fedora-41": "2025-12-15", "fedora-42": "2026-05-27", "fedora-43": "2026-12-09",
+    "fedora-44": "2027-05-19", "centos-stream9": "2027-05-31", "centos-stream10": "2030-05-31",
+    "rocky-8": "2029-05-31", "rocky-9": "2032-05-31", "rocky-10": "2035-05-31",
+    "almalinux-8": "2029-05-31", "almalinux-9": "2032-05-31", "almalinux-10": "2035-05-31",
+    "amazonlinux-2023": "2029-06-30", "oraclelinux-8": "2029-07", "oraclelinux-9": "2032-06", "oraclelinux-10": "",
+    "ubi-8": "2029-05-31", "ubi-9": "2032-05-31", "ubi-10": "2035-05-31",
+    "opensuse-leap-15.6": "2026-04-30", "opensuse-leap-16.0": "2027-10-31", "opensuse-tumbleweed": "",
+    "sles-15": "2031-07-31", "sles-bci-15": "2031-07-31", "archlinux-latest": "",
+}
+# rolling releases, development releases, and one whose publisher has not announced a date
+NO_END = {"debian-forky", "debian-sid", "opensuse-tumbleweed", "archlinux-latest", "oraclelinux-10"}
+
+
+def test_every_release_has_its_announced_end_of_life():
+    assert {d.label: d.eol for d in postroj.DISTRIBUTIONS} == ANNOUNCED
+    assert {d.label for d in postroj.DISTRIBUTIONS if not d.eol} == NO_END
+
+
+@pytest.mark.parametrize("dist", postroj.DISTRIBUTIONS, ids=LABELS)
+def test_end_of_life_dates_are_well_formed(dist):
+    import re
+
+    if dist.eol:
+        assert re.fullmatch(r"20[2-4]\d-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?", dist.eol), dist.eol
+
+
+def test_the_releases_supported_on_2026_11_29():
+    day = "2026-11-29"
+    ended = {d.label for d in postroj.DISTRIBUTIONS if d.ended(day)}
+    assert ended == {"debian-buster", "debian-bullseye", "ubuntu-focal", "ubuntu-questing", "fedora-40", "fedora-41",
+                     "fedora-42", "opensuse-leap-15.6"}
+    for label in ("ubuntu-resolute", "ubuntu-stonking", "debian-forky", "fedora-43", "fedora-44", "almalinux-10",
+                  "rocky-10", "oraclelinux-10", "ubi-10", "opensuse-leap-16.0"):
+        assert label in LABELS and label not in ended
+
+
+def test_a_release_ends_after_its_last_day():
+    dist = postroj.find_distribution("ubuntu-questing")
+    assert not dist.ended("2026-07-09") and dist.ended("2026-07-10")
+    month = postroj.find_distribution("oraclelinux-8")  # announced by month: supported through that month
+    assert not month.ended("2029-07-31") and month.ended("2029-08-01")
+    assert not postroj.find_distribution("debian-sid").ended("2099-01-01")
+
+
+@pytest.mark.parametrize("label, sources", [
+    ("debian-forky", ["deb http://deb.debian.org/debian forky main",
+                      "deb http://deb.debian.org/debian forky-updates main",
+                      "deb http://deb.debian.org/debian-security forky-security main"]),
+    ("ubuntu-resolute", ["deb http://archive.ubuntu.com/ubuntu resolute main universe",
+                         "deb http://archive.ubuntu.com/ubuntu resolute-updates main universe",
+                         "deb http://security.ubuntu.com/ubuntu resolute-security main universe"]),
+    ("debian-sid", ["deb http://deb.debian.org/debian sid main"]),
+])
+def test_new_releases_bootstrap_from_their_publishers_suites(label, sources):
+    assert postroj.apt_sources(postroj.find_distribution(label)) == sources
 
 
 def test_find_distribution_of_an_unknown_name_is_none():
@@ -76,8 +150,9 @@ def test_only_debian_and_ubuntu_bootstrap():
 @pytest.mark.parametrize("typo, expected", [
     ("debian-bokworm", "debian-bookworm"),
     ("ubuntu-jamy", "ubuntu-jammy"),
-    ("fedora-04", "fedora-40"),
-    ("rocky-10", "rocky-9"),
+    ("fedora-04", "fedora-44"),
+    ("rocky-11", "rocky-10"),
+    ("ubuntu-resolut", "ubuntu-resolute"),
 ])
 def test_unknown_label_lists_the_closest_labels(usage_error, typo, expected):
     error = usage_error(postroj.parse_source, typo)

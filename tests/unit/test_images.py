@@ -331,3 +331,80 @@ def test_process_gone_for_exited_reaped_and_zombie_processes():
         time.sleep(0.01)
     child.wait()
     assert postroj.process_gone(child.pid) is True  # reaped: /proc/PID is gone, no exception
+
+
+# --- the guest's systemd and the cgroup hierarchy it gets ----------------------------------------
+
+
+def systemd_root(tmp_path: Path, place: str, library: str) -> Path:
+    root = tmp_path / "root"
+    (root / place).mkdir(parents=True)
+    (root / place / library).write_bytes(b"")
+    return root
+
+
+@pytest.mark.parametrize("place, library, version", [
+    ("usr/lib/x86_64-linux-gnu/systemd", "libsystemd-shared-257.so", 257),  # Debian 13, Ubuntu 24.04+
+    ("usr/lib/aarch64-linux-gnu/systemd", "libsystemd-shared-262.so", 262),
+    ("usr/lib/systemd", "libsystemd-shared-252.so", 252),  # Debian 12
+    ("usr/lib64/systemd", "libsystemd-shared-256.11-1.fc41.so", 256),  # Fedora
+    ("usr/lib/systemd", "libsystemd-core-255.so", 0),
+])
+def test_systemd_version_from_the_shared_library_name(tmp_path, place, library, version):
+    assert postroj.systemd_version(systemd_root(tmp_path, place, library)) == version
+
+
+def test_systemd_version_of_a_merged_usr_through_its_links(tmp_path):
+    root = systemd_root(tmp_path, "usr/lib/systemd", "libsystemd-shared-258.so")
+    os.symlink("usr/lib", root / "lib")
+    assert postroj.systemd_version(root) == 258
+
+
+def test_systemd_version_never_reads_the_hosts_through_a_link(tmp_path):
+    """An image's absolute links are resolved inside it: the host's own systemd library is not found."""
+    root = tmp_path / "root"
+    (root / "usr").mkdir(parents=True)
+    host_dir = next(p for p in ("/usr/lib/x86_64-linux-gnu/systemd", "/usr/lib/systemd", "/lib/systemd")
+                    if any(n.startswith("libsystemd-shared-") for n in os.listdir(p)) if os.path.isdir(p))
+    os.symlink(host_dir, root / "usr" / "lib64")
+    os.symlink("/usr/lib/systemd/../../..%s" % os.path.dirname(host_dir), root / "lib")
+    assert postroj.systemd_version(root) == 0
+
+
+def image_with_systemd(root: Path, version: int) -> postroj.ImageInfo:
+    return postroj.ImageInfo("x", "", "", "", "", "", "", "", 0, root, systemd=version)
+
+
+@pytest.mark.parametrize("unified, recorded, expected", [
+    (False, 262, {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}),  # sid on a cgroup v1 host
+    (False, 256, {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}),
+    (False, 255, {}),  # noble keeps the host's layout, as always
+    (True, 262, {}),  # a cgroup v2 host gives every guest the unified hierarchy by itself
+])
+def test_guests_that_refuse_cgroup_v1_get_the_unified_hierarchy_on_a_v1_host(tmp_path, unified, recorded, expected):
+    host = postroj.Host(postroj.HostMode.NSENTER, unified=unified)
+    assert host.cgroup_env(image_with_systemd(tmp_path, recorded)) == expected
+
+
+def test_an_image_acquired_before_its_systemd_was_recorded_is_read_at_boot(tmp_path):
+    root = systemd_root(tmp_path, "usr/lib/x86_64-linux-gnu/systemd", "libsystemd-shared-258.so")
+    host = postroj.Host(postroj.HostMode.NSENTER, unified=False)
+    assert host.cgroup_env(image_with_systemd(root, 0)) == {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
+
+
+# --- end of life ---------------------------------------------------------------------------------
+
+
+def test_a_release_past_its_end_of_life_is_warned_about_once_and_left_out_of_all(monkeypatch, caplog):
+    monkeypatch.setattr(postroj, "today", lambda: "2026-11-29")
+    postroj.warn_if_ended("ubuntu-25.10")
+    postroj.warn_if_ended("ubuntu-resolute")
+    postroj.warn_if_ended("my-own-image")
+    assert [r.getMessage() for r in caplog.records] == [
+        "ubuntu-questing reached its end of life on 2026-07-09: its publisher no longer fixes it (see "
+        "`postroj list-images` for the supported releases)"]
+    assert not postroj.include_in_all("ubuntu-questing", False)
+    assert postroj.include_in_all("ubuntu-questing", True)
+    assert postroj.include_in_all("ubuntu-resolute", False) and postroj.include_in_all("my-own-image", False)
+    monkeypatch.setattr(postroj, "today", lambda: "2026-07-09")
+    assert postroj.include_in_all("ubuntu-questing", False)

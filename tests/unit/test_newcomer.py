@@ -85,7 +85,7 @@ STATUS = re.compile(r"\x1b\[Kpostroj: (\S+) +(.+?) (\d+) s\n")
 
 def test_status_lines_are_drawn_and_cleared_before_a_result_prints(monkeypatch):
     screen = on_screen(monkeypatch)
-    status = postroj.LiveStatus(True)
+    status = postroj.LiveStatus(True, sys.stdout)
     status.say("debian-bookworm", "booting")
     status.say("debian-bullseye", "downloading packages")
     drawn = screen.getvalue()
@@ -108,7 +108,7 @@ def test_status_lines_are_drawn_and_cleared_before_a_result_prints(monkeypatch):
 
 def test_the_status_line_keeps_the_time_since_the_image_began(monkeypatch):
     on_screen(monkeypatch)
-    status = postroj.LiveStatus(True)
+    status = postroj.LiveStatus(True, sys.stdout)
     status.say("debian-bookworm", "booting")
     since = status.running["debian-bookworm"][1]
     status.say("debian-bookworm", "installing")
@@ -117,7 +117,7 @@ def test_the_status_line_keeps_the_time_since_the_image_began(monkeypatch):
 
 def test_no_status_where_it_is_off(monkeypatch):
     screen = on_screen(monkeypatch)
-    status = postroj.LiveStatus(False)
+    status = postroj.LiveStatus(False, sys.stdout)
     with status:
         status.say("debian-bookworm", "booting")
         status.print("PASS  debian-bookworm  command true")

@@ -297,3 +297,31 @@ def test_reports_that_are_not_reports_are_usage_errors(tmp_path, usage_error, co
         path.write_text(content)
     error = usage_error(postroj.results_from_json, str(path))
     assert str(path) in error.message and words in error.message
+
+
+# --- machine-readable output on stdout ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_junit", [False, True])
+def test_report_json_to_stdout_prints_only_the_json(tmp_path, monkeypatch, capsys, with_junit):
+    """`report --json -` is piped into jq: the result lines and the summary go to stderr."""
+    monkeypatch.setenv("POSTROJ_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("POSTROJ_CACHE", str(tmp_path / "cache"))
+    shard = tmp_path / "shard.json"
+    shard.write_text(json.dumps(postroj.results_json(RESULTS, 12.5)))
+    extra = ["--junit", str(tmp_path / "r.xml")] if with_junit else []
+    code = postroj.main(["report", str(shard), "--json", "-"] + extra)
+    out, err = capsys.readouterr()
+    assert code == postroj.EXIT_FAILURE
+    assert [r["status"] for r in json.loads(out)["results"]] == [r.status for r in RESULTS]
+    assert "FAIL" in err and "2 failed" in err
+
+
+def test_report_without_json_to_stdout_prints_the_results_there(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("POSTROJ_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("POSTROJ_CACHE", str(tmp_path / "cache"))
+    shard = tmp_path / "shard.json"
+    shard.write_text(json.dumps(postroj.results_json(RESULTS, 12.5)))
+    postroj.main(["report", str(shard)])
+    out, err = capsys.readouterr()
+    assert out.count("FAIL") == 2 and "FAIL" not in err

@@ -2679,10 +2679,28 @@ def then_exec(first: Sequence[str], then: Sequence[str]) -> List[str]:
     return ["sh", "-c", '%s && exec "$@"' % shlex.join(first), "sh", *then]
 
 
-def package_cache_for(settings: Settings, os_fields: Dict[str, str]) -> Path:
-    """Package downloads are shared between images of one OS release."""
-    key = "%s-%s" % (os_fields.get("ID", "unknown"), os_fields.get("VERSION_ID") or os_fields.get("VERSION_CODENAME")
-                     or "rolling")
+def apt_suite(root: Path) -> str:
+    """The suite of the image's first apt source (sources.list, else deb822 .sources), or ''."""
+    for relative in ["etc/apt/sources.list"] + ["etc/apt/sources.list.d/%s" % n for n in ("debian.sources",
+                                                                                         "ubuntu.sources")]:
+        path = resolve_in_root(root, relative)
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            if path is not None:
+                for line in path.read_text().splitlines():
+                    words = re.sub(r"\[[^]]*\]", "", line).split()  # deb [signed-by=...] URL SUITE COMPONENT...
+                    if len(words) >= 3 and words[0] == "deb":
+                        return words[2]
+                    if len(words) >= 2 and words[0] == "Suites:":
+                        return words[1]
+    return ""
+
+
+def package_cache_for(settings: Settings, root: Path) -> Path:
+    """Package downloads are shared between images of one OS release: ID-VERSION_ID. Debian's testing and sid
+    have no VERSION_ID and one codename (forky/sid) but different package lists: their suite tells them apart."""
+    fields = read_os_release(root)
+    release = fields.get("VERSION_ID") or (apt_suite(root) if fields.get("ID") == "debian" else "")
+    key = "%s-%s" % (fields.get("ID", "unknown"), release or fields.get("VERSION_CODENAME") or "rolling")
     private_dir(settings.cache)
     cache = settings.packages / re.sub(r"[^A-Za-z0-9._-]", "_", key)
     for partial in (cache / "partial", cache / "lists" / "partial"):
@@ -2724,7 +2742,7 @@ def provision(settings: Settings, host: Host, root: Path) -> Tuple[Dict[str, str
         if not manager:
             die("%s has no systemd and no package manager postroj knows" % fields.get("PRETTY_NAME", "the image"),
                 "use an image with systemd, or with apt, dnf, yum, zypper or pacman")
-        cache = package_cache_for(settings, fields)
+        cache = package_cache_for(settings, root)
         log.info("installing systemd into %s with %s", fields.get("PRETTY_NAME", "the image"), manager)
         packages = list(package_manager(manager).systemd)
         argv = nspawn_run_argv(host, root, [(str(cache), PACKAGE_CACHE_DIR)])
@@ -4301,7 +4319,7 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
     probes = tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE)
     new = stage_files(container, "packages", [packages[p.target] for p in probes])
     old = stage_files(container, "old", [packages[s] for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE])
-    cache = package_cache_for(settings, read_os_release(Path(image.path)))
+    cache = package_cache_for(settings, Path(image.path))
     binds = [(str(cache), PACKAGE_CACHE_DIR)]
     waiting = "the package cache %s, which another probe of this release is writing" % cache
     sources = [p.target for p in probes] + [s for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE]
@@ -4826,7 +4844,7 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
         packaged = any(p.kind == ProbeKind.PACKAGE for p in plan.probes)
         binds: Tuple[Bind, ...] = ()
         if packaged:  # the booted container installs from the cache what was downloaded before it booted
-            cache = package_cache_for(settings, read_os_release(Path(image.path)))
+            cache = package_cache_for(settings, Path(image.path))
             binds = (Bind(str(cache), PACKAGE_CACHE_DIR),)
         spec = ContainerSpec(image, host, binds, private_network=plan.private_network,
                              boot_timeout=plan.boot_timeout)
@@ -6046,7 +6064,7 @@ def cmd_autopkgtest_virt(args: argparse.Namespace, settings: Settings) -> int:
     if archives:
         # test dependencies come from postroj's package cache of the release, and what apt downloads
         # stays there for the next run, as for probes (apt locks the directory against concurrent use)
-        cache = package_cache_for(settings, read_os_release(Path(image.path)))
+        cache = package_cache_for(settings, Path(image.path))
         binds = (Bind(str(cache), archives),) + binds
     spec = ContainerSpec(image, host, binds, setenv, private_network=args.private_network,
                          boot_timeout=args.boot_timeout, scratch=AUTOPKGTEST_DOWNTMP)

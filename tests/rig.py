@@ -17,6 +17,7 @@ import hashlib
 import http.server
 import io
 import os
+import select
 import shutil
 import signal
 import socket
@@ -168,6 +169,103 @@ def testhost_rootfs() -> Path:
             shutil.rmtree(target, ignore_errors=True)
             os.rename(tmp, target)
     return target
+
+
+# --- test hosts ---------------------------------------------------------------
+
+
+class TestHost:
+    """A booted Debian container with systemd-container inside; ends with the test."""
+
+    __test__ = False  # a test server, not a test class
+
+    def __init__(self, root, home, pyz, image_version, tmp_path, unified: bool = False) -> None:
+        self.tmp_path = tmp_path
+        # with the unified hierarchy, a cgroup v2 host (cgroup2 without controllers: the kernel keeps them on v1)
+        self.env = {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"} if unified else {}
+        self.argv = [
+            "systemd-nspawn",
+            "--quiet",
+            "--boot",
+            "--directory=%s" % root,
+            "--volatile=overlay",
+            "--capability=all",
+            "--machine=postroj-testhost-%d" % os.getpid(),
+            "--register=no",
+            "--keep-unit",
+            "--notify-ready=yes",
+            "--console=passive",
+            "--resolv-conf=off",
+            "--link-journal=no",
+            "--kill-signal=SIGKILL",
+            "--bind=%s:/var/lib/postroj" % home,
+            "--bind-ro=%s:/usr/local/bin/postroj.pyz" % pyz,
+            "--bind-ro=%s:/srv/debian-bookworm" % image_version,
+        ]
+        self.proc = None
+        self.leader = 0
+        self.cgroups: "list[Path]" = []
+
+    def join_cgroups(self) -> None:
+        """In the child, before nspawn executes: into the test host's own cgroups."""
+        for cgroup in self.cgroups:
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    def __enter__(self) -> "TestHost":
+        import postroj
+
+        # a cgroup of its own in each hierarchy, removed with what its systemd made below: a test host that
+        # booted in the caller's cgroup would leave its tree there for the next one to see
+        name = "postroj.testhost-%d-%s" % (os.getpid(), os.urandom(4).hex())
+        self.cgroups = [root / name for root in postroj.systemd_cgroup_roots()]
+        for cgroup in self.cgroups:
+            cgroup.mkdir()
+        path = str(self.tmp_path / "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        self.proc = subprocess.Popen(self.argv, env=dict(os.environ, NOTIFY_SOCKET=path, **self.env),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=self.join_cgroups)
+        try:
+            ready = False
+            while not ready:
+                assert select.select([sock], [], [], 60)[0], "the test host did not boot"
+                for field in sock.recv(4096).decode().split("\n"):
+                    if field.startswith("X_NSPAWN_LEADER_PID="):
+                        self.leader = int(field.split("=", 1)[1])
+                    ready = ready or field == "READY=1"
+        except BaseException:
+            self.__exit__()
+            raise
+        finally:
+            sock.close()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        import postroj
+
+        postroj.remove_cgroups([str(c) for c in self.cgroups], kill=True)
+        self.cgroups = []
+
+    def run(self, *cmd: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+               "LANG": "C.UTF-8"}
+        return subprocess.run(["nsenter", "--target=%d" % self.leader, "--all", "--root", "--wd", "--", *cmd],
+                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, timeout=timeout, **kwargs)
+
+    def popen(self, *cmd: str) -> subprocess.Popen:
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
+        return subprocess.Popen(["nsenter", "--target=%d" % self.leader, "--all", "--root", "--wd", "--", *cmd],
+                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
 
 
 # --- the registry ---------------------------------------------------------------

@@ -8,88 +8,11 @@ test watches `machinectl list` in the test host while the container runs and aft
 from __future__ import annotations
 
 import os
-import select
-import signal
-import socket
-import subprocess
 import time
 
 import pytest
 
 import rig
-
-
-class TestHost:
-    """A booted Debian container with systemd-container inside; ends with the test."""
-
-    __test__ = False  # a test server, not a test class
-
-    def __init__(self, root, home, pyz, image_version, tmp_path) -> None:
-        self.tmp_path = tmp_path
-        self.argv = [
-            "systemd-nspawn",
-            "--quiet",
-            "--boot",
-            "--directory=%s" % root,
-            "--volatile=overlay",
-            "--capability=all",
-            "--machine=postroj-testhost-%d" % os.getpid(),
-            "--register=no",
-            "--keep-unit",
-            "--notify-ready=yes",
-            "--console=passive",
-            "--resolv-conf=off",
-            "--link-journal=no",
-            "--kill-signal=SIGKILL",
-            "--bind=%s:/var/lib/postroj" % home,
-            "--bind-ro=%s:/usr/local/bin/postroj.pyz" % pyz,
-            "--bind-ro=%s:/srv/debian-bookworm" % image_version,
-        ]
-        self.proc = None
-        self.leader = 0
-
-    def __enter__(self) -> "TestHost":
-        path = str(self.tmp_path / "notify")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
-        self.proc = subprocess.Popen(self.argv, env=dict(os.environ, NOTIFY_SOCKET=path), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            ready = False
-            while not ready:
-                assert select.select([sock], [], [], 60)[0], "the test host did not boot"
-                for field in sock.recv(4096).decode().split("\n"):
-                    if field.startswith("X_NSPAWN_LEADER_PID="):
-                        self.leader = int(field.split("=", 1)[1])
-                    ready = ready or field == "READY=1"
-        except BaseException:
-            self.__exit__()
-            raise
-        finally:
-            sock.close()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def run(self, *cmd: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
-               "LANG": "C.UTF-8"}
-        return subprocess.run(["nsenter", "--target=%d" % self.leader, "--all", "--root", "--wd", "--", *cmd],
-                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, timeout=timeout, **kwargs)
-
-    def popen(self, *cmd: str) -> subprocess.Popen:
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
-        return subprocess.Popen(["nsenter", "--target=%d" % self.leader, "--all", "--root", "--wd", "--", *cmd],
-                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
 
 
 BOOTSTRAP = """\
@@ -108,7 +31,7 @@ def testhost(pyz, shared_images, tmp_path):
     home = tmp_path / "testhost-state"
     home.mkdir()
     version = os.path.dirname(os.path.realpath(shared_images / "images" / "debian-bookworm"))
-    with TestHost(root, home, pyz, version, tmp_path) as host:
+    with rig.TestHost(root, home, pyz, version, tmp_path) as host:
         started = host.run("systemctl", "start", "systemd-machined")
         assert started.returncode == 0, started.stderr
         setup = host.run("sh", "-c", BOOTSTRAP)

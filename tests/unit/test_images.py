@@ -408,3 +408,36 @@ def test_a_release_past_its_end_of_life_is_warned_about_once_and_left_out_of_all
     assert postroj.include_in_all("ubuntu-resolute", False) and postroj.include_in_all("my-own-image", False)
     monkeypatch.setattr(postroj, "today", lambda: "2026-07-09")
     assert postroj.include_in_all("ubuntu-questing", False)
+
+
+# --- package caches -------------------------------------------------------------------------------
+
+
+def debian_root(tmp_path: Path, name: str, os_release: str, sources: "dict[str, str]") -> Path:
+    root = tmp_path / name
+    (root / "etc" / "apt" / "sources.list.d").mkdir(parents=True)
+    (root / "etc" / "os-release").write_text(os_release)
+    for relative, text in sources.items():
+        (root / relative).write_text(text)
+    return root
+
+
+TESTING = 'PRETTY_NAME="Debian GNU/Linux forky/sid"\nVERSION_CODENAME=forky\nID=debian\n'
+
+
+def test_testing_and_sid_keep_their_package_lists_apart(tmp_path):
+    """Both say forky/sid and have no VERSION_ID: one cache would let one's apt-get update delete the other's
+    lists while it installs (seen: sid's install failed beside forky's)."""
+    settings = postroj.Settings(tmp_path / "home", tmp_path / "cache")
+    forky = debian_root(tmp_path, "forky", TESTING, {
+        "etc/apt/sources.list": "# comment\ndeb http://deb.debian.org/debian forky main\n"})
+    sid = debian_root(tmp_path, "sid", TESTING, {"etc/apt/sources.list.d/debian.sources":
+                                                "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: sid\n"})
+    signed = debian_root(tmp_path, "signed", TESTING, {
+        "etc/apt/sources.list": "deb [signed-by=/usr/share/keyrings/k.gpg] http://deb.debian.org/debian sid main\n"})
+    assert postroj.package_cache_for(settings, forky).name == "debian-forky"
+    assert postroj.package_cache_for(settings, sid).name == "debian-sid"
+    assert postroj.package_cache_for(settings, signed).name == "debian-sid"
+    bookworm = debian_root(tmp_path, "bookworm", 'VERSION_ID="12"\nVERSION_CODENAME=bookworm\nID=debian\n',
+                           {"etc/apt/sources.list": "deb http://deb.debian.org/debian bookworm main\n"})
+    assert postroj.package_cache_for(settings, bookworm).name == "debian-12"

@@ -2447,6 +2447,15 @@ class Apt:
     systemd = ("systemd", "systemd-sysv", "dbus")
     archives = "/var/cache/apt/archives"  # where apt downloads to when autopkgtest runs it in a testbed
 
+    def __init__(self, locking: bool = False) -> None:
+        # in a booted container the shared cache is only read, without apt's locks (APT_FROM_CACHE); a VM's
+        # own apt (unattended-upgrades) may run beside postroj's, so there apt locks as it always does
+        self.from_cache = () if locking else APT_FROM_CACHE
+
+    def on_machine(self) -> "Apt":
+        """The package manager for a whole machine (a VM), where other runs of it may happen at the same time."""
+        return Apt(locking=True)
+
     def refresh(self) -> List[str]:
         """Refresh the package lists (-qq: errors and warnings only)."""
         return ["apt-get", *APT_OPTIONS, "-qq", "update"]
@@ -2455,7 +2464,7 @@ class Apt:
         """Install names or package files with their dependencies, and what they recommend as `apt install`
         does (-q: no progress lines, errors kept); `cached`: from the package cache alone, in a booted
         container."""
-        return ["apt-get", *APT_OPTIONS, *(APT_FROM_CACHE if cached else ()), "-q", "install", "-y",
+        return ["apt-get", *APT_OPTIONS, *(self.from_cache if cached else ()), "-q", "install", "-y",
                 *([] if recommends else ["--no-install-recommends"]), *packages]
 
     def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
@@ -2465,11 +2474,11 @@ class Apt:
 
     def remove(self, names: Sequence[str]) -> List[str]:
         """Remove the packages; their configuration files stay."""
-        return ["apt-get", *APT_OPTIONS, *APT_FROM_CACHE, "-q", "remove", "-y", *names]
+        return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", "remove", "-y", *names]
 
     def purge(self, names: Sequence[str]) -> List[str]:
         """Purge the packages and what was installed only for them."""
-        return ["apt-get", *APT_OPTIONS, *APT_FROM_CACHE, "-q", "purge", "-y", "--autoremove", *names]
+        return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", "purge", "-y", "--autoremove", *names]
 
     def identify(self, paths: Sequence[str]) -> List[str]:
         """Print `postroj-package TAB NAME TAB VERSION` for each package file (marked: the lines share their
@@ -2491,6 +2500,10 @@ class Apt:
 
 class Rpm:
     """What the RPM families share: rpm queries package files and installed packages."""
+
+    def on_machine(self) -> Any:
+        """The package manager for a whole machine (a VM): the same, it locks as it always does."""
+        return self
 
     def identify(self, paths: Sequence[str]) -> List[str]:
         """Print `postroj-package TAB NAME TAB EPOCH:VERSION-RELEASE` for each package file."""
@@ -2591,6 +2604,10 @@ class Zypper(Rpm):
 
 class Pacman:
     """Arch's pacman: -R keeps configuration files as .pacsave, -Rns removes them with unneeded dependencies."""
+
+    def on_machine(self) -> Any:
+        """The package manager for a whole machine (a VM): the same, it locks as it always does."""
+        return self
 
     command = "pacman"
     package_type = "pkg"
@@ -3683,6 +3700,27 @@ class NspawnContainer:
         """stdout and stderr of `argv` in the container, together, as text."""
         return self.run_captured(argv, timeout=timeout)[1]
 
+    # what live() asks of the system it works on (a container here, a VM in VmSystem)
+    listed_whole = False  # entries() are what the overlay changed, not the whole file system
+    what = "the container"
+
+    @property
+    def manager(self) -> Any:
+        """The image's package manager."""
+        return package_manager(self.image.package_manager)
+
+    def check(self, probe: Probe, timeout: float) -> ProbeResult:
+        """Run one check (copy, unit, network, command) in the booted container."""
+        return PROBE_RUNNERS[probe.kind].in_container(self, probe, timeout)
+
+    def entries(self) -> Dict[str, str]:
+        """What the container changed: path -> file, dir, link or gone (overlay_entries)."""
+        return overlay_entries(self.upper)
+
+    def unchanged(self, path: str, kind: str) -> bool:
+        """True when the image has `path` as the container has it now (same_as_image)."""
+        return same_as_image(Path(self.image.path), path, kind, self.upper)
+
     def run_captured(self, argv: Sequence[str], timeout: Optional[float] = 30) -> Tuple[int, str]:
         """The exit status of `argv` in the container, and its stdout and stderr together, as text."""
         with tempfile.TemporaryFile(dir=str(self.files.directory) if self.files else None) as out:
@@ -3864,7 +3902,7 @@ def pump_lines(sinks: Dict[Any, Any], timeout: Optional[float], what: str) -> No
     while pending:
         wait = None if deadline is None else deadline - time.monotonic()
         if wait is not None and wait <= 0:
-            die("%s did not finish within %s s" % (what, timeout))
+            raise TimedOut("%s did not finish within %s s" % (what, timeout))
         for pipe in select.select(list(pending), [], [], wait)[0]:
             chunk = os.read(pipe.fileno(), 65536)
             data = pending[pipe] + chunk
@@ -3936,7 +3974,7 @@ class VagrantMachine:
                        "vagrant %s" % args[0])
             left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
             if not wait_exit(proc, left):
-                die("vagrant %s did not finish within %s s" % (args[0], timeout))
+                raise TimedOut("vagrant %s did not finish within %s s" % (args[0], timeout))
         return proc.returncode
 
     def capture(self, command: str, timeout: Optional[float] = None) -> Tuple[int, str]:
@@ -4315,40 +4353,50 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
     """Before the boot, with the host's network: stage the package files, read their names, refresh the
     lists and download all the stages install into the package cache. The cache's lock is held while the
     cache is written, and no longer: the installs read it in the booted containers."""
-    manager = package_manager(image.package_manager)
     probes = tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE)
     new = stage_files(container, "packages", [packages[p.target] for p in probes])
     old = stage_files(container, "old", [packages[s] for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE])
     cache = package_cache_for(settings, Path(image.path))
     binds = [(str(cache), PACKAGE_CACHE_DIR)]
     waiting = "the package cache %s, which another probe of this release is writing" % cache
-    sources = [p.target for p in probes] + [s for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE]
     with file_lock(cache / ".postroj.lock", waiting=waiting):
-        # one run: the files' names, then the lists (always refreshed: they are shared by the images of a
-        # release, whose sources may differ; warm, a few conditional requests), then the downloads
-        code, output = container.run_in_overlay(
-            chain(manager.identify(new + old), manager.refresh(), manager.download(new, plan.recommends),
-                  manager.download(old, plan.recommends) if old else []), binds,
-            plan.install_timeout, what="downloading what the packages need")
-        identified = [line.split("\t")[1:3] for line in output.splitlines() if line.startswith(IDENTIFIED + "\t")]
-        if len(identified) != len(sources):
-            die("cannot read the names of %s:\n%s" % (", ".join(os.path.basename(p) for p in new + old),
-                                                     tail(output, 10)),
-                "give packages the image's package manager installs")
-        names = tuple(dict.fromkeys(name for name, _version in identified[:len(new)]))
-        labels = {source: " ".join(found) for source, found in zip(sources, identified)}
+        return download_packages(lambda argv, what: container.run_in_overlay(argv, binds, plan.install_timeout,
+                                                                           what=what),
+                                 image, plan, probes, new, old)
+
+
+def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], image: ImageInfo, plan: ProbePlan,
+                      probes: Tuple[Probe, ...], new: List[str], old: List[str], machine: bool = False) -> Packages:
+    """Read the names of the staged package files `new` and `old`, refresh the lists and download what the stages
+    install, with `run_step(argv, what)` (a container before its boot, or a VM): the Packages of the image's
+    life."""
+    manager = package_manager(image.package_manager).on_machine() if machine else package_manager(
+        image.package_manager)
+    sources = [p.target for p in probes] + [s for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE]
+    # one run: the files' names, then the lists (always refreshed: they are shared by the images of a
+    # release, whose sources may differ; warm, a few conditional requests), then the downloads
+    code, output = run_step(chain(manager.identify(new + old), manager.refresh(),
+                                  manager.download(new, plan.recommends),
+                                  manager.download(old, plan.recommends) if old else []),
+                            "downloading what the packages need")
+    identified = [line.split("\t")[1:3] for line in output.splitlines() if line.startswith(IDENTIFIED + "\t")]
+    if len(identified) != len(sources):
+        die("cannot read the names of %s:\n%s" % (", ".join(os.path.basename(p) for p in new + old),
+                                                  tail(output, 10)),
+            "give packages the image's package manager installs")
+    names = tuple(dict.fromkeys(name for name, _version in identified[:len(new)]))
+    labels = {source: " ".join(found) for source, found in zip(sources, identified)}
+    if code != 0:
+        raise DownloadFailed("downloading what %s needs failed with exit code %d" % (", ".join(names), code),
+                             "check the image's package sources and that this host reaches them", tail(output, 40))
+    if UPGRADE_FROM_ARCHIVE in plan.upgrade_from:
+        code, output = run_step(manager.download(names, plan.recommends),
+                                "downloading %s from the image's sources" % ", ".join(names))
         if code != 0:
-            raise DownloadFailed("downloading what %s needs failed with exit code %d" % (", ".join(names), code),
-                                 "check the image's package sources and that this host reaches them", tail(output, 40))
-        if UPGRADE_FROM_ARCHIVE in plan.upgrade_from:
-            code, output = container.run_in_overlay(manager.download(names, plan.recommends), binds,
-                                                    plan.install_timeout,
-                                                    what="downloading %s from the image's sources" % ", ".join(names))
-            if code != 0:
-                raise DownloadFailed("--upgrade-from archive: the package sources of %s do not carry %s" % (
-                    image.name, ", ".join(names)), "give the version to upgrade from as files: --upgrade-from OLD.deb",
-                    tail(output, 40))
-            old = list(names)
+            raise DownloadFailed("--upgrade-from archive: the package sources of %s do not carry %s" % (
+                image.name, ", ".join(names)), "give the version to upgrade from as files: --upgrade-from OLD.deb",
+                tail(output, 40))
+        old = list(names)
     return Packages(tuple(new), tuple(old), names, probes, labels)
 
 
@@ -4423,7 +4471,7 @@ class Baseline(NamedTuple):
     @classmethod
     def take(cls, container: NspawnContainer) -> "Baseline":
         """The container as it is now."""
-        return cls(overlay_entries(container.upper), {exe for exe, _ in container_processes(container).values()},
+        return cls(container.entries(), {exe for exe, _ in container_processes(container).values()},
                    account_names(container))
 
 
@@ -4508,11 +4556,12 @@ def check_purged(container: NspawnContainer, baseline: Baseline, files: "set[str
     changed, broken links, *.wants links to units that are gone, programs still running; users and groups
     left are reported."""
     image = container.image.name
-    now = overlay_entries(container.upper)
-    lower = Path(container.image.path)
+    now = container.entries()
+    if container.listed_whole:  # a VM's listing: what it no longer has was deleted
+        now.update((path, "gone") for path in baseline.entries.keys() - now.keys())
     changed = [path for path, kind in now.items() if baseline.entries.get(path) != kind and
                not (path.startswith(PURGE_EXPECTED) or path + "/" in PURGE_EXPECTED) and
-               not same_as_image(lower, path, kind, container.upper)]
+               not container.unchanged(path, kind)]
     # a directory left behind is named once, not with everything in it
     dirs = {p for p in changed if now[p] == "dir"}
     changed = [p for p in changed if not any(p.startswith(d + "/") for d in dirs)]
@@ -4585,8 +4634,7 @@ def run_checks(container: NspawnContainer, plan: ProbePlan, stage: Stage, broken
                                        reason="%s cannot answer: unit %s failed" % (probe.target,
                                                                                    ", ".join(failed_units))))
         else:
-            results.append(PROBE_RUNNERS[probe.kind].in_container(container, probe, plan.timeout)._replace(
-                stage=stage))
+            results.append(container.check(probe, plan.timeout)._replace(stage=stage))
             if probe.kind == ProbeKind.UNIT and results[-1].reason.startswith("unit %s failed" % probe.target):
                 failed_units.append(probe.target)
             if stage == Stage.REBOOTED and "neither enabled nor started" in results[-1].reason:
@@ -4599,7 +4647,7 @@ def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Package
     """The stages of the plan in the booted container, in order, each followed by its checks; a stage whose
     step fails skips the stages after it."""
     image = container.image
-    manager = package_manager(image.package_manager) if packages else None
+    manager = container.manager if packages else None
     results: List[ProbeResult] = []
     baseline = Baseline.take(container) if packages and plan.purge else None
     files: "set[str]" = set()
@@ -4693,7 +4741,7 @@ def reboot(container: NspawnContainer, plan: ProbePlan) -> ProbeResult:
     """Reboot the container as a machine reboots: its systemd stops every unit and powers off, then the same
     overlay boots again."""
     t0 = time.monotonic()
-    probe = Probe(ProbeKind.REBOOT, "the container")
+    probe = Probe(ProbeKind.REBOOT, container.what)
     try:
         container.power_cycle()
     except PostrojError as exc:
@@ -4763,10 +4811,8 @@ def vm_command_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages:
 
 
 def vm_unit_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
-    """The unit must be active in the VM (enabled and started first, as in containers today)."""
-    unit = shlex.quote(probe.target)
-    return vm_probe(vm, probe, "sudo systemctl enable --now %s >/dev/null 2>&1; systemctl is-active %s" % (unit, unit),
-                    timeout)
+    """The unit as the package left it, as in a container: nothing is started or enabled (run_unit_probe)."""
+    return run_unit_probe(VmSystem(vm, "", packages), probe, timeout)
 
 
 def vm_network_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Dict[str, Path]) -> ProbeResult:
@@ -4797,6 +4843,119 @@ def vm_copy_probe(vm: VagrantMachine, probe: Probe, timeout: float, packages: Di
     if proc.returncode == 0:
         return ProbeResult(vm.box.label, probe, Status.PASS, time.monotonic() - t0)
     return ProbeResult(vm.box.label, probe, Status.FAIL, time.monotonic() - t0, reason="upload failed")
+
+# Where a VM's packages are uploaded, and what its file system listing leaves out besides other file systems
+# (-xdev): the kernel's, the runtime's, and what PURGE_EXPECTED does not compare anyway.
+VM_UPLOADS = "/tmp/postroj"
+VM_LISTING = ("find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp -o -path /var/tmp "
+              "-o -path /var/log -o -path /var/cache -o -path /var/lib/apt -o -path /var/lib/dpkg -o -path /vagrant "
+              "\\) -prune -o -printf '%y\\t%p\\n'")
+
+
+class VmSystem:
+    """A Linux VM as live() works on it: the stages and checks of a booted container, run as root (sudo) through
+    vagrant ssh; the reboot is `vagrant reload`; purge compares listings of its file system (README:
+    Lifecycle)."""
+
+    listed_whole = True  # entries() list the whole file system: what is gone since the baseline was deleted
+    what = "the VM"
+
+    def __init__(self, vm: VagrantMachine, manager: str, packages: Dict[str, Path]) -> None:
+        self.vm = vm
+        self.packages = packages
+        self.image = ImageInfo(vm.box.label, vm.box.box, "", "", "", "", manager, "", 0, Path("/"))
+
+    @property
+    def manager(self) -> Any:
+        """The VM's package manager, locking as it does on a machine."""
+        return package_manager(self.image.package_manager).on_machine()
+
+    def run_captured(self, argv: Sequence[str], timeout: Optional[float] = 30) -> Tuple[int, str]:
+        """The exit status of `argv` run as root in the VM, and what it printed; 124 when it ran out of time."""
+        try:
+            return self.vm.capture("sudo " + shlex.join(argv), timeout=timeout)
+        except TimedOut as exc:
+            return 124, exc.message
+
+    def ended(self) -> bool:
+        """A VM is not ended by what runs in it (a failed command says why itself)."""
+        return False
+
+    def journal_tail(self, lines: int = 30, unit: str = "") -> str:
+        """The VM's last journal lines (of `unit`), for a failure's report."""
+        return self.run_captured(["journalctl", "--no-pager", "-n", str(lines), "-o", "short-monotonic"] +
+                                 (["-u", unit] if unit else []))[1]
+
+    def power_cycle(self) -> None:
+        """Reboot the VM with `vagrant reload`: its systemd stops every unit, the machine boots again."""
+        proc = self.vm.vagrant(["reload"], check=False)
+        if proc.returncode != 0:
+            raise PostrojError("vagrant reload %s failed with exit code %d:\n%s" % (
+                self.vm.box.label, proc.returncode, vagrant_tail(proc)))
+
+    def boot_state(self) -> str:
+        """What the VM's systemd says it is (running, degraded...)."""
+        return self.run_captured(["systemctl", "is-system-running"])[1]
+
+    def check(self, probe: Probe, timeout: float) -> ProbeResult:
+        """Run one check (copy, unit, network, command) in the VM."""
+        if probe.kind == ProbeKind.UNIT:
+            return run_unit_probe(self, probe, timeout)
+        return PROBE_RUNNERS[probe.kind].in_vm(self.vm, probe, timeout, self.packages)
+
+    def entries(self) -> Dict[str, str]:
+        """The VM's file system: path -> file, dir or link."""
+        code, out = self.vm.capture("sudo " + VM_LISTING, timeout=600)
+        if code != 0:
+            raise PostrojError("listing the file system of %s failed with exit code %d:\n%s" % (
+                self.vm.box.label, code, tail(out, 10)))
+        kinds = {"d": "dir", "l": "link"}
+        return {path: kinds.get(kind, "file") for kind, _, path in (line.partition("\t") for line in out.splitlines())
+                if path.startswith("/")}
+
+    def unchanged(self, path: str, kind: str) -> bool:
+        """Nothing to compare a VM's path with but its listing."""
+        return False
+
+    def upload(self, paths: Sequence[Path], directory: str) -> List[str]:
+        """Upload package files into the VM; their paths there."""
+        inner = []
+        for path in paths:
+            target = "%s/%s/%s" % (VM_UPLOADS, directory, path.name)
+            proc = self.vm.vagrant(["upload", str(path), target], check=False)
+            if proc.returncode != 0:  # the install's first half, as a failed download is in a container
+                raise DownloadFailed("uploading %s failed" % path.name, "see vagrant's lines below",
+                                     vagrant_tail(proc))
+            inner.append(target)
+        return inner
+
+
+def vm_live(vm: VagrantMachine, plan: ProbePlan, packages: Dict[str, Path],
+            cancel: threading.Event) -> List[ProbeResult]:
+    """The plan in a Linux VM, as in a booted container: its packages uploaded, named and downloaded with its
+    own package manager and network, then the stages and their checks (live())."""
+    probes = tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE)
+    if not probes:
+        return live(VmSystem(vm, "", packages), plan, None, cancel)
+    commands = list(dict.fromkeys(m.command for m in PACKAGE_MANAGERS.values()))
+    _, found = vm.capture("for c in %s; do command -v $c >/dev/null 2>&1 && { echo $c; exit 0; }; done; exit 1"
+                          % " ".join(commands))
+    manager = next((str(name) for name, m in PACKAGE_MANAGERS.items() if m.command == found.strip()), "")
+    system = VmSystem(vm, manager, packages)
+    if not manager:
+        die("%s has none of the package managers postroj knows (%s)" % (vm.box.label, ", ".join(commands)),
+            "probe the box without --package")
+    t0 = time.monotonic()
+    try:
+        new = system.upload([packages[p.target] for p in probes], "packages")
+        old = system.upload([packages[s] for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE], "old")
+        system.run_captured(["mkdir", "-p", PACKAGE_CACHE_DIR + "/partial", PACKAGE_CACHE_DIR + "/lists/partial"])
+        prepared = download_packages(lambda argv, what: system.run_captured(argv, plan.install_timeout), system.image,
+                                     plan, probes, new, old, machine=True)
+    except DownloadFailed as exc:
+        return not_downloaded(vm.box.label, plan, exc, time.monotonic() - t0)
+    return live(system, plan, prepared, cancel)
+
 
 # --- the matrix --------------------------------------------------------------------------
 
@@ -4872,10 +5031,11 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
         return [ProbeResult(name, probe, Status.FAIL, time.monotonic() - t0, reason=reason) for probe in plan.probes]
 
 
-def probe_vm(settings: Settings, box: Box, probes: Sequence[Probe], *, timeout: float, provider: str, keep: bool,
+def probe_vm(settings: Settings, box: Box, plan: ProbePlan, *, provider: str, keep: bool,
              packages: Dict[str, Path], report: Callable[[ProbeResult], None]) -> Tuple[List[ProbeResult], bool]:
     """The probes in a VM of `box` brought up for them and destroyed after (unless `keep`, or it was up
-    before: a VM of `postroj vm up` is the user's); the results, and whether a VM it should end is left running."""
+    before: a VM of `postroj vm up` is the user's); the results, and whether a VM it should end is left running.
+    A Linux guest gets the stages of the packages' life as a container does; others, each probe in turn."""
     vm = VagrantMachine(settings, box, provider)
     if not keep and (vm.directory / VM_UP_MARK).exists():
         keep = True
@@ -4885,13 +5045,19 @@ def probe_vm(settings: Settings, box: Box, probes: Sequence[Probe], *, timeout: 
     t0 = time.monotonic()
     try:
         vm.up()
-        for probe in probes:
-            results.append(PROBE_RUNNERS[probe.kind].in_vm(vm, probe, timeout, packages))
-            report(results[-1])
+        if GUESTS[box.guest].units:
+            results = vm_live(vm, plan, packages, threading.Event())
+            for result in results:
+                report(result)
+        else:
+            for probe in plan.probes:
+                results.append(PROBE_RUNNERS[probe.kind].in_vm(vm, probe, plan.timeout, packages))
+                report(results[-1])
     except PostrojError as exc:
         if results:
             raise
-        results = [ProbeResult(box.label, p, Status.FAIL, time.monotonic() - t0, reason=exc.message) for p in probes]
+        results = [ProbeResult(box.label, p, Status.FAIL, time.monotonic() - t0, reason=exc.message)
+                   for p in plan.probes]
         for result in results:
             report(result)
     finally:
@@ -5639,9 +5805,6 @@ def lifecycle(args: argparse.Namespace, probes: Sequence[Probe]) -> Dict[str, An
         if given and not packaged:
             die("%s needs --package: it is a stage of the packages' life" % option,
                 "add the packages with --package", usage=True)
-    if args.vm and (upgrade_from or args.reboot or args.remove or args.purge or args.start_units):
-        die("the stages of a package's life (--upgrade-from, --reboot, --remove, --purge, --start-units) run in "
-            "containers only", "probe VMs without them", usage=True)
     if UPGRADE_FROM_ARCHIVE in upgrade_from and len(upgrade_from) > 1:
         die("--upgrade-from archive takes the old version from the image's sources: no files with it",
             "give either archive or the old package files", usage=True)
@@ -5920,12 +6083,17 @@ def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_probe_vms(args: argparse.Namespace, settings: Settings, probes: Sequence[Probe],
+def cmd_probe_vms(args: argparse.Namespace, settings: Settings, plan: ProbePlan,
                   report: Callable[[ProbeResult], None], started: float) -> int:
     """probe --vm: the same probes in each box's VM, one after the other."""
     boxes = [find_box(name) for name in (take_shard(args.vm, args.shard) if args.shard else args.vm)]
+    staged = plan.upgrade_from or plan.reboot or plan.remove or plan.start_units
     for box in boxes:
-        for probe in probes:
+        if staged and not GUESTS[box.guest].units:
+            die("the stages of a package's life (--upgrade-from, --reboot, --remove, --purge, --start-units) run in "
+                "containers and Linux VMs; %s is %s" % (box.label, box.guest), "probe %s without them" % box.label,
+                usage=True)
+        for probe in plan.probes:
             if probe.kind == ProbeKind.UNIT and not GUESTS[box.guest].units:
                 die("--check-unit needs a Linux guest; %s is %s" % (box.label, box.guest), "drop --check-unit",
                     usage=True)
@@ -5937,12 +6105,13 @@ def cmd_probe_vms(args: argparse.Namespace, settings: Settings, probes: Sequence
     require_tool("vagrant")
     check_provider(settings, args.provider)
     check_state_dirs(settings)
-    packages = materialize_packages(settings, probes)
+    packages = materialize_packages(settings, list(plan.probes) + [Probe(ProbeKind.PACKAGE, s) for s in
+                                                                  plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE])
     results: List[ProbeResult] = []
     left_running = 0
     for box in boxes:
-        found, left = probe_vm(settings, box, probes, timeout=args.timeout, provider=args.provider, keep=args.keep,
-                               packages=packages, report=report)
+        found, left = probe_vm(settings, box, plan, provider=args.provider, keep=args.keep, packages=packages,
+                               report=report)
         results += found
         left_running += left
     code = finish_report(results, args.json, args.junit, time.monotonic() - started)
@@ -5966,11 +6135,14 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     def report(result: ProbeResult) -> None:
         status.print(format_result(result, color))
 
+    plan = ProbePlan(probes, timeout=args.timeout, boot_timeout=args.boot_timeout,
+                     private_network=not args.host_network, fail_fast=args.fail_fast,
+                     install_timeout=args.install_timeout, **stages)
     if args.vm:
         if any(p.only for p in probes):
             die("--package IMAGE=FILE is for images; VMs take every --package", "drop IMAGE= with --vm",
                 usage=True)
-        return cmd_probe_vms(args, settings, probes, report, started)
+        return cmd_probe_vms(args, settings, plan, report, started)
     images = list(args.image)
     if args.all:
         images += [i.name for i in list_images(settings) if include_in_all(i.name, args.include_eol)]
@@ -6005,9 +6177,6 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
         warn_if_ended(name)
     host = container_host(settings, "probing", args.jobs)
     check_state_dirs(settings)
-    plan = ProbePlan(probes, timeout=args.timeout, boot_timeout=args.boot_timeout,
-                     private_network=not args.host_network, fail_fast=args.fail_fast,
-                     install_timeout=args.install_timeout, **stages)
     packages = materialize_packages(settings, list(probes) + [Probe(ProbeKind.PACKAGE, s) for s in plan.upgrade_from
                                                              if s != UPGRADE_FROM_ARCHIVE])
 

@@ -45,10 +45,12 @@ class FakeVagrant:
 
     def actions(self) -> "list[dict]":
         """The calls that change or use a machine; queries (plugin list, status, --version) left out."""
-        return [c for c in self.calls if c["argv"] and c["argv"][0] in ("up", "ssh", "winrm", "upload", "destroy")]
+        return [c for c in self.calls if c["argv"] and c["argv"][0] in ("up", "ssh", "winrm", "upload", "reload",
+                                                                        "destroy")]
 
     def steps(self) -> "list[str]":
-        """The actions, readably: `up`, `ssh: COMMAND`, `winrm: COMMAND`, `upload: SRC -> DST`, `destroy`."""
+        """The actions, readably: `up`, `ssh: COMMAND`, `winrm: COMMAND`, `upload: SRC -> DST`, `reload`,
+        `destroy`."""
         steps = []
         for call in self.actions():
             verb, rest = call["argv"][0], call["argv"][1:]
@@ -59,6 +61,34 @@ class FakeVagrant:
             else:
                 steps.append(verb)
         return steps
+
+
+def debian_guest(path: Path, unit: str = "postroj-demo", **changes: "list[dict]") -> Path:
+    """A Debian guest for the fake's ssh (VAGRANT_FAKE_GUEST): apt, the package postroj-demo (1.0, and 0.9 to
+    upgrade from) with its unit, started and enabled by its install and stopped by its removal. `changes`
+    name rules that go first: what the guest under test does differently."""
+    ident = "postroj-package\tpostroj-demo\t1.0\npostroj-package\tpostroj-demo\t0.9\n"
+    listing = "d\t/\nd\t/etc\nf\t/etc/hostname\nd\t/usr\nd\t/usr/bin\n"
+    rules = [rule for extra in changes.values() for rule in extra] + [
+        {"match": r"^for c in apt-get ", "output": "apt-get\n"},
+        {"match": r"dpkg-deb --show.*/old/", "output": ident},
+        {"match": r"dpkg-deb --show", "output": ident.split("\n")[0] + "\n"},
+        {"match": r"systemctl is-active %s$" % unit, "after": r"apt-get .* remove ", "exit": 3, "output": "inactive"},
+        {"match": r"systemctl is-active %s$" % unit, "after": r"apt-get .* install ", "output": "active"},
+        {"match": r"systemctl is-active %s$" % unit, "exit": 3, "output": "inactive"},
+        {"match": r"systemctl is-enabled %s$" % unit, "output": "enabled"},
+        {"match": r"systemctl show -p LoadState", "output": "loaded"},
+        {"match": r"dpkg -L postroj-demo", "output": "/usr/bin/postroj-demo-server\n"
+                                                   "/lib/systemd/system/postroj-demo.service\n"},
+        {"match": r"systemctl is-active postroj-demo.service", "exit": 3, "output": "inactive"},
+        {"match": r"dpkg-query", "output": "postroj-demo\n"},
+        {"match": r"/proc/\[0-9\]", "output": "1\t/usr/lib/systemd/systemd\t/sbin/init\n"},
+        {"match": r"/etc/passwd", "output": "user:root\ngroup:root\n"},
+        {"match": r"find / -xdev", "output": listing},
+        {"match": r"is-system-running", "output": "running"},
+    ]
+    path.write_text(json.dumps(rules))
+    return path
 
 
 @pytest.fixture
@@ -342,9 +372,12 @@ def test_doctor_reports_vagrant(postroj, vagrant, path_without_vagrant):
 
 def test_probe_vm_linux_all_pass(postroj, vagrant, tmp_path):
     results, xml = tmp_path / "results.json", tmp_path / "junit.xml"
+    guest = tmp_path / "guest.json"
+    guest.write_text(json.dumps([{"match": "systemctl is-active nginx$", "output": "active"},
+                                 {"match": "systemctl is-enabled nginx$", "output": "enabled"}]))
     proc = postroj("probe", "--vm", LINUX, "--provider", "libvirt", "--command", "nginx -v", "--check-unit", "nginx",
                    "--check-network", "http://localhost:8080/", "--json", str(results), "--junit", str(xml),
-                   env=vagrant.env(), check=0)
+                   env=vagrant.env(guest=guest), check=0)
     lines = report_lines(proc.stdout)
     assert len(lines) == 3
     for line, title in zip(lines, ["unit nginx", "network http://localhost:8080/", "command nginx -v"]):
@@ -352,11 +385,13 @@ def test_probe_vm_linux_all_pass(postroj, vagrant, tmp_path):
     assert "3 passed, 0 failed, 0 skipped" in proc.stderr
 
     steps = vagrant.steps()
-    assert steps[0] == "up" and steps[-1] == "destroy" and len(steps) == 5
+    assert steps[0] == "up" and steps[-1] == "destroy" and len(steps) == 7
     assert "--provider=libvirt" in vagrant.actions()[0]["argv"]
-    assert steps[1].startswith("ssh: ") and "systemctl is-active nginx" in steps[1]
-    assert steps[2].startswith("ssh: ") and "http://localhost:8080/" in steps[2]
-    assert steps[3] == "ssh: nginx -v"
+    # the unit as the package left it: asked, never started or enabled
+    assert steps[1:4] == ["ssh: sudo systemctl is-active nginx", "ssh: sudo systemctl is-enabled nginx",
+                          "ssh: sudo systemctl show -p LoadState --value nginx"]
+    assert steps[4].startswith("ssh: ") and "http://localhost:8080/" in steps[4]
+    assert steps[5] == "ssh: nginx -v"
     assert not vm_dir(postroj, LINUX).exists()
 
     data = json.loads(results.read_text())
@@ -481,14 +516,23 @@ def test_probe_vm_check_unit_needs_a_linux_guest(postroj, vagrant, box):
 
 
 def test_probe_vm_installs_a_deb(postroj, vagrant, tmp_path):
+    """As in a container: uploaded, named and downloaded with the guest's own apt and network, then installed
+    from its package cache by name of the file, as root."""
     deb = rig.build_demo_deb(tmp_path)
-    proc = postroj("probe", "--vm", LINUX, "--package", str(deb), env=vagrant.env(), check=0)
+    proc = postroj("probe", "--vm", LINUX, "--package", str(deb), env=vagrant.env(guest=debian_guest(
+        tmp_path / "guest.json")), check=0)
     [line] = report_lines(proc.stdout)
-    assert line.startswith("PASS  %s" % LINUX) and "package " in line
+    assert line.startswith("PASS  %s" % LINUX) and "installed: package postroj-demo 1.0" in line, line
     steps = vagrant.steps()
-    assert steps[:2] == ["up", "upload: %s -> /tmp/%s" % (deb, deb.name)]
-    assert steps[2].startswith("ssh: ") and "install -y /tmp/%s" % deb.name in steps[2]
-    assert steps[3:] == ["destroy"]
+    inside = "/tmp/postroj/packages/%s" % deb.name
+    assert steps[:3] == ["up", "ssh: for c in apt-get dnf yum microdnf zypper pacman; do command -v $c >/dev/null "
+                         "2>&1 && { echo $c; exit 0; }; done; exit 1", "upload: %s -> %s" % (deb, inside)]
+    assert steps[3].startswith("ssh: sudo mkdir -p /var/cache/postroj-packages/partial")
+    assert steps[4].startswith("ssh: sudo sh -c ") and "dpkg-deb --show" in steps[4] and "update" in steps[4] \
+        and "--download-only" in steps[4]
+    assert steps[5].startswith("ssh: sudo apt-get ") and steps[5].endswith(" install -y %s" % inside), steps[5]
+    assert "Debug::NoLocking" not in " ".join(steps), "apt in a VM locks, as unattended-upgrades may run"
+    assert steps[6:] == ["destroy"]
 
 
 def test_probe_vm_installs_an_msi(postroj, vagrant, tmp_path):
@@ -503,13 +547,15 @@ def test_probe_vm_installs_an_msi(postroj, vagrant, tmp_path):
 def test_probe_vm_upload_failure_fails_the_probe_and_destroys(postroj, vagrant, tmp_path):
     deb = rig.build_demo_deb(tmp_path)
     proc = postroj("probe", "--vm", LINUX, "--package", str(deb), "--command", "hostname",
-                   env=vagrant.env(exit_upload=1, stderr_upload="scp: /tmp: No space left on device\n"), check=1)
+                   env=vagrant.env(exit_upload=1, stderr_upload="scp: /tmp: No space left on device\n",
+                                   guest=debian_guest(tmp_path / "guest.json")), check=1)
     lines = report_lines(proc.stdout)
-    assert [line.split()[0] for line in lines] == ["FAIL", "PASS"]
+    assert [line.split()[0] for line in lines] == ["FAIL", "SKIP"]
     assert "reason: uploading %s failed" % deb.name in proc.stdout
     assert "No space left on device" in proc.stdout
-    # nothing is installed from a file that did not arrive
-    assert vagrant.steps() == ["up", "upload: %s -> /tmp/%s" % (deb, deb.name), "ssh: hostname", "destroy"]
+    # nothing is installed from a file that did not arrive, nothing is checked of a package that is not there
+    steps = vagrant.steps()
+    assert steps[2:] == ["upload: %s -> /tmp/postroj/packages/%s" % (deb, deb.name), "destroy"]
 
 
 def test_probe_vm_package_from_a_url_is_downloaded_first(postroj, vagrant, tmp_path):
@@ -519,7 +565,8 @@ def test_probe_vm_package_from_a_url_is_downloaded_first(postroj, vagrant, tmp_p
     server = rig.HTTPServer(www).start()
     try:
         url = "%s/%s" % (server.url, deb.name)
-        proc = postroj("probe", "--vm", LINUX, "--package", url, env=vagrant.env())
+        proc = postroj("probe", "--vm", LINUX, "--package", url, env=vagrant.env(guest=debian_guest(
+            tmp_path / "guest.json")))
     finally:
         server.stop()
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -572,3 +619,72 @@ def test_probe_vm_destroy_failure_is_reported(postroj, vagrant):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert (vm_dir(postroj, LINUX) / "Vagrantfile").is_file()
     postroj("vm", "destroy", LINUX, env=vagrant.env(), check=0)
+
+
+# --- the stages of a package's life in a Linux VM -------------------------------------------
+
+
+def lifecycle(postroj, vagrant, tmp_path, *extra: str, check=0, **changes):
+    """probe --vm with every stage on the scripted Debian guest; the JSON rows and the fake's steps."""
+    old, new = rig.build_demo_deb(tmp_path / "old"), rig.build_demo_deb(tmp_path / "new")
+    report = tmp_path / "r.json"
+    proc = postroj("probe", "--vm", LINUX, "--upgrade-from", str(old), "--package", str(new), "--reboot", "--purge",
+                   "--check-unit", "postroj-demo", "--command", "true", *extra, "--json", str(report),
+                   env=vagrant.env(guest=debian_guest(tmp_path / "guest.json", **changes)), check=check)
+    rows = [(r["stage"], r["kind"], r["status"]) for r in json.loads(report.read_text())["results"]]
+    return proc, rows, json.loads(report.read_text())["results"], vagrant.steps()
+
+
+def test_probe_vm_runs_every_stage_of_the_packages_life_as_in_a_container(postroj, vagrant, tmp_path):
+    proc, rows, results, steps = lifecycle(postroj, vagrant, tmp_path)
+    assert rows == [
+        ("installed", "package", "pass"), ("installed", "unit", "pass"), ("installed", "command", "pass"),
+        ("upgraded", "package", "pass"), ("upgraded", "unit", "pass"), ("upgraded", "command", "pass"),
+        ("rebooted", "reboot", "pass"), ("rebooted", "unit", "pass"), ("rebooted", "command", "pass"),
+        ("removed", "package", "pass"), ("removed", "unit", "pass"), ("removed", "leftover", "pass"),
+        ("removed", "leftover", "pass"),
+        ("purged", "package", "pass"), ("purged", "unit", "pass"), ("purged", "leftover", "pass"),
+        ("purged", "leftover", "pass")], proc.stdout
+    assert results[6]["target"] == "the VM"
+    marks = {"find / -xdev": "listing", " install -y /tmp/postroj/old/": "install old",
+             " install -y /tmp/postroj/packages/": "install new", " remove -y postroj-demo": "remove",
+             " purge -y --autoremove postroj-demo": "purge"}
+    kinds = ["reload" if s == "reload" else word for s in steps for mark, word in marks.items() if mark in s or
+             (s == "reload" and mark == "find / -xdev")]
+    # the baseline before the first install; the old version, then the new one; the reboot; remove, purge; the
+    # comparison
+    assert kinds == ["listing", "install old", "install new", "reload", "remove", "purge", "listing"], steps
+    assert not [s for s in steps if "systemctl enable" in s or "systemctl start" in s], "a unit was started for it"
+    assert "upgraded: package postroj-demo 1.0" in proc.stdout and "installed: package postroj-demo 0.9" in proc.stdout
+
+
+def test_probe_vm_a_unit_started_but_not_enabled_fails_after_the_reboot(postroj, vagrant, tmp_path):
+    proc, rows, results, steps = lifecycle(postroj, vagrant, tmp_path, check=1, enabled_only=[
+        {"match": r"systemctl is-enabled postroj-demo$", "exit": 1, "output": "disabled"},
+        {"match": r"systemctl is-active postroj-demo$", "after": r"^reload", "exit": 3, "output": "inactive"}])
+    failed = [(r["stage"], r["kind"], r["reason"]) for r in results if r["status"] == "fail"]
+    assert failed == [("rebooted", "unit", "inactive, not enabled: it did not come back after the reboot (the package "
+                                           "started it but did not enable it)")]
+    assert ("upgraded", "unit", "pass") in rows
+
+
+def test_probe_vm_a_file_left_after_purge_fails_naming_it(postroj, vagrant, tmp_path):
+    listing = "d\t/\nd\t/etc\nf\t/etc/hostname\nd\t/usr\nd\t/usr/bin\nf\t/etc/postroj-demo.conf\n"
+    proc, rows, results, steps = lifecycle(postroj, vagrant, tmp_path, check=1, leftover=[
+        {"match": r"find / -xdev", "after": r"apt-get .* purge ", "output": listing}])
+    failed = [(r["stage"], r["target"], r["reason"], r["output"]) for r in results if r["status"] == "fail"]
+    assert failed == [("purged", "files", "purged: 1 path differs from the container before the install",
+                       "/etc/postroj-demo.conf: left behind")], failed
+
+
+def test_probe_vm_start_units_starts_and_enables_the_checked_units_after_the_install(postroj, vagrant, tmp_path):
+    proc, rows, results, steps = lifecycle(postroj, vagrant, tmp_path, "--start-units")
+    started = [s for s in steps if "systemctl enable --now" in s]
+    assert started == ["ssh: sudo systemctl enable --now postroj-demo"]  # after the install of --package
+
+
+def test_probe_vm_lifecycle_on_windows_is_a_usage_error(postroj, vagrant, tmp_path):
+    proc = postroj("probe", "--vm", WINDOWS, "--package", str(msi_file(tmp_path)), "--reboot", env=vagrant.env(),
+                   check=2)
+    assert "run in containers and Linux VMs; windows-2022 is windows" in proc.stderr
+    assert vagrant.calls == []

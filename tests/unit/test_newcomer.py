@@ -263,6 +263,9 @@ class FailedUnitContainer:
     def journal_tail(self, lines, unit=""):
         return "broken.service: Main process exited, code=exited, status=1/FAILURE"
 
+    def check(self, probe, timeout):
+        return postroj.PROBE_RUNNERS[probe.kind].in_container(self, probe, timeout)
+
 
 def test_a_network_check_after_its_unit_failed_ends_at_once(monkeypatch):
     def no_network_probe(*args, **kwargs):

@@ -2783,6 +2783,9 @@ def provision(settings: Settings, host: Host, root: Path) -> Tuple[Dict[str, str
     hostname = root / "etc" / "hostname"
     if hostname.is_file() and not hostname.is_symlink():
         hostname.unlink()
+    hosts = root / "etc" / "hosts"  # localhost resolves as on an installed system (mmdebstrap writes none)
+    if (root / "etc").is_dir() and not (root / "etc").is_symlink() and not os.path.lexists(hosts):
+        hosts.write_text(hosts_text(""))
     return fields, manager, downloaded
 
 
@@ -3091,6 +3094,41 @@ def mask_for_boot(lower: Path, upper: Path) -> None:
                 os.symlink("/dev/null", target / name)
 
 
+# /etc/hosts as Debian's and Ubuntu's installers write it; the host's own name on 127.0.1.1 is the container's
+# machine name, added to each container's overlay (minimal images have no nss-myhostname to resolve it)
+HOSTS = """127.0.0.1\tlocalhost
+
+# The following lines are desirable for IPv6 capable hosts
+::1     localhost ip6-localhost ip6-loopback
+ff02::1 ip6-allnodes
+ff02::2 ip6-allrouters
+"""
+
+
+def hosts_text(existing: str, hostname: str = "") -> str:
+    """/etc/hosts with localhost and `hostname` on 127.0.1.1: the image's own lines kept (its 127.0.1.1 line
+    replaced), or the installers' file where it has none."""
+    lines = [line for line in (existing or HOSTS).splitlines() if not line.split()[:1] == ["127.0.1.1"]]
+    if not any(line.split()[:1] == ["127.0.0.1"] and "localhost" in line.split()[1:] for line in lines):
+        lines.insert(0, "127.0.0.1\tlocalhost")
+    if hostname:
+        at = next(i for i, line in enumerate(lines) if line.split()[:1] == ["127.0.0.1"]) + 1
+        lines.insert(at, "127.0.1.1\t%s" % hostname)
+    return "\n".join(lines) + "\n"
+
+
+def write_hosts(lower: Path, upper: Path, hostname: str) -> None:
+    """The container's /etc/hosts, in its overlay: the image's with the machine name (an image whose /etc or
+    /etc/hosts is a link keeps its own arrangement)."""
+    if (lower / "etc").is_symlink() or (lower / "etc" / "hosts").is_symlink():
+        return
+    try:
+        existing = (lower / "etc" / "hosts").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        existing = ""
+    ensure_dir(upper / "etc").joinpath("hosts").write_text(hosts_text(existing, hostname))
+
+
 def login_shell(root: Path) -> str:
     """root's login shell in the image, /bin/sh when it has none."""
     try:
@@ -3393,6 +3431,7 @@ class NspawnContainer:
         if self.spec.scratch:
             os.chmod(ensure_dir(self.scratch_dir()), 0o1777)  # as /tmp: tests may run as a normal user
         mask_for_boot(Path(self.image.path), self.upper)
+        write_hosts(Path(self.image.path), self.upper, self.machine)
 
     def run_in_overlay(self, argv: Sequence[str], binds: Sequence[Tuple[str, str]] = (), timeout: float = 600,
                        what: str = "") -> Tuple[int, str]:

@@ -292,3 +292,16 @@ def test_the_payloads_flags_are_not_postrojs(images):
     # postroj's own -v, before the command, still counts
     proc = images("-v", "container", "debian-bookworm", "--", "true", timeout=120)
     assert proc.returncode == 0 and "postroj: container postroj-debian-bookworm" in proc.stderr, proc.stderr
+
+
+def test_localhost_and_the_machine_name_resolve_as_on_an_installed_system(images):
+    """Minimal images have no nss-myhostname: /etc/hosts says what an installer writes, with each container's
+    machine name (haproxy's `localhost`, sudo's own host name failed without it)."""
+    hosts = (images.home / "images" / "debian-bookworm" / "etc" / "hosts").read_text()
+    assert hosts.startswith("127.0.0.1\tlocalhost\n") and "127.0.1.1" not in hosts, hosts
+    proc = images("container", "debian-bookworm", "--", "sh", "-c",
+                  "getent ahostsv4 localhost | head -1; hostname; getent hosts \"$(hostname)\"", check=0)
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[0] == "127.0.0.1", proc.stdout
+    assert lines[1].startswith("postroj-debian-bookworm"), proc.stdout
+    assert lines[2].split() == ["127.0.1.1", lines[1]], proc.stdout

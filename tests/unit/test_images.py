@@ -441,3 +441,41 @@ def test_testing_and_sid_keep_their_package_lists_apart(tmp_path):
     bookworm = debian_root(tmp_path, "bookworm", 'VERSION_ID="12"\nVERSION_CODENAME=bookworm\nID=debian\n',
                            {"etc/apt/sources.list": "deb http://deb.debian.org/debian bookworm main\n"})
     assert postroj.package_cache_for(settings, bookworm).name == "debian-12"
+
+
+# --- names that resolve: /etc/hosts ------------------------------------------------------------------
+
+
+def test_hosts_as_debians_installer_writes_it_with_the_machine_name():
+    text = postroj.hosts_text("", "postroj-debian-bookworm")
+    assert text.splitlines()[:2] == ["127.0.0.1\tlocalhost", "127.0.1.1\tpostroj-debian-bookworm"]
+    assert "::1     localhost ip6-localhost ip6-loopback" in text.splitlines()
+    assert "127.0.1.1" not in postroj.hosts_text("")  # the image's own: no host name of its own
+
+
+def test_hosts_keeps_an_images_lines_and_replaces_its_host_name():
+    fedora = "127.0.0.1   localhost localhost.localdomain\n::1         localhost localhost.localdomain\n"
+    assert postroj.hosts_text(fedora, "m").splitlines() == [
+        "127.0.0.1   localhost localhost.localdomain", "127.0.1.1\tm", "::1         localhost localhost.localdomain"]
+    built = "127.0.0.1\tlocalhost\n127.0.1.1\tbuildhost.example.org buildhost\n"
+    assert postroj.hosts_text(built, "m").splitlines() == ["127.0.0.1\tlocalhost", "127.0.1.1\tm"]
+    assert postroj.hosts_text("# empty\n", "m").splitlines() == ["127.0.0.1\tlocalhost", "127.0.1.1\tm", "# empty"]
+
+
+def test_each_container_gets_its_machine_name_in_its_overlay_and_the_image_is_untouched(tmp_path):
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    (lower / "etc").mkdir(parents=True)
+    (lower / "etc" / "hosts").write_text(postroj.hosts_text(""))
+    upper.mkdir()
+    postroj.write_hosts(lower, upper, "postroj-debian-bookworm.1")
+    assert "127.0.1.1\tpostroj-debian-bookworm.1" in (upper / "etc" / "hosts").read_text()
+    assert "127.0.1.1" not in (lower / "etc" / "hosts").read_text()
+
+
+def test_an_image_whose_hosts_is_a_link_keeps_it(tmp_path):
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    (lower / "etc").mkdir(parents=True)
+    os.symlink("/run/hosts", lower / "etc" / "hosts")
+    upper.mkdir()
+    postroj.write_hosts(lower, upper, "m")
+    assert not (upper / "etc").exists()

@@ -107,7 +107,7 @@ def assert_nothing_left(runner, *markers: str) -> None:
 def assert_every_active_image_boots(runner) -> None:
     names = sorted(active_images(runner.home))
     assert names, "no active image to boot"
-    proc = runner("probe", "--all", "--no-pull", "--command", "systemctl is-system-running --wait || true",
+    proc = runner("probe", "--all", "--include-eol", "--no-pull", "--command", "systemctl is-system-running --wait || true",
                   "--json", "-", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)

@@ -150,9 +150,14 @@ def test_package_from_a_url_is_downloaded_into_the_cache(images, http_server, tm
 
 
 def test_all_acquired_images(images):
+    """--all leaves out bullseye, past its end of life since 2026-08-31; --include-eol takes it too."""
     proc = images("probe", "--all", "--command", "test -d /run/systemd/system", "--json", "-", check=0)
+    assert [r["image"] for r in json.loads(proc.stdout)["results"]] == ["debian-bookworm"]
+    proc = images("probe", "--all", "--include-eol", "--command", "test -d /run/systemd/system", "--json", "-",
+                  check=0)
     report = json.loads(proc.stdout)
     assert sorted(r["image"] for r in report["results"]) == ["debian-bookworm", "debian-bullseye"]
+    assert proc.stderr.count("debian-bullseye reached its end of life on 2026-08-31") == 1, proc.stderr
 
 
 def test_shards_together_are_the_whole_run_and_report_merges_them(images, tmp_path):

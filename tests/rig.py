@@ -168,6 +168,9 @@ def testhost_rootfs() -> Path:
                "bookworm", tmp)
             shutil.rmtree(target, ignore_errors=True)
             os.rename(tmp, target)
+        hosts = target / "etc" / "hosts"
+        if not hosts.exists():  # what an installed server has (mmdebstrap writes none): localhost resolves
+            hosts.write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
     return target
 
 
@@ -179,7 +182,8 @@ class TestHost:
 
     __test__ = False  # a test server, not a test class
 
-    def __init__(self, root, home, pyz, image_version, tmp_path, unified: bool = False) -> None:
+    def __init__(self, root, home, pyz, image_version, tmp_path, unified: bool = False,
+                 binds: "dict[str, Path] | None" = None) -> None:
         self.tmp_path = tmp_path
         # with the unified hierarchy, a cgroup v2 host (cgroup2 without controllers: the kernel keeps them on v1)
         self.env = {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"} if unified else {}
@@ -201,7 +205,7 @@ class TestHost:
             "--bind=%s:/var/lib/postroj" % home,
             "--bind-ro=%s:/usr/local/bin/postroj.pyz" % pyz,
             "--bind-ro=%s:/srv/debian-bookworm" % image_version,
-        ]
+        ] + ["--bind-ro=%s:%s" % (source, inside) for inside, source in (binds or {}).items()]
         self.proc = None
         self.leader = 0
         self.cgroups: "list[Path]" = []
@@ -589,6 +593,10 @@ UBUNTU_SOURCES = {
 
 # bootstrapped for real from Debian's mirror and Ubuntu's archive by the `real` fixture
 REAL_IMAGES = ("debian-bookworm", "debian-trixie", "ubuntu-jammy", "ubuntu-noble")
+# today's releases, with systemd 257 to 262, bootstrapped by the `current` fixture: label -> suite
+CURRENT_DEBIAN = {"debian-forky": "forky", "debian-sid": "sid"}
+CURRENT_UBUNTU = {"ubuntu-questing": "questing", "ubuntu-resolute": "resolute", "ubuntu-stonking": "stonking"}
+CURRENT_RELEASES = {**CURRENT_DEBIAN, **CURRENT_UBUNTU}
 
 
 class PrivateApt:

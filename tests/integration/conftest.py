@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,35 @@ def real(pyz, tmp_path_factory) -> Postroj:
     runner = Postroj(pyz, home, cache, {})
     runner("image", *rig.REAL_IMAGES, "--via", "bootstrap", check=0, timeout=1800)
     return runner
+
+
+@pytest.fixture(scope="session")
+def current(pyz, tmp_path_factory) -> Postroj:
+    """A state root with today's releases bootstrapped from Debian's mirror and Ubuntu's archive, the two
+    archives at once. The mirror here serves testing's and sid's Release files past their Valid-Until."""
+    home = tmp_path_factory.mktemp("current") / "home"
+    runner = Postroj(pyz, home, rig.RIG_CACHE / "package-cache", {})
+    debian = runner.popen("image", *rig.CURRENT_DEBIAN, "--via", "bootstrap", "--accept-expired")
+    ubuntu = runner.popen("image", *rig.CURRENT_UBUNTU, "--via", "bootstrap")
+    for proc in (debian, ubuntu):
+        out, err = proc.communicate(timeout=1200)
+        assert proc.returncode == 0, out + err
+    return runner
+
+
+@pytest.fixture(scope="session")
+def nginx(current, tmp_path_factory) -> "dict[str, Path]":
+    """nginx of each release, from its own archive (apt-get download with a private apt configuration)."""
+    root = tmp_path_factory.mktemp("nginx")
+    found = {}
+    keyring = rig.ubuntu_keyring(current.cache)
+    for label, suite in rig.CURRENT_RELEASES.items():
+        if label in rig.CURRENT_DEBIAN:
+            sources = ["deb http://deb.debian.org/debian %s main" % suite]
+            apt = rig.PrivateApt(root / ("apt-" + suite), sources)
+        else:
+            sources = ["deb http://archive.ubuntu.com/ubuntu %s%s main" % (suite, pocket) for pocket in
+                       ("", "-updates")] + ["deb http://security.ubuntu.com/ubuntu %s-security main" % suite]
+            apt = rig.PrivateApt(root / ("apt-" + suite), sources, [keyring])
+        found[label] = apt.download("nginx", root / suite)
+    return found

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +133,31 @@ def test_sigkill_then_gc_leaves_nothing_on_a_cgroup_v2_host(v2host, mode):
     gc = service(v2host, mode, "gc")
     assert gc.returncode == 0, gc.stdout + gc.stderr
     nothing_left(v2host)
+
+
+def test_todays_releases_on_a_cgroup_v2_host(pyz, shared_images, current, nginx, tmp_path):
+    """forky, sid, Ubuntu 25.10, 26.04 and 26.10 (systemd 257 to 262) on the unified hierarchy: booted, journald
+    active, nginx from their own archives installed, active and serving."""
+    binds = {}
+    for label in rig.CURRENT_RELEASES:
+        binds["/srv/%s" % label] = Path(os.path.dirname(os.path.realpath(current.home / "images" / label)))
+        binds["/srv/nginx/%s.deb" % label] = nginx[label]
+    home = tmp_path / "state"
+    home.mkdir()
+    version = os.path.dirname(os.path.realpath(shared_images / "images" / "debian-bookworm"))
+    with rig.TestHost(rig.testhost_rootfs(), home, pyz, version, tmp_path, unified=True, binds=binds) as host:
+        acquire = "cp /usr/local/bin/postroj.pyz /root/postroj.pyz\n" + "".join(
+            "/root/postroj.pyz image /srv/%s/rootfs --name %s\n" % (label, label) for label in rig.CURRENT_RELEASES)
+        setup = host.run("sh", "-ec", acquire, timeout=900)
+        assert setup.returncode == 0, setup.stdout + setup.stderr
+        args = ["probe", "--jobs", "2"]
+        for label in rig.CURRENT_RELEASES:
+            args += ["--image", label, "--package", "%s=/srv/nginx/%s.deb" % (label, label)]
+        proc = service(host, "nsenter", *args, "--check-unit", "nginx", "--check-network", "http://localhost:80",
+                       "--command", "systemctl is-active systemd-journald", "--json", "-", timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        rows = json.loads(proc.stdout)["results"]
+        assert [(r["image"], r["kind"], r["status"]) for r in rows] == [
+            (label, kind, "pass") for label in rig.CURRENT_RELEASES for kind in ("package", "unit", "network",
+                                                                                 "command")], rows
+        nothing_left(host)

@@ -6,51 +6,14 @@ it read at acquisition, while older guests keep the host's layout."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pytest
 
 import postroj
 import rig
-from rig import Postroj
 
-DEBIAN = {"debian-forky": "forky", "debian-sid": "sid"}
-UBUNTU = {"ubuntu-questing": "questing", "ubuntu-resolute": "resolute", "ubuntu-stonking": "stonking"}
-CURRENT = {**DEBIAN, **UBUNTU}
+CURRENT = rig.CURRENT_RELEASES
 HOST_UNIFIED = postroj.cgroup_layout().startswith("unified")
 CGROUP2, TMPFS = "63677270", "1021994"  # the file systems' magic numbers, as `stat -fc %t` prints them
-
-
-@pytest.fixture(scope="session")
-def current(pyz, tmp_path_factory) -> Postroj:
-    """A state root with today's releases bootstrapped from Debian's mirror and Ubuntu's archive, the two
-    archives at once. The mirror here serves testing's and sid's Release files past their Valid-Until."""
-    home = tmp_path_factory.mktemp("current") / "home"
-    runner = Postroj(pyz, home, rig.RIG_CACHE / "package-cache", {})
-    debian = runner.popen("image", *DEBIAN, "--via", "bootstrap", "--accept-expired")
-    ubuntu = runner.popen("image", *UBUNTU, "--via", "bootstrap")
-    for proc in (debian, ubuntu):
-        out, err = proc.communicate(timeout=1200)
-        assert proc.returncode == 0, out + err
-    return runner
-
-
-@pytest.fixture(scope="session")
-def nginx(current, tmp_path_factory) -> "dict[str, Path]":
-    """nginx of each release, from its own archive (apt-get download with a private apt configuration)."""
-    root = tmp_path_factory.mktemp("nginx")
-    found = {}
-    keyring = rig.ubuntu_keyring(current.cache)
-    for label, suite in CURRENT.items():
-        if label in DEBIAN:
-            sources = ["deb http://deb.debian.org/debian %s main" % suite]
-            apt = rig.PrivateApt(root / ("apt-" + suite), sources)
-        else:
-            sources = ["deb http://archive.ubuntu.com/ubuntu %s%s main" % (suite, pocket) for pocket in
-                       ("", "-updates")] + ["deb http://security.ubuntu.com/ubuntu %s-security main" % suite]
-            apt = rig.PrivateApt(root / ("apt-" + suite), sources, [keyring])
-        found[label] = apt.download("nginx", root / suite)
-    return found
 
 
 def test_todays_releases_boot_and_serve_nginx_from_their_own_archives(current, nginx):

@@ -282,3 +282,24 @@ def test_a_network_check_after_its_unit_failed_ends_at_once(monkeypatch):
     assert (network.status, network.reason, network.stage) == (
         "fail", "tcp://127.0.0.1:8080 cannot answer: unit broken failed", "installed")
     assert network.duration < 1
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self):
+        return True
+
+
+def test_an_acquisition_step_draws_nothing_over_the_live_status(monkeypatch):
+    """probe acquires a missing image while the status lines are drawn: the step logs, it does not draw its own
+    line over them (the status line says `acquiring`)."""
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    with postroj.LiveStatus(True, screen):
+        with postroj.Step("debian-bookworm", "bootstrap") as step:
+            assert not step.shown
+        assert "postroj: debian-bookworm: bootstrap" not in screen.getvalue()
+    with postroj.Step("debian-bookworm", "bootstrap") as step:  # without the status lines, the step has the line
+        assert step.shown
+    assert "postroj: debian-bookworm: bootstrap" in screen.getvalue()

@@ -84,6 +84,21 @@ def test_hello_through_the_long_form(virt):
     assert_nothing_left(virt)
 
 
+SETUP_TESTBED = "/usr/share/autopkgtest/setup-commands/setup-testbed"
+
+
+def test_a_testbed_like_debians_ci_through_autopkgtests_own_setup_testbed(virt):
+    """autopkgtest's setup-testbed, which Debian's CI runs when it builds its testbeds, turns a postroj testbed
+    into one like them (eatmydata, dbus, libpam-systemd for logind sessions, dpkg-dev): README, autopkgtest."""
+    code, output = autopkgtest(virt, rig.source_package("hello"), "postroj", "debian-bookworm", options=(
+        "--no-built-binaries", "-U", "--setup-commands=%s" % SETUP_TESTBED,
+        "--setup-commands=dpkg-query -W -f '${Package} ${db:Status-Status}\\n' eatmydata dbus libpam-systemd dpkg-dev"))
+    assert_all_pass(code, output, ["command1", "upstream-tests"])
+    for package in ("eatmydata", "dbus", "libpam-systemd", "dpkg-dev"):
+        assert re.search(r"^%s installed$" % package, output, re.M), output[-6000:]
+    assert_nothing_left(virt)
+
+
 def test_lighttpd_needs_root_and_serves_through_the_link(virt):
     """Every test of lighttpd's: needs-root, a service answering HTTP, CGI, all modules loaded."""
     code, output = autopkgtest(virt, rig.source_package("lighttpd"), "postroj", "debian-bookworm")

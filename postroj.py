@@ -2288,11 +2288,14 @@ def bootstrap(settings: Settings, host: Host, source: Source, rootfs: Path) -> s
 MASKED_UNITS = {
     "all": ["systemd-networkd-wait-online.service", "NetworkManager-wait-online.service",
             "systemd-remount-fs.service", "systemd-firstboot.service", "getty@tty1.service",
-            "console-getty.service", "systemd-logind.service"],
+            "console-getty.service"],
+    # logind runs in Debian's and Ubuntu's containers, as on a machine: user sessions, `loginctl`, what tests
+    # expect of a logind session (booted and checked on Debian 11 to 14, sid, Ubuntu 22.04 to 26.10); the
+    # families that cannot be booted here keep it masked, as postroj always had it
     "debian": ["apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "e2scrub_reap.service"],
-    "redhat": ["dnf-makecache.timer", "sssd.service", "auditd.service"],
-    "suse": ["wickedd.service", "wicked.service"],
-    "arch": ["archlinux-keyring-wkd-sync.timer"],
+    "redhat": ["dnf-makecache.timer", "sssd.service", "auditd.service", "systemd-logind.service"],
+    "suse": ["wickedd.service", "wicked.service", "systemd-logind.service"],
+    "arch": ["archlinux-keyring-wkd-sync.timer", "systemd-logind.service"],
 }
 
 OS_FAMILIES = {

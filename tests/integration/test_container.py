@@ -305,3 +305,14 @@ def test_localhost_and_the_machine_name_resolve_as_on_an_installed_system(images
     assert lines[0].split()[0] == "127.0.0.1", proc.stdout
     assert lines[1].startswith("postroj-debian-bookworm"), proc.stdout
     assert lines[2].split() == ["127.0.1.1", lines[1]], proc.stdout
+
+
+def test_logind_runs_as_on_a_machine_and_a_users_session_ends_with_it(images):
+    """Debian's and Ubuntu's images keep systemd-logind (it was masked in every image): loginctl answers, and a
+    user who logged in with su can be deleted right after, as autopkgtest's tests do (issue 26)."""
+    proc = images("container", "debian-bookworm", "--", "sh", "-c",
+                  "systemctl is-system-running --wait; systemctl is-active systemd-logind; "
+                  "loginctl list-sessions --no-legend >/dev/null && echo loginctl-ok; "
+                  "useradd -m postroj-test && su - postroj-test -c true && userdel -r postroj-test && echo deleted",
+                  check=0)
+    assert proc.stdout.split() == ["running", "active", "loginctl-ok", "deleted"], proc.stdout + proc.stderr

@@ -4404,16 +4404,14 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
     with file_lock(cache / ".postroj.lock", waiting=waiting):
         return download_packages(lambda argv, what: container.run_in_overlay(argv, binds, plan.install_timeout,
                                                                            what=what),
-                                 image, plan, probes, new, old)
+                                 image, container.manager, plan, probes, new, old)
 
 
-def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], image: ImageInfo, plan: ProbePlan,
-                      probes: Tuple[Probe, ...], new: List[str], old: List[str], machine: bool = False) -> Packages:
+def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], image: ImageInfo, manager: Any,
+                      plan: ProbePlan, probes: Tuple[Probe, ...], new: List[str], old: List[str]) -> Packages:
     """Read the names of the staged package files `new` and `old`, refresh the lists and download what the stages
-    install, with `run_step(argv, what)` (a container before its boot, or a VM): the Packages of the image's
-    life."""
-    manager = package_manager(image.package_manager).on_machine() if machine else package_manager(
-        image.package_manager)
+    install, with `manager` and `run_step(argv, what)` (a container before its boot, or a VM): the Packages of the
+    image's life."""
     sources = [p.target for p in probes] + [s for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE]
     # one run: the files' names, then the lists (always refreshed: they are shared by the images of a
     # release, whose sources may differ; warm, a few conditional requests), then the downloads
@@ -4993,7 +4991,7 @@ def vm_live(vm: VagrantMachine, plan: ProbePlan, packages: Dict[str, Path],
         old = system.upload([packages[s] for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE], "old")
         system.run_captured(["mkdir", "-p", PACKAGE_CACHE_DIR + "/partial", PACKAGE_CACHE_DIR + "/lists/partial"])
         prepared = download_packages(lambda argv, what: system.run_captured(argv, plan.install_timeout), system.image,
-                                     plan, probes, new, old, machine=True)
+                                     system.manager, plan, probes, new, old)
     except DownloadFailed as exc:
         return not_downloaded(vm.box.label, plan, exc, time.monotonic() - t0)
     return live(system, plan, prepared, cancel)

@@ -1063,6 +1063,19 @@ def ignore_stop_signals() -> None:
             signal.signal(sig, signal.SIG_IGN)
 
 
+def display_thread(target: Callable[[], None]) -> threading.Thread:
+    """A daemon thread that only redraws the terminal, with the stop signals blocked in it: the kernel may give
+    a signal to any thread that takes it, and Python acts on it in the main thread only, when that thread
+    runs; a blocked signal goes to the main thread and wakes it."""
+    def body() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        target()
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread
+
+
 @contextlib.contextmanager
 def stop_signals_handled_by(handler: Any) -> Iterator[Dict[int, Any]]:
     """SIGINT and SIGTERM go to `handler` in the block (the main thread only: the only one signals reach,
@@ -1772,9 +1785,8 @@ class Step:
     def __enter__(self) -> "Step":
         log.info("%s: %s", self.subject, self.name)
         if sys.stderr.isatty() and not log.isEnabledFor(logging.INFO) and Step.terminal.acquire(blocking=False):
-            self.thread = threading.Thread(target=self.tick, daemon=True)
             self.show()
-            self.thread.start()
+            self.thread = display_thread(self.tick)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -5134,6 +5146,10 @@ def run_matrix(images: Sequence[T], jobs: int, fail_fast: bool,
         futures = [pool.submit(one, name) for name in images]
         try:
             for future in futures:
+                # waits of 0.2 s: a stop signal the kernel gave a worker (which starts processes, so cannot
+                # block it) leaves the main thread asleep in an untimed wait; a timed one wakes and acts on it
+                while not future.done():
+                    concurrent.futures.wait([future], timeout=0.2)
                 for result in future.result():
                     report(result)
                     results.append(result)
@@ -5169,8 +5185,7 @@ class LiveStatus:
             # the status lines hold the terminal: an acquisition's Step logs instead of drawing over them
             self.enabled = Step.terminal.acquire(blocking=False)
         if self.enabled:
-            self.thread = threading.Thread(target=self.tick, daemon=True)
-            self.thread.start()
+            self.thread = display_thread(self.tick)
         return self
 
     def __exit__(self, *exc: Any) -> None:

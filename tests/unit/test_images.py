@@ -304,6 +304,27 @@ def test_an_interrupt_ends_the_containers_of_every_thread():
     assert all(not s.closed.is_set() for name, s in stand_ins.items() if name not in started)
 
 
+def test_a_stop_signal_the_kernel_gives_a_worker_thread_ends_the_matrix_at_once():
+    """The kernel gives a process's signal to any thread that takes it; Python runs the handler in the main
+    thread, which an untimed wait on a worker would keep asleep until that worker ends (a probe: minutes)."""
+    def probe_one(name, cancel, fleet):
+        if name == "a":
+            time.sleep(0.5)  # the main thread waits for the results by now
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # Ctrl-C, delivered to this worker
+        cancel.wait(20)
+        return []
+
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        postroj.run_matrix(["a", "b"], 2, False, probe_one, lambda r: None)
+    assert time.monotonic() - t0 < 5
+
+
+def test_display_threads_leave_stop_signals_to_the_main_thread():
+    masks = []
+    postroj.display_thread(lambda: masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))).join(5)
+    assert set(postroj.STOP_SIGNALS) <= set(masks[0])
+
 def test_signals_during_the_clean_up_are_ignored():
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, postroj._terminate)

@@ -2711,20 +2711,47 @@ def then_exec(first: Sequence[str], then: Sequence[str]) -> List[str]:
     return ["sh", "-c", '%s && exec "$@"' % shlex.join(first), "sh", *then]
 
 
-def apt_suite(root: Path) -> str:
-    """The suite of the image's first apt source (sources.list, else deb822 .sources), or ''."""
-    for relative in ["etc/apt/sources.list"] + ["etc/apt/sources.list.d/%s" % n for n in ("debian.sources",
-                                                                                         "ubuntu.sources")]:
+def read_apt_sources(root: Path) -> List[Tuple[str, str]]:
+    """The image's apt sources as (URI, suite), in apt's order: sources.list, then sources.list.d's one-line
+    .list and deb822 .sources files (read inside `root`: links never lead out of it)."""
+    directory = resolve_in_root(root, "etc/apt/sources.list.d")
+    names = sorted(os.listdir(directory)) if directory is not None and directory.is_dir() else []
+    found: List[Tuple[str, str]] = []
+    for relative in ["etc/apt/sources.list"] + ["etc/apt/sources.list.d/" + n for n in names
+                                                   if n.endswith((".list", ".sources"))]:
         path = resolve_in_root(root, relative)
         with contextlib.suppress(OSError, UnicodeDecodeError):
-            if path is not None:
-                for line in path.read_text().splitlines():
-                    words = re.sub(r"\[[^]]*\]", "", line).split()  # deb [signed-by=...] URL SUITE COMPONENT...
-                    if len(words) >= 3 and words[0] == "deb":
-                        return words[2]
-                    if len(words) >= 2 and words[0] == "Suites:":
-                        return words[1]
-    return ""
+            if path is None or not path.is_file():
+                continue
+            stanza: Dict[str, List[str]] = {}
+            for line in path.read_text().splitlines() + [""]:
+                words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()  # deb [signed-by=...] URL SUITE
+                if len(words) >= 3 and words[0] == "deb":
+                    found.append((words[1], words[2]))
+                elif words and words[0].endswith(":"):  # deb822: Types:, URIs:, Suites: ...
+                    stanza[words[0]] = words[1:]
+                elif not line.strip():  # a deb822 stanza ends
+                    if "deb" in stanza.get("Types:", []) and stanza.get("Suites:"):
+                        found += [(uri, stanza["Suites:"][0]) for uri in stanza.get("URIs:", [])]
+                    stanza = {}
+    return found
+
+
+def apt_suite(root: Path) -> str:
+    """The suite of the image's first apt source, or ''."""
+    sources = read_apt_sources(root)
+    return sources[0][1] if sources else ""
+
+
+def archive_endpoints(root: Path) -> Tuple[Tuple[str, int], ...]:
+    """(host, port) of each package archive in the image's apt sources: what the package proxy lets through."""
+    endpoints = []
+    for uri, _suite in read_apt_sources(root):
+        with contextlib.suppress(ValueError):
+            parts = urllib.parse.urlsplit(uri)
+            if parts.scheme in ("http", "https") and parts.hostname:
+                endpoints.append((parts.hostname.lower(), parts.port or (443 if parts.scheme == "https" else 80)))
+    return tuple(dict.fromkeys(endpoints))
 
 
 def package_cache_for(settings: Settings, root: Path) -> Path:
@@ -3144,6 +3171,272 @@ def write_hosts(lower: Path, upper: Path, hostname: str) -> None:
     ensure_dir(upper / "etc").joinpath("hosts").write_text(hosts_text(existing, hostname))
 
 
+# The package proxy: a container with a network of its own (autopkgtest's testbed) reaches its package
+# archives, and nothing else, through postroj. postroj listens on loopback inside the container's network
+# namespace and connects from the host's; apt in the container is told to use it by a file in the overlay.
+PACKAGE_PROXY_PORT = 31420  # not a service's port: squid's 3128 and apt-cacher-ng's 3142 are packages under test
+PACKAGE_PROXY_CONF = "etc/apt/apt.conf.d/00postroj-package-proxy"
+CLONE_NEWNET = 0x40000000
+
+
+def write_proxy_conf(lower: Path, upper: Path) -> None:
+    """apt's configuration for the package proxy, in the container's overlay (not when the image's /etc/apt
+    is a link: it keeps its own arrangement, and apt then has no network)."""
+    if any((lower / part).is_symlink() for part in ("etc", "etc/apt", "etc/apt/apt.conf.d")):
+        return
+    url = "http://127.0.0.1:%d/" % PACKAGE_PROXY_PORT
+    target = upper / PACKAGE_PROXY_CONF
+    ensure_dir(target.parent)
+    target.write_text(
+        "// postroj: this container's network is its own; its package archives are reached through postroj\n"
+        'Acquire::http::Proxy "%s";\nAcquire::https::Proxy "%s";\n'
+        '// one request per connection: the proxy answers each and closes\nAcquire::http::Pipeline-Depth "0";\n'
+        % (url, url))
+
+
+def listening_socket_in(pid: int, port: int) -> "socket.socket":
+    """A TCP socket listening on 127.0.0.1:`port` in the network namespace of process `pid` (a container's
+    leader): made by a thread of its own that enters the namespace and ends, so postroj's others stay in the
+    host's (a network namespace is a thread's own, a socket keeps the one it was made in)."""
+    import ctypes
+    import socket
+
+    made: Dict[str, Any] = {}
+
+    def make() -> None:
+        try:
+            fd = os.open("/proc/%d/ns/net" % pid, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+            finally:
+                os.close(fd)
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", port))
+            listener.listen(64)
+            made["socket"] = listener
+        except OSError as exc:
+            made["error"] = exc
+
+    thread = threading.Thread(target=make)
+    thread.start()
+    thread.join()
+    if "error" in made:
+        raise PostrojError("cannot listen on port %d in the container's network: %s" % (port, made["error"]),
+                           "run the testbed with --host-network")
+    return made["socket"]
+
+
+class PackageProxy:
+    """For one boot of a container: an HTTP proxy on 127.0.0.1:PACKAGE_PROXY_PORT inside its network namespace
+    that connects, from the host's, to the image's package archives (`allowed`: host, port) and nowhere else:
+    plain requests to those hosts, CONNECT to their HTTPS ports. One request per connection (apt opens the
+    next): a package file comes from the release's package `cache` when it is there, and goes into it when
+    it is fetched, so testbeds share downloads without sharing apt's locks."""
+
+    def __init__(self, allowed: Sequence[Tuple[str, int]], machine: str, cache: Optional[Path] = None) -> None:
+        self.allowed = {(h.lower(), p) for h, p in allowed}
+        self.machine = machine
+        self.cache = cache
+        self.listener: Optional["socket.socket"] = None
+        self.lock = threading.Lock()
+        self.open: "set[socket.socket]" = set()
+        self.thread: Optional[threading.Thread] = None
+
+    def start(self, pid: int) -> None:
+        """Listen in the network namespace of `pid` and serve until close()."""
+        self.listener = listening_socket_in(pid, PACKAGE_PROXY_PORT)
+        self.thread = threading.Thread(target=self.serve, args=(self.listener,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop listening and end every connection."""
+        import socket
+
+        with self.lock:
+            ending, self.open = list(self.open), set()
+            listener, self.listener = self.listener, None
+        for sock in ending + ([listener] if listener else []):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the threads that wait on it
+            sock.close()
+        if self.thread:
+            self.thread.join(10)
+
+    def serve(self, listener: "socket.socket") -> None:
+        while True:
+            try:
+                client, _address = listener.accept()
+            except OSError:
+                return  # closed
+            with self.lock:
+                if self.listener is None:
+                    client.close()
+                    return
+                self.open.add(client)
+            threading.Thread(target=self.relay, args=(client,), daemon=True).start()
+
+    def relay(self, client: "socket.socket") -> None:
+        """One connection: read its request's head, connect to the host it names, if allowed, and pass bytes
+        both ways until either side ends (a package file: from the cache, or into it)."""
+        import socket
+
+        upstream = None
+        try:
+            client.settimeout(60)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = client.recv(65536)
+                if not chunk or len(head) > 65536:
+                    return
+                head += chunk
+            head, rest = head.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            words = lines[0].split()
+            target = self.target(words)
+            if isinstance(target, str):
+                status, why = target.split(": ", 1)
+                client.sendall(("HTTP/1.1 %s\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+                                "postroj: %s\n" % (status, why)).encode())
+                return
+            name = self.package_file(words)
+            if name and self.send_cached(client, name):
+                return
+            try:
+                upstream = socket.create_connection(target, timeout=30)
+            except OSError as exc:
+                client.sendall(("HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\npostroj: %s:%d: %s\n" % (
+                    target[0], target[1], exc.strerror or exc)).encode())
+                return
+            with self.lock:
+                self.open.add(upstream)
+            log.debug("%s: package proxy: %s %s", self.machine, words[0], words[1])
+            if words[0] == "CONNECT":
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                upstream.sendall(rest)
+                pass_bytes(client, upstream)
+                return
+            # the request as the archive takes it, and the connection's end after its answer
+            parts = urllib.parse.urlsplit(words[1])
+            fields = [line for line in lines[1:] if line.split(":", 1)[0].strip().lower() not in (
+                "connection", "proxy-connection", "keep-alive", "proxy-authorization")]
+            request = "%s %s %s\r\n%s\r\nConnection: close\r\n\r\n" % (
+                words[0], urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, "")), words[2],
+                "\r\n".join(fields))
+            upstream.sendall(request.encode("latin-1") + rest)
+            if name:
+                self.fetch_into_cache(client, upstream, name)
+            else:
+                pass_bytes(client, upstream)
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self.open.discard(client)
+                if upstream is not None:
+                    self.open.discard(upstream)
+            for sock in (client, upstream):
+                if sock is not None:
+                    sock.close()
+
+    def target(self, words: List[str]) -> Any:
+        """(host, port) a request line asks for, or the refusal: 'STATUS: why'."""
+        if len(words) != 3:
+            return "400 Bad Request: not an HTTP request"
+        method, where = words[0], words[1]
+        if method == "CONNECT":
+            host, _, port = where.rpartition(":")
+            host = host.strip("[]")
+        else:
+            parts = urllib.parse.urlsplit(where)
+            if parts.scheme != "http" or not parts.hostname:
+                return "400 Bad Request: a proxy request names its host (http://HOST/...)"
+            host, port = parts.hostname, str(parts.port or 80)
+        if not port.isdigit() or (host.lower(), int(port)) not in self.allowed:
+            return ("403 Forbidden: %s:%s is not one of the image's package archives (%s); a testbed run with "
+                    "--host-network reaches any host" % (host, port, ", ".join(sorted(
+                        "%s:%d" % a for a in self.allowed))))
+        return (host, int(port))
+
+    def package_file(self, words: List[str]) -> str:
+        """The name of the package file a GET asks for, '' for anything else (or without a cache)."""
+        if not self.cache or words[0] != "GET":
+            return ""
+        name = urllib.parse.unquote(urllib.parse.urlsplit(words[1]).path.rsplit("/", 1)[-1])
+        return name if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.+~_-]*\.u?deb", name) else ""
+
+    def send_cached(self, client: "socket.socket", name: str) -> bool:
+        """Answer with the cache's copy of package file `name`; False when it has none. apt checks the file's
+        hash against its lists, as it does for what an archive sends."""
+        assert self.cache is not None
+        try:
+            fd = os.open(str(self.cache / name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        with open(fd, "rb") as package:
+            size = os.fstat(package.fileno()).st_size
+            if not stat.S_ISREG(os.fstat(package.fileno()).st_mode):
+                return False
+            client.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.debian.binary-package\r\n"
+                           b"Content-Length: %d\r\nConnection: close\r\n\r\n" % size)
+            client.sendfile(package)
+        log.debug("%s: package proxy: %s from the package cache", self.machine, name)
+        return True
+
+    def fetch_into_cache(self, client: "socket.socket", upstream: "socket.socket", name: str) -> None:
+        """Pass the archive's answer to the client and keep a copy: a whole 200 answer with its length becomes
+        the cache's `name` (renamed in place: a reader sees all of it or none)."""
+        assert self.cache is not None
+        fd, temporary = tempfile.mkstemp(prefix=".postroj-proxy.", dir=str(ensure_dir(self.cache / "partial")))
+        try:
+            head, headed = b"", False
+            with open(fd, "wb") as body:
+                while True:
+                    data = upstream.recv(65536)
+                    if not data:
+                        break
+                    client.sendall(data)
+                    if headed:
+                        body.write(data)
+                        continue
+                    head += data
+                    if b"\r\n\r\n" in head:
+                        head, first = head.split(b"\r\n\r\n", 1)
+                        body.write(first)
+                        headed = True
+                size = body.tell()
+            lines = head.decode("latin-1").split("\r\n")
+            fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+            if headed and lines[0].split()[1:2] == ["200"] and fields.get("content-length") == str(size) \
+                    and "transfer-encoding" not in fields:
+                os.chmod(temporary, 0o644)
+                os.rename(temporary, str(self.cache / name))
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+
+
+def pass_bytes(a: "socket.socket", b: "socket.socket", idle: float = 300) -> None:
+    """Copy bytes from `a` to `b` and back until both have ended (or nothing moved for `idle` s)."""
+    import socket
+
+    peers = {a: b, b: a}
+    ended: "set[socket.socket]" = set()
+    while len(ended) < 2:
+        ready = select.select([s for s in peers if s not in ended], [], [], idle)[0]
+        if not ready:
+            return
+        for sock in ready:
+            data = sock.recv(65536)
+            if data:
+                peers[sock].sendall(data)
+            else:
+                ended.add(sock)
+                with contextlib.suppress(OSError):
+                    peers[sock].shutdown(socket.SHUT_WR)
+
+
 def login_shell(root: Path) -> str:
     """root's login shell in the image, /bin/sh when it has none."""
     try:
@@ -3174,6 +3467,8 @@ class ContainerSpec(NamedTuple):
     keep: bool = False
     machine: str = ""  # the name asked for; '' for postroj-IMAGE (or -2, -3 ...)
     scratch: str = ""  # a path in the container where a writable host directory is bound (autopkgtest's)
+    package_proxy: Tuple[Tuple[str, int], ...] = ()  # with private_network: archives apt reaches through postroj
+    proxy_cache: str = ""  # where the package proxy keeps package files (the release's package cache)
 
 
 class Fleet:
@@ -3447,6 +3742,8 @@ class NspawnContainer:
             os.chmod(ensure_dir(self.scratch_dir()), 0o1777)  # as /tmp: tests may run as a normal user
         mask_for_boot(Path(self.image.path), self.upper)
         write_hosts(Path(self.image.path), self.upper, self.machine)
+        if self.spec.package_proxy:
+            write_proxy_conf(Path(self.image.path), self.upper)
 
     def run_in_overlay(self, argv: Sequence[str], binds: Sequence[Tuple[str, str]] = (), timeout: float = 600,
                        what: str = "") -> Tuple[int, str]:
@@ -3499,6 +3796,13 @@ class NspawnContainer:
                 self.write_state(nspawn_pid=self.proc.pid)
             self.timings["setup"] = self.timings.get("setup", 0.0) + time.monotonic() - t0
             self.wait_ready(notify)
+        if self.spec.package_proxy and self.spec.private_network:
+            proxy = PackageProxy(self.spec.package_proxy, self.machine,
+                                 Path(self.spec.proxy_cache) if self.spec.proxy_cache else None)
+            with self._lock:
+                self._check_open()
+                proxy.start(self.leader)  # in this boot's network namespace: a reboot makes a new one
+                self._running.callback(proxy.close)
         self.write_state(nspawn_pid=self.proc.pid)
         with self._lock:
             if not self._closed:
@@ -6284,14 +6588,21 @@ def cmd_autopkgtest_virt(args: argparse.Namespace, settings: Settings) -> int:
     if any(p.exists() and not p.is_dir() for p in (settings.home, settings.cache)):
         check_state_dirs(settings)
     image = obtain_image(settings, host, resolve_image(settings, args.image, pull=args.pull))
+    # a network of its own: test services listen in the testbed only; apt reaches the image's archives
+    # through postroj's package proxy, which keeps package files in the release's package cache for the
+    # next run (none with --private-network; with --host-network the cache is apt's own directory, as
+    # for probes: apt locks it, and a second testbed of the release cannot download at the same time)
+    endpoints = archive_endpoints(Path(image.path)) if not (args.host_network or args.private_network) else ()
+    if not (args.host_network or args.private_network or endpoints):
+        log.warning("%s names no package archive in its apt sources: the testbed has loopback only "
+                    "(--host-network shares the host's network)", image.name)
     archives = package_manager(image.package_manager).archives if image.package_manager else ""
-    if archives:
-        # test dependencies come from postroj's package cache of the release, and what apt downloads
-        # stays there for the next run, as for probes (apt locks the directory against concurrent use)
-        cache = package_cache_for(settings, Path(image.path))
+    cache = package_cache_for(settings, Path(image.path)) if archives else None
+    if cache and args.host_network:
         binds = (Bind(str(cache), archives),) + binds
-    spec = ContainerSpec(image, host, binds, setenv, private_network=args.private_network,
-                         boot_timeout=args.boot_timeout, scratch=AUTOPKGTEST_DOWNTMP)
+    spec = ContainerSpec(image, host, binds, setenv, private_network=not args.host_network,
+                         boot_timeout=args.boot_timeout, scratch=AUTOPKGTEST_DOWNTMP, package_proxy=endpoints,
+                         proxy_cache=str(cache) if cache and endpoints else "")
     return AutopkgtestTestbed(settings, spec, sys.stdin, sys.stdout, args.copy_timeout).serve()
 
 
@@ -6706,9 +7017,11 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE", help="the image to test in (catalogue label or acquired name)")
     add_container_mounts(p)
     network = p.add_mutually_exclusive_group()
-    network.add_argument("--private-network", action="store_true", help="loopback only (test dependencies then "
-                   "cannot be downloaded)")
-    network.add_argument("--host-network", action="store_true", help="the host's network (the default)")
+    network.add_argument("--private-network", action="store_true", help="loopback only, without the package "
+                         "proxy (test dependencies then cannot be downloaded)")
+    network.add_argument("--host-network", action="store_true", help="the host's network: test services listen "
+                         "on the host's ports (by default the testbed has a network of its own, and reaches the "
+                         "image's package archives through postroj)")
     p.add_argument("--pull", action="store_true", help="acquire the image first when it is not there")
     p.add_argument("--copy-timeout", type=positive_float, default=300, metavar="SECONDS",
                    help="for each copyup and copydown (default: 300, as autopkgtest's own servers)")

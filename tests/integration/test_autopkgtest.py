@@ -4,10 +4,12 @@ file system; the protocol is also driven by hand for its errors."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -241,6 +243,58 @@ def test_revert_between_tests_and_reboot(virt, tmp_path):
     assert_all_pass(code, output, ["write-marker", "marker-is-gone", "reboot-keeps-files"])
     assert "the testbed was reverted" in output
     assert "rebooted: /run is new, the overlay kept /var/lib" in output
+    assert_nothing_left(virt)
+
+
+LISTENS = """\
+Tests: listens
+Depends: busybox
+Restrictions: needs-root
+"""
+
+LISTENS_SCRIPT = """\
+    #!/bin/sh
+    set -e
+    mkdir -p /srv/www
+    hostname > /srv/www/index.html
+    busybox httpd -p %d -h /srv/www
+    busybox wget -q -O- http://localhost:%d/ | grep -qx "$(hostname)"
+    echo "listening as $(hostname)"
+    sleep 10
+    busybox wget -q -O- http://localhost:%d/ | grep -qx "$(hostname)"
+    echo "still its own server"
+"""
+
+
+def test_two_testbeds_serve_one_port_in_networks_of_their_own(virt, tmp_path):
+    """Issue 26: a testbed has a network of its own; its test dependency (busybox, not in the image) comes from
+    Debian's mirror through postroj's package proxy; two testbeds at once both listen on one port, each
+    answered by its own server, and nothing listens on the host. With --host-network the second cannot."""
+    port = 8765
+    tree = make_test_package(tmp_path / "listens", LISTENS, {"listens": LISTENS_SCRIPT % (port, port, port)})
+    runs = [subprocess.Popen(["autopkgtest", "--no-built-binaries", "-U", str(tree) + "/", "--", "postroj",
+                              "debian-bookworm"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, env=dict(virt.env, PATH=virt.extra_env["PATH"]))
+            for _ in range(2)]
+    try:
+        on_host = []
+        while any(run.poll() is None for run in runs):
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                on_host.append(time.monotonic())
+            time.sleep(0.2)
+        outputs = [run.communicate(timeout=60)[0].decode("utf-8", "replace") for run in runs]
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    for run, output in zip(runs, outputs):
+        assert_all_pass(run.returncode, output, ["listens"])
+        assert "still its own server" in output
+    assert {re.search(r"listening as (\S+)", o).group(1) for o in outputs} == {
+        "postroj-debian-bookworm", "postroj-debian-bookworm-2"}
+    assert not on_host, "a testbed's server answered on the host's port %d" % port
     assert_nothing_left(virt)
 
 

@@ -1,0 +1,155 @@
+"""The package proxy a testbed with a network of its own reaches its archives through (issue 26): listening in
+a network namespace only, passing requests to the allowed archives only, keeping package files in the package
+cache. A real network namespace (unshare) and a real HTTP server on the host's loopback stand for the
+container and the archive; test_autopkgtest runs it with real testbeds and Debian's mirror."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import postroj
+
+FETCH = """\
+import sys, urllib.request, urllib.error
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": "http://127.0.0.1:%d"}))
+try:
+    with opener.open(sys.argv[1], timeout=20) as answer:
+        sys.stdout.buffer.write(b"%%d\\n" %% answer.status + answer.read())
+except urllib.error.HTTPError as exc:
+    sys.stdout.buffer.write(b"%%d\\n" %% exc.code + exc.read())
+""" % postroj.PACKAGE_PROXY_PORT
+
+
+@pytest.fixture
+def namespace():
+    """A process in a network namespace of its own, with its loopback up: a container's network."""
+    proc = subprocess.Popen(["unshare", "--net", "sh", "-c", "ip link set lo up && exec sleep 120"])
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["nsenter", "-t", str(proc.pid), "-n", "ip", "-o", "addr", "show", "lo"],
+                             capture_output=True).stdout.count(b"127.0.0.1") == 0:
+            assert time.monotonic() < deadline, "the namespace's loopback never came up"
+            time.sleep(0.05)
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def archive(tmp_path):
+    """An HTTP server on the host's loopback serving tmp_path/archive: (port, directory, requests seen)."""
+    root = tmp_path / "archive"
+    (root / "pool").mkdir(parents=True)
+    seen = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            seen.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], root, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def fetch(pid: int, url: str) -> "tuple[int, bytes]":
+    """GET `url` through the proxy from inside the namespace of `pid`: the status and the body."""
+    out = subprocess.run(["nsenter", "-t", str(pid), "-n", sys.executable, "-c", FETCH, url],
+                         capture_output=True, timeout=30, check=True).stdout
+    status, _, body = out.partition(b"\n")
+    return int(status), body
+
+
+@contextlib.contextmanager
+def proxy(pid: int, allowed, cache=None):
+    served = postroj.PackageProxy(allowed, "test", cache)
+    served.start(pid)
+    try:
+        yield served
+    finally:
+        served.close()
+
+
+def test_the_archive_is_reached_from_the_namespace_and_the_proxy_is_not_on_the_host(namespace, archive):
+    port, root, _seen = archive
+    (root / "dists").mkdir()
+    (root / "dists" / "InRelease").write_bytes(b"signed lists\n")
+    with proxy(namespace, [("127.0.0.1", port)]):
+        assert fetch(namespace, "http://127.0.0.1:%d/dists/InRelease" % port) == (200, b"signed lists\n")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", postroj.PACKAGE_PROXY_PORT), timeout=5).close()
+    with pytest.raises(subprocess.CalledProcessError):  # gone with close(): nothing listens any more
+        fetch(namespace, "http://127.0.0.1:%d/dists/InRelease" % port)
+
+
+def test_hosts_and_ports_that_are_not_archives_are_refused(namespace, archive):
+    port, root, seen = archive
+    (root / "secret").write_bytes(b"not for the testbed\n")
+    with proxy(namespace, [("deb.example.org", 80)]):
+        status, body = fetch(namespace, "http://127.0.0.1:%d/secret" % port)
+    assert status == 403, body
+    assert b"127.0.0.1:%d is not one of the image's package archives (deb.example.org:80" % port in body
+    assert b"--host-network" in body
+    assert seen == []
+
+
+def test_a_package_file_is_kept_in_the_cache_and_served_from_it(namespace, archive, tmp_path):
+    port, root, seen = archive
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (root / "pool" / "hello_2.10-3_amd64.deb").write_bytes(b"!<arch>\npackage\n")
+    url = "http://127.0.0.1:%d/pool/hello_2.10-3_amd64.deb" % port
+    with proxy(namespace, [("127.0.0.1", port)], cache):
+        assert fetch(namespace, url) == (200, b"!<arch>\npackage\n")
+        assert (cache / "hello_2.10-3_amd64.deb").read_bytes() == b"!<arch>\npackage\n"
+        (root / "pool" / "hello_2.10-3_amd64.deb").unlink()
+        assert fetch(namespace, url) == (200, b"!<arch>\npackage\n")
+        assert seen == ["/pool/hello_2.10-3_amd64.deb"]  # once: the second came from the cache
+        status, _ = fetch(namespace, "http://127.0.0.1:%d/pool/missing_1.0_all.deb" % port)
+    assert status == 404
+    assert sorted(p.name for p in cache.iterdir()) == ["hello_2.10-3_amd64.deb", "partial"]
+    assert list((cache / "partial").iterdir()) == []  # an answer that is not a package leaves nothing
+
+
+def test_a_link_in_the_cache_is_not_followed(namespace, archive, tmp_path):
+    port, root, seen = archive
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (tmp_path / "host-file").write_bytes(b"host secret\n")
+    (cache / "evil_1.0_all.deb").symlink_to(tmp_path / "host-file")
+    (root / "pool" / "evil_1.0_all.deb").write_bytes(b"!<arch>\nreal\n")
+    with proxy(namespace, [("127.0.0.1", port)], cache):
+        assert fetch(namespace, "http://127.0.0.1:%d/pool/evil_1.0_all.deb" % port) == (200, b"!<arch>\nreal\n")
+    assert (tmp_path / "host-file").read_bytes() == b"host secret\n"
+
+
+def test_the_archives_are_read_from_the_images_apt_sources(tmp_path):
+    sources = tmp_path / "etc" / "apt" / "sources.list.d"
+    sources.mkdir(parents=True)
+    (tmp_path / "etc" / "apt" / "sources.list").write_text(
+        "# a comment\ndeb [signed-by=/usr/share/keyrings/k.gpg] http://archive.ubuntu.com/ubuntu noble main\n")
+    (sources / "debian.sources").write_text(
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n"
+        "Suites: bookworm-security\nTypes: deb deb-src\nURIs: https://security.debian.org:8443/debian-security\n")
+    (sources / "old.list.disabled").write_text("deb http://disabled.example.org/ x main\n")
+    assert postroj.read_apt_sources(tmp_path) == [
+        ("http://archive.ubuntu.com/ubuntu", "noble"), ("http://deb.debian.org/debian", "bookworm"),
+        ("https://security.debian.org:8443/debian-security", "bookworm-security")]
+    assert postroj.archive_endpoints(tmp_path) == (
+        ("archive.ubuntu.com", 80), ("deb.debian.org", 80), ("security.debian.org", 8443))
+    assert postroj.apt_suite(tmp_path) == "noble"

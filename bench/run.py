@@ -14,6 +14,7 @@ so that a noisy machine affects both sides alike; the verdict is the ratio of me
 7. autopkgtest: hello's tests through postroj's virtualisation server vs. autopkgtest's own unshare
    backend on the rig's minbase tarball (the root file system the bench's image is built from);
    7b, once each, no target: memcached's isolation-container tests, which unshare skips
+   7c (at most 3 rounds): redis's tests, which both run in full (unshare fails those that set limits)
 8. lifecycle: nginx on debian-bookworm installed at bookworm's release version, upgraded to the current one,
    purged, through postroj (which also starts the service, reboots, checks it after every stage and compares
    the file system after purge) vs. piuparts' own install-upgrade-purge test of the same two versions (its
@@ -366,6 +367,30 @@ class Bench:
                                                         s["seconds"], s["exit"]))
         sys.stdout.flush()
 
+    def autopkgtest_redis(self) -> None:
+        """7c: a package both backends run in full, redis (its tests start the server; unshare runs them too,
+        and fails those that set limits in its user namespace): at most 3 rounds, a run takes a minute."""
+        tarball = str(rig.rootfs_tarball("bookworm"))
+        redis = rig.source_package("redis")
+        outcomes: "dict[str, dict[str, str]]" = {}
+
+        def side(name: str, virt: "list[str]") -> float:
+            elapsed, code, results = self.autopkgtest(redis, name + "-redis", virt)
+            if name == "postroj" and (code != 0 or set(results.values()) != {"PASS"}):
+                raise SystemExit("postroj: redis's tests did not all pass (autopkgtest exit %d): %s; its log: %s" % (
+                    code, results, BENCH_DIR / "autopkgtest" / (name + "-redis") / "log"))
+            outcomes[name] = results
+            return elapsed
+
+        xs, ys = alternate(min(self.rounds, 3), lambda: side("postroj", [str(self.pyz), "autopkgtest-virt",
+                                                                         "debian-bookworm"]),
+                           lambda: side("unshare", ["unshare", "--tarball", tarball]))
+        self.record("7c", "autopkgtest: %s's tests, run by both (postroj: %s; unshare: %s)" % (
+            redis.name.split("_")[0], ", ".join("%s %s" % kv for kv in sorted(outcomes["postroj"].items())),
+            ", ".join("%s %s" % kv for kv in sorted(outcomes["unshare"].items()))),
+            "autopkgtest -- postroj.pyz autopkgtest-virt debian-bookworm", xs,
+            "autopkgtest -- unshare --tarball %s" % os.path.basename(tarball), ys, "postroj <= 1.0 x unshare", 1.0)
+
     def nginx_versions(self) -> "tuple[list[str], list[str]]":
         """nginx and nginx-common at bookworm's release version (old) and at the newest version of bookworm,
         -updates and -security (new), fetched with apt-get download through the rig's private apt."""
@@ -429,7 +454,7 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10, help="runs of each side (default: 10)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="which pairs, e.g. 1,2 (7 includes 7b)")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="which pairs, e.g. 1,2 (7 includes 7b and 7c)")
     parser.add_argument("--json", default=str(REPO / "bench" / "results" / "latest.json"))
     parser.add_argument("--before", type=Path, default=None, metavar="PYZ",
                         help="with pair 1: also compare another build's probe cycle, phase by phase (1c)")
@@ -445,6 +470,8 @@ def main() -> int:
                  6: bench.package_probe, 7: bench.autopkgtest_pair, 8: bench.lifecycle}
         for number in sorted(chosen):
             steps[number]()
+            if number == 7:
+                bench.autopkgtest_redis()
             if number == 1 and args.before:
                 bench.before_after(args.before.resolve())
     finally:

@@ -181,6 +181,12 @@ class Settings(NamedTuple):
         return self.home / "run"
 
     @property
+    def layers(self) -> Path:
+        """Dependency layers: the dependencies of probed packages installed over an image version, one per
+        resolved set (KEY/tree, KEY/layer.json), shared by the probes that need the same."""
+        return self.home / "layers"
+
+    @property
     def vagrant(self) -> Path:
         """A directory per VM, with its Vagrantfile."""
         return self.home / "vagrant"
@@ -2487,6 +2493,22 @@ class Apt:
         return ["apt-get", *APT_OPTIONS, "-q", "install", "-y", "--download-only",
                 *([] if recommends else ["--no-install-recommends"]), *packages]
 
+    def resolve(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
+        """apt's simulation of installing `packages`: its `Inst NAME [OLD] (VERSION ARCHIVE [ARCH])` lines say
+        what the install would unpack, the packages themselves among it (resolved())."""
+        return ["apt-get", *APT_OPTIONS, "-s", "-q", "install", "-y",
+                *([] if recommends else ["--no-install-recommends"]), *packages]
+
+    def install_without(self, packages: Sequence[str], without: Sequence[str], simulate: bool = False) -> List[str]:
+        """Install `packages` from the package cache and nothing else (no recommends), never `without` (a
+        package that needs one of them cannot be installed: apt names it); `simulate`: say what it would do."""
+        return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", *(["-s"] if simulate else []), "install", "-y",
+                "--no-install-recommends", *packages, *("%s-" % name for name in without)]
+
+    def installed_as_dependencies(self, names: Sequence[str]) -> List[str]:
+        """Mark installed packages as installed for others' sake: apt removes them with the last that needs them."""
+        return ["apt-mark", "auto", *names]
+
     def remove(self, names: Sequence[str]) -> List[str]:
         """Remove the packages; their configuration files stay."""
         return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", "remove", "-y", *names]
@@ -2511,6 +2533,13 @@ class Apt:
         script = 'for p; do s=$(dpkg-query -W -f="\\${db:Status-Abbrev}" "$p" 2>/dev/null) || continue; ' \
                  'case "$s" in ?n*) ;; *) echo "$p" ;; esac; done'
         return ["sh", "-c", script, "sh", *names]
+
+
+
+def resolved(output: str) -> Tuple[str, ...]:
+    """NAME=VERSION:ARCH of each package apt's simulation (Apt.resolve) would install, sorted."""
+    return tuple(sorted("%s=%s:%s" % m for m in re.findall(r"(?m)^Inst (\S+) (?:\[[^]\n]*\] )?\((\S+) [^\n]*?\[([^]\n]+)\]\)",
+                                                             output)))
 
 
 class Rpm:
@@ -3618,6 +3647,9 @@ class NspawnContainer:
         self.proc: Optional[subprocess.Popen] = None
         self.cgroups: List[Path] = []
         self._state_query: Optional[subprocess.Popen] = None  # `systemctl is-system-running`, asked at READY=1
+        self.layer: Optional["Layer"] = None  # a dependency layer below the overlay (use_layer)
+        self._layer_entries: Dict[str, str] = {}
+        self._upper_entries: Dict[str, str] = {}
         self._taken = contextlib.ExitStack()  # what create() took: released by close()
         self._running = contextlib.ExitStack()  # what boot() took: released by shutdown() and close()
         self._locks: List[int] = []
@@ -3736,10 +3768,34 @@ class NspawnContainer:
         else:
             remove_tree(self.files.directory)
             private_dir(self.files.directory)
-        os.chmod(ensure_dir(self.upper), 0o755)
         ensure_dir(self.guest_dir())
         if self.spec.scratch:
             os.chmod(ensure_dir(self.scratch_dir()), 0o1777)  # as /tmp: tests may run as a normal user
+        self._new_upper()
+
+    def renew_overlay(self) -> None:
+        """An empty overlay again (the staged files stay): what the container did is gone."""
+        remove_tree(self.upper)
+        self._new_upper()
+
+    def take_overlay(self, to: Path) -> None:
+        """Move the overlay, with what the container did, to `to` (a dependency layer), and start an empty one."""
+        os.rename(str(self.upper), str(to))
+        self._new_upper()
+
+    def attach_layer(self, layer: "Layer") -> None:
+        """Boot with `layer` below the overlay from now on; its use is held until close() (gc leaves it) and
+        stamped (gc removes layers long unused)."""
+        with self._lock:
+            self._check_open()
+            if not self._hold(layer.stamp, True):
+                die("dependency layer %s is being removed" % layer.key, "try again in a moment")
+        os.utime(str(layer.stamp))
+        self.layer = layer
+        self._layer_entries = overlay_entries(layer.tree)
+
+    def _new_upper(self) -> None:
+        os.chmod(ensure_dir(self.upper), 0o755)
         mask_for_boot(Path(self.image.path), self.upper)
         write_hosts(Path(self.image.path), self.upper, self.machine)
         if self.spec.package_proxy:
@@ -3840,12 +3896,18 @@ class NspawnContainer:
     def power_cycle(self) -> None:
         """Reboot as a machine reboots: the container's systemd stops every unit and powers off (within the
         boot time-out, else nspawn ends it), then the same overlay boots again."""
+        self.power_off()
+        self.boot()
+
+    def power_off(self) -> None:
+        """Power off as a machine does: the container's systemd stops every unit (within the boot time-out,
+        else nspawn ends it); the overlay stays."""
         assert self.proc is not None
         self.execute(["systemctl", "--no-block", "poweroff"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, timeout=self.spec.boot_timeout)
         if not wait_exit(self.proc, self.spec.boot_timeout):
             log.warning("%s did not power off within %s s: ended", self.machine, self.spec.boot_timeout)
-        self.reboot()
+        self.shutdown()
 
     def revert(self) -> None:
         """Boot a fresh overlay of the same image: nothing done in the container survives."""
@@ -3892,7 +3954,8 @@ class NspawnContainer:
             "--quiet",
             "--boot",
             "--directory=%s" % root,
-            "--overlay=%s:%s:/" % (nspawn_escape(root), nspawn_escape(str(self.upper))),
+            "--overlay=%s:/" % ":".join(nspawn_escape(d) for d in (
+                root, *([str(self.layer.tree)] if self.layer else []), str(self.upper))),
             "--machine=%s" % self.machine,
             "--notify-ready=yes",
             "--console=read-only",
@@ -3972,7 +4035,10 @@ class NspawnContainer:
             listed = "" if self.ended() else self.capture(["systemctl", "--failed", "--plain", "--no-legend",
                                                            "--no-pager"])
             self.failed_units = [line.split()[0] for line in listed.split("\n") if line.strip()]
-            log.warning("%s is degraded; failed units: %s", self.machine, ", ".join(self.failed_units) or "?")
+            # a unit that failed at boot and runs now (a dependency's, whose program the package under test
+            # brings) is not worth a warning
+            (log.warning if self.failed_units else log.info)("%s is degraded; failed units: %s", self.machine,
+                                                             ", ".join(self.failed_units) or "none now")
         self.timings["readiness"] = time.monotonic() - t0
         return self.state
 
@@ -4072,12 +4138,25 @@ class NspawnContainer:
         return PROBE_RUNNERS[probe.kind].in_container(self, probe, timeout)
 
     def entries(self) -> Dict[str, str]:
-        """What the container changed: path -> file, dir, link or gone (overlay_entries)."""
-        return overlay_entries(self.upper)
+        """What the container changed from the image: path -> file, dir, link or gone (overlay_entries), with
+        what its dependency layer changed."""
+        self._upper_entries = overlay_entries(self.upper)
+        if not self.layer:
+            return self._upper_entries
+        return merged_entries(Path(self.image.path), self._layer_entries, self._upper_entries)
+
+    def baseline_entries(self) -> Dict[str, str]:
+        """What the container changed before any install: purge's comparison is with the image as acquired,
+        and what making the dependency layer installed is not part of it."""
+        entries = self.entries()
+        if not self.layer:
+            return entries
+        return merged_entries(Path(self.image.path), self.layer.before, self._upper_entries)
 
     def unchanged(self, path: str, kind: str) -> bool:
         """True when the image has `path` as the container has it now (same_as_image)."""
-        return same_as_image(Path(self.image.path), path, kind, self.upper)
+        holder = self.upper if path in self._upper_entries or not self.layer else self.layer.tree
+        return same_as_image(Path(self.image.path), path, kind, holder)
 
     def run_captured(self, argv: Sequence[str], timeout: Optional[float] = 30) -> Tuple[int, str]:
         """The exit status of `argv` in the container, and its stdout and stderr together, as text."""
@@ -4126,8 +4205,9 @@ class NspawnContainer:
         return self.files.directory / "scratch"
 
 
-def collect_garbage(settings: Settings) -> List[str]:
-    """End leftover containers, remove stale runtime and staging state and unused image versions."""
+def collect_garbage(settings: Settings, layer_days: float = 14, layer_gb: float = 20) -> List[str]:
+    """End leftover containers, remove stale runtime and staging state, unused image versions, and dependency
+    layers unused for `layer_days` or beyond `layer_gb` in all (the longest unused first)."""
     done = []
     for machine in list_machines(settings, include_stale=True):
         if not machine.alive:
@@ -4148,7 +4228,49 @@ def collect_garbage(settings: Settings) -> List[str]:
                 done.append("staging %s" % entry.name)
     done += ["cgroup %s" % name for name in sorted(set(remove_stale_run_cgroups() + remove_orphan_cgroups(settings)))]
     done += ["image version %s" % v.name for v in prune_versions(settings)]
+    done += ["dependency layer %s" % name for name in prune_layers(settings, layer_days, layer_gb)]
     return done
+
+
+def list_layers(settings: Settings) -> List[Tuple[Layer, float, int]]:
+    """The complete dependency layers: each with its last use (a time) and its size, the latest used first."""
+    found = []
+    if settings.layers.is_dir():
+        for entry in settings.layers.iterdir():
+            layer = read_layer(entry) if not entry.name.startswith(".") else None
+            if layer is not None:
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    found.append((layer, layer.stamp.stat().st_mtime, int(json.loads(layer.stamp.read_text())["size"])))
+    return sorted(found, key=lambda item: -item[1])
+
+
+def prune_layers(settings: Settings, days: float, gb: float) -> List[str]:
+    """Remove half-made layers (their maker gone), layers of image versions that are gone, layers unused for
+    `days`, and the longest unused while all of them take more than `gb`; never one a probe uses or makes."""
+    removed = []
+    if not settings.layers.is_dir():
+        return removed
+    for entry in sorted(settings.layers.iterdir()):
+        # half-made: staged by a postroj that was killed, or a layer directory that is not whole
+        match = re.match(r"^\.making-([0-9a-f]+)-\d+$", entry.name) or \
+            (re.match(r"^([0-9a-f]{32})$", entry.name) if read_layer(entry) is None else None)
+        if match:
+            with file_lock(settings.layers / (".%s.lock" % match.group(1)), wait=False) as free:
+                if free:
+                    remove_tree(entry)
+                    removed.append(entry.name)
+    total = sum(size for _, _, size in list_layers(settings))
+    for layer, used, size in reversed(list_layers(settings)):  # the longest unused first
+        root = json.loads(layer.stamp.read_text()).get("root", "")
+        if root and os.path.isdir(root) and time.time() - used < days * 86400 and total <= gb * 1e9:
+            continue
+        with file_lock(settings.layers / (".%s.lock" % layer.key), wait=False) as free, \
+                file_lock(layer.stamp, wait=False) as unused:
+            if free and unused:
+                remove_tree(layer.directory)
+                removed.append(layer.key)
+                total -= size
+    return removed
 
 
 # ==============================================================================
@@ -4568,6 +4690,7 @@ class ProbePlan(NamedTuple):
     purge: bool = False
     start_units: bool = False
     recommends: bool = True
+    fresh: bool = False  # no dependency layer: every dependency installed in the probe's own container
 
     def stages(self) -> List[Stage]:
         """The stages of one image, in order."""
@@ -4687,6 +4810,7 @@ class Packages(NamedTuple):
     names: Tuple[str, ...]
     probes: Tuple[Probe, ...]
     labels: Dict[str, str] = {}  # a probe's target, or an --upgrade-from source -> NAME VERSION
+    dependencies: Tuple[str, ...] = ()  # NAME=VERSION:ARCH the first install brings with it (apt's resolution)
 
 
 def stage_files(container: NspawnContainer, directory: str, paths: Sequence[Path]) -> List[str]:
@@ -4731,10 +4855,13 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
     sources = [p.target for p in probes] + [s for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE]
     # one run: the files' names, then the lists (always refreshed: they are shared by the images of a
     # release, whose sources may differ; warm, a few conditional requests), then the downloads
+    resolve = getattr(manager, "resolve", None)  # apt's simulation: what the first install brings (layers)
     code, output = run_step(chain(manager.identify(new + old), manager.refresh(),
                                   manager.download(new, plan.recommends),
-                                  manager.download(old, plan.recommends) if old else []),
+                                  manager.download(old, plan.recommends) if old else [],
+                                  resolve(old or new, plan.recommends) if resolve and not plan.fresh else []),
                             "downloading what the packages need")
+    found = resolved(output)
     identified = [line.split("\t")[1:3] for line in output.splitlines() if line.startswith(IDENTIFIED + "\t")]
     if len(identified) != len(sources):
         die("cannot read the names of %s:\n%s" % (", ".join(os.path.basename(p) for p in new + old),
@@ -4746,14 +4873,161 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
         raise DownloadFailed("downloading what %s needs failed with exit code %d" % (", ".join(names), code),
                              "check the image's package sources and that this host reaches them", tail(output, 40))
     if UPGRADE_FROM_ARCHIVE in plan.upgrade_from:
-        code, output = run_step(manager.download(names, plan.recommends),
+        code, output = run_step(chain(manager.download(names, plan.recommends),
+                                      resolve(names, plan.recommends) if resolve and not plan.fresh else []),
                                 "downloading %s from the image's sources" % ", ".join(names))
+        found = resolved(output)
         if code != 0:
             raise DownloadFailed("--upgrade-from archive: the package sources of %s do not carry %s" % (
                 image.name, ", ".join(names)), "give the version to upgrade from as files: --upgrade-from OLD.deb",
                 tail(output, 40))
         old = list(names)
-    return Packages(tuple(new), tuple(old), names, probes, labels)
+    dependencies = tuple(d for d in found if d.split("=", 1)[0] not in names)
+    return Packages(tuple(new), tuple(old), names, probes, labels, dependencies)
+
+
+# Dependency layers: the dependencies of the packages under test, installed in a booted container over one
+# image version and kept as an overlay directory below the next probes' own, when apt resolves the same set
+# for them (README: Dependency layers).
+LAYER_FORMAT = 1  # part of every key: a postroj that makes layers differently never uses another's
+
+
+class Layer(NamedTuple):
+    """A dependency layer as a container uses it: KEY/tree below the container's overlay, and from
+    KEY/layer.json the dependencies it holds and what its container had changed before they were installed
+    (purge's comparison keeps that, and nothing the install did)."""
+
+    key: str
+    directory: Path
+    packages: Tuple[str, ...]
+    before: Dict[str, str]
+    made: str
+
+    @property
+    def tree(self) -> Path:
+        """The overlay directory."""
+        return self.directory / "tree"
+
+    @property
+    def stamp(self) -> Path:
+        """layer.json: its modification time is the layer's last use (gc), probes hold a shared lock on it."""
+        return self.directory / "layer.json"
+
+
+def layer_key(image: ImageInfo, dependencies: Sequence[str], recommends: bool) -> str:
+    """The key of the layer of `dependencies` (NAME=VERSION:ARCH) over the image's version."""
+    import hashlib
+
+    text = json.dumps([LAYER_FORMAT, Path(image.path).parent.name, recommends, sorted(dependencies)])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def read_layer(directory: Path) -> Optional[Layer]:
+    """The complete layer in `directory`, None when there is none (a layer is renamed into place whole)."""
+    try:
+        data = json.loads((directory / "layer.json").read_text())
+        return Layer(directory.name, directory, tuple(data["packages"]), dict(data["before"]), data["made"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def use_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, packages: Packages,
+              say: Callable[[str], None]) -> Optional[Layer]:
+    """Put the dependency layer of `packages` below the container's overlay, made first when there is none:
+    None where layers do not apply (--fresh, nothing to depend on, a package manager other than apt, overlays
+    on a tmpfs) or the dependencies would not install on their own (the probe then installs them)."""
+    if plan.fresh or not packages.dependencies or container.host.upper_on_tmpfs or \
+            not hasattr(container.manager, "resolve"):
+        return None
+    key = layer_key(container.image, packages.dependencies, plan.recommends)
+    private_dir(settings.layers)
+    with file_lock(settings.layers / (".%s.lock" % key),
+                   waiting="the dependency layer %s, which another probe is making" % key[:12]):
+        layer = read_layer(settings.layers / key)
+        if layer is None:
+            say("making a dependency layer")
+            layer = make_layer(settings, container, plan, packages, key)
+        if layer is not None:
+            container.attach_layer(layer)  # before the lock goes: gc never removes a layer in use
+    return layer
+
+
+def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, packages: Packages,
+               key: str) -> Optional[Layer]:
+    """Boot the container, install the dependencies at their resolved versions (marked as installed for
+    others, as apt marks them), power it off as a machine, and make its overlay the layer KEY: staged under
+    a name no probe reads, renamed into place whole."""
+    t0 = time.monotonic()
+    manager = container.manager
+    held = {d.split("=", 1)[0]: d for d in packages.dependencies}
+    container.boot()
+    before = container.entries()
+    # a dependency that needs a package under test (a plugin of it, which it recommends) stays out: apt says
+    # which in its simulation, and the probe installs it with the package
+    code, output = 0, ""
+    for _attempt in range(5):
+        code, output = container.run_captured(manager.install_without(
+            [layer_argument(d) for d in held.values()], packages.names, simulate=True), timeout=plan.timeout)
+        broken = set(re.findall(r"(?m)^\s*(\S+?)(?::\S+)? : (?:Pre)?Depends: ", output)) & held.keys()
+        if code == 0 or not broken:
+            break
+        for name in broken:
+            del held[name]
+    if code == 0 and held:
+        code, output = container.run_captured(manager.install_without(
+            [layer_argument(d) for d in held.values()], packages.names), timeout=plan.install_timeout)
+    if code == 0 and held:
+        code, output = container.run_captured(manager.installed_as_dependencies(list(held)), timeout=plan.timeout)
+    container.power_off()
+    if code != 0 or not held:
+        log.warning("%s: no dependency layer: its %d dependencies did not install on their own (exit %d); the "
+                    "probe installs them with the package\n%s", container.image.name, len(packages.dependencies),
+                    code, tail(output, 10))
+        container.renew_overlay()
+        return None
+    staging = settings.layers / (".making-%s-%d" % (key, os.getpid()))
+    remove_tree(staging)
+    private_dir(staging)
+    container.take_overlay(staging / "tree")
+    (staging / "layer.json").write_text(json.dumps({
+        "image": container.image.name, "version": Path(container.image.path).parent.name,
+        "root": str(container.image.path),
+        "packages": sorted(held.values()), "recommends": plan.recommends, "before": before,
+        "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.monotonic() - t0, 3),
+        "size": tree_size(staging / "tree")}, indent=1) + "\n")
+    remove_tree(settings.layers / key)  # what is there is not a whole layer (read_layer said so): nobody's
+    os.rename(str(staging), str(settings.layers / key))
+    log.info("%s: dependency layer %s made in %.1f s (%d packages)", container.image.name, key[:12],
+             time.monotonic() - t0, len(held))
+    return read_layer(settings.layers / key)
+
+
+def layer_argument(dependency: str) -> str:
+    """apt's argument for a resolved NAME=VERSION:ARCH: NAME:ARCH=VERSION (NAME=VERSION for arch all)."""
+    name, rest = dependency.split("=", 1)
+    version, _, arch = rest.rpartition(":")
+    return "%s=%s" % (name, version) if arch == "all" else "%s:%s=%s" % (name, arch, version)
+
+
+def merged_entries(image: Path, lower: Dict[str, str], upper: Dict[str, str]) -> Dict[str, str]:
+    """What a container with a layer changed against the image: the layer's entries (`lower`) under the
+    container's own (`upper`); a path the layer made that the container deleted is as in the image again."""
+    merged = dict(lower)
+    deleted = []
+    for path, kind in upper.items():
+        if kind == "gone" and lower.get(path, "gone") != "gone":
+            deleted.append(path + "/")
+            parent = resolve_in_root(image, os.path.dirname(path))
+            if parent is not None and os.path.lexists(str(parent / os.path.basename(path))):
+                merged[path] = "gone"
+            else:
+                del merged[path]
+        else:
+            merged[path] = kind
+    if deleted:
+        below = tuple(deleted)
+        merged = {p: k for p, k in merged.items() if p in upper or not p.startswith(below)}
+    return merged
 
 
 UPGRADE_FROM_ARCHIVE = "archive"
@@ -4827,7 +5101,7 @@ class Baseline(NamedTuple):
     @classmethod
     def take(cls, container: NspawnContainer) -> "Baseline":
         """The container as it is now."""
-        return cls(container.entries(), {exe for exe, _ in container_processes(container).values()},
+        return cls(container.baseline_entries(), {exe for exe, _ in container_processes(container).values()},
                    account_names(container))
 
 
@@ -5043,6 +5317,10 @@ def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Package
                                plan.install_timeout, packages.labels) if names else [
                 ProbeResult(image.name, p, Status.PASS, 0.0, output="nothing left to purge: remove took it all",
                             stage=stage, label=packages.labels.get(p.target, "")) for p in packages.probes]
+        if stage == Stage.INSTALLED and container.layer:
+            said = "%d dependencies from layer %s (made %s)\n" % (len(container.layer.packages),
+                                                                  container.layer.key[:12], container.layer.made)
+            step = [r._replace(output=said + r.output) for r in step]
         results += step
         broken = ", ".join(os.path.basename(r.probe.target) for r in step if r.status == Status.FAIL)
         if broken:
@@ -5215,6 +5493,7 @@ class VmSystem:
 
     listed_whole = True  # entries() list the whole file system: what is gone since the baseline was deleted
     what = "the VM"
+    layer = None  # dependency layers are a container's
 
     def __init__(self, vm: VagrantMachine, manager: str, packages: Dict[str, Path]) -> None:
         self.vm = vm
@@ -5268,6 +5547,8 @@ class VmSystem:
         kinds = {"d": "dir", "l": "link"}
         return {path: kinds.get(kind, "file") for kind, _, path in (line.partition("\t") for line in out.splitlines())
                 if path.startswith("/")}
+
+    baseline_entries = entries
 
     def unchanged(self, path: str, kind: str) -> bool:
         """Nothing to compare a VM's path with but its listing."""
@@ -5370,6 +5651,7 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
                     prepared = prepare_packages(settings, image, container, plan, packages)
                 except DownloadFailed as exc:
                     return not_downloaded(name, plan, exc, time.monotonic() - t0)
+                use_layer(settings, container, plan, prepared, lambda doing: say(name, doing))
             else:
                 prepared = None
             say(name, "booting")
@@ -6168,7 +6450,8 @@ def lifecycle(args: argparse.Namespace, probes: Sequence[Probe]) -> Dict[str, An
         die("--upgrade-from archive takes the old version from the image's sources: no files with it",
             "give either archive or the old package files", usage=True)
     return {"upgrade_from": upgrade_from, "reboot": args.reboot, "remove": args.remove or args.purge,
-            "purge": args.purge, "start_units": args.start_units, "recommends": not args.no_install_recommends}
+            "purge": args.purge, "start_units": args.start_units, "recommends": not args.no_install_recommends,
+            "fresh": args.fresh}
 
 
 def build_probes(args: argparse.Namespace) -> Tuple[Probe, ...]:
@@ -6273,6 +6556,10 @@ def cmd_list_images(args: argparse.Namespace, settings: Settings) -> int:
                                    acquired=d.label in acquired) for d in DISTRIBUTIONS],
             "boxes": [b._asdict() for b in BOXES],
             "images": [info.as_json() for info in acquired.values()],
+            "layers": [{"key": layer.key, "image": json.loads(layer.stamp.read_text()).get("image", ""),
+                        "packages": list(layer.packages), "made": layer.made, "size": size,
+                        "used": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(used))}
+                       for layer, used, size in list_layers(settings)],
         }
         print(json.dumps(data, indent=2))
         return EXIT_OK
@@ -6293,6 +6580,13 @@ def cmd_list_images(args: argparse.Namespace, settings: Settings) -> int:
                      for i in acquired.values()], ["NAME", "OS", "SIZE", "ACQUIRED", "DIGEST", "SOURCE"])
     else:
         print("  none; acquire one with `postroj image debian-bookworm`")
+    layers = list_layers(settings)
+    if layers:
+        print("\nDependency layers (%s; `postroj gc` removes those long unused):" % settings.layers)
+        rows = [[layer.key[:12], json.loads(layer.stamp.read_text()).get("image", "?"), str(len(layer.packages)),
+                 human_size(size), layer.made, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(used))]
+                for layer, used, size in layers]
+        print_table(rows, ["LAYER", "IMAGE", "PACKAGES", "SIZE", "MADE", "LAST USED"])
     return EXIT_OK
 
 
@@ -6437,7 +6731,7 @@ def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
     """End leftover containers, remove stale state and unused image versions."""
     require_root("collecting garbage")
     check_state_dirs(settings, cache=False)
-    for item in collect_garbage(settings):
+    for item in collect_garbage(settings, args.layer_days, args.layer_gb):
         print("removed %s" % item)
     return EXIT_OK
 
@@ -6937,8 +7231,12 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     p.add_argument("machines", nargs="+", metavar="MACHINE", help="names from `postroj machines`")
     p.set_defaults(func=cmd_stop)
 
-    p = sub.add("gc", "end leftover containers, remove stale state and unused image versions",
-                    ["postroj gc"])
+    p = sub.add("gc", "end leftover containers, remove stale state, unused image versions and dependency layers",
+                ["postroj gc", "postroj gc --layer-days 3 --layer-gb 5"])
+    p.add_argument("--layer-days", type=positive_float, default=14, metavar="DAYS", help="remove dependency "
+                   "layers no probe used for DAYS (default: 14)")
+    p.add_argument("--layer-gb", type=positive_float, default=20, metavar="GB", help="remove the longest unused "
+                   "dependency layers while all of them take more than GB gigabytes (default: 20)")
     p.set_defaults(func=cmd_gc)
 
     p = sub.add("probe", "run probes over a matrix of images", [
@@ -6960,6 +7258,8 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
                    "be active as the package left it (nothing is started); repeatable")
     p.add_argument("--no-install-recommends", action="store_true", help="install the packages without what "
                    "they recommend (apt; dnf's weak dependencies, zypper's recommends); default: as apt install")
+    p.add_argument("--fresh", action="store_true", help="no dependency layer: install every dependency in the "
+                   "probe's own container (README: Dependency layers)")
     p.add_argument("--start-units", action="store_true", help="enable and start the checked units after the "
                    "install (where the distribution's policy leaves that to the administrator)")
     p.add_argument("--upgrade-from", action="append", default=[], metavar="archive|PATH|URL",

@@ -19,6 +19,8 @@ so that a noisy machine affects both sides alike; the verdict is the ratio of me
    purged, through postroj (which also starts the service, reboots, checks it after every stage and compares
    the file system after purge) vs. piuparts' own install-upgrade-purge test of the same two versions (its
    base tarball made once, outside the timing)
+9. dependency layers: mariadb-server's probe with its dependencies from a layer vs --fresh (9a); four
+   package probes of one release at once, with layers vs --fresh (9b)
 
 usage: bench/run.py [--rounds N] [--only 1,2,...] [--json FILE] [--before OLD.pyz]
 Needs root, the packages of `make setup`, and Debian's mirror (for provisioning and pairs 6 and 7).
@@ -391,6 +393,53 @@ class Bench:
             "autopkgtest -- postroj.pyz autopkgtest-virt debian-bookworm", xs,
             "autopkgtest -- unshare --tarball %s" % os.path.basename(tarball), ys, "postroj <= 1.0 x unshare", 1.0)
 
+    def layers(self) -> None:
+        """9: dependency layers. 9a: a repeated package probe of mariadb-server (its dependencies from the
+        layer) vs the first run on a test server (no layer, an empty package cache: it downloads, makes the
+        layer, installs); 9a', no target: the same vs --fresh with a warm cache (all dependencies unpacked and
+        configured, as every probe before layers); 9b: four package probes of one release at once (--jobs 2
+        over two images of bookworm, two such runs at once) with layers vs --fresh. Rounds: at most 5."""
+        apt = rig.PrivateApt(BENCH_DIR / "apt-download", rig.DEBIAN_SOURCES["bookworm"])
+        mariadb = str(apt.download("mariadb-server", BENCH_DIR / "debs"))
+        probe = ["probe", "--image", "debian-bookworm", "--package", mariadb, "--check-unit", "mariadb"]
+        repeated = lambda: timed(self.postroj(*probe), self.env())  # noqa: E731
+
+        def first() -> float:
+            shutil.rmtree(self.home / "layers", ignore_errors=True)
+            cold = BENCH_DIR / "cold-cache"
+            shutil.rmtree(cold, ignore_errors=True)
+            try:
+                return timed(self.postroj(*probe), self.env(POSTROJ_CACHE=str(cold)))
+            finally:
+                shutil.rmtree(cold, ignore_errors=True)
+
+        xs, ys = alternate(min(self.rounds, 5), repeated, first)
+        self.record("9a", "package probe of %s (its unit): repeated (a layer) vs the first run" %
+                    os.path.basename(mariadb), "postroj probe (the layer, a warm package cache)", xs,
+                    "postroj probe, first run (no layer, an empty package cache)", ys, "repeated <= 0.35 x first", 0.35)
+        xs, ys = alternate(min(self.rounds, 5), repeated, lambda: timed(self.postroj(*probe, "--fresh"), self.env()))
+        self.record("9a'", "the same: dependencies from the layer vs installed by the probe (a warm package cache)",
+                    "postroj probe (the layer)", xs, "postroj probe --fresh", ys, "none (what the layer saves)", None)
+
+        tarball = str(rig.rootfs_tarball("bookworm"))
+        subprocess.run(self.postroj("image", tarball, "--name", "bookworm-minbase"), env=self.env(), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        nginx = str(self.nginx_deb())
+        four = ["probe", "--image", "debian-bookworm", "--image", "bookworm-minbase", "--jobs", "2", "--package",
+                nginx, "--check-unit", "nginx", "--check-network", URL]
+
+        def at_once(*extra: str) -> float:
+            start = time.monotonic()
+            procs = [subprocess.Popen(self.postroj(*four, *extra), env=self.env(), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+            if any(proc.wait() != 0 for proc in procs):
+                raise SystemExit("a probe of pair 9b failed: %s" % shlex.join(self.postroj(*four, *extra)))
+            return time.monotonic() - start
+
+        xs, ys = alternate(min(self.rounds, 5), at_once, lambda: at_once("--fresh"))
+        self.record("9b", "four package probes of nginx on two images of bookworm at once (two runs of --jobs 2)",
+                    "postroj probe (layers)", xs, "postroj probe --fresh", ys, "layers <= 0.7 x fresh", 0.7)
+
     def nginx_versions(self) -> "tuple[list[str], list[str]]":
         """nginx and nginx-common at bookworm's release version (old) and at the newest version of bookworm,
         -updates and -security (new), fetched with apt-get download through the rig's private apt."""
@@ -454,7 +503,7 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10, help="runs of each side (default: 10)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="which pairs, e.g. 1,2 (7 includes 7b and 7c)")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="which pairs, e.g. 1,2 (7 includes 7b and 7c)")
     parser.add_argument("--json", default=str(REPO / "bench" / "results" / "latest.json"))
     parser.add_argument("--before", type=Path, default=None, metavar="PYZ",
                         help="with pair 1: also compare another build's probe cycle, phase by phase (1c)")
@@ -467,7 +516,7 @@ def main() -> int:
     try:
         bench.setup()
         steps = {1: bench.probe_cycle, 2: bench.startup, 3: bench.acquisition, 4: bench.matrix, 5: bench.memory,
-                 6: bench.package_probe, 7: bench.autopkgtest_pair, 8: bench.lifecycle}
+                 6: bench.package_probe, 7: bench.autopkgtest_pair, 8: bench.lifecycle, 9: bench.layers}
         for number in sorted(chosen):
             steps[number]()
             if number == 7:

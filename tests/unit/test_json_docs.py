@@ -31,9 +31,13 @@ def test_list_images_json_has_the_documented_fields(capsys, tmp_path, monkeypatc
     info = postroj.ImageInfo("x", "tarball", "sha256:0", "Debian", "debian", "debian", "apt", "now", 1, rootfs)
     (rootfs.parent / "image.json").write_text(json.dumps(info.as_json()))
     (tmp_path / "home" / "images" / "x").symlink_to(rootfs)
+    layer = tmp_path / "home" / "layers" / ("0" * 32)
+    (layer / "tree").mkdir(parents=True)
+    (layer / "layer.json").write_text(json.dumps({"image": "x", "version": "x@1", "packages": ["libc6=2.36:amd64"],
+                                                  "before": {}, "made": "2026-11-30T00:00:00Z", "size": 0}))
     assert postroj.main(["list-images", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["schema"] == postroj.JSON_SCHEMA and data["images"]
+    assert data["schema"] == postroj.JSON_SCHEMA and data["images"] and data["layers"]
     assert rig.json_fields(data) == rig.documented_fields("list-images --json")
 
 

@@ -1,0 +1,235 @@
+"""Dependency layers (issue 24) with real packages: mariadb-server and postgresql-15 from Debian's mirror,
+nginx from Ubuntu's archive. A probe without a layer (--fresh), the probe that makes the layer and one that
+uses it end with the same units and the same `dpkg -l`; a changed dependency makes a new layer, never the
+stale one; probes wanting one layer at once make it once; a half-made layer is never used and gc removes it;
+the package-cache lock is not held while dpkg installs."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import postroj
+import rig
+from rig import wait_for
+
+STATE = "dpkg-query -W -f '${Package} ${Version} ${Architecture} ${db:Status-Abbrev}\\n' | sort | sha256sum"
+UNITS = "systemctl is-active %s; systemctl is-enabled %s"
+
+
+def layers(runner) -> "dict[str, dict]":
+    """The runner's dependency layers, by key (list-images --json)."""
+    proc = runner("list-images", "--json", check=0)
+    return {layer["key"]: layer for layer in json.loads(proc.stdout)["layers"]}
+
+
+def probe(runner, tmp_path: Path, image: str, package: Path, unit: str, *options: str) -> "dict[str, dict]":
+    """Probe `package` on `image` with its unit and the final package state; the results by kind."""
+    report = tmp_path / ("report-%d.json" % len(list(tmp_path.glob("report-*.json"))))
+    proc = runner("probe", "--image", image, "--package", str(package), "--check-unit", unit,
+                  "--command", STATE, "--command", UNITS % (unit, unit), *options, "--json", str(report),
+                  timeout=900)
+    rows = json.loads(report.read_text())["results"]
+    failed = ["%s %s: %s\n%s" % (r["kind"], r["target"], r["reason"], r["output"][-3000:]) for r in rows
+              if r["status"] != "pass"]
+    assert proc.returncode == 0 and not failed, "\n".join(failed) + proc.stderr[-3000:]
+    return {("command " + r["target"]) if r["kind"] == "command" else r["kind"]: r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def debs(real, tmp_path_factory) -> "dict[str, Path]":
+    """The packages under test, from the archives the images were bootstrapped from."""
+    root = tmp_path_factory.mktemp("layer-debs")
+    bookworm = rig.PrivateApt(root / "apt-bookworm", rig.DEBIAN_SOURCES["bookworm"])
+    noble = rig.PrivateApt(root / "apt-noble", rig.UBUNTU_SOURCES["noble"], [rig.ubuntu_keyring(real.cache)])
+    return {"mariadb-server": bookworm.download("mariadb-server", root / "bookworm"),
+            "postgresql-15": bookworm.download("postgresql-15", root / "bookworm"),
+            "nginx": noble.download("nginx", root / "noble")}
+
+
+@pytest.mark.parametrize("image, package, unit", [
+    ("debian-bookworm", "mariadb-server", "mariadb"),
+    ("debian-bookworm", "postgresql-15", "postgresql@15-main"),
+    ("ubuntu-noble", "nginx", "nginx"),
+])
+def test_a_layer_gives_what_a_fresh_install_gives(real, debs, tmp_path, image, package, unit):
+    before = layers(real)
+    fresh = probe(real, tmp_path, image, debs[package], unit, "--fresh")
+    assert "from layer" not in fresh["package"]["output"]
+    assert layers(real) == before, "--fresh made a layer"
+    making = probe(real, tmp_path, image, debs[package], unit)
+    made = {k: v for k, v in layers(real).items() if k not in before}
+    assert len(made) == 1, made
+    key, layer = next(iter(made.items()))
+    assert layer["image"] == image and layer["packages"], layer
+    assert not any(p.startswith(package + "=") for p in layer["packages"]), "the package under test is in it"
+    using = probe(real, tmp_path, image, debs[package], unit)
+    assert layers(real).keys() == made.keys() | before.keys(), "the second probe made another layer"
+    for run in (making, using):
+        assert run["package"]["output"].startswith("%d dependencies from layer %s " % (len(layer["packages"]),
+                                                                                        key[:12]))
+        assert run["command " + STATE]["output"] == fresh["command " + STATE]["output"]
+        assert run["command " + UNITS % (unit, unit)]["output"] == fresh["command " + UNITS % (unit, unit)]["output"]
+    assert fresh["command " + UNITS % (unit, unit)]["output"].startswith("active\nenabled")  # or enabled-runtime
+    # the package under test ran fresh: its own maintainer scripts unpacked and configured it
+    assert "Setting up %s " % package in using["package"]["output"]
+
+
+# --- a repository of its own, whose dependency gets a new version -----------------------------
+
+
+@pytest.fixture
+def repository(tmp_path):
+    """An apt repository on the host's loopback (reached by the download before the boot, with the host's
+    network): (port, directory)."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root)))
+    server.RequestHandlerClass.log_message = lambda *args: None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1], root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def publish(root: Path) -> None:
+    """Index the repository's package files (a flat repository: Packages and Release)."""
+    packages = subprocess.run(["apt-ftparchive", "packages", "."], cwd=str(root), check=True,
+                              capture_output=True).stdout
+    (root / "Packages").write_bytes(packages)
+    release = subprocess.run(["apt-ftparchive", "release", "."], cwd=str(root), check=True,
+                             capture_output=True).stdout
+    (root / "Release").write_bytes(release)
+
+
+def own_bookworm(runner) -> Path:
+    """This test's own copy of debian-bookworm (hard links; the shared image stays as it is): its root."""
+    link = runner.home / "images" / "debian-bookworm"
+    version = Path(os.path.realpath(link)).parent
+    copy = runner.home / "images" / ".versions" / version.name
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-al", str(version), str(copy)], check=True)
+    link.unlink()
+    link.symlink_to(copy / "rootfs")
+    return copy / "rootfs"
+
+
+def test_a_new_version_of_a_dependency_makes_a_new_layer(images, repository, tmp_path):
+    """The lists say postroj-dep 1.1 where a layer holds 1.0: that layer is not used, a new one is made, and
+    the container has 1.1."""
+    port, root = repository
+    sources = own_bookworm(images) / "etc" / "apt" / "sources.list.d" / "postroj-test.list"
+    sources.write_text("deb [trusted=yes] http://127.0.0.1:%d/ ./\n" % port)
+    for version in ("1.0", "1.1"):
+        rig.build_deb(tmp_path / "dep" / version, "postroj-dep", "a dependency of the demo package", {
+            "usr/share/postroj-dep/version": (version + "\n", 0o644)}, version=version)
+    demo = rig.build_demo_deb(tmp_path / "demo", port=8094, depends="postroj-dep")
+    os.link(str(next((tmp_path / "dep" / "1.0").glob("*.deb"))), str(root / "postroj-dep_1.0_all.deb"))
+    publish(root)
+    version = "cat /usr/share/postroj-dep/version"
+    first = probe(images, tmp_path, "debian-bookworm", demo, "postroj-demo", "--command", version)
+    assert first["command " + version]["output"] == "1.0"
+    old = layers(images)
+    assert [layer["packages"] for layer in old.values()] == [["postroj-dep=1.0:all"]]
+    os.link(str(next((tmp_path / "dep" / "1.1").glob("*.deb"))), str(root / "postroj-dep_1.1_all.deb"))
+    publish(root)
+    second = probe(images, tmp_path, "debian-bookworm", demo, "postroj-demo", "--command", version)
+    assert second["command " + version]["output"] == "1.1"
+    new = {k: v for k, v in layers(images).items() if k not in old}
+    assert [layer["packages"] for layer in new.values()] == [["postroj-dep=1.1:all"]]
+    assert second["package"]["output"].startswith("1 dependencies from layer %s " % next(iter(new))[:12])
+
+
+# --- at once, killed, collected ----------------------------------------------------------------
+
+
+def test_probes_that_want_one_layer_at_once_make_it_once(images, tmp_path):
+    """Four probes of one release at once: one makes the layer, the others wait for it and use it."""
+    deb = rig.build_demo_deb(tmp_path, port=8095, depends="perl-base, hello")
+    runs = [images.popen("probe", "--image", "debian-bookworm", "--package", str(deb), "--check-unit",
+                         "postroj-demo", "--json", str(tmp_path / ("r%d.json" % i))) for i in range(4)]
+    for run in runs:
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, out + err
+    made = layers(images)
+    assert len(made) == 1, made
+    key = next(iter(made))[:12]
+    outputs = [r["output"] for i in range(4) for r in json.loads((tmp_path / ("r%d.json" % i)).read_text())["results"]
+               if r["kind"] == "package"]
+    assert len(outputs) == 4 and all(o.startswith("1 dependencies from layer %s " % key) for o in outputs), outputs
+
+
+def test_a_layer_half_made_is_never_used_and_gc_removes_it(images, tmp_path):
+    """postroj killed while it installs a layer's dependencies leaves no layer; one killed as it moves the
+    layer into place leaves a .making- directory, whole or not, that no probe reads and gc removes."""
+    deb = rig.build_demo_deb(tmp_path, port=8096, depends="perl-base, hello")
+    proc = images.popen("probe", "--image", "debian-bookworm", "--package", str(deb), "--check-unit", "postroj-demo")
+    try:
+        wait_for(lambda: rig.processes_mentioning("hello:amd64=") or proc.poll() is not None, timeout=300,
+                 what="a layer's dependencies being installed")
+        assert proc.poll() is None, proc.communicate()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert layers(images) == {}
+    first = probe(images, tmp_path, "debian-bookworm", deb, "postroj-demo")  # makes its own
+    (key, layer), = layers(images).items()
+    assert first["package"]["output"].startswith("1 dependencies from layer %s " % key[:12])
+    half = images.home / "layers" / (".making-%s-1" % key)
+    subprocess.run(["cp", "-a", str(images.home / "layers" / key), str(half)], check=True)
+    (images.home / "layers" / key / "layer.json").unlink()  # the layer itself: not whole any more
+    assert layers(images) == {}
+    second = probe(images, tmp_path, "debian-bookworm", deb, "postroj-demo")
+    assert "from layer" in second["package"]["output"] and len(layers(images)) == 1
+    out = images("gc", check=0).stdout
+    assert "removed dependency layer .making-%s-1" % key in out
+    assert not half.exists()
+    assert len(layers(images)) == 1
+
+
+def test_gc_removes_layers_long_unused_and_keeps_the_rest(images, tmp_path):
+    deb = rig.build_demo_deb(tmp_path, port=8097, depends="perl-base, hello")
+    probe(images, tmp_path, "debian-bookworm", deb, "postroj-demo")
+    (key, layer), = layers(images).items()
+    images("gc", check=0)
+    assert key in layers(images), "gc removed a layer used just now"
+    stamp = images.home / "layers" / key / "layer.json"
+    old = time.time() - 15 * 86400
+    os.utime(str(stamp), (old, old))
+    out = images("gc", check=0).stdout
+    assert "removed dependency layer %s" % key in out
+    assert layers(images) == {} and not (images.home / "layers" / key).exists()
+    probe(images, tmp_path, "debian-bookworm", deb, "postroj-demo")
+    (key, layer), = layers(images).items()
+    images("gc", "--layer-gb", "0.000001", check=0)
+    assert layers(images) == {}, "a layer beyond the size cap stays"
+
+
+def test_the_package_cache_lock_is_not_held_while_dpkg_installs(images, tmp_path):
+    """Two probes of one release install at the same time: while one's postinst runs, the release's package
+    cache is not locked (it was, for the whole transaction, before)."""
+    marker = "%d.%06d" % (90, os.getpid() % 1000000)
+    postinst = rig.UNIT_POSTINST.format(unit="postroj-demo.service") + "sleep %s\n" % marker
+    deb = rig.build_demo_deb(tmp_path, port=8098, depends="perl-base", postinst=postinst)
+    proc = images.popen("probe", "--image", "debian-bookworm", "--package", str(deb), "--check-unit", "postroj-demo")
+    try:
+        wait_for(lambda: rig.processes_mentioning("sleep " + marker) or proc.poll() is not None, timeout=300,
+                 what="the postinst")
+        assert proc.poll() is None, proc.communicate()
+        locks = list((images.cache / "packages").glob("*/.postroj.lock"))
+        assert locks and not any(postroj.lock_is_held(lock) for lock in locks), "the package cache is locked"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)

@@ -4844,22 +4844,24 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
     with file_lock(cache / ".postroj.lock", waiting=waiting):
         return download_packages(lambda argv, what: container.run_in_overlay(argv, binds, plan.install_timeout,
                                                                            what=what),
-                                 image, container.manager, plan, probes, new, old)
+                                 image, container.manager, plan, probes, new, old,
+                                 layered=not container.host.upper_on_tmpfs)
 
 
 def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], image: ImageInfo, manager: Any,
-                      plan: ProbePlan, probes: Tuple[Probe, ...], new: List[str], old: List[str]) -> Packages:
+                      plan: ProbePlan, probes: Tuple[Probe, ...], new: List[str], old: List[str],
+                      layered: bool = False) -> Packages:
     """Read the names of the staged package files `new` and `old`, refresh the lists and download what the stages
     install, with `manager` and `run_step(argv, what)` (a container before its boot, or a VM): the Packages of the
-    image's life."""
+    image's life; `layered`: with what the first install brings (apt's resolution, for a dependency layer)."""
     sources = [p.target for p in probes] + [s for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE]
     # one run: the files' names, then the lists (always refreshed: they are shared by the images of a
     # release, whose sources may differ; warm, a few conditional requests), then the downloads
-    resolve = getattr(manager, "resolve", None)  # apt's simulation: what the first install brings (layers)
+    resolve = getattr(manager, "resolve", None) if layered and not plan.fresh else None
     code, output = run_step(chain(manager.identify(new + old), manager.refresh(),
                                   manager.download(new, plan.recommends),
                                   manager.download(old, plan.recommends) if old else [],
-                                  resolve(old or new, plan.recommends) if resolve and not plan.fresh else []),
+                                  resolve(old or new, plan.recommends) if resolve else []),
                             "downloading what the packages need")
     found = resolved(output)
     identified = [line.split("\t")[1:3] for line in output.splitlines() if line.startswith(IDENTIFIED + "\t")]
@@ -4874,7 +4876,7 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
                              "check the image's package sources and that this host reaches them", tail(output, 40))
     if UPGRADE_FROM_ARCHIVE in plan.upgrade_from:
         code, output = run_step(chain(manager.download(names, plan.recommends),
-                                      resolve(names, plan.recommends) if resolve and not plan.fresh else []),
+                                      resolve(names, plan.recommends) if resolve else []),
                                 "downloading %s from the image's sources" % ", ".join(names))
         found = resolved(output)
         if code != 0:
@@ -4964,18 +4966,22 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
     before = container.entries()
     # a dependency that needs a package under test (a plugin of it, which it recommends) stays out: apt says
     # which in its simulation, and the probe installs it with the package
+    # (a package under test that the image's sources do not carry cannot come in: apt does not know it)
     code, output = 0, ""
-    for _attempt in range(5):
+    without = list(packages.names)
+    for _attempt in range(8):
         code, output = container.run_captured(manager.install_without(
-            [layer_argument(d) for d in held.values()], packages.names, simulate=True), timeout=plan.timeout)
+            [layer_argument(d) for d in held.values()], without, simulate=True), timeout=plan.timeout)
+        unknown = set(re.findall(r"Unable to locate package (\S+)", output)) & set(without)
         broken = set(re.findall(r"(?m)^\s*(\S+?)(?::\S+)? : (?:Pre)?Depends: ", output)) & held.keys()
-        if code == 0 or not broken:
+        if code == 0 or not (unknown or broken):
             break
+        without = [name for name in without if name not in unknown]
         for name in broken:
             del held[name]
     if code == 0 and held:
         code, output = container.run_captured(manager.install_without(
-            [layer_argument(d) for d in held.values()], packages.names), timeout=plan.install_timeout)
+            [layer_argument(d) for d in held.values()], without), timeout=plan.install_timeout)
     if code == 0 and held:
         code, output = container.run_captured(manager.installed_as_dependencies(list(held)), timeout=plan.timeout)
     container.power_off()

@@ -3417,7 +3417,8 @@ class PackageProxy:
         """Pass the archive's answer to the client and keep a copy: a whole 200 answer with its length becomes
         the cache's `name` (renamed in place: a reader sees all of it or none)."""
         assert self.cache is not None
-        fd, temporary = tempfile.mkstemp(prefix=".postroj-proxy.", dir=str(ensure_dir(self.cache / "partial")))
+        # staged in the cache directory itself: its partial/ is a containers' (bound into them), and may be a link
+        fd, temporary = tempfile.mkstemp(prefix=".postroj-proxy.", dir=str(self.cache))
         try:
             head, headed = b"", False
             with open(fd, "wb") as body:
@@ -4938,8 +4939,7 @@ def use_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, p
     """Put the dependency layer of `packages` below the container's overlay, made first when there is none:
     None where layers do not apply (--fresh, nothing to depend on, a package manager other than apt, overlays
     on a tmpfs) or the dependencies would not install on their own (the probe then installs them)."""
-    if plan.fresh or not packages.dependencies or container.host.upper_on_tmpfs or \
-            not hasattr(container.manager, "resolve"):
+    if not packages.dependencies:  # resolved only where layers apply (download_packages' `layered`)
         return None
     key = layer_key(container.image, packages.dependencies, plan.recommends)
     private_dir(settings.layers)

@@ -8,12 +8,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -122,8 +122,8 @@ def test_a_package_file_is_kept_in_the_cache_and_served_from_it(namespace, archi
         assert seen == ["/pool/hello_2.10-3_amd64.deb"]  # once: the second came from the cache
         status, _ = fetch(namespace, "http://127.0.0.1:%d/pool/missing_1.0_all.deb" % port)
     assert status == 404
-    assert sorted(p.name for p in cache.iterdir()) == ["hello_2.10-3_amd64.deb", "partial"]
-    assert list((cache / "partial").iterdir()) == []  # an answer that is not a package leaves nothing
+    # an answer that is not a package leaves nothing, staged copies included
+    assert sorted(p.name for p in cache.iterdir()) == ["hello_2.10-3_amd64.deb"]
 
 
 def test_a_link_in_the_cache_is_not_followed(namespace, archive, tmp_path):
@@ -153,3 +153,31 @@ def test_the_archives_are_read_from_the_images_apt_sources(tmp_path):
     assert postroj.archive_endpoints(tmp_path) == (
         ("archive.ubuntu.com", 80), ("deb.debian.org", 80), ("security.debian.org", 8443))
     assert postroj.apt_suite(tmp_path) == "noble"
+
+
+def test_a_link_a_container_put_for_partial_is_not_written_through(namespace, archive, tmp_path):
+    """The package cache is bound into containers: its partial/ may be a link they made; the proxy stages
+    what it keeps elsewhere."""
+    port, root, _seen = archive
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    host = tmp_path / "host-dir"
+    host.mkdir()
+    (cache / "partial").symlink_to(host)
+    (root / "pool" / "hello_2.10-3_amd64.deb").write_bytes(b"!<arch>\npackage\n")
+    seen = []
+    with proxy(namespace, [("127.0.0.1", port)], cache):
+        original = os.open
+
+        def watch(path, *args, **kwargs):
+            seen.append(os.path.realpath(str(path)))
+            return original(path, *args, **kwargs)
+
+        postroj.os.open = watch
+        try:
+            assert fetch(namespace, "http://127.0.0.1:%d/pool/hello_2.10-3_amd64.deb" % port)[0] == 200
+        finally:
+            postroj.os.open = original
+    assert not [p for p in seen if p.startswith(str(host))], seen
+    assert list(host.iterdir()) == []
+    assert (cache / "hello_2.10-3_amd64.deb").read_bytes() == b"!<arch>\npackage\n"

@@ -6,7 +6,7 @@ PYZ := postroj.pyz
 # what postroj itself needs: nspawn, registries, bootstrapping (util-linux, tar, xz are on every Debian host)
 RUN_PACKAGES := systemd-container skopeo umoci mmdebstrap
 # what the tests and the benchmark need besides: the rig's registry, autopkgtest, piuparts, vagrant ...
-DEV_PACKAGES := debootstrap docker-registry util-linux xz-utils zstd dpkg-dev apt-utils iproute2 python3-pytest vagrant \
+DEV_PACKAGES := debootstrap docker-registry util-linux xz-utils zstd dpkg-dev apt-utils gpg iproute2 python3-pytest vagrant \
                 autopkgtest piuparts
 export DEBIAN_FRONTEND := noninteractive
 

@@ -2458,6 +2458,10 @@ APT_FROM_CACHE = ("-o", "Debug::NoLocking=1")
 
 # How identify()'s lines start: they share the run's output with the package manager's.
 IDENTIFIED = "postroj-package"
+# The line before the apt download whose lists say what its install resolves to, and those lists' titles
+RESOLVING = "postroj-resolving"
+RESOLVED_LISTS = ("The following NEW packages will be installed:", "The following packages will be upgraded:",
+                  "The following packages will be DOWNGRADED:")
 
 
 class Apt:
@@ -2489,15 +2493,16 @@ class Apt:
                 *([] if recommends else ["--no-install-recommends"]), *packages]
 
     def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
-        """Download what installing `packages` takes into the package cache, installing nothing."""
-        return ["apt-get", *APT_OPTIONS, "-q", "install", "-y", "--download-only",
-                *([] if recommends else ["--no-install-recommends"]), *packages]
+        """Download what installing `packages` takes into the package cache, installing nothing; apt's lists of
+        what the install would bring name each package with its version (resolved() reads them: in apt's
+        own words, whatever locale the image sets)."""
+        return ["env", "LC_ALL=C", "apt-get", *APT_OPTIONS, "-o", "APT::Get::Show-Versions=1", "-q", "install", "-y",
+                "--download-only", *([] if recommends else ["--no-install-recommends"]), *packages]
 
-    def resolve(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
-        """apt's simulation of installing `packages`: its `Inst NAME [OLD] (VERSION ARCHIVE [ARCH])` lines say
-        what the install would unpack, the packages themselves among it (resolved())."""
-        return ["apt-get", *APT_OPTIONS, "-s", "-q", "install", "-y",
-                *([] if recommends else ["--no-install-recommends"]), *packages]
+    def resolve(self) -> List[str]:
+        """Mark the output of the download that follows as the one resolved() reads (its simulation, `apt-get
+        -s`, would say the same in twice the time: it orders the whole install)."""
+        return ["echo", RESOLVING]
 
     def install_without(self, packages: Sequence[str], without: Sequence[str], simulate: bool = False) -> List[str]:
         """Install `packages` from the package cache and nothing else (no recommends), never `without` (a
@@ -2537,9 +2542,19 @@ class Apt:
 
 
 def resolved(output: str) -> Tuple[str, ...]:
-    """NAME=VERSION:ARCH of each package apt's simulation (Apt.resolve) would install, sorted."""
-    return tuple(sorted("%s=%s:%s" % m for m in re.findall(r"(?m)^Inst (\S+) (?:\[[^]\n]*\] )?\((\S+) [^\n]*?\[([^]\n]+)\]\)",
-                                                             output)))
+    """NAME=VERSION (NAME:ARCH=VERSION for another architecture's) of each package the apt download after the
+    RESOLVING line would install, upgrade or downgrade, from apt's lists of them (Show-Versions: one a line,
+    `NAME (VERSION)` or `NAME (OLD => VERSION)`), sorted; () without that line."""
+    lines = output.replace("\r\n", "\n").split("\n%s\n" % RESOLVING, 1)  # nspawn's pseudo-terminal: CR LF
+    found, listing = set(), False
+    for line in lines[1].splitlines() if len(lines) == 2 else []:
+        if not line.startswith(" "):
+            listing = line.startswith(RESOLVED_LISTS)
+            continue
+        match = re.fullmatch(r"\s+(\S+) \((?:\S+ => )?(\S+)\)", line)
+        if listing and match:
+            found.add("%s=%s" % match.groups())
+    return tuple(sorted(found))
 
 
 class Rpm:
@@ -2794,6 +2809,83 @@ def package_cache_for(settings: Settings, root: Path) -> Path:
     for partial in (cache / "partial", cache / "lists" / "partial"):
         ensure_dir(partial)
     return cache
+
+
+def list_names(cache: Path) -> List[str]:
+    """The names of the package lists in a release's package cache, apt's own lock and directories aside."""
+    with contextlib.suppress(OSError):
+        return sorted(n for n in os.listdir(cache / "lists") if n not in ("lock", "partial", "auxfiles"))
+    return []
+
+
+def lists_stamp(cache: Path) -> Path:
+    """Which lists each image version's last refresh left in `cache`: beside the cache, which containers write."""
+    return cache.with_name(".%s.lists.json" % cache.name)
+
+
+def note_refresh(cache: Path, image: ImageInfo) -> None:
+    """Record the lists apt's refresh for the image's version left (the last 32 versions')."""
+    stamp = lists_stamp(cache)
+    refreshed = {k: v for k, v in read_json(stamp).items() if k != Path(image.path).parent.name}
+    refreshed[Path(image.path).parent.name] = list_names(cache)
+    tmp = stamp.with_name(stamp.name + ".tmp")
+    tmp.write_text(json.dumps(dict(list(refreshed.items())[-32:])))
+    os.replace(tmp, stamp)
+
+
+def read_list(cache: Path, name: str) -> bytes:
+    """A package list's content (not through a link: containers write the cache)."""
+    with open(os.open(str(cache / "lists" / name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as handle:
+        return handle.read()
+
+
+def fetch_release(url: str, proxies: Dict[str, str]) -> Optional[bytes]:
+    """The InRelease file at `url` (None when it cannot be had), as the host fetches it."""
+    import http.client
+    import urllib.request
+
+    with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
+        with url_opener(proxies).open(urllib.request.Request(url, headers={"User-Agent": "postroj"}),
+                                      timeout=10) as response:
+            return response.read(64 << 20)
+    return None
+
+
+def lists_current(settings: Settings, cache: Path, image: ImageInfo) -> bool:
+    """Whether the package lists in `cache` are what `apt-get update` would make of them for the image now,
+    so it need not run (it verifies and rewrites every InRelease, about 0.2 s a suite): the last refresh
+    for the image's version left the lists that are there (no refresh for other sources removed or added
+    any since), and each suite of its sources publishes, fetched from the host now, byte for byte the
+    InRelease apt verified then, valid still. Anything else (a source that is not http(s), a suite without
+    InRelease, an error): False, and apt refreshes them."""
+    import concurrent.futures
+    import email.utils
+
+    names = list_names(cache)
+    if read_json(lists_stamp(cache)).get(Path(image.path).parent.name) != names:
+        return False
+    suites = list(dict.fromkeys(read_apt_sources(Path(image.path))))
+    ours = [n for n in names if n.endswith("_InRelease")]
+    if not suites or len(ours) != len(suites) or not all(u.startswith(("http://", "https://")) for u, _s in suites):
+        return False
+    try:
+        local = {read_list(cache, name) for name in ours}
+    except OSError:
+        return False
+    urls = ["%s/%s" % (uri.rstrip("/"), suite + "InRelease" if suite.endswith("/") else "dists/%s/InRelease" % suite)
+            for uri, suite in suites]
+    with concurrent.futures.ThreadPoolExecutor(len(urls)) as pool:
+        published = list(pool.map(lambda url: fetch_release(url, settings.proxies), urls))
+    for release in published:
+        if release not in local:
+            return False
+        until = re.search(rb"(?m)^Valid-Until: (.+)$", release)
+        try:
+            if until and email.utils.parsedate_to_datetime(until.group(1).decode()).timestamp() < time.time():
+                return False  # apt's refresh says so
+        except (TypeError, ValueError):
+            return False
+    return True
 
 
 def package_files(cache: Path) -> "set[str]":
@@ -4811,7 +4903,7 @@ class Packages(NamedTuple):
     names: Tuple[str, ...]
     probes: Tuple[Probe, ...]
     labels: Dict[str, str] = {}  # a probe's target, or an --upgrade-from source -> NAME VERSION
-    dependencies: Tuple[str, ...] = ()  # NAME=VERSION:ARCH the first install brings with it (apt's resolution)
+    dependencies: Tuple[str, ...] = ()  # NAME[:ARCH]=VERSION the first install brings with it (apt's resolution)
 
 
 def stage_files(container: NspawnContainer, directory: str, paths: Sequence[Path]) -> List[str]:
@@ -4843,26 +4935,34 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
     binds = [(str(cache), PACKAGE_CACHE_DIR)]
     waiting = "the package cache %s, which another probe of this release is writing" % cache
     with file_lock(cache / ".postroj.lock", waiting=waiting):
-        return download_packages(lambda argv, what: container.run_in_overlay(argv, binds, plan.install_timeout,
-                                                                           what=what),
-                                 image, container.manager, plan, probes, new, old,
-                                 layered=not container.host.upper_on_tmpfs)
+        current = isinstance(container.manager, Apt) and lists_current(settings, cache, image)
+        if current:
+            log.info("%s: the package lists are current (each suite's InRelease as apt verified it): not "
+                     "refreshed", image.name)
+        prepared = download_packages(lambda argv, what: container.run_in_overlay(argv, binds, plan.install_timeout,
+                                                                               what=what),
+                                     image, container.manager, plan, probes, new, old,
+                                     layered=not container.host.upper_on_tmpfs, refresh=not current)
+        if isinstance(container.manager, Apt) and not current:
+            note_refresh(cache, image)
+        return prepared
 
 
 def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], image: ImageInfo, manager: Any,
                       plan: ProbePlan, probes: Tuple[Probe, ...], new: List[str], old: List[str],
-                      layered: bool = False) -> Packages:
-    """Read the names of the staged package files `new` and `old`, refresh the lists and download what the stages
-    install, with `manager` and `run_step(argv, what)` (a container before its boot, or a VM): the Packages of the
-    image's life; `layered`: with what the first install brings (apt's resolution, for a dependency layer)."""
+                      layered: bool = False, refresh: bool = True) -> Packages:
+    """Read the names of the staged package files `new` and `old`, refresh the lists (unless `refresh` is off:
+    they are current) and download what the stages install, with `manager` and `run_step(argv, what)` (a
+    container before its boot, or a VM): the Packages of the image's life; `layered`: with what the first
+    install brings (apt's resolution, for a dependency layer)."""
     sources = [p.target for p in probes] + [s for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE]
-    # one run: the files' names, then the lists (always refreshed: they are shared by the images of a
-    # release, whose sources may differ; warm, a few conditional requests), then the downloads
+    # one run: the files' names, then the lists (shared by the images of a release, whose sources may
+    # differ), then the downloads, the first install's last: what it resolves to is read from its output
     resolve = getattr(manager, "resolve", None) if layered and not plan.fresh else None
-    code, output = run_step(chain(manager.identify(new + old), manager.refresh(),
-                                  manager.download(new, plan.recommends),
-                                  manager.download(old, plan.recommends) if old else [],
-                                  resolve(old or new, plan.recommends) if resolve else []),
+    code, output = run_step(chain(manager.identify(new + old), manager.refresh() if refresh else [],
+                                  manager.download(new, plan.recommends) if old else [],
+                                  resolve() if resolve else [],
+                                  manager.download(old or new, plan.recommends)),
                             "downloading what the packages need")
     found = resolved(output)
     identified = [line.split("\t")[1:3] for line in output.splitlines() if line.startswith(IDENTIFIED + "\t")]
@@ -4876,8 +4976,7 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
         raise DownloadFailed("downloading what %s needs failed with exit code %d" % (", ".join(names), code),
                              "check the image's package sources and that this host reaches them", tail(output, 40))
     if UPGRADE_FROM_ARCHIVE in plan.upgrade_from:
-        code, output = run_step(chain(manager.download(names, plan.recommends),
-                                      resolve(names, plan.recommends) if resolve else []),
+        code, output = run_step(chain(resolve() if resolve else [], manager.download(names, plan.recommends)),
                                 "downloading %s from the image's sources" % ", ".join(names))
         found = resolved(output)
         if code != 0:
@@ -4892,7 +4991,7 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
 # Dependency layers: the dependencies of the packages under test, installed in a booted container over one
 # image version and kept as an overlay directory below the next probes' own, when apt resolves the same set
 # for them (README: Dependency layers).
-LAYER_FORMAT = 1  # part of every key: a postroj that makes layers differently never uses another's
+LAYER_FORMAT = 2  # part of every key: a postroj that makes layers differently never uses another's
 
 
 class Layer(NamedTuple):
@@ -4918,7 +5017,8 @@ class Layer(NamedTuple):
 
 
 def layer_key(image: ImageInfo, dependencies: Sequence[str], recommends: bool) -> str:
-    """The key of the layer of `dependencies` (NAME=VERSION:ARCH) over the image's version."""
+    """The key of the layer of `dependencies` (NAME[:ARCH]=VERSION) over the image's version (and so its
+    architecture)."""
     import hashlib
 
     text = json.dumps([LAYER_FORMAT, Path(image.path).parent.name, recommends, sorted(dependencies)])
@@ -4971,9 +5071,10 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
     without = list(packages.names)
     for _attempt in range(8):
         code, output = container.run_captured(manager.install_without(
-            [layer_argument(d) for d in held.values()], without, simulate=True), timeout=plan.timeout)
+            list(held.values()), without, simulate=True), timeout=plan.timeout)
         unknown = set(re.findall(r"Unable to locate package (\S+)", output)) & set(without)
-        broken = set(re.findall(r"(?m)^\s*(\S+?)(?::\S+)? : (?:Pre)?Depends: ", output)) & held.keys()
+        broken = set(re.findall(r"(?m)^\s*(\S+?)(?::\S+)? : (?:Pre)?Depends: ", output))
+        broken = [name for name in held if name.split(":")[0] in broken]
         if code == 0 or not (unknown or broken):
             break
         without = [name for name in without if name not in unknown]
@@ -4981,7 +5082,7 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
             del held[name]
     if code == 0 and held:
         code, output = container.run_captured(manager.install_without(
-            [layer_argument(d) for d in held.values()], without), timeout=plan.install_timeout)
+            list(held.values()), without), timeout=plan.install_timeout)
     if code == 0 and held:
         code, output = container.run_captured(manager.installed_as_dependencies(list(held)), timeout=plan.timeout)
     container.power_off()
@@ -5006,13 +5107,6 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
     log.info("%s: dependency layer %s made in %.1f s (%d packages)", container.image.name, key[:12],
              time.monotonic() - t0, len(held))
     return read_layer(settings.layers / key)
-
-
-def layer_argument(dependency: str) -> str:
-    """apt's argument for a resolved NAME=VERSION:ARCH: NAME:ARCH=VERSION (NAME=VERSION for arch all)."""
-    name, rest = dependency.split("=", 1)
-    version, _, arch = rest.rpartition(":")
-    return "%s=%s" % (name, version) if arch == "all" else "%s:%s=%s" % (name, arch, version)
 
 
 def merged_entries(image: Path, lower: Dict[str, str], upper: Dict[str, str]) -> Dict[str, str]:

@@ -87,29 +87,41 @@ def test_a_layer_gives_what_a_fresh_install_gives(real, debs, tmp_path, image, p
 
 @pytest.fixture
 def repository(tmp_path):
-    """An apt repository on the host's loopback (reached by the download before the boot, with the host's
-    network): (port, directory)."""
+    """A signed apt repository on the host's loopback (reached by the download before the boot, with the
+    host's network): its port, directory, gpg home and the requests it served as (path, user agent)."""
     root = tmp_path / "repo"
     root.mkdir()
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root)))
-    server.RequestHandlerClass.log_message = lambda *args: None
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    gnupg = tmp_path / "gnupg"
+    gnupg.mkdir(mode=0o700)
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append((self.path, self.headers.get("User-Agent", "")))
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
-        yield server.server_address[1], root
+        subprocess.run(["gpg", "--homedir", str(gnupg), "--batch", "--pinentry-mode", "loopback", "--passphrase", "",
+                        "--quick-gen-key", "postroj test <test@postroj.invalid>", "ed25519", "sign", "never"],
+                       check=True, capture_output=True)
+        yield server.server_address[1], root, gnupg, requests
     finally:
         server.shutdown()
         server.server_close()
+        subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "all"], check=False)
 
 
-def publish(root: Path) -> None:
-    """Index the repository's package files (a flat repository: Packages and Release)."""
+def publish(root: Path, gnupg: Path) -> None:
+    """Index the repository's package files (a flat repository: Packages, Release and InRelease, signed)."""
     packages = subprocess.run(["apt-ftparchive", "packages", "."], cwd=str(root), check=True,
                               capture_output=True).stdout
     (root / "Packages").write_bytes(packages)
     release = subprocess.run(["apt-ftparchive", "release", "."], cwd=str(root), check=True,
                              capture_output=True).stdout
     (root / "Release").write_bytes(release)
+    subprocess.run(["gpg", "--homedir", str(gnupg), "--batch", "--yes", "--clearsign", "-o", str(root / "InRelease"),
+                    str(root / "Release")], check=True, capture_output=True)
 
 
 def own_bookworm(runner) -> Path:
@@ -124,29 +136,44 @@ def own_bookworm(runner) -> Path:
     return copy / "rootfs"
 
 
-def test_a_new_version_of_a_dependency_makes_a_new_layer(images, repository, tmp_path):
+def test_lists_refresh_when_a_suite_publishes_and_a_new_dependency_version_makes_a_new_layer(images, repository,
+                                                                                             tmp_path):
     """The lists say postroj-dep 1.1 where a layer holds 1.0: that layer is not used, a new one is made, and
-    the container has 1.1."""
-    port, root = repository
-    sources = own_bookworm(images) / "etc" / "apt" / "sources.list.d" / "postroj-test.list"
-    sources.write_text("deb [trusted=yes] http://127.0.0.1:%d/ ./\n" % port)
+    the container has 1.1. Between, with nothing published, apt's refresh does not run (the suites' InRelease
+    are as apt verified them) and the layer is used."""
+    port, root, gnupg, requests = repository
+    own = own_bookworm(images)
+    keyring = own / "etc" / "apt" / "keyrings" / "postroj-test.gpg"
+    keyring.parent.mkdir(parents=True, exist_ok=True)
+    keyring.write_bytes(subprocess.run(["gpg", "--homedir", str(gnupg), "--export"], check=True,
+                                       capture_output=True).stdout)
+    (own / "etc" / "apt" / "sources.list.d" / "postroj-test.list").write_text(
+        "deb [signed-by=/etc/apt/keyrings/postroj-test.gpg] http://127.0.0.1:%d/ ./\n" % port)
     for version in ("1.0", "1.1"):
         rig.build_deb(tmp_path / "dep" / version, "postroj-dep", "a dependency of the demo package", {
             "usr/share/postroj-dep/version": (version + "\n", 0o644)}, version=version)
     demo = rig.build_demo_deb(tmp_path / "demo", port=8094, depends="postroj-dep")
     os.link(str(next((tmp_path / "dep" / "1.0").glob("*.deb"))), str(root / "postroj-dep_1.0_all.deb"))
-    publish(root)
+    publish(root, gnupg)
     version = "cat /usr/share/postroj-dep/version"
+    apt = lambda: [path for path, agent in requests if agent.startswith("Debian APT")]  # noqa: E731
     first = probe(images, tmp_path, "debian-bookworm", demo, "postroj-demo", "--command", version)
     assert first["command " + version]["output"] == "1.0"
+    assert "/./InRelease" in apt(), requests
     old = layers(images)
-    assert [layer["packages"] for layer in old.values()] == [["postroj-dep=1.0:all"]]
+    assert [layer["packages"] for layer in old.values()] == [["postroj-dep=1.0"]]
+    del requests[:]
+    again = probe(images, tmp_path, "debian-bookworm", demo, "postroj-demo", "--command", version)
+    assert again["command " + version]["output"] == "1.0"
+    assert again["package"]["output"].startswith("1 dependencies from layer %s " % next(iter(old))[:12])
+    assert apt() == [] and ("/./InRelease", "postroj") in requests, requests
     os.link(str(next((tmp_path / "dep" / "1.1").glob("*.deb"))), str(root / "postroj-dep_1.1_all.deb"))
-    publish(root)
+    publish(root, gnupg)
     second = probe(images, tmp_path, "debian-bookworm", demo, "postroj-demo", "--command", version)
     assert second["command " + version]["output"] == "1.1"
+    assert any("Packages" in path for path in apt()), requests
     new = {k: v for k, v in layers(images).items() if k not in old}
-    assert [layer["packages"] for layer in new.values()] == [["postroj-dep=1.1:all"]]
+    assert [layer["packages"] for layer in new.values()] == [["postroj-dep=1.1"]]
     assert second["package"]["output"].startswith("1 dependencies from layer %s " % next(iter(new))[:12])
 
 
@@ -175,7 +202,7 @@ def test_a_layer_half_made_is_never_used_and_gc_removes_it(images, tmp_path):
     deb = rig.build_demo_deb(tmp_path, port=8096, depends="perl-base, hello")
     proc = images.popen("probe", "--image", "debian-bookworm", "--package", str(deb), "--check-unit", "postroj-demo")
     try:
-        wait_for(lambda: rig.processes_mentioning("hello:amd64=") or proc.poll() is not None, timeout=300,
+        wait_for(lambda: rig.processes_mentioning(" hello=") or proc.poll() is not None, timeout=300,
                  what="a layer's dependencies being installed")
         assert proc.poll() is None, proc.communicate()
     finally:

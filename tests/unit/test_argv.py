@@ -228,6 +228,7 @@ CACHE = postroj.PACKAGE_CACHE_DIR
 PACKAGES = ["systemd", "/run/postroj/packages/hello.deb"]
 NAMES = ["nginx", "nginx-common"]
 APT = ["apt-get", *postroj.APT_OPTIONS]
+APT_LISTING = ["env", "LC_ALL=C", *APT, "-o", "APT::Get::Show-Versions=1"]  # lists with versions, untranslated
 DNF = ["dnf", "-y", "-q", "--setopt=keepcache=1", "--setopt=cachedir=%s" % CACHE]
 NO_WEAK = ["--setopt=install_weak_deps=0"]
 YUM = ["yum"] + DNF[1:]
@@ -243,9 +244,9 @@ VERBS = [
     ("apt", "install", (PACKAGES, False, False), APT + ["-q", "install", "-y", "--no-install-recommends",
                                                         *PACKAGES]),
     ("apt", "install", (PACKAGES, True), APT + ["-o", "Debug::NoLocking=1", "-q", "install", "-y", *PACKAGES]),
-    ("apt", "download", (PACKAGES,), APT + ["-q", "install", "-y", "--download-only", *PACKAGES]),
-    ("apt", "download", (PACKAGES, False), APT + ["-q", "install", "-y", "--download-only",
-                                                  "--no-install-recommends", *PACKAGES]),
+    ("apt", "download", (PACKAGES,), APT_LISTING + ["-q", "install", "-y", "--download-only", *PACKAGES]),
+    ("apt", "download", (PACKAGES, False), APT_LISTING + ["-q", "install", "-y", "--download-only",
+                                                          "--no-install-recommends", *PACKAGES]),
     ("apt", "refresh", (), APT + ["-qq", "update"]),
     ("apt", "remove", (NAMES,), APT + ["-o", "Debug::NoLocking=1", "-q", "remove", "-y", *NAMES]),
     ("apt", "purge", (NAMES,), APT + ["-o", "Debug::NoLocking=1", "-q", "purge", "-y", "--autoremove", *NAMES]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -15,6 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import rig  # noqa: E402
 from rig import Postroj  # noqa: E402
+
+
+# The tests send SIGINT as a terminal's Ctrl-C does. A shell without job control starts background
+# commands with SIGINT ignored, and an ignored signal stays ignored through exec (postroj keeps it so, as
+# a background job should): a handler here makes it the default again in every child.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -2545,7 +2545,7 @@ def resolved(output: str) -> Tuple[str, ...]:
     """NAME=VERSION (NAME:ARCH=VERSION for another architecture's) of each package the apt download after the
     RESOLVING line would install, upgrade or downgrade, from apt's lists of them (Show-Versions: one a line,
     `NAME (VERSION)` or `NAME (OLD => VERSION)`), sorted; () without that line."""
-    lines = output.replace("\r\n", "\n").split("\n%s\n" % RESOLVING, 1)  # nspawn's pseudo-terminal: CR LF
+    lines = ("\n" + output.replace("\r\n", "\n")).split("\n%s\n" % RESOLVING, 1)  # nspawn's terminal: CR LF
     found, listing = set(), False
     for line in lines[1].splitlines() if len(lines) == 2 else []:
         if not line.startswith(" "):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -320,6 +321,20 @@ def test_upgrade_from_archive_installs_what_the_image_sources_carry(images, tmp_
     released = run.row("installed", "command")["output"]
     assert released.startswith("2.") and run.row("upgraded", "command")["output"] == "100.0", run.rows
     assert "Unpacking hello (100.0) over (%s)" % released in run.row("upgraded", "package")["output"]
+
+
+def test_upgrade_from_archive_takes_the_dependencies_of_the_first_install_from_a_layer(images, tmp_path):
+    """jq from bookworm's sources first (with libjq1 and libonig5, which the image lacks: they make the layer),
+    then a jq of the suite's own."""
+    ours = rig.build_deb(tmp_path, "jq", "postroj's jq, newer than Debian's",
+                         {"usr/share/doc/jq/postroj": ("ours\n", 0o644)}, version="100.0")
+    run = probe(images, tmp_path, "--image", "debian-bookworm", "--upgrade-from", "archive", "--package", str(ours),
+                "--command", version_of("jq"))
+    assert run.proc.returncode == 0, run.outline()
+    first = run.row("installed", "package")["output"]
+    assert re.match(r"\d+ dependencies from layer [0-9a-f]{12} ", first), first
+    assert run.row("installed", "command")["output"].startswith("1.") and \
+        run.row("upgraded", "command")["output"] == "100.0", run.rows
 
 
 # ==============================================================================

@@ -168,6 +168,11 @@ def test_the_resolution_is_read_from_the_marked_downloads_lists():
                                         "libgcc-s1:i386=12.2.0-14+deb12u1", "mariadb-server=1:10.11.19-0+deb12u1")
 
 
+def test_the_mark_may_open_the_output():
+    """--upgrade-from archive: the second run is the resolving download alone."""
+    assert postroj.resolved("%s\n%s" % (postroj.RESOLVING, DOWNLOAD))[0] == "galera-4=26.4.23-0+deb12u1"
+
+
 def test_without_the_mark_nothing_is_resolved():
     assert postroj.resolved(DOWNLOAD) == ()
 

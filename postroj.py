@@ -4322,7 +4322,28 @@ def collect_garbage(settings: Settings, layer_days: float = 14, layer_gb: float 
     done += ["cgroup %s" % name for name in sorted(set(remove_stale_run_cgroups() + remove_orphan_cgroups(settings)))]
     done += ["image version %s" % v.name for v in prune_versions(settings)]
     done += ["dependency layer %s" % name for name in prune_layers(settings, layer_days, layer_gb)]
+    done += ["package proxy's staging %s" % name for name in prune_proxy_staging(settings)]
     return done
+
+
+PROXY_STAGING_DAYS = 1  # a package proxy writes its download for minutes at most: older, its postroj was killed
+
+
+def prune_proxy_staging(settings: Settings) -> List[str]:
+    """Remove what package proxies killed in a download left in the package caches (.postroj-proxy.*, a day
+    old; links unlinked, never followed): RELEASE/NAME of each."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for cache in os.scandir(settings.packages):
+            if not cache.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(cache.path):
+                    if entry.name.startswith(".postroj-proxy.") and not entry.is_dir(follow_symlinks=False) and \
+                            entry.stat(follow_symlinks=False).st_mtime < time.time() - PROXY_STAGING_DAYS * 86400:
+                        os.unlink(entry.path)
+                        removed.append("%s/%s" % (cache.name, entry.name))
+    return removed
 
 
 def list_layers(settings: Settings) -> List[Tuple[Layer, float, int]]:

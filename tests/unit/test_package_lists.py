@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import os
 import http.server
 import threading
 import time
@@ -184,3 +185,28 @@ def test_the_resolving_download_is_the_last_of_the_run():
     script = argv[2]
     assert script.index("new.deb") < script.index(postroj.RESOLVING) < script.index("old.deb")
     assert "APT::Get::Show-Versions=1" in apt.download(["x"]) and "LC_ALL=C" in apt.download(["x"])
+
+
+# --- what a killed package proxy leaves -----------------------------------------------------------------
+
+
+def test_gc_removes_a_killed_proxys_staging_a_day_old_and_only_that(tmp_path):
+    settings = postroj.Settings.from_env()
+    cache = settings.packages / "debian-12"
+    cache.mkdir(parents=True)
+    old, fresh, package = cache / ".postroj-proxy.abc123", cache / ".postroj-proxy.def456", cache / "hello_2.10-3_amd64.deb"
+    link = cache / ".postroj-proxy.link"
+    target = tmp_path / "host-file"
+    target.write_text("the host's")
+    link.symlink_to(target)
+    day_ago = time.time() - 86400 - 60
+    for path in (old, fresh, package):
+        path.write_bytes(b"part of a download")
+    for path in (old, package):
+        os.utime(str(path), (day_ago, day_ago))
+    os.utime(str(link), (day_ago, day_ago), follow_symlinks=False)
+    done = postroj.collect_garbage(settings)
+    assert sorted(d for d in done if "proxy" in d) == ["package proxy's staging debian-12/.postroj-proxy.abc123",
+                                                      "package proxy's staging debian-12/.postroj-proxy.link"]
+    assert not old.exists() and not os.path.lexists(str(link)) and fresh.exists() and package.exists()
+    assert target.read_text() == "the host's"

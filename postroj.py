@@ -514,6 +514,12 @@ class ImageInfo(NamedTuple):
     packages_downloaded: int = 0
     systemd: int = 0  # the version of its systemd (0: unknown, an image acquired before postroj read it)
 
+    @property
+    def version(self) -> str:
+        """The name of its version directory (NAME@ID): what dependency layers and the package lists' refreshes
+        are kept for."""
+        return Path(self.path).parent.name
+
     def as_json(self) -> Dict[str, Any]:
         """The image's record as JSON takes it (README: JSON)."""
         data = self._asdict()
@@ -2826,8 +2832,8 @@ def lists_stamp(cache: Path) -> Path:
 def note_refresh(cache: Path, image: ImageInfo) -> None:
     """Record the lists apt's refresh for the image's version left (the last 32 versions')."""
     stamp = lists_stamp(cache)
-    refreshed = {k: v for k, v in read_json(stamp).items() if k != Path(image.path).parent.name}
-    refreshed[Path(image.path).parent.name] = list_names(cache)
+    refreshed = {k: v for k, v in read_json(stamp).items() if k != image.version}
+    refreshed[image.version] = list_names(cache)
     tmp = stamp.with_name(stamp.name + ".tmp")
     tmp.write_text(json.dumps(dict(list(refreshed.items())[-32:])))
     os.replace(tmp, stamp)
@@ -2862,7 +2868,7 @@ def lists_current(settings: Settings, cache: Path, image: ImageInfo) -> bool:
     import email.utils
 
     names = list_names(cache)
-    if read_json(lists_stamp(cache)).get(Path(image.path).parent.name) != names:
+    if read_json(lists_stamp(cache)).get(image.version) != names:
         return False
     suites = list(dict.fromkeys(read_apt_sources(Path(image.path))))
     ours = [n for n in names if n.endswith("_InRelease")]
@@ -4956,7 +4962,8 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
     binds = [(str(cache), PACKAGE_CACHE_DIR)]
     waiting = "the package cache %s, which another probe of this release is writing" % cache
     with file_lock(cache / ".postroj.lock", waiting=waiting):
-        current = isinstance(container.manager, Apt) and lists_current(settings, cache, image)
+        apt = isinstance(container.manager, Apt)  # the lists' refresh is apt's alone
+        current = apt and lists_current(settings, cache, image)
         if current:
             log.info("%s: the package lists are current (each suite's InRelease as apt verified it): not "
                      "refreshed", image.name)
@@ -4964,7 +4971,7 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
                                                                                what=what),
                                      image, container.manager, plan, probes, new, old,
                                      layered=not container.host.upper_on_tmpfs, refresh=not current)
-        if isinstance(container.manager, Apt) and not current:
+        if apt and not current:
             note_refresh(cache, image)
         return prepared
 
@@ -5042,7 +5049,7 @@ def layer_key(image: ImageInfo, dependencies: Sequence[str], recommends: bool) -
     architecture)."""
     import hashlib
 
-    text = json.dumps([LAYER_FORMAT, Path(image.path).parent.name, recommends, sorted(dependencies)])
+    text = json.dumps([LAYER_FORMAT, image.version, recommends, sorted(dependencies)])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -5118,7 +5125,7 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
     private_dir(staging)
     container.take_overlay(staging / "tree")
     (staging / "layer.json").write_text(json.dumps({
-        "image": container.image.name, "version": Path(container.image.path).parent.name,
+        "image": container.image.name, "version": container.image.version,
         "root": str(container.image.path),
         "packages": sorted(held.values()), "recommends": plan.recommends, "before": before,
         "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.monotonic() - t0, 3),

@@ -2763,7 +2763,8 @@ def then_exec(first: Sequence[str], then: Sequence[str]) -> List[str]:
 
 def read_apt_sources(root: Path) -> List[Tuple[str, str]]:
     """The image's apt sources as (URI, suite), in apt's order: sources.list, then sources.list.d's one-line
-    .list and deb822 .sources files (read inside `root`: links never lead out of it)."""
+    .list and deb822 .sources files, every suite of a stanza, none of a stanza with `Enabled: no` (read inside
+    `root`: links never lead out of it)."""
     directory = resolve_in_root(root, "etc/apt/sources.list.d")
     names = sorted(os.listdir(directory)) if directory is not None and directory.is_dir() else []
     found: List[Tuple[str, str]] = []
@@ -2781,8 +2782,8 @@ def read_apt_sources(root: Path) -> List[Tuple[str, str]]:
                 elif words and words[0].endswith(":"):  # deb822: Types:, URIs:, Suites: ...
                     stanza[words[0]] = words[1:]
                 elif not line.strip():  # a deb822 stanza ends
-                    if "deb" in stanza.get("Types:", []) and stanza.get("Suites:"):
-                        found += [(uri, stanza["Suites:"][0]) for uri in stanza.get("URIs:", [])]
+                    if "deb" in stanza.get("Types:", []) and stanza.get("Enabled:", ["yes"]) != ["no"]:
+                        found += [(uri, suite) for uri in stanza.get("URIs:", []) for suite in stanza.get("Suites:", [])]
                     stanza = {}
     return found
 

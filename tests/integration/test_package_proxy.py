@@ -145,10 +145,12 @@ def test_the_archives_are_read_from_the_images_apt_sources(tmp_path):
         "# a comment\ndeb [signed-by=/usr/share/keyrings/k.gpg] http://archive.ubuntu.com/ubuntu noble main\n")
     (sources / "debian.sources").write_text(
         "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n"
-        "Suites: bookworm-security\nTypes: deb deb-src\nURIs: https://security.debian.org:8443/debian-security\n")
+        "Suites: bookworm-security\nTypes: deb deb-src\nURIs: https://security.debian.org:8443/debian-security\n\n"
+        "Types: deb\nURIs: http://off.example.org/debian\nSuites: bookworm\nEnabled: no\n")
     (sources / "old.list.disabled").write_text("deb http://disabled.example.org/ x main\n")
     assert postroj.read_apt_sources(tmp_path) == [
         ("http://archive.ubuntu.com/ubuntu", "noble"), ("http://deb.debian.org/debian", "bookworm"),
+        ("http://deb.debian.org/debian", "bookworm-updates"),
         ("https://security.debian.org:8443/debian-security", "bookworm-security")]
     assert postroj.archive_endpoints(tmp_path) == (
         ("archive.ubuntu.com", 80), ("deb.debian.org", 80), ("security.debian.org", 8443))

@@ -76,6 +76,17 @@ def test_lists_as_the_last_refresh_left_them_and_published_the_same_are_current(
     assert sorted(archive.requests) == ["/dists/stable-updates/InRelease", "/dists/stable/InRelease"]
 
 
+def test_a_deb822_stanza_of_two_suites_is_current_as_two_lines_are(setup, archive, tmp_path):
+    """Registry images write deb822 sources: one stanza names the release and its updates."""
+    settings, cache, image = setup
+    (image.path / "etc" / "apt" / "sources.list").unlink()
+    (image.path / "etc" / "apt" / "sources.list.d").mkdir()
+    (image.path / "etc" / "apt" / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: %s\nSuites: stable stable-updates\nComponents: main\n" % archive.uri)
+    assert postroj.lists_current(settings, cache, image)
+    assert sorted(archive.requests) == ["/dists/stable-updates/InRelease", "/dists/stable/InRelease"]
+
+
 def test_a_suite_that_published_a_new_inrelease_needs_a_refresh(setup, archive):
     settings, cache, image = setup
     (archive.root / "dists" / "stable-updates" / "InRelease").write_bytes(RELEASE % (b"stable-updates", b"New: 1"))

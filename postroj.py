@@ -202,9 +202,9 @@ class Settings(NamedTuple):
         return self.cache / "packages"
 
 
-def check_state_dirs(settings: Settings, cache: bool = True) -> None:
-    """Refuse, before anything starts, a POSTROJ_HOME (and POSTROJ_CACHE) that is not a directory postroj can
-    write: a file, a read-only file system, a path that cannot be made."""
+def state_dir_problem(settings: Settings, cache: bool = True, write: bool = True) -> Optional[Tuple[str, str]]:
+    """Why POSTROJ_HOME (and POSTROJ_CACHE) cannot serve, as (error, hint), or None: not a directory (a file,
+    a path that cannot be made) and, when the command writes, a read-only file system or no permission."""
     for name, path in (("POSTROJ_HOME", settings.home), ("POSTROJ_CACHE", settings.cache))[: 2 if cache else 1]:
         hint = "point %s at a writable directory (default: %s)" % (
             name, DEFAULT_HOME if name == "POSTROJ_HOME" else DEFAULT_CACHE)
@@ -214,14 +214,23 @@ def check_state_dirs(settings: Settings, cache: bool = True) -> None:
         try:
             st = existing.stat()
         except OSError as exc:
-            die("%s %s cannot be used: %s" % (name, path, exc.strerror or exc), hint)
+            return "%s %s cannot be used: %s" % (name, path, exc.strerror or exc), hint
         if not stat.S_ISDIR(st.st_mode):
-            die("%s %s is not a directory (%s is %s)" % (name, path, existing, "a file" if stat.S_ISREG(st.st_mode)
-                                                         else "not a directory"), hint)
-        if os.statvfs(str(existing)).f_flag & os.ST_RDONLY:
-            die("%s %s is on a read-only file system" % (name, path), hint)
-        if not os.access(str(existing), os.W_OK | os.X_OK):
-            die("%s %s cannot be written (%s)" % (name, path, existing), hint)
+            return "%s %s is not a directory (%s is %s)" % (
+                name, path, existing, "a file" if stat.S_ISREG(st.st_mode) else "not a directory"), hint
+        if write and os.statvfs(str(existing)).f_flag & os.ST_RDONLY:
+            return "%s %s is on a read-only file system" % (name, path), hint
+        if write and not os.access(str(existing), os.W_OK | os.X_OK):
+            return "%s %s cannot be written (%s)" % (name, path, existing), hint
+    return None
+
+
+def check_state_dirs(settings: Settings, cache: bool = True, write: bool = True) -> None:
+    """Refuse, before anything starts, a POSTROJ_HOME (and POSTROJ_CACHE) the command cannot use (see
+    state_dir_problem); commands that only read them (`list-images`, `machines`, `vm list`) pass write=False."""
+    problem = state_dir_problem(settings, cache, write)
+    if problem:
+        die(*problem)
 
 
 def ensure_dir(path: Path, mode: int = 0o755) -> Path:
@@ -6646,6 +6655,9 @@ def doctor_checks(settings: Settings) -> List[Check]:
                   "host's layout" % UNIFIED_SINCE_SYSTEMD
     checks.append(Check("cgroups", bool(layout), layout or "no cgroup file system at /sys/fs/cgroup",
                         "mount cgroup2 on /sys/fs/cgroup"))
+    problem = state_dir_problem(settings)
+    checks.append(Check("state directories", not problem, problem[0] if problem else "POSTROJ_HOME %s, POSTROJ_CACHE "
+                        "%s" % (settings.home, settings.cache), problem[1] if problem else ""))
     home_fs = filesystem_of(settings.home) or "unknown"
     checks.append(Check("overlay upper directories", True, "on a tmpfs per container (POSTROJ_HOME is on overlay)"
                         if overlay_upper_on_tmpfs(settings) else "in POSTROJ_HOME (%s)" % home_fs))
@@ -6676,6 +6688,7 @@ def doctor_checks(settings: Settings) -> List[Check]:
 
 def cmd_list_images(args: argparse.Namespace, settings: Settings) -> int:
     """The catalogue, the VM boxes and the acquired images (or all of it as JSON)."""
+    check_state_dirs(settings, cache=False, write=False)
     acquired = {info.name: info for info in list_images(settings)}
     day = today()
     if args.json:
@@ -6832,6 +6845,7 @@ def cmd_container(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_machines(args: argparse.Namespace, settings: Settings) -> int:
     """The running postroj containers of this POSTROJ_HOME."""
+    check_state_dirs(settings, cache=False, write=False)
     machines = list_machines(settings)
     if args.json:
         print(json.dumps({"schema": JSON_SCHEMA, "machines": [m._asdict() for m in machines]}, indent=2))
@@ -7146,6 +7160,7 @@ def cmd_completion(args: argparse.Namespace, settings: Settings) -> int:
 
 def vm_list(args: argparse.Namespace, settings: Settings) -> int:
     """The state of each VM postroj has a Vagrantfile for."""
+    check_state_dirs(settings, cache=False, write=False)
     rows = []
     for label in list_vms(settings):
         rows.append([label, VagrantMachine(settings, find_box_by_dir(label)).status()])
@@ -7159,6 +7174,7 @@ def vm_list(args: argparse.Namespace, settings: Settings) -> int:
 def vm_up(args: argparse.Namespace, settings: Settings) -> int:
     """Bring a box up (and leave it up for probe --vm), destroying it again when that fails."""
     box = find_box(args.box)
+    check_state_dirs(settings, cache=False)
     vm = VagrantMachine(settings, box, args.provider, args.cpus, args.memory)
     require_tool("vagrant")
     check_provider(settings, vm.provider)
@@ -7176,6 +7192,7 @@ def vm_up(args: argparse.Namespace, settings: Settings) -> int:
 def vm_destroy(args: argparse.Namespace, settings: Settings) -> int:
     """Destroy a box's VM and its Vagrantfile."""
     box = find_box(args.box)
+    check_state_dirs(settings, cache=False)
     require_tool("vagrant")
     VagrantMachine(settings, box).destroy()
     print("destroyed %s" % box.label)
@@ -7185,6 +7202,7 @@ def vm_destroy(args: argparse.Namespace, settings: Settings) -> int:
 def vm_run(args: argparse.Namespace, settings: Settings) -> int:
     """Run a command in a VM that is up; its exit status is postroj's."""
     box = find_box(args.box)
+    check_state_dirs(settings, cache=False)
     kind = GUESTS[box.guest]
     command = list(args.command)
     if not command:

@@ -344,6 +344,39 @@ def test_state_directory_that_is_a_file(images, tmp_path, variable, command):
     assert snapshot(images.home, tmp_path / "no-cache") == before, "something was half-written in POSTROJ_HOME"
 
 
+READERS = [["list-images"], ["machines"], ["vm", "list"]]
+VM_WRITERS = [["vm", "up", "ubuntu-24.04"], ["vm", "run", "ubuntu-24.04", "--", "true"], ["vm", "destroy", "ubuntu-24.04"]]
+
+
+@pytest.mark.parametrize("command", READERS + VM_WRITERS, ids=" ".join)
+def test_every_other_command_refuses_a_home_that_is_a_file(images, tmp_path, command):
+    path = tmp_path / "a-file"
+    path.write_text("not a directory\n")
+    proc = run(Postroj(images.pyz, path, images.cache, images.extra_env), *command)
+    clean_error(proc, 1, "POSTROJ_HOME", "not a directory")
+    assert path.read_text() == "not a directory\n"
+
+
+@pytest.mark.parametrize("command", READERS, ids=" ".join)
+def test_commands_that_only_read_work_on_a_read_only_home(images, command):
+    with read_only(images.home):
+        proc = run(images, *command)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_doctor_names_a_state_directory_that_cannot_serve(images, tmp_path):
+    path = tmp_path / "a-file"
+    path.write_text("not a directory\n")
+    proc = run(Postroj(images.pyz, images.home, path, images.extra_env), "doctor", "--json")
+    assert proc.returncode == 1, proc.stderr
+    check = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}["state directories"]
+    assert not check["ok"] and "POSTROJ_CACHE" in check["detail"] and "not a directory" in check["detail"], check
+    assert "writable directory" in check["fix"]
+    assert {c["name"]: c for c in json.loads(run(images, "doctor", "--json").stdout)["checks"]}[
+        "state directories"]["ok"]
+
+
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_read_only_state_root(images, command):
     with read_only(images.home):

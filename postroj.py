@@ -1238,11 +1238,12 @@ def cgroup_layout() -> str:
 
 def unmount_below(path: Path) -> List[str]:
     """Unmount, deepest first, what is mounted at or below `path` in postroj's mount namespace (what an
-    interrupted step of its own left there); returns the mount points that stay mounted."""
+    interrupted step of its own left there), each mount of a point stacked on another too; returns the mount
+    points that stay mounted."""
     top = os.path.realpath(str(path)).rstrip("/") or "/"
-    points = sorted({m.point for m in mounts() if m.point == top or m.point.startswith(top + "/")},
+    points = sorted([m.point for m in mounts() if m.point == top or m.point.startswith(top + "/")],
                     key=lambda p: (p.count("/"), p), reverse=True)
-    return [point for point in points if not unmount(Path(point))]
+    return list(dict.fromkeys(point for point in points if not unmount(Path(point))))
 
 
 def unmount(point: Path) -> bool:

@@ -371,3 +371,69 @@ def test_time_outs_up_to_seven_days_and_no_more(argv, option, usage_error):
     for value in ("604800.5", "604801", "1e10", "1e308"):
         error = usage_error(postroj.parse_command_line, argv + [value])
         assert option in error.message and "at most %d" % CEILING in error.message, error.message
+
+
+# ==============================================================================
+# 3. No tree deletion crosses a mount point or follows a link
+# ==============================================================================
+
+REMOVE_TREE = r"""
+import json, os, subprocess, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import postroj
+base = Path(sys.argv[2])
+shared, tree = base / "host-shm", base / "tree"
+for d in (shared, tree / "rootfs" / "dev" / "shm", tree / "rootfs" / "proc", tree / "outside"):
+    d.mkdir(parents=True)
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "canary", str(shared)], check=True)
+(shared / "canary").write_text("the host's\n")
+subprocess.run(["mount", "--bind", str(shared), str(tree / "rootfs" / "dev" / "shm")], check=True)
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "inner", str(tree / "rootfs" / "proc")], check=True)
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "deeper", str(tree / "rootfs" / "proc" / ".")], check=True)
+(base / "host-file").write_text("host\n")
+(tree / "rootfs" / "link-to-host").symlink_to(base / "host-file")
+(tree / "rootfs" / "dir-link").symlink_to(base)
+mode = sys.argv[3]
+error = ""
+if mode == "locked":  # mounts inherited into a user namespace are locked: they cannot be unmounted there
+    args = ["unshare", "--user", "--map-root-user", "--mount", "--", sys.executable, "-c",
+            "import sys; sys.path.insert(0, sys.argv[1]); import postroj; from pathlib import Path\n"
+            "try:\n    postroj.remove_tree(Path(sys.argv[2]))\nexcept postroj.PostrojError as e:\n"
+            "    print(e.args[0])", sys.argv[1], str(tree)]
+    error = subprocess.run(args, stdout=subprocess.PIPE, check=True, text=True).stdout
+else:
+    postroj.remove_tree(tree)
+mounted = [line.split()[4] for line in open("/proc/self/mountinfo") if line.split()[4].startswith(str(tree))]
+json.dump({"canary": (shared / "canary").read_text() if (shared / "canary").exists() else None,
+           "host": (base / "host-file").read_text(), "tree": tree.exists(), "error": error, "mounted": mounted,
+           "left": sorted(str(p.relative_to(tree)) for p in tree.rglob("*")) if tree.exists() else []},
+          sys.stdout)
+"""
+
+
+def remove_tree_in_namespace(tmp_path: Path, mode: str) -> dict:
+    """remove_tree on a root with proc and a bind of a canary tmpfs (as a bootstrap leaves them), links to
+    host files, in a mount namespace of the test's own; what is left."""
+    if not AS_ROOT:
+        pytest.skip("mounts need root")
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c",
+                           REMOVE_TREE, str(POSTROJ.parent), str(tmp_path), mode],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
+    return json.loads(done.stdout)
+
+
+def test_remove_tree_unmounts_deepest_first_and_never_deletes_below_a_mount(tmp_path):
+    left = remove_tree_in_namespace(tmp_path, "unmount")
+    assert left["canary"] == "the host's\n", "a file in a tmpfs bound into the tree was deleted"
+    assert left["host"] == "host\n"
+    assert left["mounted"] == [] and not left["tree"], left
+
+
+def test_a_mount_that_cannot_be_unmounted_keeps_its_content_and_is_named(tmp_path):
+    left = remove_tree_in_namespace(tmp_path, "locked")
+    assert left["canary"] == "the host's\n", "a file below a mount that stayed was deleted"
+    assert left["host"] == "host\n"
+    assert "another file system is mounted there" in left["error"] and "rootfs/dev/shm" in left["error"], left
+    assert "rootfs/link-to-host" not in left["left"] and "outside" not in left["left"], left

@@ -655,13 +655,24 @@ def remove_leftover_cgroups(cgroups: "list[str]") -> None:
         time.sleep(0.05)
 
 
-def kill_a_container_run(runner: Postroj, victims: str) -> "dict":
-    """Start `container debian-bookworm -- sleep ...`, SIGKILL postroj (and, with "postroj-and-nspawn", its
-    nspawn) while the command runs; the run's state file as it was."""
+def kill_a_run(runner: Postroj, victims: str, kind: str = "container") -> "dict":
+    """Start a `container debian-bookworm -- sleep ...`, a probe whose command sleeps, or an autopkgtest-virt
+    server with an open testbed; SIGKILL postroj (and, with "postroj-and-nspawn", its nspawn) while the
+    container runs; the run's state file as it was."""
     marker = "60.%06d" % random.randrange(10 ** 6)
-    proc = runner.popen("container", "debian-bookworm", "--", "sleep", marker)
+    if kind == "autopkgtest-virt":
+        proc = runner.popen("autopkgtest-virt", "debian-bookworm", stdin=subprocess.PIPE)
+    else:
+        proc = runner.popen(*{"container": ["container", "debian-bookworm", "--", "sleep", marker],
+                              "probe": ["probe", "--image", "debian-bookworm", "--command", "sleep " + marker]}[kind])
     try:
-        wait_for(lambda: proc.poll() is not None or payload(runner, "sleep " + marker), what="the command")
+        if kind == "autopkgtest-virt":
+            assert proc.stdout.readline() == "ok\n", proc.stderr.read()
+            proc.stdin.write("open\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().startswith("ok "), proc.stderr.read()
+        else:
+            wait_for(lambda: proc.poll() is not None or payload(runner, "sleep " + marker), what="the command")
         assert proc.poll() is None, proc.communicate()
         (state_file,) = (runner.home / "run").glob("*.json")
         state = json.loads(state_file.read_text())
@@ -680,9 +691,10 @@ def kill_a_container_run(runner: Postroj, victims: str) -> "dict":
     return state
 
 
-@pytest.mark.parametrize("victims", ["postroj", "postroj-and-nspawn"])
-def test_the_next_run_of_a_killed_machine_removes_its_cgroups(images, victims):
-    state = kill_a_container_run(images, victims)
+@pytest.mark.parametrize("kind, victims", [("container", "postroj"), ("container", "postroj-and-nspawn"),
+                                           ("probe", "postroj-and-nspawn"), ("autopkgtest-virt", "postroj")])
+def test_the_next_run_of_a_killed_machine_removes_its_cgroups(images, kind, victims):
+    state = kill_a_run(images, victims, kind)
     try:
         proc = images("container", "debian-bookworm", "--", "hostname", check=0)
         assert proc.stdout.strip() == state["machine"], "the next run took another name: the test proves nothing"
@@ -694,9 +706,10 @@ def test_the_next_run_of_a_killed_machine_removes_its_cgroups(images, victims):
     assert_nothing_left(images)
 
 
-@pytest.mark.parametrize("state_file", ["intact", "corrupt"])
-def test_gc_alone_removes_the_cgroups_of_a_killed_run_and_only_its_homes(images, tmp_path, state_file):
-    state = kill_a_container_run(images, "postroj-and-nspawn")
+@pytest.mark.parametrize("kind, state_file", [("container", "intact"), ("container", "corrupt"), ("probe", "intact"),
+                                              ("autopkgtest-virt", "intact")])
+def test_gc_alone_removes_the_cgroups_of_a_killed_run_and_only_its_homes(images, tmp_path, kind, state_file):
+    state = kill_a_run(images, "postroj-and-nspawn", kind)
     try:
         key = hashlib.sha256(str(images.home).encode()).hexdigest()[:8]
         pattern = r"postroj\.%s\.%s\.[0-9a-z]+" % (re.escape(state["machine"]), key)

@@ -134,6 +134,15 @@ def msi_file(directory: Path) -> Path:
 # --- postroj vm up / run / list / destroy -----------------------------------------
 
 
+def test_vagrant_gets_an_environment_built_from_an_allowlist(postroj, vagrant):
+    env = dict(vagrant.env(), POSTROJ_TEST_SECRET="x", CI_JOB_TOKEN="secret", LANG="C.UTF-8", https_proxy="")
+    postroj("vm", "up", LINUX, env=env)
+    postroj("vm", "destroy", LINUX, env=env)
+    names = {name for call in vagrant.calls for name in call["names"]}
+    assert vagrant.actions() and not names & {"POSTROJ_TEST_SECRET", "CI_JOB_TOKEN"}, sorted(names)
+    assert {"LANG", "https_proxy", "PATH", "VAGRANT_FAKE_LOG"} <= names, sorted(names)
+
+
 def test_linux_box_up_run_list_destroy(postroj, vagrant):
     env = vagrant.env()
     directory = vm_dir(postroj, LINUX)

@@ -171,6 +171,33 @@ def test_report_through_a_symlink_writes_its_target(shard, tmp_path, option):
     assert listing(link.parent) == ["report"] and listing(elsewhere) == ["report"], "a temporary file is left"
 
 
+def limit_file_size() -> None:
+    """Writes past 64 bytes fail with EFBIG (SIGXFSZ ignored), as a full disk would fail them."""
+    import signal
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+
+@pytest.mark.parametrize("option", ["--json", "--junit"])
+def test_a_regular_report_is_replaced_atomically_with_its_mode(shard, tmp_path, option):
+    out = tmp_path / "out"
+    out.mkdir()
+    report = out / "report"
+    report.write_text("the old report\n")
+    os.chmod(report, 0o640)
+    os.link(report, tmp_path / "reader")  # what a reader has open: the old report, whole
+    clean_exit(cli("report", shard, option, report), 0)
+    assert (tmp_path / "reader").read_text() == "the old report\n", "written in place, not replaced"
+    assert stat.S_IMODE(report.stat().st_mode) == 0o640
+    assert len(report.read_bytes()) > 64
+    assert listing(out) == ["report"], "a temporary file is left"
+    proc = subprocess.run([sys.executable, str(POSTROJ), "report", str(shard), option, str(report)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit_file_size)
+    clean_exit(proc, 1, str(report), "File too large")
+    assert len(report.read_bytes()) > 64, "a failed write left a cut report"
+    assert listing(out) == ["report"], "a failed write left a temporary file"
+
+
 def test_report_into_a_fifo_is_written_into_it(shard, tmp_path):
     fifo = tmp_path / "reports.fifo"
     os.mkfifo(fifo)

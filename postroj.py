@@ -6523,17 +6523,22 @@ def shard_spec(text: str) -> Tuple[int, int]:
 MAX_SECONDS = 7 * 24 * 3600  # a time-out beyond a week is a typo, and beyond what select() and sleep() take
 
 
-def positive_float(text: str) -> float:
-    """A time-out in seconds: above 0, at most MAX_SECONDS."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number" % text)
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError("must be a positive number of seconds, not %s" % text)
-    if value > MAX_SECONDS:
-        raise argparse.ArgumentTypeError("must be at most %d seconds (7 days), not %s" % (MAX_SECONDS, text))
-    return value
+def positive_number(unit: str, most: float, aside: str = "") -> Callable[[str], float]:
+    """An argparse type: a number of `unit` above 0 and at most `most` (beyond it, a typo)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not a number" % text)
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError("must be a positive number of %s, not %s" % (unit, text))
+        if value > most:
+            raise argparse.ArgumentTypeError("must be at most %g %s%s, not %s" % (most, unit, aside, text))
+        return value
+    return parse
+
+
+positive_float = positive_number("seconds", MAX_SECONDS, " (7 days)")  # time-outs
 
 
 def parse_bind(spec: str, readonly: bool) -> Bind:
@@ -7381,9 +7386,9 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
 
     p = sub.add("gc", "end leftover containers, remove stale state, unused image versions and dependency layers",
                 ["postroj gc", "postroj gc --layer-days 3 --layer-gb 5"])
-    p.add_argument("--layer-days", type=positive_float, default=14, metavar="DAYS", help="remove dependency "
+    p.add_argument("--layer-days", type=positive_number("days", 3650), default=14, metavar="DAYS", help="remove dependency "
                    "layers no probe used for DAYS (default: 14)")
-    p.add_argument("--layer-gb", type=positive_float, default=20, metavar="GB", help="remove the longest unused "
+    p.add_argument("--layer-gb", type=positive_number("GB", 1 << 20), default=20, metavar="GB", help="remove the longest unused "
                    "dependency layers while all of them take more than GB gigabytes (default: 20)")
     p.set_defaults(func=cmd_gc)
 

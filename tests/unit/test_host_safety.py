@@ -400,6 +400,15 @@ def test_time_outs_up_to_seven_days_and_no_more(argv, option, usage_error):
         assert option in error.message and "at most %d" % CEILING in error.message, error.message
 
 
+@pytest.mark.parametrize("option, unit, most", [("--layer-days", "days", 3650), ("--layer-gb", "GB", 1 << 20)])
+def test_gc_bounds_are_named_in_their_own_unit(option, unit, most, usage_error):
+    assert getattr(postroj.parse_command_line(["gc", option, str(most)]), option[2:].replace("-", "_")) == most
+    error = usage_error(postroj.parse_command_line, ["gc", option, str(most + 1)])
+    assert "at most %d %s" % (most, unit) in error.message and "seconds" not in error.message, error.message
+    error = usage_error(postroj.parse_command_line, ["gc", option, "0"])
+    assert "positive number of %s" % unit in error.message, error.message
+
+
 # ==============================================================================
 # 3. No tree deletion crosses a mount point or follows a link
 # ==============================================================================

@@ -6533,7 +6533,7 @@ def positive_number(unit: str, most: float, aside: str = "") -> Callable[[str], 
         if not value > 0 or value != value or value == float("inf"):
             raise argparse.ArgumentTypeError("must be a positive number of %s, not %s" % (unit, text))
         if value > most:
-            raise argparse.ArgumentTypeError("must be at most %g %s%s, not %s" % (most, unit, aside, text))
+            raise argparse.ArgumentTypeError("must be at most %d %s%s, not %s" % (most, unit, aside, text))
         return value
     return parse
 

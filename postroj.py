@@ -804,25 +804,6 @@ def unknown_name_error(kind: str, name: str, candidates: Sequence[str], hint: st
     return UsageError(message, hint)
 
 
-def find_box(name: str) -> Box:
-    """The curated box `name`, or a box made from `vagrant:OWNER/BOX`."""
-    for box in BOXES:
-        if box.label == name:
-            return box
-    if name.startswith("vagrant:"):
-        ref = name[len("vagrant:"):]
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", ref):
-            die("malformed box reference %r" % name, "write vagrant:OWNER/BOX, as on Vagrant Cloud", usage=True)
-        guest = Guest.WINDOWS if "windows" in ref.lower() else Guest.BSD if "bsd" in ref.lower() else Guest.LINUX
-        label = re.sub(r"[^a-z0-9.-]+", "-", ref.lower()).strip("-.")
-        if not re.fullmatch(NAME_PATTERN, label) or ".." in label:
-            die("box reference %r gives no usable name" % name, "write vagrant:OWNER/BOX with letters or digits",
-                usage=True)
-        return Box(label, ref, guest, GUESTS[guest].communicator)
-    raise unknown_name_error("box", name, [b.label for b in BOXES],
-                             "see `postroj list-images` for curated boxes, or use vagrant:OWNER/BOX")
-
-
 def check_name(name: str, what: str = "image name") -> str:
     """Refuse names that cannot be a directory and machine name: only [a-z0-9._-], no `..`."""
     if not re.fullmatch(NAME_PATTERN, name) or ".." in name:
@@ -966,6 +947,11 @@ def reap_group(pgid: int, timeout: float = 5.0) -> None:
         if not members or time.monotonic() > deadline:
             return
         time.sleep(0.02)
+
+
+def tail(text: str, lines: int = 20) -> str:
+    """The last `lines` lines of `text`."""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def run(cmd: Sequence[str], *, check: bool = True, capture: bool = False, stdin: Any = subprocess.DEVNULL,
@@ -1301,6 +1287,76 @@ def _remove_below(directory: str, device: int, stuck: "set[str]", kept: List[str
         if len(kept) == before:
             with contextlib.suppress(FileNotFoundError):
                 os.rmdir(entry.path)
+
+
+# --- an image's root, read from the host without following its links ---------------------
+
+
+def resolve_in_root(root: Path, relative: str) -> Optional[Path]:
+    """The path `relative` names inside `root`, following links as the container would: never out of `root`."""
+    parts = [p for p in relative.split("/") if p not in ("", ".")]
+    resolved: List[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = root.joinpath(*resolved, part)
+        if candidate.is_symlink():
+            hops += 1
+            if hops > 40:
+                return None
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(part)
+    return root.joinpath(*resolved)
+
+
+def read_os_release(root: Path) -> Dict[str, str]:
+    """Fields of the image's os-release (in /etc, else /usr/lib), without following links out of `root`."""
+    for rel in ("etc/os-release", "usr/lib/os-release"):
+        path = resolve_in_root(root, rel)
+        if path is None:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        fields = {}
+        for line in text.splitlines():
+            if "=" in line and not line.startswith("#"):
+                key, value = line.split("=", 1)
+                fields[key.strip()] = value.strip().strip("\"'")
+        return fields
+    return {}
+
+
+# systemd 256 refuses to boot on cgroup v1 unless told to, and 258 removed it (README: Hosts).
+UNIFIED_SINCE_SYSTEMD = 256
+
+
+def systemd_version(root: Path) -> int:
+    """The version of the image's systemd, from the name of its shared library (libsystemd-shared-257.so,
+    -256.11-1.fc41.so); 0 when there is none. Nothing of the image runs, and no link leads out of `root`."""
+    places = ["usr/lib/systemd", "usr/lib64/systemd", "lib/systemd", "lib64/systemd"]
+    lib = resolve_in_root(root, "usr/lib")
+    with contextlib.suppress(OSError):
+        if lib is not None:  # Debian's and Ubuntu's multiarch directory, usr/lib/x86_64-linux-gnu/systemd
+            places += ["usr/lib/%s/systemd" % e for e in os.listdir(lib) if re.fullmatch(r"\w+-linux-gnu\w*", e)]
+    found = [0]
+    for place in places:
+        directory = resolve_in_root(root, place)
+        with contextlib.suppress(OSError):
+            if directory is not None:
+                found += [int(m.group(1)) for m in map(re.compile(r"libsystemd-shared-(\d+)").match,
+                                                       os.listdir(directory)) if m]
+    return max(found)
+
 
 # --- cgroups -----------------------------------------------------------------------------
 
@@ -2339,50 +2395,6 @@ OS_FAMILIES = {
 }
 
 
-def resolve_in_root(root: Path, relative: str) -> Optional[Path]:
-    """The path `relative` names inside `root`, following links as the container would: never out of `root`."""
-    parts = [p for p in relative.split("/") if p not in ("", ".")]
-    resolved: List[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = root.joinpath(*resolved, part)
-        if candidate.is_symlink():
-            hops += 1
-            if hops > 40:
-                return None
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved.append(part)
-    return root.joinpath(*resolved)
-
-
-def read_os_release(root: Path) -> Dict[str, str]:
-    """Fields of the image's os-release (in /etc, else /usr/lib), without following links out of `root`."""
-    for rel in ("etc/os-release", "usr/lib/os-release"):
-        path = resolve_in_root(root, rel)
-        if path is None:
-            continue
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue
-        fields = {}
-        for line in text.splitlines():
-            if "=" in line and not line.startswith("#"):
-                key, value = line.split("=", 1)
-                fields[key.strip()] = value.strip().strip("\"'")
-        return fields
-    return {}
-
-
 def os_family(fields: Dict[str, str]) -> str:
     """The family (debian, redhat, suse, arch) of an os-release, by its ID and ID_LIKE."""
     for ident in [fields.get("ID", "")] + fields.get("ID_LIKE", "").split():
@@ -2399,28 +2411,6 @@ def detect_package_manager(root: Path) -> str:
             if (root / bindir / manager.command).exists():
                 return str(name)
     return ""
-
-
-# systemd 256 refuses to boot on cgroup v1 unless told to, and 258 removed it (README: Hosts).
-UNIFIED_SINCE_SYSTEMD = 256
-
-
-def systemd_version(root: Path) -> int:
-    """The version of the image's systemd, from the name of its shared library (libsystemd-shared-257.so,
-    -256.11-1.fc41.so); 0 when there is none. Nothing of the image runs, and no link leads out of `root`."""
-    places = ["usr/lib/systemd", "usr/lib64/systemd", "lib/systemd", "lib64/systemd"]
-    lib = resolve_in_root(root, "usr/lib")
-    with contextlib.suppress(OSError):
-        if lib is not None:  # Debian's and Ubuntu's multiarch directory, usr/lib/x86_64-linux-gnu/systemd
-            places += ["usr/lib/%s/systemd" % e for e in os.listdir(lib) if re.fullmatch(r"\w+-linux-gnu\w*", e)]
-    found = [0]
-    for place in places:
-        directory = resolve_in_root(root, place)
-        with contextlib.suppress(OSError):
-            if directory is not None:
-                found += [int(m.group(1)) for m in map(re.compile(r"libsystemd-shared-(\d+)").match,
-                                                       os.listdir(directory)) if m]
-    return max(found)
 
 
 def has_systemd(root: Path) -> bool:
@@ -2554,7 +2544,6 @@ class Apt:
         script = 'for p; do s=$(dpkg-query -W -f="\\${db:Status-Abbrev}" "$p" 2>/dev/null) || continue; ' \
                  'case "$s" in ?n*) ;; *) echo "$p" ;; esac; done'
         return ["sh", "-c", script, "sh", *names]
-
 
 
 def resolved(output: str) -> Tuple[str, ...]:
@@ -2923,6 +2912,29 @@ def mask_units(root: Path, family: str) -> None:
         os.symlink("/dev/null", link)
 
 
+# /etc/hosts as Debian's and Ubuntu's installers write it; the host's own name on 127.0.1.1 is the container's
+# machine name, added to each container's overlay (minimal images have no nss-myhostname to resolve it)
+HOSTS = """127.0.0.1\tlocalhost
+
+# The following lines are desirable for IPv6 capable hosts
+::1     localhost ip6-localhost ip6-loopback
+ff02::1 ip6-allnodes
+ff02::2 ip6-allrouters
+"""
+
+
+def hosts_text(existing: str, hostname: str = "") -> str:
+    """/etc/hosts with localhost and `hostname` on 127.0.1.1: the image's own lines kept (its 127.0.1.1 line
+    replaced), or the installers' file where it has none."""
+    lines = [line for line in (existing or HOSTS).splitlines() if not line.split()[:1] == ["127.0.1.1"]]
+    if not any(line.split()[:1] == ["127.0.0.1"] and "localhost" in line.split()[1:] for line in lines):
+        lines.insert(0, "127.0.0.1\tlocalhost")
+    if hostname:
+        at = next(i for i, line in enumerate(lines) if line.split()[:1] == ["127.0.0.1"]) + 1
+        lines.insert(at, "127.0.1.1\t%s" % hostname)
+    return "\n".join(lines) + "\n"
+
+
 def provision(settings: Settings, host: Host, root: Path) -> Tuple[Dict[str, str], str, int]:
     """Make `root` bootable: install systemd where it lacks it, mask units that stall a container's boot.
 
@@ -3274,29 +3286,6 @@ def mask_for_boot(lower: Path, upper: Path) -> None:
                 os.symlink("/dev/null", target / name)
 
 
-# /etc/hosts as Debian's and Ubuntu's installers write it; the host's own name on 127.0.1.1 is the container's
-# machine name, added to each container's overlay (minimal images have no nss-myhostname to resolve it)
-HOSTS = """127.0.0.1\tlocalhost
-
-# The following lines are desirable for IPv6 capable hosts
-::1     localhost ip6-localhost ip6-loopback
-ff02::1 ip6-allnodes
-ff02::2 ip6-allrouters
-"""
-
-
-def hosts_text(existing: str, hostname: str = "") -> str:
-    """/etc/hosts with localhost and `hostname` on 127.0.1.1: the image's own lines kept (its 127.0.1.1 line
-    replaced), or the installers' file where it has none."""
-    lines = [line for line in (existing or HOSTS).splitlines() if not line.split()[:1] == ["127.0.1.1"]]
-    if not any(line.split()[:1] == ["127.0.0.1"] and "localhost" in line.split()[1:] for line in lines):
-        lines.insert(0, "127.0.0.1\tlocalhost")
-    if hostname:
-        at = next(i for i, line in enumerate(lines) if line.split()[:1] == ["127.0.0.1"]) + 1
-        lines.insert(at, "127.0.1.1\t%s" % hostname)
-    return "\n".join(lines) + "\n"
-
-
 def write_hosts(lower: Path, upper: Path, hostname: str) -> None:
     """The container's /etc/hosts, in its overlay: the image's with the machine name (an image whose /etc or
     /etc/hosts is a link keeps its own arrangement)."""
@@ -3366,6 +3355,26 @@ def listening_socket_in(pid: int, port: int) -> "socket.socket":
     return made["socket"]
 
 
+def pass_bytes(a: "socket.socket", b: "socket.socket", idle: float = 300) -> None:
+    """Copy bytes from `a` to `b` and back until both have ended (or nothing moved for `idle` s)."""
+    import socket
+
+    peers = {a: b, b: a}
+    ended: "set[socket.socket]" = set()
+    while len(ended) < 2:
+        ready = select.select([s for s in peers if s not in ended], [], [], idle)[0]
+        if not ready:
+            return
+        for sock in ready:
+            data = sock.recv(65536)
+            if data:
+                peers[sock].sendall(data)
+            else:
+                ended.add(sock)
+                with contextlib.suppress(OSError):
+                    peers[sock].shutdown(socket.SHUT_WR)
+
+
 class PackageProxy:
     """For one boot of a container: an HTTP proxy on 127.0.0.1:PACKAGE_PROXY_PORT inside its network namespace
     that connects, from the host's, to the image's package archives (`allowed`: host, port) and nowhere else:
@@ -3403,6 +3412,7 @@ class PackageProxy:
             self.thread.join(10)
 
     def serve(self, listener: "socket.socket") -> None:
+        """Accept the container's connections until the listener is closed, each served by a thread."""
         while True:
             try:
                 client, _address = listener.accept()
@@ -3556,26 +3566,6 @@ class PackageProxy:
                 os.unlink(temporary)
 
 
-def pass_bytes(a: "socket.socket", b: "socket.socket", idle: float = 300) -> None:
-    """Copy bytes from `a` to `b` and back until both have ended (or nothing moved for `idle` s)."""
-    import socket
-
-    peers = {a: b, b: a}
-    ended: "set[socket.socket]" = set()
-    while len(ended) < 2:
-        ready = select.select([s for s in peers if s not in ended], [], [], idle)[0]
-        if not ready:
-            return
-        for sock in ready:
-            data = sock.recv(65536)
-            if data:
-                peers[sock].sendall(data)
-            else:
-                ended.add(sock)
-                with contextlib.suppress(OSError):
-                    peers[sock].shutdown(socket.SHUT_WR)
-
-
 def login_shell(root: Path) -> str:
     """root's login shell in the image, /bin/sh when it has none."""
     try:
@@ -3725,6 +3715,91 @@ class MachinedMode:
 
 
 HOST_MODES = {HostMode.NSENTER: NsenterMode(), HostMode.MACHINED: MachinedMode()}
+
+
+# --- what a container changed against its image ------------------------------------------
+
+
+def merged_entries(image: Path, lower: Dict[str, str], upper: Dict[str, str]) -> Dict[str, str]:
+    """What a container with a layer changed against the image: the layer's entries (`lower`) under the
+    container's own (`upper`); a path the layer made that the container deleted is as in the image again."""
+    merged = dict(lower)
+    deleted = []
+    for path, kind in upper.items():
+        if kind == "gone" and lower.get(path, "gone") != "gone":
+            deleted.append(path + "/")
+            parent = resolve_in_root(image, os.path.dirname(path))
+            if parent is not None and os.path.lexists(str(parent / os.path.basename(path))):
+                merged[path] = "gone"
+            else:
+                del merged[path]
+        else:
+            merged[path] = kind
+    if deleted:
+        below = tuple(deleted)
+        merged = {p: k for p, k in merged.items() if p in upper or not p.startswith(below)}
+    return merged
+
+
+def overlay_entries(upper: Path) -> Dict[str, str]:
+    """What the container changed, from its overlay's upper directory, read on the host without following a
+    link: path in the container -> file, dir, link or gone (a whiteout: deleted from the image)."""
+    found = {}
+    for root, dirs, files in os.walk(str(upper)):  # os.walk does not follow links to directories
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            kind = "link" if stat.S_ISLNK(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode) else \
+                "gone" if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 else "file"
+            found["/" + os.path.relpath(path, str(upper))] = kind
+    return found
+
+
+def open_beneath(root: Path, relative: str) -> int:
+    """A descriptor of the directory that holds `relative` below `root`, reached without following a link
+    (what a container made may be a link anywhere on the host)."""
+    fd = os.open(str(root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in [p for p in relative.split("/") if p][:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def same_as_image(lower: Path, path: str, kind: str, upper: Path) -> bool:
+    """True when the image has `path` as the overlay has it now: a directory that was there (files were made
+    and removed in it), a link to the same place, a file with the same bytes (its owner or mode changed)."""
+    parent = resolve_in_root(lower, os.path.dirname(path))  # its own links lead within the image only
+    if parent is None or kind == "gone":
+        return False
+    image_path = parent / os.path.basename(path)
+    if not os.path.lexists(str(image_path)):
+        return False
+    name = os.path.basename(path)
+    try:
+        if kind == "dir":
+            return image_path.is_dir() and not image_path.is_symlink()
+        fd = open_beneath(upper, path)
+        try:
+            if kind == "link":
+                return image_path.is_symlink() and os.readlink(str(image_path)) == os.readlink(name, dir_fd=fd)
+            if image_path.is_symlink() or not image_path.is_file():
+                return False
+            with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd), "rb") as ours, \
+                    open(str(image_path), "rb") as theirs:
+                return os.fstat(ours.fileno()).st_size == os.fstat(theirs.fileno()).st_size and \
+                    ours.read() == theirs.read()
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
 
 
 class NspawnContainer:
@@ -4315,95 +4390,6 @@ class NspawnContainer:
         return self.files.directory / "scratch"
 
 
-def collect_garbage(settings: Settings, layer_days: float = 14, layer_gb: float = 20) -> List[str]:
-    """End leftover containers, remove stale runtime and staging state, unused image versions, and dependency
-    layers unused for `layer_days` or beyond `layer_gb` in all (the longest unused first)."""
-    done = []
-    for machine in list_machines(settings, include_stale=True):
-        if not machine.alive:
-            end_machine(settings, machine)
-            done.append("machine %s" % machine.name)
-    if settings.runtime.is_dir():
-        for entry in settings.runtime.iterdir():
-            files = RuntimeFiles(settings.runtime, RuntimeFiles.machine_of(entry.name) if entry.is_file()
-                                 else entry.name)
-            if not files.state.exists() and not lock_is_held(files.lock):
-                remove_tree(entry)
-                done.append("runtime %s" % entry.name)
-    if settings.tmp.is_dir():
-        for entry in settings.tmp.iterdir():
-            name = entry.name.rpartition(".")[0]  # mkdtemp's suffix has no dots; image names may
-            if entry.name.startswith(".doomed-") or not lock_is_held(settings.locks / ("image-%s.lock" % name)):
-                remove_tree(entry)
-                done.append("staging %s" % entry.name)
-    done += ["cgroup %s" % name for name in sorted(set(remove_stale_run_cgroups() + remove_orphan_cgroups(settings)))]
-    done += ["image version %s" % v.name for v in prune_versions(settings)]
-    done += ["dependency layer %s" % name for name in prune_layers(settings, layer_days, layer_gb)]
-    done += ["package proxy's staging %s" % name for name in prune_proxy_staging(settings)]
-    return done
-
-
-PROXY_STAGING_DAYS = 1  # a package proxy writes its download for minutes at most: older, its postroj was killed
-
-
-def prune_proxy_staging(settings: Settings) -> List[str]:
-    """Remove what package proxies killed in a download left in the package caches (.postroj-proxy.*, a day
-    old; links unlinked, never followed): RELEASE/NAME of each."""
-    removed = []
-    with contextlib.suppress(OSError):
-        for cache in os.scandir(settings.packages):
-            if not cache.is_dir(follow_symlinks=False):
-                continue
-            with contextlib.suppress(OSError):
-                for entry in os.scandir(cache.path):
-                    if entry.name.startswith(".postroj-proxy.") and not entry.is_dir(follow_symlinks=False) and \
-                            entry.stat(follow_symlinks=False).st_mtime < time.time() - PROXY_STAGING_DAYS * 86400:
-                        os.unlink(entry.path)
-                        removed.append("%s/%s" % (cache.name, entry.name))
-    return removed
-
-
-def list_layers(settings: Settings) -> List[Tuple[Layer, float, int]]:
-    """The complete dependency layers: each with its last use (a time) and its size, the latest used first."""
-    found = []
-    if settings.layers.is_dir():
-        for entry in settings.layers.iterdir():
-            layer = read_layer(entry) if not entry.name.startswith(".") else None
-            if layer is not None:
-                with contextlib.suppress(OSError, ValueError, KeyError):
-                    found.append((layer, layer.stamp.stat().st_mtime, int(json.loads(layer.stamp.read_text())["size"])))
-    return sorted(found, key=lambda item: -item[1])
-
-
-def prune_layers(settings: Settings, days: float, gb: float) -> List[str]:
-    """Remove half-made layers (their maker gone), layers of image versions that are gone, layers unused for
-    `days`, and the longest unused while all of them take more than `gb`; never one a probe uses or makes."""
-    removed = []
-    if not settings.layers.is_dir():
-        return removed
-    for entry in sorted(settings.layers.iterdir()):
-        # half-made: staged by a postroj that was killed, or a layer directory that is not whole
-        match = re.match(r"^\.making-([0-9a-f]+)-\d+$", entry.name) or \
-            (re.match(r"^([0-9a-f]{32})$", entry.name) if read_layer(entry) is None else None)
-        if match:
-            with file_lock(settings.layers / (".%s.lock" % match.group(1)), wait=False) as free:
-                if free:
-                    remove_tree(entry)
-                    removed.append(entry.name)
-    total = sum(size for _, _, size in list_layers(settings))
-    for layer, used, size in reversed(list_layers(settings)):  # the longest unused first
-        root = json.loads(layer.stamp.read_text()).get("root", "")
-        if root and os.path.isdir(root) and time.time() - used < days * 86400 and total <= gb * 1e9:
-            continue
-        with file_lock(settings.layers / (".%s.lock" % layer.key), wait=False) as free, \
-                file_lock(layer.stamp, wait=False) as unused:
-            if free and unused:
-                remove_tree(layer.directory)
-                removed.append(layer.key)
-                total -= size
-    return removed
-
-
 # ==============================================================================
 # Virtual machines (vagrant)
 # ==============================================================================
@@ -4493,6 +4479,25 @@ COMMUNICATORS: Dict[Communicator, Callable[[str, str], List[str]]] = {
 }
 
 
+def find_box(name: str) -> Box:
+    """The curated box `name`, or a box made from `vagrant:OWNER/BOX`."""
+    for box in BOXES:
+        if box.label == name:
+            return box
+    if name.startswith("vagrant:"):
+        ref = name[len("vagrant:"):]
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", ref):
+            die("malformed box reference %r" % name, "write vagrant:OWNER/BOX, as on Vagrant Cloud", usage=True)
+        guest = Guest.WINDOWS if "windows" in ref.lower() else Guest.BSD if "bsd" in ref.lower() else Guest.LINUX
+        label = re.sub(r"[^a-z0-9.-]+", "-", ref.lower()).strip("-.")
+        if not re.fullmatch(NAME_PATTERN, label) or ".." in label:
+            die("box reference %r gives no usable name" % name, "write vagrant:OWNER/BOX with letters or digits",
+                usage=True)
+        return Box(label, ref, guest, GUESTS[guest].communicator)
+    raise unknown_name_error("box", name, [b.label for b in BOXES],
+                             "see `postroj list-images` for curated boxes, or use vagrant:OWNER/BOX")
+
+
 def vagrantfile_text(box: Box, cpus: int = 0, memory: int = 0, boot_timeout: int = 600) -> str:
     """The Vagrantfile postroj writes for `box`."""
     return VAGRANTFILE_TEMPLATE.format(
@@ -4530,6 +4535,25 @@ def pump_lines(sinks: Dict[Any, Any], timeout: Optional[float], what: str) -> No
 
 
 VM_UP_MARK = "postroj-vm-up"
+
+
+def vagrant_tail(proc: subprocess.CompletedProcess, lines: int = 15) -> str:
+    """The last lines vagrant printed, indented, without escape sequences."""
+    text = clean_console((proc.stdout + proc.stderr).decode("utf-8", "replace")).strip().splitlines()
+    return "\n".join("  " + line for line in text[-lines:])
+
+
+class _StringSink:
+    """A write-only text stream that keeps what it got."""
+
+    def __init__(self) -> None:
+        self.parts: List[str] = []
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
 class VagrantMachine:
@@ -4624,25 +4648,6 @@ class VagrantMachine:
             if len(parts) >= 4 and parts[2] == "state":
                 return parts[3]
         return "unknown"
-
-
-def vagrant_tail(proc: subprocess.CompletedProcess, lines: int = 15) -> str:
-    """The last lines vagrant printed, indented, without escape sequences."""
-    text = clean_console((proc.stdout + proc.stderr).decode("utf-8", "replace")).strip().splitlines()
-    return "\n".join("  " + line for line in text[-lines:])
-
-
-class _StringSink:
-    """A write-only text stream that keeps what it got."""
-
-    def __init__(self) -> None:
-        self.parts: List[str] = []
-
-    def write(self, text: str) -> None:
-        self.parts.append(text)
-
-    def text(self) -> str:
-        return "".join(self.parts)
 
 
 def list_vms(settings: Settings) -> List[str]:
@@ -4846,11 +4851,6 @@ def materialize_packages(settings: Settings, probes: Sequence[Probe]) -> Dict[st
     return paths
 
 
-def tail(text: str, lines: int = 20) -> str:
-    """The last `lines` lines of `text`."""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def run_network_probe(container: NspawnContainer, probe: Probe, timeout: float) -> ProbeResult:
     """Connect from inside the container's network namespace, retrying until the timeout."""
     t0 = time.monotonic()
@@ -4931,6 +4931,9 @@ class DownloadFailed(PostrojError):
         self.output = output
 
 
+UPGRADE_FROM_ARCHIVE = "archive"
+
+
 class Packages(NamedTuple):
     """The packages of one image's life, staged in the container's guest directory and named: `new` the
     --package files, `old` what --upgrade-from installs first (files, or names from the image's sources),
@@ -4940,7 +4943,7 @@ class Packages(NamedTuple):
     old: Tuple[str, ...]
     names: Tuple[str, ...]
     probes: Tuple[Probe, ...]
-    labels: Dict[str, str] = {}  # a probe's target, or an --upgrade-from source -> NAME VERSION
+    labels: Dict[str, str]  # a probe's target, or an --upgrade-from source -> NAME VERSION
     dependencies: Tuple[str, ...] = ()  # NAME[:ARCH]=VERSION the first install brings with it (apt's resolution)
 
 
@@ -5148,28 +5151,94 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
     return read_layer(settings.layers / key)
 
 
-def merged_entries(image: Path, lower: Dict[str, str], upper: Dict[str, str]) -> Dict[str, str]:
-    """What a container with a layer changed against the image: the layer's entries (`lower`) under the
-    container's own (`upper`); a path the layer made that the container deleted is as in the image again."""
-    merged = dict(lower)
-    deleted = []
-    for path, kind in upper.items():
-        if kind == "gone" and lower.get(path, "gone") != "gone":
-            deleted.append(path + "/")
-            parent = resolve_in_root(image, os.path.dirname(path))
-            if parent is not None and os.path.lexists(str(parent / os.path.basename(path))):
-                merged[path] = "gone"
-            else:
-                del merged[path]
-        else:
-            merged[path] = kind
-    if deleted:
-        below = tuple(deleted)
-        merged = {p: k for p, k in merged.items() if p in upper or not p.startswith(below)}
-    return merged
+def list_layers(settings: Settings) -> List[Tuple[Layer, float, int]]:
+    """The complete dependency layers: each with its last use (a time) and its size, the latest used first."""
+    found = []
+    if settings.layers.is_dir():
+        for entry in settings.layers.iterdir():
+            layer = read_layer(entry) if not entry.name.startswith(".") else None
+            if layer is not None:
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    found.append((layer, layer.stamp.stat().st_mtime, int(json.loads(layer.stamp.read_text())["size"])))
+    return sorted(found, key=lambda item: -item[1])
 
 
-UPGRADE_FROM_ARCHIVE = "archive"
+def prune_layers(settings: Settings, days: float, gb: float) -> List[str]:
+    """Remove half-made layers (their maker gone), layers of image versions that are gone, layers unused for
+    `days`, and the longest unused while all of them take more than `gb`; never one a probe uses or makes."""
+    removed = []
+    if not settings.layers.is_dir():
+        return removed
+    for entry in sorted(settings.layers.iterdir()):
+        # half-made: staged by a postroj that was killed, or a layer directory that is not whole
+        match = re.match(r"^\.making-([0-9a-f]+)-\d+$", entry.name) or \
+            (re.match(r"^([0-9a-f]{32})$", entry.name) if read_layer(entry) is None else None)
+        if match:
+            with file_lock(settings.layers / (".%s.lock" % match.group(1)), wait=False) as free:
+                if free:
+                    remove_tree(entry)
+                    removed.append(entry.name)
+    total = sum(size for _, _, size in list_layers(settings))
+    for layer, used, size in reversed(list_layers(settings)):  # the longest unused first
+        root = json.loads(layer.stamp.read_text()).get("root", "")
+        if root and os.path.isdir(root) and time.time() - used < days * 86400 and total <= gb * 1e9:
+            continue
+        with file_lock(settings.layers / (".%s.lock" % layer.key), wait=False) as free, \
+                file_lock(layer.stamp, wait=False) as unused:
+            if free and unused:
+                remove_tree(layer.directory)
+                removed.append(layer.key)
+                total -= size
+    return removed
+
+
+PROXY_STAGING_DAYS = 1  # a package proxy writes its download for minutes at most: older, its postroj was killed
+
+
+def prune_proxy_staging(settings: Settings) -> List[str]:
+    """Remove what package proxies killed in a download left in the package caches (.postroj-proxy.*, a day
+    old; links unlinked, never followed): RELEASE/NAME of each."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for cache in os.scandir(settings.packages):
+            if not cache.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(cache.path):
+                    if entry.name.startswith(".postroj-proxy.") and not entry.is_dir(follow_symlinks=False) and \
+                            entry.stat(follow_symlinks=False).st_mtime < time.time() - PROXY_STAGING_DAYS * 86400:
+                        os.unlink(entry.path)
+                        removed.append("%s/%s" % (cache.name, entry.name))
+    return removed
+
+
+def collect_garbage(settings: Settings, layer_days: float = 14, layer_gb: float = 20) -> List[str]:
+    """End leftover containers, remove stale runtime and staging state, unused image versions, and dependency
+    layers unused for `layer_days` or beyond `layer_gb` in all (the longest unused first)."""
+    done = []
+    for machine in list_machines(settings, include_stale=True):
+        if not machine.alive:
+            end_machine(settings, machine)
+            done.append("machine %s" % machine.name)
+    if settings.runtime.is_dir():
+        for entry in settings.runtime.iterdir():
+            files = RuntimeFiles(settings.runtime, RuntimeFiles.machine_of(entry.name) if entry.is_file()
+                                 else entry.name)
+            if not files.state.exists() and not lock_is_held(files.lock):
+                remove_tree(entry)
+                done.append("runtime %s" % entry.name)
+    if settings.tmp.is_dir():
+        for entry in settings.tmp.iterdir():
+            name = entry.name.rpartition(".")[0]  # mkdtemp's suffix has no dots; image names may
+            if entry.name.startswith(".doomed-") or not lock_is_held(settings.locks / ("image-%s.lock" % name)):
+                remove_tree(entry)
+                done.append("staging %s" % entry.name)
+    done += ["cgroup %s" % name for name in sorted(set(remove_stale_run_cgroups() + remove_orphan_cgroups(settings)))]
+    done += ["image version %s" % v.name for v in prune_versions(settings)]
+    done += ["dependency layer %s" % name for name in prune_layers(settings, layer_days, layer_gb)]
+    done += ["package proxy's staging %s" % name for name in prune_proxy_staging(settings)]
+    return done
+
 
 # Paths a package's life changes on any system and purge does not restore: logs, the package managers' and
 # systemd's state, caches, the journal (README: Lifecycle). Users and groups that remain are reported, not
@@ -5192,23 +5261,6 @@ PROCESSES_SCRIPT = r'''for p in /proc/[0-9]*; do
 done'''
 MISSING_SCRIPT = 'for f; do [ -e "$f" ] || printf "%s\\n" "$f"; done'
 UNIT_DIRS = ("/lib/systemd/system/", "/usr/lib/systemd/system/", "/etc/systemd/system/")
-
-
-def overlay_entries(upper: Path) -> Dict[str, str]:
-    """What the container changed, from its overlay's upper directory, read on the host without following a
-    link: path in the container -> file, dir, link or gone (a whiteout: deleted from the image)."""
-    found = {}
-    for root, dirs, files in os.walk(str(upper)):  # os.walk does not follow links to directories
-        for name in dirs + files:
-            path = os.path.join(root, name)
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            kind = "link" if stat.S_ISLNK(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode) else \
-                "gone" if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 else "file"
-            found["/" + os.path.relpath(path, str(upper))] = kind
-    return found
 
 
 def container_processes(container: NspawnContainer) -> Dict[int, Tuple[str, str]]:
@@ -5274,50 +5326,6 @@ def check_removed(container: NspawnContainer, files: "set[str]", t0: float) -> L
                                                                          "processes of the packages still run"), t0),
             leftover_result(image, "units", Stage.REMOVED, active, ("unit of the packages is still active",
                                                                     "units of the packages are still active"), t0)]
-
-
-def open_beneath(root: Path, relative: str) -> int:
-    """A descriptor of the directory that holds `relative` below `root`, reached without following a link
-    (what a container made may be a link anywhere on the host)."""
-    fd = os.open(str(root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in [p for p in relative.split("/") if p][:-1]:
-            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = inner
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def same_as_image(lower: Path, path: str, kind: str, upper: Path) -> bool:
-    """True when the image has `path` as the overlay has it now: a directory that was there (files were made
-    and removed in it), a link to the same place, a file with the same bytes (its owner or mode changed)."""
-    parent = resolve_in_root(lower, os.path.dirname(path))  # its own links lead within the image only
-    if parent is None or kind == "gone":
-        return False
-    image_path = parent / os.path.basename(path)
-    if not os.path.lexists(str(image_path)):
-        return False
-    name = os.path.basename(path)
-    try:
-        if kind == "dir":
-            return image_path.is_dir() and not image_path.is_symlink()
-        fd = open_beneath(upper, path)
-        try:
-            if kind == "link":
-                return image_path.is_symlink() and os.readlink(str(image_path)) == os.readlink(name, dir_fd=fd)
-            if image_path.is_symlink() or not image_path.is_file():
-                return False
-            with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd), "rb") as ours, \
-                    open(str(image_path), "rb") as theirs:
-                return os.fstat(ours.fileno()).st_size == os.fstat(theirs.fileno()).st_size and \
-                    ours.read() == theirs.read()
-        finally:
-            os.close(fd)
-    except OSError:
-        return False
 
 
 def check_purged(container: NspawnContainer, baseline: Baseline, files: "set[str]", t0: float) -> List[ProbeResult]:
@@ -5480,7 +5488,7 @@ def not_downloaded(image: str, plan: ProbePlan, failure: DownloadFailed, duratio
     fails with the package manager's output, everything after it is skipped."""
     stages = plan.stages()
     reason = failure.message + ("\nhint: %s" % failure.hint if failure.hint else "")
-    packaged = Packages((), (), (), tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE))
+    packaged = Packages((), (), (), tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE), {})
     results = [ProbeResult(image, p, Status.FAIL, duration, reason=reason, output=failure.output, stage=stages[0])
                for p in (stage_probes(plan, stages[0], packaged)) if p.kind == ProbeKind.PACKAGE]
     files = ", ".join(os.path.basename(p.target) for p in plan.probes if p.kind == ProbeKind.PACKAGE)
@@ -5950,12 +5958,14 @@ class LiveStatus:
             self.draw()
 
     def clear(self) -> None:
+        """Erase the status lines, so that a line printed next starts where they were."""
         if self.drawn:
             sys.stderr.write("\x1b[J")  # the cursor is at the top of the status lines: clear to the end
             sys.stderr.flush()
             self.drawn = 0
 
     def draw(self) -> None:
+        """Write a status line per running image below the printed output, the cursor left above them."""
         if not self.enabled or not self.running:
             return
         now = time.monotonic()
@@ -6975,7 +6985,7 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
                     "give a package built for %s" % name, usage=True)
         if info is None and args.no_pull:
             die("image %s is not acquired and --no-pull was given" % name, "acquire it with `postroj image %s`" % name)
-        targets.append(resolve_image(settings, name, pull=True))
+        targets.append(ImageTarget(name, info) if info else resolve_image(settings, name, pull=True))
         warn_if_ended(name)
     host = container_host(settings, "probing", args.jobs)
     check_state_dirs(settings)
@@ -7232,7 +7242,7 @@ def find_box_by_dir(label: str) -> Box:
 
 
 def cmd_vm(args: argparse.Namespace, settings: Settings) -> int:
-    """`postroj vm ACTION`: up, run, destroy or list (VM_ACTIONS)."""
+    """`postroj vm ACTION`: up, run, destroy or list (each subparser sets its function as `vm_action`)."""
     return int(args.vm_action(args, settings))
 
 

@@ -6810,8 +6810,12 @@ def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     names = [i.name for i in list_images(settings)] if args.all else args.names
     if not names:
         die("no image given", "name one, or pass --all", usage=True)
-    for name in names:
+    acquired = [i.name for i in list_images(settings)]
+    for name in names:  # a typo is refused before anything is removed
         check_name(name)
+        if name not in acquired and find_distribution(name) is None and not (settings.archives / name).exists():
+            raise unknown_name_error("image", name, acquired + all_labels(), "see `postroj list-images`")
+    for name in names:
         if not remove_image(settings, name):
             die("image %s is not acquired" % name, "see `postroj list-images`")
         print("removed %s" % name)

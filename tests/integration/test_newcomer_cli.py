@@ -203,7 +203,9 @@ TYPO = "debain-bookworm"
     ["probe", "--image", TYPO, "--command", "true"],
     ["image", TYPO],
     ["autopkgtest-virt", TYPO],
-], ids=["container", "probe", "image", "autopkgtest-virt"])
+    ["rm", TYPO],
+    ["rm", "debian-bookworm", TYPO],
+], ids=["container", "probe", "image", "autopkgtest-virt", "rm", "rm-two"])
 def test_an_unknown_image_is_a_usage_error_with_did_you_mean(images, args):
     proc = images(*args)
     assert proc.returncode == 2, proc.stderr
@@ -213,6 +215,7 @@ def test_an_unknown_image_is_a_usage_error_with_did_you_mean(images, args):
     assert "not acquired" not in proc.stderr and "postroj image %s" % TYPO not in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert not (images.home / "run").exists() or not os.listdir(images.home / "run")
+    assert (images.home / "images" / "debian-bookworm").is_symlink(), "an image was removed before the typo was found"
 
 
 @pytest.mark.parametrize("args", [

@@ -88,3 +88,16 @@ def test_a_word_that_is_no_command_gets_the_whole_parser_and_its_list_of_command
     assert set(commands.choices) == set(COMMANDS.choices)
     with pytest.raises(postroj.UsageError, match="invalid choice: 'no-such-command'.*'probe'"):
         postroj.parse_command_line(["no-such-command"])
+
+
+@pytest.mark.parametrize("name", ["README.rst", "bench/README.rst"])
+def test_the_readmes_render_without_a_warning(name):
+    """A malformed table or a broken link target renders as an error box in the README people read."""
+    docutils_core = pytest.importorskip("docutils.core")  # `make setup-dev` installs it: CI fails a skip
+    import io
+
+    warnings = io.StringIO()
+    path = README.parent / name
+    docutils_core.publish_doctree(path.read_text(), source_path=str(path),
+                                  settings_overrides={"warning_stream": warnings, "report_level": 2})
+    assert warnings.getvalue() == "", warnings.getvalue()

@@ -269,7 +269,7 @@ LISTENS_SCRIPT = """\
 def test_two_testbeds_serve_one_port_in_networks_of_their_own(virt, tmp_path):
     """Issue 26: a testbed has a network of its own; its test dependency (busybox, not in the image) comes from
     Debian's mirror through postroj's package proxy; two testbeds at once both listen on one port, each
-    answered by its own server, and nothing listens on the host. With --host-network the second cannot."""
+    answered by its own server, and nothing listens on the host."""
     port = 8765
     tree = make_test_package(tmp_path / "listens", LISTENS, {"listens": LISTENS_SCRIPT % (port, port, port)})
     runs = [subprocess.Popen(["autopkgtest", "--no-built-binaries", "-U", str(tree) + "/", "--", "postroj",
@@ -295,6 +295,31 @@ def test_two_testbeds_serve_one_port_in_networks_of_their_own(virt, tmp_path):
     assert {re.search(r"listening as (\S+)", o).group(1) for o in outputs} == {
         "postroj-debian-bookworm", "postroj-debian-bookworm-2"}
     assert not on_host, "a testbed's server answered on the host's port %d" % port
+    assert_nothing_left(virt)
+
+
+def test_with_host_network_a_testbeds_server_listens_on_the_host(virt, tmp_path):
+    """--host-network keeps the behaviour before issue 26: the testbed shares the host's network."""
+    port = 8766
+    tree = make_test_package(tmp_path / "listens", LISTENS, {"listens": LISTENS_SCRIPT % (port, port, port)})
+    run = subprocess.Popen(["autopkgtest", "--no-built-binaries", "-U", str(tree) + "/", "--", "postroj",
+                            "debian-bookworm", "--host-network"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, env=dict(virt.env, PATH=virt.extra_env["PATH"]))
+    try:
+        answers = []
+        while run.poll() is None:
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+                    connection.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                    answers.append(connection.recv(4096))
+            time.sleep(0.2)
+        output = run.communicate(timeout=60)[0].decode("utf-8", "replace")
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert_all_pass(run.returncode, output, ["listens"])
+    assert any(b"postroj-debian-bookworm" in answer for answer in answers), answers[-3:]
     assert_nothing_left(virt)
 
 

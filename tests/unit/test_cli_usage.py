@@ -195,3 +195,16 @@ def test_doctor_with_empty_path(cli, monkeypatch):
     fix = [line for line in out.splitlines() if line.startswith("to fix: apt-get install ")]
     assert len(fix) == 1
     assert set(fix[0].split()[4:]) >= {"systemd-container"} and "skopeo" not in fix[0]
+
+
+def test_doctor_says_which_guests_get_the_unified_hierarchy_on_this_host(cli):
+    """On a host with the v1 layout only guests whose systemd refuses it; on a v2 host every guest."""
+    code, out, err = cli("doctor", "--json")
+    check = {c["name"]: c for c in json.loads(out)["checks"]}["cgroups"]
+    layout = postroj.cgroup_layout()
+    assert check["ok"] and check["detail"].startswith(layout), check
+    if layout.startswith("unified"):
+        assert check["detail"].endswith("every guest gets it"), check
+    else:
+        assert "guests with systemd >= %d get the unified hierarchy" % postroj.UNIFIED_SINCE_SYSTEMD in check["detail"]
+        assert "older ones the host's layout" in check["detail"], check

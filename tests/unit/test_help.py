@@ -101,3 +101,9 @@ def test_the_readmes_render_without_a_warning(name):
     docutils_core.publish_doctree(path.read_text(), source_path=str(path),
                                   settings_overrides={"warning_stream": warnings, "report_level": 2})
     assert warnings.getvalue() == "", warnings.getvalue()
+
+
+def test_the_readme_names_every_path_purge_does_not_compare():
+    text = README.read_text().split("What purge does not compare", 1)[1].split("\n\n", 1)[0]
+    missing = [p for p in postroj.PURGE_EXPECTED if p.rstrip("/").rsplit("/", 1)[-1] not in text]
+    assert missing == [], "README's Lifecycle section does not name %s" % missing

@@ -4177,9 +4177,11 @@ class NspawnContainer:
                 console = self.console_tail()
                 hint = "see the console lines above"
                 if "unsupported legacy cgroup hierarchy" in console:
-                    hint = ("the image's systemd no longer boots on cgroup v1, which this host uses, and postroj "
-                            "did not find its version: run postroj with SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1, or "
-                            "boot the host with systemd.unified_cgroup_hierarchy=1")
+                    version = self.image.systemd or systemd_version(Path(self.image.path))
+                    hint = ("the image's systemd no longer boots on cgroup v1, which this host uses, and postroj %s:"
+                            " run postroj with SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1, or boot the host with "
+                            "systemd.unified_cgroup_hierarchy=1" % ("took it for systemd %d" % version if version
+                                                                    else "did not find its version"))
                 die("systemd-nspawn for %s exited with code %d while booting%s" % (
                     self.machine, self.proc.returncode, console), hint)
             if select.select([notify], [], [], 0.05)[0]:

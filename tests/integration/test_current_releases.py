@@ -67,3 +67,24 @@ def test_an_older_guest_keeps_the_hosts_cgroup_layout(images):
                   check=0)
     (row,) = json.loads(proc.stdout)["results"]
     assert row["output"] == (CGROUP2 if HOST_UNIFIED else TMPFS), row
+
+
+def test_a_guest_that_still_refuses_cgroup_v1_gets_a_hint_that_names_what_to_do(current):
+    """sid's systemd 262 recorded as 252 (as in metadata of an image its systemd was upgraded in): postroj
+    boots it with the host's layout, systemd refuses it, and the hint says how to boot it anyway."""
+    if HOST_UNIFIED:
+        return  # every guest gets the unified hierarchy on such a host: nothing to refuse
+    meta = (current.home / "images" / "debian-sid").resolve().parent / "image.json"
+    text = meta.read_text()
+    data = json.loads(text)
+    assert data["systemd"] >= postroj.UNIFIED_SINCE_SYSTEMD, data
+    meta.write_text(json.dumps(dict(data, systemd=252)))
+    try:
+        proc = current("container", "debian-sid", "--", "true")
+    finally:
+        meta.write_text(text)
+    assert proc.returncode == 1, proc.stderr
+    assert "unsupported legacy cgroup hierarchy" in proc.stderr, proc.stderr
+    assert "took it for systemd 252" in proc.stderr and "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1" in proc.stderr, proc.stderr
+    current("container", "debian-sid", "--", "true", check=0)
+

@@ -4367,11 +4367,14 @@ class NspawnContainer:
         cmd, env = self.how.shell(self)
         return run(cmd, check=False, stdin=None, env=env).returncode
 
-    def journal_tail(self, lines: int = 30, unit: str = "") -> str:
-        """The container's last journal lines (of `unit`), for a failure's report."""
+    def journal_tail(self, lines: int = 30, unit: str = "", since: float = 0) -> str:
+        """The container's last journal lines (of `unit`, written since the time `since`), for a failure's
+        report."""
         argv = ["journalctl", "--no-pager", "-n", str(lines), "-o", "short-monotonic"]
         if unit:
             argv += ["-u", unit]
+        if since:
+            argv += ["--since", "@%.3f" % since]
         return self.capture(argv)
 
     @property
@@ -5371,8 +5374,8 @@ def check_purged(container: NspawnContainer, baseline: Baseline, files: "set[str
 def transaction(container: NspawnContainer, image: ImageInfo, probes: Sequence[Probe], stage: Stage,
                 argv: Sequence[str], timeout: float, labels: Optional[Dict[str, str]] = None) -> List[ProbeResult]:
     """Run the package manager in the booted container, as on a machine: a result per probe, with what it
-    printed, and the journal when it failed."""
-    t0 = time.monotonic()
+    printed, and the stage's journal when it failed."""
+    t0, started = time.monotonic(), time.time()
     code, output = container.run_captured(list(argv), timeout=timeout)
     duration = (time.monotonic() - t0) / len(probes)
     labels = labels or {}
@@ -5383,7 +5386,7 @@ def transaction(container: NspawnContainer, image: ImageInfo, probes: Sequence[P
         "%s exited with %d" % (image.package_manager, code)
     if container.ended():
         reason = "the container ended while %s ran" % image.package_manager
-    journal = "" if container.ended() else container.journal_tail(30)
+    journal = "" if container.ended() else container.journal_tail(30, since=started)
     return [ProbeResult(image.name, p, Status.FAIL, duration, reason=reason, output=tail(output, 40), details=journal,
                         stage=stage, label=labels.get(p.target, "")) for p in probes]
 
@@ -5665,10 +5668,10 @@ class VmSystem:
         """A VM is not ended by what runs in it (a failed command says why itself)."""
         return False
 
-    def journal_tail(self, lines: int = 30, unit: str = "") -> str:
-        """The VM's last journal lines (of `unit`), for a failure's report."""
+    def journal_tail(self, lines: int = 30, unit: str = "", since: float = 0) -> str:
+        """The VM's last journal lines (of `unit`, since the time `since`), for a failure's report."""
         return self.run_captured(["journalctl", "--no-pager", "-n", str(lines), "-o", "short-monotonic"] +
-                                 (["-u", unit] if unit else []))[1]
+                                 (["-u", unit] if unit else []) + (["--since", "@%.3f" % since] if since else []))[1]
 
     def power_cycle(self) -> None:
         """Reboot the VM with `vagrant reload`: its systemd stops every unit, the machine boots again."""

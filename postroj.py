@@ -2525,7 +2525,10 @@ class Apt:
         return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", "remove", "-y", *names]
 
     def purge(self, names: Sequence[str]) -> List[str]:
-        """Purge the packages and what was installed only for them."""
+        """Purge the packages and what was installed only for them; with no names (remove took them whole:
+        dpkg forgot them), what was installed only for them."""
+        if not names:
+            return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", "autoremove", "--purge", "-y"]
         return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", "purge", "-y", "--autoremove", *names]
 
     def identify(self, paths: Sequence[str]) -> List[str]:
@@ -2614,7 +2617,9 @@ class Dnf(Rpm):
         """Remove the packages (and what only they needed)."""
         return self.base() + ["--cacheonly", "remove", *names]
 
-    purge = remove
+    def purge(self, names: Sequence[str]) -> List[str]:
+        """remove, which takes the configuration and what only they needed: nothing when it took them all."""
+        return self.remove(names) if names else []
 
 
 class Microdnf(Dnf):
@@ -2663,7 +2668,9 @@ class Zypper(Rpm):
         """Remove the packages and what only they needed."""
         return self.base() + ["--no-refresh", "remove", "--clean-deps", *names]
 
-    purge = remove
+    def purge(self, names: Sequence[str]) -> List[str]:
+        """remove, which takes the configuration and what only they needed: nothing when it took them all."""
+        return self.remove(names) if names else []
 
 
 class Pacman:
@@ -2704,7 +2711,11 @@ class Pacman:
         return self.base() + ["-R", *names]
 
     def purge(self, names: Sequence[str]) -> List[str]:
-        """Remove the packages, their configuration and the dependencies nothing else needs."""
+        """Remove the packages, their configuration and the dependencies nothing else needs; with no names
+        (remove took them), the dependencies nothing needs any more."""
+        if not names:
+            return ["sh", "-c", 'orphans=$(pacman -Qdtq) || exit 0; exec "$@" $orphans', "sh",
+                    *self.base(), "-Rns"]
         return self.base() + ["-Rns", *names]
 
     def identify(self, paths: Sequence[str]) -> List[str]:
@@ -5462,11 +5473,12 @@ def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Package
             step = transaction(container, image, packages.probes, stage, manager.remove(packages.names),
                                plan.install_timeout, packages.labels)
         elif stage == Stage.PURGED:
-            # what remove took whole (no configuration files) the package manager no longer knows
+            # what remove took whole (no configuration files) the package manager no longer knows: then the
+            # purge takes what was installed only for it, where remove left that
             _, known = container.run_captured(manager.still_installed(packages.names))
-            names = [name for name in packages.names if name in known.split()]
-            step = transaction(container, image, packages.probes, stage, manager.purge(names),
-                               plan.install_timeout, packages.labels) if names else [
+            purge = manager.purge([name for name in packages.names if name in known.split()])
+            step = transaction(container, image, packages.probes, stage, purge,
+                               plan.install_timeout, packages.labels) if purge else [
                 ProbeResult(image.name, p, Status.PASS, 0.0, output="nothing left to purge: remove took it all",
                             stage=stage, label=packages.labels.get(p.target, "")) for p in packages.probes]
         if stage == Stage.INSTALLED and container.layer:

@@ -236,6 +236,14 @@ MICRODNF = ["microdnf", "-y", "--setopt=keepcache=1", "--nodocs"]
 ZYPPER = ["zypper", "--non-interactive", "--quiet", "--pkg-cache-dir=%s" % CACHE]
 PACMAN = ["pacman", "--noconfirm", "--noprogressbar", "--cachedir=%s" % CACHE]
 RPM_QUERY = ["rpm", "-qp", "--qf", "postroj-package\\t%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n"]
+NO_LOCKING = ["-o", "Debug::NoLocking=1"]
+# "is it still installed" before the purge: the names the package manager knows, one a line
+DPKG_KNOWN = ["sh", "-c", r'for p; do s=$(dpkg-query -W -f="\${db:Status-Abbrev}" "$p" 2>/dev/null) || continue; '
+              r'case "$s" in ?n*) ;; *) echo "$p" ;; esac; done', "sh", *NAMES]
+RPM_KNOWN = ["sh", "-c", 'for p; do rpm -q "$p" >/dev/null 2>&1 && echo "$p"; done; true', "sh", *NAMES]
+PACMAN_KNOWN = ["sh", "-c", 'for p; do pacman -Q "$p" >/dev/null 2>&1 && echo "$p"; done; true', "sh", *NAMES]
+DEB_QUERY = ["sh", "-c", 'for f; do dpkg-deb --show --showformat="postroj-package\\t\\${Package}\\t\\${Version}\\n" '
+                         '"$f" || exit; done', "sh", *PACKAGES]
 
 # Every verb of every package manager, as the whole command line: changing a verb (install to remove, dnf's
 # install to erase) or an option that answers the questions, keeps the cache or works offline fails here.
@@ -250,7 +258,16 @@ VERBS = [
     ("apt", "refresh", (), APT + ["-qq", "update"]),
     ("apt", "remove", (NAMES,), APT + ["-o", "Debug::NoLocking=1", "-q", "remove", "-y", *NAMES]),
     ("apt", "purge", (NAMES,), APT + ["-o", "Debug::NoLocking=1", "-q", "purge", "-y", "--autoremove", *NAMES]),
+    ("apt", "purge", ([],), APT + NO_LOCKING + ["-q", "autoremove", "--purge", "-y"]),
     ("apt", "files", (NAMES,), ["dpkg", "-L", *NAMES]),
+    ("apt", "identify", (PACKAGES,), DEB_QUERY),
+    ("apt", "still_installed", (NAMES,), DPKG_KNOWN),
+    ("apt", "resolve", (), ["echo", "postroj-resolving"]),
+    ("apt", "install_without", (PACKAGES, ["libjq1"]), APT + NO_LOCKING + [
+        "-q", "install", "-y", "--no-install-recommends", *PACKAGES, "libjq1-"]),
+    ("apt", "install_without", (PACKAGES, ["libjq1"], True), APT + NO_LOCKING + [
+        "-q", "-s", "install", "-y", "--no-install-recommends", *PACKAGES, "libjq1-"]),
+    ("apt", "installed_as_dependencies", (NAMES,), ["apt-mark", "auto", *NAMES]),
     ("dnf", "install", (PACKAGES,), DNF + ["install", *PACKAGES]),
     ("dnf", "install", (PACKAGES, True), DNF + ["--cacheonly", "install", *PACKAGES]),
     ("dnf", "install", (PACKAGES, True, False), DNF + NO_WEAK + ["--cacheonly", "install", *PACKAGES]),
@@ -259,13 +276,28 @@ VERBS = [
     ("dnf", "refresh", (), []),
     ("dnf", "remove", (NAMES,), DNF + ["--cacheonly", "remove", *NAMES]),
     ("dnf", "purge", (NAMES,), DNF + ["--cacheonly", "remove", *NAMES]),
+    ("dnf", "purge", ([],), []),
     ("dnf", "identify", (PACKAGES,), RPM_QUERY + PACKAGES),
     ("dnf", "files", (NAMES,), ["rpm", "-ql", *NAMES]),
+    ("dnf", "still_installed", (NAMES,), RPM_KNOWN),
     ("yum", "install", (PACKAGES,), YUM + ["install", *PACKAGES]),
     ("yum", "remove", (NAMES,), YUM + ["--cacheonly", "remove", *NAMES]),
+    ("yum", "install", (PACKAGES, True, False), YUM + NO_WEAK + ["--cacheonly", "install", *PACKAGES]),
+    ("yum", "download", (PACKAGES,), YUM + ["install", "--downloadonly", *PACKAGES]),
+    ("yum", "refresh", (), []),
+    ("yum", "purge", (NAMES,), YUM + ["--cacheonly", "remove", *NAMES]),
+    ("yum", "identify", (PACKAGES,), RPM_QUERY + PACKAGES),
+    ("yum", "files", (NAMES,), ["rpm", "-ql", *NAMES]),
+    ("yum", "still_installed", (NAMES,), RPM_KNOWN),
     ("microdnf", "install", (PACKAGES,), MICRODNF + ["install", *PACKAGES]),
     ("microdnf", "download", (PACKAGES,), MICRODNF + ["makecache"]),
     ("microdnf", "remove", (NAMES,), MICRODNF + ["--cacheonly", "remove", *NAMES]),
+    ("microdnf", "install", (PACKAGES, True, False), MICRODNF + NO_WEAK + ["--cacheonly", "install", *PACKAGES]),
+    ("microdnf", "refresh", (), []),
+    ("microdnf", "purge", (NAMES,), MICRODNF + ["--cacheonly", "remove", *NAMES]),
+    ("microdnf", "identify", (PACKAGES,), RPM_QUERY + PACKAGES),
+    ("microdnf", "files", (NAMES,), ["rpm", "-ql", *NAMES]),
+    ("microdnf", "still_installed", (NAMES,), RPM_KNOWN),
     ("zypper", "install", (PACKAGES,), ZYPPER + ["install", "--allow-unsigned-rpm", *PACKAGES]),
     ("zypper", "install", (PACKAGES, True, False), ZYPPER + ["--no-refresh", "install", "--no-recommends",
                                                              "--allow-unsigned-rpm", *PACKAGES]),
@@ -273,19 +305,27 @@ VERBS = [
     ("zypper", "refresh", (), ["zypper", "--non-interactive", "--quiet", "refresh"]),
     ("zypper", "remove", (NAMES,), ZYPPER + ["--no-refresh", "remove", "--clean-deps", *NAMES]),
     ("zypper", "purge", (NAMES,), ZYPPER + ["--no-refresh", "remove", "--clean-deps", *NAMES]),
+    ("zypper", "purge", ([],), []),
     ("zypper", "identify", (PACKAGES,), RPM_QUERY + PACKAGES),
     ("zypper", "files", (NAMES,), ["rpm", "-ql", *NAMES]),
+    ("zypper", "still_installed", (NAMES,), RPM_KNOWN),
     ("pacman", "install", (NAMES,), PACMAN + ["-Sy", "--needed", *NAMES]),
     ("pacman", "install", (NAMES, True), PACMAN + ["-S", "--needed", *NAMES]),
     ("pacman", "install", (["/run/postroj/packages/a.pkg.tar.zst"],), PACMAN + [
         "-U", "--needed", "/run/postroj/packages/a.pkg.tar.zst"]),
     ("pacman", "download", (NAMES,), PACMAN + ["-Syw", "--needed", *NAMES]),
+    ("pacman", "download", (["/run/postroj/packages/a.pkg.tar.zst"],), PACMAN + [
+        "-Uw", "--needed", "/run/postroj/packages/a.pkg.tar.zst"]),
+    ("pacman", "refresh", (), []),
     ("pacman", "remove", (NAMES,), PACMAN + ["-R", *NAMES]),
     ("pacman", "purge", (NAMES,), PACMAN + ["-Rns", *NAMES]),
+    ("pacman", "purge", ([],), ["sh", "-c", 'orphans=$(pacman -Qdtq) || exit 0; exec "$@" $orphans', "sh",
+                               *PACMAN, "-Rns"]),
     ("pacman", "identify", (["/a.pkg.tar.zst"],), [
         "sh", "-c", 'found=$(pacman -Qp "$@") && printf "%s\\n" "$found" | sed "s/^/postroj-package\\t/; s/ /\\t/"',
         "sh", "/a.pkg.tar.zst"]),
     ("pacman", "files", (NAMES,), ["pacman", "-Qlq", *NAMES]),
+    ("pacman", "still_installed", (NAMES,), PACMAN_KNOWN),
 ]
 
 
@@ -295,13 +335,69 @@ def test_package_manager_verbs(manager, verb, args, expected):
     assert getattr(postroj.package_manager(manager), verb)(*args) == expected
 
 
+# what a package manager's kind has that is not a command line of its own
+NOT_VERBS = {"on_machine", "base"}
+
+
+def verbs_of(kind) -> "set[str]":
+    """The command lines a package manager's kind builds: its public methods."""
+    return {name for name in dir(kind) if not name.startswith("_") and callable(getattr(kind, name))} - NOT_VERBS
+
+
 def test_every_package_manager_has_every_verb_tested():
-    verbs = ("install", "download", "refresh", "remove", "purge", "files")
+    """Every verb of every manager is in VERBS as a whole command line, a verb added later too."""
+    shared = {"install", "download", "refresh", "remove", "purge", "identify", "files", "still_installed"}
     tested = {(m, v) for m, v, _, _ in VERBS}
     for manager in postroj.PackageManager:
-        kind = postroj.package_manager(manager)
-        assert all(callable(getattr(kind, verb)) for verb in verbs + ("identify",))
-        assert (str(manager), "install") in tested and (str(manager), "remove") in tested
+        verbs = verbs_of(postroj.package_manager(manager))
+        assert shared <= verbs, "%s lacks %s" % (manager, shared - verbs)
+        untested = sorted(v for v in verbs if (str(manager), v) not in tested)
+        assert not untested, "%s: no command line of %s in VERBS" % (manager, ", ".join(untested))
+    assert {m for m, _ in tested} == {str(m) for m in postroj.PackageManager}
+
+
+def test_a_whole_machines_apt_locks_and_the_others_are_the_same():
+    """A VM's apt (on_machine) takes apt's locks, as other runs of apt may be beside it; the rest is the same."""
+    machine = postroj.package_manager("apt").on_machine()
+    assert machine.install(PACKAGES, True) == APT + ["-q", "install", "-y", *PACKAGES]
+    assert machine.remove(NAMES) == APT + ["-q", "remove", "-y", *NAMES]
+    assert machine.purge(NAMES) == APT + ["-q", "purge", "-y", "--autoremove", *NAMES]
+    assert machine.install_without(PACKAGES, ["libjq1"]) == APT + [
+        "-q", "install", "-y", "--no-install-recommends", *PACKAGES, "libjq1-"]
+    assert machine.still_installed(NAMES) == DPKG_KNOWN
+    for manager in postroj.PackageManager:
+        if manager != postroj.PackageManager.APT:
+            kind = postroj.package_manager(manager)
+            assert kind.on_machine() is kind
+
+
+FAKE_QUERIES = {
+    # each answers for the names as the real one does: nginx installed, nginx-common removed with its
+    # configuration kept (dpkg) or installed, gone purged (dpkg: not-installed) and unknown never heard of
+    "dpkg-query": '[ "$1 $2" = "-W -f=\\${db:Status-Abbrev}" ] || exit 2\n'
+                  'case "$3" in nginx) printf "ii ";; nginx-common) printf "rc ";; gone) printf "un ";; '
+                  '*) echo "dpkg-query: no packages found matching $3" >&2; exit 1;; esac\n',
+    "rpm": '[ "$1" = -q ] || exit 2\ncase "$2" in nginx|nginx-common) echo "$2-1.0-1.x86_64";; '
+           '*) echo "package $2 is not installed"; exit 1;; esac\n',
+    "pacman": '[ "$1" = -Q ] || exit 2\ncase "$2" in nginx|nginx-common) echo "$2 1.0-1";; '
+              '*) echo "error: package \'$2\' was not found" >&2; exit 1;; esac\n',
+}
+
+
+@pytest.mark.parametrize("manager, tool", [("apt", "dpkg-query"), ("dnf", "rpm"), ("yum", "rpm"),
+                                           ("microdnf", "rpm"), ("zypper", "rpm"), ("pacman", "pacman")])
+def test_still_installed_prints_the_names_the_package_manager_knows(tmp_path, manager, tool):
+    """Run against a fake of the query tool that answers only its query verb (dpkg-query -W, rpm -q, pacman -Q):
+    another verb in its place (rpm -e, pacman -R) prints no name, and purge would think remove took it all."""
+    import subprocess
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / tool
+    fake.write_text("#!/bin/sh\n" + FAKE_QUERIES[tool])
+    fake.chmod(0o755)
+    argv = postroj.package_manager(manager).still_installed(["nginx", "unknown", "nginx-common", "gone"])
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={"PATH": "%s:/usr/bin:/bin" % (tmp_path / "bin")})
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "nginx\nnginx-common\n", "")
 
 
 def test_apt_identifies_package_files_through_dpkg_deb(tmp_path):

@@ -10,6 +10,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -258,3 +259,91 @@ def test_the_package_cache_lock_is_not_held_while_dpkg_installs(images, tmp_path
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)
+
+
+# --- purge with a layer: the comparison is with the image as acquired -------------------------
+
+
+def purge_probe(runner, tmp_path: Path, deb: Path, *options: str) -> "dict[tuple[str, str], dict]":
+    """Probe `deb` on debian-bookworm with --purge; the results by (stage, kind target)."""
+    report = tmp_path / ("report-%d.json" % len(list(tmp_path.glob("report-*.json"))))
+    proc = runner("probe", "--image", "debian-bookworm", "--package", str(deb), "--purge", *options,
+                  "--json", str(report), timeout=900)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    rows = {(r["stage"], "%s %s" % (r["kind"], os.path.basename(r["target"]))): r
+            for r in json.loads(report.read_text())["results"]}
+    return rows
+
+
+def failures(rows: "dict[tuple[str, str], dict]") -> "list[str]":
+    return ["%s: %s: %s\n%s" % (stage, check, r["reason"], r["output"][-3000:])
+            for (stage, check), r in rows.items() if r["status"] != "pass"]
+
+
+def test_purge_with_a_layer_takes_the_layers_dependencies_and_passes(images, tmp_path):
+    """A package of the suite's own that needs jq: jq, libjq1 and libonig5 from bookworm's mirror, which the
+    image lacks, come from a layer; purge --autoremove takes them with the package (the layer marked them as
+    installed for others' sake). Their files, in the layer and deleted by the probe's overlay, are as in the
+    image again: nothing is reported left or deleted, in the probe that makes the layer and in the next, which
+    uses it. (The package has a postrm: dpkg keeps it until its purge, which then runs; see
+    test_lifecycle's test_purge_takes_the_dependencies_of_a_package_remove_took_whole.)"""
+    deb = rig.build_deb(tmp_path, "postroj-needs-jq", "a package that needs jq",
+                        {"usr/share/postroj-needs-jq/README": ("needs jq\n", 0o644)}, depends="jq",
+                        postrm="true\n")
+    before = layers(images)
+    making = purge_probe(images, tmp_path, deb, "--command", "jq --version")
+    assert not failures(making), "\n".join(failures(making))
+    made = {k: v for k, v in layers(images).items() if k not in before}
+    assert len(made) == 1, made
+    (key, layer), = made.items()
+    assert {p.split("=")[0].split(":")[0] for p in layer["packages"]} == {"jq", "libjq1", "libonig5"}, layer
+    using = purge_probe(images, tmp_path, deb, "--command", "jq --version")
+    assert not failures(using), "\n".join(failures(using))
+    assert layers(images).keys() == made.keys() | before.keys(), "the second probe made another layer"
+    for run in (making, using):
+        assert run[("installed", "package " + deb.name)]["output"].startswith(
+            "3 dependencies from layer %s " % key[:12])
+        assert run[("installed", "command jq --version")]["output"].startswith("jq-1.")
+        purged = run[("purged", "package " + deb.name)]["output"]
+        for name in ("jq", "libjq1", "libonig5"):  # the purge took the layer's packages
+            assert re.search(r"^Removing %s[: ]" % name, purged, re.M), purged
+        assert "Purging configuration files for postroj-needs-jq " in purged, purged
+        assert [stage for stage, check in run if check == "leftover files"] == ["purged"]
+        assert run[("purged", "leftover files")]["output"] == "", run[("purged", "leftover files")]
+
+
+def test_what_a_dependency_from_a_layer_leaves_after_the_purge_is_found_as_without_a_layer(images, repository,
+                                                                                          tmp_path):
+    """postroj-dep's postinst writes a state file its purge leaves. Installed in the layer, that file is in
+    the container before the first install, yet purge's comparison is with the image as acquired: the probe
+    with the layer reports it left behind, as --fresh does (a comparison with the layer would not)."""
+    port, root, gnupg, requests = repository
+    own = own_bookworm(images)
+    keyring = own / "etc" / "apt" / "keyrings" / "postroj-test.gpg"
+    keyring.parent.mkdir(parents=True, exist_ok=True)
+    keyring.write_bytes(subprocess.run(["gpg", "--homedir", str(gnupg), "--export"], check=True,
+                                       capture_output=True).stdout)
+    (own / "etc" / "apt" / "sources.list.d" / "postroj-test.list").write_text(
+        "deb [signed-by=/etc/apt/keyrings/postroj-test.gpg] http://127.0.0.1:%d/ ./\n" % port)
+    dep = rig.build_deb(tmp_path / "dep", "postroj-dep", "a dependency whose purge leaves its state", {
+        "usr/share/postroj-dep/version": ("1.0\n", 0o644)},
+        postinst='if [ "$1" = configure ]; then echo 1 > /var/lib/postroj-dep.state; fi\n')
+    os.link(str(dep), str(root / dep.name))
+    publish(root, gnupg)
+    deb = rig.build_deb(tmp_path / "pkg", "postroj-needs-dep", "a package with a dependency",
+                        {"usr/share/postroj-needs-dep/README": ("needs postroj-dep\n", 0o644)},
+                        depends="postroj-dep", postrm="true\n")
+    left = ("purged", "leftover files")
+    fresh = purge_probe(images, tmp_path, deb, "--fresh")
+    assert "from layer" not in fresh[("installed", "package " + deb.name)]["output"]
+    assert layers(images) == {}, "--fresh made a layer"
+    assert [check for check in fresh if fresh[check]["status"] != "pass"] == [left], failures(fresh)
+    assert fresh[left]["output"].splitlines() == ["/var/lib/postroj-dep.state: left behind"], fresh[left]
+    layered = purge_probe(images, tmp_path, deb)
+    (key, layer), = layers(images).items()
+    assert layer["packages"] == ["postroj-dep=1.0"], layer
+    assert layered[("installed", "package " + deb.name)]["output"].startswith(
+        "1 dependencies from layer %s " % key[:12])
+    assert re.search(r"^Removing postroj-dep\b", layered[("purged", "package " + deb.name)]["output"], re.M)
+    assert [check for check in layered if layered[check]["status"] != "pass"] == [left], failures(layered)
+    assert (layered[left]["reason"], layered[left]["output"]) == (fresh[left]["reason"], fresh[left]["output"])

@@ -189,6 +189,47 @@ def test_a_daemon_started_outside_systemd_fails_the_remove(images, tmp_path):
     assert "/bin/sh /usr/sbin/postroj-stray-daemon" in processes["output"], processes
 
 
+def test_a_process_the_postinst_starts_that_survives_the_purge_fails_the_purge(images, tmp_path):
+    """A program of the system (sleep), not of the package, started by the postinst outside systemd and
+    never stopped: remove's check (the packages' own programs and scripts) passes, purge's (programs running
+    that did not before the install) fails and names it."""
+    deb = rig.build_deb(tmp_path, "postroj-sleeper", "a postinst that leaves sleep running",
+                        {"usr/share/postroj-sleeper/README": ("sleeps\n", 0o644)},
+                        postinst='if [ "$1" = configure ]; then\n'
+                                 '  setsid sleep 4207 </dev/null >/dev/null 2>&1 &\nfi\n',
+                        postrm="true\n")  # dpkg keeps the package until its purge
+    run = probe(images, tmp_path, "--image", "debian-bookworm", "--package", str(deb), "--purge")
+    assert run.proc.returncode == 1
+    assert run.outline() == [("installed", "package " + deb.name, "pass"), ("removed", "package " + deb.name, "pass"),
+                             ("removed", "leftover processes", "pass"), ("removed", "leftover units", "pass"),
+                             ("purged", "package " + deb.name, "pass"), ("purged", "leftover files", "pass"),
+                             ("purged", "leftover processes", "fail")], run.rows
+    assert "Purging configuration files for postroj-sleeper" in run.row("purged", "package")["output"]
+    processes = run.row("purged", "leftover", "processes")
+    assert processes["reason"] == "purged: 1 process still runs", processes
+    assert processes["output"] == "/usr/bin/sleep (sleep 4207)", processes
+    assert run.cases[("debian-bookworm", "purged: leftover processes")] == ("fail", processes["reason"])
+
+
+def test_a_system_user_the_purge_keeps_passes_the_purge_and_is_reported(images, tmp_path):
+    """The postinst adds a system user and its group, the postrm keeps them (as Debian's policy allows, since
+    files may still be owned by them): the purge passes, and its leftover files result names them."""
+    deb = rig.build_deb(tmp_path, "postroj-account", "a postinst that adds a system user",
+                        {"usr/share/postroj-account/README": ("an account\n", 0o644)},
+                        postinst='if [ "$1" = configure ] && ! getent passwd postroj-account >/dev/null; then\n'
+                                 '  useradd --system --user-group --no-create-home --home-dir /nonexistent '
+                                 '--shell /usr/sbin/nologin postroj-account\nfi\n',
+                        postrm="true\n")
+    run = probe(images, tmp_path, "--image", "debian-bookworm", "--package", str(deb), "--purge",
+                "--command", "id postroj-account")
+    assert run.proc.returncode == 0, run.rows
+    assert {r["status"] for r in run.rows} == {"pass"}, run.outline()
+    assert run.row("installed", "command")["output"].startswith("uid="), run.rows
+    files = run.row("purged", "leftover", "files")
+    assert files["output"] == "left, as Debian's policy allows: group:postroj-account, user:postroj-account", files
+    assert run.row("purged", "leftover", "processes")["output"] == ""
+
+
 def test_a_unit_the_prerm_does_not_stop_fails_the_remove(images, tmp_path):
     """The unit's file is gone with the package, the service still runs: systemd reports it active and
     not-found. The unit check, the units' and the processes' checks each say so."""
@@ -279,6 +320,20 @@ def test_a_package_dpkg_forgets_at_remove_is_purged(images, tmp_path):
     run = probe(images, tmp_path, "--image", "debian-bookworm", "--package", str(deb), "--purge")
     assert run.proc.returncode == 0, run.outline()
     assert {r["status"] for r in run.rows} == {"pass"}, [(r["stage"], r["kind"], r["reason"]) for r in run.rows]
+
+
+@pytest.mark.parametrize("options", [("--fresh",), ()], ids=["fresh", "layer"])
+def test_purge_takes_the_dependencies_of_a_package_remove_took_whole(images, tmp_path, options):
+    """jq from bookworm's mirror has neither conffiles nor a postrm: dpkg forgets it at remove. Its purge must
+    still take libjq1 and libonig5, installed only for it (`apt purge --autoremove jq` does), as without a
+    layer so with one: nothing of them is left behind."""
+    apt = rig.PrivateApt(tmp_path / "apt", rig.DEBIAN_SOURCES["bookworm"])
+    deb = apt.download("jq", tmp_path / "debs")
+    run = probe(images, tmp_path, "--image", "debian-bookworm", "--package", str(deb), "--purge", *options)
+    assert ("from layer" in run.row("installed", "package")["output"]) == (options == ()), run.rows
+    files = run.row("purged", "leftover", "files")
+    assert (files["status"], files["output"]) == ("pass", ""), files
+    assert run.proc.returncode == 0, run.outline()
 
 
 # ==============================================================================

@@ -246,7 +246,8 @@ def test_a_unit_the_prerm_does_not_stop_fails_the_remove(images, tmp_path):
     assert processes["status"] == "fail" and "/usr/bin/postroj-demo-server 8080" in processes["output"], processes
 
 
-FAILS_ON = 'if [ "$1" = {arg} ]; then echo "postroj-demo {script}: {words} $2" >&2; exit 1; fi\n'
+FAILS_ON = ('if [ "$1" = {arg} ]; then echo "postroj-demo {script}: {words} $2" >&2; '
+            'logger -t postroj-demo "{script} fails: {words} $2"; exit 1; fi\n')
 
 
 @pytest.mark.parametrize("old_scripts,new_scripts,printed", [
@@ -286,6 +287,8 @@ def test_a_failing_upgrade_script_fails_the_upgrade_and_skips_the_stages_after_i
     assert upgrade["reason"].startswith("apt exited with 100"), upgrade
     for line in printed:
         assert line in upgrade["reason"] + upgrade["output"], upgrade["output"]
+    # the journal of the stage: what the failing script logged, nothing of the boot before it
+    assert "fails: " in upgrade["details"] and "Startup finished" not in upgrade["details"], upgrade["details"]
     # the checks of the stage name the package that failed, the stages after it the stage
     assert new.name in run.row("upgraded", "unit")["reason"]
     later = [r for r in run.rows if r["stage"] in ("rebooted", "removed", "purged")]

@@ -16,10 +16,12 @@ def own_state_root(tmp_path, monkeypatch):
     monkeypatch.setenv("POSTROJ_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("POSTROJ_MODE", raising=False)
     monkeypatch.delenv("CONTAINERS_REGISTRIES_CONF", raising=False)
-    # postroj.main() installs a SIGTERM handler in the main thread; give pytest its own back.
-    handler = signal.getsignal(signal.SIGTERM)
+    # main() restores the handlers it installs, except after a stop signal, when postroj is ending and keeps
+    # them ignored: a test that sends one gets pytest's own back here.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     yield
-    signal.signal(signal.SIGTERM, handler)
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture

@@ -1227,9 +1227,13 @@ def unmount_below(path: Path) -> List[str]:
     interrupted step of its own left there), each mount of a point stacked on another too; returns the mount
     points that stay mounted."""
     top = os.path.realpath(str(path)).rstrip("/") or "/"
-    points = sorted([m.point for m in mounts() if m.point == top or m.point.startswith(top + "/")],
-                    key=lambda p: (p.count("/"), p), reverse=True)
-    return list(dict.fromkeys(point for point in points if not unmount(Path(point))))
+
+    def below() -> List[str]:
+        return [m.point for m in mounts() if m.point == top or m.point.startswith(top + "/")]
+
+    for point in sorted(below(), key=lambda p: (p.count("/"), p), reverse=True):
+        unmount(Path(point))
+    return list(dict.fromkeys(below()))  # what a failed detach, or none, left: read again, not guessed
 
 
 def unmount(point: Path) -> bool:
@@ -2548,6 +2552,11 @@ class Apt:
                  'case "$s" in ?n*) ;; *) echo "$p" ;; esac; done'
         return ["sh", "-c", script, "sh", *names]
 
+    def installed(self) -> List[str]:
+        """Print the name of every package dpkg knows (installed, or removed with its configuration kept)."""
+        return ["sh", "-c", "dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' | awk 'substr($1, 2, 1) != \"n\" "
+                "{ print $2 }'"]
+
 
 def resolved(output: str) -> Tuple[str, ...]:
     """NAME=VERSION (NAME:ARCH=VERSION for another architecture's) of each package the apt download after the
@@ -2583,6 +2592,10 @@ class Rpm:
     def still_installed(self, names: Sequence[str]) -> List[str]:
         """Print those of `names` that are installed."""
         return ["sh", "-c", 'for p; do rpm -q "$p" >/dev/null 2>&1 && echo "$p"; done; true', "sh", *names]
+
+    def installed(self) -> List[str]:
+        """Print the name of every installed package."""
+        return ["rpm", "-qa", "--qf", "%{NAME}\\n"]
 
 
 class Dnf(Rpm):
@@ -2730,6 +2743,10 @@ class Pacman:
     def still_installed(self, names: Sequence[str]) -> List[str]:
         """Print those of `names` that are installed."""
         return ["sh", "-c", 'for p; do pacman -Q "$p" >/dev/null 2>&1 && echo "$p"; done; true', "sh", *names]
+
+    def installed(self) -> List[str]:
+        """Print the name of every installed package."""
+        return ["pacman", "-Qq"]
 
 
 PACKAGE_MANAGERS: Dict[PackageManager, Any] = {
@@ -5049,7 +5066,7 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
 # Dependency layers: the dependencies of the packages under test, installed in a booted container over one
 # image version and kept as an overlay directory below the next probes' own, when apt resolves the same set
 # for them (README: Dependency layers).
-LAYER_FORMAT = 2  # part of every key: a postroj that makes layers differently never uses another's
+LAYER_FORMAT = 3  # part of every key: a postroj that makes layers differently never uses another's
 
 
 class Layer(NamedTuple):
@@ -5062,6 +5079,10 @@ class Layer(NamedTuple):
     packages: Tuple[str, ...]
     before: Dict[str, str]
     made: str
+    accounts: Tuple[str, ...] = ()  # the users and groups the dependencies' install added (account_names)
+    image: str = ""  # the image's name, and the root of the image version it was made over
+    root: str = ""
+    size: int = 0  # bytes of its tree
 
     @property
     def tree(self) -> Path:
@@ -5087,7 +5108,9 @@ def read_layer(directory: Path) -> Optional[Layer]:
     """The complete layer in `directory`, None when there is none (a layer is renamed into place whole)."""
     try:
         data = json.loads((directory / "layer.json").read_text())
-        return Layer(directory.name, directory, tuple(data["packages"]), dict(data["before"]), data["made"])
+        return Layer(directory.name, directory, tuple(data["packages"]), dict(data["before"]), data["made"],
+                     tuple(data.get("accounts", ())), str(data.get("image", "")), str(data.get("root", "")),
+                     int(data.get("size", 0)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -5121,7 +5144,7 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
     manager = container.manager
     held = {d.split("=", 1)[0]: d for d in packages.dependencies}
     container.boot()
-    before = container.entries()
+    before, accounts = container.entries(), account_names(container)
     # a dependency that needs a package under test (a plugin of it, which it recommends) stays out: apt says
     # which in its simulation, and the probe installs it with the package
     # (a package under test that the image's sources do not carry cannot come in: apt does not know it)
@@ -5143,6 +5166,7 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
             list(held.values()), without), timeout=plan.install_timeout)
     if code == 0 and held:
         code, output = container.run_captured(manager.installed_as_dependencies(list(held)), timeout=plan.timeout)
+        accounts = account_names(container) - accounts
     container.power_off()
     if code != 0 or not held:
         log.warning("%s: no dependency layer: its %d dependencies did not install on their own (exit %d); the "
@@ -5158,6 +5182,7 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
         "image": container.image.name, "version": container.image.version,
         "root": str(container.image.path),
         "packages": sorted(held.values()), "recommends": plan.recommends, "before": before,
+        "accounts": sorted(accounts),
         "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.monotonic() - t0, 3),
         "size": tree_size(staging / "tree")}, indent=1) + "\n")
     remove_tree(settings.layers / key)  # what is there is not a whole layer (read_layer said so): nobody's
@@ -5174,8 +5199,8 @@ def list_layers(settings: Settings) -> List[Tuple[Layer, float, int]]:
         for entry in settings.layers.iterdir():
             layer = read_layer(entry) if not entry.name.startswith(".") else None
             if layer is not None:
-                with contextlib.suppress(OSError, ValueError, KeyError):
-                    found.append((layer, layer.stamp.stat().st_mtime, int(json.loads(layer.stamp.read_text())["size"])))
+                with contextlib.suppress(OSError):
+                    found.append((layer, layer.stamp.stat().st_mtime, layer.size))
     return sorted(found, key=lambda item: -item[1])
 
 
@@ -5196,8 +5221,7 @@ def prune_layers(settings: Settings, days: float, gb: float) -> List[str]:
                     removed.append(entry.name)
     total = sum(size for _, _, size in list_layers(settings))
     for layer, used, size in reversed(list_layers(settings)):  # the longest unused first
-        root = json.loads(layer.stamp.read_text()).get("root", "")
-        if root and os.path.isdir(root) and time.time() - used < days * 86400 and total <= gb * 1e9:
+        if layer.root and os.path.isdir(layer.root) and time.time() - used < days * 86400 and total <= gb * 1e9:
             continue
         with file_lock(settings.layers / (".%s.lock" % layer.key), wait=False) as free, \
                 file_lock(layer.stamp, wait=False) as unused:
@@ -5299,17 +5323,25 @@ def account_names(container: NspawnContainer) -> "set[str]":
 
 class Baseline(NamedTuple):
     """The container before the first install, for purge's comparison (piuparts-style): what its overlay
-    held, which programs ran, which users and groups it had."""
+    held, which programs ran, which users and groups it had, which packages it had."""
 
     entries: Dict[str, str]
     executables: "set[str]"
     accounts: "set[str]"
+    packages: "set[str]"
 
     @classmethod
     def take(cls, container: NspawnContainer) -> "Baseline":
-        """The container as it is now."""
+        """The container as it is now, as the image had it: the packages, users and groups a dependency layer
+        added are not in it, so that the purge takes those packages and reports what they keep as without a
+        layer."""
+        layer = container.layer
+        accounts = account_names(container) - set(layer.accounts if layer else ())
+        _, listed = container.run_captured(container.manager.installed())
+        packages = set(listed.split()) - {name.split("=", 1)[0].split(":", 1)[0] for name in
+                                          (layer.packages if layer else ())}
         return cls(container.baseline_entries(), {exe for exe, _ in container_processes(container).values()},
-                   account_names(container))
+                   accounts, packages)
 
 
 def leftover_result(image: str, target: str, stage: Stage, found: Sequence[str], what: Tuple[str, str], t0: float,
@@ -5473,10 +5505,13 @@ def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Package
             step = transaction(container, image, packages.probes, stage, manager.remove(packages.names),
                                plan.install_timeout, packages.labels)
         elif stage == Stage.PURGED:
-            # what remove took whole (no configuration files) the package manager no longer knows: then the
-            # purge takes what was installed only for it, where remove left that
+            # the packages (those remove took whole the package manager no longer knows) and every package
+            # the installs pulled in, as piuparts purges them: apt's autoremove keeps some (memcached's perl
+            # on noble), and what was not there before the install must go
             _, known = container.run_captured(manager.still_installed(packages.names))
-            purge = manager.purge([name for name in packages.names if name in known.split()])
+            _, listed = container.run_captured(manager.installed())
+            pulled = sorted(set(listed.split()) - baseline.packages - set(packages.names)) if baseline else []
+            purge = manager.purge([name for name in packages.names if name in known.split()] + pulled)
             step = transaction(container, image, packages.probes, stage, purge,
                                plan.install_timeout, packages.labels) if purge else [
                 ProbeResult(image.name, p, Status.PASS, 0.0, output="nothing left to purge: remove took it all",
@@ -5681,9 +5716,10 @@ class VmSystem:
         return False
 
     def journal_tail(self, lines: int = 30, unit: str = "", since: float = 0) -> str:
-        """The VM's last journal lines (of `unit`, since the time `since`), for a failure's report."""
+        """The VM's last journal lines (of `unit`), for a failure's report: all of the last, whatever `since`
+        says, as the VM's clock is its own."""
         return self.run_captured(["journalctl", "--no-pager", "-n", str(lines), "-o", "short-monotonic"] +
-                                 (["-u", unit] if unit else []) + (["--since", "@%.3f" % since] if since else []))[1]
+                                 (["-u", unit] if unit else []))[1]
 
     def power_cycle(self) -> None:
         """Reboot the VM with `vagrant reload`: its systemd stops every unit, the machine boots again."""
@@ -6731,7 +6767,7 @@ def cmd_list_images(args: argparse.Namespace, settings: Settings) -> int:
                                    acquired=d.label in acquired) for d in DISTRIBUTIONS],
             "boxes": [b._asdict() for b in BOXES],
             "images": [info.as_json() for info in acquired.values()],
-            "layers": [{"key": layer.key, "image": json.loads(layer.stamp.read_text()).get("image", ""),
+            "layers": [{"key": layer.key, "image": layer.image,
                         "packages": list(layer.packages), "made": layer.made, "size": size,
                         "used": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(used))}
                        for layer, used, size in list_layers(settings)],
@@ -6758,7 +6794,7 @@ def cmd_list_images(args: argparse.Namespace, settings: Settings) -> int:
     layers = list_layers(settings)
     if layers:
         print("\nDependency layers (%s; `postroj gc` removes those long unused):" % settings.layers)
-        rows = [[layer.key[:12], json.loads(layer.stamp.read_text()).get("image", "?"), str(len(layer.packages)),
+        rows = [[layer.key[:12], layer.image or "?", str(len(layer.packages)),
                  human_size(size), layer.made, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(used))]
                 for layer, used, size in layers]
         print_table(rows, ["LAYER", "IMAGE", "PACKAGES", "SIZE", "MADE", "LAST USED"])
@@ -6827,14 +6863,15 @@ def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     names = [i.name for i in list_images(settings)] if args.all else args.names
     if not names:
         die("no image given", "name one, or pass --all", usage=True)
-    acquired = [i.name for i in list_images(settings)]
-    for name in names:  # a typo is refused before anything is removed
+    for name in names:  # refused, a typo or not acquired, before anything is removed
         check_name(name)
-        if name not in acquired and find_distribution(name) is None and not (settings.archives / name).exists():
-            raise unknown_name_error("image", name, acquired + all_labels(), "see `postroj list-images`")
-    for name in names:
-        if not remove_image(settings, name):
+        if not image_link(settings, name).is_symlink() and not (settings.archives / name).exists():
+            if find_distribution(name) is None:
+                raise unknown_name_error("image", name, [i.name for i in list_images(settings)] + all_labels(),
+                                         "see `postroj list-images`")
             die("image %s is not acquired" % name, "see `postroj list-images`")
+    for name in names:
+        remove_image(settings, name)
         print("removed %s" % name)
     return EXIT_OK
 

@@ -429,16 +429,19 @@ def noble_nginx(real, tmp_path_factory) -> "tuple[list[Path], list[Path]]":
     return release_and_current(apt, ["nginx-common", "nginx"], "noble", root)
 
 
-def nginx_life(runner, tmp_path: Path, image: str, old: "list[Path]", new: "list[Path]") -> Run:
-    """nginx's whole life on `image`: every stage passes, nothing is left behind."""
+NGINX = ("nginx", "--check-unit", "nginx", "--check-network", "http://localhost:80", "--expect-body", "Welcome to nginx")
+
+
+def service_life(runner, tmp_path: Path, image: str, old: "list[Path]", new: "list[Path]",
+                 checks: "tuple[str, ...]" = NGINX) -> Run:
+    """A service package's whole life on `image`, from the release's version to the current one: every stage
+    passes, nothing is left behind. `checks`: the package whose version is checked, then the options."""
     args = ["--image", image]
     for path in old:
         args += ["--upgrade-from", str(path)]
     for path in new:
         args += ["--package", str(path)]
-    run = probe(runner, tmp_path, *args, "--reboot", "--purge", "--check-unit", "nginx",
-                "--check-network", "http://localhost:80", "--expect-body", "Welcome to nginx",
-                "--command", version_of("nginx"))
+    run = probe(runner, tmp_path, *args, "--reboot", "--purge", *checks[1:], "--command", version_of(checks[0]))
     failed = ["%s: %s: %s\n%s" % (r["stage"], check_name(r), r["reason"], r["output"][-1500:])
               for r in run.rows if r["status"] != "pass"]
     assert not failed, "\n".join(failed)
@@ -453,9 +456,26 @@ def nginx_life(runner, tmp_path: Path, image: str, old: "list[Path]", new: "list
 def test_nginx_of_bookworm_from_its_release_to_its_security_update(images, bookworm_nginx, tmp_path):
     old, new = bookworm_nginx
     assert "+deb12u" in new[-1].name
-    nginx_life(images, tmp_path, "debian-bookworm", old, new)
+    service_life(images, tmp_path, "debian-bookworm", old, new)
 
 
 def test_nginx_of_noble_from_its_release_to_its_update(real, noble_nginx, tmp_path):
     old, new = noble_nginx
-    nginx_life(real, tmp_path, "ubuntu-noble", old, new)
+    service_life(real, tmp_path, "ubuntu-noble", old, new)
+
+
+@pytest.fixture(scope="module")
+def noble_memcached(real, tmp_path_factory) -> "tuple[list[Path], list[Path]]":
+    root = tmp_path_factory.mktemp("memcached-noble")
+    apt = rig.PrivateApt(root / "apt", rig.UBUNTU_SOURCES["noble"], [rig.ubuntu_keyring(real.cache)])
+    return release_and_current(apt, ["memcached"], "noble", root)
+
+
+def test_memcached_of_noble_from_its_release_to_its_update(real, noble_memcached, tmp_path):
+    """A second real service package on Ubuntu: memcached, its unit and its port, upgraded from noble's own
+    version to its update, rebooted and purged. Its install pulls in perl and netbase, which `purge
+    --autoremove` alone left installed (87 paths); the purge takes what the installs pulled in, as piuparts
+    does, and nothing is left."""
+    old, new = noble_memcached
+    service_life(real, tmp_path, "ubuntu-noble", old, new,
+                 ("memcached", "--check-unit", "memcached", "--check-network", "tcp://localhost:11211"))

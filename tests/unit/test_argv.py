@@ -262,6 +262,8 @@ VERBS = [
     ("apt", "files", (NAMES,), ["dpkg", "-L", *NAMES]),
     ("apt", "identify", (PACKAGES,), DEB_QUERY),
     ("apt", "still_installed", (NAMES,), DPKG_KNOWN),
+    ("apt", "installed", (), ["sh", "-c", "dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' | "
+                                          "awk 'substr($1, 2, 1) != \"n\" { print $2 }'"]),
     ("apt", "resolve", (), ["echo", "postroj-resolving"]),
     ("apt", "install_without", (PACKAGES, ["libjq1"]), APT + NO_LOCKING + [
         "-q", "install", "-y", "--no-install-recommends", *PACKAGES, "libjq1-"]),
@@ -280,6 +282,7 @@ VERBS = [
     ("dnf", "identify", (PACKAGES,), RPM_QUERY + PACKAGES),
     ("dnf", "files", (NAMES,), ["rpm", "-ql", *NAMES]),
     ("dnf", "still_installed", (NAMES,), RPM_KNOWN),
+    ("dnf", "installed", (), ["rpm", "-qa", "--qf", "%{NAME}\\n"]),
     ("yum", "install", (PACKAGES,), YUM + ["install", *PACKAGES]),
     ("yum", "remove", (NAMES,), YUM + ["--cacheonly", "remove", *NAMES]),
     ("yum", "install", (PACKAGES, True, False), YUM + NO_WEAK + ["--cacheonly", "install", *PACKAGES]),
@@ -289,6 +292,7 @@ VERBS = [
     ("yum", "identify", (PACKAGES,), RPM_QUERY + PACKAGES),
     ("yum", "files", (NAMES,), ["rpm", "-ql", *NAMES]),
     ("yum", "still_installed", (NAMES,), RPM_KNOWN),
+    ("yum", "installed", (), ["rpm", "-qa", "--qf", "%{NAME}\\n"]),
     ("microdnf", "install", (PACKAGES,), MICRODNF + ["install", *PACKAGES]),
     ("microdnf", "download", (PACKAGES,), MICRODNF + ["makecache"]),
     ("microdnf", "remove", (NAMES,), MICRODNF + ["--cacheonly", "remove", *NAMES]),
@@ -298,6 +302,7 @@ VERBS = [
     ("microdnf", "identify", (PACKAGES,), RPM_QUERY + PACKAGES),
     ("microdnf", "files", (NAMES,), ["rpm", "-ql", *NAMES]),
     ("microdnf", "still_installed", (NAMES,), RPM_KNOWN),
+    ("microdnf", "installed", (), ["rpm", "-qa", "--qf", "%{NAME}\\n"]),
     ("zypper", "install", (PACKAGES,), ZYPPER + ["install", "--allow-unsigned-rpm", *PACKAGES]),
     ("zypper", "install", (PACKAGES, True, False), ZYPPER + ["--no-refresh", "install", "--no-recommends",
                                                              "--allow-unsigned-rpm", *PACKAGES]),
@@ -309,6 +314,7 @@ VERBS = [
     ("zypper", "identify", (PACKAGES,), RPM_QUERY + PACKAGES),
     ("zypper", "files", (NAMES,), ["rpm", "-ql", *NAMES]),
     ("zypper", "still_installed", (NAMES,), RPM_KNOWN),
+    ("zypper", "installed", (), ["rpm", "-qa", "--qf", "%{NAME}\\n"]),
     ("pacman", "install", (NAMES,), PACMAN + ["-Sy", "--needed", *NAMES]),
     ("pacman", "install", (NAMES, True), PACMAN + ["-S", "--needed", *NAMES]),
     ("pacman", "install", (["/run/postroj/packages/a.pkg.tar.zst"],), PACMAN + [
@@ -326,6 +332,7 @@ VERBS = [
         "sh", "/a.pkg.tar.zst"]),
     ("pacman", "files", (NAMES,), ["pacman", "-Qlq", *NAMES]),
     ("pacman", "still_installed", (NAMES,), PACMAN_KNOWN),
+    ("pacman", "installed", (), ["pacman", "-Qq"]),
 ]
 
 

@@ -143,8 +143,8 @@ def test_remove(postroj, http_server):
     postroj("remove", "doomed", check=0)
     assert list(rig.active_images(postroj.home)) == []
     assert not list((postroj.home / "images" / ".versions").iterdir())
-    proc = postroj("remove", "doomed")
-    assert proc.returncode == 1 and "not acquired" in proc.stderr
+    proc = postroj("remove", "doomed")  # neither acquired nor in the catalogue: a usage error, as a typo
+    assert proc.returncode == 2 and "unknown image 'doomed'" in proc.stderr, proc.stderr
 
 
 def test_tarball_without_os_is_refused(postroj, tmp_path):

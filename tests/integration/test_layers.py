@@ -137,12 +137,8 @@ def own_bookworm(runner) -> Path:
     return copy / "rootfs"
 
 
-def test_lists_refresh_when_a_suite_publishes_and_a_new_dependency_version_makes_a_new_layer(images, repository,
-                                                                                             tmp_path):
-    """The lists say postroj-dep 1.1 where a layer holds 1.0: that layer is not used, a new one is made, and
-    the container has 1.1. Between, with nothing published, apt's refresh does not run (the suites' InRelease
-    are as apt verified them) and the layer is used."""
-    port, root, gnupg, requests = repository
+def trusting_bookworm(images, port: int, gnupg: Path) -> Path:
+    """A bookworm of the test's own whose apt sources add the signed repository on `port` (its key trusted)."""
     own = own_bookworm(images)
     keyring = own / "etc" / "apt" / "keyrings" / "postroj-test.gpg"
     keyring.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +146,16 @@ def test_lists_refresh_when_a_suite_publishes_and_a_new_dependency_version_makes
                                        capture_output=True).stdout)
     (own / "etc" / "apt" / "sources.list.d" / "postroj-test.list").write_text(
         "deb [signed-by=/etc/apt/keyrings/postroj-test.gpg] http://127.0.0.1:%d/ ./\n" % port)
+    return own
+
+
+def test_lists_refresh_when_a_suite_publishes_and_a_new_dependency_version_makes_a_new_layer(images, repository,
+                                                                                             tmp_path):
+    """The lists say postroj-dep 1.1 where a layer holds 1.0: that layer is not used, a new one is made, and
+    the container has 1.1. Between, with nothing published, apt's refresh does not run (the suites' InRelease
+    are as apt verified them) and the layer is used."""
+    port, root, gnupg, requests = repository
+    trusting_bookworm(images, port, gnupg)
     for version in ("1.0", "1.1"):
         rig.build_deb(tmp_path / "dep" / version, "postroj-dep", "a dependency of the demo package", {
             "usr/share/postroj-dep/version": (version + "\n", 0o644)}, version=version)
@@ -184,14 +190,18 @@ def test_lists_refresh_when_a_suite_publishes_and_a_new_dependency_version_makes
 def test_probes_that_want_one_layer_at_once_make_it_once(images, tmp_path):
     """Four probes of one release at once: one makes the layer, the others wait for it and use it."""
     deb = rig.build_demo_deb(tmp_path, port=8095, depends="perl-base, hello")
-    runs = [images.popen("probe", "--image", "debian-bookworm", "--package", str(deb), "--check-unit",
+    runs = [images.popen("-v", "probe", "--image", "debian-bookworm", "--package", str(deb), "--check-unit",
                          "postroj-demo", "--json", str(tmp_path / ("r%d.json" % i))) for i in range(4)]
+    errs = []
     for run in runs:
         out, err = run.communicate(timeout=600)
         assert run.returncode == 0, out + err
+        errs.append(err)
     made = layers(images)
     assert len(made) == 1, made
     key = next(iter(made))[:12]
+    makers = [err for err in errs if "dependency layer %s made in" % key in err]
+    assert len(makers) == 1, "%d probes made the layer" % len(makers)
     outputs = [r["output"] for i in range(4) for r in json.loads((tmp_path / ("r%d.json" % i)).read_text())["results"]
                if r["kind"] == "package"]
     assert len(outputs) == 4 and all(o.startswith("1 dependencies from layer %s " % key) for o in outputs), outputs
@@ -314,20 +324,16 @@ def test_purge_with_a_layer_takes_the_layers_dependencies_and_passes(images, tmp
 
 def test_what_a_dependency_from_a_layer_leaves_after_the_purge_is_found_as_without_a_layer(images, repository,
                                                                                           tmp_path):
-    """postroj-dep's postinst writes a state file its purge leaves. Installed in the layer, that file is in
-    the container before the first install, yet purge's comparison is with the image as acquired: the probe
-    with the layer reports it left behind, as --fresh does (a comparison with the layer would not)."""
+    """postroj-dep's postinst writes a state file and adds a system user, which its purge leaves. Installed
+    in the layer, both are in the container before the first install, yet purge's comparison is with the
+    image as acquired: the probe with the layer reports the file left behind and the user kept, as --fresh
+    does (a comparison with the layer would not)."""
     port, root, gnupg, requests = repository
-    own = own_bookworm(images)
-    keyring = own / "etc" / "apt" / "keyrings" / "postroj-test.gpg"
-    keyring.parent.mkdir(parents=True, exist_ok=True)
-    keyring.write_bytes(subprocess.run(["gpg", "--homedir", str(gnupg), "--export"], check=True,
-                                       capture_output=True).stdout)
-    (own / "etc" / "apt" / "sources.list.d" / "postroj-test.list").write_text(
-        "deb [signed-by=/etc/apt/keyrings/postroj-test.gpg] http://127.0.0.1:%d/ ./\n" % port)
+    trusting_bookworm(images, port, gnupg)
     dep = rig.build_deb(tmp_path / "dep", "postroj-dep", "a dependency whose purge leaves its state", {
         "usr/share/postroj-dep/version": ("1.0\n", 0o644)},
-        postinst='if [ "$1" = configure ]; then echo 1 > /var/lib/postroj-dep.state; fi\n')
+        postinst='if [ "$1" = configure ]; then echo 1 > /var/lib/postroj-dep.state; '
+                 'getent passwd postroj-dep >/dev/null || useradd --system --user-group postroj-dep; fi\n')
     os.link(str(dep), str(root / dep.name))
     publish(root, gnupg)
     deb = rig.build_deb(tmp_path / "pkg", "postroj-needs-dep", "a package with a dependency",
@@ -338,7 +344,9 @@ def test_what_a_dependency_from_a_layer_leaves_after_the_purge_is_found_as_witho
     assert "from layer" not in fresh[("installed", "package " + deb.name)]["output"]
     assert layers(images) == {}, "--fresh made a layer"
     assert [check for check in fresh if fresh[check]["status"] != "pass"] == [left], failures(fresh)
-    assert fresh[left]["output"].splitlines() == ["/var/lib/postroj-dep.state: left behind"], fresh[left]
+    assert fresh[left]["output"].splitlines() == [
+        "/var/lib/postroj-dep.state: left behind",
+        "left, as Debian's policy allows: group:postroj-dep, user:postroj-dep"], fresh[left]
     layered = purge_probe(images, tmp_path, deb)
     (key, layer), = layers(images).items()
     assert layer["packages"] == ["postroj-dep=1.0"], layer

@@ -218,6 +218,21 @@ def test_an_unknown_image_is_a_usage_error_with_did_you_mean(images, args):
     assert (images.home / "images" / "debian-bookworm").is_symlink(), "an image was removed before the typo was found"
 
 
+def test_rm_refuses_a_known_image_that_is_not_acquired_before_removing_any(images):
+    proc = images("rm", "debian-bookworm", "debian-trixie")
+    assert proc.returncode == 1 and "image debian-trixie is not acquired" in proc.stderr, proc.stderr
+    assert (images.home / "images" / "debian-bookworm").is_symlink(), "removed before the refusal"
+
+
+def test_rm_removes_a_broken_image_of_ones_own(images, tmp_path):
+    """An image whose version is gone is listed nowhere (list-images warns), yet `rm` takes it, as the warning
+    says."""
+    (images.home / "images" / "mine").symlink_to(tmp_path / "gone" / "rootfs")
+    proc = images("rm", "mine")
+    assert proc.returncode == 0 and proc.stdout == "removed mine\n", proc.stderr
+    assert not os.path.lexists(images.home / "images" / "mine")
+
+
 @pytest.mark.parametrize("args", [
     ["container", "debian-trixie", "--", "true"],
     ["container", "debian-13", "--", "true"],

@@ -2529,10 +2529,7 @@ class Apt:
         return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", "remove", "-y", *names]
 
     def purge(self, names: Sequence[str]) -> List[str]:
-        """Purge the packages and what was installed only for them; with no names (remove took them whole:
-        dpkg forgot them), what was installed only for them."""
-        if not names:
-            return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", "autoremove", "--purge", "-y"]
+        """Purge the packages and what was installed only for them."""
         return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", "purge", "-y", "--autoremove", *names]
 
     def identify(self, paths: Sequence[str]) -> List[str]:
@@ -2545,12 +2542,6 @@ class Apt:
     def files(self, names: Sequence[str]) -> List[str]:
         """List the files of installed packages, one a line."""
         return ["dpkg", "-L", *names]
-
-    def still_installed(self, names: Sequence[str]) -> List[str]:
-        """Print those of `names` dpkg still knows (installed, or removed with their configuration kept)."""
-        script = 'for p; do s=$(dpkg-query -W -f="\\${db:Status-Abbrev}" "$p" 2>/dev/null) || continue; ' \
-                 'case "$s" in ?n*) ;; *) echo "$p" ;; esac; done'
-        return ["sh", "-c", script, "sh", *names]
 
     def installed(self) -> List[str]:
         """Print the name of every package dpkg knows (installed, or removed with its configuration kept)."""
@@ -2589,10 +2580,6 @@ class Rpm:
         """List the files of installed packages, one a line."""
         return ["rpm", "-ql", *names]
 
-    def still_installed(self, names: Sequence[str]) -> List[str]:
-        """Print those of `names` that are installed."""
-        return ["sh", "-c", 'for p; do rpm -q "$p" >/dev/null 2>&1 && echo "$p"; done; true', "sh", *names]
-
     def installed(self) -> List[str]:
         """Print the name of every installed package."""
         return ["rpm", "-qa", "--qf", "%{NAME}\\n"]
@@ -2630,9 +2617,7 @@ class Dnf(Rpm):
         """Remove the packages (and what only they needed)."""
         return self.base() + ["--cacheonly", "remove", *names]
 
-    def purge(self, names: Sequence[str]) -> List[str]:
-        """remove, which takes the configuration and what only they needed: nothing when it took them all."""
-        return self.remove(names) if names else []
+    purge = remove
 
 
 class Microdnf(Dnf):
@@ -2681,9 +2666,7 @@ class Zypper(Rpm):
         """Remove the packages and what only they needed."""
         return self.base() + ["--no-refresh", "remove", "--clean-deps", *names]
 
-    def purge(self, names: Sequence[str]) -> List[str]:
-        """remove, which takes the configuration and what only they needed: nothing when it took them all."""
-        return self.remove(names) if names else []
+    purge = remove
 
 
 class Pacman:
@@ -2724,11 +2707,7 @@ class Pacman:
         return self.base() + ["-R", *names]
 
     def purge(self, names: Sequence[str]) -> List[str]:
-        """Remove the packages, their configuration and the dependencies nothing else needs; with no names
-        (remove took them), the dependencies nothing needs any more."""
-        if not names:
-            return ["sh", "-c", 'orphans=$(pacman -Qdtq) || exit 0; exec "$@" $orphans', "sh",
-                    *self.base(), "-Rns"]
+        """Remove the packages, their configuration and the dependencies nothing else needs."""
         return self.base() + ["-Rns", *names]
 
     def identify(self, paths: Sequence[str]) -> List[str]:
@@ -2739,10 +2718,6 @@ class Pacman:
     def files(self, names: Sequence[str]) -> List[str]:
         """List the files of installed packages, one a line."""
         return ["pacman", "-Qlq", *names]
-
-    def still_installed(self, names: Sequence[str]) -> List[str]:
-        """Print those of `names` that are installed."""
-        return ["sh", "-c", 'for p; do pacman -Q "$p" >/dev/null 2>&1 && echo "$p"; done; true', "sh", *names]
 
     def installed(self) -> List[str]:
         """Print the name of every installed package."""
@@ -5505,13 +5480,14 @@ def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Package
             step = transaction(container, image, packages.probes, stage, manager.remove(packages.names),
                                plan.install_timeout, packages.labels)
         elif stage == Stage.PURGED:
-            # the packages (those remove took whole the package manager no longer knows) and every package
-            # the installs pulled in, as piuparts purges them: apt's autoremove keeps some (memcached's perl
-            # on noble), and what was not there before the install must go
-            _, known = container.run_captured(manager.still_installed(packages.names))
+            # the packages the package manager still knows (remove takes some whole) and every package the
+            # installs pulled in, as piuparts purges them: apt's autoremove keeps some (memcached's perl on
+            # noble), and what was not there before the install must go
             _, listed = container.run_captured(manager.installed())
-            pulled = sorted(set(listed.split()) - baseline.packages - set(packages.names)) if baseline else []
-            purge = manager.purge([name for name in packages.names if name in known.split()] + pulled)
+            known = set(listed.split())
+            pulled = sorted(known - baseline.packages - set(packages.names)) if baseline else []
+            names = [name for name in packages.names if name in known] + pulled
+            purge = manager.purge(names) if names else []
             step = transaction(container, image, packages.probes, stage, purge,
                                plan.install_timeout, packages.labels) if purge else [
                 ProbeResult(image.name, p, Status.PASS, 0.0, output="nothing left to purge: remove took it all",

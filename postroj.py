@@ -191,6 +191,13 @@ class Settings(NamedTuple):
         """A directory per VM, with its Vagrantfile."""
         return self.home / "vagrant"
 
+    def state_dirs(self, cache: bool = True) -> Tuple[Path, ...]:
+        """The directories postroj makes in POSTROJ_HOME (and POSTROJ_CACHE), which it writes and deletes in:
+        never a link (state_dir_problem)."""
+        found = (self.images, self.versions, self.archives, self.locks, self.tmp, self.runtime, self.layers,
+                 self.vagrant)
+        return found + ((self.downloads, self.packages) if cache else ())
+
     @property
     def downloads(self) -> Path:
         """Files fetched over HTTP(S), with their validators."""
@@ -222,6 +229,11 @@ def state_dir_problem(settings: Settings, cache: bool = True, write: bool = True
             return "%s %s is on a read-only file system" % (name, path), hint
         if write and not os.access(str(existing), os.W_OK | os.X_OK):
             return "%s %s cannot be written (%s)" % (name, path, existing), hint
+    for directory in settings.state_dirs(cache):
+        if os.path.islink(directory):
+            return ("%s is a link (to %s): postroj writes and deletes only in directories of its own" % (
+                directory, os.readlink(directory)), "remove the link (rm %s); postroj makes the directory itself"
+                    % shlex.quote(str(directory)))
     return None
 
 
@@ -234,30 +246,80 @@ def check_state_dirs(settings: Settings, cache: bool = True, write: bool = True)
 
 
 def ensure_dir(path: Path, mode: int = 0o755) -> Path:
-    """Create a directory (and its parents) owned by us, with `mode`."""
-    path.mkdir(parents=True, exist_ok=True, mode=mode)
-    return path
+    """Create a directory (and its parents, without recursion), with `mode` where postroj creates it; one
+    that exists keeps its mode (postroj chmods only what it made)."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for made in reversed(missing):
+        try:
+            os.mkdir(made, mode if made == missing[0] else 0o755)
+        except FileExistsError:
+            if not os.path.isdir(made):
+                raise
+            continue
+        if made == missing[0]:
+            os.chmod(made, mode)  # the umask is not ours to apply to state
+    return missing[0] if missing else path
 
 
 def private_dir(path: Path) -> Path:
-    """Create a directory only root can enter: state that containers and other users must not see."""
-    ensure_dir(path, 0o700)
-    os.chmod(path, 0o700)
-    return path
+    """Create a directory only root can enter: state that containers and other users must not see (one
+    that exists, the user's own, keeps its mode)."""
+    return ensure_dir(path, 0o700)
+
+
+# A guest's tree is walked iteratively (no recursion limit to hit) and read with lstat only; a path longer
+# than this is not read (PATH_MAX is 4096): what lies below it is reported as the directory that holds it.
+DEEP_PATH = 3800
+READ_MAX = 64 * 1024 * 1024  # a file postroj reads whole (a state file, a layer's JSON): at most this
+
+
+def walk_tree(top: str) -> Iterator[Tuple[str, os.stat_result]]:
+    """Every entry below `top` as (path, lstat result), parents before children, iteratively: links are
+    listed, never followed, and directories too deep to name are listed, not entered."""
+    pending = [top]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as listing:
+                entries = list(listing)
+        except OSError:
+            continue  # gone, or not a directory now: a guest may change its tree while it is read
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            yield entry.path, st
+            if stat.S_ISDIR(st.st_mode) and len(entry.path) < DEEP_PATH:
+                pending.append(entry.path)
+
+
+def read_regular(path: str, limit: int = READ_MAX, dir_fd: Optional[int] = None) -> bytes:
+    """The bytes of a regular file (at most `limit`, else an OSError): a link, a FIFO, a device or a socket is
+    never opened for reading (O_NOFOLLOW, O_NONBLOCK, then fstat), so it cannot block or run without end."""
+    import errno
+
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd)
+    with open(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, "larger than %d bytes" % limit, path)
+    return data
 
 
 def tree_size(path: Path) -> int:
     """Bytes used by the regular files below `path` (hard links counted once)."""
     total = 0
     seen = set()
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                st = os.lstat(os.path.join(root, name))
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) in seen:
-                continue
+    for _, st in walk_tree(str(path)):
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
             seen.add((st.st_dev, st.st_ino))
             total += st.st_size
     return total
@@ -288,7 +350,7 @@ def file_lock(path: Path, *, shared: bool = False, wait: bool = True, waiting: s
     """Hold a flock on `path` for the block; yields False when `wait` is off and it is taken. When another
     process holds it, `waiting` (what is waited for) is logged before the wait."""
     ensure_dir(path.parent, 0o700)
-    fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
     try:
         flags = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
@@ -308,7 +370,7 @@ def file_lock(path: Path, *, shared: bool = False, wait: bool = True, waiting: s
 def lock_is_held(path: Path) -> bool:
     """True when some process holds a flock on `path`."""
     try:
-        fd = os.open(str(path), os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(str(path), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return False
     try:
@@ -413,6 +475,37 @@ class SourceKind(StrEnum):
     TARBALL = "tarball"
     DIRECTORY = "directory"
     BOOTSTRAP = "bootstrap"
+
+
+class EntryKind(StrEnum):
+    """What a path in a container's overlay (or a VM's listing) is: what purge compares and reports. A device,
+    a FIFO or a socket where a file was is a finding of its own, never opened on the host."""
+
+    FILE = "file"
+    DIR = "dir"
+    LINK = "link"
+    GONE = "gone"  # a whiteout: deleted from the image
+    DEVICE = "device"
+    FIFO = "fifo"
+    SOCKET = "socket"
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "EntryKind":
+        """The kind of an lstat result (overlayfs marks a deletion with a character device 0/0)."""
+        mode = st.st_mode
+        if stat.S_ISLNK(mode):
+            return cls.LINK
+        if stat.S_ISDIR(mode):
+            return cls.DIR
+        if stat.S_ISREG(mode):
+            return cls.FILE
+        if stat.S_ISCHR(mode) and st.st_rdev == 0:
+            return cls.GONE
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            return cls.DEVICE
+        if stat.S_ISFIFO(mode):
+            return cls.FIFO
+        return cls.SOCKET
 
 
 class HostMode(StrEnum):
@@ -1250,7 +1343,8 @@ def unmount(point: Path) -> bool:
 def remove_tree(path: Path) -> None:
     """Remove a file or a directory tree the way `rm -rf --one-file-system` does, and more: what is mounted
     below it is unmounted first (deepest first), links are removed, never followed, and no directory on
-    another file system is entered. A mount that cannot be unmounted stays, with its content: an error."""
+    another file system is entered; however deep the tree. A mount that cannot be unmounted stays, with its
+    content: an error."""
     try:
         top = os.lstat(path)
     except FileNotFoundError:
@@ -1260,8 +1354,7 @@ def remove_tree(path: Path) -> None:
             os.unlink(path)
         return
     stuck = unmount_below(path)
-    kept: List[str] = []
-    _remove_below(os.path.realpath(str(path)), top.st_dev, set(stuck), kept)
+    kept = _remove_below(os.path.realpath(str(path)), top.st_dev, set(stuck))
     if not kept:
         with contextlib.suppress(FileNotFoundError):
             os.rmdir(path)
@@ -1270,27 +1363,48 @@ def remove_tree(path: Path) -> None:
         "unmount it (umount %s), then run `postroj gc`" % shlex.quote(kept[0]))
 
 
-def _remove_below(directory: str, device: int, stuck: "set[str]", kept: List[str]) -> None:
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return
-    for entry in entries:
+def _remove_below(top: str, device: int, stuck: "set[str]") -> List[str]:
+    """Empty the directory `top` without recursion: directories are emptied children first, a directory too
+    deep to name is moved up to `top` (the same file system) and emptied from there; returns the mount points
+    that were left, with what holds them."""
+    kept: List[str] = []
+    holding: "set[str]" = set()  # directories that hold a kept mount point: they stay
+    stack: List[Tuple[str, bool]] = [(top, False)]
+    while stack:
+        directory, emptied = stack.pop()
+        if emptied:
+            if directory != top and directory not in holding:
+                with contextlib.suppress(FileNotFoundError):
+                    os.rmdir(directory)
+            continue
+        stack.append((directory, True))
         try:
-            is_dir = entry.is_dir(follow_symlinks=False)
-            if not is_dir:
-                os.unlink(entry.path)
-                continue
-            if entry.path in stuck or entry.stat(follow_symlinks=False).st_dev != device:
-                kept.append(entry.path)  # a mount point: what is below it is not ours to delete
-                continue
+            with os.scandir(directory) as listing:
+                entries = list(listing)
         except FileNotFoundError:
             continue
-        before = len(kept)
-        _remove_below(entry.path, device, stuck, kept)
-        if len(kept) == before:
-            with contextlib.suppress(FileNotFoundError):
-                os.rmdir(entry.path)
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(entry.path)
+                    continue
+            except FileNotFoundError:
+                continue
+            if entry.path in stuck or st.st_dev != device:
+                kept.append(entry.path)  # a mount point: what is below it is not ours to delete
+                parent = os.path.dirname(entry.path)
+                while parent.startswith(top) and parent not in holding:
+                    holding.add(parent)
+                    parent = os.path.dirname(parent)
+                continue
+            if len(entry.path) >= DEEP_PATH:
+                moved = os.path.join(top, ".postroj-deep-%s" % random_id(12))
+                os.rename(entry.path, moved)
+                stack.insert(0, (moved, False))  # emptied after the tree it came from
+                continue
+            stack.append((entry.path, False))
+    return kept
 
 
 # --- an image's root, read from the host without following its links ---------------------
@@ -1408,6 +1522,8 @@ class Host(NamedTuple):
     cgroup_roots: Tuple[Path, ...] = ()
     upper_on_tmpfs: bool = False
     unified: bool = True  # /sys/fs/cgroup is cgroup v2; False on hosts with the v1 layout (legacy or hybrid)
+    home_key: str = "00000000"  # Settings.home_key: which POSTROJ_HOME's cgroups are whose
+    locks: Optional[Path] = None  # POSTROJ_HOME/locks: a run cgroup's lock is held while it is in use
 
     def cgroup_env(self, image: "ImageInfo") -> Dict[str, str]:
         """What systemd-nspawn needs to boot `image`: on a host with the v1 layout, a guest whose systemd
@@ -1432,7 +1548,8 @@ def container_host(settings: Settings, action: str, jobs: int = 1) -> Host:
                         "stop each other's units; run them one at a time (--jobs 1), or give postroj a writable "
                         "cgroup file system", ", ".join(str(r) for r in roots if r not in fixed))
         roots = fixed
-    return Host(host_mode(settings), scope, roots, overlay_upper_on_tmpfs(settings), cgroup_layout().startswith("unified"))
+    return Host(host_mode(settings), scope, roots, overlay_upper_on_tmpfs(settings),
+                cgroup_layout().startswith("unified"), settings.home_key, settings.locks)
 
 
 def make_cgroups(host: Host, name: str) -> List[Path]:
@@ -1472,21 +1589,21 @@ def our_cgroups(cgroups: Sequence[str]) -> List[str]:
 
 
 def remove_cgroups(cgroups: Sequence[str], kill: bool = False) -> None:
-    """Remove a container's cgroups, with what its systemd made below them; with `kill`, first end every
-    process still in them (a container whose nspawn had to be killed)."""
+    """Remove a container's cgroups, with what its systemd made below them (however deep); with `kill`, first
+    end every process still in them (a container whose nspawn had to be killed, or was killed)."""
     for top in our_cgroups(cgroups):
         deadline = time.monotonic() + (2.0 if kill else 0.5)
         while True:
+            below = [path for path, st in walk_tree(top) if stat.S_ISDIR(st.st_mode)]
             if kill:
-                for root, _dirs, _files in os.walk(top):
+                for directory in [top] + below:
                     with contextlib.suppress(OSError, ValueError):
-                        for pid in Path(root, "cgroup.procs").read_text().split():
+                        for pid in read_regular(os.path.join(directory, "cgroup.procs")).split():
                             with contextlib.suppress(ProcessLookupError):
                                 os.kill(int(pid), signal.SIGKILL)
-            for root, dirs, _files in os.walk(top, topdown=False):
-                for name in dirs:
-                    with contextlib.suppress(OSError):
-                        os.rmdir(os.path.join(root, name))
+            for directory in reversed(below):  # children first
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory)
             try:
                 os.rmdir(top)
                 break
@@ -1497,32 +1614,53 @@ def remove_cgroups(cgroups: Sequence[str], kill: bool = False) -> None:
             time.sleep(0.02)
 
 
-# Cgroups of single nspawn runs (provisioning, package installs) carry the PID of the postroj that made
-# them: one killed by SIGKILL leaves its cgroup, and the next run (or gc) removes it.
-RUN_CGROUP = r"^%srun-(\d+)-[a-z0-9]+$" % re.escape(CGROUP_PREFIX)
+# Cgroups of single nspawn runs (provisioning, package installs, bootstraps) carry their POSTROJ_HOME's key
+# and are held by a lock of that home's while in use: one whose postroj was killed (its lock free) is removed,
+# with what still runs in it, by the next run of that home or its gc. A PID would not do: another postroj in
+# another PID namespace may have the same.
+RUN_CGROUP = r"^%srun-([0-9a-f]{8})-([0-9a-f]{8})$" % re.escape(CGROUP_PREFIX)
+
+
+def run_cgroup_lock(locks: Path, ident: str) -> Path:
+    """The lock a run cgroup's postroj holds while it uses it."""
+    return locks / ("run-%s.lock" % ident)
 
 
 @contextlib.contextmanager
 def own_cgroups(host: Host) -> Iterator[List[str]]:
     """A cgroup of its own for one run of a program that is not a booted container (provisioning, a package
     install, a bootstrap): the argv prefix that enters it, removed with whatever is left in it afterwards."""
-    remove_stale_run_cgroups()
-    cgroups = make_cgroups(host, "%srun-%d-%s" % (CGROUP_PREFIX, os.getpid(), random_id(8)))
-    try:
-        yield cgroup_entry_prefix(cgroups)
-    finally:
-        remove_cgroups([str(c) for c in cgroups], kill=True)
+    if not host.cgroup_roots or host.locks is None:
+        yield []
+        return
+    remove_stale_run_cgroups(host.home_key, host.locks)
+    ident = random_id(8)
+    lock = run_cgroup_lock(host.locks, ident)
+    with file_lock(lock):
+        cgroups = make_cgroups(host, "%srun-%s-%s" % (CGROUP_PREFIX, host.home_key, ident))
+        try:
+            yield cgroup_entry_prefix(cgroups)
+        finally:
+            remove_cgroups([str(c) for c in cgroups], kill=True)
+            with contextlib.suppress(OSError):
+                lock.unlink()
 
 
-def remove_stale_run_cgroups() -> List[str]:
-    """Remove the cgroups of nspawn runs whose postroj has gone (killed before it could remove them)."""
+def remove_stale_run_cgroups(home_key: str, locks: Path) -> List[str]:
+    """Remove this POSTROJ_HOME's run cgroups whose postroj has gone (killed before it could remove them),
+    ending what still runs in them (a bootstrap's mmdebstrap)."""
     removed = []
     for root in systemd_cgroup_roots():
         with contextlib.suppress(OSError):
             for entry in root.iterdir():
                 match = re.match(RUN_CGROUP, entry.name)
-                if match and process_gone(int(match.group(1))):
+                if match and match.group(1) == home_key:
+                    lock = run_cgroup_lock(locks, match.group(2))
+                    if lock_is_held(lock):
+                        continue
                     remove_cgroups([str(entry)], kill=True)
+                    with contextlib.suppress(OSError):
+                        lock.unlink()
                     removed.append(entry.name)
     return removed
 
@@ -2899,10 +3037,8 @@ def lists_current(settings: Settings, cache: Path, image: ImageInfo) -> bool:
 
 def package_files(cache: Path) -> "set[str]":
     """The names of the package files in a package cache."""
-    found = set()
-    for _root, _dirs, files in os.walk(cache):
-        found.update(f for f in files if f.endswith((".deb", ".rpm", ".pkg.tar.zst", ".pkg.tar.xz")))
-    return found
+    return {os.path.basename(path) for path, st in walk_tree(str(cache)) if stat.S_ISREG(st.st_mode) and
+            path.endswith((".deb", ".rpm", ".pkg.tar.zst", ".pkg.tar.xz"))}
 
 
 def mask_units(root: Path, family: str) -> None:
@@ -3729,11 +3865,11 @@ def merged_entries(image: Path, lower: Dict[str, str], upper: Dict[str, str]) ->
     merged = dict(lower)
     deleted = []
     for path, kind in upper.items():
-        if kind == "gone" and lower.get(path, "gone") != "gone":
+        if kind == EntryKind.GONE and lower.get(path, EntryKind.GONE) != EntryKind.GONE:
             deleted.append(path + "/")
             parent = resolve_in_root(image, os.path.dirname(path))
             if parent is not None and os.path.lexists(str(parent / os.path.basename(path))):
-                merged[path] = "gone"
+                merged[path] = EntryKind.GONE
             else:
                 del merged[path]
         else:
@@ -3745,20 +3881,10 @@ def merged_entries(image: Path, lower: Dict[str, str], upper: Dict[str, str]) ->
 
 
 def overlay_entries(upper: Path) -> Dict[str, str]:
-    """What the container changed, from its overlay's upper directory, read on the host without following a
-    link: path in the container -> file, dir, link or gone (a whiteout: deleted from the image)."""
-    found = {}
-    for root, dirs, files in os.walk(str(upper)):  # os.walk does not follow links to directories
-        for name in dirs + files:
-            path = os.path.join(root, name)
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            kind = "link" if stat.S_ISLNK(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode) else \
-                "gone" if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 else "file"
-            found["/" + os.path.relpath(path, str(upper))] = kind
-    return found
+    """What the container changed, from its overlay's upper directory, read on the host with lstat only and
+    without recursion (walk_tree): path in the container -> its EntryKind."""
+    top = str(upper)
+    return {"/" + os.path.relpath(path, top): EntryKind.of(st) for path, st in walk_tree(top)}
 
 
 def open_beneath(root: Path, relative: str) -> int:
@@ -3776,29 +3902,56 @@ def open_beneath(root: Path, relative: str) -> int:
     return fd
 
 
+def same_regular_files(a: int, b: int) -> bool:
+    """True when two open regular files have the same bytes (read in bounded pieces)."""
+    if os.fstat(a).st_size != os.fstat(b).st_size:
+        return False
+    while True:
+        one, other = os.read(a, 1 << 20), os.read(b, 1 << 20)
+        if one != other:
+            return False
+        if not one:
+            return True
+
+
+def open_regular(name: str, dir_fd: Optional[int] = None) -> Optional[int]:
+    """A descriptor of the regular file `name`, or None when it is anything else: never follows a link, never
+    blocks on a FIFO, never opens a device for reading."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd)
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    return None
+
+
 def same_as_image(lower: Path, path: str, kind: str, upper: Path) -> bool:
     """True when the image has `path` as the overlay has it now: a directory that was there (files were made
-    and removed in it), a link to the same place, a file with the same bytes (its owner or mode changed)."""
+    and removed in it), a link to the same place, a file with the same bytes (its owner or mode changed).
+    A device, a FIFO or a socket is never the same: it is reported, never opened."""
     parent = resolve_in_root(lower, os.path.dirname(path))  # its own links lead within the image only
-    if parent is None or kind == "gone":
+    if parent is None or kind not in (EntryKind.DIR, EntryKind.LINK, EntryKind.FILE):
         return False
     image_path = parent / os.path.basename(path)
-    if not os.path.lexists(str(image_path)):
-        return False
     name = os.path.basename(path)
     try:
-        if kind == "dir":
-            return image_path.is_dir() and not image_path.is_symlink()
+        theirs = os.lstat(str(image_path))
+        if kind == EntryKind.DIR:
+            return stat.S_ISDIR(theirs.st_mode)
         fd = open_beneath(upper, path)
         try:
-            if kind == "link":
-                return image_path.is_symlink() and os.readlink(str(image_path)) == os.readlink(name, dir_fd=fd)
-            if image_path.is_symlink() or not image_path.is_file():
+            if kind == EntryKind.LINK:
+                return stat.S_ISLNK(theirs.st_mode) and os.readlink(str(image_path)) == os.readlink(name, dir_fd=fd)
+            if not stat.S_ISREG(theirs.st_mode):
                 return False
-            with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd), "rb") as ours, \
-                    open(str(image_path), "rb") as theirs:
-                return os.fstat(ours.fileno()).st_size == os.fstat(theirs.fileno()).st_size and \
-                    ours.read() == theirs.read()
+            ours_fd = open_regular(name, fd)
+            if ours_fd is None:
+                return False
+            with open(ours_fd, "rb") as ours:
+                theirs_fd = open_regular(str(image_path))
+                if theirs_fd is None:
+                    return False
+                with open(theirs_fd, "rb") as image_file:
+                    return same_regular_files(ours.fileno(), image_file.fileno())
         finally:
             os.close(fd)
     except OSError:
@@ -5248,7 +5401,8 @@ def collect_garbage(settings: Settings, layer_days: float = 14, layer_gb: float 
             if entry.name.startswith(".doomed-") or not lock_is_held(settings.locks / ("image-%s.lock" % name)):
                 remove_tree(entry)
                 done.append("staging %s" % entry.name)
-    done += ["cgroup %s" % name for name in sorted(set(remove_stale_run_cgroups() + remove_orphan_cgroups(settings)))]
+    done += ["cgroup %s" % name for name in sorted(set(remove_stale_run_cgroups(settings.home_key, settings.locks)
+                                                       + remove_orphan_cgroups(settings)))]
     done += ["image version %s" % v.name for v in prune_versions(settings)]
     done += ["dependency layer %s" % name for name in prune_layers(settings, layer_days, layer_gb)]
     done += ["package proxy's staging %s" % name for name in prune_proxy_staging(settings)]
@@ -5358,23 +5512,25 @@ def check_purged(container: NspawnContainer, baseline: Baseline, files: "set[str
     image = container.image.name
     now = container.entries()
     if container.listed_whole:  # a VM's listing: what it no longer has was deleted
-        now.update((path, "gone") for path in baseline.entries.keys() - now.keys())
+        now.update((path, EntryKind.GONE) for path in baseline.entries.keys() - now.keys())
     changed = [path for path, kind in now.items() if baseline.entries.get(path) != kind and
                not (path.startswith(PURGE_EXPECTED) or path + "/" in PURGE_EXPECTED) and
                not container.unchanged(path, kind)]
     # a directory left behind is named once, not with everything in it
-    dirs = {p for p in changed if now[p] == "dir"}
+    dirs = {p for p in changed if now[p] == EntryKind.DIR}
     changed = [p for p in changed if not any(p.startswith(d + "/") for d in dirs)]
-    links = [p for p in changed if now[p] == "link"]
+    links = [p for p in changed if now[p] == EntryKind.LINK]
     dangling = set()
     if links:
         _, out = container.run_captured(["sh", "-c", MISSING_SCRIPT, "sh", *links])
         dangling = {line.strip() for line in out.splitlines() if line.strip()}
-    words = {"file": "left behind", "dir": "directory left behind", "link": "link left behind",
-             "gone": "deleted from the image"}
+    words = {EntryKind.FILE: "left behind", EntryKind.DIR: "directory left behind",
+             EntryKind.LINK: "link left behind", EntryKind.GONE: "deleted from the image",
+             EntryKind.DEVICE: "device node left behind", EntryKind.FIFO: "FIFO left behind",
+             EntryKind.SOCKET: "socket left behind"}
     listed = []
     for path in sorted(changed):
-        word = words[now[path]]
+        word = words[EntryKind(now[path])]
         if path in dangling:
             word = "broken link to a unit that is gone" if ".wants/" in path else "broken link left behind"
         listed.append("%s: %s" % (path, word))
@@ -5720,9 +5876,10 @@ class VmSystem:
         if code != 0:
             raise PostrojError("listing the file system of %s failed with exit code %d:\n%s" % (
                 self.vm.box.label, code, tail(out, 10)))
-        kinds = {"d": "dir", "l": "link"}
-        return {path: kinds.get(kind, "file") for kind, _, path in (line.partition("\t") for line in out.splitlines())
-                if path.startswith("/")}
+        kinds = {"d": EntryKind.DIR, "l": EntryKind.LINK, "p": EntryKind.FIFO, "s": EntryKind.SOCKET,
+                 "c": EntryKind.DEVICE, "b": EntryKind.DEVICE}
+        return {path: kinds.get(kind, EntryKind.FILE) for kind, _, path in
+                (line.partition("\t") for line in out.splitlines()) if path.startswith("/")}
 
     baseline_entries = entries
 

@@ -498,19 +498,23 @@ def test_outside_the_cgroup_namespace_nspawn_runs_in_a_scope_of_its_own_or_is_re
 
 
 def test_stale_run_cgroups_of_a_killed_postroj_are_removed(tmp_path, monkeypatch):
-    """A postroj killed by SIGKILL during provisioning leaves its run's cgroup; the next run removes it."""
-    import subprocess
-
+    """A postroj killed by SIGKILL during provisioning leaves its run's cgroup, its lock free; the next run of
+    the same POSTROJ_HOME removes it, and leaves a run cgroup whose lock is held, another home's (whatever
+    its PID namespace) and a container's."""
     hierarchy = tmp_path / "unified"
-    child = subprocess.Popen(["true"])
-    child.wait()  # its PID is gone now
-    stale = hierarchy / ("postroj.run-%d-0a1b2c3d" % child.pid)
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    stale = hierarchy / "postroj.run-0a1b2c3d-11111111"
     (stale / "payload").mkdir(parents=True)
-    mine = hierarchy / ("postroj.run-%d-0a1b2c3d" % postroj.os.getpid())
-    container = hierarchy / "postroj.postroj-debian-bookworm.0a1b2c3d"
-    mine.mkdir()
-    container.mkdir()
+    (locks / "run-11111111.lock").write_text("")
+    mine = hierarchy / "postroj.run-0a1b2c3d-22222222"
+    others = hierarchy / "postroj.run-99999999-33333333"
+    container = hierarchy / "postroj.postroj-debian-bookworm.0a1b2c3d.44444444"
+    for path in (mine, others, container):
+        path.mkdir()
     monkeypatch.setattr(postroj, "cgroup_mounts", lambda: [("cgroup2", "/", str(hierarchy))])
     monkeypatch.setattr(postroj, "systemd_cgroup_roots", lambda: [hierarchy])
-    assert postroj.remove_stale_run_cgroups() == [stale.name]
-    assert not stale.exists() and mine.is_dir() and container.is_dir()
+    with postroj.file_lock(locks / "run-22222222.lock"):
+        assert postroj.remove_stale_run_cgroups("0a1b2c3d", locks) == [stale.name]
+    assert not stale.exists() and mine.is_dir() and others.is_dir() and container.is_dir()
+    assert not (locks / "run-11111111.lock").exists()

@@ -1132,6 +1132,83 @@ def process_gone(pid: int) -> bool:
         return True
 
 
+class ProcessHandle:
+    """A process named by a handle that cannot be reused (README: Security): its /proc directory, opened once
+    while it is known to be the process meant. Once it ends, its PID may be another process's; the open
+    directory then names nothing (ESRCH), so nothing reached through it (`path`) is another process's."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.fd = os.open("/proc/%d" % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.start = self.fields()[19]  # field 22 of stat: the start time, in clock ticks after boot
+        except (OSError, IndexError):
+            os.close(self.fd)
+            raise OSError(3, "process %d ended" % pid)
+
+    def fields(self) -> List[str]:
+        """The fields of its stat after the command name (the state first)."""
+        return read_regular("stat", 4096, dir_fd=self.fd).decode("ascii", "replace").rsplit(") ", 1)[-1].split()
+
+    def alive(self) -> bool:
+        """True while it runs (a zombie, and a process that is gone, no longer do)."""
+        try:
+            return not self.fields()[0].startswith(("Z", "X"))
+        except (OSError, IndexError):
+            return False
+
+    def comm(self) -> str:
+        """Its command name ('' once it has gone)."""
+        try:
+            return read_regular("comm", 4096, dir_fd=self.fd).decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
+    @property
+    def path(self) -> str:
+        """Its /proc directory as a path other processes of postroj's may open (nsenter): through postroj's
+        own descriptor, valid while the handle is open."""
+        return "/proc/%d/fd/%d" % (os.getpid(), self.fd)
+
+    def kill(self, signum: int) -> None:
+        """Send `signum` to it, never to a process that took its PID: through a pidfd where Python has one
+        (checked against the handle after it is opened), else only while the handle says it runs."""
+        if hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal"):
+            try:
+                pidfd = os.pidfd_open(self.pid)
+            except OSError:
+                return
+            try:
+                if self.alive():
+                    signal.pidfd_send_signal(pidfd, signum)
+            except OSError:
+                pass
+            finally:
+                os.close(pidfd)
+        elif self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def close(self) -> None:
+        """Let the handle go."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+# The namespaces a command enters a container by (nsenter's --all but the user namespace, which a container
+# of postroj's shares with the host), and its root and working directory.
+ENTERED_NAMESPACES = ("mnt", "uts", "ipc", "net", "pid", "cgroup")
+
+
+def nsenter_argv(proc_dir: str) -> List[str]:
+    """nsenter into the namespaces, root and working directory of the process whose /proc directory is
+    `proc_dir` (a ProcessHandle's path, or /proc/self/fd/N of a shell that opened it). nsenter by its path on
+    the host: the command's environment (--setenv PATH=...) is the container's."""
+    return [shutil.which("nsenter", path=CONTAINER_PATH) or "nsenter", *("--%s=%s/ns/%s" % ("mount" if ns == "mnt" else ns, proc_dir, ns)
+                         for ns in ENTERED_NAMESPACES), "--root=%s/root" % proc_dir, "--wd=%s/cwd" % proc_dir]
+
+
 def process_cmdline(pid: int) -> List[str]:
     """The command line of process `pid`, or [] when it is gone."""
     try:
@@ -3460,9 +3537,9 @@ def write_proxy_conf(lower: Path, upper: Path) -> None:
         % (url, url))
 
 
-def listening_socket_in(pid: int, port: int) -> "socket.socket":
-    """A TCP socket listening on 127.0.0.1:`port` in the network namespace of process `pid` (a container's
-    leader): made by a thread of its own that enters the namespace and ends, so postroj's others stay in the
+def listening_socket_in(proc_dir: str, port: int) -> "socket.socket":
+    """A TCP socket listening on 127.0.0.1:`port` in the network namespace of the process whose /proc directory
+    is `proc_dir` (a container's leader, ProcessHandle.path): made by a thread of its own that enters the namespace and ends, so postroj's others stay in the
     host's (a network namespace is a thread's own, a socket keeps the one it was made in)."""
     import ctypes
     import socket
@@ -3471,7 +3548,7 @@ def listening_socket_in(pid: int, port: int) -> "socket.socket":
 
     def make() -> None:
         try:
-            fd = os.open("/proc/%d/ns/net" % pid, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(proc_dir + "/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             try:
                 if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
                     raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
@@ -3530,9 +3607,9 @@ class PackageProxy:
         self.open: "set[socket.socket]" = set()
         self.thread: Optional[threading.Thread] = None
 
-    def start(self, pid: int) -> None:
-        """Listen in the network namespace of `pid` and serve until close()."""
-        self.listener = listening_socket_in(pid, PACKAGE_PROXY_PORT)
+    def start(self, proc_dir: str) -> None:
+        """Listen in the network namespace of the process of `proc_dir` (its leader's) and serve until close()."""
+        self.listener = listening_socket_in(proc_dir, PACKAGE_PROXY_PORT)
         self.thread = threading.Thread(target=self.serve, args=(self.listener,), daemon=True)
         self.thread.start()
 
@@ -3797,8 +3874,14 @@ class NsenterMode:
 
     def exec_prefix(self, container: "NspawnContainer", env: Dict[str, str]) -> List[str]:
         """An argv prefix that runs a command in the container: the leader changes when the container reboots,
-        the prefix must not, so it reads the leader's PID from the file boot() writes, at every use."""
-        script = 'exec nsenter --target="$(cat "$0")" --all --root --wd -- "$@"'
+        the prefix must not, so it reads the leader's PID and start time from the file boot() writes, at every
+        use. It opens the leader's /proc directory, checks the start time through it and enters through it
+        (a PID taken by another process since is never entered), and closes it before the command runs; when
+        the leader is gone it fails with 255, autopkgtest's testbed failure."""
+        script = ('{ read pid start < "$0" && exec 3< "/proc/$pid" && [ "$(sed "s/.*) //" /proc/self/fd/3/stat | '
+                  'cut -d" " -f20)" = "$start" ]; } 2>/dev/null || { echo "postroj: the container is gone (its '
+                  'leader has ended): the command was not run" >&2; exit 255; }; exec %s -- /bin/sh -c '
+                  '\'exec "$@" 3<&-\' sh "$@"' % " ".join(nsenter_argv("/proc/self/fd/3")))
         return ["sh", "-c", script, str(container.leader_file()), "/usr/bin/env", "-i"] + [
             "%s=%s" % item for item in env.items()]
 
@@ -3982,6 +4065,7 @@ class NspawnContainer:
         self.machine = ""
         self.files: Optional[RuntimeFiles] = None
         self.leader = 0
+        self._leader: Optional[ProcessHandle] = None  # the leader, by a handle that cannot be reused
         self.state = ""
         self.failed_units: List[str] = []
         self.timings: Dict[str, float] = {}
@@ -4179,6 +4263,7 @@ class NspawnContainer:
                 self._check_open()
                 assert self.files is not None
                 self.leader, self.state, self.failed_units, self._state_query = 0, "", [], None
+                self._running.callback(self._release_leader)
                 self.cgroups = self.how.make_cgroups(self)
                 self._running.callback(self._remove_cgroups, list(self.cgroups))
                 self.write_state(nspawn_pid=0)
@@ -4198,12 +4283,12 @@ class NspawnContainer:
                                  Path(self.spec.proxy_cache) if self.spec.proxy_cache else None)
             with self._lock:
                 self._check_open()
-                proxy.start(self.leader)  # in this boot's network namespace: a reboot makes a new one
+                proxy.start(self.leader_path())  # in this boot's network namespace: a reboot makes a new one
                 self._running.callback(proxy.close)
         self.write_state(nspawn_pid=self.proc.pid)
         with self._lock:
-            if not self._closed:
-                self.leader_file().write_text("%d\n" % self.leader)
+            if not self._closed and self._leader is not None:
+                self.leader_file().write_text("%d %s\n" % (self.leader, self._leader.start))
         log.debug("container %s up in %.3f s (leader %d, mode %s)", self.machine, time.monotonic() - t0,
                   self.leader, self.mode)
 
@@ -4213,14 +4298,29 @@ class NspawnContainer:
             proc.send_signal(signal.SIGTERM)
             if not wait_exit(proc, 10):
                 self._forced = True
-                if self.leader:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(self.leader, signal.SIGKILL)
+                if self._leader is not None:
+                    self._leader.kill(signal.SIGKILL)
                 kill_and_wait(proc)
 
     def _remove_cgroups(self, cgroups: List[Path]) -> None:
-        remove_cgroups([str(c) for c in cgroups], kill=self._forced)
+        # nspawn has ended: whatever is left in its cgroups (the guest's systemd, when nspawn itself was
+        # killed) is nobody's, and ends with them
+        remove_cgroups([str(c) for c in cgroups], kill=True)
         self.cgroups = []
+
+    def _pin_leader(self, pid: int) -> None:
+        """Name the leader nspawn reported by a handle that cannot be reused (ProcessHandle)."""
+        self._release_leader()
+        try:
+            self._leader = ProcessHandle(pid)
+        except OSError:
+            self._leader = None  # ended already: the boot fails as nspawn exits
+        self.leader = pid
+
+    def _release_leader(self) -> None:
+        leader, self._leader = self._leader, None
+        if leader is not None:
+            leader.close()
 
     def shutdown(self) -> None:
         """End the running container (nspawn, its cgroups); the overlay and the runtime files stay."""
@@ -4342,8 +4442,10 @@ class NspawnContainer:
                     self.machine, self.proc.returncode, console), hint)
             if select.select([notify], [], [], 0.05)[0]:
                 for field in notify.recv(4096).decode("utf-8", "replace").split("\n"):
-                    if field.startswith("X_NSPAWN_LEADER_PID="):
-                        self.leader = int(field.split("=", 1)[1])
+                    if field.startswith("X_NSPAWN_LEADER_PID=") and field.split("=", 1)[1].isdigit():
+                        with self._lock:
+                            self._check_open()
+                            self._pin_leader(int(field.split("=", 1)[1]))
                         leader_seen = time.monotonic()
                     elif field == "READY=1":
                         ready = True
@@ -4412,8 +4514,15 @@ class NspawnContainer:
     # --- running commands ---
 
     def enter_argv(self) -> List[str]:
-        """nsenter into every namespace of the container's leader, its root and working directory."""
-        return ["nsenter", "--target=%d" % self.leader, "--all", "--root", "--wd"]
+        """nsenter into every namespace of the container's leader, its root and working directory, through the
+        handle that names the leader (never a process that took its PID since: nsenter then fails)."""
+        return nsenter_argv(self.leader_path())
+
+    def leader_path(self) -> str:
+        """The leader's /proc directory, through the handle that names it (ProcessHandle.path)."""
+        if self._leader is None:
+            raise PostrojError("container %s is not running" % (self.machine or self.image.name))
+        return self._leader.path
 
     def state_argv(self) -> List[str]:
         """`systemctl is-system-running` in the container: running, degraded, starting..."""
@@ -4456,12 +4565,10 @@ class NspawnContainer:
     def ended(self) -> bool:
         """True once nspawn has exited, or the container's systemd has died (killed: a zombie until nspawn
         reaps it) or begun to shut down."""
-        if self.proc is None or self.proc.poll() is not None or process_gone(self.leader):
+        leader = self._leader
+        if self.proc is None or self.proc.poll() is not None or leader is None or not leader.alive():
             return True
-        try:
-            return Path("/proc/%d/comm" % self.leader).read_text().strip() == "systemd-shutdow"
-        except OSError:
-            return True
+        return leader.comm() in ("", "systemd-shutdow")
 
     def capture(self, argv: Sequence[str], timeout: Optional[float] = 30) -> str:
         """stdout and stderr of `argv` in the container, together, as text."""
@@ -5016,7 +5123,7 @@ def run_network_probe(container: NspawnContainer, probe: Probe, timeout: float) 
     """Connect from inside the container's network namespace, retrying until the timeout."""
     t0 = time.monotonic()
     image = container.image.name
-    cmd = ["nsenter", "--target=%d" % container.leader, "--net", "--", sys.executable, "-I", "-c", NETWORK_CHECK,
+    cmd = [nsenter_argv("")[0], "--net=%s/ns/net" % container.leader_path(), "--", sys.executable, "-I", "-c", NETWORK_CHECK,
            probe.target, str(timeout), "" if probe.expect_status is None else str(probe.expect_status),
            probe.expect_body]
     proc = run(cmd, check=False, capture=True, stderr=subprocess.STDOUT, timeout=timeout + 15)

@@ -897,6 +897,9 @@ def unknown_name_error(kind: str, name: str, candidates: Sequence[str], hint: st
     return UsageError(message, hint)
 
 
+RESERVED_SUFFIXES = (".json", ".lock", ".tmp")  # RuntimeFiles' own endings
+
+
 def check_name(name: str, what: str = "image name") -> str:
     """Refuse names that cannot be a directory and machine name: only [a-z0-9._-], no `..`."""
     if not re.fullmatch(NAME_PATTERN, name) or ".." in name:
@@ -904,6 +907,9 @@ def check_name(name: str, what: str = "image name") -> str:
         die("invalid %s %r" % (what, printable[:80]),
             "use lower-case letters, digits, '.', '_' and '-', at most 48 characters, starting with a letter or digit",
             usage=True)
+    if name.endswith(RESERVED_SUFFIXES):  # postroj-NAME.json would be the state file of machine postroj-NAME
+        die("invalid %s %r: it ends like a file of postroj's runtime state (%s)" % (
+            what, name, ", ".join(RESERVED_SUFFIXES)), "choose a name without that ending", usage=True)
     return name
 
 
@@ -2311,41 +2317,50 @@ def check_tar_members(members: "Iterator[tarfile.TarInfo]", what: str) -> int:
     return count
 
 
-def escapes_tree(parts: Sequence[str], linkname: str) -> bool:
-    """True when a symlink at `parts` (inside a tree) to `linkname` leads out of the tree: absolute, or up
-    past its top with `..`."""
-    if linkname.startswith("/"):
+def leads_out(links: Dict[str, str], name: str) -> bool:
+    """True when the symlink `name` of a tree (its `links`: name -> link target) leads out of the tree once
+    resolved as the kernel would, through the tree's other links: absolute, up past its top with `..`, or a
+    chain of more than 40 links."""
+    if links[name].startswith("/"):
         return True
-    depth = len(parts) - 1
-    for part in linkname.split("/"):
+    resolved = name.split("/")[:-1]  # the directory that holds the link
+    pending = [p for p in links[name].split("/") if p not in ("", ".")]
+    hops = 1
+    while pending:
+        part = pending.pop(0)
         if part == "..":
-            depth -= 1
-            if depth < 0:
+            if not resolved:
                 return True
-        elif part not in ("", "."):
-            depth += 1
+            resolved.pop()
+            continue
+        candidate = "/".join(resolved + [part])
+        if candidate in links:
+            hops += 1
+            if hops > 40 or links[candidate].startswith("/"):
+                return True
+            pending = [p for p in links[candidate].split("/") if p not in ("", ".")] + pending
+            continue
+        resolved.append(part)
     return False
 
 
 def check_untrusted_tree(members: "Iterator[tarfile.TarInfo]", what: str) -> "set[str]":
     """Refuse a tree from a testbed with an entry outside it, one written through a link, a hard link out of
-    it, a device or a FIFO; returns the symlinks that lead out of it, which are left out (with a warning)."""
-    links: "set[str]" = set()
+    it, a device or a FIFO; returns the symlinks that lead out of it once resolved through its other links
+    (leads_out), which are left out (with a warning)."""
+    links: Dict[str, str] = {}
     files: "set[str]" = set()
-    dropped: "set[str]" = set()
     for member in members:
         check_tar_members(iter([member]), what)  # absolute names and ..
+        if "\0" in member.name or "\0" in member.linkname:
+            die("%s: entry %r has a NUL in its name" % (what, member.name), "")
         parts = [p for p in member.name.split("/") if p not in ("", ".")]
         name = "/".join(parts)
         for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in links | dropped:
+            if "/".join(parts[:i]) in links:
                 die("%s: entry %r is written through the link %r" % (what, member.name, "/".join(parts[:i])), "")
         if member.issym():
-            if escapes_tree(parts, member.linkname):
-                log.warning("%s: left out %s, a link to %s, outside the tree", what, name, member.linkname)
-                dropped.add(name)
-            else:
-                links.add(name)
+            links[name] = member.linkname
         elif member.islnk():
             linked = "/".join(p for p in member.linkname.split("/") if p not in ("", "."))
             if linked not in files:
@@ -2356,6 +2371,9 @@ def check_untrusted_tree(members: "Iterator[tarfile.TarInfo]", what: str) -> "se
             files.add(name)
         elif not member.isdir():
             die("%s: %r is a device or a FIFO" % (what, member.name), "")
+    dropped = {name for name in links if leads_out(links, name)}
+    for name in sorted(dropped):
+        log.warning("%s: left out %s, a link to %s, which leads outside the tree", what, name, links[name])
     return dropped
 
 
@@ -2383,8 +2401,10 @@ def extract_untrusted_tree(spool: IO[bytes], target: Path) -> None:
                     die("%s: entry %r is written through a link in %s" % (what, member.name, target), "")
                 if os.path.islink(dest) or (os.path.lexists(dest) and not os.path.isdir(dest)):
                     os.unlink(dest)
+                if not os.path.isdir(os.path.dirname(dest)):  # a tree without its directories' entries
+                    ensure_dir(Path(os.path.dirname(dest)), 0o755)
                 if member.isdir():
-                    os.makedirs(dest, mode=0o755, exist_ok=True)
+                    ensure_dir(Path(dest), 0o755)
                     os.chmod(dest, member.mode & 0o777 | 0o700)
                 elif member.isfile():
                     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -3572,23 +3592,29 @@ def listening_socket_in(proc_dir: str, port: int) -> "socket.socket":
 
 
 def pass_bytes(a: "socket.socket", b: "socket.socket", idle: float = 300) -> None:
-    """Copy bytes from `a` to `b` and back until both have ended (or nothing moved for `idle` s)."""
+    """Copy bytes from `a` to `b` and back until both have ended (or nothing moved for `idle` s); with a
+    selector, which has no limit on descriptor numbers (select() has: 1024)."""
+    import selectors
     import socket
 
     peers = {a: b, b: a}
-    ended: "set[socket.socket]" = set()
-    while len(ended) < 2:
-        ready = select.select([s for s in peers if s not in ended], [], [], idle)[0]
-        if not ready:
-            return
-        for sock in ready:
-            data = sock.recv(65536)
-            if data:
-                peers[sock].sendall(data)
-            else:
-                ended.add(sock)
-                with contextlib.suppress(OSError):
-                    peers[sock].shutdown(socket.SHUT_WR)
+    with selectors.DefaultSelector() as selector:
+        for sock in peers:
+            selector.register(sock, selectors.EVENT_READ)
+        while selector.get_map():
+            ready = selector.select(idle)
+            if not ready:
+                return
+            for key, _ in ready:
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                data = sock.recv(65536)
+                if data:
+                    peers[sock].sendall(data)
+                else:
+                    selector.unregister(sock)
+                    with contextlib.suppress(OSError):
+                        peers[sock].shutdown(socket.SHUT_WR)
 
 
 class PackageProxy:
@@ -3596,7 +3622,14 @@ class PackageProxy:
     that connects, from the host's, to the image's package archives (`allowed`: host, port) and nowhere else:
     plain requests to those hosts, CONNECT to their HTTPS ports. One request per connection (apt opens the
     next): a package file comes from the release's package `cache` when it is there, and goes into it when
-    it is fetched, so testbeds share downloads without sharing apt's locks."""
+    it is fetched, so testbeds share downloads without sharing apt's locks.
+
+    What a guest can take of the host is bounded: at most MAX_CLIENTS connections (a thread each) at once; a
+    new one at the limit ends the oldest that has not sent its request yet (idle ones cannot starve apt),
+    and a request's head must come within HEAD_TIMEOUT s."""
+
+    MAX_CLIENTS = 64
+    HEAD_TIMEOUT = 30.0
 
     def __init__(self, allowed: Sequence[Tuple[str, int]], machine: str, cache: Optional[Path] = None) -> None:
         self.allowed = {(h.lower(), p) for h, p in allowed}
@@ -3605,6 +3638,8 @@ class PackageProxy:
         self.listener: Optional["socket.socket"] = None
         self.lock = threading.Lock()
         self.open: "set[socket.socket]" = set()
+        self.clients: "set[socket.socket]" = set()
+        self.waiting: Dict["socket.socket", float] = {}  # clients that have not sent a whole request head yet
         self.thread: Optional[threading.Thread] = None
 
     def start(self, proc_dir: str) -> None:
@@ -3628,7 +3663,10 @@ class PackageProxy:
             self.thread.join(10)
 
     def serve(self, listener: "socket.socket") -> None:
-        """Accept the container's connections until the listener is closed, each served by a thread."""
+        """Accept the container's connections until the listener is closed, each served by a thread, at most
+        MAX_CLIENTS at once."""
+        import socket
+
         while True:
             try:
                 client, _address = listener.accept()
@@ -3638,7 +3676,20 @@ class PackageProxy:
                 if self.listener is None:
                     client.close()
                     return
+                evicted = None
+                if len(self.clients) >= self.MAX_CLIENTS:
+                    evicted = min(self.waiting, key=self.waiting.__getitem__) if self.waiting else None
+                    if evicted is None:  # every one is passing bytes: this one waits for none of them
+                        client.close()
+                        continue
+                    del self.waiting[evicted]
                 self.open.add(client)
+                self.clients.add(client)
+                self.waiting[client] = time.monotonic()
+            if evicted is not None:
+                log.debug("%s: package proxy: %d connections: ended the longest idle", self.machine, self.MAX_CLIENTS)
+                with contextlib.suppress(OSError):
+                    evicted.shutdown(socket.SHUT_RDWR)  # its thread wakes and ends it
             threading.Thread(target=self.relay, args=(client,), daemon=True).start()
 
     def relay(self, client: "socket.socket") -> None:
@@ -3648,13 +3699,17 @@ class PackageProxy:
 
         upstream = None
         try:
-            client.settimeout(60)
+            deadline = time.monotonic() + self.HEAD_TIMEOUT
             head = b""
             while b"\r\n\r\n" not in head:
+                client.settimeout(max(0.01, deadline - time.monotonic()))
                 chunk = client.recv(65536)
                 if not chunk or len(head) > 65536:
                     return
                 head += chunk
+            with self.lock:
+                self.waiting.pop(client, None)
+            client.settimeout(60)
             head, rest = head.split(b"\r\n\r\n", 1)
             lines = head.decode("latin-1").split("\r\n")
             words = lines[0].split()
@@ -3698,6 +3753,8 @@ class PackageProxy:
         finally:
             with self.lock:
                 self.open.discard(client)
+                self.clients.discard(client)
+                self.waiting.pop(client, None)
                 if upstream is not None:
                     self.open.discard(upstream)
             for sock in (client, upstream):
@@ -4113,7 +4170,7 @@ class NspawnContainer:
 
     def _hold(self, path: Path, shared: bool) -> bool:
         """Take a flock on `path` until close() (False when another process has it)."""
-        fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -4215,7 +4272,7 @@ class NspawnContainer:
             self._check_open()
             if not self._hold(layer.stamp, True):
                 die("dependency layer %s is being removed" % layer.key, "try again in a moment")
-        os.utime(str(layer.stamp))
+        os.utime(str(layer.stamp), follow_symlinks=False)
         self.layer = layer
         self._layer_entries = overlay_entries(layer.tree)
 
@@ -5158,6 +5215,19 @@ def run_command_probe(container: NspawnContainer, probe: Probe, timeout: float) 
                        details=container.journal_tail(20))
 
 
+def special_files(directory: str, names: List[str]) -> List[str]:
+    """What a --copy of a directory leaves out: devices, FIFOs and sockets (copytree would read a device
+    without end, or block on a FIFO)."""
+    left = []
+    for name in names:
+        with contextlib.suppress(OSError):
+            kind = EntryKind.of(os.lstat(os.path.join(directory, name)))
+            if kind not in (EntryKind.FILE, EntryKind.DIR, EntryKind.LINK):
+                log.warning("--copy leaves out %s, a %s", os.path.join(directory, name), kind)
+                left.append(name)
+    return left
+
+
 def run_copy_probe(container: NspawnContainer, probe: Probe, timeout: float) -> ProbeResult:
     """Copy a host file or directory into the container (through the read-only guest directory)."""
     t0 = time.monotonic()
@@ -5168,7 +5238,7 @@ def run_copy_probe(container: NspawnContainer, probe: Probe, timeout: float) -> 
     src = Path(source)
     try:
         if src.is_dir():
-            shutil.copytree(src, staged / src.name, symlinks=True)
+            shutil.copytree(src, staged / src.name, symlinks=True, ignore=special_files)
         else:
             ensure_dir(staged)
             shutil.copy2(src, staged / src.name)
@@ -5342,11 +5412,13 @@ def layer_key(image: ImageInfo, dependencies: Sequence[str], recommends: bool) -
 def read_layer(directory: Path) -> Optional[Layer]:
     """The complete layer in `directory`, None when there is none (a layer is renamed into place whole)."""
     try:
-        data = json.loads((directory / "layer.json").read_text())
-        return Layer(directory.name, directory, tuple(data["packages"]), dict(data["before"]), data["made"],
-                     tuple(data.get("accounts", ())), str(data.get("image", "")), str(data.get("root", "")),
-                     int(data.get("size", 0)))
-    except (OSError, ValueError, KeyError, TypeError):
+        data = json.loads(read_regular(str(directory / "layer.json")))  # a link, a FIFO: not a layer
+        size = data.get("size", 0)
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 1 << 60:
+            raise ValueError("size %r" % size)
+        return Layer(directory.name, directory, tuple(data["packages"]), dict(data["before"]), str(data["made"]),
+                     tuple(data.get("accounts", ())), str(data.get("image", "")), str(data.get("root", "")), size)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
 
 
@@ -5435,7 +5507,7 @@ def list_layers(settings: Settings) -> List[Tuple[Layer, float, int]]:
             layer = read_layer(entry) if not entry.name.startswith(".") else None
             if layer is not None:
                 with contextlib.suppress(OSError):
-                    found.append((layer, layer.stamp.stat().st_mtime, layer.size))
+                    found.append((layer, os.lstat(str(layer.stamp)).st_mtime, layer.size))
     return sorted(found, key=lambda item: -item[1])
 
 
@@ -6107,6 +6179,11 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
             raise
         reason = exc.message + ("\nhint: %s" % exc.hint if exc.hint else "")
         return [ProbeResult(name, probe, Status.FAIL, time.monotonic() - t0, reason=reason) for probe in plan.probes]
+    except OSError as exc:  # the host's own limits (a full disk): this image's failure; the others go on
+        where = " (%s)" % exc.filename if exc.filename else ""
+        reason = "postroj could not go on: %s%s" % (exc.strerror or exc, where)
+        log.error("%s: %s", name, reason)
+        return [ProbeResult(name, probe, Status.FAIL, time.monotonic() - t0, reason=reason) for probe in plan.probes]
 
 
 def probe_vm(settings: Settings, box: Box, plan: ProbePlan, *, provider: str, keep: bool,
@@ -6313,10 +6390,12 @@ def read_report(path: str) -> Dict[str, Any]:
         die("%s does not exist" % path, hint, usage=True)
     except OSError as exc:
         die("cannot read %s: %s" % (path, exc.strerror or exc), "check the path and its permissions", usage=True)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        die("%s is %s, not a report" % (path, "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"),
+            hint, usage=True)
     with open(fd, "rb") as handle:
-        st = os.fstat(handle.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            die("%s is not a regular file" % path, hint, usage=True)
         data = handle.read(REPORT_MAX_BYTES + 1)
     if len(data) > REPORT_MAX_BYTES:
         die("%s is too large for a report (more than %s)" % (path, human_size(REPORT_MAX_BYTES)), hint, usage=True)
@@ -6348,17 +6427,25 @@ def load_report(path: str) -> Tuple[List[ProbeResult], Optional[float]]:
     for number, row in enumerate(rows, 1):
         try:
             probe = Probe(ProbeKind(row["kind"]), text_safe(str(row["target"])))
-            duration = float(row.get("duration", 0))
+            try:
+                duration = float(row.get("duration", 0))
+            except OverflowError:
+                duration = float("inf")
             if not 0 <= duration < float("inf"):
                 raise ValueError("duration %r is not a number of seconds" % row.get("duration"))
             found.append(ProbeResult(text_safe(str(row["image"])), probe, Status(row["status"]), duration,
                                      *(text_safe(str(row.get(key, ""))) for key in ("reason", "output", "details",
                                                                                    "stage"))))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             die("%s: result %d is malformed (%s: %s)" % (path, number, type(exc).__name__, exc), hint, usage=True)
     wall = data.get("wall")
-    if wall is not None and not (isinstance(wall, (int, float)) and 0 <= wall < float("inf")):
-        die("%s: wall %r is not a number of seconds" % (path, wall), hint, usage=True)
+    if wall is not None:
+        try:
+            if isinstance(wall, bool) or not 0 <= float(wall) < float("inf"):
+                raise ValueError(wall)
+            wall = float(wall)
+        except (TypeError, ValueError, OverflowError):
+            die("%s: wall %s is not a number of seconds" % (path, str(wall)[:40]), hint, usage=True)
     return found, wall
 
 
@@ -6454,53 +6541,83 @@ def junit_xml(results: Sequence[ProbeResult], wall: Optional[float] = None) -> b
 
 
 def check_report_path(target: Optional[str], option: str) -> None:
-    """Refuse a report path that cannot be written, before anything runs: a missing directory, a directory,
-    or one postroj may not write (the report is written atomically beside it)."""
-    if not target or target == "-":
+    """Refuse a report path that cannot be written, before anything runs: an empty one, a missing directory, a
+    directory, a socket, a file postroj may not write (immutable, read-only). A link is written through, as a
+    shell's redirection writes (to its target, made when it is missing); a FIFO or a terminal in place."""
+    if target is None or target == "-":
         return
-    path = Path(target)
     hint = "give a file in a directory that exists and can be written, or - for stdout"
+    if not target:
+        die("%s needs a path" % option, hint, usage=True)
+    real = os.path.realpath(target)  # through links, as a redirection goes (for a file: its directory)
     try:
-        st: Optional[os.stat_result] = path.stat()
+        st: Optional[os.stat_result] = os.stat(target)
     except FileNotFoundError:
         st = None
     except OSError as exc:
         die("cannot write the %s report to %s: %s" % (option, target, exc.strerror or exc), hint, usage=True)
     if st is not None and stat.S_ISDIR(st.st_mode):
         die("cannot write the %s report to %s: it is a directory" % (option, target), hint, usage=True)
-    if st is not None and not stat.S_ISREG(st.st_mode) or path.is_symlink():
-        if not os.access(target, os.W_OK):  # a device, a FIFO or a link: written in place
-            die("cannot write the %s report to %s: not writable" % (option, target), hint, usage=True)
-        return
-    parent = path.absolute().parent
-    if not parent.is_dir():
+    if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+        die("cannot write the %s report to %s: it is a %s" % (
+            option, target, "socket" if stat.S_ISSOCK(st.st_mode) else "block device"), hint, usage=True)
+    if st is not None and not stat.S_ISFIFO(st.st_mode):
+        try:  # opened for appending, which changes nothing: an immutable or read-only file says so now
+            os.close(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY))
+        except OSError as exc:
+            die("cannot write the %s report to %s: %s" % (option, target, exc.strerror or exc), hint, usage=True)
+        if not stat.S_ISREG(st.st_mode):
+            return
+    parent = os.path.dirname(real)
+    if not os.path.isdir(parent):
         die("cannot write the %s report to %s: %s is not a directory" % (option, target, parent), hint, usage=True)
-    if not os.access(str(parent), os.W_OK | os.X_OK):
+    if not os.access(parent, os.W_OK | os.X_OK):
         die("cannot write the %s report to %s: %s is not writable" % (option, target, parent), hint, usage=True)
 
 
+def check_report_paths(json_path: Optional[str], junit_path: Optional[str]) -> None:
+    """check_report_path for --json and --junit, and not both to the same file (one would overwrite the
+    other)."""
+    check_report_path(json_path, "--json")
+    check_report_path(junit_path, "--junit")
+    same = bool(json_path and junit_path and json_path != "-" and
+                os.path.realpath(json_path) == os.path.realpath(junit_path))
+    if same and (os.path.isfile(str(json_path)) or not os.path.exists(str(json_path))):  # not /dev/null
+        die("--json and --junit both write %s" % json_path, "give each report a file of its own", usage=True)
+
+
 def write_output(target: str, data: bytes) -> None:
-    """Write a report: `-` to stdout; a regular file or a new path atomically (a temporary file beside it,
-    renamed); anything else that exists (a link, a device, a FIFO) opened and written in place, never replaced."""
+    """Write a report: `-` to stdout; through a link to what it names (made when missing), as a redirection
+    writes; a regular file or a new path atomically (a temporary file beside it, renamed); a FIFO or a
+    terminal written in place, never replaced, and a FIFO only when a process reads it (never blocks)."""
     if target == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
         return
-    path = Path(target)
+    real = os.path.realpath(target)
     try:
-        in_place = os.path.lexists(target) and (path.is_symlink() or not path.is_file())
-        if in_place:
-            fd = os.open(target, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOCTTY)
-            with open(fd, "wb") as out:
-                out.write(data)
-            return
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(target)
+            if not stat.S_ISREG(st.st_mode):
+                try:
+                    fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+                except OSError as exc:
+                    if stat.S_ISFIFO(st.st_mode) and exc.errno == 6:  # ENXIO: nobody has it open for reading
+                        die("cannot write the report to %s: no process reads the FIFO" % target,
+                            "start its reader before postroj ends, or give a file")
+                    raise
+                os.set_blocking(fd, True)
+                with open(fd, "wb") as out:
+                    out.write(data)
+                return
+        path = Path(real)
         mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o644
-        fd, tmp = tempfile.mkstemp(prefix=".%s." % path.name[:64], suffix=".tmp", dir=str(path.absolute().parent))
+        fd, tmp = tempfile.mkstemp(prefix=".%s." % path.name[:64], suffix=".tmp", dir=str(path.parent))
         try:
             with open(fd, "wb") as out:
                 out.write(data)
             os.chmod(tmp, mode)
-            os.replace(tmp, target)
+            os.replace(tmp, real)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -6587,6 +6704,8 @@ class AutopkgtestTestbed:
                 words = [urllib.parse.unquote(word) for word in line.split()]
                 if not words:
                     raise TestbedFailure("empty commands are not permitted")
+                if any("\0" in word for word in words):
+                    raise TestbedFailure("`%s': an argument holds a NUL character" % words[0])
                 if words == ["quit"]:
                     self.close()
                     self.reply("ok")
@@ -6901,7 +7020,30 @@ def lifecycle(args: argparse.Namespace, probes: Sequence[Probe]) -> Dict[str, An
             "fresh": args.fresh}
 
 
-def build_probes(args: argparse.Namespace) -> Tuple[Probe, ...]:
+def check_copy_source(settings: Settings, source: str) -> Path:
+    """A --copy source, checked before anything boots: a regular file or a directory (a device or a FIFO
+    would be read without end), neither inside postroj's state nor holding it (a copy of the state into
+    itself)."""
+    hint = "give a regular file or a directory of your own, outside POSTROJ_HOME and POSTROJ_CACHE"
+    try:
+        st = os.stat(source)
+    except FileNotFoundError:
+        die("--copy source %s does not exist" % source, "check the path", usage=True)
+    except OSError as exc:
+        die("--copy source %s cannot be read: %s" % (source, exc.strerror or exc), hint, usage=True)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        die("--copy source %s is not a regular file or a directory" % source, hint, usage=True)
+    real = os.path.realpath(source)
+    for name, state in (("POSTROJ_HOME", settings.home), ("POSTROJ_CACHE", settings.cache)):
+        top = os.path.realpath(str(state))
+        inside = real == top or real.startswith(top.rstrip("/") + "/")
+        if inside or top.startswith(real.rstrip("/") + "/"):
+            die("--copy source %s %s %s (%s)" % (source, "lies inside" if inside else "holds", name, top), hint,
+                usage=True)
+    return Path(source).absolute()
+
+
+def build_probes(args: argparse.Namespace, settings: Settings) -> Tuple[Probe, ...]:
     """The probes of the command line, checked before anything boots."""
     probes = []
     for spec in args.package:
@@ -6914,9 +7056,7 @@ def build_probes(args: argparse.Namespace) -> Tuple[Probe, ...]:
         source, sep, target = spec.rpartition(":")
         if not sep or not source or not target.startswith("/"):
             die("invalid --copy %r" % spec, "write --copy SRC:/ABSOLUTE/DST", usage=True)
-        if not Path(source).exists():
-            die("--copy source %s does not exist" % source, "check the path", usage=True)
-        probes.append(Probe(ProbeKind.COPY, "%s:%s" % (Path(source).absolute(), target)))
+        probes.append(Probe(ProbeKind.COPY, "%s:%s" % (check_copy_source(settings, source), target)))
     probes += [Probe(ProbeKind.UNIT, unit) for unit in args.check_unit]
     probes += [Probe(ProbeKind.NETWORK, parse_network_target(u), args.expect_status, args.expect_body or "")
                for u in args.check_network]
@@ -7232,9 +7372,8 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     """Probe every image (or VM) of the matrix; every name, package and report path checked before anything
     boots."""
     started = time.monotonic()
-    check_report_path(args.json, "--json")
-    check_report_path(args.junit, "--junit")
-    probes = build_probes(args)
+    check_report_paths(args.json, args.junit)
+    probes = build_probes(args, settings)
     if not probes:
         die("no probe given", "add --command, --check-unit, --check-network, --package or --copy", usage=True)
     stages = lifecycle(args, probes)
@@ -7304,8 +7443,7 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     """Merge the --json reports of shards or runs: one summary, JSON and JUnit; exits as probe would."""
-    check_report_path(args.json, "--json")
-    check_report_path(args.junit, "--junit")
+    check_report_paths(args.json, args.junit)
     results, wall = merge_reports(args.files)
     out = sys.stderr if args.json in ("-", "/dev/stdout") else sys.stdout  # stdout is the JSON's alone
     for result in results:

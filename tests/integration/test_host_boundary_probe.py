@@ -202,36 +202,57 @@ def test_a_1200_level_tree_from_a_postinst_is_a_leftover_and_the_next_runs_work(
 # Item 9: a package that fills the disk
 # ==============================================================================
 
-# Fills the container's file system on bookworm (Debian 12) only: bullseye's install of the same package
-# shows the matrix goes on.
-FILLING_POSTINST = """if [ "$1" = configure ] && grep -q '^12' /etc/debian_version; then
-  mkdir -p /var/lib/postroj-fill
-  dd if=/dev/zero of=/var/lib/postroj-fill/zeros bs=1M 2>/dev/null || true
-  dd if=/dev/zero of=/var/lib/postroj-fill/tail bs=4k 2>/dev/null || true
-fi
+# A runaway service (a logger gone wild): started by the postinst as debhelper's scripts start units, it
+# writes until the container's file system is full, on bookworm (Debian 12) only, so that bullseye's run of
+# the same package shows the matrix goes on. It waits for dpkg to finish: the install itself succeeds, and
+# the disk is full for what comes after it (the checks, the reboot).
+FILLER = """#!/bin/sh
+grep -q '^12' /etc/debian_version || exit 0
+sleep 2
+mkdir -p /var/lib/postroj-filler
+dd if=/dev/zero of=/var/lib/postroj-filler/zeros bs=1M 2>/dev/null
+dd if=/dev/zero of=/var/lib/postroj-filler/tail bs=4k 2>/dev/null
+exit 0
 """
+FILLER_UNIT = """[Unit]
+Description=writes until the disk is full
+
+[Service]
+ExecStart=/usr/lib/postroj-filler/fill
+
+[Install]
+WantedBy=multi-user.target
+"""
+# a check that waits until the service has filled bookworm's file system (and passes at once on bullseye)
+UNTIL_FULL = ("grep -q '^11' /etc/debian_version || "
+              "timeout 60 sh -c 'until [ \"$(stat -f -c %a /)\" = 0 ]; do sleep 0.2; done'")
 
 
 def test_a_package_that_fills_the_disk_fails_its_image_and_the_matrix_goes_on(images, tmp_path):
-    """Item 9: POSTROJ_HOME (where the container's overlay is) on a 96 MiB tmpfs that the package fills on
-    bookworm: bookworm's results FAIL naming "No space left on device", bullseye's pass, the report outside the
-    full file system is written, and nothing of the run is left on it."""
-    deb = rig.build_deb(tmp_path, "postroj-filler", "fills the disk on Debian 12",
-                        {"usr/share/doc/postroj-filler/README": ("fills\n", 0o644)},
-                        postinst=FILLING_POSTINST, postrm="true\n")
+    """Item 9: POSTROJ_HOME (where the containers' overlays are) on a 96 MiB tmpfs that the package's service
+    fills on bookworm, before the reboot: bookworm's results FAIL with a reason naming "No space left on
+    device", bullseye's, probed after it, all pass, the report (outside the full file system) is written, and
+    nothing of the run is left on it."""
+    deb = rig.build_deb(tmp_path, "postroj-filler", "a service that fills the disk on Debian 12", {
+        "usr/lib/postroj-filler/fill": (FILLER, 0o755),
+        "lib/systemd/system/postroj-filler.service": (FILLER_UNIT, 0o644)},
+        postinst=rig.UNIT_POSTINST.format(unit="postroj-filler.service"))
     report = tmp_path / "full.json"
     with home_on_tmpfs(images, tmp_path / "small-home", "96m") as small:
         proc = bounded(small, "probe", "--image", "debian-bookworm", "--image", "debian-bullseye", "--jobs", "1",
-                       "--package", str(deb), "--command", "dpkg-query -W postroj-filler",
-                       "--json", str(report), timeout=400)
+                       "--package", str(deb), "--command", UNTIL_FULL, "--reboot", "--json", str(report),
+                       timeout=400)
         no_traceback(proc)
         assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
         rows = report_rows(report, proc)
-        bookworm = [r for r in rows if r["image"] == "debian-bookworm"]
-        bullseye = [r for r in rows if r["image"] == "debian-bullseye"]
-        assert bookworm and any(r["status"] == "fail" and "No space left on device" in r["reason"]
-                                for r in bookworm), bookworm
-        assert [(r["kind"], r["status"]) for r in bullseye] == [("package", "pass"), ("command", "pass")], bullseye
+        bookworm = [(r["stage"], r["kind"], r["status"], r["reason"]) for r in rows
+                    if r["image"] == "debian-bookworm"]
+        bullseye = [(r["stage"], r["kind"], r["status"]) for r in rows if r["image"] == "debian-bullseye"]
+        assert ("installed", "command", "pass") in [b[:3] for b in bookworm], bookworm  # the disk was full, then:
+        assert any(status == "fail" and "No space left on device" in reason for _, _, status, reason in bookworm), \
+            bookworm
+        assert bullseye == [("installed", "package", "pass"), ("installed", "command", "pass"),
+                            ("rebooted", "reboot", "pass"), ("rebooted", "command", "pass")], bullseye
         run_dir_empty(small.home)
 
 
@@ -378,9 +399,13 @@ def test_1500_idle_connections_to_the_package_proxy_leave_apt_answered_and_threa
             "timeout", "120", "apt-get", "-o", "Acquire::http::Timeout=30", "-o", "Acquire::Retries=0", "update"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=180)
         counts.append(testbed.threads())
-        assert update.returncode == 0 and "Err:" not in update.stdout, update.stdout[-3000:]
-        assert max(counts) < 150, "the package proxy's server ran %s threads with %d idle connections" % (
-            counts, IDLE_CONNECTIONS)
+        problems = []
+        if update.returncode != 0 or "Err:" in update.stdout:
+            problems.append("apt-get update was not answered (exit %d):\n%s" % (update.returncode,
+                                                                                 update.stdout[-2000:]))
+        if max(counts) >= 150:
+            problems.append("the server ran %s threads with %d idle connections" % (counts, IDLE_CONNECTIONS))
+        assert not problems, "\n".join(problems)
         assert holder.poll() is None, "the idle connections ended early"
         holder.terminate()
         holder.wait(timeout=30)

@@ -361,25 +361,32 @@ def test_a_deep_tree_from_setup_commands_survives_revert_and_the_next_run(virt, 
 
 
 COPYUP_LEVELS = 1100
+COPY_TIMEOUT = 30
 
 
 def test_a_1100_level_tree_in_a_copyup_then_revert(images, tmp_path):
+    """The tree comes up whole, or is refused with nothing left; either within --copy-timeout (README: each
+    copy has it), not after minutes of checks on ever longer paths; then revert and gc work."""
     out = tmp_path / "out"
     out.mkdir()
     copied = out / "deep"
     try:
-        with Session(images, "debian-bookworm") as session:
+        with Session(images, "debian-bookworm", "--copy-timeout", str(COPY_TIMEOUT)) as session:
             session.open()
             session.run(deep_tree_script("/root/deep", COPYUP_LEVELS))
             started = time.monotonic()
             session.proc.stdin.write("copyup /root/deep/ %s/\n" % q(str(copied)))
             session.proc.stdin.flush()
-            line = session.reply(timeout=60)
+            try:
+                line = session.reply(timeout=COPY_TIMEOUT + 15)
+            except AssertionError as exc:
+                raise AssertionError("the copyup of a %d-level tree did not end within --copy-timeout %d s (+15 s): "
+                                     "%s" % (COPYUP_LEVELS, COPY_TIMEOUT, exc)) from None
             took = time.monotonic() - started
             assert line in ("ok", "copy-failed"), "%s\n%s" % (line, session.stderr[-3000:])
             if line == "ok":
                 assert depth_of(copied, "d", "leaf") == (COPYUP_LEVELS, b"deep\n"), "the tree came up incomplete"
-            else:  # refused (too deep): nothing of it is left
+            else:  # refused (too deep, or the time-out): nothing of it is left
                 assert not os.path.lexists(str(copied)), "the refused copyup left %s" % copied
             assert session.send("revert") == "ok /var/tmp/autopkgtest", session.stderr[-3000:]
             usable = "copyup /etc/debian_version %s" % q(str(out / "debian_version"))

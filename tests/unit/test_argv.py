@@ -113,11 +113,37 @@ def test_nspawn_run_argv_for_provisioning(tmp_path):
 
 
 def test_command_through_nsenter(tmp_path):
+    """Commands enter the leader through its open /proc directory (ProcessHandle), by nsenter's host path."""
+    import subprocess
+
     box = container(tmp_path, "nsenter")
-    box.leader = 4242
-    argv, env = box.how.command(box, ["sh", "-c", "echo hi"], {"PATH": postroj.CONTAINER_PATH})
-    assert argv == ["nsenter", "--target=4242", "--all", "--root", "--wd", "--", "sh", "-c", "echo hi"]
-    assert env == {"PATH": postroj.CONTAINER_PATH}  # nsenter hands its own environment on
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        box._pin_leader(child.pid)
+        argv, env = box.how.command(box, ["sh", "-c", "echo hi"], {"PATH": postroj.CONTAINER_PATH})
+        handle = "/proc/%d/fd/%d" % (postroj.os.getpid(), box._leader.fd)
+        assert argv[0] == postroj.shutil.which("nsenter") and argv[0].startswith("/")
+        assert argv[1:] == ["--mount=%s/ns/mnt" % handle, "--uts=%s/ns/uts" % handle, "--ipc=%s/ns/ipc" % handle,
+                            "--net=%s/ns/net" % handle, "--pid=%s/ns/pid" % handle,
+                            "--cgroup=%s/ns/cgroup" % handle, "--root=%s/root" % handle, "--wd=%s/cwd" % handle,
+                            "--", "sh", "-c", "echo hi"]
+        assert env == {"PATH": postroj.CONTAINER_PATH}  # nsenter hands its own environment on
+        assert box._leader.alive()
+    finally:
+        child.kill()
+        child.wait()
+    # the PID may be another process's now: the handle names nothing
+    assert not box._leader.alive()
+    with pytest.raises(OSError):
+        postroj.os.listdir(handle + "/ns")
+    box._release_leader()
+
+
+def test_a_gone_leader_is_never_entered(tmp_path):
+    """Without a leader (not booted, or ended), no nsenter argv is made at all."""
+    box = container(tmp_path, "nsenter")
+    with pytest.raises(postroj.PostrojError, match="not running"):
+        box.how.command(box, ["true"], {})
 
 
 def test_command_through_systemd_run(tmp_path):

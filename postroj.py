@@ -5567,6 +5567,9 @@ def collect_garbage(settings: Settings, layer_days: float = 14, layer_gb: float 
         if not machine.alive:
             end_machine(settings, machine)
             done.append("machine %s" % machine.name)
+    # what killed runs left running (a bootstrap's mmdebstrap, a guest's systemd) ends before their files go
+    done += ["cgroup %s" % name for name in sorted(set(remove_stale_run_cgroups(settings.home_key, settings.locks)
+                                                       + remove_orphan_cgroups(settings)))]
     if settings.runtime.is_dir():
         for entry in settings.runtime.iterdir():
             files = RuntimeFiles(settings.runtime, RuntimeFiles.machine_of(entry.name) if entry.is_file()
@@ -5580,8 +5583,6 @@ def collect_garbage(settings: Settings, layer_days: float = 14, layer_gb: float 
             if entry.name.startswith(".doomed-") or not lock_is_held(settings.locks / ("image-%s.lock" % name)):
                 remove_tree(entry)
                 done.append("staging %s" % entry.name)
-    done += ["cgroup %s" % name for name in sorted(set(remove_stale_run_cgroups(settings.home_key, settings.locks)
-                                                       + remove_orphan_cgroups(settings)))]
     done += ["image version %s" % v.name for v in prune_versions(settings)]
     done += ["dependency layer %s" % name for name in prune_layers(settings, layer_days, layer_gb)]
     done += ["package proxy's staging %s" % name for name in prune_proxy_staging(settings)]

@@ -3,7 +3,7 @@ that cannot be reused, what its tar sends up is data, and a deep tree made in it
 
 - Item 1: the testbed powers itself off and a process of the host takes its leader's PID (real PID reuse:
   the server runs in a PID namespace of its own, `ns_last_pid` makes the next process there take the PID);
-  the execute prefix autopkgtest got and postroj's own copyup must not reach that process's namespaces.
+  the execute prefix autopkgtest got and postroj's own copyup and copydown must not reach that process's namespaces.
 - Item 2: links that lead out of a copied-up tree only through other links of the tree (a chain of in-tree
   `top -> ../..` links) reach the host through Debian's real autopkgtest client as no link at all.
 - Item 8: a 1,200-level tree made by autopkgtest's --setup-commands, reverted between tests, and a
@@ -225,11 +225,26 @@ def test_a_leader_pid_taken_by_a_host_process_is_never_entered(images, tmp_path)
                 problems.append("the execute prefix, with the leader's PID %d now a host process's: exit %d, host "
                                 "file written: %s, stdout %r, stderr %r" % (leader, ran.returncode, reached.exists(),
                                                                              ran.stdout, ran.stderr[-500:]))
-            # postroj's own copyup of a file only the host has
-            line = session.send("copyup %s %s" % (q(str(host.secret)), q(str(out / "copied"))))
-            if line != "copy-failed":
-                problems.append("copyup of the host's own file, with the leader's PID a host process's: %r%s" % (
-                    line, " (it copied the host's secret)" if host.token in _read(out / "copied") else ""))
+            # postroj's own copies: up, a file only the host has; down, into a directory only the host has.
+            # Either is refused (copy-failed) or the server fails (exit 12, autopkgtest's testbed failure).
+            src = tmp_path / "src.txt"
+            src.write_text("copied down\n")
+            planted = host.root / "planted-by-copydown"
+            for command, what in [
+                    ("copyup %s %s" % (q(str(host.secret)), q(str(out / "copied"))), "copyup of the host's file"),
+                    ("copydown %s %s" % (q(str(src)), q(str(planted))), "copydown into a host directory")]:
+                if session.proc.poll() is not None:
+                    break
+                session.proc.stdin.write(command + "\n")
+                session.proc.stdin.flush()
+                try:
+                    line = session.reply()
+                except AssertionError:  # the server ended
+                    line = "the server's exit %d" % session.proc.wait(timeout=60)
+                if line not in ("copy-failed", "the server's exit 12"):
+                    problems.append("%s, with the leader's PID a host process's: %r%s" % (
+                        what, line, " (it copied the host's secret)" if host.token in _read(out / "copied") else
+                        " (it wrote the host's %s)" % planted if planted.exists() else ""))
         except AssertionError:
             if session.proc.poll() is not None:  # the server ended: say how
                 time.sleep(0.2)

@@ -9,8 +9,9 @@ RUN_PACKAGES := systemd-container skopeo umoci mmdebstrap
 DEV_PACKAGES := debootstrap docker-registry util-linux xz-utils zstd dpkg-dev apt-utils gpg iproute2 python3-pytest vagrant \
                 autopkgtest piuparts
 export DEBIAN_FRONTEND := noninteractive
+MYPY_VERSION := 2.4.1
 
-.PHONY: all setup setup-dev test check unit integration demo bench clean
+.PHONY: all setup setup-dev test typecheck check unit integration demo bench clean
 
 all: $(PYZ)
 
@@ -30,6 +31,8 @@ setup:
 setup-dev: setup
 	$(call install_missing,$(DEV_PACKAGES))
 	@$(PYTHON) -c "import pytest" 2>/dev/null || $(PYTHON) -m pip install -q pytest
+	@# development only: the type check of postroj.py, pinned (a newer mypy may find new things to say)
+	@$(PYTHON) -m mypy --version 2>/dev/null | grep -q "^mypy $(MYPY_VERSION) " || $(PYTHON) -m pip install -q mypy==$(MYPY_VERSION)
 	@# development only: checks the README's CI examples against their schemas
 	@$(PYTHON) -c "import check_jsonschema" 2>/dev/null || $(PYTHON) -m pip install -q check-jsonschema
 	@# development only: parses README.rst and bench/README.rst as docutils renders them
@@ -37,8 +40,12 @@ setup-dev: setup
 	@# autopkgtest's unshare backend, which the tests run beside postroj, maps root's ids through these
 	@for f in /etc/subuid /etc/subgid; do grep -q '^root:' $$f 2>/dev/null || echo 'root:100000:65536' >> $$f; done
 
-test: setup-dev $(PYZ)
+test: setup-dev $(PYZ) typecheck
 	$(PYTHON) -m pytest -q --durations=15 tests
+
+# the annotations are checked: postroj.py has no mypy error
+typecheck:
+	$(PYTHON) -m mypy postroj.py
 
 # the inner loop: the unit tests and one real container, in under two minutes on a warm rig cache
 check: $(PYZ)

@@ -51,8 +51,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from typing import (IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, NoReturn, Optional, Sequence,
-                    Tuple, TypeVar)
+from typing import (IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, NoReturn, Optional, Protocol,
+                    Sequence, Tuple, TypeVar)
 
 # Start-up: socket, tarfile, urllib.request, hashlib, concurrent.futures, difflib, xml and ctypes are imported
 # in the functions that use them; imported here they made every command start 21 ms (22 %) later (measured
@@ -515,8 +515,8 @@ class HostMode(StrEnum):
     MACHINED = "machined"  # machines registered with machined, commands through systemd-run
 
 
-class PackageManager(StrEnum):
-    """The package managers postroj drives; what each does is in PACKAGE_MANAGERS."""
+class ManagerName(StrEnum):
+    """The package managers postroj drives, as images record them; what each does is in PACKAGE_MANAGERS."""
 
     APT = "apt"
     DNF = "dnf"
@@ -557,7 +557,7 @@ class Distribution(NamedTuple):
     @property
     def package_type(self) -> str:
         """The package files its package manager installs: deb, rpm or pkg."""
-        return PACKAGE_MANAGERS[PackageManager(self.package_manager)].package_type
+        return PACKAGE_MANAGERS[ManagerName(self.package_manager)].package_type
 
     def can_bootstrap(self) -> bool:
         """True when postroj can build it from the publisher's package archive (mmdebstrap)."""
@@ -1266,7 +1266,7 @@ def stop_signals_handled_by(handler: Any) -> Iterator[Dict[int, Any]]:
     if threading.current_thread() is not threading.main_thread():
         yield {}
         return
-    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    previous: Dict[int, Any] = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield previous
     finally:
@@ -1752,6 +1752,9 @@ def remove_stale_run_cgroups(home_key: str, locks: Path) -> List[str]:
 # Runtime state of containers
 # ==============================================================================
 
+RUNTIME_SUFFIXES = (".json", ".json.tmp", ".lock")  # a machine's runtime files: NAME.json, ...
+
+
 class RuntimeFiles(NamedTuple):
     """What a container keeps under POSTROJ_HOME/run: NAME.json (its state, written through NAME.json.tmp),
     NAME.lock (held while a postroj process owns the container) and the directory NAME/ (overlay, guest
@@ -1759,8 +1762,6 @@ class RuntimeFiles(NamedTuple):
 
     runtime: Path
     machine: str
-
-    SUFFIXES = (".json", ".json.tmp", ".lock")
 
     @property
     def state(self) -> Path:
@@ -1780,7 +1781,7 @@ class RuntimeFiles(NamedTuple):
     @classmethod
     def machine_of(cls, entry: str) -> str:
         """The machine a runtime entry belongs to: NAME for NAME.json, NAME.json.tmp, NAME.lock and NAME/."""
-        for suffix in cls.SUFFIXES:
+        for suffix in RUNTIME_SUFFIXES:
             if entry.endswith(suffix):
                 return entry[: -len(suffix)]
         return entry
@@ -1794,7 +1795,7 @@ class RuntimeFiles(NamedTuple):
     def remove(self, keep_lock: bool = False) -> None:
         """Remove what the container kept here (but its lock, with `keep_lock`)."""
         remove_tree(self.directory)
-        for suffix in self.SUFFIXES:
+        for suffix in RUNTIME_SUFFIXES:
             if not (keep_lock and suffix == ".lock"):
                 with contextlib.suppress(FileNotFoundError):
                     (self.runtime / (self.machine + suffix)).unlink()
@@ -2409,7 +2410,9 @@ def extract_untrusted_tree(spool: IO[bytes], target: Path) -> None:
                 elif member.isfile():
                     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                     with open(fd, "wb") as out:
-                        shutil.copyfileobj(tar.extractfile(member), out)  # type: ignore[arg-type]
+                        source = tar.extractfile(member)
+                        assert source is not None  # a regular file's member always has its data
+                        shutil.copyfileobj(source, out)
                     os.chmod(dest, member.mode & 0o777)
                     os.utime(dest, (member.mtime, member.mtime))
                 elif member.issym():
@@ -2709,13 +2712,73 @@ RESOLVED_LISTS = ("The following NEW packages will be installed:", "The followin
                   "The following packages will be DOWNGRADED:")
 
 
-class Apt:
+class PackageManager:
+    """What postroj asks of a distribution's package manager, each verb as the argv run in the system under
+    test (README: Lifecycle); one subclass per family. A verb that has nothing to do in a family is []."""
+
+    command = ""
+    package_type = ""  # the package files it installs: deb, rpm, pkg
+    systemd: Tuple[str, ...] = ()  # what provisioning installs for a booted system
+    archives = ""  # where it downloads to when autopkgtest runs it in a testbed ('' for none)
+    keeps_lists = False  # package lists refreshed once and kept while current (lists_current): apt's
+
+    def on_machine(self) -> "PackageManager":
+        """The package manager for a whole machine (a VM): the same, it locks as it always does."""
+        return self
+
+    def refresh(self) -> List[str]:
+        """Refresh the package lists; [] where installs refresh them themselves."""
+        return []
+
+    def resolve(self) -> List[str]:
+        """Mark the download that follows as the one resolved() reads; [] where it names no versions."""
+        return []
+
+    def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
+        """Install names or package files with their dependencies (`cached`: from the package cache alone)."""
+        raise NotImplementedError
+
+    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
+        """Download what installing `packages` takes, installing nothing."""
+        raise NotImplementedError
+
+    def install_without(self, packages: Sequence[str], without: Sequence[str], simulate: bool = False) -> List[str]:
+        """Install `packages` from the cache and nothing else, never `without` (dependency layers: apt's)."""
+        raise NotImplementedError
+
+    def installed_as_dependencies(self, names: Sequence[str]) -> List[str]:
+        """Mark installed packages as installed for others' sake (dependency layers: apt's)."""
+        raise NotImplementedError
+
+    def remove(self, names: Sequence[str]) -> List[str]:
+        """Remove the packages."""
+        raise NotImplementedError
+
+    def purge(self, names: Sequence[str]) -> List[str]:
+        """Remove the packages with their configuration."""
+        raise NotImplementedError
+
+    def identify(self, paths: Sequence[str]) -> List[str]:
+        """Print `postroj-package TAB NAME TAB VERSION` for each package file."""
+        raise NotImplementedError
+
+    def files(self, names: Sequence[str]) -> List[str]:
+        """List the files of installed packages, one a line."""
+        raise NotImplementedError
+
+    def installed(self) -> List[str]:
+        """Print the name of every installed package."""
+        raise NotImplementedError
+
+
+class Apt(PackageManager):
     """Debian's and Ubuntu's apt and dpkg: remove keeps a package's configuration files, purge deletes them."""
 
     command = "apt-get"
     package_type = "deb"
     systemd = ("systemd", "systemd-sysv", "dbus")
     archives = "/var/cache/apt/archives"  # where apt downloads to when autopkgtest runs it in a testbed
+    keeps_lists = True
 
     def __init__(self, locking: bool = False) -> None:
         # in a booted container the shared cache is only read, without apt's locks (APT_FROM_CACHE); a VM's
@@ -2800,12 +2863,8 @@ def resolved(output: str) -> Tuple[str, ...]:
     return tuple(sorted(found))
 
 
-class Rpm:
+class Rpm(PackageManager):
     """What the RPM families share: rpm queries package files and installed packages."""
-
-    def on_machine(self) -> Any:
-        """The package manager for a whole machine (a VM): the same, it locks as it always does."""
-        return self
 
     def identify(self, paths: Sequence[str]) -> List[str]:
         """Print `postroj-package TAB NAME TAB EPOCH:VERSION-RELEASE` for each package file."""
@@ -2825,7 +2884,7 @@ class Dnf(Rpm):
 
     command = "dnf"
     package_type = "rpm"
-    systemd: Tuple[str, ...] = ("systemd", "dbus", "procps-ng")
+    systemd = ("systemd", "dbus", "procps-ng")
     archives = ""  # autopkgtest installs test dependencies with apt only
 
     def __init__(self, command: str = "dnf") -> None:
@@ -2835,10 +2894,6 @@ class Dnf(Rpm):
         """The command with the package cache in postroj's cache; weak dependencies as dnf's default, or none."""
         return [self.command, "-y", "-q", "--setopt=keepcache=1", "--setopt=cachedir=%s" % PACKAGE_CACHE_DIR,
                 *([] if recommends else ["--setopt=install_weak_deps=0"])]
-
-    def refresh(self) -> List[str]:
-        """Nothing: installs refresh the metadata themselves."""
-        return []
 
     def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
         """Install names or package files with their dependencies (`cached`: from the cache alone)."""
@@ -2904,12 +2959,8 @@ class Zypper(Rpm):
     purge = remove
 
 
-class Pacman:
+class Pacman(PackageManager):
     """Arch's pacman: -R keeps configuration files as .pacsave, -Rns removes them with unneeded dependencies."""
-
-    def on_machine(self) -> Any:
-        """The package manager for a whole machine (a VM): the same, it locks as it always does."""
-        return self
 
     command = "pacman"
     package_type = "pkg"
@@ -2919,10 +2970,6 @@ class Pacman:
     def base(self) -> List[str]:
         """pacman without questions or progress bars, its package cache in postroj's cache."""
         return ["pacman", "--noconfirm", "--noprogressbar", "--cachedir=%s" % PACKAGE_CACHE_DIR]
-
-    def refresh(self) -> List[str]:
-        """Nothing: installs refresh the databases themselves (-Sy)."""
-        return []
 
     def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
         """Install names (from the repositories) or package files (-U) with their dependencies (pacman has
@@ -2959,24 +3006,24 @@ class Pacman:
         return ["pacman", "-Qq"]
 
 
-PACKAGE_MANAGERS: Dict[PackageManager, Any] = {
-    PackageManager.APT: Apt(),
-    PackageManager.DNF: Dnf("dnf"),
-    PackageManager.YUM: Dnf("yum"),
-    PackageManager.MICRODNF: Microdnf(),
-    PackageManager.ZYPPER: Zypper(),
-    PackageManager.PACMAN: Pacman(),
+PACKAGE_MANAGERS: Dict[ManagerName, "PackageManager"] = {
+    ManagerName.APT: Apt(),
+    ManagerName.DNF: Dnf("dnf"),
+    ManagerName.YUM: Dnf("yum"),
+    ManagerName.MICRODNF: Microdnf(),
+    ManagerName.ZYPPER: Zypper(),
+    ManagerName.PACMAN: Pacman(),
 }
 
 
-def package_manager(name: str) -> Any:
+def package_manager(name: str) -> "PackageManager":
     """The behaviour of the package manager `name` (an image's record), or an error that says which postroj
     knows."""
     try:
-        return PACKAGE_MANAGERS[PackageManager(name)]
+        return PACKAGE_MANAGERS[ManagerName(name)]
     except ValueError:
         die("no package manager postroj knows in the image (%r)" % name,
-            "postroj supports %s" % ", ".join(PackageManager))
+            "postroj supports %s" % ", ".join(ManagerName))
 
 
 def install_command(manager: str, packages: Sequence[str], recommends: bool = False) -> List[str]:
@@ -3598,6 +3645,7 @@ def pass_bytes(a: "socket.socket", b: "socket.socket", idle: float = 300) -> Non
     import socket
 
     peers = {a: b, b: a}
+    by_fd = {a.fileno(): a, b.fileno(): b}
     with selectors.DefaultSelector() as selector:
         for sock in peers:
             selector.register(sock, selectors.EVENT_READ)
@@ -3606,8 +3654,7 @@ def pass_bytes(a: "socket.socket", b: "socket.socket", idle: float = 300) -> Non
             if not ready:
                 return
             for key, _ in ready:
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
+                sock = by_fd[key.fd]
                 data = sock.recv(65536)
                 if data:
                     peers[sock].sendall(data)
@@ -3905,7 +3952,43 @@ class Fleet:
                 container.close()
 
 
-class NsenterMode:
+class ContainerMode:
+    """How a host runs containers and commands in them (README: Container modes): one subclass per HostMode,
+    in HOST_MODES; NspawnContainer asks its mode and nothing else."""
+
+    mode: HostMode
+
+    def nspawn_options(self) -> List[str]:
+        """What nspawn is told about registration and its unit."""
+        raise NotImplementedError
+
+    def make_cgroups(self, container: "NspawnContainer") -> List[Path]:
+        """The cgroups postroj makes for the container ([]: the host makes them)."""
+        raise NotImplementedError
+
+    def command(self, container: "NspawnContainer", argv: Sequence[str],
+                env: Dict[str, str]) -> Tuple[List[str], Optional[Dict[str, str]]]:
+        """The host command that runs `argv` in the container, and its environment."""
+        raise NotImplementedError
+
+    def exit_status(self, code: int, argv: Sequence[str], container: "NspawnContainer") -> int:
+        """The status of the command, as the caller gets it."""
+        return code
+
+    def exec_prefix(self, container: "NspawnContainer", env: Dict[str, str]) -> List[str]:
+        """An argv prefix other programs (autopkgtest) run commands in the container with."""
+        raise NotImplementedError
+
+    def shell(self, container: "NspawnContainer") -> Tuple[List[str], Optional[Dict[str, str]]]:
+        """The command and environment of an interactive login shell in the container."""
+        raise NotImplementedError
+
+    def enter_hint(self, container: "NspawnContainer") -> str:
+        """How a user enters a kept container."""
+        raise NotImplementedError
+
+
+class NsenterMode(ContainerMode):
     """Hosts without machined: nspawn --register=no --keep-unit in a cgroup postroj makes, commands through
     nsenter into the container's leader."""
 
@@ -3924,10 +4007,6 @@ class NsenterMode:
                 env: Dict[str, str]) -> Tuple[List[str], Optional[Dict[str, str]]]:
         """The host command that runs `argv` in the container, and its environment (nsenter passes its own)."""
         return container.enter_argv() + ["--", *argv], env
-
-    def exit_status(self, code: int, argv: Sequence[str], container: "NspawnContainer") -> int:
-        """The status of the command, as the caller gets it: nsenter passes the command's own."""
-        return code
 
     def exec_prefix(self, container: "NspawnContainer", env: Dict[str, str]) -> List[str]:
         """An argv prefix that runs a command in the container: the leader changes when the container reboots,
@@ -3952,7 +4031,7 @@ class NsenterMode:
         return "nsenter --target=%d --all --root --wd /bin/sh -l" % container.leader
 
 
-class MachinedMode:
+class MachinedMode(ContainerMode):
     """Hosts with machined: containers registered by name, commands through systemd-run --machine."""
 
     mode = HostMode.MACHINED
@@ -3993,7 +4072,7 @@ class MachinedMode:
         return "machinectl shell %s" % container.machine
 
 
-HOST_MODES = {HostMode.NSENTER: NsenterMode(), HostMode.MACHINED: MachinedMode()}
+HOST_MODES: Dict[HostMode, ContainerMode] = {HostMode.NSENTER: NsenterMode(), HostMode.MACHINED: MachinedMode()}
 
 
 # --- what a container changed against its image ------------------------------------------
@@ -4636,13 +4715,13 @@ class NspawnContainer:
     what = "the container"
 
     @property
-    def manager(self) -> Any:
+    def manager(self) -> PackageManager:
         """The image's package manager."""
         return package_manager(self.image.package_manager)
 
     def check(self, probe: Probe, timeout: float) -> ProbeResult:
         """Run one check (copy, unit, network, command) in the booted container."""
-        return PROBE_RUNNERS[probe.kind].in_container(self, probe, timeout)
+        return PROBE_RUNNERS[probe.kind].container_runner()(self, probe, timeout)
 
     def entries(self) -> Dict[str, str]:
         """What the container changed from the image: path -> file, dir, link or gone (overlay_entries), with
@@ -4757,7 +4836,7 @@ def posix_network_check(parsed: urllib.parse.ParseResult, url: str,
     """bash's /dev/tcp for tcp://, curl for HTTP: exit status 0 when it answered."""
     if parsed.scheme == "tcp":
         return "timeout %d bash -c 'until exec 3<>/dev/tcp/%s/%d; do sleep 1; done'" % (
-            timeout, parsed.hostname, parsed.port), lambda code, output: code == 0
+            timeout, parsed.hostname, parsed.port or 0), lambda code, output: code == 0
     return "curl -fsS --retry-connrefused --retry 30 --max-time %d %s" % (timeout, shlex.quote(url)), \
         lambda code, output: code == 0
 
@@ -5132,7 +5211,7 @@ def check_package_file(path: Path) -> str:
 
 def package_matches(kind: str, manager: str) -> bool:
     """True when a package of `kind` installs with `manager` (.msi: on Windows VMs)."""
-    return kind == "msi" or (manager in tuple(PackageManager) and package_manager(manager).package_type == kind)
+    return kind == "msi" or (manager in tuple(ManagerName) and package_manager(manager).package_type == kind)
 
 
 class ProbePlan(NamedTuple):
@@ -5314,7 +5393,7 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
     binds = [(str(cache), PACKAGE_CACHE_DIR)]
     waiting = "the package cache %s, which another probe of this release is writing" % cache
     with file_lock(cache / ".postroj.lock", waiting=waiting):
-        apt = isinstance(container.manager, Apt)  # the lists' refresh is apt's alone
+        apt = container.manager.keeps_lists
         current = apt and lists_current(settings, cache, image)
         if current:
             log.info("%s: the package lists are current (each suite's InRelease as apt verified it): not "
@@ -5328,7 +5407,8 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
         return prepared
 
 
-def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], image: ImageInfo, manager: Any,
+def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], image: ImageInfo,
+                      manager: PackageManager,
                       plan: ProbePlan, probes: Tuple[Probe, ...], new: List[str], old: List[str],
                       layered: bool = False, refresh: bool = True) -> Packages:
     """Read the names of the staged package files `new` and `old`, refresh the lists (unless `refresh` is off:
@@ -5338,10 +5418,9 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
     sources = [p.target for p in probes] + [s for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE]
     # one run: the files' names, then the lists (shared by the images of a release, whose sources may
     # differ), then the downloads, the first install's last: what it resolves to is read from its output
-    resolve = getattr(manager, "resolve", None) if layered and not plan.fresh else None
+    resolve = manager.resolve() if layered and not plan.fresh else []
     code, output = run_step(chain(manager.identify(new + old), manager.refresh() if refresh else [],
-                                  manager.download(new, plan.recommends) if old else [],
-                                  resolve() if resolve else [],
+                                  manager.download(new, plan.recommends) if old else [], resolve,
                                   manager.download(old or new, plan.recommends)),
                             "downloading what the packages need")
     found = resolved(output)
@@ -5356,7 +5435,7 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
         raise DownloadFailed("downloading what %s needs failed with exit code %d" % (", ".join(names), code),
                              "check the image's package sources and that this host reaches them", tail(output, 40))
     if UPGRADE_FROM_ARCHIVE in plan.upgrade_from:
-        code, output = run_step(chain(resolve() if resolve else [], manager.download(names, plan.recommends)),
+        code, output = run_step(chain(resolve, manager.download(names, plan.recommends)),
                                 "downloading %s from the image's sources" % ", ".join(names))
         found = resolved(output)
         if code != 0:
@@ -5461,8 +5540,8 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
         code, output = container.run_captured(manager.install_without(
             list(held.values()), without, simulate=True), timeout=plan.timeout)
         unknown = set(re.findall(r"Unable to locate package (\S+)", output)) & set(without)
-        broken = set(re.findall(r"(?m)^\s*(\S+?)(?::\S+)? : (?:Pre)?Depends: ", output))
-        broken = [name for name in held if name.split(":")[0] in broken]
+        unmet = set(re.findall(r"(?m)^\s*(\S+?)(?::\S+)? : (?:Pre)?Depends: ", output))
+        broken = [name for name in held if name.split(":")[0] in unmet]
         if code == 0 or not (unknown or broken):
             break
         without = [name for name in without if name not in unknown]
@@ -5514,7 +5593,7 @@ def list_layers(settings: Settings) -> List[Tuple[Layer, float, int]]:
 def prune_layers(settings: Settings, days: float, gb: float) -> List[str]:
     """Remove half-made layers (their maker gone), layers of image versions that are gone, layers unused for
     `days`, and the longest unused while all of them take more than `gb`; never one a probe uses or makes."""
-    removed = []
+    removed: List[str] = []
     if not settings.layers.is_dir():
         return removed
     for entry in sorted(settings.layers.iterdir()):
@@ -5612,7 +5691,59 @@ MISSING_SCRIPT = 'for f; do [ -e "$f" ] || printf "%s\\n" "$f"; done'
 UNIT_DIRS = ("/lib/systemd/system/", "/usr/lib/systemd/system/", "/etc/systemd/system/")
 
 
-def container_processes(container: NspawnContainer) -> Dict[int, Tuple[str, str]]:
+class System(Protocol):
+    """What the lifecycle (live(): its stages, checks and purge comparison) asks of the system under test:
+    a booted container (NspawnContainer) or a Linux VM (VmSystem); the unit tests' scripted fake too."""
+
+    @property
+    def image(self) -> ImageInfo:
+        """The image (or box) it runs."""
+
+    @property
+    def layer(self) -> Optional["Layer"]:
+        """The dependency layer below it (a container's), or None."""
+
+    @property
+    def listed_whole(self) -> bool:
+        """entries() list the whole file system (a VM), not what an overlay changed."""
+
+    @property
+    def what(self) -> str:
+        """What it is, for messages: the container, the VM."""
+
+    @property
+    def manager(self) -> PackageManager:
+        """Its package manager."""
+
+    def run_captured(self, argv: Sequence[str], timeout: Optional[float] = 30) -> Tuple[int, str]:
+        """The exit status of `argv` run as root in it, and what it printed."""
+
+    def ended(self) -> bool:
+        """True once it has stopped or begun to."""
+
+    def journal_tail(self, lines: int = 30, unit: str = "", since: float = 0) -> str:
+        """Its last journal lines (of `unit`, since the time `since`)."""
+
+    def power_cycle(self) -> None:
+        """Reboot as a machine reboots."""
+
+    def boot_state(self) -> str:
+        """How its boot ended (systemctl is-system-running)."""
+
+    def check(self, probe: Probe, timeout: float) -> ProbeResult:
+        """Run one check (copy, unit, network, command) in it."""
+
+    def entries(self) -> Dict[str, str]:
+        """What it changed: path -> EntryKind."""
+
+    def baseline_entries(self) -> Dict[str, str]:
+        """What it changed before any install (purge's comparison)."""
+
+    def unchanged(self, path: str, kind: str) -> bool:
+        """True when the image has `path` as it has it now."""
+
+
+def container_processes(container: System) -> Dict[int, Tuple[str, str]]:
     """The processes in the container: PID -> (executable, command line)."""
     _, out = container.run_captured(["sh", "-c", PROCESSES_SCRIPT])
     found = {}
@@ -5623,7 +5754,7 @@ def container_processes(container: NspawnContainer) -> Dict[int, Tuple[str, str]
     return found
 
 
-def account_names(container: NspawnContainer) -> "set[str]":
+def account_names(container: System) -> "set[str]":
     """The users and groups of the container, as user:NAME and group:NAME."""
     _, out = container.run_captured(["sh", "-c", "cut -d: -f1 /etc/passwd | sed s/^/user:/; "
                                                  "cut -d: -f1 /etc/group | sed s/^/group:/"])
@@ -5640,7 +5771,7 @@ class Baseline(NamedTuple):
     packages: "set[str]"
 
     @classmethod
-    def take(cls, container: NspawnContainer) -> "Baseline":
+    def take(cls, container: System) -> "Baseline":
         """The container as it is now, as the image had it: the packages, users and groups a dependency layer
         added are not in it, so that the purge takes those packages and reports what they keep as without a
         layer."""
@@ -5666,7 +5797,7 @@ def leftover_result(image: str, target: str, stage: Stage, found: Sequence[str],
                        output=listed + ("\n" + reported if reported else ""))
 
 
-def check_removed(container: NspawnContainer, files: "set[str]", t0: float) -> List[ProbeResult]:
+def check_removed(container: System, files: "set[str]", t0: float) -> List[ProbeResult]:
     """After remove: no process runs a program (or a script) of the packages' files, none of their units is
     active."""
     image = container.image.name
@@ -5685,7 +5816,7 @@ def check_removed(container: NspawnContainer, files: "set[str]", t0: float) -> L
                                                                     "units of the packages are still active"), t0)]
 
 
-def check_purged(container: NspawnContainer, baseline: Baseline, files: "set[str]", t0: float) -> List[ProbeResult]:
+def check_purged(container: System, baseline: Baseline, files: "set[str]", t0: float) -> List[ProbeResult]:
     """After purge, against the container before the first install: files and directories left behind or
     changed, broken links, *.wants links to units that are gone, programs still running; users and groups
     left are reported."""
@@ -5725,7 +5856,7 @@ def check_purged(container: NspawnContainer, baseline: Baseline, files: "set[str
         leftover_result(image, "processes", Stage.PURGED, running, ("process still runs", "processes still run"), t0)]
 
 
-def transaction(container: NspawnContainer, image: ImageInfo, probes: Sequence[Probe], stage: Stage,
+def transaction(container: System, image: ImageInfo, probes: Sequence[Probe], stage: Stage,
                 argv: Sequence[str], timeout: float, labels: Optional[Dict[str, str]] = None) -> List[ProbeResult]:
     """Run the package manager in the booted container, as on a machine: a result per probe, with what it
     printed, and the stage's journal when it failed."""
@@ -5745,7 +5876,7 @@ def transaction(container: NspawnContainer, image: ImageInfo, probes: Sequence[P
                         stage=stage, label=labels.get(p.target, "")) for p in probes]
 
 
-def run_checks(container: NspawnContainer, plan: ProbePlan, stage: Stage, broken: str,
+def run_checks(container: System, plan: ProbePlan, stage: Stage, broken: str,
                cancel: threading.Event, results: List[ProbeResult]) -> None:
     """The checks of `plan` after `stage`: copies, units, ports and commands where the packages are installed;
     units that must not be active where they were removed. `broken`: the stage's own step failed."""
@@ -5778,7 +5909,47 @@ def run_checks(container: NspawnContainer, plan: ProbePlan, stage: Stage, broken
                                                    "reboot (the package started it but did not enable it)")
 
 
-def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Packages], cancel: threading.Event,
+def package_step(container: System, plan: ProbePlan, stage: Stage, packages: Packages, manager: PackageManager,
+                 baseline: Optional["Baseline"]) -> Tuple[List[ProbeResult], "set[str]"]:
+    """The step of a stage of the packages' life (install, upgrade, remove, purge): its results, and for
+    remove the packages' files as the package manager listed them before."""
+    image = container.image
+    files: "set[str]" = set()
+    step: List[ProbeResult] = []
+    if stage == Stage.INSTALLED and plan.upgrade_from:
+        sources = [Probe(ProbeKind.PACKAGE, s) for s in plan.upgrade_from]
+        step = transaction(container, image, sources, stage,
+                           manager.install(packages.old, cached=True, recommends=plan.recommends),
+                           plan.install_timeout, packages.labels)
+    elif stage in (Stage.INSTALLED, Stage.UPGRADED):
+        step = transaction(container, image, packages.probes, stage,
+                           manager.install(packages.new, cached=True, recommends=plan.recommends),
+                           plan.install_timeout, packages.labels)
+        if plan.start_units:
+            units = [p.target for p in plan.probes if p.kind == ProbeKind.UNIT]
+            container.run_captured(["systemctl", "enable", "--now", *units], timeout=plan.timeout)
+    elif stage == Stage.REMOVED:
+        _, listed = container.run_captured(manager.files(packages.names))
+        files = {line.strip() for line in listed.splitlines() if line.startswith("/")}
+        step = transaction(container, image, packages.probes, stage, manager.remove(packages.names),
+                           plan.install_timeout, packages.labels)
+    elif stage == Stage.PURGED:
+        # the packages the package manager still knows (remove takes some whole) and every package the
+        # installs pulled in, as piuparts purges them: apt's autoremove keeps some (memcached's perl on
+        # noble), and what was not there before the install must go
+        _, listed = container.run_captured(manager.installed())
+        known = set(listed.split())
+        pulled = sorted(known - baseline.packages - set(packages.names)) if baseline else []
+        names = [name for name in packages.names if name in known] + pulled
+        purge = manager.purge(names) if names else []
+        step = transaction(container, image, packages.probes, stage, purge,
+                           plan.install_timeout, packages.labels) if purge else [
+            ProbeResult(image.name, p, Status.PASS, 0.0, output="nothing left to purge: remove took it all",
+                        stage=stage, label=packages.labels.get(p.target, "")) for p in packages.probes]
+    return step, files
+
+
+def live(container: System, plan: ProbePlan, packages: Optional[Packages], cancel: threading.Event,
          say: Callable[[str], None] = lambda doing: None) -> List[ProbeResult]:
     """The stages of the plan in the booted container, in order, each followed by its checks; a stage whose
     step fails skips the stages after it."""
@@ -5796,38 +5967,11 @@ def live(container: NspawnContainer, plan: ProbePlan, packages: Optional[Package
                         for p in stage_probes(plan, stage, packages)]
             continue
         step: List[ProbeResult] = []
-        if stage == Stage.INSTALLED and plan.upgrade_from:
-            sources = [Probe(ProbeKind.PACKAGE, s) for s in plan.upgrade_from]
-            step = transaction(container, image, sources, stage,
-                               manager.install(packages.old, cached=True, recommends=plan.recommends),
-                               plan.install_timeout, packages.labels)
-        elif stage in (Stage.INSTALLED, Stage.UPGRADED):
-            step = transaction(container, image, packages.probes, stage,
-                               manager.install(packages.new, cached=True, recommends=plan.recommends),
-                               plan.install_timeout, packages.labels)
-            if plan.start_units:
-                units = [p.target for p in plan.probes if p.kind == ProbeKind.UNIT]
-                container.run_captured(["systemctl", "enable", "--now", *units], timeout=plan.timeout)
-        elif stage == Stage.REBOOTED:
+        if stage == Stage.REBOOTED:
             step = [reboot(container, plan)]
-        elif stage == Stage.REMOVED:
-            _, listed = container.run_captured(manager.files(packages.names))
-            files = {line.strip() for line in listed.splitlines() if line.startswith("/")}
-            step = transaction(container, image, packages.probes, stage, manager.remove(packages.names),
-                               plan.install_timeout, packages.labels)
-        elif stage == Stage.PURGED:
-            # the packages the package manager still knows (remove takes some whole) and every package the
-            # installs pulled in, as piuparts purges them: apt's autoremove keeps some (memcached's perl on
-            # noble), and what was not there before the install must go
-            _, listed = container.run_captured(manager.installed())
-            known = set(listed.split())
-            pulled = sorted(known - baseline.packages - set(packages.names)) if baseline else []
-            names = [name for name in packages.names if name in known] + pulled
-            purge = manager.purge(names) if names else []
-            step = transaction(container, image, packages.probes, stage, purge,
-                               plan.install_timeout, packages.labels) if purge else [
-                ProbeResult(image.name, p, Status.PASS, 0.0, output="nothing left to purge: remove took it all",
-                            stage=stage, label=packages.labels.get(p.target, "")) for p in packages.probes]
+        elif packages is not None and manager is not None:
+            step, listed_files = package_step(container, plan, stage, packages, manager, baseline)
+            files = listed_files or files
         if stage == Stage.INSTALLED and container.layer:
             said = "%d dependencies from layer %s (made %s)\n" % (len(container.layer.packages),
                                                                   container.layer.key[:12], container.layer.made)
@@ -5882,7 +6026,7 @@ def stage_probes(plan: ProbePlan, stage: Stage, packages: Optional[Packages]) ->
     return found
 
 
-def reboot(container: NspawnContainer, plan: ProbePlan) -> ProbeResult:
+def reboot(container: System, plan: ProbePlan) -> ProbeResult:
     """Reboot the container as a machine reboots: its systemd stops every unit and powers off, then the same
     overlay boots again."""
     t0 = time.monotonic()
@@ -5896,7 +6040,7 @@ def reboot(container: NspawnContainer, plan: ProbePlan) -> ProbeResult:
                        output="booted %s" % (container.boot_state() or "?"), stage=Stage.REBOOTED)
 
 
-def run_unit_probe(container: NspawnContainer, probe: Probe, timeout: float, expect_active: bool = True) -> ProbeResult:
+def run_unit_probe(container: System, probe: Probe, timeout: float, expect_active: bool = True) -> ProbeResult:
     """The unit as the package left it, starting and enabling nothing: it must be active (where the package is
     installed) or not active (where it was removed). A unit on its way (activating, reloading) gets the
     time-out to arrive."""
@@ -6012,7 +6156,7 @@ class VmSystem:
         self.image = ImageInfo(vm.box.label, vm.box.box, "", "", "", "", manager, "", 0, Path("/"))
 
     @property
-    def manager(self) -> Any:
+    def manager(self) -> PackageManager:
         """The VM's package manager, locking as it does on a machine."""
         return package_manager(self.image.package_manager).on_machine()
 
@@ -6048,7 +6192,7 @@ class VmSystem:
         """Run one check (copy, unit, network, command) in the VM."""
         if probe.kind == ProbeKind.UNIT:
             return run_unit_probe(self, probe, timeout)
-        return PROBE_RUNNERS[probe.kind].in_vm(self.vm, probe, timeout, self.packages)
+        return PROBE_RUNNERS[probe.kind].vm_runner()(self.vm, probe, timeout, self.packages)
 
     def entries(self) -> Dict[str, str]:
         """The VM's file system: path -> file, dir or link."""
@@ -6117,6 +6261,18 @@ class ProbeRunner(NamedTuple):
     rank: int
     in_container: Optional[Callable[[NspawnContainer, Probe, float], ProbeResult]]
     in_vm: Optional[Callable[[VagrantMachine, Probe, float, Dict[str, Path]], ProbeResult]]
+
+    def container_runner(self) -> Callable[[NspawnContainer, Probe, float], ProbeResult]:
+        """How the kind runs in a booted container; an error for a kind that is a stage, not a check."""
+        if self.in_container is None:
+            raise PostrojError("a stage of a package's life is not a check a container runs")
+        return self.in_container
+
+    def vm_runner(self) -> Callable[[VagrantMachine, Probe, float, Dict[str, Path]], ProbeResult]:
+        """How the kind runs in a VM; an error for a kind that is a stage, not a check."""
+        if self.in_vm is None:
+            raise PostrojError("a stage of a package's life is not a check a VM runs")
+        return self.in_vm
 
 
 PROBE_RUNNERS: Dict[ProbeKind, ProbeRunner] = {
@@ -6207,7 +6363,7 @@ def probe_vm(settings: Settings, box: Box, plan: ProbePlan, *, provider: str, ke
                 report(result)
         else:
             for probe in plan.probes:
-                results.append(PROBE_RUNNERS[probe.kind].in_vm(vm, probe, plan.timeout, packages))
+                results.append(PROBE_RUNNERS[probe.kind].vm_runner()(vm, probe, plan.timeout, packages))
                 report(results[-1])
     except PostrojError as exc:
         if results:
@@ -6900,6 +7056,7 @@ class AutopkgtestTestbed:
                            stdout=subprocess.PIPE) as local:
             self.in_testbed(container, 'mkdir -p -- "$1"; cd "$1"; exec tar --warning=none --preserve-permissions '
                             '--extract --no-same-owner -f -', inside, stdin=local.stdout, stdout=subprocess.DEVNULL)
+            assert local.stdout is not None  # spawned with stdout=PIPE
             local.stdout.close()
             if local.wait() != 0:
                 raise PostrojError("tar exit status %d on the host" % local.returncode)

@@ -1017,6 +1017,17 @@ def kill_and_wait(proc: subprocess.Popen, group: bool = False) -> None:
         reap_group(proc.pid)
 
 
+def stop_process(proc: subprocess.Popen, grace: float, signum: int = signal.SIGTERM) -> bool:
+    """The one way postroj stops a program it started: `signum`, up to `grace` s to end, then SIGKILL; reaped
+    either way. True when it ended within `grace`, False when it had to be killed."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+    ended = wait_exit(proc, grace)
+    kill_and_wait(proc)
+    return ended
+
+
 def become_subreaper() -> None:
     """Orphans of postroj's children become postroj's, not init's: a killed process group is then reaped by
     postroj itself (reap_group) before it exits, never left to a PID 1 that reaps late or not at all."""
@@ -4177,6 +4188,222 @@ def same_as_image(lower: Path, path: str, kind: str, upper: Path) -> bool:
         return False
 
 
+class Overlay:
+    """A container's writable side, in its runtime directory: the overlay's upper directory that takes every
+    change, the guest directory (read-only at GUEST_RUNTIME inside), autopkgtest's scratch directory, and the
+    dependency layer below. What the container changed against its image is read here, on the host, as
+    data (overlay_entries, same_as_image)."""
+
+    def __init__(self, spec: ContainerSpec, directory: Path, machine: str) -> None:
+        self.spec = spec
+        self.directory = directory
+        self.machine = machine
+        self.layer: Optional["Layer"] = None  # a dependency layer below the upper directory (attach)
+        self._layer_entries: Dict[str, str] = {}
+        self._upper_entries: Dict[str, str] = {}
+
+    @property
+    def image(self) -> Path:
+        """The image's root, the overlay's lowest directory."""
+        return Path(self.spec.image.path)
+
+    @property
+    def upper(self) -> Path:
+        """The overlay directory that takes every change made in the container."""
+        return self.directory / "upper"
+
+    @property
+    def guest(self) -> Path:
+        """A host directory that shows up read-only at /run/postroj in the container."""
+        return self.directory / "guest"
+
+    @property
+    def scratch(self) -> Path:
+        """The host side of the writable directory bound at the spec's scratch path, made afresh with the
+        overlay; postroj never reads or writes what is in it (the testbed may have planted links there)."""
+        return self.directory / "scratch"
+
+    def mount_tmpfs(self) -> None:
+        """A tmpfs of its own for the runtime directory: an overlay's upper cannot be on overlayfs (the caller
+        unmounts it)."""
+        remove_tree(self.directory)
+        private_dir(self.directory)
+        run(["mount", "-t", "tmpfs", "-o", "mode=0700", "postroj-%s" % self.machine, str(self.directory)],
+            capture=True, what="mounting a tmpfs for %s's overlay" % self.machine)
+
+    def fresh(self) -> None:
+        """An empty overlay (and guest directory) over the image, with what a throw-away boot masks."""
+        if self.spec.host.upper_on_tmpfs:  # the mount point stays, its content goes
+            for entry in list(self.directory.iterdir()):
+                remove_tree(entry)
+        else:
+            remove_tree(self.directory)
+            private_dir(self.directory)
+        ensure_dir(self.guest)
+        if self.spec.scratch:
+            os.chmod(ensure_dir(self.scratch), 0o1777)  # as /tmp: tests may run as a normal user
+        self._new_upper()
+
+    def renew(self) -> None:
+        """An empty upper directory again (the staged files stay): what the container did is gone."""
+        remove_tree(self.upper)
+        self._new_upper()
+
+    def take(self, to: Path) -> None:
+        """Move the upper directory, with what the container did, to `to` (a dependency layer), and start an
+        empty one."""
+        os.rename(str(self.upper), str(to))
+        self._new_upper()
+
+    def attach(self, layer: "Layer") -> None:
+        """Put `layer` below the upper directory from now on, stamped as used (gc removes layers long unused)."""
+        os.utime(str(layer.stamp), follow_symlinks=False)
+        self.layer = layer
+        self._layer_entries = overlay_entries(layer.tree)
+
+    def _new_upper(self) -> None:
+        os.chmod(ensure_dir(self.upper), 0o755)
+        mask_for_boot(self.image, self.upper)
+        write_hosts(self.image, self.upper, self.machine)
+        if self.spec.package_proxy:
+            write_proxy_conf(self.image, self.upper)
+
+    def entries(self) -> Dict[str, str]:
+        """What the container changed from the image: path -> EntryKind (overlay_entries), with what its
+        dependency layer changed."""
+        self._upper_entries = overlay_entries(self.upper)
+        if not self.layer:
+            return self._upper_entries
+        return merged_entries(self.image, self._layer_entries, self._upper_entries)
+
+    def baseline_entries(self) -> Dict[str, str]:
+        """What the container changed before any install: purge's comparison is with the image as acquired,
+        and what making the dependency layer installed is not part of it."""
+        entries = self.entries()
+        if not self.layer:
+            return entries
+        return merged_entries(self.image, self.layer.before, self._upper_entries)
+
+    def unchanged(self, path: str, kind: str) -> bool:
+        """True when the image has `path` as the container has it now (same_as_image)."""
+        holder = self.upper if path in self._upper_entries or not self.layer else self.layer.tree
+        return same_as_image(self.image, path, kind, holder)
+
+
+def nspawn_boot_argv(spec: ContainerSpec, machine: str, overlay: Overlay, how: ContainerMode) -> List[str]:
+    """systemd-nspawn booting the spec's image below `overlay` as `machine`, one option per line."""
+    root = str(spec.image.path)
+    cmd = [
+        "systemd-nspawn",
+        "--quiet",
+        "--boot",
+        "--directory=%s" % root,
+        "--overlay=%s:/" % ":".join(nspawn_escape(d) for d in (
+            root, *([str(overlay.layer.tree)] if overlay.layer else []), str(overlay.upper))),
+        "--machine=%s" % machine,
+        "--notify-ready=yes",
+        "--console=read-only",
+        "--kill-signal=SIGKILL",
+        "--link-journal=no",
+        "--timezone=off",
+        "--resolv-conf=%s" % ("off" if spec.private_network else "replace-host"),
+        Bind(str(overlay.guest), GUEST_RUNTIME, readonly=True).option(),
+        *how.nspawn_options(),
+    ]
+    if spec.private_network:
+        cmd.append("--private-network")
+    if spec.scratch:
+        cmd.append(Bind(str(overlay.scratch), spec.scratch).option())
+    cmd += [bind.option() for bind in spec.binds]
+    cmd += ["--setenv=%s=%s" % (k, v) for k, v in spec.setenv]
+    return cmd
+
+
+def console_tail(directory: Path, lines: int = 20) -> str:
+    """A container's last console lines (what systemd printed while booting), from its runtime `directory`,
+    for an error."""
+    try:
+        text = read_regular(str(directory / "console.log")).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    # terminal controls systemd sends to a console: CSI, OSC (window title), save and restore cursor
+    text = re.sub(r"\x1b(\[[0-9;?!]*[A-Za-z]|\][^\x07\x1b]*(\x07|\x1b\\)|[78])", "", text).replace("\r", "")
+    text = without_nspawn_noise(text)
+    tail = [line for line in text.splitlines() if line.strip()][-lines:]
+    return ("\nlast console lines:\n" + "\n".join("  " + line for line in tail)) if tail else ""
+
+
+def boot_failure_hint(image: ImageInfo, console: str) -> str:
+    """What to do when nspawn exited while booting `image`, after what its console said."""
+    if "unsupported legacy cgroup hierarchy" not in console:
+        return "see the console lines above"
+    version = image.systemd or systemd_version(Path(image.path))
+    return ("the image's systemd no longer boots on cgroup v1, which this host uses, and postroj %s: run postroj "
+            "with SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1, or boot the host with systemd.unified_cgroup_hierarchy=1" % (
+                "took it for systemd %d" % version if version else "did not find its version"))
+
+
+def claim_machine_name(settings: Settings, spec: ContainerSpec, hold: Callable[[Path], bool],
+                       let_go: Callable[[], None]) -> str:
+    """A machine name for a container of `spec`: the one asked for, or postroj-IMAGE (-2, -3 ...), taken when
+    `hold` gets its lock and no registered machine or kept container of ours has it (`let_go` drops the
+    lock again); what a killed postroj left under the name (its nspawn, its cgroups, its state) is ended."""
+    private_dir(settings.runtime)
+
+    def take(name: str) -> bool:
+        files = RuntimeFiles(settings.runtime, name)
+        if not hold(files.lock):
+            return False
+        leftover = read_machine(files.state, lock_held=False)
+        if machine_registered(name) or (leftover and leftover.keep and leftover.alive):
+            let_go()
+            return False
+        if leftover:
+            log.info("ending what a killed postroj left of %s", name)
+            end_machine(settings, leftover, keep_lock=True)
+        return True
+
+    if spec.machine:
+        if not take(check_name(spec.machine, "machine name")):
+            die("machine name %s is already taken" % spec.machine,
+                "choose another --machine, or end the running one (`postroj machines`)", usage=True)
+        return spec.machine
+    base = "postroj-%s" % spec.image.name
+    for number in range(1, 1000):
+        name = base if number == 1 else "%s-%d" % (base, number)
+        if take(name):
+            return name
+    die("no free machine name for %s" % base, "run `postroj gc`")
+
+
+class HeldLocks:
+    """The flocks a container holds until it is closed: its machine name's, its image version's and its
+    dependency layer's (shared: gc removes neither while a container uses it)."""
+
+    def __init__(self) -> None:
+        self.fds: List[int] = []
+
+    def take(self, path: Path, shared: bool) -> bool:
+        """Take a flock on `path` (False when another process has it)."""
+        fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fds.append(fd)
+        return True
+
+    def drop_last(self) -> None:
+        """Let the last lock taken go."""
+        os.close(self.fds.pop())
+
+    def release(self) -> None:
+        """Let every lock go."""
+        while self.fds:
+            os.close(self.fds.pop())
+
+
 class NspawnContainer:
     """An image booted with systemd as PID 1 below a throw-away overlay, used and thrown away: the lifetime of
     one ContainerSpec.
@@ -4208,12 +4435,10 @@ class NspawnContainer:
         self.proc: Optional[subprocess.Popen] = None
         self.cgroups: List[Path] = []
         self._state_query: Optional[subprocess.Popen] = None  # `systemctl is-system-running`, asked at READY=1
-        self.layer: Optional["Layer"] = None  # a dependency layer below the overlay (use_layer)
-        self._layer_entries: Dict[str, str] = {}
-        self._upper_entries: Dict[str, str] = {}
+        self.overlay: Optional[Overlay] = None  # taken by create()
         self._taken = contextlib.ExitStack()  # what create() took: released by close()
         self._running = contextlib.ExitStack()  # what boot() took: released by shutdown() and close()
-        self._locks: List[int] = []
+        self._locks = HeldLocks()  # released last by close()
         self._forced = False  # nspawn had to be killed: what is left in its cgroups is killed too
         self._closed = False
         # steps take it to check that the container is open and register what they take; close()
@@ -4230,7 +4455,24 @@ class NspawnContainer:
         """How this host runs containers (README: Container modes)."""
         return self.host.mode
 
-    # --- life cycle ---
+    def overlay_of(self) -> "Overlay":
+        """The container's overlay (taken by create())."""
+        if self.overlay is None:
+            raise PostrojError("container %s was not created" % self.image.name)
+        return self.overlay
+
+    @property
+    def layer(self) -> Optional["Layer"]:
+        """The dependency layer below the overlay (use_layer), or None."""
+        return self.overlay.layer if self.overlay else None
+
+    def attach_layer(self, layer: "Layer") -> None:
+        """Boot with `layer` below the overlay from now on; its use is held until close() (gc leaves it)."""
+        with self._lock:
+            self._check_open()
+            if not self._locks.take(layer.stamp, True):
+                die("dependency layer %s is being removed" % layer.key, "try again in a moment")
+        self.overlay_of().attach(layer)
 
     def __enter__(self) -> "NspawnContainer":
         try:
@@ -4247,52 +4489,6 @@ class NspawnContainer:
         if self._closed:
             raise PostrojError("container %s was stopped" % (self.machine or self.image.name))
 
-    def _hold(self, path: Path, shared: bool) -> bool:
-        """Take a flock on `path` until close() (False when another process has it)."""
-        fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._locks.append(fd)
-        self._taken.callback(self._unhold, fd)
-        return True
-
-    def _unhold(self, fd: int) -> None:
-        if fd in self._locks:
-            self._locks.remove(fd)
-            os.close(fd)
-
-    def _try_name(self, name: str) -> bool:
-        """Take `name` when no container of ours (running or kept) and no registered machine has it; what a
-        killed postroj left under the name (its nspawn, its cgroups, its state) is ended first."""
-        files = RuntimeFiles(self.settings.runtime, name)
-        if not self._hold(files.lock, False):
-            return False
-        leftover = read_machine(files.state, lock_held=False)
-        if machine_registered(name) or (leftover and leftover.keep and leftover.alive):
-            self._unhold(self._locks[-1])
-            return False
-        if leftover:
-            log.info("ending what a killed postroj left of %s", name)
-            end_machine(self.settings, leftover, keep_lock=True)
-        self.machine = name
-        return True
-
-    def _claim_name(self) -> None:
-        private_dir(self.settings.runtime)
-        if self.spec.machine:
-            if not self._try_name(check_name(self.spec.machine, "machine name")):
-                die("machine name %s is already taken" % self.spec.machine,
-                    "choose another --machine, or end the running one (`postroj machines`)", usage=True)
-            return
-        base = "postroj-%s" % self.image.name
-        for number in range(1, 1000):
-            if self._try_name(base if number == 1 else "%s-%d" % (base, number)):
-                return
-        die("no free machine name for %s" % base, "run `postroj gc`")
-
     def create(self) -> "NspawnContainer":
         """Take a machine name, the runtime files and a fresh overlay of the image; nothing runs yet."""
         t0 = time.monotonic()
@@ -4301,73 +4497,27 @@ class NspawnContainer:
             if self.fleet:
                 self.fleet.add(self)
                 self._taken.callback(self.fleet.discard, self)
-            self._claim_name()  # its lock, taken first, is released last
-            if not self._hold(Path(self.image.path).parent / "image.json", True):
+            self._taken.callback(self._locks.release)  # the machine name's lock, taken first, goes last
+            self.machine = claim_machine_name(self.settings, self.spec, lambda lock: self._locks.take(lock, False),
+                                              self._locks.drop_last)
+            if not self._locks.take(Path(self.image.path).parent / "image.json", True):
                 die("image %s is being replaced" % self.image.name, "try again in a moment")
             self.files = RuntimeFiles(self.settings.runtime, self.machine)
             self._taken.callback(self.files.remove)
+            self.overlay = Overlay(self.spec, self.files.directory, self.machine)
             if self.host.upper_on_tmpfs:
-                self._mount_tmpfs(self.files.directory)
-            self.fresh_overlay()
+                self.overlay.mount_tmpfs()
+                self._taken.callback(unmount, self.files.directory)
+            self.overlay.fresh()
         self.timings["setup"] = time.monotonic() - t0
         return self
-
-    def _mount_tmpfs(self, directory: Path) -> None:
-        """A tmpfs of its own for the runtime directory: an overlay's upper cannot be on overlayfs."""
-        remove_tree(directory)
-        private_dir(directory)
-        run(["mount", "-t", "tmpfs", "-o", "mode=0700", "postroj-%s" % self.machine, str(directory)], capture=True,
-            what="mounting a tmpfs for %s's overlay" % self.machine)
-        self._taken.callback(unmount, directory)
-
-    def fresh_overlay(self) -> None:
-        """An empty overlay (and guest directory) over the image, with what a throw-away boot masks."""
-        assert self.files is not None
-        if self.host.upper_on_tmpfs:  # the mount point stays, its content goes
-            for entry in list(self.files.directory.iterdir()):
-                remove_tree(entry)
-        else:
-            remove_tree(self.files.directory)
-            private_dir(self.files.directory)
-        ensure_dir(self.guest_dir())
-        if self.spec.scratch:
-            os.chmod(ensure_dir(self.scratch_dir()), 0o1777)  # as /tmp: tests may run as a normal user
-        self._new_upper()
-
-    def renew_overlay(self) -> None:
-        """An empty overlay again (the staged files stay): what the container did is gone."""
-        remove_tree(self.upper)
-        self._new_upper()
-
-    def take_overlay(self, to: Path) -> None:
-        """Move the overlay, with what the container did, to `to` (a dependency layer), and start an empty one."""
-        os.rename(str(self.upper), str(to))
-        self._new_upper()
-
-    def attach_layer(self, layer: "Layer") -> None:
-        """Boot with `layer` below the overlay from now on; its use is held until close() (gc leaves it) and
-        stamped (gc removes layers long unused)."""
-        with self._lock:
-            self._check_open()
-            if not self._hold(layer.stamp, True):
-                die("dependency layer %s is being removed" % layer.key, "try again in a moment")
-        os.utime(str(layer.stamp), follow_symlinks=False)
-        self.layer = layer
-        self._layer_entries = overlay_entries(layer.tree)
-
-    def _new_upper(self) -> None:
-        os.chmod(ensure_dir(self.upper), 0o755)
-        mask_for_boot(Path(self.image.path), self.upper)
-        write_hosts(Path(self.image.path), self.upper, self.machine)
-        if self.spec.package_proxy:
-            write_proxy_conf(Path(self.image.path), self.upper)
 
     def run_in_overlay(self, argv: Sequence[str], binds: Sequence[Tuple[str, str]] = (), timeout: float = 600,
                        what: str = "") -> Tuple[int, str]:
         """Run `argv` in the image below the container's overlay, not booted, with the host's network and the
         guest directory at GUEST_RUNTIME (a package install before boot); returns its status and output."""
-        cmd = nspawn_run_argv(self.host, Path(self.image.path), binds, upper=self.upper)
-        cmd.append(Bind(str(self.guest_dir()), GUEST_RUNTIME, readonly=True).option())
+        cmd = nspawn_run_argv(self.host, Path(self.image.path), binds, upper=self.overlay_of().upper)
+        cmd.append(Bind(str(self.overlay_of().guest), GUEST_RUNTIME, readonly=True).option())
         with own_cgroups(self.host) as entry:
             with self._lock:
                 self._check_open()
@@ -4377,13 +4527,9 @@ class NspawnContainer:
             try:
                 out, _ = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
-                proc.terminate()  # nspawn ends the container's processes with it
-                wait_exit(proc, 10)
-                kill_and_wait(proc)
+                stop_process(proc, 10)  # nspawn ends the container's processes with it
                 raise TimedOut("%s did not finish within %g s" % (what or argv[0], timeout),
                                "raise --install-timeout, or look at what the package's maintainer scripts wait for")
-            finally:
-                kill_and_wait(proc)
         self._check_open()
         return proc.returncode, without_nspawn_noise(out.decode("utf-8", "replace"))
 
@@ -4406,7 +4552,7 @@ class NspawnContainer:
                 prefix = list(self.host.scope) + cgroup_entry_prefix(self.cgroups)
                 with open(self.files.directory / "console.log", "wb") as console:
                     self.proc = self._running.enter_context(spawn(
-                        prefix + self.nspawn_argv(), env=self.settings.child_env(
+                        prefix + nspawn_boot_argv(self.spec, self.machine, self.overlay_of(), self.how), env=self.settings.child_env(
                             NOTIFY_SOCKET="@" + address[1:], **self.host.cgroup_env(self.image)),
                         stdout=console, stderr=subprocess.STDOUT, die_with_parent=not self.spec.keep,
                         new_session=True))
@@ -4430,13 +4576,10 @@ class NspawnContainer:
 
     def _end_nspawn(self, proc: subprocess.Popen) -> None:
         """Tell nspawn to end the container (it sends --kill-signal=SIGKILL to it); kill what outlives 10 s."""
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            if not wait_exit(proc, 10):
-                self._forced = True
-                if self._leader is not None:
-                    self._leader.kill(signal.SIGKILL)
-                kill_and_wait(proc)
+        if proc.poll() is None and not stop_process(proc, 10):
+            self._forced = True
+            if self._leader is not None:
+                self._leader.kill(signal.SIGKILL)
 
     def _remove_cgroups(self, cgroups: List[Path]) -> None:
         # nspawn has ended: whatever is left in its cgroups (the guest's systemd, when nspawn itself was
@@ -4491,7 +4634,7 @@ class NspawnContainer:
         self.shutdown()
         with self._lock:
             self._check_open()
-            self.fresh_overlay()
+            self.overlay_of().fresh()
         self.boot()
 
     def close(self) -> None:
@@ -4518,42 +4661,13 @@ class NspawnContainer:
             self._closed = True
             self._running.pop_all()
             self._taken.pop_all()
-        while self._locks:
-            os.close(self._locks.pop())
+        self._locks.release()
         if self.fleet:
             self.fleet.discard(self)
 
-    def nspawn_argv(self) -> List[str]:
-        """systemd-nspawn booting the image below the overlay, one option per line."""
-        root = str(self.image.path)
-        cmd = [
-            "systemd-nspawn",
-            "--quiet",
-            "--boot",
-            "--directory=%s" % root,
-            "--overlay=%s:/" % ":".join(nspawn_escape(d) for d in (
-                root, *([str(self.layer.tree)] if self.layer else []), str(self.upper))),
-            "--machine=%s" % self.machine,
-            "--notify-ready=yes",
-            "--console=read-only",
-            "--kill-signal=SIGKILL",
-            "--link-journal=no",
-            "--timezone=off",
-            "--resolv-conf=%s" % ("off" if self.spec.private_network else "replace-host"),
-            Bind(str(self.guest_dir()), GUEST_RUNTIME, readonly=True).option(),
-            *self.how.nspawn_options(),
-        ]
-        if self.spec.private_network:
-            cmd.append("--private-network")
-        if self.spec.scratch:
-            cmd.append(Bind(str(self.scratch_dir()), self.spec.scratch).option())
-        cmd += [bind.option() for bind in self.spec.binds]
-        cmd += ["--setenv=%s=%s" % (k, v) for k, v in self.spec.setenv]
-        return cmd
-
     def wait_ready(self, notify: "socket.socket") -> None:
         """Wait for READY=1 from the container's systemd; poll only when an old guest never sends it."""
-        assert self.proc is not None
+        assert self.proc is not None and self.files is not None
         started = time.monotonic()
         deadline = started + self.spec.boot_timeout
         ready = False
@@ -4562,20 +4676,13 @@ class NspawnContainer:
             now = time.monotonic()
             if now > deadline:
                 die("%s did not finish booting within %s s%s" % (self.machine, self.spec.boot_timeout,
-                                                                 self.console_tail()),
+                                                                 console_tail(self.files.directory)),
                     "raise --boot-timeout, or look at the units above")
             if self.proc.poll() is not None:
                 self._check_open()  # ended by close(), not by itself
-                console = self.console_tail()
-                hint = "see the console lines above"
-                if "unsupported legacy cgroup hierarchy" in console:
-                    version = self.image.systemd or systemd_version(Path(self.image.path))
-                    hint = ("the image's systemd no longer boots on cgroup v1, which this host uses, and postroj %s:"
-                            " run postroj with SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1, or boot the host with "
-                            "systemd.unified_cgroup_hierarchy=1" % ("took it for systemd %d" % version if version
-                                                                    else "did not find its version"))
+                console = console_tail(self.files.directory)
                 die("systemd-nspawn for %s exited with code %d while booting%s" % (
-                    self.machine, self.proc.returncode, console), hint)
+                    self.machine, self.proc.returncode, console), boot_failure_hint(self.image, console))
             if select.select([notify], [], [], 0.05)[0]:
                 for field in notify.recv(4096).decode("utf-8", "replace").split("\n"):
                     if field.startswith("X_NSPAWN_LEADER_PID=") and field.split("=", 1)[1].isdigit():
@@ -4622,20 +4729,6 @@ class NspawnContainer:
                                                              ", ".join(self.failed_units) or "none now")
         self.timings["readiness"] = time.monotonic() - t0
         return self.state
-
-    def console_tail(self, lines: int = 20) -> str:
-        """The container's last console lines (what systemd printed while booting), for an error."""
-        if not self.files:
-            return ""
-        try:
-            text = (self.files.directory / "console.log").read_bytes().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        # terminal controls systemd sends to a console: CSI, OSC (window title), save and restore cursor
-        text = re.sub(r"\x1b(\[[0-9;?!]*[A-Za-z]|\][^\x07\x1b]*(\x07|\x1b\\)|[78])", "", text).replace("\r", "")
-        text = without_nspawn_noise(text)
-        tail = [line for line in text.splitlines() if line.strip()][-lines:]
-        return ("\nlast console lines:\n" + "\n".join("  " + line for line in tail)) if tail else ""
 
     def write_state(self, **extra: Any) -> None:
         """The state file `postroj machines`, `stop` and `gc` read; never written once the container is closed."""
@@ -4710,40 +4803,6 @@ class NspawnContainer:
         """stdout and stderr of `argv` in the container, together, as text."""
         return self.run_captured(argv, timeout=timeout)[1]
 
-    # what live() asks of the system it works on (a container here, a VM in VmSystem)
-    listed_whole = False  # entries() are what the overlay changed, not the whole file system
-    what = "the container"
-
-    @property
-    def manager(self) -> PackageManager:
-        """The image's package manager."""
-        return package_manager(self.image.package_manager)
-
-    def check(self, probe: Probe, timeout: float) -> ProbeResult:
-        """Run one check (copy, unit, network, command) in the booted container."""
-        return PROBE_RUNNERS[probe.kind].container_runner()(self, probe, timeout)
-
-    def entries(self) -> Dict[str, str]:
-        """What the container changed from the image: path -> file, dir, link or gone (overlay_entries), with
-        what its dependency layer changed."""
-        self._upper_entries = overlay_entries(self.upper)
-        if not self.layer:
-            return self._upper_entries
-        return merged_entries(Path(self.image.path), self._layer_entries, self._upper_entries)
-
-    def baseline_entries(self) -> Dict[str, str]:
-        """What the container changed before any install: purge's comparison is with the image as acquired,
-        and what making the dependency layer installed is not part of it."""
-        entries = self.entries()
-        if not self.layer:
-            return entries
-        return merged_entries(Path(self.image.path), self.layer.before, self._upper_entries)
-
-    def unchanged(self, path: str, kind: str) -> bool:
-        """True when the image has `path` as the container has it now (same_as_image)."""
-        holder = self.upper if path in self._upper_entries or not self.layer else self.layer.tree
-        return same_as_image(Path(self.image.path), path, kind, holder)
-
     def run_captured(self, argv: Sequence[str], timeout: Optional[float] = 30) -> Tuple[int, str]:
         """The exit status of `argv` in the container, and its stdout and stderr together, as text."""
         with tempfile.TemporaryFile(dir=str(self.files.directory) if self.files else None) as out:
@@ -4776,22 +4835,67 @@ class NspawnContainer:
             argv += ["--since", "@%.3f" % since]
         return self.capture(argv)
 
+
+class ContainerSystem:
+    """A booted container as the lifecycle works on it (System): the stages, checks and purge comparison of
+    live() run its commands and read its overlay; VmSystem is the same for a VM."""
+
+    listed_whole = False  # entries() are what the overlay changed, not the whole file system
+    what = "the container"
+
+    def __init__(self, container: NspawnContainer) -> None:
+        self.container = container
+
     @property
-    def upper(self) -> Path:
-        """The overlay directory that takes every change made in the container."""
-        assert self.files is not None
-        return self.files.directory / "upper"
+    def image(self) -> ImageInfo:
+        """The image the container boots."""
+        return self.container.image
 
-    def guest_dir(self) -> Path:
-        """A host directory that shows up read-only at /run/postroj in the container."""
-        assert self.files is not None
-        return self.files.directory / "guest"
+    @property
+    def layer(self) -> Optional["Layer"]:
+        """The dependency layer below its overlay, or None."""
+        return self.container.layer
 
-    def scratch_dir(self) -> Path:
-        """The host side of the writable directory bound at the spec's scratch path, made afresh with the
-        overlay; postroj never reads or writes what is in it (the testbed may have planted links there)."""
-        assert self.files is not None
-        return self.files.directory / "scratch"
+    @property
+    def manager(self) -> PackageManager:
+        """The image's package manager."""
+        return package_manager(self.image.package_manager)
+
+    def run_captured(self, argv: Sequence[str], timeout: Optional[float] = 30) -> Tuple[int, str]:
+        """The exit status of `argv` in the container, and what it printed."""
+        return self.container.run_captured(argv, timeout)
+
+    def ended(self) -> bool:
+        """True once the container has ended or begun to shut down."""
+        return self.container.ended()
+
+    def journal_tail(self, lines: int = 30, unit: str = "", since: float = 0) -> str:
+        """The container's last journal lines (NspawnContainer.journal_tail)."""
+        return self.container.journal_tail(lines, unit, since)
+
+    def power_cycle(self) -> None:
+        """Reboot as a machine reboots (NspawnContainer.power_cycle)."""
+        self.container.power_cycle()
+
+    def boot_state(self) -> str:
+        """How the boot ended (NspawnContainer.boot_state)."""
+        return self.container.boot_state()
+
+    def check(self, probe: Probe, timeout: float) -> ProbeResult:
+        """Run one check (copy, unit, network, command) in the booted container."""
+        return PROBE_RUNNERS[probe.kind].container_runner()(self, probe, timeout)
+
+    def entries(self) -> Dict[str, str]:
+        """What the container changed from the image (Overlay.entries)."""
+        return self.container.overlay_of().entries()
+
+    def baseline_entries(self) -> Dict[str, str]:
+        """What the container changed before any install (Overlay.baseline_entries)."""
+        return self.container.overlay_of().baseline_entries()
+
+    def unchanged(self, path: str, kind: str) -> bool:
+        """True when the image has `path` as the container has it now (Overlay.unchanged)."""
+        return self.container.overlay_of().unchanged(path, kind)
 
 
 # ==============================================================================
@@ -5255,11 +5359,11 @@ def materialize_packages(settings: Settings, probes: Sequence[Probe]) -> Dict[st
     return paths
 
 
-def run_network_probe(container: NspawnContainer, probe: Probe, timeout: float) -> ProbeResult:
+def run_network_probe(container: ContainerSystem, probe: Probe, timeout: float) -> ProbeResult:
     """Connect from inside the container's network namespace, retrying until the timeout."""
     t0 = time.monotonic()
     image = container.image.name
-    cmd = [nsenter_argv("")[0], "--net=%s/ns/net" % container.leader_path(), "--", sys.executable, "-I", "-c", NETWORK_CHECK,
+    cmd = [nsenter_argv("")[0], "--net=%s/ns/net" % container.container.leader_path(), "--", sys.executable, "-I", "-c", NETWORK_CHECK,
            probe.target, str(timeout), "" if probe.expect_status is None else str(probe.expect_status),
            probe.expect_body]
     proc = run(cmd, check=False, capture=True, stderr=subprocess.STDOUT, timeout=timeout + 15)
@@ -5274,7 +5378,7 @@ def run_network_probe(container: NspawnContainer, probe: Probe, timeout: float) 
                        details=container.journal_tail(20))
 
 
-def run_command_probe(container: NspawnContainer, probe: Probe, timeout: float) -> ProbeResult:
+def run_command_probe(container: ContainerSystem, probe: Probe, timeout: float) -> ProbeResult:
     """The command must exit 0 within the timeout."""
     t0 = time.monotonic()
     image = container.image.name
@@ -5307,12 +5411,12 @@ def special_files(directory: str, names: List[str]) -> List[str]:
     return left
 
 
-def run_copy_probe(container: NspawnContainer, probe: Probe, timeout: float) -> ProbeResult:
+def run_copy_probe(container: ContainerSystem, probe: Probe, timeout: float) -> ProbeResult:
     """Copy a host file or directory into the container (through the read-only guest directory)."""
     t0 = time.monotonic()
     image = container.image.name
     source, _, target = probe.target.rpartition(":")
-    staged = container.guest_dir() / "copy" / random_id(8)
+    staged = container.container.overlay_of().guest / "copy" / random_id(8)
     ensure_dir(staged.parent)
     src = Path(source)
     try:
@@ -5366,7 +5470,7 @@ class Packages(NamedTuple):
 
 def stage_files(container: NspawnContainer, directory: str, paths: Sequence[Path]) -> List[str]:
     """Copy package files into the container's guest directory; their paths in the container."""
-    staged = ensure_dir(container.guest_dir() / directory)
+    staged = ensure_dir(container.overlay_of().guest / directory)
     inner = []
     for path in paths:
         shutil.copyfile(path, staged / path.name)
@@ -5393,14 +5497,15 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
     binds = [(str(cache), PACKAGE_CACHE_DIR)]
     waiting = "the package cache %s, which another probe of this release is writing" % cache
     with file_lock(cache / ".postroj.lock", waiting=waiting):
-        apt = container.manager.keeps_lists
+        manager = package_manager(image.package_manager)
+        apt = manager.keeps_lists
         current = apt and lists_current(settings, cache, image)
         if current:
             log.info("%s: the package lists are current (each suite's InRelease as apt verified it): not "
                      "refreshed", image.name)
         prepared = download_packages(lambda argv, what: container.run_in_overlay(argv, binds, plan.install_timeout,
                                                                                what=what),
-                                     image, container.manager, plan, probes, new, old,
+                                     image, manager, plan, probes, new, old,
                                      layered=not container.host.upper_on_tmpfs, refresh=not current)
         if apt and not current:
             note_refresh(cache, image)
@@ -5527,10 +5632,11 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
     others, as apt marks them), power it off as a machine, and make its overlay the layer KEY: staged under
     a name no probe reads, renamed into place whole."""
     t0 = time.monotonic()
-    manager = container.manager
+    system = ContainerSystem(container)
+    manager = system.manager
     held = {d.split("=", 1)[0]: d for d in packages.dependencies}
     container.boot()
-    before, accounts = container.entries(), account_names(container)
+    before, accounts = system.entries(), account_names(system)
     # a dependency that needs a package under test (a plugin of it, which it recommends) stays out: apt says
     # which in its simulation, and the probe installs it with the package
     # (a package under test that the image's sources do not carry cannot come in: apt does not know it)
@@ -5552,18 +5658,18 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
             list(held.values()), without), timeout=plan.install_timeout)
     if code == 0 and held:
         code, output = container.run_captured(manager.installed_as_dependencies(list(held)), timeout=plan.timeout)
-        accounts = account_names(container) - accounts
+        accounts = account_names(system) - accounts
     container.power_off()
     if code != 0 or not held:
         log.warning("%s: no dependency layer: its %d dependencies did not install on their own (exit %d); the "
                     "probe installs them with the package\n%s", container.image.name, len(packages.dependencies),
                     code, tail(output, 10))
-        container.renew_overlay()
+        container.overlay_of().renew()
         return None
     staging = settings.layers / (".making-%s-%d" % (key, os.getpid()))
     remove_tree(staging)
     private_dir(staging)
-    container.take_overlay(staging / "tree")
+    container.overlay_of().take(staging / "tree")
     (staging / "layer.json").write_text(json.dumps({
         "image": container.image.name, "version": container.image.version,
         "root": str(container.image.path),
@@ -6259,10 +6365,10 @@ class ProbeRunner(NamedTuple):
     boot), in a VM. Adding a kind of probe: a ProbeKind, a row here, and its command-line option."""
 
     rank: int
-    in_container: Optional[Callable[[NspawnContainer, Probe, float], ProbeResult]]
+    in_container: Optional[Callable[[ContainerSystem, Probe, float], ProbeResult]]
     in_vm: Optional[Callable[[VagrantMachine, Probe, float, Dict[str, Path]], ProbeResult]]
 
-    def container_runner(self) -> Callable[[NspawnContainer, Probe, float], ProbeResult]:
+    def container_runner(self) -> Callable[[ContainerSystem, Probe, float], ProbeResult]:
         """How the kind runs in a booted container; an error for a kind that is a stage, not a check."""
         if self.in_container is None:
             raise PostrojError("a stage of a package's life is not a check a container runs")
@@ -6326,7 +6432,7 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
             say(name, "booting")
             container.boot()
             t1 = time.monotonic()
-            results = live(container, plan, prepared, cancel, lambda doing: say(name, doing))
+            results = live(ContainerSystem(container), plan, prepared, cancel, lambda doing: say(name, doing))
             container.timings["probes"] = time.monotonic() - t1
             container.boot_state()
         log.info("%s: %s", name, format_timings(container.timings))

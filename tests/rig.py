@@ -492,6 +492,26 @@ def processes_mentioning(text: str) -> "list[tuple[int, str]]":
     return found
 
 
+def descendants(pid: int) -> "set[int]":
+    """The PIDs (in this PID namespace) of every process below `pid`: what a run of the test's own started,
+    whatever else runs on a shared host."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path("/proc/%s/stat" % entry).read_text()
+                parents[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    found: "set[int]" = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 def wait_for(predicate, timeout: float = 120, step: float = 0.01, what: str = "condition"):
     """Poll until `predicate()` is true; returns its value."""
     deadline = time.monotonic() + timeout

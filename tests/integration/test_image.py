@@ -109,7 +109,8 @@ def test_sigkill_leaves_no_half_image(postroj, http_server, phase):
                                  for p in (postroj.cache / "downloads").glob("*")) if (postroj.cache / "downloads")
                      .is_dir() else False)
         elif phase == "unpack":
-            wait_for(lambda: rig.processes_mentioning("--extract") and staging_has(postroj.home, "rootfs/etc"))
+            wait_for(lambda: [p for p in rig.processes_mentioning("--extract") if p[0] in rig.descendants(proc.pid)]
+                     and staging_has(postroj.home, "rootfs/etc"))
         else:
             wait_for(lambda: [p for p in rig.processes_mentioning("apt-get") if str(postroj.home) in p[1]],
                      timeout=300, step=0.02)

@@ -213,7 +213,8 @@ def test_a_layer_half_made_is_never_used_and_gc_removes_it(images, tmp_path):
     deb = rig.build_demo_deb(tmp_path, port=8096, depends="perl-base, hello")
     proc = images.popen("probe", "--image", "debian-bookworm", "--package", str(deb), "--check-unit", "postroj-demo")
     try:
-        wait_for(lambda: rig.processes_mentioning(" hello=") or proc.poll() is not None, timeout=300,
+        wait_for(lambda: [p for p in rig.processes_mentioning(" hello=") if p[0] in rig.descendants(proc.pid)]
+                 or proc.poll() is not None, timeout=300,
                  what="a layer's dependencies being installed")
         assert proc.poll() is None, proc.communicate()
     finally:

@@ -23,7 +23,12 @@ def container(tmp_path: Path, mode: str, home: str = "home", term: str = "", **o
     box = postroj.NspawnContainer(settings, spec)
     box.machine = "postroj-debian-bookworm"
     box.files = postroj.RuntimeFiles(settings.runtime, box.machine)
+    box.overlay = postroj.Overlay(spec, box.files.directory, box.machine)
     return box
+
+
+def boot_argv(box: postroj.NspawnContainer) -> "list[str]":
+    return postroj.nspawn_boot_argv(box.spec, box.machine, box.overlay, box.how)
 
 
 def option(argv, name: str) -> str:
@@ -39,7 +44,7 @@ def option(argv, name: str) -> str:
 def test_nspawn_boots_below_an_overlay(tmp_path, mode):
     box = container(tmp_path, mode)
     upper = box.files.directory / "upper"
-    argv = box.nspawn_argv()
+    argv = boot_argv(box)
     assert argv[0] == "systemd-nspawn"
     assert all(isinstance(a, str) for a in argv)
     assert "--boot" in argv
@@ -51,22 +56,22 @@ def test_nspawn_boots_below_an_overlay(tmp_path, mode):
 
 
 def test_nspawn_in_nsenter_mode_does_not_register(tmp_path):
-    argv = container(tmp_path, "nsenter").nspawn_argv()
+    argv = boot_argv(container(tmp_path, "nsenter"))
     assert "--register=no" in argv
     assert "--keep-unit" in argv
 
 
 def test_nspawn_in_machined_mode_registers(tmp_path):
-    argv = container(tmp_path, "machined").nspawn_argv()
+    argv = boot_argv(container(tmp_path, "machined"))
     assert not [a for a in argv if a.startswith("--register")]
     assert "--keep-unit" not in argv
 
 
 def test_nspawn_network(tmp_path):
-    shared = container(tmp_path, "nsenter").nspawn_argv()
+    shared = boot_argv(container(tmp_path, "nsenter"))
     assert "--private-network" not in shared
     assert option(shared, "--resolv-conf") == "replace-host"
-    private = container(tmp_path, "nsenter", private_network=True).nspawn_argv()
+    private = boot_argv(container(tmp_path, "nsenter", private_network=True))
     assert "--private-network" in private
     assert option(private, "--resolv-conf") == "off"
 
@@ -75,7 +80,7 @@ def test_nspawn_binds_and_environment(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     binds = [postroj.parse_bind(str(src), False), postroj.parse_bind("%s:/opt/data" % src, True)]
-    argv = container(tmp_path, "nsenter", binds=tuple(binds), setenv=(("LANG", "C"), ("EMPTY", ""))).nspawn_argv()
+    argv = boot_argv(container(tmp_path, "nsenter", binds=tuple(binds), setenv=(("LANG", "C"), ("EMPTY", ""))))
     assert "--bind=%s:%s" % (src, src) in argv
     assert "--bind-ro=%s:/opt/data" % src in argv
     assert "--setenv=LANG=C" in argv
@@ -86,7 +91,7 @@ def test_nspawn_escapes_colons_in_every_path(tmp_path):
     # nspawn splits --overlay and --bind-ro at colons; a state root with a colon needs \: everywhere.
     box = container(tmp_path, "nsenter", home="state:2024")
     upper = box.files.directory / "upper"
-    argv = box.nspawn_argv()
+    argv = boot_argv(box)
     escaped = lambda path: str(path).replace(":", "\\:")  # noqa: E731
     assert option(argv, "--overlay") == "%s:%s:/" % (escaped(box.image.path), escaped(upper))
     assert [a for a in argv if a.startswith("--bind-ro=")] == [

@@ -191,12 +191,11 @@ class Settings(NamedTuple):
         """A directory per VM, with its Vagrantfile."""
         return self.home / "vagrant"
 
-    def state_dirs(self, cache: bool = True) -> Tuple[Path, ...]:
-        """The directories postroj makes in POSTROJ_HOME (and POSTROJ_CACHE), which it writes and deletes in:
-        never a link (state_dir_problem)."""
-        found = (self.images, self.versions, self.archives, self.locks, self.tmp, self.runtime, self.layers,
-                 self.vagrant)
-        return found + ((self.downloads, self.packages) if cache else ())
+    def state_dirs(self) -> Tuple[Path, ...]:
+        """The directories postroj makes in POSTROJ_HOME, which it writes and deletes trees in: never a link
+        (state_dir_problem). POSTROJ_CACHE's may be links (a package cache shared by several homes)."""
+        return (self.images, self.versions, self.archives, self.locks, self.tmp, self.runtime, self.layers,
+                self.vagrant)
 
     @property
     def downloads(self) -> Path:
@@ -229,7 +228,7 @@ def state_dir_problem(settings: Settings, cache: bool = True, write: bool = True
             return "%s %s is on a read-only file system" % (name, path), hint
         if write and not os.access(str(existing), os.W_OK | os.X_OK):
             return "%s %s cannot be written (%s)" % (name, path, existing), hint
-    for directory in settings.state_dirs(cache):
+    for directory in settings.state_dirs():
         if os.path.islink(directory):
             return ("%s is a link (to %s): postroj writes and deletes only in directories of its own" % (
                 directory, os.readlink(directory)), "remove the link (rm %s); postroj makes the directory itself"
@@ -2403,13 +2402,15 @@ def extract_untrusted_tree(spool: IO[bytes], target: Path) -> None:
         spool.seek(0)
         ensure_dir(target)
         top = os.path.realpath(str(target))
+        made_dirs = {""}  # directories this extraction made: never links (only the host writes here)
         with tarfile.open(fileobj=spool, mode="r|") as tar:
             for member in tar:
                 parts = [p for p in member.name.split("/") if p not in ("", ".")]
                 if not parts or "/".join(parts) in dropped:
                     continue
                 dest = os.path.join(top, *parts)
-                if any(os.path.islink(os.path.join(top, *parts[:i])) for i in range(1, len(parts))):
+                if "/".join(parts[:-1]) not in made_dirs and any(
+                        os.path.islink(os.path.join(top, *parts[:i])) for i in range(1, len(parts))):
                     die("%s: entry %r is written through a link in %s" % (what, member.name, target), "")
                 if os.path.islink(dest) or (os.path.lexists(dest) and not os.path.isdir(dest)):
                     os.unlink(dest)
@@ -2418,6 +2419,7 @@ def extract_untrusted_tree(spool: IO[bytes], target: Path) -> None:
                 if member.isdir():
                     ensure_dir(Path(dest), 0o755)
                     os.chmod(dest, member.mode & 0o777 | 0o700)
+                    made_dirs.add("/".join(parts))
                 elif member.isfile():
                     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                     with open(fd, "wb") as out:
@@ -3643,9 +3645,9 @@ def listening_socket_in(proc_dir: str, port: int) -> "socket.socket":
     thread = threading.Thread(target=make)
     thread.start()
     thread.join()
-    if "error" in made:
-        raise PostrojError("cannot listen on port %d in the container's network: %s" % (port, made["error"]),
-                           "run the testbed with --host-network")
+    if "socket" not in made:
+        raise PostrojError("cannot listen on port %d in the container's network: %s" % (
+            port, made.get("error", "its namespace could not be entered")), "run the testbed with --host-network")
     return made["socket"]
 
 

@@ -210,8 +210,9 @@ def test_a_leader_pid_taken_by_a_host_process_is_never_entered(images, tmp_path)
             machine = execute("cat /proc/sys/kernel/hostname")
             assert machine.returncode == 0, machine
             assert machine.stdout.strip() != Path("/proc/sys/kernel/hostname").read_text().strip(), machine.stdout
-            # the leader's PID as the server knows it (in its namespace): the first word of the prefix's file
-            leader = int(Path(session.prefix[3]).read_text().split()[0])
+            # the leader's PID as the server knows it (in its namespace), from the testbed's state file
+            (state,) = (images.home / "run").glob("*.json")
+            leader = int(json.loads(state.read_text())["leader"])
             execute("systemctl poweroff -ff")  # the testbed ends at once, the command with it
             taker = subprocess.Popen(enter + [sys.executable, "-c", TAKE_THE_PID, str(leader), sleep],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -221,6 +222,7 @@ def test_a_leader_pid_taken_by_a_host_process_is_never_entered(images, tmp_path)
 
             # autopkgtest's next command, through the prefix it got at open
             ran = execute("echo reached > %s; cat /proc/sys/kernel/hostname" % shlex.quote(str(reached)))
+            print("the execute prefix: exit %d, %r" % (ran.returncode, ran.stderr.strip()))
             if reached.exists() or ran.returncode != 255 or "is gone" not in ran.stderr:
                 problems.append("the execute prefix, with the leader's PID %d now a host process's: exit %d, host "
                                 "file written: %s, stdout %r, stderr %r" % (leader, ran.returncode, reached.exists(),
@@ -230,9 +232,11 @@ def test_a_leader_pid_taken_by_a_host_process_is_never_entered(images, tmp_path)
             src = tmp_path / "src.txt"
             src.write_text("copied down\n")
             planted = host.root / "planted-by-copydown"
-            for command, what in [
-                    ("copyup %s %s" % (q(str(host.secret)), q(str(out / "copied"))), "copyup of the host's file"),
-                    ("copydown %s %s" % (q(str(src)), q(str(planted))), "copydown into a host directory")]:
+            for command, what, evidence in [
+                    ("copyup %s %s" % (q(str(host.secret)), q(str(out / "copied"))), "copyup of the host's file",
+                     lambda: host.token in _read(out / "copied") and " (it copied the host's secret)"),
+                    ("copydown %s %s" % (q(str(src)), q(str(planted))), "copydown into a host directory",
+                     lambda: planted.exists() and " (it wrote the host's %s)" % planted)]:
                 if session.proc.poll() is not None:
                     break
                 session.proc.stdin.write(command + "\n")
@@ -241,10 +245,9 @@ def test_a_leader_pid_taken_by_a_host_process_is_never_entered(images, tmp_path)
                     line = session.reply()
                 except AssertionError:  # the server ended
                     line = "the server's exit %d" % session.proc.wait(timeout=60)
+                print("%s: %s" % (what, line))
                 if line not in ("copy-failed", "the server's exit 12"):
-                    problems.append("%s, with the leader's PID a host process's: %r%s" % (
-                        what, line, " (it copied the host's secret)" if host.token in _read(out / "copied") else
-                        " (it wrote the host's %s)" % planted if planted.exists() else ""))
+                    problems.append("%s, with the leader's PID a host process's: %r%s" % (what, line, evidence() or ""))
         except AssertionError:
             if session.proc.poll() is not None:  # the server ended: say how
                 time.sleep(0.2)

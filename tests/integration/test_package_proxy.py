@@ -78,7 +78,7 @@ def fetch(pid: int, url: str) -> "tuple[int, bytes]":
 @contextlib.contextmanager
 def proxy(pid: int, allowed, cache=None):
     served = postroj.PackageProxy(allowed, "test", cache)
-    served.start(pid)
+    served.start("/proc/%d" % pid)
     try:
         yield served
     finally:

@@ -15,10 +15,13 @@ systemd-run where the host runs machined), and killed with everything it used. E
 its input once into frozen records and hands only those down: Settings (all it takes from the
 environment), Host (how this host runs containers), Source and ImageTarget (where an image comes
 from), ContainerSpec (what to boot), ProbePlan (what to check). NspawnContainer is the lifetime of one
-ContainerSpec; what differs by host mode is in NsenterMode and MachinedMode, by VM guest in GUESTS.
-Every process starts through spawn(), which reaps or kills what it started. The sections below follow
-the data: settings, errors, records, catalogue, processes, host facts, images, containers, VMs,
-probes, reports, the autopkgtest testbed, the command line.
+ContainerSpec; what differs by host mode is behind ContainerMode, by VM guest in GUESTS. A package's
+life (live()) runs against System, a declared interface a booted container (ContainerSystem) and a VM
+(VmSystem) implement, with PackageManager's subclasses for the distributions' package managers. What a
+guest wrote is data: read with lstat, walked iteratively, opened only when a regular file. Every
+process starts through spawn(), which reaps or kills what it started. The sections below follow the
+data: settings, errors, records, catalogue, processes, host facts, images, containers, VMs, the
+lifecycle engine, probes, garbage collection, reports, the autopkgtest testbed, the command line.
 
 Host tools: systemd-nspawn (systemd-container), nsenter and setpriv (util-linux), skopeo and
 umoci for registries, mmdebstrap or debootstrap for bootstrapping, vagrant for VMs.
@@ -1506,23 +1509,29 @@ def _remove_below(top: str, device: int, stuck: "set[str]") -> List[str]:
 def resolve_in_root(root: Path, relative: str) -> Optional[Path]:
     """The path `relative` names inside `root`, following links as the container would: never out of `root`."""
     parts = [p for p in relative.split("/") if p not in ("", ".")]
+    parts.reverse()  # popped from the end: a deep path costs its depth, not its depth squared
     resolved: List[str] = []
     hops = 0
+    top = str(root)
     while parts:
-        part = parts.pop(0)
+        part = parts.pop()
         if part == "..":
             if resolved:
                 resolved.pop()
             continue
-        candidate = root.joinpath(*resolved, part)
-        if candidate.is_symlink():
+        candidate = os.path.join(top, *resolved, part)
+        try:
+            st = os.lstat(candidate)
+        except OSError:  # not in the image: nothing below it is either, and no link of it leads anywhere
+            return root.joinpath(*resolved, part, *reversed(parts))
+        if stat.S_ISLNK(st.st_mode):
             hops += 1
             if hops > 40:
                 return None
             target = os.readlink(candidate)
             if target.startswith("/"):
                 resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            parts += reversed([p for p in target.split("/") if p not in ("", ".")])
             continue
         resolved.append(part)
     return root.joinpath(*resolved)
@@ -2717,328 +2726,6 @@ APT_OPTIONS = (
 APT_FROM_CACHE = ("-o", "Debug::NoLocking=1")
 
 
-# How identify()'s lines start: they share the run's output with the package manager's.
-IDENTIFIED = "postroj-package"
-# The line before the apt download whose lists say what its install resolves to, and those lists' titles
-RESOLVING = "postroj-resolving"
-RESOLVED_LISTS = ("The following NEW packages will be installed:", "The following packages will be upgraded:",
-                  "The following packages will be DOWNGRADED:")
-
-
-class PackageManager:
-    """What postroj asks of a distribution's package manager, each verb as the argv run in the system under
-    test (README: Lifecycle); one subclass per family. A verb that has nothing to do in a family is []."""
-
-    command = ""
-    package_type = ""  # the package files it installs: deb, rpm, pkg
-    systemd: Tuple[str, ...] = ()  # what provisioning installs for a booted system
-    archives = ""  # where it downloads to when autopkgtest runs it in a testbed ('' for none)
-    keeps_lists = False  # package lists refreshed once and kept while current (lists_current): apt's
-
-    def on_machine(self) -> "PackageManager":
-        """The package manager for a whole machine (a VM): the same, it locks as it always does."""
-        return self
-
-    def refresh(self) -> List[str]:
-        """Refresh the package lists; [] where installs refresh them themselves."""
-        return []
-
-    def resolve(self) -> List[str]:
-        """Mark the download that follows as the one resolved() reads; [] where it names no versions."""
-        return []
-
-    def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
-        """Install names or package files with their dependencies (`cached`: from the package cache alone)."""
-        raise NotImplementedError
-
-    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
-        """Download what installing `packages` takes, installing nothing."""
-        raise NotImplementedError
-
-    def install_without(self, packages: Sequence[str], without: Sequence[str], simulate: bool = False) -> List[str]:
-        """Install `packages` from the cache and nothing else, never `without` (dependency layers: apt's)."""
-        raise NotImplementedError
-
-    def installed_as_dependencies(self, names: Sequence[str]) -> List[str]:
-        """Mark installed packages as installed for others' sake (dependency layers: apt's)."""
-        raise NotImplementedError
-
-    def remove(self, names: Sequence[str]) -> List[str]:
-        """Remove the packages."""
-        raise NotImplementedError
-
-    def purge(self, names: Sequence[str]) -> List[str]:
-        """Remove the packages with their configuration."""
-        raise NotImplementedError
-
-    def identify(self, paths: Sequence[str]) -> List[str]:
-        """Print `postroj-package TAB NAME TAB VERSION` for each package file."""
-        raise NotImplementedError
-
-    def files(self, names: Sequence[str]) -> List[str]:
-        """List the files of installed packages, one a line."""
-        raise NotImplementedError
-
-    def installed(self) -> List[str]:
-        """Print the name of every installed package."""
-        raise NotImplementedError
-
-
-class Apt(PackageManager):
-    """Debian's and Ubuntu's apt and dpkg: remove keeps a package's configuration files, purge deletes them."""
-
-    command = "apt-get"
-    package_type = "deb"
-    systemd = ("systemd", "systemd-sysv", "dbus")
-    archives = "/var/cache/apt/archives"  # where apt downloads to when autopkgtest runs it in a testbed
-    keeps_lists = True
-
-    def __init__(self, locking: bool = False) -> None:
-        # in a booted container the shared cache is only read, without apt's locks (APT_FROM_CACHE); a VM's
-        # own apt (unattended-upgrades) may run beside postroj's, so there apt locks as it always does
-        self.from_cache = () if locking else APT_FROM_CACHE
-
-    def on_machine(self) -> "Apt":
-        """The package manager for a whole machine (a VM), where other runs of it may happen at the same time."""
-        return Apt(locking=True)
-
-    def refresh(self) -> List[str]:
-        """Refresh the package lists (-qq: errors and warnings only)."""
-        return ["apt-get", *APT_OPTIONS, "-qq", "update"]
-
-    def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
-        """Install names or package files with their dependencies, and what they recommend as `apt install`
-        does (-q: no progress lines, errors kept); `cached`: from the package cache alone, in a booted
-        container."""
-        return ["apt-get", *APT_OPTIONS, *(self.from_cache if cached else ()), "-q", "install", "-y",
-                *([] if recommends else ["--no-install-recommends"]), *packages]
-
-    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
-        """Download what installing `packages` takes into the package cache, installing nothing; apt's lists of
-        what the install would bring name each package with its version (resolved() reads them: in apt's
-        own words, whatever locale the image sets)."""
-        return ["env", "LC_ALL=C", "apt-get", *APT_OPTIONS, "-o", "APT::Get::Show-Versions=1", "-q", "install", "-y",
-                "--download-only", *([] if recommends else ["--no-install-recommends"]), *packages]
-
-    def resolve(self) -> List[str]:
-        """Mark the output of the download that follows as the one resolved() reads (its simulation, `apt-get
-        -s`, would say the same in twice the time: it orders the whole install)."""
-        return ["echo", RESOLVING]
-
-    def install_without(self, packages: Sequence[str], without: Sequence[str], simulate: bool = False) -> List[str]:
-        """Install `packages` from the package cache and nothing else (no recommends), never `without` (a
-        package that needs one of them cannot be installed: apt names it); `simulate`: say what it would do."""
-        return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", *(["-s"] if simulate else []), "install", "-y",
-                "--no-install-recommends", *packages, *("%s-" % name for name in without)]
-
-    def installed_as_dependencies(self, names: Sequence[str]) -> List[str]:
-        """Mark installed packages as installed for others' sake: apt removes them with the last that needs them."""
-        return ["apt-mark", "auto", *names]
-
-    def remove(self, names: Sequence[str]) -> List[str]:
-        """Remove the packages; their configuration files stay."""
-        return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", "remove", "-y", *names]
-
-    def purge(self, names: Sequence[str]) -> List[str]:
-        """Purge the packages and what was installed only for them."""
-        return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", "purge", "-y", "--autoremove", *names]
-
-    def identify(self, paths: Sequence[str]) -> List[str]:
-        """Print `postroj-package TAB NAME TAB VERSION` for each package file (marked: the lines share their
-        output with the package manager's)."""
-        script = 'for f; do dpkg-deb --show --showformat="%s\\t\\${Package}\\t\\${Version}\\n" "$f" || exit; done' \
-            % IDENTIFIED
-        return ["sh", "-c", script, "sh", *paths]
-
-    def files(self, names: Sequence[str]) -> List[str]:
-        """List the files of installed packages, one a line."""
-        return ["dpkg", "-L", *names]
-
-    def installed(self) -> List[str]:
-        """Print the name of every package dpkg knows (installed, or removed with its configuration kept)."""
-        return ["sh", "-c", "dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' | awk 'substr($1, 2, 1) != \"n\" "
-                "{ print $2 }'"]
-
-
-def resolved(output: str) -> Tuple[str, ...]:
-    """NAME=VERSION (NAME:ARCH=VERSION for another architecture's) of each package the apt download after the
-    RESOLVING line would install, upgrade or downgrade, from apt's lists of them (Show-Versions: one a line,
-    `NAME (VERSION)` or `NAME (OLD => VERSION)`), sorted; () without that line."""
-    lines = ("\n" + output.replace("\r\n", "\n")).split("\n%s\n" % RESOLVING, 1)  # nspawn's terminal: CR LF
-    found, listing = set(), False
-    for line in lines[1].splitlines() if len(lines) == 2 else []:
-        if not line.startswith(" "):
-            listing = line.startswith(RESOLVED_LISTS)
-            continue
-        match = re.fullmatch(r"\s+(\S+) \((?:\S+ => )?(\S+)\)", line)
-        if listing and match:
-            found.add("%s=%s" % match.groups())
-    return tuple(sorted(found))
-
-
-class Rpm(PackageManager):
-    """What the RPM families share: rpm queries package files and installed packages."""
-
-    def identify(self, paths: Sequence[str]) -> List[str]:
-        """Print `postroj-package TAB NAME TAB EPOCH:VERSION-RELEASE` for each package file."""
-        return ["rpm", "-qp", "--qf", IDENTIFIED + "\\t%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", *paths]
-
-    def files(self, names: Sequence[str]) -> List[str]:
-        """List the files of installed packages, one a line."""
-        return ["rpm", "-ql", *names]
-
-    def installed(self) -> List[str]:
-        """Print the name of every installed package."""
-        return ["rpm", "-qa", "--qf", "%{NAME}\\n"]
-
-
-class Dnf(Rpm):
-    """Fedora's and Red Hat's dnf (and yum, which takes the same options): remove is a purge."""
-
-    command = "dnf"
-    package_type = "rpm"
-    systemd = ("systemd", "dbus", "procps-ng")
-    archives = ""  # autopkgtest installs test dependencies with apt only
-
-    def __init__(self, command: str = "dnf") -> None:
-        self.command = command
-
-    def base(self, recommends: bool = True) -> List[str]:
-        """The command with the package cache in postroj's cache; weak dependencies as dnf's default, or none."""
-        return [self.command, "-y", "-q", "--setopt=keepcache=1", "--setopt=cachedir=%s" % PACKAGE_CACHE_DIR,
-                *([] if recommends else ["--setopt=install_weak_deps=0"])]
-
-    def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
-        """Install names or package files with their dependencies (`cached`: from the cache alone)."""
-        return self.base(recommends) + (["--cacheonly"] if cached else []) + ["install", *packages]
-
-    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
-        """Download what installing `packages` takes, installing nothing."""
-        return self.base(recommends) + ["install", "--downloadonly", *packages]
-
-    def remove(self, names: Sequence[str]) -> List[str]:
-        """Remove the packages (and what only they needed)."""
-        return self.base() + ["--cacheonly", "remove", *names]
-
-    purge = remove
-
-
-class Microdnf(Dnf):
-    """The minimal dnf of UBI and other small images."""
-
-    def __init__(self) -> None:
-        super().__init__("microdnf")
-
-    def base(self, recommends: bool = True) -> List[str]:
-        """microdnf takes fewer options: the cache is kept where it is."""
-        return ["microdnf", "-y", "--setopt=keepcache=1", "--nodocs",
-                *([] if recommends else ["--setopt=install_weak_deps=0"])]
-
-    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
-        """microdnf downloads as it installs: the metadata only, here."""
-        return self.base() + ["makecache"]
-
-
-class Zypper(Rpm):
-    """SUSE's zypper: remove is a purge."""
-
-    command = "zypper"
-    package_type = "rpm"
-    systemd = ("systemd", "dbus-1", "systemd-sysvinit")
-    archives = ""  # autopkgtest installs test dependencies with apt only
-
-    def base(self) -> List[str]:
-        """zypper without questions, quiet, with its package cache in postroj's cache."""
-        return ["zypper", "--non-interactive", "--quiet", "--pkg-cache-dir=%s" % PACKAGE_CACHE_DIR]
-
-    def refresh(self) -> List[str]:
-        """Refresh the repositories' metadata."""
-        return ["zypper", "--non-interactive", "--quiet", "refresh"]
-
-    def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
-        """Install names or package files with their dependencies (`cached`: without refreshing)."""
-        return self.base() + (["--no-refresh"] if cached else []) + [
-            "install", *([] if recommends else ["--no-recommends"]), "--allow-unsigned-rpm", *packages]
-
-    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
-        """Download what installing `packages` takes, installing nothing."""
-        return self.base() + ["install", *([] if recommends else ["--no-recommends"]), "--allow-unsigned-rpm",
-                              "--download-only", *packages]
-
-    def remove(self, names: Sequence[str]) -> List[str]:
-        """Remove the packages and what only they needed."""
-        return self.base() + ["--no-refresh", "remove", "--clean-deps", *names]
-
-    purge = remove
-
-
-class Pacman(PackageManager):
-    """Arch's pacman: -R keeps configuration files as .pacsave, -Rns removes them with unneeded dependencies."""
-
-    command = "pacman"
-    package_type = "pkg"
-    systemd = ("systemd", "dbus")
-    archives = ""  # autopkgtest installs test dependencies with apt only
-
-    def base(self) -> List[str]:
-        """pacman without questions or progress bars, its package cache in postroj's cache."""
-        return ["pacman", "--noconfirm", "--noprogressbar", "--cachedir=%s" % PACKAGE_CACHE_DIR]
-
-    def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
-        """Install names (from the repositories) or package files (-U) with their dependencies (pacman has
-        no recommendations: optional dependencies are not installed)."""
-        files = [p for p in packages if "/" in p]
-        if files:
-            return self.base() + ["-U", "--needed", *packages]
-        return self.base() + (["-S"] if cached else ["-Sy"]) + ["--needed", *packages]
-
-    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
-        """Download what installing `packages` takes, installing nothing."""
-        files = [p for p in packages if "/" in p]
-        return self.base() + (["-Uw"] if files else ["-Syw"]) + ["--needed", *packages]
-
-    def remove(self, names: Sequence[str]) -> List[str]:
-        """Remove the packages; their changed configuration files stay as .pacsave."""
-        return self.base() + ["-R", *names]
-
-    def purge(self, names: Sequence[str]) -> List[str]:
-        """Remove the packages, their configuration and the dependencies nothing else needs."""
-        return self.base() + ["-Rns", *names]
-
-    def identify(self, paths: Sequence[str]) -> List[str]:
-        """Print `postroj-package TAB NAME TAB VERSION` for each package file."""
-        script = 'found=$(pacman -Qp "$@") && printf "%%s\\n" "$found" | sed "s/^/%s\\t/; s/ /\\t/"' % IDENTIFIED
-        return ["sh", "-c", script, "sh", *paths]
-
-    def files(self, names: Sequence[str]) -> List[str]:
-        """List the files of installed packages, one a line."""
-        return ["pacman", "-Qlq", *names]
-
-    def installed(self) -> List[str]:
-        """Print the name of every installed package."""
-        return ["pacman", "-Qq"]
-
-
-PACKAGE_MANAGERS: Dict[ManagerName, "PackageManager"] = {
-    ManagerName.APT: Apt(),
-    ManagerName.DNF: Dnf("dnf"),
-    ManagerName.YUM: Dnf("yum"),
-    ManagerName.MICRODNF: Microdnf(),
-    ManagerName.ZYPPER: Zypper(),
-    ManagerName.PACMAN: Pacman(),
-}
-
-
-def package_manager(name: str) -> "PackageManager":
-    """The behaviour of the package manager `name` (an image's record), or an error that says which postroj
-    knows."""
-    try:
-        return PACKAGE_MANAGERS[ManagerName(name)]
-    except ValueError:
-        die("no package manager postroj knows in the image (%r)" % name,
-            "postroj supports %s" % ", ".join(ManagerName))
-
-
 def install_command(manager: str, packages: Sequence[str], recommends: bool = False) -> List[str]:
     """The command that installs `packages` (names or paths) with their dependencies (by default without
     recommendations: provisioning installs what makes an image boot, no more)."""
@@ -4088,108 +3775,6 @@ class MachinedMode(ContainerMode):
 HOST_MODES: Dict[HostMode, ContainerMode] = {HostMode.NSENTER: NsenterMode(), HostMode.MACHINED: MachinedMode()}
 
 
-# --- what a container changed against its image ------------------------------------------
-
-
-def merged_entries(image: Path, lower: Dict[str, str], upper: Dict[str, str]) -> Dict[str, str]:
-    """What a container with a layer changed against the image: the layer's entries (`lower`) under the
-    container's own (`upper`); a path the layer made that the container deleted is as in the image again."""
-    merged = dict(lower)
-    deleted = []
-    for path, kind in upper.items():
-        if kind == EntryKind.GONE and lower.get(path, EntryKind.GONE) != EntryKind.GONE:
-            deleted.append(path + "/")
-            parent = resolve_in_root(image, os.path.dirname(path))
-            if parent is not None and os.path.lexists(str(parent / os.path.basename(path))):
-                merged[path] = EntryKind.GONE
-            else:
-                del merged[path]
-        else:
-            merged[path] = kind
-    if deleted:
-        below = tuple(deleted)
-        merged = {p: k for p, k in merged.items() if p in upper or not p.startswith(below)}
-    return merged
-
-
-def overlay_entries(upper: Path) -> Dict[str, str]:
-    """What the container changed, from its overlay's upper directory, read on the host with lstat only and
-    without recursion (walk_tree): path in the container -> its EntryKind."""
-    top = str(upper)
-    return {"/" + os.path.relpath(path, top): EntryKind.of(st) for path, st in walk_tree(top)}
-
-
-def open_beneath(root: Path, relative: str) -> int:
-    """A descriptor of the directory that holds `relative` below `root`, reached without following a link
-    (what a container made may be a link anywhere on the host)."""
-    fd = os.open(str(root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in [p for p in relative.split("/") if p][:-1]:
-            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = inner
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def same_regular_files(a: int, b: int) -> bool:
-    """True when two open regular files have the same bytes (read in bounded pieces)."""
-    if os.fstat(a).st_size != os.fstat(b).st_size:
-        return False
-    while True:
-        one, other = os.read(a, 1 << 20), os.read(b, 1 << 20)
-        if one != other:
-            return False
-        if not one:
-            return True
-
-
-def open_regular(name: str, dir_fd: Optional[int] = None) -> Optional[int]:
-    """A descriptor of the regular file `name`, or None when it is anything else: never follows a link, never
-    blocks on a FIFO, never opens a device for reading."""
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd)
-    if stat.S_ISREG(os.fstat(fd).st_mode):
-        return fd
-    os.close(fd)
-    return None
-
-
-def same_as_image(lower: Path, path: str, kind: str, upper: Path) -> bool:
-    """True when the image has `path` as the overlay has it now: a directory that was there (files were made
-    and removed in it), a link to the same place, a file with the same bytes (its owner or mode changed).
-    A device, a FIFO or a socket is never the same: it is reported, never opened."""
-    parent = resolve_in_root(lower, os.path.dirname(path))  # its own links lead within the image only
-    if parent is None or kind not in (EntryKind.DIR, EntryKind.LINK, EntryKind.FILE):
-        return False
-    image_path = parent / os.path.basename(path)
-    name = os.path.basename(path)
-    try:
-        theirs = os.lstat(str(image_path))
-        if kind == EntryKind.DIR:
-            return stat.S_ISDIR(theirs.st_mode)
-        fd = open_beneath(upper, path)
-        try:
-            if kind == EntryKind.LINK:
-                return stat.S_ISLNK(theirs.st_mode) and os.readlink(str(image_path)) == os.readlink(name, dir_fd=fd)
-            if not stat.S_ISREG(theirs.st_mode):
-                return False
-            ours_fd = open_regular(name, fd)
-            if ours_fd is None:
-                return False
-            with open(ours_fd, "rb") as ours:
-                theirs_fd = open_regular(str(image_path))
-                if theirs_fd is None:
-                    return False
-                with open(theirs_fd, "rb") as image_file:
-                    return same_regular_files(ours.fileno(), image_file.fileno())
-        finally:
-            os.close(fd)
-    except OSError:
-        return False
-
-
 class Overlay:
     """A container's writable side, in its runtime directory: the overlay's upper directory that takes every
     change, the guest directory (read-only at GUEST_RUNTIME inside), autopkgtest's scratch directory, and the
@@ -5207,46 +4792,12 @@ def check_provider(settings: Settings, provider: str) -> None:
 
 
 # ==============================================================================
-# Probes
+# Lifecycle engine
 # ==============================================================================
 
-NETWORK_CHECK = r"""
-import socket, ssl, sys, time, urllib.request, urllib.error
-url, timeout, expect_status, expect_body = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
-deadline = time.monotonic() + timeout
-last, code = "no attempt", 1
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                     urllib.request.HTTPSHandler(context=ssl._create_unverified_context()))
-while True:
-    try:
-        if url.startswith("tcp://"):
-            host, port = url[6:].rstrip("/").rsplit(":", 1)
-            socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
-            print("connected to %s" % url[6:])
-            sys.exit(0)
-        try:
-            resp = opener.open(url, timeout=5)
-            status, body = resp.status, resp.read(1 << 20)
-        except urllib.error.HTTPError as exc:
-            status, body = exc.code, exc.read(1 << 20)
-        text = body.decode("utf-8", "replace")
-        ok = (status == int(expect_status)) if expect_status else 200 <= status < 400
-        if ok and expect_body and expect_body not in text:
-            last, code = "HTTP %d, but the body does not contain %r\n%s" % (status, expect_body, text[:500]), 2
-        elif ok:
-            print("HTTP %d from %s" % (status, url))
-            sys.exit(0)
-        else:
-            last, code = "HTTP %d, expected %s\n%s" % (status, expect_status or "2xx or 3xx", text[:500]), 2
-    except Exception as exc:
-        last, code = "%s: %s" % (type(exc).__name__, exc), 1
-    if time.monotonic() > deadline:
-        print(last)
-        sys.exit(code)
-    time.sleep(0.1)
-"""
-
-NETWORK_NO_ANSWER, NETWORK_WRONG_ANSWER = 1, 2
+# A package's life in a system under test, in the order data flows: the plan and its stages, the system
+# interface (System), the package managers, the packages of a run, transactions, checks, the baseline and
+# purge comparison, dependency layers, and live(), the stage loop (README: Design).
 
 
 def parse_network_target(url: str) -> str:
@@ -5348,6 +4899,411 @@ class ProbePlan(NamedTuple):
         return stages + ([Stage.PURGED] if packaged and self.purge else [])
 
 
+# What the live status line says an image is doing in each stage
+STAGE_DOING = {Stage.BOOTED: "probing", Stage.INSTALLED: "installing", Stage.UPGRADED: "upgrading",
+               Stage.REBOOTED: "rebooting", Stage.REMOVED: "removing", Stage.PURGED: "purging"}
+
+
+UPGRADE_FROM_ARCHIVE = "archive"
+
+
+def stage_probes(plan: ProbePlan, stage: Stage, packages: Optional[Packages]) -> List[Probe]:
+    """What a stage reports on: its step and its checks (for the rows of a stage that is skipped)."""
+    if stage == Stage.INSTALLED and plan.upgrade_from:
+        found = [Probe(ProbeKind.PACKAGE, s) for s in plan.upgrade_from]
+    elif stage == Stage.REBOOTED:
+        found = [Probe(ProbeKind.REBOOT, "the container")]
+    else:
+        found = list(packages.probes) if packages and stage != Stage.BOOTED else []
+    installed = stage not in (Stage.REMOVED, Stage.PURGED)
+    found += [p for p in plan.probes if p.kind != ProbeKind.PACKAGE and (installed or p.kind == ProbeKind.UNIT)]
+    if stage == Stage.REMOVED:
+        found += [Probe(ProbeKind.LEFTOVER, "processes"), Probe(ProbeKind.LEFTOVER, "units")]
+    elif stage == Stage.PURGED:
+        found += [Probe(ProbeKind.LEFTOVER, "files"), Probe(ProbeKind.LEFTOVER, "processes")]
+    return found
+
+
+# --- the system under test, and its package manager --------------------------------------
+
+
+class System(Protocol):
+    """What the lifecycle (live(): its stages, checks and purge comparison) asks of the system under test:
+    a booted container (NspawnContainer) or a Linux VM (VmSystem); the unit tests' scripted fake too."""
+
+    @property
+    def image(self) -> ImageInfo:
+        """The image (or box) it runs."""
+
+    @property
+    def layer(self) -> Optional["Layer"]:
+        """The dependency layer below it (a container's), or None."""
+
+    @property
+    def listed_whole(self) -> bool:
+        """entries() list the whole file system (a VM), not what an overlay changed."""
+
+    @property
+    def what(self) -> str:
+        """What it is, for messages: the container, the VM."""
+
+    @property
+    def manager(self) -> PackageManager:
+        """Its package manager."""
+
+    def run_captured(self, argv: Sequence[str], timeout: Optional[float] = 30) -> Tuple[int, str]:
+        """The exit status of `argv` run as root in it, and what it printed."""
+
+    def ended(self) -> bool:
+        """True once it has stopped or begun to."""
+
+    def journal_tail(self, lines: int = 30, unit: str = "", since: float = 0) -> str:
+        """Its last journal lines (of `unit`, since the time `since`)."""
+
+    def power_cycle(self) -> None:
+        """Reboot as a machine reboots."""
+
+    def boot_state(self) -> str:
+        """How its boot ended (systemctl is-system-running)."""
+
+    def check(self, probe: Probe, timeout: float) -> ProbeResult:
+        """Run one check (copy, unit, network, command) in it."""
+
+    def entries(self) -> Dict[str, str]:
+        """What it changed: path -> EntryKind."""
+
+    def baseline_entries(self) -> Dict[str, str]:
+        """What it changed before any install (purge's comparison)."""
+
+    def unchanged(self, path: str, kind: str) -> bool:
+        """True when the image has `path` as it has it now."""
+
+
+# How identify()'s lines start: they share the run's output with the package manager's.
+IDENTIFIED = "postroj-package"
+# The line before the apt download whose lists say what its install resolves to, and those lists' titles
+RESOLVING = "postroj-resolving"
+RESOLVED_LISTS = ("The following NEW packages will be installed:", "The following packages will be upgraded:",
+                  "The following packages will be DOWNGRADED:")
+
+
+class PackageManager:
+    """What postroj asks of a distribution's package manager, each verb as the argv run in the system under
+    test (README: Lifecycle); one subclass per family. A verb that has nothing to do in a family is []."""
+
+    command = ""
+    package_type = ""  # the package files it installs: deb, rpm, pkg
+    systemd: Tuple[str, ...] = ()  # what provisioning installs for a booted system
+    archives = ""  # where it downloads to when autopkgtest runs it in a testbed ('' for none)
+    keeps_lists = False  # package lists refreshed once and kept while current (lists_current): apt's
+
+    def on_machine(self) -> "PackageManager":
+        """The package manager for a whole machine (a VM): the same, it locks as it always does."""
+        return self
+
+    def refresh(self) -> List[str]:
+        """Refresh the package lists; [] where installs refresh them themselves."""
+        return []
+
+    def resolve(self) -> List[str]:
+        """Mark the download that follows as the one resolved() reads; [] where it names no versions."""
+        return []
+
+    def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
+        """Install names or package files with their dependencies (`cached`: from the package cache alone)."""
+        raise NotImplementedError
+
+    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
+        """Download what installing `packages` takes, installing nothing."""
+        raise NotImplementedError
+
+    def install_without(self, packages: Sequence[str], without: Sequence[str], simulate: bool = False) -> List[str]:
+        """Install `packages` from the cache and nothing else, never `without` (dependency layers: apt's)."""
+        raise NotImplementedError
+
+    def installed_as_dependencies(self, names: Sequence[str]) -> List[str]:
+        """Mark installed packages as installed for others' sake (dependency layers: apt's)."""
+        raise NotImplementedError
+
+    def remove(self, names: Sequence[str]) -> List[str]:
+        """Remove the packages."""
+        raise NotImplementedError
+
+    def purge(self, names: Sequence[str]) -> List[str]:
+        """Remove the packages with their configuration."""
+        raise NotImplementedError
+
+    def identify(self, paths: Sequence[str]) -> List[str]:
+        """Print `postroj-package TAB NAME TAB VERSION` for each package file."""
+        raise NotImplementedError
+
+    def files(self, names: Sequence[str]) -> List[str]:
+        """List the files of installed packages, one a line."""
+        raise NotImplementedError
+
+    def installed(self) -> List[str]:
+        """Print the name of every installed package."""
+        raise NotImplementedError
+
+
+class Apt(PackageManager):
+    """Debian's and Ubuntu's apt and dpkg: remove keeps a package's configuration files, purge deletes them."""
+
+    command = "apt-get"
+    package_type = "deb"
+    systemd = ("systemd", "systemd-sysv", "dbus")
+    archives = "/var/cache/apt/archives"  # where apt downloads to when autopkgtest runs it in a testbed
+    keeps_lists = True
+
+    def __init__(self, locking: bool = False) -> None:
+        # in a booted container the shared cache is only read, without apt's locks (APT_FROM_CACHE); a VM's
+        # own apt (unattended-upgrades) may run beside postroj's, so there apt locks as it always does
+        self.from_cache = () if locking else APT_FROM_CACHE
+
+    def on_machine(self) -> "Apt":
+        """The package manager for a whole machine (a VM), where other runs of it may happen at the same time."""
+        return Apt(locking=True)
+
+    def refresh(self) -> List[str]:
+        """Refresh the package lists (-qq: errors and warnings only)."""
+        return ["apt-get", *APT_OPTIONS, "-qq", "update"]
+
+    def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
+        """Install names or package files with their dependencies, and what they recommend as `apt install`
+        does (-q: no progress lines, errors kept); `cached`: from the package cache alone, in a booted
+        container."""
+        return ["apt-get", *APT_OPTIONS, *(self.from_cache if cached else ()), "-q", "install", "-y",
+                *([] if recommends else ["--no-install-recommends"]), *packages]
+
+    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
+        """Download what installing `packages` takes into the package cache, installing nothing; apt's lists of
+        what the install would bring name each package with its version (resolved() reads them: in apt's
+        own words, whatever locale the image sets)."""
+        return ["env", "LC_ALL=C", "apt-get", *APT_OPTIONS, "-o", "APT::Get::Show-Versions=1", "-q", "install", "-y",
+                "--download-only", *([] if recommends else ["--no-install-recommends"]), *packages]
+
+    def resolve(self) -> List[str]:
+        """Mark the output of the download that follows as the one resolved() reads (its simulation, `apt-get
+        -s`, would say the same in twice the time: it orders the whole install)."""
+        return ["echo", RESOLVING]
+
+    def install_without(self, packages: Sequence[str], without: Sequence[str], simulate: bool = False) -> List[str]:
+        """Install `packages` from the package cache and nothing else (no recommends), never `without` (a
+        package that needs one of them cannot be installed: apt names it); `simulate`: say what it would do."""
+        return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", *(["-s"] if simulate else []), "install", "-y",
+                "--no-install-recommends", *packages, *("%s-" % name for name in without)]
+
+    def installed_as_dependencies(self, names: Sequence[str]) -> List[str]:
+        """Mark installed packages as installed for others' sake: apt removes them with the last that needs them."""
+        return ["apt-mark", "auto", *names]
+
+    def remove(self, names: Sequence[str]) -> List[str]:
+        """Remove the packages; their configuration files stay."""
+        return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", "remove", "-y", *names]
+
+    def purge(self, names: Sequence[str]) -> List[str]:
+        """Purge the packages and what was installed only for them."""
+        return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", "purge", "-y", "--autoremove", *names]
+
+    def identify(self, paths: Sequence[str]) -> List[str]:
+        """Print `postroj-package TAB NAME TAB VERSION` for each package file (marked: the lines share their
+        output with the package manager's)."""
+        script = 'for f; do dpkg-deb --show --showformat="%s\\t\\${Package}\\t\\${Version}\\n" "$f" || exit; done' \
+            % IDENTIFIED
+        return ["sh", "-c", script, "sh", *paths]
+
+    def files(self, names: Sequence[str]) -> List[str]:
+        """List the files of installed packages, one a line."""
+        return ["dpkg", "-L", *names]
+
+    def installed(self) -> List[str]:
+        """Print the name of every package dpkg knows (installed, or removed with its configuration kept)."""
+        return ["sh", "-c", "dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' | awk 'substr($1, 2, 1) != \"n\" "
+                "{ print $2 }'"]
+
+
+def resolved(output: str) -> Tuple[str, ...]:
+    """NAME=VERSION (NAME:ARCH=VERSION for another architecture's) of each package the apt download after the
+    RESOLVING line would install, upgrade or downgrade, from apt's lists of them (Show-Versions: one a line,
+    `NAME (VERSION)` or `NAME (OLD => VERSION)`), sorted; () without that line."""
+    lines = ("\n" + output.replace("\r\n", "\n")).split("\n%s\n" % RESOLVING, 1)  # nspawn's terminal: CR LF
+    found, listing = set(), False
+    for line in lines[1].splitlines() if len(lines) == 2 else []:
+        if not line.startswith(" "):
+            listing = line.startswith(RESOLVED_LISTS)
+            continue
+        match = re.fullmatch(r"\s+(\S+) \((?:\S+ => )?(\S+)\)", line)
+        if listing and match:
+            found.add("%s=%s" % match.groups())
+    return tuple(sorted(found))
+
+
+class Rpm(PackageManager):
+    """What the RPM families share: rpm queries package files and installed packages."""
+
+    def identify(self, paths: Sequence[str]) -> List[str]:
+        """Print `postroj-package TAB NAME TAB EPOCH:VERSION-RELEASE` for each package file."""
+        return ["rpm", "-qp", "--qf", IDENTIFIED + "\\t%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", *paths]
+
+    def files(self, names: Sequence[str]) -> List[str]:
+        """List the files of installed packages, one a line."""
+        return ["rpm", "-ql", *names]
+
+    def installed(self) -> List[str]:
+        """Print the name of every installed package."""
+        return ["rpm", "-qa", "--qf", "%{NAME}\\n"]
+
+
+class Dnf(Rpm):
+    """Fedora's and Red Hat's dnf (and yum, which takes the same options): remove is a purge."""
+
+    command = "dnf"
+    package_type = "rpm"
+    systemd = ("systemd", "dbus", "procps-ng")
+    archives = ""  # autopkgtest installs test dependencies with apt only
+
+    def __init__(self, command: str = "dnf") -> None:
+        self.command = command
+
+    def base(self, recommends: bool = True) -> List[str]:
+        """The command with the package cache in postroj's cache; weak dependencies as dnf's default, or none."""
+        return [self.command, "-y", "-q", "--setopt=keepcache=1", "--setopt=cachedir=%s" % PACKAGE_CACHE_DIR,
+                *([] if recommends else ["--setopt=install_weak_deps=0"])]
+
+    def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
+        """Install names or package files with their dependencies (`cached`: from the cache alone)."""
+        return self.base(recommends) + (["--cacheonly"] if cached else []) + ["install", *packages]
+
+    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
+        """Download what installing `packages` takes, installing nothing."""
+        return self.base(recommends) + ["install", "--downloadonly", *packages]
+
+    def remove(self, names: Sequence[str]) -> List[str]:
+        """Remove the packages (and what only they needed)."""
+        return self.base() + ["--cacheonly", "remove", *names]
+
+    purge = remove
+
+
+class Microdnf(Dnf):
+    """The minimal dnf of UBI and other small images."""
+
+    def __init__(self) -> None:
+        super().__init__("microdnf")
+
+    def base(self, recommends: bool = True) -> List[str]:
+        """microdnf takes fewer options: the cache is kept where it is."""
+        return ["microdnf", "-y", "--setopt=keepcache=1", "--nodocs",
+                *([] if recommends else ["--setopt=install_weak_deps=0"])]
+
+    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
+        """microdnf downloads as it installs: the metadata only, here."""
+        return self.base() + ["makecache"]
+
+
+class Zypper(Rpm):
+    """SUSE's zypper: remove is a purge."""
+
+    command = "zypper"
+    package_type = "rpm"
+    systemd = ("systemd", "dbus-1", "systemd-sysvinit")
+    archives = ""  # autopkgtest installs test dependencies with apt only
+
+    def base(self) -> List[str]:
+        """zypper without questions, quiet, with its package cache in postroj's cache."""
+        return ["zypper", "--non-interactive", "--quiet", "--pkg-cache-dir=%s" % PACKAGE_CACHE_DIR]
+
+    def refresh(self) -> List[str]:
+        """Refresh the repositories' metadata."""
+        return ["zypper", "--non-interactive", "--quiet", "refresh"]
+
+    def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
+        """Install names or package files with their dependencies (`cached`: without refreshing)."""
+        return self.base() + (["--no-refresh"] if cached else []) + [
+            "install", *([] if recommends else ["--no-recommends"]), "--allow-unsigned-rpm", *packages]
+
+    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
+        """Download what installing `packages` takes, installing nothing."""
+        return self.base() + ["install", *([] if recommends else ["--no-recommends"]), "--allow-unsigned-rpm",
+                              "--download-only", *packages]
+
+    def remove(self, names: Sequence[str]) -> List[str]:
+        """Remove the packages and what only they needed."""
+        return self.base() + ["--no-refresh", "remove", "--clean-deps", *names]
+
+    purge = remove
+
+
+class Pacman(PackageManager):
+    """Arch's pacman: -R keeps configuration files as .pacsave, -Rns removes them with unneeded dependencies."""
+
+    command = "pacman"
+    package_type = "pkg"
+    systemd = ("systemd", "dbus")
+    archives = ""  # autopkgtest installs test dependencies with apt only
+
+    def base(self) -> List[str]:
+        """pacman without questions or progress bars, its package cache in postroj's cache."""
+        return ["pacman", "--noconfirm", "--noprogressbar", "--cachedir=%s" % PACKAGE_CACHE_DIR]
+
+    def install(self, packages: Sequence[str], cached: bool = False, recommends: bool = True) -> List[str]:
+        """Install names (from the repositories) or package files (-U) with their dependencies (pacman has
+        no recommendations: optional dependencies are not installed)."""
+        files = [p for p in packages if "/" in p]
+        if files:
+            return self.base() + ["-U", "--needed", *packages]
+        return self.base() + (["-S"] if cached else ["-Sy"]) + ["--needed", *packages]
+
+    def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
+        """Download what installing `packages` takes, installing nothing."""
+        files = [p for p in packages if "/" in p]
+        return self.base() + (["-Uw"] if files else ["-Syw"]) + ["--needed", *packages]
+
+    def remove(self, names: Sequence[str]) -> List[str]:
+        """Remove the packages; their changed configuration files stay as .pacsave."""
+        return self.base() + ["-R", *names]
+
+    def purge(self, names: Sequence[str]) -> List[str]:
+        """Remove the packages, their configuration and the dependencies nothing else needs."""
+        return self.base() + ["-Rns", *names]
+
+    def identify(self, paths: Sequence[str]) -> List[str]:
+        """Print `postroj-package TAB NAME TAB VERSION` for each package file."""
+        script = 'found=$(pacman -Qp "$@") && printf "%%s\\n" "$found" | sed "s/^/%s\\t/; s/ /\\t/"' % IDENTIFIED
+        return ["sh", "-c", script, "sh", *paths]
+
+    def files(self, names: Sequence[str]) -> List[str]:
+        """List the files of installed packages, one a line."""
+        return ["pacman", "-Qlq", *names]
+
+    def installed(self) -> List[str]:
+        """Print the name of every installed package."""
+        return ["pacman", "-Qq"]
+
+
+PACKAGE_MANAGERS: Dict[ManagerName, "PackageManager"] = {
+    ManagerName.APT: Apt(),
+    ManagerName.DNF: Dnf("dnf"),
+    ManagerName.YUM: Dnf("yum"),
+    ManagerName.MICRODNF: Microdnf(),
+    ManagerName.ZYPPER: Zypper(),
+    ManagerName.PACMAN: Pacman(),
+}
+
+
+def package_manager(name: str) -> "PackageManager":
+    """The behaviour of the package manager `name` (an image's record), or an error that says which postroj
+    knows."""
+    try:
+        return PACKAGE_MANAGERS[ManagerName(name)]
+    except ValueError:
+        die("no package manager postroj knows in the image (%r)" % name,
+            "postroj supports %s" % ", ".join(ManagerName))
+
+
+# --- the packages of a run, and transactions ---------------------------------------------
+
+
 def materialize_packages(settings: Settings, probes: Sequence[Probe]) -> Dict[str, Path]:
     """Local paths of the packages: URLs downloaded into POSTROJ_CACHE/downloads first."""
     paths = {}
@@ -5361,100 +5317,12 @@ def materialize_packages(settings: Settings, probes: Sequence[Probe]) -> Dict[st
     return paths
 
 
-def run_network_probe(container: ContainerSystem, probe: Probe, timeout: float) -> ProbeResult:
-    """Connect from inside the container's network namespace, retrying until the timeout."""
-    t0 = time.monotonic()
-    image = container.image.name
-    cmd = [nsenter_argv("")[0], "--net=%s/ns/net" % container.container.leader_path(), "--", sys.executable, "-I", "-c", NETWORK_CHECK,
-           probe.target, str(timeout), "" if probe.expect_status is None else str(probe.expect_status),
-           probe.expect_body]
-    proc = run(cmd, check=False, capture=True, stderr=subprocess.STDOUT, timeout=timeout + 15)
-    output = proc.stdout.decode("utf-8", "replace").strip()
-    if proc.returncode == 0:
-        return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0, output=output)
-    if proc.returncode == NETWORK_WRONG_ANSWER:  # the last answer, not the fact that the time ran out
-        reason = "%s answered %s" % (probe.target, output.splitlines()[0] if output else "wrongly")
-    else:
-        reason = "%s did not answer within %s s" % (probe.target, timeout)
-    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason=reason, output=output,
-                       details=container.journal_tail(20))
-
-
-def run_command_probe(container: ContainerSystem, probe: Probe, timeout: float) -> ProbeResult:
-    """The command must exit 0 within the timeout."""
-    t0 = time.monotonic()
-    image = container.image.name
-    code, output = container.run_captured(["/bin/sh", "-c", probe.target], timeout=timeout)
-    if code < 0 or code > 128:
-        # killed by a signal: its container's PID 1 may be dying with it (it ends the commands before it
-        # becomes a zombie); give it a moment to say so
-        deadline = time.monotonic() + 2
-        while not container.ended() and time.monotonic() < deadline:
-            time.sleep(0.02)
-    if code == 0:
-        return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0, output=tail(output, 40))
-    reason = "timed out after %s s" % timeout if code == 124 else "exit status %d" % code
-    if container.ended():
-        reason = "the container ended while the command ran (it was shut down, or its PID 1 was killed)"
-    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason=reason, output=tail(output, 40),
-                       details=container.journal_tail(20))
-
-
-def special_files(directory: str, names: List[str]) -> List[str]:
-    """What a --copy of a directory leaves out: devices, FIFOs and sockets (copytree would read a device
-    without end, or block on a FIFO)."""
-    left = []
-    for name in names:
-        with contextlib.suppress(OSError):
-            kind = EntryKind.of(os.lstat(os.path.join(directory, name)))
-            if kind not in (EntryKind.FILE, EntryKind.DIR, EntryKind.LINK):
-                log.warning("--copy leaves out %s, a %s", os.path.join(directory, name), kind)
-                left.append(name)
-    return left
-
-
-def run_copy_probe(container: ContainerSystem, probe: Probe, timeout: float) -> ProbeResult:
-    """Copy a host file or directory into the container (through the read-only guest directory)."""
-    t0 = time.monotonic()
-    image = container.image.name
-    source, _, target = probe.target.rpartition(":")
-    staged = container.container.overlay_of().guest / "copy" / random_id(8)
-    ensure_dir(staged.parent)
-    src = Path(source)
-    try:
-        if src.is_dir():
-            shutil.copytree(src, staged / src.name, symlinks=True, ignore=special_files)
-        else:
-            ensure_dir(staged)
-            shutil.copy2(src, staged / src.name)
-    except (OSError, shutil.Error) as exc:
-        remove_tree(staged)
-        return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0,
-                           reason="cannot copy %s from the host: %s" % (source, exc))
-    inner = "%s/copy/%s/%s" % (GUEST_RUNTIME, staged.name, src.name)
-    code, output = container.run_captured(["/bin/sh", "-c", 'mkdir -p "$(dirname "$2")" && cp -a "$1" "$2"', "sh",
-                                           inner, target])
-    remove_tree(staged)
-    if code == 0:
-        return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0)
-    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason="copying failed (%d)" % code,
-                       output=output)
-
-
-# What the live status line says an image is doing in each stage
-STAGE_DOING = {Stage.BOOTED: "probing", Stage.INSTALLED: "installing", Stage.UPGRADED: "upgrading",
-               Stage.REBOOTED: "rebooting", Stage.REMOVED: "removing", Stage.PURGED: "purging"}
-
-
 class DownloadFailed(PostrojError):
     """What the packages need could not be downloaded before the boot: the package manager's output says why."""
 
     def __init__(self, message: str, hint: str, output: str) -> None:
         super().__init__(message, hint)
         self.output = output
-
-
-UPGRADE_FROM_ARCHIVE = "archive"
 
 
 class Packages(NamedTuple):
@@ -5552,6 +5420,531 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
         old = list(names)
     dependencies = tuple(d for d in found if d.split("=", 1)[0] not in names)
     return Packages(tuple(new), tuple(old), names, probes, labels, dependencies)
+
+
+def not_downloaded(image: str, plan: ProbePlan, failure: DownloadFailed, duration: float) -> List[ProbeResult]:
+    """The results of an image whose packages could not be downloaded: nothing booted; the first stage's step
+    fails with the package manager's output, everything after it is skipped."""
+    stages = plan.stages()
+    reason = failure.message + ("\nhint: %s" % failure.hint if failure.hint else "")
+    packaged = Packages((), (), (), tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE), {})
+    results = [ProbeResult(image, p, Status.FAIL, duration, reason=reason, output=failure.output, stage=stages[0])
+               for p in (stage_probes(plan, stages[0], packaged)) if p.kind == ProbeKind.PACKAGE]
+    files = ", ".join(os.path.basename(p.target) for p in plan.probes if p.kind == ProbeKind.PACKAGE)
+    skipped = "not run: downloading what %s needs failed" % files if failure.message.startswith("downloading") \
+        else "not run: %s" % failure.message.split(":")[0]
+    for stage in stages:
+        results += [ProbeResult(image, p, Status.SKIP, 0.0, reason=skipped, stage=stage)
+                    for p in stage_probes(plan, stage, packaged)
+                    if not (stage == stages[0] and p.kind == ProbeKind.PACKAGE)]
+    return results
+
+
+def transaction(container: System, image: ImageInfo, probes: Sequence[Probe], stage: Stage,
+                argv: Sequence[str], timeout: float, labels: Optional[Dict[str, str]] = None) -> List[ProbeResult]:
+    """Run the package manager in the booted container, as on a machine: a result per probe, with what it
+    printed, and the stage's journal when it failed."""
+    t0, started = time.monotonic(), time.time()
+    code, output = container.run_captured(list(argv), timeout=timeout)
+    duration = (time.monotonic() - t0) / len(probes)
+    labels = labels or {}
+    if code == 0:
+        return [ProbeResult(image.name, p, Status.PASS, duration, output=tail(output), stage=stage,
+                            label=labels.get(p.target, "")) for p in probes]
+    reason = "%s did not finish within %g s" % (image.package_manager, timeout) if code == 124 else \
+        "%s exited with %d" % (image.package_manager, code)
+    if container.ended():
+        reason = "the container ended while %s ran" % image.package_manager
+    journal = "" if container.ended() else container.journal_tail(30, since=started)
+    return [ProbeResult(image.name, p, Status.FAIL, duration, reason=reason, output=tail(output, 40), details=journal,
+                        stage=stage, label=labels.get(p.target, "")) for p in probes]
+
+
+def package_step(container: System, plan: ProbePlan, stage: Stage, packages: Packages, manager: PackageManager,
+                 baseline: Optional["Baseline"]) -> Tuple[List[ProbeResult], "set[str]"]:
+    """The step of a stage of the packages' life (install, upgrade, remove, purge): its results, and for
+    remove the packages' files as the package manager listed them before."""
+    image = container.image
+    files: "set[str]" = set()
+    step: List[ProbeResult] = []
+    if stage == Stage.INSTALLED and plan.upgrade_from:
+        sources = [Probe(ProbeKind.PACKAGE, s) for s in plan.upgrade_from]
+        step = transaction(container, image, sources, stage,
+                           manager.install(packages.old, cached=True, recommends=plan.recommends),
+                           plan.install_timeout, packages.labels)
+    elif stage in (Stage.INSTALLED, Stage.UPGRADED):
+        step = transaction(container, image, packages.probes, stage,
+                           manager.install(packages.new, cached=True, recommends=plan.recommends),
+                           plan.install_timeout, packages.labels)
+        if plan.start_units:
+            units = [p.target for p in plan.probes if p.kind == ProbeKind.UNIT]
+            container.run_captured(["systemctl", "enable", "--now", *units], timeout=plan.timeout)
+    elif stage == Stage.REMOVED:
+        _, listed = container.run_captured(manager.files(packages.names))
+        files = {line.strip() for line in listed.splitlines() if line.startswith("/")}
+        step = transaction(container, image, packages.probes, stage, manager.remove(packages.names),
+                           plan.install_timeout, packages.labels)
+    elif stage == Stage.PURGED:
+        # the packages the package manager still knows (remove takes some whole) and every package the
+        # installs pulled in, as piuparts purges them: apt's autoremove keeps some (memcached's perl on
+        # noble), and what was not there before the install must go
+        _, listed = container.run_captured(manager.installed())
+        known = set(listed.split())
+        pulled = sorted(known - baseline.packages - set(packages.names)) if baseline else []
+        names = [name for name in packages.names if name in known] + pulled
+        purge = manager.purge(names) if names else []
+        step = transaction(container, image, packages.probes, stage, purge,
+                           plan.install_timeout, packages.labels) if purge else [
+            ProbeResult(image.name, p, Status.PASS, 0.0, output="nothing left to purge: remove took it all",
+                        stage=stage, label=packages.labels.get(p.target, "")) for p in packages.probes]
+    return step, files
+
+
+# --- checks ------------------------------------------------------------------------------
+
+
+NETWORK_CHECK = r"""
+import socket, ssl, sys, time, urllib.request, urllib.error
+url, timeout, expect_status, expect_body = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+deadline = time.monotonic() + timeout
+last, code = "no attempt", 1
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                     urllib.request.HTTPSHandler(context=ssl._create_unverified_context()))
+while True:
+    try:
+        if url.startswith("tcp://"):
+            host, port = url[6:].rstrip("/").rsplit(":", 1)
+            socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+            print("connected to %s" % url[6:])
+            sys.exit(0)
+        try:
+            resp = opener.open(url, timeout=5)
+            status, body = resp.status, resp.read(1 << 20)
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read(1 << 20)
+        text = body.decode("utf-8", "replace")
+        ok = (status == int(expect_status)) if expect_status else 200 <= status < 400
+        if ok and expect_body and expect_body not in text:
+            last, code = "HTTP %d, but the body does not contain %r\n%s" % (status, expect_body, text[:500]), 2
+        elif ok:
+            print("HTTP %d from %s" % (status, url))
+            sys.exit(0)
+        else:
+            last, code = "HTTP %d, expected %s\n%s" % (status, expect_status or "2xx or 3xx", text[:500]), 2
+    except Exception as exc:
+        last, code = "%s: %s" % (type(exc).__name__, exc), 1
+    if time.monotonic() > deadline:
+        print(last)
+        sys.exit(code)
+    time.sleep(0.1)
+"""
+
+NETWORK_NO_ANSWER, NETWORK_WRONG_ANSWER = 1, 2
+
+
+def run_network_probe(container: ContainerSystem, probe: Probe, timeout: float) -> ProbeResult:
+    """Connect from inside the container's network namespace, retrying until the timeout."""
+    t0 = time.monotonic()
+    image = container.image.name
+    cmd = [nsenter_argv("")[0], "--net=%s/ns/net" % container.container.leader_path(), "--", sys.executable, "-I", "-c", NETWORK_CHECK,
+           probe.target, str(timeout), "" if probe.expect_status is None else str(probe.expect_status),
+           probe.expect_body]
+    proc = run(cmd, check=False, capture=True, stderr=subprocess.STDOUT, timeout=timeout + 15)
+    output = proc.stdout.decode("utf-8", "replace").strip()
+    if proc.returncode == 0:
+        return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0, output=output)
+    if proc.returncode == NETWORK_WRONG_ANSWER:  # the last answer, not the fact that the time ran out
+        reason = "%s answered %s" % (probe.target, output.splitlines()[0] if output else "wrongly")
+    else:
+        reason = "%s did not answer within %s s" % (probe.target, timeout)
+    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason=reason, output=output,
+                       details=container.journal_tail(20))
+
+
+def run_command_probe(container: ContainerSystem, probe: Probe, timeout: float) -> ProbeResult:
+    """The command must exit 0 within the timeout."""
+    t0 = time.monotonic()
+    image = container.image.name
+    code, output = container.run_captured(["/bin/sh", "-c", probe.target], timeout=timeout)
+    if code < 0 or code > 128:
+        # killed by a signal: its container's PID 1 may be dying with it (it ends the commands before it
+        # becomes a zombie); give it a moment to say so
+        deadline = time.monotonic() + 2
+        while not container.ended() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    if code == 0:
+        return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0, output=tail(output, 40))
+    reason = "timed out after %s s" % timeout if code == 124 else "exit status %d" % code
+    if container.ended():
+        reason = "the container ended while the command ran (it was shut down, or its PID 1 was killed)"
+    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason=reason, output=tail(output, 40),
+                       details=container.journal_tail(20))
+
+
+def special_files(directory: str, names: List[str]) -> List[str]:
+    """What a --copy of a directory leaves out: devices, FIFOs and sockets (copytree would read a device
+    without end, or block on a FIFO)."""
+    left = []
+    for name in names:
+        with contextlib.suppress(OSError):
+            kind = EntryKind.of(os.lstat(os.path.join(directory, name)))
+            if kind not in (EntryKind.FILE, EntryKind.DIR, EntryKind.LINK):
+                log.warning("--copy leaves out %s, a %s", os.path.join(directory, name), kind)
+                left.append(name)
+    return left
+
+
+def run_copy_probe(container: ContainerSystem, probe: Probe, timeout: float) -> ProbeResult:
+    """Copy a host file or directory into the container (through the read-only guest directory)."""
+    t0 = time.monotonic()
+    image = container.image.name
+    source, _, target = probe.target.rpartition(":")
+    staged = container.container.overlay_of().guest / "copy" / random_id(8)
+    ensure_dir(staged.parent)
+    src = Path(source)
+    try:
+        if src.is_dir():
+            shutil.copytree(src, staged / src.name, symlinks=True, ignore=special_files)
+        else:
+            ensure_dir(staged)
+            shutil.copy2(src, staged / src.name)
+    except (OSError, shutil.Error) as exc:
+        remove_tree(staged)
+        return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0,
+                           reason="cannot copy %s from the host: %s" % (source, exc))
+    inner = "%s/copy/%s/%s" % (GUEST_RUNTIME, staged.name, src.name)
+    code, output = container.run_captured(["/bin/sh", "-c", 'mkdir -p "$(dirname "$2")" && cp -a "$1" "$2"', "sh",
+                                           inner, target])
+    remove_tree(staged)
+    if code == 0:
+        return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0)
+    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason="copying failed (%d)" % code,
+                       output=output)
+
+
+def run_unit_probe(container: System, probe: Probe, timeout: float, expect_active: bool = True) -> ProbeResult:
+    """The unit as the package left it, starting and enabling nothing: it must be active (where the package is
+    installed) or not active (where it was removed). A unit on its way (activating, reloading) gets the
+    time-out to arrive."""
+    t0 = time.monotonic()
+    image = container.image.name
+    unit = probe.target
+    deadline = t0 + timeout
+    while True:
+        _, state = container.run_captured(["systemctl", "is-active", unit])
+        if state not in ("activating", "deactivating", "reloading", "refreshing") or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    _, enabled = container.run_captured(["systemctl", "is-enabled", unit])
+    _, load = container.run_captured(["systemctl", "show", "-p", "LoadState", "--value", unit])
+    active = state == "active"
+    if active == expect_active:
+        return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0,
+                           output="%s, %s" % (state or "unknown", enabled or "not-found"))
+    if not expect_active:
+        reason = "unit %s is still %s after the packages were removed" % (unit, state)
+    elif load == "not-found":
+        reason = "unit %s does not exist" % unit
+    elif state == "failed":
+        reason = "unit %s failed (%s)" % (unit, enabled)
+    elif enabled == "enabled":
+        reason = "%s, enabled: the unit does not run, though it starts at boot" % (state or "unknown")
+    elif state in ("activating", "reloading"):
+        reason = "unit %s is still %s after %s s" % (unit, state, timeout)
+    else:
+        reason = "%s, not enabled: the package neither enabled nor started it" % (state or "unknown")
+    _, status = container.run_captured(["systemctl", "status", "--no-pager", "--lines=20", unit])
+    journal = container.journal_tail(30, unit if load != "not-found" else "")
+    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason=reason, output=status,
+                       details=journal)
+
+
+def reboot(container: System, plan: ProbePlan) -> ProbeResult:
+    """Reboot the container as a machine reboots: its systemd stops every unit and powers off, then the same
+    overlay boots again."""
+    t0 = time.monotonic()
+    probe = Probe(ProbeKind.REBOOT, container.what)
+    try:
+        container.power_cycle()
+    except PostrojError as exc:
+        return ProbeResult(container.image.name, probe, Status.FAIL, time.monotonic() - t0, reason=exc.message,
+                           stage=Stage.REBOOTED)
+    return ProbeResult(container.image.name, probe, Status.PASS, time.monotonic() - t0,
+                       output="booted %s" % (container.boot_state() or "?"), stage=Stage.REBOOTED)
+
+
+def run_checks(container: System, plan: ProbePlan, stage: Stage, broken: str,
+               cancel: threading.Event, results: List[ProbeResult]) -> None:
+    """The checks of `plan` after `stage`: copies, units, ports and commands where the packages are installed;
+    units that must not be active where they were removed. `broken`: the stage's own step failed."""
+    installed = stage not in (Stage.REMOVED, Stage.PURGED)
+    failed_units: List[str] = []  # a port of a unit that failed will not answer: no need to wait for it
+    for probe in plan.probes:
+        if probe.kind == ProbeKind.PACKAGE or (not installed and probe.kind != ProbeKind.UNIT):
+            continue
+        if plan.fail_fast and any(r.status == Status.FAIL for r in results):
+            cancel.set()
+        if cancel.is_set():
+            results.append(ProbeResult(container.image.name, probe, Status.SKIP, 0.0, reason="not run: --fail-fast",
+                                       stage=stage))
+        elif broken and probe.kind in (ProbeKind.UNIT, ProbeKind.NETWORK):
+            # a unit or a port of a package that did not install would only wait out its time-out
+            results.append(ProbeResult(container.image.name, probe, Status.SKIP, 0.0, reason="not run: %s" % broken,
+                                       stage=stage))
+        elif probe.kind == ProbeKind.UNIT and not installed:
+            results.append(run_unit_probe(container, probe, plan.timeout, expect_active=False)._replace(stage=stage))
+        elif probe.kind == ProbeKind.NETWORK and failed_units:
+            results.append(ProbeResult(container.image.name, probe, Status.FAIL, 0.0, stage=stage,
+                                       reason="%s cannot answer: unit %s failed" % (probe.target,
+                                                                                   ", ".join(failed_units))))
+        else:
+            results.append(container.check(probe, plan.timeout)._replace(stage=stage))
+            if probe.kind == ProbeKind.UNIT and results[-1].reason.startswith("unit %s failed" % probe.target):
+                failed_units.append(probe.target)
+            if stage == Stage.REBOOTED and "neither enabled nor started" in results[-1].reason:
+                results[-1] = results[-1]._replace(reason="inactive, not enabled: it did not come back after the "
+                                                   "reboot (the package started it but did not enable it)")
+
+
+# --- the baseline and purge's comparison -------------------------------------------------
+
+
+def merged_entries(image: Path, lower: Dict[str, str], upper: Dict[str, str]) -> Dict[str, str]:
+    """What a container with a layer changed against the image: the layer's entries (`lower`) under the
+    container's own (`upper`); a path the layer made that the container deleted is as in the image again."""
+    merged = dict(lower)
+    deleted = []
+    for path, kind in upper.items():
+        if kind == EntryKind.GONE and lower.get(path, EntryKind.GONE) != EntryKind.GONE:
+            deleted.append(path + "/")
+            parent = resolve_in_root(image, os.path.dirname(path))
+            if parent is not None and os.path.lexists(str(parent / os.path.basename(path))):
+                merged[path] = EntryKind.GONE
+            else:
+                del merged[path]
+        else:
+            merged[path] = kind
+    if deleted:
+        below = tuple(deleted)
+        merged = {p: k for p, k in merged.items() if p in upper or not p.startswith(below)}
+    return merged
+
+
+def overlay_entries(upper: Path) -> Dict[str, str]:
+    """What the container changed, from its overlay's upper directory, read on the host with lstat only and
+    without recursion (walk_tree): path in the container -> its EntryKind."""
+    top = str(upper)
+    return {"/" + os.path.relpath(path, top): EntryKind.of(st) for path, st in walk_tree(top)}
+
+
+def open_beneath(root: Path, relative: str) -> int:
+    """A descriptor of the directory that holds `relative` below `root`, reached without following a link
+    (what a container made may be a link anywhere on the host)."""
+    fd = os.open(str(root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in [p for p in relative.split("/") if p][:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def same_regular_files(a: int, b: int) -> bool:
+    """True when two open regular files have the same bytes (read in bounded pieces)."""
+    if os.fstat(a).st_size != os.fstat(b).st_size:
+        return False
+    while True:
+        one, other = os.read(a, 1 << 20), os.read(b, 1 << 20)
+        if one != other:
+            return False
+        if not one:
+            return True
+
+
+def open_regular(name: str, dir_fd: Optional[int] = None) -> Optional[int]:
+    """A descriptor of the regular file `name`, or None when it is anything else: never follows a link, never
+    blocks on a FIFO, never opens a device for reading."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd)
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    return None
+
+
+def same_as_image(lower: Path, path: str, kind: str, upper: Path) -> bool:
+    """True when the image has `path` as the overlay has it now: a directory that was there (files were made
+    and removed in it), a link to the same place, a file with the same bytes (its owner or mode changed).
+    A device, a FIFO or a socket is never the same: it is reported, never opened."""
+    parent = resolve_in_root(lower, os.path.dirname(path))  # its own links lead within the image only
+    if parent is None or kind not in (EntryKind.DIR, EntryKind.LINK, EntryKind.FILE):
+        return False
+    image_path = parent / os.path.basename(path)
+    name = os.path.basename(path)
+    try:
+        theirs = os.lstat(str(image_path))
+        if kind == EntryKind.DIR:
+            return stat.S_ISDIR(theirs.st_mode)
+        fd = open_beneath(upper, path)
+        try:
+            if kind == EntryKind.LINK:
+                return stat.S_ISLNK(theirs.st_mode) and os.readlink(str(image_path)) == os.readlink(name, dir_fd=fd)
+            if not stat.S_ISREG(theirs.st_mode):
+                return False
+            ours_fd = open_regular(name, fd)
+            if ours_fd is None:
+                return False
+            with open(ours_fd, "rb") as ours:
+                theirs_fd = open_regular(str(image_path))
+                if theirs_fd is None:
+                    return False
+                with open(theirs_fd, "rb") as image_file:
+                    return same_regular_files(ours.fileno(), image_file.fileno())
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+
+
+def container_processes(container: System) -> Dict[int, Tuple[str, str]]:
+    """The processes in the container: PID -> (executable, command line)."""
+    _, out = container.run_captured(["sh", "-c", PROCESSES_SCRIPT])
+    found = {}
+    for line in out.splitlines():
+        fields = line.split("\t", 2)
+        if len(fields) == 3 and fields[0].isdigit():
+            found[int(fields[0])] = (fields[1], fields[2].strip())
+    return found
+
+
+def account_names(container: System) -> "set[str]":
+    """The users and groups of the container, as user:NAME and group:NAME."""
+    _, out = container.run_captured(["sh", "-c", "cut -d: -f1 /etc/passwd | sed s/^/user:/; "
+                                                 "cut -d: -f1 /etc/group | sed s/^/group:/"])
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+class Baseline(NamedTuple):
+    """The container before the first install, for purge's comparison (piuparts-style): what its overlay
+    held, which programs ran, which users and groups it had, which packages it had."""
+
+    entries: Dict[str, str]
+    executables: "set[str]"
+    accounts: "set[str]"
+    packages: "set[str]"
+
+    @classmethod
+    def take(cls, container: System) -> "Baseline":
+        """The container as it is now, as the image had it: the packages, users and groups a dependency layer
+        added are not in it, so that the purge takes those packages and reports what they keep as without a
+        layer."""
+        layer = container.layer
+        accounts = account_names(container) - set(layer.accounts if layer else ())
+        _, listed = container.run_captured(container.manager.installed())
+        packages = set(listed.split()) - {name.split("=", 1)[0].split(":", 1)[0] for name in
+                                          (layer.packages if layer else ())}
+        return cls(container.baseline_entries(), {exe for exe, _ in container_processes(container).values()},
+                   accounts, packages)
+
+
+def leftover_result(image: str, target: str, stage: Stage, found: Sequence[str], what: Tuple[str, str], t0: float,
+                    reported: str = "") -> ProbeResult:
+    """A leftover check's result: a failure listing what was `found` (`what`: the words for one and for
+    several)."""
+    probe = Probe(ProbeKind.LEFTOVER, target)
+    if not found:
+        return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0, output=reported, stage=stage)
+    listed = "\n".join(found[:60]) + ("\n... and %d more" % (len(found) - 60) if len(found) > 60 else "")
+    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, stage=stage,
+                       reason="%s: %d %s" % (stage, len(found), what[0] if len(found) == 1 else what[1]),
+                       output=listed + ("\n" + reported if reported else ""))
+
+
+def check_removed(container: System, files: "set[str]", t0: float) -> List[ProbeResult]:
+    """After remove: no process runs a program (or a script) of the packages' files, none of their units is
+    active."""
+    image = container.image.name
+    # a program of the packages, or a script of theirs run by its interpreter
+    running = sorted("%d %s (%s)" % (pid, exe, cmd) for pid, (exe, cmd) in container_processes(container).items()
+                     if exe in files or any(word in files for word in cmd.split()[:2]))
+    units = sorted(os.path.basename(f) for f in files if f.startswith(UNIT_DIRS) and
+                   f.endswith((".service", ".socket", ".timer", ".path")))
+    active = []
+    if units:
+        _, out = container.run_captured(["systemctl", "is-active", *units])
+        active = [unit for unit, state in zip(units, out.splitlines()) if state.strip() in ("active", "activating")]
+    return [leftover_result(image, "processes", Stage.REMOVED, running, ("process of the packages still runs",
+                                                                         "processes of the packages still run"), t0),
+            leftover_result(image, "units", Stage.REMOVED, active, ("unit of the packages is still active",
+                                                                    "units of the packages are still active"), t0)]
+
+
+def check_purged(container: System, baseline: Baseline, files: "set[str]", t0: float) -> List[ProbeResult]:
+    """After purge, against the container before the first install: files and directories left behind or
+    changed, broken links, *.wants links to units that are gone, programs still running; users and groups
+    left are reported."""
+    image = container.image.name
+    now = container.entries()
+    if container.listed_whole:  # a VM's listing: what it no longer has was deleted
+        now.update((path, EntryKind.GONE) for path in baseline.entries.keys() - now.keys())
+    changed = [path for path, kind in now.items() if baseline.entries.get(path) != kind and
+               not (path.startswith(PURGE_EXPECTED) or path + "/" in PURGE_EXPECTED) and
+               not container.unchanged(path, kind)]
+    # a directory left behind is named once, not with everything in it
+    dirs = {p for p in changed if now[p] == EntryKind.DIR}
+    changed = [p for p in changed if not any(p.startswith(d + "/") for d in dirs)]
+    links = [p for p in changed if now[p] == EntryKind.LINK]
+    dangling = set()
+    if links:
+        _, out = container.run_captured(["sh", "-c", MISSING_SCRIPT, "sh", *links])
+        dangling = {line.strip() for line in out.splitlines() if line.strip()}
+    words = {EntryKind.FILE: "left behind", EntryKind.DIR: "directory left behind",
+             EntryKind.LINK: "link left behind", EntryKind.GONE: "deleted from the image",
+             EntryKind.DEVICE: "device node left behind", EntryKind.FIFO: "FIFO left behind",
+             EntryKind.SOCKET: "socket left behind"}
+    listed = []
+    for path in sorted(changed):
+        word = words[EntryKind(now[path])]
+        if path in dangling:
+            word = "broken link to a unit that is gone" if ".wants/" in path else "broken link left behind"
+        listed.append("%s: %s" % (path, word))
+    # a program that did not run before, or a script of the packages' run by an interpreter that did
+    running = sorted("%s (%s)" % (exe, cmd) for exe, cmd in container_processes(container).values()
+                     if exe not in baseline.executables or any(word in files for word in cmd.split()[:2]))
+    accounts = sorted(account_names(container) - baseline.accounts)
+    reported = "left, as Debian's policy allows: %s" % ", ".join(accounts) if accounts else ""
+    return [leftover_result(image, "files", Stage.PURGED, listed, (
+        "path differs from the container before the install", "paths differ from the container before the install"),
+        t0, reported),
+        leftover_result(image, "processes", Stage.PURGED, running, ("process still runs", "processes still run"), t0)]
+
+
+# Paths a package's life changes on any system and purge does not restore: logs, the package managers' and
+# systemd's state, caches, the journal (README: Lifecycle). Users and groups that remain are reported, not
+# failed: Debian's policy keeps them.
+PURGE_EXPECTED = (
+    "/var/log/", "/var/lib/apt/", "/var/lib/dpkg/", "/var/lib/rpm/", "/var/lib/dnf/", "/var/lib/pacman/",
+    "/var/cache/", "/var/lib/systemd/", "/var/lib/dbus/", "/var/lib/ucf/", "/var/lib/polkit-1/",
+    "/var/lib/private/", "/run/", "/tmp/", "/var/tmp/", "/etc/ld.so.cache", "/etc/passwd", "/etc/group",
+    "/etc/shadow", "/etc/gshadow", "/etc/subuid", "/etc/subgid", "/etc/machine-id", "/etc/.pwd.lock",
+    "/usr/share/info/dir", "/var/lib/sgml-base/", "/var/lib/xml-core/", "/etc/ca-certificates.conf",
+    "/etc/ssl/certs/",
+    # the administrator's data, which a purge must not delete: web roots, /srv, backups, mail
+    "/var/www/", "/srv/", "/var/backups/", "/var/mail/",
+    # merged /usr's diversions, made by dpkg when a dependency unpacks into /bin, /sbin or /lib
+    "/bin.usr-is-merged/", "/sbin.usr-is-merged/", "/lib.usr-is-merged/",
+)
+PROCESSES_SCRIPT = r'''for p in /proc/[0-9]*; do
+  exe=$(readlink "$p/exe" 2>/dev/null) || continue
+  printf '%s\t%s\t%s\n' "${p#/proc/}" "${exe% (deleted)}" "$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)"
+done'''
+MISSING_SCRIPT = 'for f; do [ -e "$f" ] || printf "%s\\n" "$f"; done'
+UNIT_DIRS = ("/lib/systemd/system/", "/usr/lib/systemd/system/", "/etc/systemd/system/")
+
+
+# --- dependency layers -------------------------------------------------------------------
 
 
 # Dependency layers: the dependencies of the packages under test, installed in a booted container over one
@@ -5686,375 +6079,7 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
     return read_layer(settings.layers / key)
 
 
-def list_layers(settings: Settings) -> List[Tuple[Layer, float, int]]:
-    """The complete dependency layers: each with its last use (a time) and its size, the latest used first."""
-    found = []
-    if settings.layers.is_dir():
-        for entry in settings.layers.iterdir():
-            layer = read_layer(entry) if not entry.name.startswith(".") else None
-            if layer is not None:
-                with contextlib.suppress(OSError):
-                    found.append((layer, os.lstat(str(layer.stamp)).st_mtime, layer.size))
-    return sorted(found, key=lambda item: -item[1])
-
-
-def prune_layers(settings: Settings, days: float, gb: float) -> List[str]:
-    """Remove half-made layers (their maker gone), layers of image versions that are gone, layers unused for
-    `days`, and the longest unused while all of them take more than `gb`; never one a probe uses or makes."""
-    removed: List[str] = []
-    if not settings.layers.is_dir():
-        return removed
-    for entry in sorted(settings.layers.iterdir()):
-        # half-made: staged by a postroj that was killed, or a layer directory that is not whole
-        match = re.match(r"^\.making-([0-9a-f]+)-\d+$", entry.name) or \
-            (re.match(r"^([0-9a-f]{32})$", entry.name) if read_layer(entry) is None else None)
-        if match:
-            with file_lock(settings.layers / (".%s.lock" % match.group(1)), wait=False) as free:
-                if free:
-                    remove_tree(entry)
-                    removed.append(entry.name)
-    total = sum(size for _, _, size in list_layers(settings))
-    for layer, used, size in reversed(list_layers(settings)):  # the longest unused first
-        if layer.root and os.path.isdir(layer.root) and time.time() - used < days * 86400 and total <= gb * 1e9:
-            continue
-        with file_lock(settings.layers / (".%s.lock" % layer.key), wait=False) as free, \
-                file_lock(layer.stamp, wait=False) as unused:
-            if free and unused:
-                remove_tree(layer.directory)
-                removed.append(layer.key)
-                total -= size
-    return removed
-
-
-PROXY_STAGING_DAYS = 1  # a package proxy writes its download for minutes at most: older, its postroj was killed
-
-
-def prune_proxy_staging(settings: Settings) -> List[str]:
-    """Remove what package proxies killed in a download left in the package caches (.postroj-proxy.*, a day
-    old; links unlinked, never followed): RELEASE/NAME of each."""
-    removed = []
-    with contextlib.suppress(OSError):
-        for cache in os.scandir(settings.packages):
-            if not cache.is_dir(follow_symlinks=False):
-                continue
-            with contextlib.suppress(OSError):
-                for entry in os.scandir(cache.path):
-                    if entry.name.startswith(".postroj-proxy.") and not entry.is_dir(follow_symlinks=False) and \
-                            entry.stat(follow_symlinks=False).st_mtime < time.time() - PROXY_STAGING_DAYS * 86400:
-                        os.unlink(entry.path)
-                        removed.append("%s/%s" % (cache.name, entry.name))
-    return removed
-
-
-def collect_garbage(settings: Settings, layer_days: float = 14, layer_gb: float = 20) -> List[str]:
-    """End leftover containers, remove stale runtime and staging state, unused image versions, and dependency
-    layers unused for `layer_days` or beyond `layer_gb` in all (the longest unused first)."""
-    done = []
-    for machine in list_machines(settings, include_stale=True):
-        if not machine.alive:
-            end_machine(settings, machine)
-            done.append("machine %s" % machine.name)
-    # what killed runs left running (a bootstrap's mmdebstrap, a guest's systemd) ends before their files go
-    done += ["cgroup %s" % name for name in sorted(set(remove_stale_run_cgroups(settings.home_key, settings.locks)
-                                                       + remove_orphan_cgroups(settings)))]
-    if settings.runtime.is_dir():
-        for entry in settings.runtime.iterdir():
-            files = RuntimeFiles(settings.runtime, RuntimeFiles.machine_of(entry.name) if entry.is_file()
-                                 else entry.name)
-            if not files.state.exists() and not lock_is_held(files.lock):
-                remove_tree(entry)
-                done.append("runtime %s" % entry.name)
-    if settings.tmp.is_dir():
-        for entry in settings.tmp.iterdir():
-            name = entry.name.rpartition(".")[0]  # mkdtemp's suffix has no dots; image names may
-            if entry.name.startswith(".doomed-") or not lock_is_held(settings.locks / ("image-%s.lock" % name)):
-                remove_tree(entry)
-                done.append("staging %s" % entry.name)
-    done += ["image version %s" % v.name for v in prune_versions(settings)]
-    done += ["dependency layer %s" % name for name in prune_layers(settings, layer_days, layer_gb)]
-    done += ["package proxy's staging %s" % name for name in prune_proxy_staging(settings)]
-    return done
-
-
-# Paths a package's life changes on any system and purge does not restore: logs, the package managers' and
-# systemd's state, caches, the journal (README: Lifecycle). Users and groups that remain are reported, not
-# failed: Debian's policy keeps them.
-PURGE_EXPECTED = (
-    "/var/log/", "/var/lib/apt/", "/var/lib/dpkg/", "/var/lib/rpm/", "/var/lib/dnf/", "/var/lib/pacman/",
-    "/var/cache/", "/var/lib/systemd/", "/var/lib/dbus/", "/var/lib/ucf/", "/var/lib/polkit-1/",
-    "/var/lib/private/", "/run/", "/tmp/", "/var/tmp/", "/etc/ld.so.cache", "/etc/passwd", "/etc/group",
-    "/etc/shadow", "/etc/gshadow", "/etc/subuid", "/etc/subgid", "/etc/machine-id", "/etc/.pwd.lock",
-    "/usr/share/info/dir", "/var/lib/sgml-base/", "/var/lib/xml-core/", "/etc/ca-certificates.conf",
-    "/etc/ssl/certs/",
-    # the administrator's data, which a purge must not delete: web roots, /srv, backups, mail
-    "/var/www/", "/srv/", "/var/backups/", "/var/mail/",
-    # merged /usr's diversions, made by dpkg when a dependency unpacks into /bin, /sbin or /lib
-    "/bin.usr-is-merged/", "/sbin.usr-is-merged/", "/lib.usr-is-merged/",
-)
-PROCESSES_SCRIPT = r'''for p in /proc/[0-9]*; do
-  exe=$(readlink "$p/exe" 2>/dev/null) || continue
-  printf '%s\t%s\t%s\n' "${p#/proc/}" "${exe% (deleted)}" "$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)"
-done'''
-MISSING_SCRIPT = 'for f; do [ -e "$f" ] || printf "%s\\n" "$f"; done'
-UNIT_DIRS = ("/lib/systemd/system/", "/usr/lib/systemd/system/", "/etc/systemd/system/")
-
-
-class System(Protocol):
-    """What the lifecycle (live(): its stages, checks and purge comparison) asks of the system under test:
-    a booted container (NspawnContainer) or a Linux VM (VmSystem); the unit tests' scripted fake too."""
-
-    @property
-    def image(self) -> ImageInfo:
-        """The image (or box) it runs."""
-
-    @property
-    def layer(self) -> Optional["Layer"]:
-        """The dependency layer below it (a container's), or None."""
-
-    @property
-    def listed_whole(self) -> bool:
-        """entries() list the whole file system (a VM), not what an overlay changed."""
-
-    @property
-    def what(self) -> str:
-        """What it is, for messages: the container, the VM."""
-
-    @property
-    def manager(self) -> PackageManager:
-        """Its package manager."""
-
-    def run_captured(self, argv: Sequence[str], timeout: Optional[float] = 30) -> Tuple[int, str]:
-        """The exit status of `argv` run as root in it, and what it printed."""
-
-    def ended(self) -> bool:
-        """True once it has stopped or begun to."""
-
-    def journal_tail(self, lines: int = 30, unit: str = "", since: float = 0) -> str:
-        """Its last journal lines (of `unit`, since the time `since`)."""
-
-    def power_cycle(self) -> None:
-        """Reboot as a machine reboots."""
-
-    def boot_state(self) -> str:
-        """How its boot ended (systemctl is-system-running)."""
-
-    def check(self, probe: Probe, timeout: float) -> ProbeResult:
-        """Run one check (copy, unit, network, command) in it."""
-
-    def entries(self) -> Dict[str, str]:
-        """What it changed: path -> EntryKind."""
-
-    def baseline_entries(self) -> Dict[str, str]:
-        """What it changed before any install (purge's comparison)."""
-
-    def unchanged(self, path: str, kind: str) -> bool:
-        """True when the image has `path` as it has it now."""
-
-
-def container_processes(container: System) -> Dict[int, Tuple[str, str]]:
-    """The processes in the container: PID -> (executable, command line)."""
-    _, out = container.run_captured(["sh", "-c", PROCESSES_SCRIPT])
-    found = {}
-    for line in out.splitlines():
-        fields = line.split("\t", 2)
-        if len(fields) == 3 and fields[0].isdigit():
-            found[int(fields[0])] = (fields[1], fields[2].strip())
-    return found
-
-
-def account_names(container: System) -> "set[str]":
-    """The users and groups of the container, as user:NAME and group:NAME."""
-    _, out = container.run_captured(["sh", "-c", "cut -d: -f1 /etc/passwd | sed s/^/user:/; "
-                                                 "cut -d: -f1 /etc/group | sed s/^/group:/"])
-    return {line.strip() for line in out.splitlines() if line.strip()}
-
-
-class Baseline(NamedTuple):
-    """The container before the first install, for purge's comparison (piuparts-style): what its overlay
-    held, which programs ran, which users and groups it had, which packages it had."""
-
-    entries: Dict[str, str]
-    executables: "set[str]"
-    accounts: "set[str]"
-    packages: "set[str]"
-
-    @classmethod
-    def take(cls, container: System) -> "Baseline":
-        """The container as it is now, as the image had it: the packages, users and groups a dependency layer
-        added are not in it, so that the purge takes those packages and reports what they keep as without a
-        layer."""
-        layer = container.layer
-        accounts = account_names(container) - set(layer.accounts if layer else ())
-        _, listed = container.run_captured(container.manager.installed())
-        packages = set(listed.split()) - {name.split("=", 1)[0].split(":", 1)[0] for name in
-                                          (layer.packages if layer else ())}
-        return cls(container.baseline_entries(), {exe for exe, _ in container_processes(container).values()},
-                   accounts, packages)
-
-
-def leftover_result(image: str, target: str, stage: Stage, found: Sequence[str], what: Tuple[str, str], t0: float,
-                    reported: str = "") -> ProbeResult:
-    """A leftover check's result: a failure listing what was `found` (`what`: the words for one and for
-    several)."""
-    probe = Probe(ProbeKind.LEFTOVER, target)
-    if not found:
-        return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0, output=reported, stage=stage)
-    listed = "\n".join(found[:60]) + ("\n... and %d more" % (len(found) - 60) if len(found) > 60 else "")
-    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, stage=stage,
-                       reason="%s: %d %s" % (stage, len(found), what[0] if len(found) == 1 else what[1]),
-                       output=listed + ("\n" + reported if reported else ""))
-
-
-def check_removed(container: System, files: "set[str]", t0: float) -> List[ProbeResult]:
-    """After remove: no process runs a program (or a script) of the packages' files, none of their units is
-    active."""
-    image = container.image.name
-    # a program of the packages, or a script of theirs run by its interpreter
-    running = sorted("%d %s (%s)" % (pid, exe, cmd) for pid, (exe, cmd) in container_processes(container).items()
-                     if exe in files or any(word in files for word in cmd.split()[:2]))
-    units = sorted(os.path.basename(f) for f in files if f.startswith(UNIT_DIRS) and
-                   f.endswith((".service", ".socket", ".timer", ".path")))
-    active = []
-    if units:
-        _, out = container.run_captured(["systemctl", "is-active", *units])
-        active = [unit for unit, state in zip(units, out.splitlines()) if state.strip() in ("active", "activating")]
-    return [leftover_result(image, "processes", Stage.REMOVED, running, ("process of the packages still runs",
-                                                                         "processes of the packages still run"), t0),
-            leftover_result(image, "units", Stage.REMOVED, active, ("unit of the packages is still active",
-                                                                    "units of the packages are still active"), t0)]
-
-
-def check_purged(container: System, baseline: Baseline, files: "set[str]", t0: float) -> List[ProbeResult]:
-    """After purge, against the container before the first install: files and directories left behind or
-    changed, broken links, *.wants links to units that are gone, programs still running; users and groups
-    left are reported."""
-    image = container.image.name
-    now = container.entries()
-    if container.listed_whole:  # a VM's listing: what it no longer has was deleted
-        now.update((path, EntryKind.GONE) for path in baseline.entries.keys() - now.keys())
-    changed = [path for path, kind in now.items() if baseline.entries.get(path) != kind and
-               not (path.startswith(PURGE_EXPECTED) or path + "/" in PURGE_EXPECTED) and
-               not container.unchanged(path, kind)]
-    # a directory left behind is named once, not with everything in it
-    dirs = {p for p in changed if now[p] == EntryKind.DIR}
-    changed = [p for p in changed if not any(p.startswith(d + "/") for d in dirs)]
-    links = [p for p in changed if now[p] == EntryKind.LINK]
-    dangling = set()
-    if links:
-        _, out = container.run_captured(["sh", "-c", MISSING_SCRIPT, "sh", *links])
-        dangling = {line.strip() for line in out.splitlines() if line.strip()}
-    words = {EntryKind.FILE: "left behind", EntryKind.DIR: "directory left behind",
-             EntryKind.LINK: "link left behind", EntryKind.GONE: "deleted from the image",
-             EntryKind.DEVICE: "device node left behind", EntryKind.FIFO: "FIFO left behind",
-             EntryKind.SOCKET: "socket left behind"}
-    listed = []
-    for path in sorted(changed):
-        word = words[EntryKind(now[path])]
-        if path in dangling:
-            word = "broken link to a unit that is gone" if ".wants/" in path else "broken link left behind"
-        listed.append("%s: %s" % (path, word))
-    # a program that did not run before, or a script of the packages' run by an interpreter that did
-    running = sorted("%s (%s)" % (exe, cmd) for exe, cmd in container_processes(container).values()
-                     if exe not in baseline.executables or any(word in files for word in cmd.split()[:2]))
-    accounts = sorted(account_names(container) - baseline.accounts)
-    reported = "left, as Debian's policy allows: %s" % ", ".join(accounts) if accounts else ""
-    return [leftover_result(image, "files", Stage.PURGED, listed, (
-        "path differs from the container before the install", "paths differ from the container before the install"),
-        t0, reported),
-        leftover_result(image, "processes", Stage.PURGED, running, ("process still runs", "processes still run"), t0)]
-
-
-def transaction(container: System, image: ImageInfo, probes: Sequence[Probe], stage: Stage,
-                argv: Sequence[str], timeout: float, labels: Optional[Dict[str, str]] = None) -> List[ProbeResult]:
-    """Run the package manager in the booted container, as on a machine: a result per probe, with what it
-    printed, and the stage's journal when it failed."""
-    t0, started = time.monotonic(), time.time()
-    code, output = container.run_captured(list(argv), timeout=timeout)
-    duration = (time.monotonic() - t0) / len(probes)
-    labels = labels or {}
-    if code == 0:
-        return [ProbeResult(image.name, p, Status.PASS, duration, output=tail(output), stage=stage,
-                            label=labels.get(p.target, "")) for p in probes]
-    reason = "%s did not finish within %g s" % (image.package_manager, timeout) if code == 124 else \
-        "%s exited with %d" % (image.package_manager, code)
-    if container.ended():
-        reason = "the container ended while %s ran" % image.package_manager
-    journal = "" if container.ended() else container.journal_tail(30, since=started)
-    return [ProbeResult(image.name, p, Status.FAIL, duration, reason=reason, output=tail(output, 40), details=journal,
-                        stage=stage, label=labels.get(p.target, "")) for p in probes]
-
-
-def run_checks(container: System, plan: ProbePlan, stage: Stage, broken: str,
-               cancel: threading.Event, results: List[ProbeResult]) -> None:
-    """The checks of `plan` after `stage`: copies, units, ports and commands where the packages are installed;
-    units that must not be active where they were removed. `broken`: the stage's own step failed."""
-    installed = stage not in (Stage.REMOVED, Stage.PURGED)
-    failed_units: List[str] = []  # a port of a unit that failed will not answer: no need to wait for it
-    for probe in plan.probes:
-        if probe.kind == ProbeKind.PACKAGE or (not installed and probe.kind != ProbeKind.UNIT):
-            continue
-        if plan.fail_fast and any(r.status == Status.FAIL for r in results):
-            cancel.set()
-        if cancel.is_set():
-            results.append(ProbeResult(container.image.name, probe, Status.SKIP, 0.0, reason="not run: --fail-fast",
-                                       stage=stage))
-        elif broken and probe.kind in (ProbeKind.UNIT, ProbeKind.NETWORK):
-            # a unit or a port of a package that did not install would only wait out its time-out
-            results.append(ProbeResult(container.image.name, probe, Status.SKIP, 0.0, reason="not run: %s" % broken,
-                                       stage=stage))
-        elif probe.kind == ProbeKind.UNIT and not installed:
-            results.append(run_unit_probe(container, probe, plan.timeout, expect_active=False)._replace(stage=stage))
-        elif probe.kind == ProbeKind.NETWORK and failed_units:
-            results.append(ProbeResult(container.image.name, probe, Status.FAIL, 0.0, stage=stage,
-                                       reason="%s cannot answer: unit %s failed" % (probe.target,
-                                                                                   ", ".join(failed_units))))
-        else:
-            results.append(container.check(probe, plan.timeout)._replace(stage=stage))
-            if probe.kind == ProbeKind.UNIT and results[-1].reason.startswith("unit %s failed" % probe.target):
-                failed_units.append(probe.target)
-            if stage == Stage.REBOOTED and "neither enabled nor started" in results[-1].reason:
-                results[-1] = results[-1]._replace(reason="inactive, not enabled: it did not come back after the "
-                                                   "reboot (the package started it but did not enable it)")
-
-
-def package_step(container: System, plan: ProbePlan, stage: Stage, packages: Packages, manager: PackageManager,
-                 baseline: Optional["Baseline"]) -> Tuple[List[ProbeResult], "set[str]"]:
-    """The step of a stage of the packages' life (install, upgrade, remove, purge): its results, and for
-    remove the packages' files as the package manager listed them before."""
-    image = container.image
-    files: "set[str]" = set()
-    step: List[ProbeResult] = []
-    if stage == Stage.INSTALLED and plan.upgrade_from:
-        sources = [Probe(ProbeKind.PACKAGE, s) for s in plan.upgrade_from]
-        step = transaction(container, image, sources, stage,
-                           manager.install(packages.old, cached=True, recommends=plan.recommends),
-                           plan.install_timeout, packages.labels)
-    elif stage in (Stage.INSTALLED, Stage.UPGRADED):
-        step = transaction(container, image, packages.probes, stage,
-                           manager.install(packages.new, cached=True, recommends=plan.recommends),
-                           plan.install_timeout, packages.labels)
-        if plan.start_units:
-            units = [p.target for p in plan.probes if p.kind == ProbeKind.UNIT]
-            container.run_captured(["systemctl", "enable", "--now", *units], timeout=plan.timeout)
-    elif stage == Stage.REMOVED:
-        _, listed = container.run_captured(manager.files(packages.names))
-        files = {line.strip() for line in listed.splitlines() if line.startswith("/")}
-        step = transaction(container, image, packages.probes, stage, manager.remove(packages.names),
-                           plan.install_timeout, packages.labels)
-    elif stage == Stage.PURGED:
-        # the packages the package manager still knows (remove takes some whole) and every package the
-        # installs pulled in, as piuparts purges them: apt's autoremove keeps some (memcached's perl on
-        # noble), and what was not there before the install must go
-        _, listed = container.run_captured(manager.installed())
-        known = set(listed.split())
-        pulled = sorted(known - baseline.packages - set(packages.names)) if baseline else []
-        names = [name for name in packages.names if name in known] + pulled
-        purge = manager.purge(names) if names else []
-        step = transaction(container, image, packages.probes, stage, purge,
-                           plan.install_timeout, packages.labels) if purge else [
-            ProbeResult(image.name, p, Status.PASS, 0.0, output="nothing left to purge: remove took it all",
-                        stage=stage, label=packages.labels.get(p.target, "")) for p in packages.probes]
-    return step, files
+# --- the stage loop ----------------------------------------------------------------------
 
 
 def live(container: System, plan: ProbePlan, packages: Optional[Packages], cancel: threading.Event,
@@ -6099,90 +6124,9 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
     return results
 
 
-def not_downloaded(image: str, plan: ProbePlan, failure: DownloadFailed, duration: float) -> List[ProbeResult]:
-    """The results of an image whose packages could not be downloaded: nothing booted; the first stage's step
-    fails with the package manager's output, everything after it is skipped."""
-    stages = plan.stages()
-    reason = failure.message + ("\nhint: %s" % failure.hint if failure.hint else "")
-    packaged = Packages((), (), (), tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE), {})
-    results = [ProbeResult(image, p, Status.FAIL, duration, reason=reason, output=failure.output, stage=stages[0])
-               for p in (stage_probes(plan, stages[0], packaged)) if p.kind == ProbeKind.PACKAGE]
-    files = ", ".join(os.path.basename(p.target) for p in plan.probes if p.kind == ProbeKind.PACKAGE)
-    skipped = "not run: downloading what %s needs failed" % files if failure.message.startswith("downloading") \
-        else "not run: %s" % failure.message.split(":")[0]
-    for stage in stages:
-        results += [ProbeResult(image, p, Status.SKIP, 0.0, reason=skipped, stage=stage)
-                    for p in stage_probes(plan, stage, packaged)
-                    if not (stage == stages[0] and p.kind == ProbeKind.PACKAGE)]
-    return results
-
-
-def stage_probes(plan: ProbePlan, stage: Stage, packages: Optional[Packages]) -> List[Probe]:
-    """What a stage reports on: its step and its checks (for the rows of a stage that is skipped)."""
-    if stage == Stage.INSTALLED and plan.upgrade_from:
-        found = [Probe(ProbeKind.PACKAGE, s) for s in plan.upgrade_from]
-    elif stage == Stage.REBOOTED:
-        found = [Probe(ProbeKind.REBOOT, "the container")]
-    else:
-        found = list(packages.probes) if packages and stage != Stage.BOOTED else []
-    installed = stage not in (Stage.REMOVED, Stage.PURGED)
-    found += [p for p in plan.probes if p.kind != ProbeKind.PACKAGE and (installed or p.kind == ProbeKind.UNIT)]
-    if stage == Stage.REMOVED:
-        found += [Probe(ProbeKind.LEFTOVER, "processes"), Probe(ProbeKind.LEFTOVER, "units")]
-    elif stage == Stage.PURGED:
-        found += [Probe(ProbeKind.LEFTOVER, "files"), Probe(ProbeKind.LEFTOVER, "processes")]
-    return found
-
-
-def reboot(container: System, plan: ProbePlan) -> ProbeResult:
-    """Reboot the container as a machine reboots: its systemd stops every unit and powers off, then the same
-    overlay boots again."""
-    t0 = time.monotonic()
-    probe = Probe(ProbeKind.REBOOT, container.what)
-    try:
-        container.power_cycle()
-    except PostrojError as exc:
-        return ProbeResult(container.image.name, probe, Status.FAIL, time.monotonic() - t0, reason=exc.message,
-                           stage=Stage.REBOOTED)
-    return ProbeResult(container.image.name, probe, Status.PASS, time.monotonic() - t0,
-                       output="booted %s" % (container.boot_state() or "?"), stage=Stage.REBOOTED)
-
-
-def run_unit_probe(container: System, probe: Probe, timeout: float, expect_active: bool = True) -> ProbeResult:
-    """The unit as the package left it, starting and enabling nothing: it must be active (where the package is
-    installed) or not active (where it was removed). A unit on its way (activating, reloading) gets the
-    time-out to arrive."""
-    t0 = time.monotonic()
-    image = container.image.name
-    unit = probe.target
-    deadline = t0 + timeout
-    while True:
-        _, state = container.run_captured(["systemctl", "is-active", unit])
-        if state not in ("activating", "deactivating", "reloading", "refreshing") or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    _, enabled = container.run_captured(["systemctl", "is-enabled", unit])
-    _, load = container.run_captured(["systemctl", "show", "-p", "LoadState", "--value", unit])
-    active = state == "active"
-    if active == expect_active:
-        return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0,
-                           output="%s, %s" % (state or "unknown", enabled or "not-found"))
-    if not expect_active:
-        reason = "unit %s is still %s after the packages were removed" % (unit, state)
-    elif load == "not-found":
-        reason = "unit %s does not exist" % unit
-    elif state == "failed":
-        reason = "unit %s failed (%s)" % (unit, enabled)
-    elif enabled == "enabled":
-        reason = "%s, enabled: the unit does not run, though it starts at boot" % (state or "unknown")
-    elif state in ("activating", "reloading"):
-        reason = "unit %s is still %s after %s s" % (unit, state, timeout)
-    else:
-        reason = "%s, not enabled: the package neither enabled nor started it" % (state or "unknown")
-    _, status = container.run_captured(["systemctl", "status", "--no-pager", "--lines=20", unit])
-    journal = container.journal_tail(30, unit if load != "not-found" else "")
-    return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason=reason, output=status,
-                       details=journal)
+# ==============================================================================
+# Probes: images, VMs and the matrix
+# ==============================================================================
 
 
 # --- probes in virtual machines ----------------------------------------------------------
@@ -6528,6 +6472,101 @@ def run_matrix(images: Sequence[T], jobs: int, fail_fast: bool,
             fleet.close_all()
             raise
     return results
+
+
+# ==============================================================================
+# Garbage collection
+# ==============================================================================
+
+
+def list_layers(settings: Settings) -> List[Tuple[Layer, float, int]]:
+    """The complete dependency layers: each with its last use (a time) and its size, the latest used first."""
+    found = []
+    if settings.layers.is_dir():
+        for entry in settings.layers.iterdir():
+            layer = read_layer(entry) if not entry.name.startswith(".") else None
+            if layer is not None:
+                with contextlib.suppress(OSError):
+                    found.append((layer, os.lstat(str(layer.stamp)).st_mtime, layer.size))
+    return sorted(found, key=lambda item: -item[1])
+
+
+def prune_layers(settings: Settings, days: float, gb: float) -> List[str]:
+    """Remove half-made layers (their maker gone), layers of image versions that are gone, layers unused for
+    `days`, and the longest unused while all of them take more than `gb`; never one a probe uses or makes."""
+    removed: List[str] = []
+    if not settings.layers.is_dir():
+        return removed
+    for entry in sorted(settings.layers.iterdir()):
+        # half-made: staged by a postroj that was killed, or a layer directory that is not whole
+        match = re.match(r"^\.making-([0-9a-f]+)-\d+$", entry.name) or \
+            (re.match(r"^([0-9a-f]{32})$", entry.name) if read_layer(entry) is None else None)
+        if match:
+            with file_lock(settings.layers / (".%s.lock" % match.group(1)), wait=False) as free:
+                if free:
+                    remove_tree(entry)
+                    removed.append(entry.name)
+    total = sum(size for _, _, size in list_layers(settings))
+    for layer, used, size in reversed(list_layers(settings)):  # the longest unused first
+        if layer.root and os.path.isdir(layer.root) and time.time() - used < days * 86400 and total <= gb * 1e9:
+            continue
+        with file_lock(settings.layers / (".%s.lock" % layer.key), wait=False) as free, \
+                file_lock(layer.stamp, wait=False) as unused:
+            if free and unused:
+                remove_tree(layer.directory)
+                removed.append(layer.key)
+                total -= size
+    return removed
+
+
+PROXY_STAGING_DAYS = 1  # a package proxy writes its download for minutes at most: older, its postroj was killed
+
+
+def prune_proxy_staging(settings: Settings) -> List[str]:
+    """Remove what package proxies killed in a download left in the package caches (.postroj-proxy.*, a day
+    old; links unlinked, never followed): RELEASE/NAME of each."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for cache in os.scandir(settings.packages):
+            if not cache.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(cache.path):
+                    if entry.name.startswith(".postroj-proxy.") and not entry.is_dir(follow_symlinks=False) and \
+                            entry.stat(follow_symlinks=False).st_mtime < time.time() - PROXY_STAGING_DAYS * 86400:
+                        os.unlink(entry.path)
+                        removed.append("%s/%s" % (cache.name, entry.name))
+    return removed
+
+
+def collect_garbage(settings: Settings, layer_days: float = 14, layer_gb: float = 20) -> List[str]:
+    """End leftover containers, remove stale runtime and staging state, unused image versions, and dependency
+    layers unused for `layer_days` or beyond `layer_gb` in all (the longest unused first)."""
+    done = []
+    for machine in list_machines(settings, include_stale=True):
+        if not machine.alive:
+            end_machine(settings, machine)
+            done.append("machine %s" % machine.name)
+    # what killed runs left running (a bootstrap's mmdebstrap, a guest's systemd) ends before their files go
+    done += ["cgroup %s" % name for name in sorted(set(remove_stale_run_cgroups(settings.home_key, settings.locks)
+                                                       + remove_orphan_cgroups(settings)))]
+    if settings.runtime.is_dir():
+        for entry in settings.runtime.iterdir():
+            files = RuntimeFiles(settings.runtime, RuntimeFiles.machine_of(entry.name) if entry.is_file()
+                                 else entry.name)
+            if not files.state.exists() and not lock_is_held(files.lock):
+                remove_tree(entry)
+                done.append("runtime %s" % entry.name)
+    if settings.tmp.is_dir():
+        for entry in settings.tmp.iterdir():
+            name = entry.name.rpartition(".")[0]  # mkdtemp's suffix has no dots; image names may
+            if entry.name.startswith(".doomed-") or not lock_is_held(settings.locks / ("image-%s.lock" % name)):
+                remove_tree(entry)
+                done.append("staging %s" % entry.name)
+    done += ["image version %s" % v.name for v in prune_versions(settings)]
+    done += ["dependency layer %s" % name for name in prune_layers(settings, layer_days, layer_gb)]
+    done += ["package proxy's staging %s" % name for name in prune_proxy_staging(settings)]
+    return done
 
 
 # ==============================================================================

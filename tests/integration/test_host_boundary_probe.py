@@ -134,10 +134,9 @@ def test_devices_a_fifo_and_a_socket_in_place_of_image_files_are_leftovers_with_
                         {"usr/share/doc/postroj-hostile/README": ("plants nodes\n", 0o644)},
                         postinst=PLANTING_POSTINST, postrm="true\n")
     report = tmp_path / "hostile.json"
-    started = time.monotonic()
+    # about 10 s when nothing blocks: a postroj blocked in the FIFO's open() is stopped after 120 s
     proc = bounded(images, "probe", "--image", "debian-bookworm", "--package", str(deb), "--purge",
-                   "--timeout", "30", "--json", str(report), timeout=240, address_space=PROBE_ADDRESS_SPACE)
-    took = time.monotonic() - started
+                   "--json", str(report), timeout=120, address_space=PROBE_ADDRESS_SPACE)
     no_traceback(proc)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = report_rows(report, proc)
@@ -148,7 +147,6 @@ def test_devices_a_fifo_and_a_socket_in_place_of_image_files_are_leftovers_with_
     for path, kind in PLANTED.items():
         assert "%s: %s" % (path, kind) in listed, "%s is not reported as a %s:\n%s" % (path, kind, files["output"])
     assert files["reason"].startswith("purged: %d " % len(PLANTED)), files
-    assert took < 200, "the probe took %.0f s" % took
     run_dir_empty(images.home)
 
 
@@ -173,9 +171,11 @@ def test_a_1200_level_tree_from_a_postinst_is_a_leftover_and_the_next_runs_work(
                         {"usr/share/doc/postroj-deep/README": ("deep\n", 0o644)},
                         postinst=DEEP_POSTINST, postrm="true\n")
     report = tmp_path / "deep.json"
+    started = time.monotonic()
     proc = bounded(images, "probe", "--image", "debian-bookworm", "--package", str(deb), "--purge",
                    "--command", "test -f /var/lib/postroj-deep/%s/bottom" % "/".join(["d"] * DEEP_LEVELS),
-                   "--json", str(report), timeout=240)
+                   "--json", str(report), timeout=300)
+    took = time.monotonic() - started
     no_traceback(proc)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = report_rows(report, proc)
@@ -184,6 +184,9 @@ def test_a_1200_level_tree_from_a_postinst_is_a_leftover_and_the_next_runs_work(
     assert failed == [("purged", "leftover", "files")], rows
     files = row(rows, "purged", "leftover", "files")
     assert files["output"].splitlines() == ["/var/lib/postroj-deep: directory left behind"], files
+    # the same probe without the tree takes about 10 s: reading a guest's tree costs what its size does, not
+    # its depth's square or cube
+    assert took < 60, "the probe of a package that left a %d-level tree took %.0f s" % (DEEP_LEVELS, took)
     run_dir_empty(images.home)
 
     gc = bounded(images, "gc", timeout=120)
@@ -248,7 +251,6 @@ def test_a_package_that_fills_the_disk_fails_its_image_and_the_matrix_goes_on(im
         bookworm = [(r["stage"], r["kind"], r["status"], r["reason"]) for r in rows
                     if r["image"] == "debian-bookworm"]
         bullseye = [(r["stage"], r["kind"], r["status"]) for r in rows if r["image"] == "debian-bullseye"]
-        assert ("installed", "command", "pass") in [b[:3] for b in bookworm], bookworm  # the disk was full, then:
         assert any(status == "fail" and "No space left on device" in reason for _, _, status, reason in bookworm), \
             bookworm
         assert bullseye == [("installed", "package", "pass"), ("installed", "command", "pass"),

@@ -15,13 +15,14 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
 
+import postroj
 import rig
 from rig import Postroj
+from test_host_safety_testbed import Session
 
 # The address space a hostile probe's postroj gets (prlimit --as, inherited by what it runs): a postroj
 # that reads a /dev/zero planted in its container fails with MemoryError instead of taking the host's memory.
@@ -305,8 +306,7 @@ def test_copy_of_what_is_not_a_file_or_holds_the_state_is_refused_before_anythin
 # Item 11: 1,500 idle connections to the package proxy
 # ==============================================================================
 
-SCRATCH = "/var/tmp/autopkgtest"
-PROXY_PORT = 31420  # postroj.PACKAGE_PROXY_PORT, as apt in the testbed is told
+PROXY_PORT = postroj.PACKAGE_PROXY_PORT  # as apt in the testbed is told
 IDLE_CONNECTIONS = 1500
 HOLD_CONNECTIONS = r"""ulimit -n 4096
 i=0
@@ -319,43 +319,8 @@ exec sleep 300
 """ % (IDLE_CONNECTIONS, PROXY_PORT)
 
 
-class VirtSession:
-    """`postroj autopkgtest-virt IMAGE` driven as autopkgtest drives it: a command a line on stdin, a reply a
-    line on stdout; commands run in the testbed through the argv print-execute-command gives."""
-
-    def __init__(self, runner: Postroj, *args: str) -> None:
-        self.proc = subprocess.Popen(runner.argv("autopkgtest-virt", *args), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=runner.env)
-        self.replies: "queue.Queue[str]" = queue.Queue()
-        self.errors: "list[str]" = []
-        self.prefix: "list[str]" = []
-        threading.Thread(target=self._read, args=(self.proc.stdout, self.replies.put), daemon=True).start()
-        threading.Thread(target=self._read, args=(self.proc.stderr, self.errors.append), daemon=True).start()
-
-    @staticmethod
-    def _read(stream, sink) -> None:
-        for line in stream:
-            sink(line.rstrip("\n"))
-        sink("")
-
-    def send(self, command: str, timeout: float = 120) -> str:
-        if command:
-            self.proc.stdin.write(command + "\n")
-            self.proc.stdin.flush()
-        try:
-            line = self.replies.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError("no reply to %r within %s s:\n%s" % (command, timeout, "\n".join(self.errors)[-3000:]))
-        assert line, "the server ended (exit %s):\n%s" % (self.proc.poll(), "\n".join(self.errors)[-3000:])
-        return line
-
-    def open(self) -> "VirtSession":
-        assert self.send("") == "ok"
-        assert self.send("open") == "ok " + SCRATCH
-        words = self.send("print-execute-command").split()
-        assert words[0] == "ok"
-        self.prefix = [urllib.parse.unquote(arg) for arg in words[1].split(",")]
-        return self
+class VirtSession(Session):
+    """test_host_safety_testbed's Session, with the server's thread count."""
 
     def threads(self) -> int:
         """The server's threads now (the package proxy is in it)."""
@@ -363,21 +328,6 @@ class VirtSession:
             if line.startswith("Threads:"):
                 return int(line.split()[1])
         raise AssertionError("no Threads: in /proc/%d/status" % self.proc.pid)
-
-    def quit(self) -> int:
-        assert self.send("quit") == "ok"
-        self.proc.stdin.close()
-        return self.proc.wait(timeout=60)
-
-    def close(self) -> None:
-        """The end of stdin closes the testbed (SIGKILL would leave its cgroups)."""
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(timeout=60)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
 
 
 def test_1500_idle_connections_to_the_package_proxy_leave_apt_answered_and_threads_bounded(images):
@@ -420,6 +370,6 @@ def test_1500_idle_connections_to_the_package_proxy_leave_apt_answered_and_threa
             if holder.poll() is None:
                 holder.kill()
                 holder.wait()
-        testbed.close()
+        testbed.__exit__()
     rig.wait_for(lambda: not rig.nspawn_of(images.home), timeout=30, what="the testbed's end")
     run_dir_empty(images.home)

@@ -25,7 +25,7 @@ import pytest
 
 import rig
 from postroj import CGROUP_PREFIX, process_cmdline, remove_cgroups, systemd_cgroup_roots
-from rig import Postroj, nspawn_of, wait_for
+from rig import Postroj, wait_for
 from test_autopkgtest import assert_nothing_left
 from test_host_safety_input import clean_error, link_images, listing, run, warm_package_lists
 from test_host_safety_testbed import SCRATCH, Session, payload, processes_touching, q, remove_leftover_cgroups

@@ -26,7 +26,6 @@ import time
 import urllib.parse
 from pathlib import Path
 
-import pytest
 
 import rig
 from rig import Postroj, wait_for

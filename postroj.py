@@ -1224,8 +1224,9 @@ def nsenter_argv(proc_dir: str) -> List[str]:
     """nsenter into the namespaces, root and working directory of the process whose /proc directory is
     `proc_dir` (a ProcessHandle's path, or /proc/self/fd/N of a shell that opened it). nsenter by its path on
     the host: the command's environment (--setenv PATH=...) is the container's."""
-    return [shutil.which("nsenter", path=CONTAINER_PATH) or "nsenter", *("--%s=%s/ns/%s" % ("mount" if ns == "mnt" else ns, proc_dir, ns)
-                         for ns in ENTERED_NAMESPACES), "--root=%s/root" % proc_dir, "--wd=%s/cwd" % proc_dir]
+    options = ["--%s=%s/ns/%s" % ("mount" if ns == "mnt" else ns, proc_dir, ns) for ns in ENTERED_NAMESPACES]
+    return [shutil.which("nsenter", path=CONTAINER_PATH) or "nsenter", *options, "--root=%s/root" % proc_dir,
+            "--wd=%s/cwd" % proc_dir]
 
 
 def process_cmdline(pid: int) -> List[str]:
@@ -3306,7 +3307,8 @@ def write_proxy_conf(lower: Path, upper: Path) -> None:
 
 def listening_socket_in(proc_dir: str, port: int) -> "socket.socket":
     """A TCP socket listening on 127.0.0.1:`port` in the network namespace of the process whose /proc directory
-    is `proc_dir` (a container's leader, ProcessHandle.path): made by a thread of its own that enters the namespace and ends, so postroj's others stay in the
+    is `proc_dir` (a container's leader, ProcessHandle.path):
+    made by a thread of its own that enters the namespace and ends, so postroj's others stay in the
     host's (a network namespace is a thread's own, a socket keeps the one it was made in)."""
     import ctypes
     import socket
@@ -3706,7 +3708,7 @@ class NsenterMode(ContainerMode):
     def command(self, container: "NspawnContainer", argv: Sequence[str],
                 env: Dict[str, str]) -> Tuple[List[str], Optional[Dict[str, str]]]:
         """The host command that runs `argv` in the container, and its environment (nsenter passes its own)."""
-        return container.enter_argv() + ["--", *argv], env
+        return container.commands.enter_argv() + ["--", *argv], env
 
     def exec_prefix(self, container: "NspawnContainer", env: Dict[str, str]) -> List[str]:
         """An argv prefix that runs a command in the container: the leader changes when the container reboots,
@@ -3718,17 +3720,17 @@ class NsenterMode(ContainerMode):
                   'cut -d" " -f20)" = "$start" ]; } 2>/dev/null || { echo "postroj: the container is gone (its '
                   'leader has ended): the command was not run" >&2; exit 255; }; exec %s -- /bin/sh -c '
                   '\'exec "$@" 3<&-\' sh "$@"' % " ".join(nsenter_argv("/proc/self/fd/3")))
-        return ["sh", "-c", script, str(container.leader_file()), "/usr/bin/env", "-i"] + [
+        return ["sh", "-c", script, str(container.commands.leader_file()), "/usr/bin/env", "-i"] + [
             "%s=%s" % item for item in env.items()]
 
     def shell(self, container: "NspawnContainer") -> Tuple[List[str], Optional[Dict[str, str]]]:
         """The command and environment of an interactive login shell in the container."""
-        return container.enter_argv() + ["--", login_shell(Path(container.spec.image.path)), "-l"], \
-            container.environment()
+        return container.commands.enter_argv() + ["--", login_shell(Path(container.spec.image.path)), "-l"], \
+            container.commands.environment()
 
     def enter_hint(self, container: "NspawnContainer") -> str:
         """How a user enters a kept container."""
-        return "nsenter --target=%d --all --root --wd /bin/sh -l" % container.leader
+        return "nsenter --target=%d --all --root --wd /bin/sh -l" % container.commands.leader
 
 
 class MachinedMode(ContainerMode):
@@ -3991,6 +3993,135 @@ class HeldLocks:
             os.close(self.fds.pop())
 
 
+class ContainerCommands:
+    """How commands reach one container: its leader, named by a handle that cannot be reused (ProcessHandle,
+    taken when nspawn reports it at each boot), the host mode's way in (ContainerMode), and the environment
+    a command gets. A command after the leader has gone runs nowhere."""
+
+    def __init__(self, container: "NspawnContainer") -> None:
+        self.container = container
+        self.how = container.how
+        self.leader = 0
+        self.handle: Optional[ProcessHandle] = None
+
+    def pin(self, pid: int) -> None:
+        """Name the leader nspawn reported by a handle that cannot be reused (ProcessHandle)."""
+        self.release()
+        try:
+            self.handle = ProcessHandle(pid)
+        except OSError:
+            self.handle = None  # ended already: the boot fails as nspawn exits
+        self.leader = pid
+
+    def release(self) -> None:
+        """Let the leader's handle go (the boot has ended)."""
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.close()
+
+    def publish(self) -> None:
+        """Write the leader's PID and start time where the execute prefix reads them (leader_file)."""
+        if self.handle is not None:
+            self.leader_file().write_text("%d %s\n" % (self.leader, self.handle.start))
+
+    def enter_argv(self) -> List[str]:
+        """nsenter into every namespace of the container's leader, its root and working directory, through the
+        handle that names the leader (never a process that took its PID since: nsenter then fails)."""
+        return nsenter_argv(self.leader_path())
+
+    def leader_path(self) -> str:
+        """The leader's /proc directory, through the handle that names it (ProcessHandle.path)."""
+        if self.handle is None:
+            raise PostrojError("container %s is not running" % (self.container.machine or
+                                                                self.container.image.name))
+        return self.handle.path
+
+    def state_argv(self) -> List[str]:
+        """`systemctl is-system-running` in the container: running, degraded, starting..."""
+        return self.enter_argv() + ["--", "systemctl", "is-system-running"]
+
+    def exec_prefix(self) -> List[str]:
+        """An argv prefix for other programs (autopkgtest) to run a command in the container with postroj's
+        environment; the command's status, and its death by a signal, come back as nsenter's own."""
+        return self.how.exec_prefix(self.container, self.environment())
+
+    def leader_file(self) -> Path:
+        """Where each boot writes the leader's PID and start time (exec_prefix reads them at every use)."""
+        return self.container.overlay_of().directory / "leader"
+
+    def environment(self, extra: Sequence[Tuple[str, str]] = ()) -> Dict[str, str]:
+        """The environment of a command in the container: postroj's, the user's TERM and --setenv."""
+        env = dict(CONTAINER_ENV)
+        if self.container.settings.term:
+            env["TERM"] = self.container.settings.term
+        env.update(self.container.spec.setenv)
+        env.update(extra)
+        return env
+
+    def execute(self, argv: Sequence[str], *, stdin: Any = None, stdout: Any = None, stderr: Any = None,
+                timeout: Optional[float] = None) -> int:
+        """Run `argv` in the container with the given streams; returns its exit status (127: not found, 124:
+        the time-out or the container's end came first)."""
+        cmd, env = self.how.command(self.container, argv, self.environment())
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # no pdeathsig: the payload's own process, whose exit status and signals are passed on as they are
+        with spawn(cmd, stdin=stdin, stdout=stdout, stderr=stderr, env=env, die_with_parent=False) as proc:
+            while not wait_exit(proc, 0.1):
+                # a container that shuts down (reboot, poweroff) can leave the command stopped for good
+                if self.ended() or (deadline is not None and time.monotonic() > deadline):
+                    kill_and_wait(proc)
+                    return 124
+        return self.how.exit_status(proc.returncode, argv, self.container)
+
+    def ended(self) -> bool:
+        """True once nspawn has exited, or the container's systemd has died (killed: a zombie until nspawn
+        reaps it) or begun to shut down."""
+        nspawn, handle = self.container.proc, self.handle
+        if nspawn is None or nspawn.poll() is not None or handle is None or not handle.alive():
+            return True
+        return handle.comm() in ("", "systemd-shutdow")
+
+    def capture(self, argv: Sequence[str], timeout: Optional[float] = 30) -> str:
+        """stdout and stderr of `argv` in the container, together, as text."""
+        return self.run_captured(argv, timeout=timeout)[1]
+
+    def run_captured(self, argv: Sequence[str], timeout: Optional[float] = 30) -> Tuple[int, str]:
+        """The exit status of `argv` in the container, and its stdout and stderr together, as text (the last
+        CAPTURE_MAX bytes: a guest's output is bounded like everything else it gives the host)."""
+        with tempfile.TemporaryFile(dir=str(self.container.overlay_of().directory)) as out:
+            code = self.execute(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                timeout=timeout)
+            out.seek(max(0, out.seek(0, os.SEEK_END) - CAPTURE_MAX))
+            return code, out.read(CAPTURE_MAX).decode("utf-8", "replace").strip()
+
+    def system_state(self, timeout: float = 30) -> str:
+        """`systemctl is-system-running` in the container, within `timeout` s ('' when it takes longer)."""
+        try:
+            proc = run(self.state_argv(), check=False, capture=True, stderr=subprocess.DEVNULL,
+                       env=self.environment(), timeout=timeout)
+        except PostrojError:
+            return ""
+        return proc.stdout.decode().strip()
+
+    def shell(self) -> int:
+        """An interactive login shell (the caller's terminal)."""
+        cmd, env = self.how.shell(self.container)
+        return run(cmd, check=False, stdin=None, env=env).returncode
+
+    def journal_tail(self, lines: int = 30, unit: str = "", since: float = 0) -> str:
+        """The container's last journal lines (of `unit`, written since the time `since`), for a failure's
+        report."""
+        argv = ["journalctl", "--no-pager", "-n", str(lines), "-o", "short-monotonic"]
+        if unit:
+            argv += ["-u", unit]
+        if since:
+            argv += ["--since", "@%.3f" % since]
+        return self.capture(argv)
+
+
+CAPTURE_MAX = 16 * 1024 * 1024  # what postroj keeps of one command's output in a container
+
+
 class NspawnContainer:
     """An image booted with systemd as PID 1 below a throw-away overlay, used and thrown away: the lifetime of
     one ContainerSpec.
@@ -4014,8 +4145,7 @@ class NspawnContainer:
         self.fleet = fleet
         self.machine = ""
         self.files: Optional[RuntimeFiles] = None
-        self.leader = 0
-        self._leader: Optional[ProcessHandle] = None  # the leader, by a handle that cannot be reused
+        self.commands = ContainerCommands(self)  # how commands reach it, through its leader
         self.state = ""
         self.failed_units: List[str] = []
         self.timings: Dict[str, float] = {}
@@ -4131,15 +4261,16 @@ class NspawnContainer:
             with self._lock:
                 self._check_open()
                 assert self.files is not None
-                self.leader, self.state, self.failed_units, self._state_query = 0, "", [], None
-                self._running.callback(self._release_leader)
+                self.state, self.failed_units, self._state_query = "", [], None
+                self._running.callback(self.commands.release)
                 self.cgroups = self.how.make_cgroups(self)
                 self._running.callback(self._remove_cgroups, list(self.cgroups))
                 self.write_state(nspawn_pid=0)
                 prefix = list(self.host.scope) + cgroup_entry_prefix(self.cgroups)
                 with open(self.files.directory / "console.log", "wb") as console:
                     self.proc = self._running.enter_context(spawn(
-                        prefix + nspawn_boot_argv(self.spec, self.machine, self.overlay_of(), self.how), env=self.settings.child_env(
+                        prefix + nspawn_boot_argv(self.spec, self.machine, self.overlay_of(), self.how),
+                        env=self.settings.child_env(
                             NOTIFY_SOCKET="@" + address[1:], **self.host.cgroup_env(self.image)),
                         stdout=console, stderr=subprocess.STDOUT, die_with_parent=not self.spec.keep,
                         new_session=True))
@@ -4152,41 +4283,27 @@ class NspawnContainer:
                                  Path(self.spec.proxy_cache) if self.spec.proxy_cache else None)
             with self._lock:
                 self._check_open()
-                proxy.start(self.leader_path())  # in this boot's network namespace: a reboot makes a new one
+                proxy.start(self.commands.leader_path())  # in this boot's network namespace: a reboot makes a new one
                 self._running.callback(proxy.close)
         self.write_state(nspawn_pid=self.proc.pid)
         with self._lock:
-            if not self._closed and self._leader is not None:
-                self.leader_file().write_text("%d %s\n" % (self.leader, self._leader.start))
+            if not self._closed:
+                self.commands.publish()
         log.debug("container %s up in %.3f s (leader %d, mode %s)", self.machine, time.monotonic() - t0,
-                  self.leader, self.mode)
+                  self.commands.leader, self.mode)
 
     def _end_nspawn(self, proc: subprocess.Popen) -> None:
         """Tell nspawn to end the container (it sends --kill-signal=SIGKILL to it); kill what outlives 10 s."""
         if proc.poll() is None and not stop_process(proc, 10):
             self._forced = True
-            if self._leader is not None:
-                self._leader.kill(signal.SIGKILL)
+            if self.commands.handle is not None:
+                self.commands.handle.kill(signal.SIGKILL)
 
     def _remove_cgroups(self, cgroups: List[Path]) -> None:
         # nspawn has ended: whatever is left in its cgroups (the guest's systemd, when nspawn itself was
         # killed) is nobody's, and ends with them
         remove_cgroups([str(c) for c in cgroups], kill=True)
         self.cgroups = []
-
-    def _pin_leader(self, pid: int) -> None:
-        """Name the leader nspawn reported by a handle that cannot be reused (ProcessHandle)."""
-        self._release_leader()
-        try:
-            self._leader = ProcessHandle(pid)
-        except OSError:
-            self._leader = None  # ended already: the boot fails as nspawn exits
-        self.leader = pid
-
-    def _release_leader(self) -> None:
-        leader, self._leader = self._leader, None
-        if leader is not None:
-            leader.close()
 
     def shutdown(self) -> None:
         """End the running container (nspawn, its cgroups); the overlay and the runtime files stay."""
@@ -4210,8 +4327,8 @@ class NspawnContainer:
         """Power off as a machine does: the container's systemd stops every unit (within the boot time-out,
         else nspawn ends it); the overlay stays."""
         assert self.proc is not None
-        self.execute(["systemctl", "--no-block", "poweroff"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, timeout=self.spec.boot_timeout)
+        self.commands.execute(["systemctl", "--no-block", "poweroff"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=self.spec.boot_timeout)
         if not wait_exit(self.proc, self.spec.boot_timeout):
             log.warning("%s did not power off within %s s: ended", self.machine, self.spec.boot_timeout)
         self.shutdown()
@@ -4275,20 +4392,20 @@ class NspawnContainer:
                     if field.startswith("X_NSPAWN_LEADER_PID=") and field.split("=", 1)[1].isdigit():
                         with self._lock:
                             self._check_open()
-                            self._pin_leader(int(field.split("=", 1)[1]))
+                            self.commands.pin(int(field.split("=", 1)[1]))
                         leader_seen = time.monotonic()
                     elif field == "READY=1":
                         ready = True
-            elif self.leader and time.monotonic() - leader_seen > 2.0:
-                state = self.system_state(max(0.1, deadline - time.monotonic()))
+            elif self.commands.leader and time.monotonic() - leader_seen > 2.0:
+                state = self.commands.system_state(max(0.1, deadline - time.monotonic()))
                 ready = state in ("running", "degraded")
         self.timings["boot"] = time.monotonic() - started
         # the state the boot ended in is asked now and read when first needed (boot_state()): the
         # question runs beside the first probe instead of before it
         with self._lock:
             self._check_open()
-            query = self._running.enter_context(spawn(self.state_argv(), stdout=subprocess.PIPE,
-                                                      stderr=subprocess.DEVNULL, env=self.environment()))
+            query = self._running.enter_context(spawn(self.commands.state_argv(), stdout=subprocess.PIPE,
+                                                      stderr=subprocess.DEVNULL, env=self.commands.environment()))
             self._running.callback(kill_and_wait, query)
         self._state_query = query
 
@@ -4307,8 +4424,8 @@ class NspawnContainer:
             self.state = ""
         if self.state == "degraded":
             # a container that was powered off since (`container NAME -- poweroff`) has no units to list
-            listed = "" if self.ended() else self.capture(["systemctl", "--failed", "--plain", "--no-legend",
-                                                           "--no-pager"])
+            listed = "" if self.commands.ended() else self.commands.capture(
+                ["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"])
             self.failed_units = [line.split()[0] for line in listed.split("\n") if line.strip()]
             # a unit that failed at boot and runs now (a dependency's, whose program the package under test
             # brings) is not worth a warning
@@ -4324,104 +4441,8 @@ class NspawnContainer:
                 return
             self.files.write_state({
                 "machine": self.machine, "image": self.image.name, "version": str(Path(self.image.path).parent),
-                "leader": self.leader, "postroj_pid": os.getpid(), "since": now_iso(), "keep": self.spec.keep,
+                "leader": self.commands.leader, "postroj_pid": os.getpid(), "since": now_iso(), "keep": self.spec.keep,
                 "mode": self.mode, "cgroups": [str(c) for c in self.cgroups], **extra})
-
-    # --- running commands ---
-
-    def enter_argv(self) -> List[str]:
-        """nsenter into every namespace of the container's leader, its root and working directory, through the
-        handle that names the leader (never a process that took its PID since: nsenter then fails)."""
-        return nsenter_argv(self.leader_path())
-
-    def leader_path(self) -> str:
-        """The leader's /proc directory, through the handle that names it (ProcessHandle.path)."""
-        if self._leader is None:
-            raise PostrojError("container %s is not running" % (self.machine or self.image.name))
-        return self._leader.path
-
-    def state_argv(self) -> List[str]:
-        """`systemctl is-system-running` in the container: running, degraded, starting..."""
-        return self.enter_argv() + ["--", "systemctl", "is-system-running"]
-
-    def exec_prefix(self) -> List[str]:
-        """An argv prefix for other programs (autopkgtest) to run a command in the container with postroj's
-        environment; the command's status, and its death by a signal, come back as nsenter's own."""
-        return self.how.exec_prefix(self, self.environment())
-
-    def leader_file(self) -> Path:
-        """Where boot() writes the leader's PID (exec_prefix reads it at every use)."""
-        assert self.files is not None
-        return self.files.directory / "leader"
-
-    def environment(self, extra: Sequence[Tuple[str, str]] = ()) -> Dict[str, str]:
-        """The environment of a command in the container: postroj's, the user's TERM and --setenv."""
-        env = dict(CONTAINER_ENV)
-        if self.settings.term:
-            env["TERM"] = self.settings.term
-        env.update(self.spec.setenv)
-        env.update(extra)
-        return env
-
-    def execute(self, argv: Sequence[str], *, stdin: Any = None, stdout: Any = None, stderr: Any = None,
-                timeout: Optional[float] = None) -> int:
-        """Run `argv` in the container with the given streams; returns its exit status (127: not found, 124:
-        the time-out or the container's end came first)."""
-        cmd, env = self.how.command(self, argv, self.environment())
-        deadline = None if timeout is None else time.monotonic() + timeout
-        # no pdeathsig: the payload's own process, whose exit status and signals are passed on as they are
-        with spawn(cmd, stdin=stdin, stdout=stdout, stderr=stderr, env=env, die_with_parent=False) as proc:
-            while not wait_exit(proc, 0.1):
-                # a container that shuts down (reboot, poweroff) can leave the command stopped for good
-                if self.ended() or (deadline is not None and time.monotonic() > deadline):
-                    kill_and_wait(proc)
-                    return 124
-        return self.how.exit_status(proc.returncode, argv, self)
-
-    def ended(self) -> bool:
-        """True once nspawn has exited, or the container's systemd has died (killed: a zombie until nspawn
-        reaps it) or begun to shut down."""
-        leader = self._leader
-        if self.proc is None or self.proc.poll() is not None or leader is None or not leader.alive():
-            return True
-        return leader.comm() in ("", "systemd-shutdow")
-
-    def capture(self, argv: Sequence[str], timeout: Optional[float] = 30) -> str:
-        """stdout and stderr of `argv` in the container, together, as text."""
-        return self.run_captured(argv, timeout=timeout)[1]
-
-    def run_captured(self, argv: Sequence[str], timeout: Optional[float] = 30) -> Tuple[int, str]:
-        """The exit status of `argv` in the container, and its stdout and stderr together, as text."""
-        with tempfile.TemporaryFile(dir=str(self.files.directory) if self.files else None) as out:
-            code = self.execute(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                timeout=timeout)
-            out.seek(0)
-            return code, out.read().decode("utf-8", "replace").strip()
-
-    def system_state(self, timeout: float = 30) -> str:
-        """`systemctl is-system-running` in the container, within `timeout` s ('' when it takes longer)."""
-        try:
-            proc = run(self.state_argv(), check=False, capture=True, stderr=subprocess.DEVNULL,
-                       env=self.environment(), timeout=timeout)
-        except PostrojError:
-            return ""
-        return proc.stdout.decode().strip()
-
-    def shell(self) -> int:
-        """An interactive login shell (the caller's terminal)."""
-        cmd, env = self.how.shell(self)
-        return run(cmd, check=False, stdin=None, env=env).returncode
-
-    def journal_tail(self, lines: int = 30, unit: str = "", since: float = 0) -> str:
-        """The container's last journal lines (of `unit`, written since the time `since`), for a failure's
-        report."""
-        argv = ["journalctl", "--no-pager", "-n", str(lines), "-o", "short-monotonic"]
-        if unit:
-            argv += ["-u", unit]
-        if since:
-            argv += ["--since", "@%.3f" % since]
-        return self.capture(argv)
-
 
 class ContainerSystem:
     """A booted container as the lifecycle works on it (System): the stages, checks and purge comparison of
@@ -4450,15 +4471,15 @@ class ContainerSystem:
 
     def run_captured(self, argv: Sequence[str], timeout: Optional[float] = 30) -> Tuple[int, str]:
         """The exit status of `argv` in the container, and what it printed."""
-        return self.container.run_captured(argv, timeout)
+        return self.container.commands.run_captured(argv, timeout)
 
     def ended(self) -> bool:
         """True once the container has ended or begun to shut down."""
-        return self.container.ended()
+        return self.container.commands.ended()
 
     def journal_tail(self, lines: int = 30, unit: str = "", since: float = 0) -> str:
         """The container's last journal lines (NspawnContainer.journal_tail)."""
-        return self.container.journal_tail(lines, unit, since)
+        return self.container.commands.journal_tail(lines, unit, since)
 
     def power_cycle(self) -> None:
         """Reboot as a machine reboots (NspawnContainer.power_cycle)."""
@@ -5546,7 +5567,8 @@ def run_network_probe(container: ContainerSystem, probe: Probe, timeout: float) 
     """Connect from inside the container's network namespace, retrying until the timeout."""
     t0 = time.monotonic()
     image = container.image.name
-    cmd = [nsenter_argv("")[0], "--net=%s/ns/net" % container.container.leader_path(), "--", sys.executable, "-I", "-c", NETWORK_CHECK,
+    cmd = [nsenter_argv("")[0], "--net=%s/ns/net" % container.container.commands.leader_path(), "--", sys.executable,
+           "-I", "-c", NETWORK_CHECK,
            probe.target, str(timeout), "" if probe.expect_status is None else str(probe.expect_status),
            probe.expect_body]
     proc = run(cmd, check=False, capture=True, stderr=subprocess.STDOUT, timeout=timeout + 15)
@@ -6038,7 +6060,7 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
     code, output = 0, ""
     without = list(packages.names)
     for _attempt in range(8):
-        code, output = container.run_captured(manager.install_without(
+        code, output = system.run_captured(manager.install_without(
             list(held.values()), without, simulate=True), timeout=plan.timeout)
         unknown = set(re.findall(r"Unable to locate package (\S+)", output)) & set(without)
         unmet = set(re.findall(r"(?m)^\s*(\S+?)(?::\S+)? : (?:Pre)?Depends: ", output))
@@ -6049,10 +6071,10 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
         for name in broken:
             del held[name]
     if code == 0 and held:
-        code, output = container.run_captured(manager.install_without(
+        code, output = system.run_captured(manager.install_without(
             list(held.values()), without), timeout=plan.install_timeout)
     if code == 0 and held:
-        code, output = container.run_captured(manager.installed_as_dependencies(list(held)), timeout=plan.timeout)
+        code, output = system.run_captured(manager.installed_as_dependencies(list(held)), timeout=plan.timeout)
         accounts = account_names(system) - accounts
     container.power_off()
     if code != 0 or not held:
@@ -7103,7 +7125,7 @@ class AutopkgtestTestbed:
         if mode == "prepare-only":
             # the test reboots the testbed itself: wait for its shutdown, then boot the same overlay again
             deadline = time.monotonic() + 300
-            while not container.ended():
+            while not container.commands.ended():
                 if time.monotonic() > deadline:
                     raise TestbedFailure("timed out waiting for the testbed to reboot")
                 time.sleep(0.1)
@@ -7115,7 +7137,7 @@ class AutopkgtestTestbed:
 
     def cmd_print_execute_command(self) -> str:
         """The argv prefix autopkgtest runs commands in the testbed with, URL-quoted."""
-        prefix = self.require_open("print-execute-command").exec_prefix()
+        prefix = self.require_open("print-execute-command").commands.exec_prefix()
         return ",".join(urllib.parse.quote(arg) for arg in prefix)
 
     def cmd_copydown(self, source: str, target: str) -> Optional[NotOk]:
@@ -7130,7 +7152,8 @@ class AutopkgtestTestbed:
         """What autopkgtest asks after a failure, for its log: the testbed's state, on stderr."""
         if self.container is not None:
             log.warning("%s: %s; last journal lines:\n%s", self.container.machine,
-                        self.container.system_state(10) or "not running", self.container.journal_tail(15))
+                        self.container.commands.system_state(10) or "not running",
+                        self.container.commands.journal_tail(15))
 
     def cmd_shell(self, directory: str, *environment: str) -> None:
         """An interactive shell in the testbed on the caller's terminal (autopkgtest --shell)."""
@@ -7139,7 +7162,7 @@ class AutopkgtestTestbed:
             shlex.quote(directory), "".join("export %s; " % shlex.quote(e) for e in environment))
         try:
             with open("/dev/tty", "rb") as tty_in, open("/dev/tty", "wb") as tty_out:
-                container.execute(["sh", "-c", script], stdin=tty_in, stdout=tty_out, stderr=tty_out)
+                container.commands.execute(["sh", "-c", script], stdin=tty_in, stdout=tty_out, stderr=tty_out)
         except OSError as exc:
             log.error("cannot run a shell: %s", exc)
 
@@ -7172,7 +7195,7 @@ class AutopkgtestTestbed:
         """Run `script` (sh, with the testbed path as $1) in the container, bounded by the copy time-out there
         (what nsenter started must not outlive it) and here."""
         argv = ["timeout", "--signal=KILL", "%.0f" % max(1, self.copy_timeout), "sh", "-ec", script, "sh", inside]
-        code = container.execute(argv, timeout=self.copy_timeout + 5, **streams)
+        code = container.commands.execute(argv, timeout=self.copy_timeout + 5, **streams)
         if code != 0:
             raise PostrojError("exit status %d in the testbed%s" % (
                 code, " (time-out: %s s)" % self.copy_timeout if code in (124, 137) else ""))
@@ -7586,16 +7609,17 @@ def cmd_container(args: argparse.Namespace, settings: Settings) -> int:
         if interactive:  # what the boot ended in, before the shell; otherwise beside the command
             container.boot_state()
         if command:
-            code = container.execute(command, stdin=None)
+            code = container.commands.execute(command, stdin=None)
         elif interactive:
-            code = container.shell()
+            code = container.commands.shell()
         else:
-            code = container.execute(["/bin/sh", "-c", SHOW_SYSTEM], stdin=subprocess.DEVNULL)
+            code = container.commands.execute(["/bin/sh", "-c", SHOW_SYSTEM], stdin=subprocess.DEVNULL)
         log.info("container %s booted %s (leader %d, mode %s)", container.machine, container.boot_state(),
-                 container.leader, container.mode)
+                 container.commands.leader, container.mode)
         if args.keep:
             container.release()
-            print("container %s keeps running (leader %d)." % (container.machine, container.leader), file=sys.stderr)
+            print("container %s keeps running (leader %d)." % (container.machine, container.commands.leader),
+                  file=sys.stderr)
             print("enter it: %s" % container.how.enter_hint(container), file=sys.stderr)
             print("end it:   postroj stop %s" % container.machine, file=sys.stderr)
     log.info("%s: %s", container.machine, format_timings(container.timings))

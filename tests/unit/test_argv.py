@@ -124,24 +124,24 @@ def test_command_through_nsenter(tmp_path):
     box = container(tmp_path, "nsenter")
     child = subprocess.Popen(["sleep", "60"])
     try:
-        box._pin_leader(child.pid)
+        box.commands.pin(child.pid)
         argv, env = box.how.command(box, ["sh", "-c", "echo hi"], {"PATH": postroj.CONTAINER_PATH})
-        handle = "/proc/%d/fd/%d" % (postroj.os.getpid(), box._leader.fd)
+        handle = "/proc/%d/fd/%d" % (postroj.os.getpid(), box.commands.handle.fd)
         assert argv[0] == postroj.shutil.which("nsenter") and argv[0].startswith("/")
         assert argv[1:] == ["--mount=%s/ns/mnt" % handle, "--uts=%s/ns/uts" % handle, "--ipc=%s/ns/ipc" % handle,
                             "--net=%s/ns/net" % handle, "--pid=%s/ns/pid" % handle,
                             "--cgroup=%s/ns/cgroup" % handle, "--root=%s/root" % handle, "--wd=%s/cwd" % handle,
                             "--", "sh", "-c", "echo hi"]
         assert env == {"PATH": postroj.CONTAINER_PATH}  # nsenter hands its own environment on
-        assert box._leader.alive()
+        assert box.commands.handle.alive()
     finally:
         child.kill()
         child.wait()
     # the PID may be another process's now: the handle names nothing
-    assert not box._leader.alive()
+    assert not box.commands.handle.alive()
     with pytest.raises(OSError):
         postroj.os.listdir(handle + "/ns")
-    box._release_leader()
+    box.commands.release()
 
 
 def test_a_gone_leader_is_never_entered(tmp_path):
@@ -153,7 +153,7 @@ def test_a_gone_leader_is_never_entered(tmp_path):
 
 def test_command_through_systemd_run(tmp_path):
     box = container(tmp_path, "machined")
-    env = box.environment([("EXTRA", "1")])
+    env = box.commands.environment([("EXTRA", "1")])
     argv, own = box.how.command(box, ["sh", "-c", "echo hi"], env)
     assert own is None  # the environment goes as --setenv
     assert argv[0] == "systemd-run"
@@ -166,7 +166,7 @@ def test_command_through_systemd_run(tmp_path):
 
 def test_container_environment(tmp_path):
     box = container(tmp_path, "nsenter", term="xterm-256color", setenv=(("LANG", "de_DE.UTF-8"),))
-    env = box.environment([("A", "b")])
+    env = box.commands.environment([("A", "b")])
     assert env["PATH"] == postroj.CONTAINER_PATH
     assert env["container"] == "systemd-nspawn"
     assert env["TERM"] == "xterm-256color"

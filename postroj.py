@@ -6412,7 +6412,8 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
         return [ProbeResult(name, probe, Status.FAIL, time.monotonic() - t0, reason=reason) for probe in plan.probes]
     except OSError as exc:  # the host's own limits (a full disk): this image's failure; the others go on
         where = " (%s)" % exc.filename if exc.filename else ""
-        reason = "postroj could not go on: %s%s" % (exc.strerror or exc, where)
+        reason = "postroj could not go on: %s%s\nhint: check the free space and permissions of POSTROJ_HOME and " \
+                 "POSTROJ_CACHE, then run `postroj gc`" % (exc.strerror or exc, where)
         log.error("%s: %s", name, reason)
         return [ProbeResult(name, probe, Status.FAIL, time.monotonic() - t0, reason=reason) for probe in plan.probes]
 

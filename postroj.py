@@ -510,6 +510,13 @@ class EntryKind(StrEnum):
         return cls.SOCKET
 
 
+class BootstrapTool(StrEnum):
+    """What builds a root file system from a Debian or Ubuntu mirror: mmdebstrap, else debootstrap."""
+
+    MMDEBSTRAP = "mmdebstrap"
+    DEBOOTSTRAP = "debootstrap"
+
+
 class HostMode(StrEnum):
     """How this host runs containers (README: Container modes)."""
 
@@ -660,7 +667,7 @@ class ProbeResult(NamedTuple):
     reason: str = ""
     output: str = ""
     details: str = ""
-    stage: str = ""
+    stage: Optional[Stage] = None  # where in a package's life (None: a probe outside one, a VM's)
     label: str = ""  # what people read for the target: a package's name and version
 
     @property
@@ -2019,7 +2026,7 @@ def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = 
     dist = find_distribution(reference)
     if dist:
         bootstrapped = Source(SourceKind.BOOTSTRAP, mirror, dist, security=security, accept_expired=accept_expired)
-        if via == "bootstrap":
+        if via == SourceKind.BOOTSTRAP:
             if not dist.can_bootstrap():
                 die("%s cannot be bootstrapped" % dist.label, "only Debian and Ubuntu bootstrap from a mirror; "
                     "omit --via bootstrap", usage=True)
@@ -2028,7 +2035,7 @@ def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = 
             return dist.label, Source(SourceKind.HTTP, dist.image, dist, dist.checksum)
         return dist.label, Source(SourceKind.REGISTRY, dist.image, dist,
                                   fallback=bootstrapped if dist.can_bootstrap() else None)
-    if via == "bootstrap":
+    if via == SourceKind.BOOTSTRAP:
         raise unknown_name_error("image", reference, all_labels(),
                                  "--via bootstrap works for the Debian and Ubuntu labels of `postroj list-images`")
     if reference.startswith(SKOPEO_TRANSPORTS):
@@ -2556,12 +2563,12 @@ def fetch_keyring(settings: Settings, pin: Keyring) -> Path:
     return target
 
 
-def bootstrap_argv(tool: str, dist: Distribution, rootfs: Path, sources: Sequence[str], cache: Path,
+def bootstrap_argv(tool: BootstrapTool, dist: Distribution, rootfs: Path, sources: Sequence[str], cache: Path,
                    keyring: Optional[Path] = None, accept_expired: bool = False) -> List[str]:
     """The mmdebstrap (or debootstrap) command that builds a minbase root file system with systemd."""
     # Ubuntu's apt is not part of its minbase (Priority: important); the publisher's image has it
     include = "--include=%s" % ",".join(("apt",) + Apt.systemd)
-    if tool == "debootstrap":  # one mirror only: the other sources are written after it
+    if tool == BootstrapTool.DEBOOTSTRAP:  # one mirror only: the other sources are written after it
         cmd = ["debootstrap", "--variant=minbase", include, "--cache-dir=%s" % cache]
         if keyring:
             cmd.append("--keyring=%s" % keyring)
@@ -2604,9 +2611,10 @@ def bootstrap(settings: Settings, host: Host, source: Source, rootfs: Path) -> s
     keyring = fetch_keyring(settings, pin) if pin else None
     # archived releases get no updates: their Release files may be past Valid-Until for good
     accept_expired = source.accept_expired or (dist.archived and not source.location)
-    tool = "mmdebstrap" if shutil.which("mmdebstrap") else "debootstrap" if shutil.which("debootstrap") else ""
-    if not tool:
+    found = [t for t in BootstrapTool if shutil.which(t.value)]
+    if not found:
         die("neither mmdebstrap nor debootstrap found", tool_hint("mmdebstrap"))
+    tool = found[0]
     log.info("bootstrapping %s from:\n  %s", dist.label, "\n  ".join(sources))
     # In a mount namespace of its own: what it mounts in the new root (proc, sys, a bind of the host's
     # /dev/shm) goes with its last process, however it ends; in a cgroup and a session of its own, so that
@@ -2626,7 +2634,7 @@ def bootstrap(settings: Settings, host: Host, source: Source, rootfs: Path) -> s
         die("bootstrapping %s from %s failed with exit code %d:\n%s" % (
             dist.label, mirror, proc.returncode, "\n".join("  " + line for line in package_manager_errors(text))),
             hint)
-    if tool == "debootstrap":
+    if tool == BootstrapTool.DEBOOTSTRAP:
         (rootfs / "etc" / "apt" / "sources.list").write_text("\n".join(sources) + "\n")
         if keyring:
             shutil.copyfile(keyring, rootfs / TRUSTED_PARTS.lstrip("/") / keyring.name)
@@ -6701,7 +6709,7 @@ def results_json(results: Sequence[ProbeResult], wall: Optional[float] = None) -
         "wall": None if wall is None else round(wall, 3),
         "results": [{"image": r.image, "kind": r.probe.kind, "target": r.probe.target, "status": r.status,
                      "duration": round(r.duration, 3), "reason": r.reason, "output": r.output, "details": r.details,
-                     "stage": r.stage} for r in results],
+                     "stage": str(r.stage or "")} for r in results],
     }
 
 
@@ -6760,9 +6768,10 @@ def load_report(path: str) -> Tuple[List[ProbeResult], Optional[float]]:
                 duration = float("inf")
             if not 0 <= duration < float("inf"):
                 raise ValueError("duration %r is not a number of seconds" % row.get("duration"))
-            found.append(ProbeResult(text_safe(str(row["image"])), probe, Status(row["status"]), duration,
-                                     *(text_safe(str(row.get(key, ""))) for key in ("reason", "output", "details",
-                                                                                   "stage"))))
+            stage = str(row.get("stage") or "")
+            reason, output, details = (text_safe(str(row.get(key, ""))) for key in ("reason", "output", "details"))
+            found.append(ProbeResult(text_safe(str(row["image"])), probe, Status(row["status"]), duration, reason,
+                                     output, details, Stage(stage) if stage else None))
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             die("%s: result %d is malformed (%s: %s)" % (path, number, type(exc).__name__, exc), hint, usage=True)
     wall = data.get("wall")
@@ -6793,7 +6802,7 @@ def merge_reports(paths: Sequence[str]) -> Tuple[List[ProbeResult], Optional[flo
         found, wall = load_report(path)
         walls.append(wall)
         for result in found:
-            key = (result.image, result.stage, str(result.probe.kind), result.probe.target)
+            key = (result.image, str(result.stage or ""), str(result.probe.kind), result.probe.target)
             if seen.get(key, path) != path:
                 die("%s and %s both hold %s on %s: a shard given twice would be counted twice" % (
                     seen[key], path, result.probe.title, result.image),

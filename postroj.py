@@ -301,15 +301,25 @@ def walk_tree(top: str) -> Iterator[Tuple[str, os.stat_result]]:
                 pending.append(entry.path)
 
 
+def open_regular(name: str, dir_fd: Optional[int] = None) -> Optional[int]:
+    """A descriptor of the regular file `name`, or None when it is anything else: never follows a link, never
+    blocks on a FIFO, never opens a device for reading."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd)
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    return None
+
+
 def read_regular(path: str, limit: int = READ_MAX, dir_fd: Optional[int] = None) -> bytes:
     """The bytes of a regular file (at most `limit`, else an OSError): a link, a FIFO, a device or a socket is
-    never opened for reading (O_NOFOLLOW, O_NONBLOCK, then fstat), so it cannot block or run without end."""
+    never opened for reading (open_regular), so it cannot block or run without end."""
     import errno
 
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd)
+    fd = open_regular(path, dir_fd)
+    if fd is None:
+        raise OSError(errno.EINVAL, "not a regular file", path)
     with open(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise OSError(errno.EFBIG, "larger than %d bytes" % limit, path)
@@ -3597,9 +3607,13 @@ class PackageProxy:
 
 
 def login_shell(root: Path) -> str:
-    """root's login shell in the image, /bin/sh when it has none."""
+    """root's login shell in the image, /bin/sh when it has none (its passwd read as a bounded regular file,
+    its links resolved within the image)."""
+    passwd = resolve_in_root(root, "etc/passwd")
     try:
-        for line in (root / "etc" / "passwd").read_text().splitlines():
+        if passwd is None:
+            raise OSError("etc/passwd leads nowhere")
+        for line in read_regular(str(passwd), 1 << 20).decode("utf-8", "replace").splitlines():
             fields = line.split(":")
             if fields[0] == "root" and len(fields) > 6 and fields[6]:
                 return fields[6]
@@ -5792,16 +5806,6 @@ def same_regular_files(a: int, b: int) -> bool:
             return False
         if not one:
             return True
-
-
-def open_regular(name: str, dir_fd: Optional[int] = None) -> Optional[int]:
-    """A descriptor of the regular file `name`, or None when it is anything else: never follows a link, never
-    blocks on a FIFO, never opens a device for reading."""
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd)
-    if stat.S_ISREG(os.fstat(fd).st_mode):
-        return fd
-    os.close(fd)
-    return None
 
 
 def same_as_image(lower: Path, path: str, kind: str, upper: Path) -> bool:

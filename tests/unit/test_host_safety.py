@@ -473,3 +473,15 @@ def test_a_mount_that_cannot_be_unmounted_keeps_its_content_and_is_named(tmp_pat
     assert left["host"] == "host\n"
     assert "another file system is mounted there" in left["error"] and "rootfs/dev/shm" in left["error"], left
     assert "rootfs/link-to-host" not in left["left"] and "outside" not in left["left"], left
+
+
+def test_login_shell_reads_the_images_passwd_and_never_a_host_device(tmp_path):
+    """root's shell comes from the image's passwd; a passwd that is a link out of the image (to a device the
+    host would read without end) gives /bin/sh instead, at once."""
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    assert postroj.login_shell(root) == "/bin/bash"
+    (root / "etc" / "passwd").unlink()
+    (root / "etc" / "passwd").symlink_to("/dev/zero")
+    assert postroj.login_shell(root) == "/bin/sh"

@@ -2023,8 +2023,8 @@ def check_directory_source(settings: Settings, directory: str) -> None:
             "give the directory that holds the system's /etc and /usr", usage=True)
 
 
-def parse_source(reference: str, via: str = "", mirror: str = "", sha256: str = "", *, security: str = "",
-                 accept_expired: bool = False) -> Tuple[str, Source]:
+def parse_source(reference: str, via: Optional[SourceKind] = None, mirror: str = "", sha256: str = "", *,
+                 security: str = "", accept_expired: bool = False) -> Tuple[str, Source]:
     """Turn what the user typed into (image name, Source); bad references are usage errors."""
     if not reference or any(ch in reference for ch in "\n\r\0"):
         die("invalid image reference %r" % reference[:80], "give a catalogue label, docker://, http(s):// or a path",
@@ -7555,7 +7555,7 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
         die("--name works with one image only", "run postroj image once per image", usage=True)
     sources = []
     for name in names:  # refuse bad input before anything is fetched
-        default, source = parse_source(name, args.via, args.mirror or settings.mirror, args.sha256,
+        default, source = parse_source(name, SourceKind(args.via) if args.via else None, args.mirror or settings.mirror, args.sha256,
                                        security=args.security_mirror, accept_expired=args.accept_expired)
         if source.kind == SourceKind.DIRECTORY:
             check_directory_source(settings, source.location)
@@ -8131,7 +8131,7 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every release of the catalogue its publisher supports")
     p.add_argument("--include-eol", action="store_true", help="with --all, also the releases past their end of life")
     p.add_argument("--force", action="store_true", help="acquire afresh and swap atomically")
-    p.add_argument("--via", choices=["registry", "bootstrap"], default="",
+    p.add_argument("--via", choices=[SourceKind.REGISTRY.value, SourceKind.BOOTSTRAP.value], default="",
                    help="how to get a catalogue image (default: the registry, bootstrapping when it is out of reach)")
     p.add_argument("--mirror", default="", metavar="URL", help="package archive to bootstrap from (default: the "
                    "distribution's own; POSTROJ_MIRROR)")

@@ -169,7 +169,7 @@ def test_unknown_label_without_near_names_still_says_where_to_look(usage_error):
 
 
 def test_via_bootstrap(usage_error):
-    name, source = postroj.parse_source("debian-12", via="bootstrap", mirror="http://mirror.example/debian")
+    name, source = postroj.parse_source("debian-12", via=postroj.SourceKind.BOOTSTRAP, mirror="http://mirror.example/debian")
     assert name == "debian-bookworm"
     assert source.kind == "bootstrap"
     assert source.location == "http://mirror.example/debian"

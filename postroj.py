@@ -520,6 +520,10 @@ class EntryKind(StrEnum):
         return cls.SOCKET
 
 
+# What tells a later change of a path in an overlay (fingerprint()): mode, uid, gid, size, mtime, device
+Fingerprint = Tuple[int, int, int, int, int, int]
+
+
 class BootstrapTool(StrEnum):
     """What builds a root file system from a Debian or Ubuntu mirror: mmdebstrap, else debootstrap."""
 
@@ -3803,7 +3807,7 @@ class Overlay:
     """A container's writable side, in its runtime directory: the overlay's upper directory that takes every
     change, the guest directory (read-only at GUEST_RUNTIME inside), autopkgtest's scratch directory, and the
     dependency layer below. What the container changed against its image is read here, on the host, as
-    data (overlay_entries, same_as_image)."""
+    data (overlay_walk, image_difference)."""
 
     def __init__(self, spec: ContainerSpec, directory: Path, machine: str) -> None:
         self.spec = spec
@@ -3812,6 +3816,7 @@ class Overlay:
         self.layer: Optional["Layer"] = None  # a dependency layer below the upper directory (attach)
         self._layer_entries: Dict[str, str] = {}
         self._upper_entries: Dict[str, str] = {}
+        self._upper_prints: Dict[str, Fingerprint] = {}
 
     @property
     def image(self) -> Path:
@@ -3882,7 +3887,7 @@ class Overlay:
     def entries(self) -> Dict[str, str]:
         """What the container changed from the image: path -> EntryKind (overlay_entries), with what its
         dependency layer changed."""
-        self._upper_entries = overlay_entries(self.upper)
+        self._upper_entries, self._upper_prints = overlay_walk(self.upper)
         if not self.layer:
             return self._upper_entries
         return merged_entries(self.image, self._layer_entries, self._upper_entries)
@@ -3895,10 +3900,14 @@ class Overlay:
             return entries
         return merged_entries(self.image, self.layer.before, self._upper_entries)
 
-    def unchanged(self, path: str, kind: str) -> bool:
-        """True when the image has `path` as the container has it now (same_as_image)."""
+    def fingerprints(self) -> Dict[str, Fingerprint]:
+        """The fingerprints of what the container itself changed, as the last entries() found them."""
+        return dict(self._upper_prints)
+
+    def difference(self, path: str, kind: str) -> Optional[str]:
+        """How `path` differs from the image's (image_difference)."""
         holder = self.upper if path in self._upper_entries or not self.layer else self.layer.tree
-        return same_as_image(self.image, path, kind, holder)
+        return image_difference(self.image, path, kind, holder)
 
 
 def nspawn_boot_argv(spec: ContainerSpec, machine: str, overlay: Overlay, how: ContainerMode) -> List[str]:
@@ -4523,9 +4532,13 @@ class ContainerSystem:
         """What the container changed before any install (Overlay.baseline_entries)."""
         return self.container.overlay_of().baseline_entries()
 
-    def unchanged(self, path: str, kind: str) -> bool:
-        """True when the image has `path` as the container has it now (Overlay.unchanged)."""
-        return self.container.overlay_of().unchanged(path, kind)
+    def fingerprints(self) -> Dict[str, Fingerprint]:
+        """The fingerprints of what the container changed (Overlay.fingerprints)."""
+        return self.container.overlay_of().fingerprints()
+
+    def difference(self, path: str, kind: str) -> Optional[str]:
+        """How `path` differs from the image's (Overlay.difference)."""
+        return self.container.overlay_of().difference(path, kind)
 
 
 # ==============================================================================
@@ -4931,6 +4944,7 @@ class ProbePlan(NamedTuple):
     start_units: bool = False
     recommends: bool = True
     fresh: bool = False  # no dependency layer: every dependency installed in the probe's own container
+    ignore: Tuple[str, ...] = ()  # paths (with what is below them) purge does not compare: --ignore
 
     def stages(self) -> List[Stage]:
         """The stages of one image, in order."""
@@ -5018,8 +5032,12 @@ class System(Protocol):
     def baseline_entries(self) -> Dict[str, str]:
         """What it changed before any install (purge's comparison)."""
 
-    def unchanged(self, path: str, kind: str) -> bool:
-        """True when the image has `path` as it has it now."""
+    def fingerprints(self) -> Dict[str, Fingerprint]:
+        """The fingerprints of what the last entries() listed that it changed itself ({}: none known)."""
+
+    def difference(self, path: str, kind: str) -> Optional[str]:
+        """How `path` differs from the image's, in words: None where the image has no such path, '' where it
+        has it as it is now."""
 
 
 # How identify()'s lines start: they share the run's output with the package manager's.
@@ -5777,8 +5795,46 @@ def merged_entries(image: Path, lower: Dict[str, str], upper: Dict[str, str]) ->
 def overlay_entries(upper: Path) -> Dict[str, str]:
     """What the container changed, from its overlay's upper directory, read on the host with lstat only and
     without recursion (walk_tree): path in the container -> its EntryKind."""
+    return overlay_walk(upper)[0]
+
+
+def overlay_walk(upper: Path) -> Tuple[Dict[str, str], Dict[str, Fingerprint]]:
+    """overlay_entries, and the fingerprint of each entry (what tells a later change of it)."""
     top = str(upper)
-    return {"/" + os.path.relpath(path, top): EntryKind.of(st) for path, st in walk_tree(top)}
+    kinds: Dict[str, str] = {}
+    prints: Dict[str, Fingerprint] = {}
+    for path, st in walk_tree(top):
+        inner = "/" + os.path.relpath(path, top)
+        kinds[inner] = EntryKind.of(st)
+        target = ""
+        if kinds[inner] == EntryKind.LINK:
+            with contextlib.suppress(OSError):  # a link's target is read as a string, never followed
+                target = os.readlink(path)
+        prints[inner] = fingerprint(st, target)
+    return kinds, prints
+
+
+def fingerprint(st: os.stat_result, target: str = "") -> Fingerprint:
+    """What tells that a path was changed, from its lstat: mode, owner and group, and for a file its size and
+    modification time, for a link its target (`target`: made again the same, it is unchanged), for a
+    device its numbers (a directory's change its changed entries tell)."""
+    if stat.S_ISDIR(st.st_mode):
+        return (st.st_mode, st.st_uid, st.st_gid, 0, 0, 0)
+    if stat.S_ISLNK(st.st_mode):
+        return (st.st_mode, st.st_uid, st.st_gid, 0, hash(target), 0)  # compared within one run only
+    return (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_rdev)
+
+
+def fingerprint_difference(before: Fingerprint, now: Fingerprint) -> str:
+    """What changed between two fingerprints of one path, in words ('' for nothing)."""
+    words = []
+    if stat.S_IMODE(before[0]) != stat.S_IMODE(now[0]):
+        words.append("mode %04o, was %04o" % (stat.S_IMODE(now[0]), stat.S_IMODE(before[0])))
+    if before[1:3] != now[1:3]:
+        words.append("owner %d:%d, was %d:%d" % (now[1], now[2], before[1], before[2]))
+    if before[3:] != now[3:]:
+        words.append("content")
+    return ", ".join(words)
 
 
 def open_beneath(root: Path, relative: str) -> int:
@@ -5808,38 +5864,58 @@ def same_regular_files(a: int, b: int) -> bool:
             return True
 
 
-def same_as_image(lower: Path, path: str, kind: str, upper: Path) -> bool:
-    """True when the image has `path` as the overlay has it now: a directory that was there (files were made
-    and removed in it), a link to the same place, a file with the same bytes (its owner or mode changed).
-    A device, a FIFO or a socket is never the same: it is reported, never opened."""
+def image_difference(lower: Path, path: str, kind: str, upper: Path) -> Optional[str]:
+    """How the overlay's `path` differs from the image's, in words: None where the image has no such path, ''
+    where it has it as the overlay has it now (a directory with the same mode and owner, whatever changed
+    in it; a link to the same place; a file with the same bytes, mode and owner), else what differs: its
+    kind, mode, owner, link target or content. A device, a FIFO or a socket is compared by its lstat, never
+    opened; links are compared as strings, never followed."""
     parent = resolve_in_root(lower, os.path.dirname(path))  # its own links lead within the image only
-    if parent is None or kind not in (EntryKind.DIR, EntryKind.LINK, EntryKind.FILE):
-        return False
-    image_path = parent / os.path.basename(path)
+    if parent is None:
+        return None
+    image_path = str(parent / os.path.basename(path))
     name = os.path.basename(path)
     try:
-        theirs = os.lstat(str(image_path))
-        if kind == EntryKind.DIR:
-            return stat.S_ISDIR(theirs.st_mode)
-        fd = open_beneath(upper, path)
-        try:
-            if kind == EntryKind.LINK:
-                return stat.S_ISLNK(theirs.st_mode) and os.readlink(str(image_path)) == os.readlink(name, dir_fd=fd)
-            if not stat.S_ISREG(theirs.st_mode):
-                return False
-            ours_fd = open_regular(name, fd)
-            if ours_fd is None:
-                return False
-            with open(ours_fd, "rb") as ours:
-                theirs_fd = open_regular(str(image_path))
-                if theirs_fd is None:
-                    return False
-                with open(theirs_fd, "rb") as image_file:
-                    return same_regular_files(ours.fileno(), image_file.fileno())
-        finally:
-            os.close(fd)
+        theirs = os.lstat(image_path)
     except OSError:
+        return None
+    theirs_kind = EntryKind.of(theirs)
+    if kind == EntryKind.GONE:
+        return "removed"
+    if kind != theirs_kind:
+        return "a %s where the image has a %s" % (kind, theirs_kind)
+    try:
+        fd = open_beneath(upper, path)
+    except OSError:
+        return "unreadable"
+    try:
+        ours = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        words = [w for w in fingerprint_difference(fingerprint(theirs), fingerprint(ours)).split(", ")
+                 if w and w != "content"]
+        if kind == EntryKind.LINK and os.readlink(image_path) != os.readlink(name, dir_fd=fd):
+            words.append("target %s, was %s" % (os.readlink(name, dir_fd=fd), os.readlink(image_path)))
+        elif kind == EntryKind.DEVICE and ours.st_rdev != theirs.st_rdev:
+            words.append("device numbers")
+        elif kind == EntryKind.FILE and not same_file_content(name, fd, image_path):
+            words.append("content")
+        return ", ".join(words)
+    except OSError as exc:
+        return "unreadable (%s)" % (exc.strerror or exc)
+    finally:
+        os.close(fd)
+
+
+def same_file_content(name: str, directory: int, image_path: str) -> bool:
+    """True when the regular file `name` in the open directory has the bytes of the image's `image_path`."""
+    ours_fd = open_regular(name, directory)
+    if ours_fd is None:
         return False
+    with open(ours_fd, "rb") as ours:
+        theirs_fd = open_regular(image_path)
+        if theirs_fd is None:
+            return False
+        with open(theirs_fd, "rb") as image_file:
+            return same_regular_files(ours.fileno(), image_file.fileno())
 
 
 def container_processes(container: System) -> Dict[int, Tuple[str, str]]:
@@ -5868,6 +5944,7 @@ class Baseline(NamedTuple):
     executables: "set[str]"
     accounts: "set[str]"
     packages: "set[str]"
+    fingerprints: Dict[str, Fingerprint]
 
     @classmethod
     def take(cls, container: System) -> "Baseline":
@@ -5879,8 +5956,9 @@ class Baseline(NamedTuple):
         _, listed = container.run_captured(container.manager.installed())
         packages = set(listed.split()) - {name.split("=", 1)[0].split(":", 1)[0] for name in
                                           (layer.packages if layer else ())}
-        return cls(container.baseline_entries(), {exe for exe, _ in container_processes(container).values()},
-                   accounts, packages)
+        entries = container.baseline_entries()
+        return cls(entries, {exe for exe, _ in container_processes(container).values()}, accounts, packages,
+                   container.fingerprints())
 
 
 def leftover_result(image: str, target: str, stage: Stage, found: Sequence[str], what: Tuple[str, str], t0: float,
@@ -5890,7 +5968,7 @@ def leftover_result(image: str, target: str, stage: Stage, found: Sequence[str],
     probe = Probe(ProbeKind.LEFTOVER, target)
     if not found:
         return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0, output=reported, stage=stage)
-    listed = "\n".join(found[:60]) + ("\n... and %d more" % (len(found) - 60) if len(found) > 60 else "")
+    listed = "\n".join(found[:100]) + ("\n... and %d more" % (len(found) - 100) if len(found) > 100 else "")
     return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, stage=stage,
                        reason="%s: %d %s" % (stage, len(found), what[0] if len(found) == 1 else what[1]),
                        output=listed + ("\n" + reported if reported else ""))
@@ -5915,60 +5993,126 @@ def check_removed(container: System, files: "set[str]", t0: float) -> List[Probe
                                                                     "units of the packages are still active"), t0)]
 
 
-def check_purged(container: System, baseline: Baseline, files: "set[str]", t0: float) -> List[ProbeResult]:
-    """After purge, against the container before the first install: files and directories left behind or
-    changed, broken links, *.wants links to units that are gone, programs still running; users and groups
-    left are reported."""
+def check_purged(container: System, baseline: Baseline, files: "set[str]", t0: float,
+                 ignore: Sequence[str] = ()) -> List[ProbeResult]:
+    """After purge, against the container before the first install, as piuparts compares (README: Lifecycle):
+    paths added, removed and changed (kind, content, mode, owner, link target), each listed, a directory
+    left behind with what it holds; broken links, *.wants links to units that are gone; programs still
+    running. What PURGE_EXPECTED and `ignore` (--ignore) name is not compared; those of them that matched
+    and are not every system's are said, as are users and groups left."""
     image = container.image.name
     now = container.entries()
     if container.listed_whole:  # a VM's listing: what it no longer has was deleted
         now.update((path, EntryKind.GONE) for path in baseline.entries.keys() - now.keys())
-    changed = [path for path, kind in now.items() if baseline.entries.get(path) != kind and
-               not (path.startswith(PURGE_EXPECTED) or path + "/" in PURGE_EXPECTED) and
-               not container.unchanged(path, kind)]
-    # a directory left behind is named once, not with everything in it
-    dirs = {p for p in changed if now[p] == EntryKind.DIR}
-    changed = [p for p in changed if not any(p.startswith(d + "/") for d in dirs)]
-    links = [p for p in changed if now[p] == EntryKind.LINK]
-    dangling = set()
+    found = purge_findings(container, baseline, now, container.fingerprints())
+    expected = PURGE_EXPECTED + ((("--ignore", tuple(p.rstrip("/") + "/" for p in ignore)),) if ignore else ())
+    matched: Dict[str, List[str]] = {}
+    for path in list(found):
+        why = expected_reason(path, expected)
+        if why is not None:
+            del found[path]
+            matched.setdefault(why, []).append(path)
+    links = [p for p in found if now.get(p) == EntryKind.LINK]
     if links:
         _, out = container.run_captured(["sh", "-c", MISSING_SCRIPT, "sh", *links])
-        dangling = {line.strip() for line in out.splitlines() if line.strip()}
-    words = {EntryKind.FILE: "left behind", EntryKind.DIR: "directory left behind",
-             EntryKind.LINK: "link left behind", EntryKind.GONE: "deleted from the image",
-             EntryKind.DEVICE: "device node left behind", EntryKind.FIFO: "FIFO left behind",
-             EntryKind.SOCKET: "socket left behind"}
-    listed = []
-    for path in sorted(changed):
-        word = words[EntryKind(now[path])]
-        if path in dangling:
-            word = "broken link to a unit that is gone" if ".wants/" in path else "broken link left behind"
-        listed.append("%s: %s" % (path, word))
+        for path in {line.strip() for line in out.splitlines()} & set(links):
+            found[path] = "broken link to a unit that is gone" if ".wants/" in path else \
+                "broken link left behind" if found[path] == PURGE_WORDS[EntryKind.LINK] else \
+                found[path] + " (the link is broken)"
+    listed = ["%s: %s" % (path, found[path]) for path in sorted(found)]
     # a program that did not run before, or a script of the packages' run by an interpreter that did
     running = sorted("%s (%s)" % (exe, cmd) for exe, cmd in container_processes(container).values()
                      if exe not in baseline.executables or any(word in files for word in cmd.split()[:2]))
     accounts = sorted(account_names(container) - baseline.accounts)
-    reported = "left, as Debian's policy allows: %s" % ", ".join(accounts) if accounts else ""
+    said = ["not compared: %s (%s)" % (", ".join(sorted(paths)[:10]) + (" ..." if len(paths) > 10 else ""), why)
+            for why, paths in matched.items() if why != PURGE_EXPECTED[0][0]]
+    said += ["left, as Debian's policy allows: %s" % ", ".join(accounts)] if accounts else []
     return [leftover_result(image, "files", Stage.PURGED, listed, (
         "path differs from the container before the install", "paths differ from the container before the install"),
-        t0, reported),
+        t0, "\n".join(said)),
         leftover_result(image, "processes", Stage.PURGED, running, ("process still runs", "processes still run"), t0)]
 
 
-# Paths a package's life changes on any system and purge does not restore: logs, the package managers' and
-# systemd's state, caches, the journal (README: Lifecycle). Users and groups that remain are reported, not
-# failed: Debian's policy keeps them.
-PURGE_EXPECTED = (
-    "/var/log/", "/var/lib/apt/", "/var/lib/dpkg/", "/var/lib/rpm/", "/var/lib/dnf/", "/var/lib/pacman/",
-    "/var/cache/", "/var/lib/systemd/", "/var/lib/dbus/", "/var/lib/ucf/", "/var/lib/polkit-1/",
-    "/var/lib/private/", "/run/", "/tmp/", "/var/tmp/", "/etc/ld.so.cache", "/etc/passwd", "/etc/group",
-    "/etc/shadow", "/etc/gshadow", "/etc/subuid", "/etc/subgid", "/etc/machine-id", "/etc/.pwd.lock",
-    "/usr/share/info/dir", "/var/lib/sgml-base/", "/var/lib/xml-core/", "/etc/ca-certificates.conf",
-    "/etc/ssl/certs/",
-    # the administrator's data, which a purge must not delete: web roots, /srv, backups, mail
-    "/var/www/", "/srv/", "/var/backups/", "/var/mail/",
-    # merged /usr's diversions, made by dpkg when a dependency unpacks into /bin, /sbin or /lib
-    "/bin.usr-is-merged/", "/sbin.usr-is-merged/", "/lib.usr-is-merged/",
+PURGE_WORDS = {EntryKind.FILE: "left behind", EntryKind.DIR: "directory left behind",
+               EntryKind.LINK: "link left behind", EntryKind.GONE: "removed from the image",
+               EntryKind.DEVICE: "device node left behind", EntryKind.FIFO: "FIFO left behind",
+               EntryKind.SOCKET: "socket left behind"}
+
+
+def purge_findings(container: System, baseline: Baseline, now: Dict[str, str],
+                   prints: Dict[str, Fingerprint]) -> Dict[str, str]:
+    """Every path that differs after the purge from the container before the install: path -> what (added,
+    removed, changed and how)."""
+    found = {}
+    for path, kind in now.items():
+        before = baseline.entries.get(path)
+        if before == kind:  # changed before the install: changed again since?
+            was = baseline.fingerprints.get(path)
+            change = fingerprint_difference(was, prints[path]) if was and path in prints else ""
+            if change and kind != EntryKind.GONE:
+                found[path] = "changed since before the install: %s" % change
+            continue
+        difference = container.difference(path, kind)
+        if difference == "":
+            continue
+        if difference is None or kind == EntryKind.GONE:
+            found[path] = PURGE_WORDS[EntryKind(kind)]
+        else:
+            found[path] = "changed from the image: %s" % difference
+    gone = sorted(p for p, kind in baseline.entries.items() if kind != EntryKind.GONE and p not in now)
+    for path in gone:  # made before the install (by the boot), deleted since: named once, not what it held
+        if os.path.dirname(path) not in found:
+            found[path] = "removed (it was there before the install)"
+    for path, what in list(found.items()):
+        if what == PURGE_WORDS[EntryKind.DIR]:
+            below = sum(1 for p, kind in now.items() if p.startswith(path + "/") and kind != EntryKind.GONE)
+            found[path] = what + (", empty" if not below else ", with %d %s below" % (
+                below, "entry" if below == 1 else "entries"))
+    return found
+
+
+def expected_reason(path: str, expected: Sequence[Tuple[str, Tuple[str, ...]]]) -> Optional[str]:
+    """Why purge does not compare `path` (a pattern of `expected` names it: 'DIR/' the directory and all
+    below it, otherwise that path alone), or None."""
+    for why, patterns in expected:
+        for pattern in patterns:
+            if path == pattern.rstrip("/") or (pattern.endswith("/") and path.startswith(pattern)):
+                return why
+    return None
+
+
+# What purge does not compare, and why (README: Lifecycle): a pattern 'DIR/' is the directory and everything
+# below it, any other the path alone (a directory: itself, what is in it is compared). The first group is
+# what every booted system and its package managers change, never said; the others are said where they
+# matched. Users and groups that remain are reported, not failed: Debian's policy keeps them.
+PURGE_EXPECTED: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+    ("what every booted system and its package managers change", (
+        "/run/", "/tmp/", "/var/tmp/", "/var/lib/systemd/", "/var/lib/dbus/", "/var/lib/polkit-1/",
+        "/var/lib/private", "/var/cache/private", "/var/log/private",
+        "/etc/machine-id", "/etc/hosts", "/etc/ld.so.cache",
+        "/var/cache/ldconfig/", "/etc/.pwd.lock", "/etc/passwd", "/etc/passwd-", "/etc/group", "/etc/group-",
+        "/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/subuid", "/etc/subuid-",
+        "/etc/subgid", "/etc/subgid-", "/usr/share/info/dir", "/usr/share/info/dir.old",
+        "/var/lib/sgml-base/", "/var/lib/xml-core/", "/etc/ca-certificates.conf", "/etc/ssl/certs/",
+        "/var/lib/ucf/", "/var/cache/man/", "/var/cache/fontconfig/",
+        "/var/log/journal/", "/var/log/wtmp", "/var/log/btmp", "/var/log/lastlog", "/var/log/faillog",
+        "/var/log/syslog", "/var/log/messages", "/var/log/auth.log", "/var/log/daemon.log", "/var/log/kern.log",
+        "/var/log/user.log", "/var/log/debug",
+        "/var/lib/apt/", "/var/lib/dpkg/", "/var/cache/apt/", "/var/cache/debconf/", "/var/log/apt/",
+        "/var/log/dpkg.log", "/var/log/alternatives.log", "/var/lib/rpm/", "/var/lib/dnf/", "/var/cache/dnf/",
+        "/var/cache/yum/", "/var/log/dnf.log", "/var/log/dnf.librepo.log", "/var/log/dnf.rpm.log",
+        "/var/log/hawkey.log", "/var/lib/zypp/", "/var/cache/zypp/", "/var/log/zypper.log", "/var/log/zypp/",
+        "/var/lib/pacman/", "/var/cache/pacman/", "/var/log/pacman.log",
+        # merged /usr's diversions, made by dpkg when a dependency unpacks into /bin, /sbin or /lib
+        "/bin.usr-is-merged/", "/sbin.usr-is-merged/", "/lib.usr-is-merged/")),
+    ("the administrator's data, which a purge must not delete; piuparts ignores it too", (
+        "/var/www/", "/srv/", "/var/backups/", "/var/mail/")),
+    ("directories shared by several packages that dpkg leaves, Debian bug #316521; piuparts ignores them too", (
+        "/var/lib/apache2", "/etc/apache2", "/etc/apache2/conf.d", "/etc/clamav", "/etc/cron.d", "/etc/lighttpd",
+        "/etc/lighttpd/conf-available", "/etc/modprobe.d", "/etc/network", "/etc/php", "/etc/sgml", "/etc/ssl",
+        "/etc/ssl/private", "/etc/xml", "/usr/share/python3", "/usr/share/python3/debpython")),
+    ("the mail system's shared configuration, which every MTA reads and none removes; piuparts ignores it too", (
+        "/etc/aliases", "/etc/aliases.db", "/etc/mailname")),
 )
 PROCESSES_SCRIPT = r'''for p in /proc/[0-9]*; do
   exe=$(readlink "$p/exe" 2>/dev/null) || continue
@@ -6154,7 +6298,7 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
         if stage == Stage.REMOVED:
             results += check_removed(container, files, t0)
         elif stage == Stage.PURGED and baseline:
-            results += check_purged(container, baseline, files, t0)
+            results += check_purged(container, baseline, files, t0, plan.ignore)
     return results
 
 
@@ -6293,9 +6437,13 @@ class VmSystem:
 
     baseline_entries = entries
 
-    def unchanged(self, path: str, kind: str) -> bool:
-        """Nothing to compare a VM's path with but its listing."""
-        return False
+    def fingerprints(self) -> Dict[str, Fingerprint]:
+        """A VM's listing has no fingerprints: a path is compared by its kind alone."""
+        return {}
+
+    def difference(self, path: str, kind: str) -> Optional[str]:
+        """Nothing to compare a VM's path with but its listing: as if the image had none."""
+        return None
 
     def upload(self, paths: Sequence[Path], directory: str) -> List[str]:
         """Upload package files into the VM; their paths there."""
@@ -7350,6 +7498,10 @@ def lifecycle(args: argparse.Namespace, probes: Sequence[Probe]) -> Dict[str, An
     packaged = any(p.kind == ProbeKind.PACKAGE for p in probes)
     upgrade_from = tuple(s if s == UPGRADE_FROM_ARCHIVE else package_source(s, "--upgrade-from")
                          for s in args.upgrade_from)
+    ignore = tuple(ignored_path(path) for path in args.ignore)
+    if ignore and not args.purge:
+        die("--ignore names paths purge does not compare: it needs --purge", "add --purge, or drop --ignore",
+            usage=True)
     for option, given in (("--upgrade-from", upgrade_from), ("--remove", args.remove), ("--purge", args.purge)):
         if given and not packaged:
             die("%s needs --package: it is a stage of the packages' life" % option,
@@ -7359,7 +7511,16 @@ def lifecycle(args: argparse.Namespace, probes: Sequence[Probe]) -> Dict[str, An
             "give either archive or the old package files", usage=True)
     return {"upgrade_from": upgrade_from, "reboot": args.reboot, "remove": args.remove or args.purge,
             "purge": args.purge, "start_units": args.start_units, "recommends": not args.no_install_recommends,
-            "fresh": args.fresh}
+            "fresh": args.fresh, "ignore": ignore}
+
+
+def ignored_path(path: str) -> str:
+    """An --ignore path, checked: absolute, normalized, not the root; the path without a trailing slash."""
+    clean = os.path.normpath(path) if path.startswith("/") else ""
+    if not clean or clean in ("/", "//") or clean != path.rstrip("/") or any(ch in path for ch in "\0\n\r"):
+        die("invalid --ignore %r" % path[:200], "give an absolute path in the container, e.g. --ignore "
+            "/var/lib/myapp (it and everything below it are not compared after the purge)", usage=True)
+    return clean
 
 
 def check_copy_source(settings: Settings, source: str) -> Path:
@@ -8213,6 +8374,8 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
                    "of theirs may be left")
     p.add_argument("--purge", action="store_true", help="purge them at the end (implies --remove) and compare "
                    "with the container before the install: nothing may be left behind")
+    p.add_argument("--ignore", action="append", default=[], metavar="PATH", help="with --purge: a path (and "
+                   "what is below it) the purge may leave, not compared and named in the report; repeatable")
     p.add_argument("--check-network", action="append", default=[], metavar="URL", help="tcp://HOST:PORT or "
                    "http(s)://... that must answer from inside the container, within --timeout; repeatable")
     p.add_argument("--expect-status", type=int, default=None, metavar="CODE", help="the HTTP status "

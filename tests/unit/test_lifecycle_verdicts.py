@@ -9,6 +9,7 @@ Each test below was seen failing with the line it guards broken (issue 35, item 
 from __future__ import annotations
 
 import dataclasses
+import os
 import posixpath
 import re
 import shlex
@@ -65,6 +66,7 @@ class FakePackage:
     purge_restores_edits: bool = True
     deletes: Tuple[str, ...] = ()  # image files its postinst deletes, never brought back
     links: Tuple[Tuple[str, str], ...] = ()  # (path, target): its postinst puts a link there, purge leaves it
+    dirs: Tuple[str, ...] = ()  # directories its postinst makes, never removed
     postinst_fails: bool = False
 
     @property
@@ -189,13 +191,25 @@ class FakeSystem:
     def baseline_entries(self) -> Dict[str, str]:
         return self.entries()
 
-    def unchanged(self, path: str, kind: str) -> bool:
+    def fingerprints(self) -> Dict[str, postroj.Fingerprint]:
+        """What the overlay holds, fingerprinted by its content (a directory: by nothing, as postroj's)."""
         if self.listed_whole:
-            return False
+            return {}
+        return {p: (0, 0, 0, 0, 0, 0) if self.fs[p][0] == "dir" else (0, 0, 0, len(self.fs[p][1]),
+                                                                      hash(self.fs[p][1]), 0)
+                for p in self.touched if p in self.fs}
+
+    def difference(self, path: str, kind: str) -> Optional[str]:
+        if self.listed_whole:
+            return None
         ours, image = self.fs.get(path), self.lower.get(path)
-        if ours is None or image is None or ours[0] != kind or image[0] != ours[0]:
-            return False
-        return kind == EntryKind.DIR or image == ours
+        if image is None:
+            return None
+        if kind == EntryKind.GONE or ours is None:
+            return "removed"
+        if ours[0] != image[0]:
+            return "a %s where the image has a %s" % (ours[0], image[0])
+        return "" if kind == EntryKind.DIR or image == ours else "content"
 
     def dangling(self, link: str) -> bool:
         path = link
@@ -299,6 +313,8 @@ class FakeSystem:
         for path, target in package.links:
             self.delete(path)
             self.write(path, "link", target)
+        for path in package.dirs:
+            self.write(path, "dir")
         if package.unit:
             if package.enables and not upgrade:
                 self.write(WANTS_DIR + package.unit, "link", UNIT_DIR + package.unit)
@@ -413,6 +429,8 @@ class FakeSystem:
                     and "--allow-downgrades" not in flags:
                 return 100, "E: Packages were downgraded and -y was used without --allow-downgrades."
         said = []
+        for log in ("/var/log/apt/history.log", "/var/log/dpkg.log", "/var/cache/debconf/config.dat"):
+            self.write(log, "file", self.fs.get(log, ("", ""))[1] + "install %s\n" % " ".join(names))
         for package in pulled + wanted:
             upgrade = package.name in self.dpkg and self.dpkg[package.name][1] != "rc"
             self.unpack(package)
@@ -511,7 +529,7 @@ LIBAPP = FakePackage("libapp1", "1.4", files=("/usr/lib/libapp.so.1",))
 
 
 def life(package: FakePackage = APP, upgrade_from: str = "1.0", *, reboot: bool = True,
-         listed_whole: bool = False) -> Tuple[FakeSystem, List[postroj.ProbeResult]]:
+         listed_whole: bool = False, ignore: Tuple[str, ...] = ()) -> Tuple[FakeSystem, List[postroj.ProbeResult]]:
     """The whole life of `package` (upgraded from its version `upgrade_from`, '' for none) in a FakeSystem, as
     live() runs it: the system and the results."""
     old = dataclasses.replace(package, version=upgrade_from, postinst_fails=False) if upgrade_from else None
@@ -528,7 +546,7 @@ def life(package: FakePackage = APP, upgrade_from: str = "1.0", *, reboot: bool 
         probes.append(postroj.Probe(ProbeKind.UNIT, package.unit))
     probes.append(postroj.Probe(ProbeKind.COMMAND, "/usr/bin/app --version"))
     plan = postroj.ProbePlan(tuple(probes), upgrade_from=(HOST_DIR + old.deb,) if old else (), reboot=reboot,
-                             purge=True, timeout=0.5)
+                             purge=True, timeout=0.5, ignore=ignore)
     system = FakeSystem(staged, [LIBAPP], listed_whole=listed_whole)
     packages = postroj.Packages((new_path,), old_paths, (package.name,), tuple(probes[:1]), labels,
                                 ("libapp1=1.4",))
@@ -556,7 +574,7 @@ def installs(system: FakeSystem) -> List[List[str]]:
 
 def test_fake_system_offers_what_the_protocol_declares():
     declared = [name for name in vars(postroj.System) if not name.startswith("_")]
-    assert "run_captured" in declared and "unchanged" in declared
+    assert "run_captured" in declared and "difference" in declared and "fingerprints" in declared
     system: postroj.System = FakeSystem()  # mypy checks the fake against the protocol here
     assert [name for name in declared if not hasattr(system, name)] == []
 
@@ -671,7 +689,8 @@ def test_the_unit_verdict(state, enabled, expect_active, status):
 def left_after_purge(results: Sequence[postroj.ProbeResult]) -> List[str]:
     """What purge's comparison found, a line each (without the users and groups it reports)."""
     files = result(results, "purged: leftover files")
-    found = [line for line in files.output.splitlines() if not line.startswith("left, as Debian's policy allows")]
+    found = [line for line in files.output.splitlines()
+             if not line.startswith(("left, as Debian's policy allows", "not compared: "))]
     assert (files.status == Status.FAIL) == bool(found), files
     if found:
         assert files.reason == "purged: %d %s from the container before the install" % (
@@ -682,12 +701,14 @@ def left_after_purge(results: Sequence[postroj.ProbeResult]) -> List[str]:
 def test_purge_reports_what_the_postinst_made_and_purge_left():
     _, results = life(dataclasses.replace(APP, purge_keeps_state=True))
     # the directory is named once, not with what is in it
-    assert left_after_purge(results) == ["/var/lib/app: directory left behind"]
+    assert left_after_purge(results) == ["/var/lib/app: directory left behind, with 1 entry below",
+                                         "/var/lib/app/app.db: left behind"]
 
 
 def test_purge_reports_what_a_package_leaves_in_etc():
     _, results = life(dataclasses.replace(APP, conffiles=(), state=("/etc/app/secret",), purge_keeps_state=True))
-    assert left_after_purge(results) == ["/etc/app: directory left behind"]
+    assert left_after_purge(results) == ["/etc/app: directory left behind, with 1 entry below",
+                                         "/etc/app/secret: left behind"]
 
 
 def test_purge_reports_a_wants_link_to_a_unit_that_is_gone():
@@ -697,7 +718,7 @@ def test_purge_reports_a_wants_link_to_a_unit_that_is_gone():
 
 def test_purge_reports_an_image_file_the_package_changed():
     _, results = life(dataclasses.replace(APP, edits=("/usr/share/base-files/motd",), purge_restores_edits=False))
-    assert left_after_purge(results) == ["/usr/share/base-files/motd: left behind"]
+    assert left_after_purge(results) == ["/usr/share/base-files/motd: changed from the image: content"]
 
 
 def test_purge_passes_an_image_file_put_back_as_it_was():
@@ -708,19 +729,20 @@ def test_purge_passes_an_image_file_put_back_as_it_was():
 
 def test_purge_reports_an_image_file_the_package_deleted():
     _, results = life(dataclasses.replace(APP, deletes=("/etc/default/locale",)))
-    assert left_after_purge(results) == ["/etc/default/locale: deleted from the image"]
+    assert left_after_purge(results) == ["/etc/default/locale: removed from the image"]
 
 
 def test_purge_reports_a_file_of_the_container_before_the_install_made_a_link():
     # systemd-resolved's way with /etc/resolv.conf, which nspawn wrote into the overlay before the install
     package = dataclasses.replace(APP, links=(("/etc/resolv.conf", "../run/systemd/resolve/stub-resolv.conf"),))
     _, results = life(package)
-    assert left_after_purge(results) == ["/etc/resolv.conf: broken link left behind"]
+    assert left_after_purge(results) == ["/etc/resolv.conf: changed from the image: a link where the image has a "
+                                         "file (the link is broken)"]
 
 
 def test_purge_of_a_whole_listing_reports_a_file_the_package_deleted():
     system, results = life(dataclasses.replace(APP, deletes=("/usr/share/base-files/motd",)), listed_whole=True)
-    assert left_after_purge(results) == ["/usr/share/base-files/motd: deleted from the image"]
+    assert left_after_purge(results) == ["/usr/share/base-files/motd: removed from the image"]
 
 
 def test_purge_of_a_whole_listing_passes_a_well_behaved_package():
@@ -728,12 +750,101 @@ def test_purge_of_a_whole_listing_passes_a_well_behaved_package():
     assert left_after_purge(results) == []
 
 
+def test_purge_reports_what_the_package_left_in_var_log_and_var_cache():
+    # piuparts reports postgresql's /var/log/postgresql and bind9's /var/cache/bind: purge compares both trees
+    kept = ("/var/log/app/app.log", "/var/cache/app/keys.bind")
+    _, results = life(dataclasses.replace(APP, state=kept, purge_keeps_state=True))
+    assert left_after_purge(results) == ["/var/cache/app: directory left behind, with 1 entry below",
+                                         "/var/cache/app/keys.bind: left behind",
+                                         "/var/log/app: directory left behind, with 1 entry below",
+                                         "/var/log/app/app.log: left behind"]
+
+
+def test_purge_does_not_compare_what_apt_and_dpkg_write_in_var_log_and_var_cache():
+    system, results = life()
+    assert "/var/log/apt/history.log" in system.entries() and "/var/cache/debconf/config.dat" in system.entries()
+    assert left_after_purge(results) == []
+
+
+def test_purge_says_whether_a_directory_left_behind_is_empty():
+    _, results = life(dataclasses.replace(APP, dirs=("/var/lib/app-spool",)))
+    assert left_after_purge(results) == ["/var/lib/app-spool: directory left behind, empty"]
+
+
+def test_purge_does_not_compare_the_directories_of_dpkg_bug_316521_and_says_so():
+    _, results = life(dataclasses.replace(APP, dirs=("/var/lib/apache2",)))
+    assert left_after_purge(results) == []
+    said = result(results, "purged: leftover files").output
+    assert "not compared: /var/lib/apache2 (" in said and "#316521" in said
+
+
+def test_purge_compares_what_is_in_a_directory_of_dpkg_bug_316521():
+    _, results = life(dataclasses.replace(APP, state=("/var/lib/apache2/site.db",), purge_keeps_state=True))
+    assert left_after_purge(results) == ["/var/lib/apache2/site.db: left behind"]
+
+
+def test_purge_does_not_compare_the_mail_systems_shared_files_and_says_so():
+    _, results = life(dataclasses.replace(APP, state=("/etc/aliases", "/etc/mailname"), purge_keeps_state=True))
+    assert left_after_purge(results) == []
+    assert "not compared: /etc/aliases, /etc/mailname (the mail system" in result(
+        results, "purged: leftover files").output
+
+
+def test_ignore_leaves_a_path_and_what_is_below_it_uncompared_and_says_so():
+    kept = dataclasses.replace(APP, state=("/var/lib/app/app.db", "/var/lib/apprun/x"), purge_keeps_state=True)
+    _, results = life(kept, ignore=("/var/lib/app",))
+    assert left_after_purge(results) == ["/var/lib/apprun: directory left behind, with 1 entry below",
+                                         "/var/lib/apprun/x: left behind"]
+    assert "not compared: /var/lib/app, /var/lib/app/app.db (--ignore)" in result(
+        results, "purged: leftover files").output
+
+
+PROXY_CONF = "/" + postroj.PACKAGE_PROXY_CONF
+
+
+def test_purge_reports_a_file_of_the_container_before_the_install_changed_since():
+    _, results = life(dataclasses.replace(APP, edits=(PROXY_CONF,), purge_restores_edits=False))
+    assert left_after_purge(results) == ["%s: changed since before the install: content" % PROXY_CONF]
+
+
+def test_purge_reports_a_file_of_the_container_before_the_install_it_deleted():
+    _, results = life(dataclasses.replace(APP, deletes=(PROXY_CONF,)))
+    assert left_after_purge(results) == ["%s: removed (it was there before the install)" % PROXY_CONF]
+
+
+def test_image_difference_names_a_changed_mode_owner_target_kind_and_content(tmp_path):
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    for root in (lower, upper):
+        (root / "etc").mkdir(parents=True)
+        (root / "etc" / "same").write_text("x\n")
+        (root / "etc" / "mode").write_text("x\n")
+        (root / "etc" / "content").write_text("x\n" if root == lower else "y\n")
+        (root / "etc" / "link").symlink_to("a" if root == lower else "b")
+    os.chmod(upper / "etc" / "mode", 0o600)
+    os.chmod(lower / "etc" / "mode", 0o644)
+    os.chown(upper / "etc" / "same", 0, 0)
+    (lower / "etc" / "kind").write_text("x\n")
+    os.mkfifo(upper / "etc" / "kind")
+    os.chown(upper / "etc" / "content", 0, 0)
+    diff = postroj.image_difference
+    assert diff(lower, "/etc/same", EntryKind.FILE, upper) == ""
+    assert diff(lower, "/etc/mode", EntryKind.FILE, upper) == "mode 0600, was 0644"
+    assert diff(lower, "/etc/content", EntryKind.FILE, upper) == "content"
+    assert diff(lower, "/etc/link", EntryKind.LINK, upper) == "target b, was a"
+    assert diff(lower, "/etc/kind", EntryKind.FIFO, upper) == "a fifo where the image has a file"
+    assert diff(lower, "/etc/new", EntryKind.FILE, upper) is None
+    os.chown(upper / "etc" / "same", 1234, 1234, follow_symlinks=False)
+    assert diff(lower, "/etc/same", EntryKind.FILE, upper) == "owner 1234:1234, was 0:0"
+
+
 def test_purge_ignores_the_user_databases_and_nothing_else_of_etc():
     # adduser changed /etc/passwd and /etc/group: the users stay, as Debian's policy allows, and are reported
     system, results = life()
-    assert system.entries()["/etc/passwd"] == EntryKind.FILE and not system.unchanged("/etc/passwd", "file")
+    assert system.entries()["/etc/passwd"] == EntryKind.FILE and system.difference("/etc/passwd", "file")
     assert left_after_purge(results) == []
-    assert not [p for p in postroj.PURGE_EXPECTED if p in ("/", "/etc/", "/usr/", "/var/", "/var/lib/", "/lib/")]
+    patterns = [p for _, group in postroj.PURGE_EXPECTED for p in group]
+    assert not [p for p in patterns if p.rstrip("/") in ("", "/etc", "/usr", "/var", "/var/lib", "/lib", "/var/log",
+                                                         "/var/cache")]
 
 
 # --- dependency layers ------------------------------------------------------------------------------------------

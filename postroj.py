@@ -683,6 +683,7 @@ class ProbeResult(NamedTuple):
     details: str = ""
     stage: Optional[Stage] = None  # where in a package's life (None: a probe outside one, a VM's)
     label: str = ""  # what people read for the target: a package's name and version
+    warning: str = ""  # what a maintainer should see though the probe passed (a unit started but not enabled)
 
     @property
     def title(self) -> str:
@@ -4520,6 +4521,11 @@ class ContainerSystem:
         """How the boot ended (NspawnContainer.boot_state)."""
         return self.container.boot_state()
 
+    def clock(self) -> float:
+        """The host's monotonic clock: a container has no time namespace of its own, its systemd's timestamps
+        are on the host's clock."""
+        return time.monotonic()
+
     def check(self, probe: Probe, timeout: float) -> ProbeResult:
         """Run one check (copy, unit, network, command) in the booted container."""
         return PROBE_RUNNERS[probe.kind].container_runner()(self, probe, timeout)
@@ -4927,6 +4933,15 @@ def package_matches(kind: str, manager: str) -> bool:
     return kind == "msi" or (manager in tuple(ManagerName) and package_manager(manager).package_type == kind)
 
 
+# What a unit's check reads (systemctl show), and the states it waits out
+UNIT_PROPERTIES = ("LoadState", "ActiveState", "SubState", "Result", "NRestarts", "InvocationID", "UnitFileState",
+                   "ActiveEnterTimestampMonotonic")
+UNIT_TRANSITIONS = ("activating", "deactivating", "reloading", "refreshing")
+# Seconds a unit must have been active, without a restart, to pass (README: Lifecycle): a service that
+# crashes and is restarted (Restart=) reads "active" between its restarts
+UNIT_SETTLE = 3.0
+
+
 class ProbePlan(NamedTuple):
     """All probes of a run, in their order, with their timeouts, and the stages of the packages' life:
     `upgrade_from` ("archive", or package files) first, then the packages, then a reboot, remove and purge."""
@@ -4945,6 +4960,7 @@ class ProbePlan(NamedTuple):
     recommends: bool = True
     fresh: bool = False  # no dependency layer: every dependency installed in the probe's own container
     ignore: Tuple[str, ...] = ()  # paths (with what is below them) purge does not compare: --ignore
+    settle: float = UNIT_SETTLE  # seconds a checked unit must have been up without a restart
 
     def stages(self) -> List[Stage]:
         """The stages of one image, in order."""
@@ -5022,6 +5038,9 @@ class System(Protocol):
 
     def boot_state(self) -> str:
         """How its boot ended (systemctl is-system-running)."""
+
+    def clock(self) -> float:
+        """Seconds on the clock of its systemd's monotonic timestamps (ActiveEnterTimestampMonotonic)."""
 
     def check(self, probe: Probe, timeout: float) -> ProbeResult:
         """Run one check (copy, unit, network, command) in it."""
@@ -5684,37 +5703,68 @@ def run_copy_probe(container: ContainerSystem, probe: Probe, timeout: float) -> 
                        output=output)
 
 
-def run_unit_probe(container: System, probe: Probe, timeout: float, expect_active: bool = True) -> ProbeResult:
-    """The unit as the package left it, starting and enabling nothing: it must be active (where the package is
-    installed) or not active (where it was removed). A unit on its way (activating, reloading) gets the
-    time-out to arrive."""
+def unit_state(container: System, unit: str) -> Dict[str, str]:
+    """What systemd says of `unit`: UNIT_PROPERTIES by name ('' where it did not say)."""
+    _, out = container.run_captured(["systemctl", "show", *("--property=%s" % p for p in UNIT_PROPERTIES), unit])
+    said = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return {name: said.get(name, "").strip() for name in UNIT_PROPERTIES}
+
+
+def restarts(state: Dict[str, str]) -> int:
+    """How often systemd restarted the unit since it was last started by hand (NRestarts)."""
+    return int(state["NRestarts"]) if state["NRestarts"].isdigit() else 0
+
+
+def run_unit_probe(container: System, probe: Probe, timeout: float, expect_active: bool = True,
+                   settle: float = UNIT_SETTLE) -> ProbeResult:
+    """The unit as the package left it, starting and enabling nothing: it must be active and stay so, without a
+    restart, until it has been up for `settle` seconds (where the package is installed), or not be active
+    (where it was removed). A unit on its way (activating, reloading) gets the time-out to arrive. Active but
+    not enabled passes with a warning: it will not come back after a reboot."""
     t0 = time.monotonic()
     image = container.image.name
     unit = probe.target
     deadline = t0 + timeout
     while True:
-        _, state = container.run_captured(["systemctl", "is-active", unit])
-        if state not in ("activating", "deactivating", "reloading", "refreshing") or time.monotonic() > deadline:
+        state = unit_state(container, unit)
+        if state["ActiveState"] not in UNIT_TRANSITIONS or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    _, enabled = container.run_captured(["systemctl", "is-enabled", unit])
-    _, load = container.run_captured(["systemctl", "show", "-p", "LoadState", "--value", unit])
-    active = state == "active"
-    if active == expect_active:
+    first = state
+    if expect_active and state["ActiveState"] == "active":
+        since = int(state["ActiveEnterTimestampMonotonic"] or 0) / 1e6 if \
+            state["ActiveEnterTimestampMonotonic"].isdigit() else 0.0
+        up = container.clock() - since if since else 0.0
+        if up < settle:
+            time.sleep(settle - up)
+        state = unit_state(container, unit)
+    active, enabled, load = state["ActiveState"], state["UnitFileState"], state["LoadState"]
+    restarted = restarts(state) or (state["InvocationID"] != first["InvocationID"] and active == "active")
+    if expect_active and restarted:
+        reason = "unit %s restarts (%d times in %.0f s): it exits and systemd starts it again" % (
+            unit, max(restarts(state), 1), time.monotonic() - t0 + settle)
+    elif active == "active" and expect_active:
         return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0,
-                           output="%s, %s" % (state or "unknown", enabled or "not-found"))
-    if not expect_active:
-        reason = "unit %s is still %s after the packages were removed" % (unit, state)
+                           output="%s, %s" % (active, enabled or "not-found"),
+                           warning="unit %s is active but not enabled: it will not start at the next boot" % unit
+                           if enabled == "disabled" else "")
+    elif not expect_active and active != "active":
+        return ProbeResult(image, probe, Status.PASS, time.monotonic() - t0,
+                           output="%s, %s" % (active or "unknown", enabled or "not-found"))
+    elif not expect_active:
+        reason = "unit %s is still %s after the packages were removed" % (unit, active)
     elif load == "not-found":
         reason = "unit %s does not exist" % unit
-    elif state == "failed":
+    elif active == "failed" and first["ActiveState"] == "active":
+        reason = "unit %s failed %.0f s after it started (%s)" % (unit, time.monotonic() - t0, state["Result"])
+    elif active == "failed":
         reason = "unit %s failed (%s)" % (unit, enabled)
     elif enabled == "enabled":
-        reason = "%s, enabled: the unit does not run, though it starts at boot" % (state or "unknown")
-    elif state in ("activating", "reloading"):
-        reason = "unit %s is still %s after %s s" % (unit, state, timeout)
+        reason = "%s, enabled: the unit does not run, though it starts at boot" % (active or "unknown")
+    elif active in ("activating", "reloading"):
+        reason = "unit %s is still %s after %s s" % (unit, active, timeout)
     else:
-        reason = "%s, not enabled: the package neither enabled nor started it" % (state or "unknown")
+        reason = "%s, not enabled: the package neither enabled nor started it" % (active or "unknown")
     _, status = container.run_captured(["systemctl", "status", "--no-pager", "--lines=20", unit])
     journal = container.journal_tail(30, unit if load != "not-found" else "")
     return ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason=reason, output=status,
@@ -5753,16 +5803,18 @@ def run_checks(container: System, plan: ProbePlan, stage: Stage, broken: str,
             # a unit or a port of a package that did not install would only wait out its time-out
             results.append(ProbeResult(container.image.name, probe, Status.SKIP, 0.0, reason="not run: %s" % broken,
                                        stage=stage))
-        elif probe.kind == ProbeKind.UNIT and not installed:
-            results.append(run_unit_probe(container, probe, plan.timeout, expect_active=False)._replace(stage=stage))
+        elif probe.kind == ProbeKind.UNIT:
+            results.append(run_unit_probe(container, probe, plan.timeout, expect_active=installed,
+                                          settle=plan.settle)._replace(stage=stage))
+            if results[-1].reason.startswith("unit %s failed" % probe.target):
+                failed_units.append(probe.target)
         elif probe.kind == ProbeKind.NETWORK and failed_units:
             results.append(ProbeResult(container.image.name, probe, Status.FAIL, 0.0, stage=stage,
                                        reason="%s cannot answer: unit %s failed" % (probe.target,
                                                                                    ", ".join(failed_units))))
         else:
             results.append(container.check(probe, plan.timeout)._replace(stage=stage))
-            if probe.kind == ProbeKind.UNIT and results[-1].reason.startswith("unit %s failed" % probe.target):
-                failed_units.append(probe.target)
+        if probe.kind == ProbeKind.UNIT:
             if stage == Stage.REBOOTED and "neither enabled nor started" in results[-1].reason:
                 results[-1] = results[-1]._replace(reason="inactive, not enabled: it did not come back after the "
                                                    "reboot (the package started it but did not enable it)")
@@ -6418,6 +6470,14 @@ class VmSystem:
         """What the VM's systemd says it is (running, degraded...)."""
         return self.run_captured(["systemctl", "is-system-running"])[1]
 
+    def clock(self) -> float:
+        """The VM's own monotonic clock, as its /proc/uptime reads (0: unknown, the whole window is waited)."""
+        code, out = self.run_captured(["cat", "/proc/uptime"])
+        try:
+            return float(out.split()[0]) if code == 0 else 0.0
+        except (IndexError, ValueError):
+            return 0.0
+
     def check(self, probe: Probe, timeout: float) -> ProbeResult:
         """Run one check (copy, unit, network, command) in the VM."""
         if probe.kind == ProbeKind.UNIT:
@@ -6840,6 +6900,8 @@ def format_result(result: ProbeResult, color: bool = False) -> str:
         word = {"PASS": "\x1b[32mPASS\x1b[0m", "FAIL": "\x1b[31mFAIL\x1b[0m", "SKIP": "\x1b[33mSKIP\x1b[0m"}[word]
     # names in full, never cut: a longer one moves the time to the right
     line = "%s  %-20s %-50s %6.2fs" % (word, result.image, result.heading, result.duration)
+    if result.warning:
+        line += "\n      warning: %s" % result.warning
     if result.status == Status.SKIP and result.reason:
         return "%s\n      reason: %s" % (line, result.reason)
     if result.status != Status.FAIL:
@@ -6861,7 +6923,7 @@ def results_json(results: Sequence[ProbeResult], wall: Optional[float] = None) -
         "wall": None if wall is None else round(wall, 3),
         "results": [{"image": r.image, "kind": r.probe.kind, "target": r.probe.target, "status": r.status,
                      "duration": round(r.duration, 3), "reason": r.reason, "output": r.output, "details": r.details,
-                     "stage": str(r.stage or "")} for r in results],
+                     "stage": str(r.stage or ""), "warning": r.warning} for r in results],
     }
 
 
@@ -6921,9 +6983,10 @@ def load_report(path: str) -> Tuple[List[ProbeResult], Optional[float]]:
             if not 0 <= duration < float("inf"):
                 raise ValueError("duration %r is not a number of seconds" % row.get("duration"))
             stage = str(row.get("stage") or "")
-            reason, output, details = (text_safe(str(row.get(key, ""))) for key in ("reason", "output", "details"))
+            reason, output, details, warning = (text_safe(str(row.get(key, ""))) for key in (
+                "reason", "output", "details", "warning"))
             found.append(ProbeResult(text_safe(str(row["image"])), probe, Status(row["status"]), duration, reason,
-                                     output, details, Stage(stage) if stage else None))
+                                     output, details, Stage(stage) if stage else None, warning=warning))
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             die("%s: result %d is malformed (%s: %s)" % (path, number, type(exc).__name__, exc), hint, usage=True)
     wall = data.get("wall")
@@ -7023,8 +7086,9 @@ def junit_xml(results: Sequence[ProbeResult], wall: Optional[float] = None) -> b
                 failure.text = xml_safe("\n".join(t for t in (r.output, r.details) if t))
             elif r.status == Status.SKIP:
                 ET.SubElement(case, "skipped", message=xml_safe(r.reason))
-            if r.output:
-                ET.SubElement(case, "system-out").text = xml_safe(r.output)
+            if r.output or r.warning:
+                said = "\n".join(t for t in ("warning: %s" % r.warning if r.warning else "", r.output) if t)
+                ET.SubElement(case, "system-out").text = xml_safe(said)
     return ET.tostring(suites, encoding="utf-8", xml_declaration=True)
 
 

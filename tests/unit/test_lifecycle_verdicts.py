@@ -15,6 +15,7 @@ import re
 import shlex
 import tarfile
 import threading
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -68,6 +69,7 @@ class FakePackage:
     links: Tuple[Tuple[str, str], ...] = ()  # (path, target): its postinst puts a link there, purge leaves it
     dirs: Tuple[str, ...] = ()  # directories its postinst makes, never removed
     postinst_fails: bool = False
+    crashes: bool = False  # its daemon exits soon after it starts; Restart=on-failure brings it back, again and again
 
     @property
     def deb(self) -> str:
@@ -138,6 +140,9 @@ class FakeSystem:
         self.saved: Dict[str, Tuple[str, str]] = {}  # what a postinst's edit replaced
         self.units: Dict[str, str] = {}  # unit -> active / inactive / failed
         self.unit_pids: Dict[str, int] = {}
+        self.unit_since: Dict[str, float] = {}  # ActiveEnterTimestampMonotonic, on clock()'s clock
+        self.unit_restarts: Dict[str, int] = {}
+        self.crashing: "set[str]" = set()
         self.processes = dict(BOOT_PROCESSES)
         self.next_pid = 100
         self.accounts = {"user:root", "group:root"}
@@ -236,6 +241,8 @@ class FakeSystem:
             self.journal.append("systemd[1]: %s: Failed at step EXEC spawning %s" % (unit, daemon))
             return 1, "Job for %s failed." % unit
         self.units[unit] = "active"
+        self.unit_since[unit] = self.clock()
+        self.unit_restarts[unit] = 0
         self.unit_pids[unit] = self.next_pid
         self.processes[self.next_pid] = (daemon, daemon + " --foreground")
         self.next_pid += 1
@@ -247,6 +254,24 @@ class FakeSystem:
             self.processes.pop(self.unit_pids.pop(unit, 0), None)
             self.journal.append("systemd[1]: Stopped %s." % unit)
         self.units[unit] = "inactive"
+
+    def show(self, unit: str, properties: List[str]) -> str:
+        """systemctl show: a crashing unit has been restarted once more each time it is looked at."""
+        state = self.units.get(unit, "inactive")
+        if unit in self.crashing and state == "active":
+            self.unit_restarts[unit] += 1
+            self.unit_since[unit] = self.clock()
+        known = UNIT_DIR + unit in self.fs
+        values = {"LoadState": "loaded" if known else "not-found", "ActiveState": state,
+                  "SubState": {"active": "running", "failed": "failed"}.get(state, "dead"),
+                  "Result": "success", "NRestarts": str(self.unit_restarts.get(unit, 0)),
+                  "InvocationID": "%032x" % self.unit_restarts.get(unit, 0) if state == "active" else "",
+                  "UnitFileState": self.enabled(unit)[1] if known else "",
+                  "ActiveEnterTimestampMonotonic": str(int(self.unit_since.get(unit, 0) * 1e6))}
+        return "\n".join("%s=%s" % (name, values[name]) for name in reversed(properties))
+
+    def clock(self) -> float:
+        return time.monotonic()
 
     def enabled(self, unit: str) -> Tuple[int, str]:
         if WANTS_DIR + unit in self.fs:
@@ -262,8 +287,8 @@ class FakeSystem:
             return (0 if all(s == "active" for s in states) else 3), "\n".join(states)
         if verb == "is-enabled":
             return self.enabled(units[0])
-        if verb == "show" and units[:3] == ["-p", "LoadState", "--value"]:
-            return 0, "loaded" if UNIT_DIR + units[3] in self.fs else "not-found"
+        if verb == "show" and units[0].startswith("--property="):
+            return 0, self.show(units[-1], [u.split("=", 1)[1] for u in units[:-1]])
         if verb == "status":
             unit = units[-1]
             return 3, "* %s\n   Active: %s" % (unit, self.units.get(unit, "inactive"))
@@ -318,6 +343,8 @@ class FakeSystem:
         if package.unit:
             if package.enables and not upgrade:
                 self.write(WANTS_DIR + package.unit, "link", UNIT_DIR + package.unit)
+            if package.crashes:
+                self.crashing.add(package.unit)
             if package.starts:
                 if upgrade:
                     self.stop(package.unit)
@@ -528,8 +555,8 @@ APP = FakePackage("app", "2.0", files=("/usr/sbin/appd", "/usr/bin/app", "/usr/s
 LIBAPP = FakePackage("libapp1", "1.4", files=("/usr/lib/libapp.so.1",))
 
 
-def life(package: FakePackage = APP, upgrade_from: str = "1.0", *, reboot: bool = True,
-         listed_whole: bool = False, ignore: Tuple[str, ...] = ()) -> Tuple[FakeSystem, List[postroj.ProbeResult]]:
+def life(package: FakePackage = APP, upgrade_from: str = "1.0", *, reboot: bool = True, listed_whole: bool = False,
+         ignore: Tuple[str, ...] = (), settle: float = 0.02) -> Tuple[FakeSystem, List[postroj.ProbeResult]]:
     """The whole life of `package` (upgraded from its version `upgrade_from`, '' for none) in a FakeSystem, as
     live() runs it: the system and the results."""
     old = dataclasses.replace(package, version=upgrade_from, postinst_fails=False) if upgrade_from else None
@@ -546,7 +573,7 @@ def life(package: FakePackage = APP, upgrade_from: str = "1.0", *, reboot: bool 
         probes.append(postroj.Probe(ProbeKind.UNIT, package.unit))
     probes.append(postroj.Probe(ProbeKind.COMMAND, "/usr/bin/app --version"))
     plan = postroj.ProbePlan(tuple(probes), upgrade_from=(HOST_DIR + old.deb,) if old else (), reboot=reboot,
-                             purge=True, timeout=0.5, ignore=ignore)
+                             purge=True, timeout=0.5, ignore=ignore, settle=settle)
     system = FakeSystem(staged, [LIBAPP], listed_whole=listed_whole)
     packages = postroj.Packages((new_path,), old_paths, (package.name,), tuple(probes[:1]), labels,
                                 ("libapp1=1.4",))
@@ -677,10 +704,45 @@ def test_the_unit_verdict(state, enabled, expect_active, status):
         system.units["app.service"] = state
     if enabled == "disabled":
         system.delete(WANTS_DIR + "app.service")
-    found = postroj.run_unit_probe(system, postroj.Probe(ProbeKind.UNIT, "app.service"), 0.5, expect_active)
+    found = postroj.run_unit_probe(system, postroj.Probe(ProbeKind.UNIT, "app.service"), 0.5, expect_active,
+                                   settle=0.05)
     assert found.status == status, found.reason
     if status == Status.PASS:
         assert found.output == "%s, %s" % (state, enabled)
+
+
+def test_a_unit_is_looked_at_again_once_it_has_been_up_for_the_settle_window():
+    system = FakeSystem([("/app.deb", dataclasses.replace(APP, depends=()))])
+    assert system.run_captured(["apt-get", "-y", "install", "/app.deb"])[0] == 0
+    t0 = time.monotonic()
+    found = postroj.run_unit_probe(system, postroj.Probe(ProbeKind.UNIT, "app.service"), 5, settle=0.4)
+    assert found.status == Status.PASS and time.monotonic() - t0 >= 0.3
+    looked = [a for a in system.argvs if a[:2] == ["systemctl", "show"]]
+    assert len(looked) == 2, looked
+    system.unit_since["app.service"] -= 10  # up for long: nothing to wait for
+    t0 = time.monotonic()
+    assert postroj.run_unit_probe(system, postroj.Probe(ProbeKind.UNIT, "app.service"), 5, settle=5).passed
+    assert time.monotonic() - t0 < 1
+
+
+def test_a_unit_that_crashes_and_is_restarted_fails_though_it_reads_active():
+    _, results = life(dataclasses.replace(APP, crashes=True))
+    for stage in ("installed", "upgraded", "rebooted"):
+        unit = result(results, "%s: unit app.service" % stage)
+        assert unit.status == Status.FAIL and re.match(r"unit app.service restarts \(\d+ times? in \d+ s\)",
+                                                       unit.reason), unit.reason
+        assert "app.service" in unit.details, "the unit's journal"
+
+
+def test_a_unit_started_but_not_enabled_passes_with_a_warning_without_a_reboot():
+    _, results = life(dataclasses.replace(APP, enables=False), reboot=False)
+    unit = result(results, "installed: unit app.service")
+    assert unit.status == Status.PASS
+    assert unit.warning == "unit app.service is active but not enabled: it will not start at the next boot"
+    assert "\n      warning: unit app.service is active but not enabled" in postroj.format_result(unit)
+    assert postroj.results_json([unit])["results"][0]["warning"] == unit.warning
+    assert b"warning: unit app.service is active but not enabled" in postroj.junit_xml([unit])
+    assert result(life()[1], "installed: unit app.service").warning == ""
 
 
 # --- purge's comparison -----------------------------------------------------------------------------------------

@@ -256,9 +256,10 @@ class FailedUnitContainer:
         self.leader = 0
 
     def run_captured(self, argv, timeout=None):
-        answers = {"is-active": "failed", "is-enabled": "enabled", "show": "loaded", "status": "Active: failed"}
+        answers = {"show": "LoadState=loaded\nActiveState=failed\nUnitFileState=enabled\nResult=exit-code",
+                   "status": "Active: failed"}
         assert argv[0] == "systemctl", argv
-        return (3 if argv[1] == "is-active" else 0), answers[argv[1]]
+        return 0, answers[argv[1]]
 
     def journal_tail(self, lines, unit=""):
         return "broken.service: Main process exited, code=exited, status=1/FAILURE"

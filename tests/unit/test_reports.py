@@ -95,7 +95,8 @@ def test_results_json():
     assert len(data["results"]) == 5
     first, nginx = data["results"][:2]
     assert first == {"image": "debian-bookworm", "kind": "command", "target": "hello --version", "status": "pass",
-                     "duration": 0.432, "reason": "", "output": "hello 2.10", "details": "", "stage": ""}
+                     "duration": 0.432, "reason": "", "output": "hello 2.10", "details": "", "stage": "",
+                     "warning": ""}
     assert (nginx["status"], nginx["reason"], nginx["details"]) == ("fail", "unit nginx failed",
                                                                    "journal line 1\njournal 2")
 

@@ -54,7 +54,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from typing import (IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, NoReturn, Optional, Protocol,
+from typing import (IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, NoReturn, Optional, Protocol,
                     Sequence, Tuple, TypeVar)
 
 # Start-up: socket, tarfile, urllib.request, hashlib, concurrent.futures, difflib, xml and ctypes are imported
@@ -4147,7 +4147,7 @@ class ContainerCommands:
         if unit:
             argv += ["-u", unit]
         if since:
-            argv += ["--since", "@%.3f" % since]
+            argv += ["--since", "@%.3f" % (since - 0.0005)]  # never after `since`
         return self.capture(argv)
 
 
@@ -5771,6 +5771,58 @@ def run_unit_probe(container: System, probe: Probe, timeout: float, expect_activ
                        details=journal)
 
 
+# What PID 1's journal says of a job that did not succeed (JOB_RESULT) and of a unit that failed (UNIT_RESULT)
+FAILED_JOB_RESULTS = ("failed", "timeout", "dependency")
+UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".mount")
+
+
+def package_units(files: Iterable[str], plan: ProbePlan) -> List[str]:
+    """The units of the packages (their unit files, by name; a template's as 'NAME@') and the checked units."""
+    units = {os.path.basename(f) for f in files if f.startswith(UNIT_DIRS) and f.endswith(UNIT_SUFFIXES)}
+    units |= {p.target if p.target.endswith(UNIT_SUFFIXES) else p.target + ".service"
+              for p in plan.probes if p.kind == ProbeKind.UNIT}
+    return sorted(u.replace("@.", "@", 1) if "@." in u else u for u in units)
+
+
+def failed_jobs(container: System, units: Sequence[str], since: float) -> List[str]:
+    """What systemd logged, since the time `since`, of a job of `units` (start, restart, reload, stop) that
+    failed, or of one of them that failed: its message, a line each (even where a maintainer script went on
+    after it)."""
+    if not units:
+        return []
+    _, out = container.run_captured(["journalctl", "--no-pager", "-o", "json", "--since",
+                                     "@%.3f" % (since - 0.0005), "_PID=1"])  # never after `since`
+    found = []
+    for line in out.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        unit = entry.get("UNIT") if isinstance(entry, dict) else None
+        if not isinstance(unit, str) or not any(unit == u or (u.endswith("@") and unit.startswith(u))
+                                                 for u in units):
+            continue
+        job, result = entry.get("JOB_RESULT"), entry.get("UNIT_RESULT")
+        if job in FAILED_JOB_RESULTS or (isinstance(result, str) and result != "success"):
+            message = entry.get("MESSAGE")
+            found.append(message if isinstance(message, str) else "%s: %s" % (unit, job or result))
+    return list(dict.fromkeys(found))
+
+
+def failed_during(container: System, step: List[ProbeResult], stage: Stage, units: Sequence[str],
+                  since: float) -> List[ProbeResult]:
+    """The stage's step, failed where a job or a unit of the packages failed during it (failed_jobs), with the
+    journal's lines of those units."""
+    if not step or any(r.status != Status.PASS for r in step):
+        return step
+    failures = failed_jobs(container, units, since)
+    if not failures:
+        return step
+    reason = "systemd says: %s (during the %s stage)" % ("; ".join(failures[:5]), stage)
+    journal = "\n".join(container.journal_tail(20, unit, since) for unit in units if "@" not in unit)
+    return [r._replace(status=Status.FAIL, reason=reason, details=journal) for r in step]
+
+
 def reboot(container: System, plan: ProbePlan) -> ProbeResult:
     """Reboot the container as a machine reboots: its systemd stops every unit and powers off, then the same
     overlay boots again."""
@@ -6321,9 +6373,10 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
     results: List[ProbeResult] = []
     baseline = Baseline.take(container) if packages and plan.purge else None
     files: "set[str]" = set()
+    units = package_units((), plan)
     failed = ""
     for stage in plan.stages():
-        t0 = time.monotonic()
+        t0, started = time.monotonic(), time.time()
         say(STAGE_DOING[stage])
         if failed:
             results += [ProbeResult(image.name, p, Status.SKIP, 0.0, reason="not run: %s" % failed, stage=stage)
@@ -6335,6 +6388,10 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
         elif packages is not None and manager is not None:
             step, listed_files = package_step(container, plan, stage, packages, manager, baseline)
             files = listed_files or files
+            if stage in (Stage.INSTALLED, Stage.UPGRADED):
+                _, listed = container.run_captured(manager.files(packages.names))
+                units = package_units((line.strip() for line in listed.splitlines()), plan)
+        step = failed_during(container, step, stage, units, started)
         if stage == Stage.INSTALLED and container.layer:
             said = "%d dependencies from layer %s (made %s)\n" % (len(container.layer.packages),
                                                                   container.layer.key[:12], container.layer.made)

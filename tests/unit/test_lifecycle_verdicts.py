@@ -9,6 +9,7 @@ Each test below was seen failing with the line it guards broken (issue 35, item 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import posixpath
 import re
@@ -69,6 +70,7 @@ class FakePackage:
     links: Tuple[Tuple[str, str], ...] = ()  # (path, target): its postinst puts a link there, purge leaves it
     dirs: Tuple[str, ...] = ()  # directories its postinst makes, never removed
     postinst_fails: bool = False
+    reload_fails: bool = False  # its postinst reloads the unit on upgrade, the reload fails, the script goes on
     crashes: bool = False  # its daemon exits soon after it starts; Restart=on-failure brings it back, again and again
 
     @property
@@ -147,6 +149,7 @@ class FakeSystem:
         self.next_pid = 100
         self.accounts = {"user:root", "group:root"}
         self.journal: List[str] = ["systemd[1]: Startup finished."]
+        self.events: List[Tuple[float, Dict[str, str]]] = []  # PID 1's structured journal entries, timed
         self.argvs: List[List[str]] = []
         self.unknown: List[List[str]] = []
         self.history: List[Tuple[str, str, str]] = []  # (unpacked / removed / purged, name, version)
@@ -239,6 +242,7 @@ class FakeSystem:
         if self.fs.get(daemon, ("",))[0] != "file":
             self.units[unit] = "failed"
             self.journal.append("systemd[1]: %s: Failed at step EXEC spawning %s" % (unit, daemon))
+            self.log_event(UNIT=unit, JOB_TYPE="start", JOB_RESULT="failed", MESSAGE="Failed to start %s." % unit)
             return 1, "Job for %s failed." % unit
         self.units[unit] = "active"
         self.unit_since[unit] = self.clock()
@@ -254,6 +258,10 @@ class FakeSystem:
             self.processes.pop(self.unit_pids.pop(unit, 0), None)
             self.journal.append("systemd[1]: Stopped %s." % unit)
         self.units[unit] = "inactive"
+
+    def log_event(self, **fields: str) -> None:
+        self.events.append((time.time(), fields))
+        self.journal.append("systemd[1]: %s" % fields["MESSAGE"])
 
     def show(self, unit: str, properties: List[str]) -> str:
         """systemctl show: a crashing unit has been restarted once more each time it is looked at."""
@@ -345,7 +353,12 @@ class FakeSystem:
                 self.write(WANTS_DIR + package.unit, "link", UNIT_DIR + package.unit)
             if package.crashes:
                 self.crashing.add(package.unit)
-            if package.starts:
+            if upgrade and package.reload_fails and self.units.get(package.unit) == "active":
+                self.journal.append("systemd[1]: %s: Control process exited, code=exited, status=203/EXEC"
+                                    % package.unit)
+                self.log_event(UNIT=package.unit, JOB_TYPE="reload", JOB_RESULT="failed",
+                               MESSAGE="Reload failed for %s." % package.unit)
+            elif package.starts:
                 if upgrade:
                     self.stop(package.unit)
                 code, out = self.start(package.unit)
@@ -505,6 +518,9 @@ class FakeSystem:
             return 0, "\n".join(sorted(self.accounts))
         if argv[0] == "systemctl":
             return self.systemctl(argv[1:])
+        if argv[0] == "journalctl" and "json" in argv:
+            since = float(argv[argv.index("--since") + 1].lstrip("@"))
+            return 0, "\n".join(json.dumps(fields) for at, fields in self.events if at >= since)
         if argv[0] == "journalctl":
             count = int(argv[argv.index("-n") + 1])
             unit = argv[argv.index("-u") + 1] if "-u" in argv else ""
@@ -743,6 +759,33 @@ def test_a_unit_started_but_not_enabled_passes_with_a_warning_without_a_reboot()
     assert postroj.results_json([unit])["results"][0]["warning"] == unit.warning
     assert b"warning: unit app.service is active but not enabled" in postroj.junit_xml([unit])
     assert result(life()[1], "installed: unit app.service").warning == ""
+
+
+def test_a_reload_that_fails_in_the_upgrades_maintainer_script_fails_the_upgrade():
+    # haproxy's postinst: the reload failed (/bin/kill missing), the old daemon kept running, apt exited 0
+    _, results = life(dataclasses.replace(APP, reload_fails=True))
+    upgraded = result(results, "upgraded: package app_2.0_all.deb")
+    assert upgraded.status == Status.FAIL
+    assert upgraded.reason == "systemd says: Reload failed for app.service. (during the upgraded stage)"
+    assert "status=203/EXEC" in upgraded.details
+    assert result(results, "installed: package app_1.0_all.deb").status == Status.PASS
+    assert result(results, "rebooted: reboot the container").status == Status.SKIP
+
+
+def test_a_unit_of_the_packages_that_fails_to_start_fails_the_install_though_apt_succeeded():
+    class Tolerant(FakeSystem):
+        def configure(self, package: FakePackage, upgrade: bool) -> Tuple[int, str]:
+            super().configure(package, upgrade)  # a postinst that ignores what deb-systemd-invoke said
+            self.dpkg[package.name] = (package, "ii")
+            return 0, "Setting up %s ..." % package.name
+
+    package = dataclasses.replace(APP, daemon="/usr/sbin/missing", depends=())
+    system = Tolerant([("/app.deb", package)])
+    plan = postroj.ProbePlan((postroj.Probe(ProbeKind.PACKAGE, "/srv/app.deb"),), timeout=0.5, settle=0.02)
+    packages = postroj.Packages(("/app.deb",), (), ("app",), plan.probes, {})
+    results = postroj.live(system, plan, packages, threading.Event())
+    assert [(r.status, r.reason) for r in results] == [
+        (Status.FAIL, "systemd says: Failed to start app.service. (during the installed stage)")]
 
 
 # --- purge's comparison -----------------------------------------------------------------------------------------

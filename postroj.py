@@ -2748,6 +2748,9 @@ APT_OPTIONS = (
 # In a booted container the shared cache is read, never written (everything was downloaded before the
 # boot): apt's locks on it would make the containers of one release wait for each other.
 APT_FROM_CACHE = ("-o", "Debug::NoLocking=1")
+# apt as CI runs it: debconf asks nothing and takes each question's default (a package's own prompts, e.g.
+# postgresql's "Remove PostgreSQL directories when package is purged?", get their defaults)
+APT_NONINTERACTIVE = ("env", "DEBIAN_FRONTEND=noninteractive", "apt-get")
 
 
 def install_command(manager: str, packages: Sequence[str], recommends: bool = False) -> List[str]:
@@ -5152,7 +5155,7 @@ class Apt(PackageManager):
         """Install names or package files with their dependencies, and what they recommend as `apt install`
         does (-q: no progress lines, errors kept); `cached`: from the package cache alone, in a booted
         container."""
-        return ["apt-get", *APT_OPTIONS, *(self.from_cache if cached else ()), "-q", "install", "-y",
+        return [*APT_NONINTERACTIVE, *APT_OPTIONS, *(self.from_cache if cached else ()), "-q", "install", "-y",
                 *([] if recommends else ["--no-install-recommends"]), *packages]
 
     def download(self, packages: Sequence[str], recommends: bool = True) -> List[str]:
@@ -5170,8 +5173,8 @@ class Apt(PackageManager):
     def install_without(self, packages: Sequence[str], without: Sequence[str], simulate: bool = False) -> List[str]:
         """Install `packages` from the package cache and nothing else (no recommends), never `without` (a
         package that needs one of them cannot be installed: apt names it); `simulate`: say what it would do."""
-        return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", *(["-s"] if simulate else []), "install", "-y",
-                "--no-install-recommends", *packages, *("%s-" % name for name in without)]
+        return [*APT_NONINTERACTIVE, *APT_OPTIONS, *self.from_cache, "-q", *(["-s"] if simulate else []), "install",
+                "-y", "--no-install-recommends", *packages, *("%s-" % name for name in without)]
 
     def installed_as_dependencies(self, names: Sequence[str]) -> List[str]:
         """Mark installed packages as installed for others' sake: apt removes them with the last that needs them."""
@@ -5179,11 +5182,11 @@ class Apt(PackageManager):
 
     def remove(self, names: Sequence[str]) -> List[str]:
         """Remove the packages; their configuration files stay."""
-        return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", "remove", "-y", *names]
+        return [*APT_NONINTERACTIVE, *APT_OPTIONS, *self.from_cache, "-q", "remove", "-y", *names]
 
     def purge(self, names: Sequence[str]) -> List[str]:
         """Purge the packages and what was installed only for them."""
-        return ["apt-get", *APT_OPTIONS, *self.from_cache, "-q", "purge", "-y", "--autoremove", *names]
+        return [*APT_NONINTERACTIVE, *APT_OPTIONS, *self.from_cache, "-q", "purge", "-y", "--autoremove", *names]
 
     def identify(self, paths: Sequence[str]) -> List[str]:
         """Print `postroj-package TAB NAME TAB VERSION` for each package file (marked: the lines share their

@@ -259,6 +259,8 @@ CACHE = postroj.PACKAGE_CACHE_DIR
 PACKAGES = ["systemd", "/run/postroj/packages/hello.deb"]
 NAMES = ["nginx", "nginx-common"]
 APT = ["apt-get", *postroj.APT_OPTIONS]
+# what installs, upgrades, removes and purges run: apt as CI runs it, debconf asking nothing
+QUIET_APT = ["env", "DEBIAN_FRONTEND=noninteractive", *APT]
 APT_LISTING = ["env", "LC_ALL=C", *APT, "-o", "APT::Get::Show-Versions=1"]  # lists with versions, untranslated
 DNF = ["dnf", "-y", "-q", "--setopt=keepcache=1", "--setopt=cachedir=%s" % CACHE]
 NO_WEAK = ["--setopt=install_weak_deps=0"]
@@ -278,23 +280,23 @@ DEB_QUERY = ["sh", "-c", 'for f; do dpkg-deb --show --showformat="postroj-packag
 # Every verb of every package manager, as the whole command line: changing a verb (install to remove, dnf's
 # install to erase) or an option that answers the questions, keeps the cache or works offline fails here.
 VERBS = [
-    ("apt", "install", (PACKAGES,), APT + ["-q", "install", "-y", *PACKAGES]),
-    ("apt", "install", (PACKAGES, False, False), APT + ["-q", "install", "-y", "--no-install-recommends",
+    ("apt", "install", (PACKAGES,), QUIET_APT + ["-q", "install", "-y", *PACKAGES]),
+    ("apt", "install", (PACKAGES, False, False), QUIET_APT + ["-q", "install", "-y", "--no-install-recommends",
                                                         *PACKAGES]),
-    ("apt", "install", (PACKAGES, True), APT + ["-o", "Debug::NoLocking=1", "-q", "install", "-y", *PACKAGES]),
+    ("apt", "install", (PACKAGES, True), QUIET_APT + ["-o", "Debug::NoLocking=1", "-q", "install", "-y", *PACKAGES]),
     ("apt", "download", (PACKAGES,), APT_LISTING + ["-q", "install", "-y", "--download-only", *PACKAGES]),
     ("apt", "download", (PACKAGES, False), APT_LISTING + ["-q", "install", "-y", "--download-only",
                                                           "--no-install-recommends", *PACKAGES]),
     ("apt", "refresh", (), APT + ["-qq", "update"]),
-    ("apt", "remove", (NAMES,), APT + ["-o", "Debug::NoLocking=1", "-q", "remove", "-y", *NAMES]),
-    ("apt", "purge", (NAMES,), APT + ["-o", "Debug::NoLocking=1", "-q", "purge", "-y", "--autoremove", *NAMES]),
+    ("apt", "remove", (NAMES,), QUIET_APT + ["-o", "Debug::NoLocking=1", "-q", "remove", "-y", *NAMES]),
+    ("apt", "purge", (NAMES,), QUIET_APT + ["-o", "Debug::NoLocking=1", "-q", "purge", "-y", "--autoremove", *NAMES]),
     ("apt", "files", (NAMES,), ["dpkg", "-L", *NAMES]),
     ("apt", "identify", (PACKAGES,), DEB_QUERY),
     ("apt", "installed", (), DPKG_INSTALLED),
     ("apt", "resolve", (), ["echo", "postroj-resolving"]),
-    ("apt", "install_without", (PACKAGES, ["libjq1"]), APT + NO_LOCKING + [
+    ("apt", "install_without", (PACKAGES, ["libjq1"]), QUIET_APT + NO_LOCKING + [
         "-q", "install", "-y", "--no-install-recommends", *PACKAGES, "libjq1-"]),
-    ("apt", "install_without", (PACKAGES, ["libjq1"], True), APT + NO_LOCKING + [
+    ("apt", "install_without", (PACKAGES, ["libjq1"], True), QUIET_APT + NO_LOCKING + [
         "-q", "-s", "install", "-y", "--no-install-recommends", *PACKAGES, "libjq1-"]),
     ("apt", "installed_as_dependencies", (NAMES,), ["apt-mark", "auto", *NAMES]),
     ("dnf", "install", (PACKAGES,), DNF + ["install", *PACKAGES]),
@@ -400,10 +402,10 @@ def test_every_package_manager_has_every_verb_tested():
 def test_a_whole_machines_apt_locks_and_the_others_are_the_same():
     """A VM's apt (on_machine) takes apt's locks, as other runs of apt may be beside it; the rest is the same."""
     machine = postroj.package_manager("apt").on_machine()
-    assert machine.install(PACKAGES, True) == APT + ["-q", "install", "-y", *PACKAGES]
-    assert machine.remove(NAMES) == APT + ["-q", "remove", "-y", *NAMES]
-    assert machine.purge(NAMES) == APT + ["-q", "purge", "-y", "--autoremove", *NAMES]
-    assert machine.install_without(PACKAGES, ["libjq1"]) == APT + [
+    assert machine.install(PACKAGES, True) == QUIET_APT + ["-q", "install", "-y", *PACKAGES]
+    assert machine.remove(NAMES) == QUIET_APT + ["-q", "remove", "-y", *NAMES]
+    assert machine.purge(NAMES) == QUIET_APT + ["-q", "purge", "-y", "--autoremove", *NAMES]
+    assert machine.install_without(PACKAGES, ["libjq1"]) == QUIET_APT + [
         "-q", "install", "-y", "--no-install-recommends", *PACKAGES, "libjq1-"]
     assert machine.installed() == DPKG_INSTALLED
     for manager in postroj.ManagerName:
@@ -458,8 +460,8 @@ def test_an_unknown_package_manager_is_an_error():
 
 
 def test_provisioning_installs_without_recommendations():
-    assert postroj.install_command("apt", PACKAGES) == APT + ["-q", "install", "-y", "--no-install-recommends",
-                                                             *PACKAGES]
+    assert postroj.install_command("apt", PACKAGES) == QUIET_APT + ["-q", "install", "-y",
+                                                                   "--no-install-recommends", *PACKAGES]
     assert postroj.install_command("dnf", PACKAGES) == DNF + NO_WEAK + ["install", *PACKAGES]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import postroj as postroj_module
 import rig
 
 FAKES = Path(__file__).resolve().parent.parent / "fakes"
@@ -63,6 +64,14 @@ class FakeVagrant:
         return steps
 
 
+def unit_state(active: str, enabled: str = "enabled") -> str:
+    """What `systemctl show` says of the guest's unit: up for long (see /proc/uptime), never restarted."""
+    return "LoadState=loaded\nActiveState=%s\nSubState=%s\nResult=success\nNRestarts=0\nInvocationID=%s\n" \
+           "UnitFileState=%s\nActiveEnterTimestampMonotonic=%d\n" % (
+               active, "running" if active == "active" else "dead", "1f" * 16 if active == "active" else "", enabled,
+               1000000 if active == "active" else 0)
+
+
 def debian_guest(path: Path, unit: str = "postroj-demo", **changes: "list[dict]") -> Path:
     """A Debian guest for the fake's ssh (VAGRANT_FAKE_GUEST): apt, the package postroj-demo (1.0, and 0.9 to
     upgrade from) with its unit, started and enabled by its install and stopped by its removal. `changes`
@@ -73,11 +82,10 @@ def debian_guest(path: Path, unit: str = "postroj-demo", **changes: "list[dict]"
         {"match": r"^for c in apt-get ", "output": "apt-get\n"},
         {"match": r"dpkg-deb --show.*/old/", "output": ident},
         {"match": r"dpkg-deb --show", "output": ident.split("\n")[0] + "\n"},
-        {"match": r"systemctl is-active %s$" % unit, "after": r"apt-get .* remove ", "exit": 3, "output": "inactive"},
-        {"match": r"systemctl is-active %s$" % unit, "after": r"apt-get .* install ", "output": "active"},
-        {"match": r"systemctl is-active %s$" % unit, "exit": 3, "output": "inactive"},
-        {"match": r"systemctl is-enabled %s$" % unit, "output": "enabled"},
-        {"match": r"systemctl show -p LoadState", "output": "loaded"},
+        {"match": r"systemctl show .*%s$" % unit, "after": r"apt-get .* remove ", "output": unit_state("inactive")},
+        {"match": r"systemctl show .*%s$" % unit, "after": r"apt-get .* install ", "output": unit_state("active")},
+        {"match": r"systemctl show .*%s$" % unit, "output": unit_state("inactive")},
+        {"match": r"cat /proc/uptime$", "output": "5000.00 9000.00\n"},
         {"match": r"dpkg -L postroj-demo", "output": "/usr/bin/postroj-demo-server\n"
                                                    "/lib/systemd/system/postroj-demo.service\n"},
         {"match": r"systemctl is-active postroj-demo.service", "exit": 3, "output": "inactive"},
@@ -382,8 +390,8 @@ def test_doctor_reports_vagrant(postroj, vagrant, path_without_vagrant):
 def test_probe_vm_linux_all_pass(postroj, vagrant, tmp_path):
     results, xml = tmp_path / "results.json", tmp_path / "junit.xml"
     guest = tmp_path / "guest.json"
-    guest.write_text(json.dumps([{"match": "systemctl is-active nginx$", "output": "active"},
-                                 {"match": "systemctl is-enabled nginx$", "output": "enabled"}]))
+    guest.write_text(json.dumps([{"match": "systemctl show .*nginx$", "output": unit_state("active")},
+                                 {"match": r"cat /proc/uptime$", "output": "5000.00 9000.00\n"}]))
     proc = postroj("probe", "--vm", LINUX, "--provider", "libvirt", "--command", "nginx -v", "--check-unit", "nginx",
                    "--check-network", "http://localhost:8080/", "--json", str(results), "--junit", str(xml),
                    env=vagrant.env(guest=guest), check=0)
@@ -396,9 +404,9 @@ def test_probe_vm_linux_all_pass(postroj, vagrant, tmp_path):
     steps = vagrant.steps()
     assert steps[0] == "up" and steps[-1] == "destroy" and len(steps) == 7
     assert "--provider=libvirt" in vagrant.actions()[0]["argv"]
-    # the unit as the package left it: asked, never started or enabled
-    assert steps[1:4] == ["ssh: sudo systemctl is-active nginx", "ssh: sudo systemctl is-enabled nginx",
-                          "ssh: sudo systemctl show -p LoadState --value nginx"]
+    # the unit as the package left it: asked, never started or enabled; up for long enough on the VM's clock
+    show = "ssh: sudo systemctl show %s nginx" % " ".join("--property=%s" % p for p in postroj_module.UNIT_PROPERTIES)
+    assert steps[1:4] == [show, "ssh: sudo cat /proc/uptime", show]
     assert steps[4].startswith("ssh: ") and "http://localhost:8080/" in steps[4]
     assert steps[5] == "ssh: nginx -v"
     assert not vm_dir(postroj, LINUX).exists()
@@ -539,9 +547,12 @@ def test_probe_vm_installs_a_deb(postroj, vagrant, tmp_path):
     assert steps[3].startswith("ssh: sudo mkdir -p /var/cache/postroj-packages/partial")
     assert steps[4].startswith("ssh: sudo sh -c ") and "dpkg-deb --show" in steps[4] and "update" in steps[4] \
         and "--download-only" in steps[4]
-    assert steps[5].startswith("ssh: sudo apt-get ") and steps[5].endswith(" install -y %s" % inside), steps[5]
+    assert steps[5].startswith("ssh: sudo env DEBIAN_FRONTEND=noninteractive apt-get ") and steps[5].endswith(" install -y %s" % inside), steps[5]
     assert "Debug::NoLocking" not in " ".join(steps), "apt in a VM locks, as unattended-upgrades may run"
-    assert steps[6:] == ["destroy"]
+    # the units of the package, and whether a job or a unit of theirs failed during the install
+    assert steps[6] == "ssh: sudo dpkg -L postroj-demo"
+    assert steps[7].startswith("ssh: sudo journalctl --no-pager -o json --since @") and steps[7].endswith(" _PID=1")
+    assert steps[8:] == ["destroy"]
 
 
 def test_probe_vm_installs_an_msi(postroj, vagrant, tmp_path):
@@ -669,8 +680,9 @@ def test_probe_vm_runs_every_stage_of_the_packages_life_as_in_a_container(postro
 
 def test_probe_vm_a_unit_started_but_not_enabled_fails_after_the_reboot(postroj, vagrant, tmp_path):
     proc, rows, results, steps = lifecycle(postroj, vagrant, tmp_path, check=1, enabled_only=[
-        {"match": r"systemctl is-enabled postroj-demo$", "exit": 1, "output": "disabled"},
-        {"match": r"systemctl is-active postroj-demo$", "after": r"^reload", "exit": 3, "output": "inactive"}])
+        {"match": r"systemctl show .*postroj-demo$", "after": r"^reload", "output": unit_state("inactive", "disabled")},
+        {"match": r"systemctl show .*postroj-demo$", "after": r"apt-get .* install ",
+         "output": unit_state("active", "disabled")}])
     failed = [(r["stage"], r["kind"], r["reason"]) for r in results if r["status"] == "fail"]
     assert failed == [("rebooted", "unit", "inactive, not enabled: it did not come back after the reboot (the package "
                                            "started it but did not enable it)")]

@@ -4931,6 +4931,122 @@ def check_package_file(path: Path) -> str:
     return kind
 
 
+class PackageIdentity(NamedTuple):
+    """What a package file says it is: its name and version (EPOCH:VERSION-RELEASE for an RPM)."""
+
+    name: str
+    version: str
+
+
+def package_identity(path: Path, kind: str) -> Optional[PackageIdentity]:
+    """The name and version of a local .deb or .rpm, read on the host as data (bounded, nothing run but a zstd
+    decompressor for a control member compressed so): None where this host cannot read it (a zstd member
+    without zstd, another kind of package); a file that is cut short or malformed is a usage error."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if kind == "deb":
+                return deb_identity(handle, size, str(path))
+            if kind == "rpm":
+                return rpm_identity(handle, size, str(path))
+    except (OSError, ValueError, EOFError, KeyError) as exc:
+        die("%s is not a whole package: %s" % (path, exc), "give the package file as it was built (a download "
+            "cut short, or a file still being written, is refused)", usage=True)
+    return None
+
+
+def deb_identity(handle: IO[bytes], size: int, path: str) -> Optional[PackageIdentity]:
+    """A .deb's Package and Version, from the control member of its ar archive; every member must lie whole
+    within the file."""
+    import io
+    import tarfile
+
+    if handle.read(8) != b"!<arch>\n":
+        raise ValueError("no ar archive")
+    members: Dict[str, Tuple[int, int]] = {}
+    offset = 8
+    while offset < size:
+        handle.seek(offset)
+        header = handle.read(60)
+        if len(header) < 60 or header[58:60] != b"`\n":
+            raise ValueError("a member header at byte %d is cut short" % offset)
+        name, length = header[:16].decode("ascii", "replace").strip().rstrip("/"), int(header[48:58])
+        if offset + 60 + length > size:
+            raise ValueError("its member %s ends at byte %d, past the file's end (%d bytes)" % (
+                name, offset + 60 + length, size))
+        members[name] = (offset + 60, length)
+        offset += 60 + length + (length & 1)
+    control = [n for n in members if n.startswith("control.tar")]
+    if not control or not any(n.startswith("data.tar") for n in members):
+        raise ValueError("it has no control or no data member")
+    start, length = members[control[0]]
+    if length > READ_MAX:
+        raise ValueError("its control member is %d bytes" % length)
+    handle.seek(start)
+    data = handle.read(length)
+    suffix = control[0][len("control.tar"):]
+    if suffix == ".zst":
+        if not shutil.which("zstd"):
+            return None
+        data = run(["zstd", "-dc"], input=data, capture=True, env=dict(PLAIN_ENV), timeout=60,
+                   what="zstd decompressing the control member of %s" % path).stdout
+    elif suffix in (".gz", ".xz", ".bz2"):
+        import bz2
+        import gzip
+        import lzma
+
+        data = {".gz": gzip.decompress, ".xz": lzma.decompress, ".bz2": bz2.decompress}[suffix](data)
+    elif suffix:
+        raise ValueError("its control member is %s" % control[0])
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = next(m for m in tar.getmembers() if m.name in ("./control", "control") and m.isfile())
+        extracted = tar.extractfile(member)
+        text = extracted.read(READ_MAX).decode("utf-8", "replace") if extracted else ""
+    fields = dict(re.findall(r"(?m)^([A-Za-z][A-Za-z0-9-]*):[ \t]*(.*)$", text))
+    return PackageIdentity(fields["Package"].strip(), fields["Version"].strip())
+
+
+def rpm_identity(handle: IO[bytes], size: int, path: str) -> PackageIdentity:
+    """An RPM's name and EPOCH:VERSION-RELEASE from its header; the signature's size of header and payload
+    must fit in the file."""
+    lead = handle.read(96)
+    if len(lead) < 96 or lead[:4] != b"\xed\xab\xee\xdb":
+        raise ValueError("no RPM lead")
+
+    def header() -> Tuple[Dict[int, Tuple[int, int, int]], bytes]:
+        intro = handle.read(16)
+        if len(intro) < 16 or intro[:4] != b"\x8e\xad\xe8\x01":
+            raise ValueError("a header is cut short")
+        count, store = int.from_bytes(intro[8:12], "big"), int.from_bytes(intro[12:16], "big")
+        if count > 1 << 16 or store > READ_MAX:
+            raise ValueError("a header of %d entries and %d bytes" % (count, store))
+        index, data = handle.read(16 * count), handle.read(store)
+        if len(index) < 16 * count or len(data) < store:
+            raise ValueError("a header is cut short")
+        entries = {int.from_bytes(index[i:i + 4], "big"): (int.from_bytes(index[i + 4:i + 8], "big"),
+                                                           int.from_bytes(index[i + 8:i + 12], "big"),
+                                                           int.from_bytes(index[i + 12:i + 16], "big"))
+                   for i in range(0, 16 * count, 16)}
+        return entries, data
+
+    signature, signed = header()
+    handle.seek((handle.tell() + 7) // 8 * 8)  # the signature is padded to 8 bytes
+    after_signature = handle.tell()
+    if 1000 in signature:  # RPMSIGTAG_SIZE: the header and the payload
+        _, at, _ = signature[1000]
+        whole = after_signature + int.from_bytes(signed[at:at + 4], "big")
+        if whole > size:
+            raise ValueError("its header and payload end at byte %d, past the file's end (%d bytes)" % (whole, size))
+    entries, data = header()
+
+    def text(tag: int) -> str:
+        _, at, _ = entries[tag]
+        return data[at:data.index(b"\0", at)].decode("utf-8", "replace")
+
+    epoch = int.from_bytes(data[entries[1003][1]:entries[1003][1] + 4], "big") if 1003 in entries else 0
+    return PackageIdentity(text(1000), "%d:%s-%s" % (epoch, text(1001), text(1002)))
+
+
 def package_matches(kind: str, manager: str) -> bool:
     """True when a package of `kind` installs with `manager` (.msi: on Windows VMs)."""
     return kind == "msi" or (manager in tuple(ManagerName) and package_manager(manager).package_type == kind)
@@ -7633,9 +7749,42 @@ def lifecycle(args: argparse.Namespace, probes: Sequence[Probe]) -> Dict[str, An
     if UPGRADE_FROM_ARCHIVE in upgrade_from and len(upgrade_from) > 1:
         die("--upgrade-from archive takes the old version from the image's sources: no files with it",
             "give either archive or the old package files", usage=True)
+    check_package_set(probes, [s for s in upgrade_from if s != UPGRADE_FROM_ARCHIVE])
     return {"upgrade_from": upgrade_from, "reboot": args.reboot, "remove": args.remove or args.purge,
             "purge": args.purge, "start_units": args.start_units, "recommends": not args.no_install_recommends,
             "fresh": args.fresh, "ignore": ignore}
+
+
+def check_package_set(probes: Sequence[Probe], upgrade_from: Sequence[str]) -> None:
+    """Refuse, before anything boots, what would pass for the wrong reason: one package given twice for one
+    image (apt installs one of the two), and an --upgrade-from file of a package no --package brings (its
+    "upgrade" would install something else beside it). Local files are read as package_identity() reads
+    them; URLs are downloaded later and not checked here."""
+    def identified(source: str) -> Optional[PackageIdentity]:
+        local = not source.startswith(("http://", "https://"))
+        return package_identity(Path(source), package_type(source)) if local else None
+
+    new = [(p, identified(p.target)) for p in probes if p.kind == ProbeKind.PACKAGE]
+    hint = "give each package once; to test an upgrade from one version to another, use --upgrade-from OLD " \
+           "--package NEW"
+    for i, (probe, ident) in enumerate(new):
+        for other, theirs in new[:i]:
+            shared = not probe.only or not other.only or canonical_image(probe.only) == canonical_image(other.only)
+            if ident and theirs and ident.name == theirs.name and shared:
+                die("--package %s and --package %s are both %s (%s and %s): one package given twice for %s" % (
+                    other.target, probe.target, ident.name, theirs.version, ident.version,
+                    probe.only or other.only or "every image"), hint, usage=True)
+    old = [(source, identified(source)) for source in upgrade_from]
+    for i, (source, ident) in enumerate(old):
+        if ident and any(theirs and theirs.name == ident.name for _, theirs in old[:i]):
+            die("--upgrade-from %s is %s, given twice" % (source, ident.name), hint, usage=True)
+    names = {ident.name for _, ident in new if ident}
+    if all(ident for _, ident in new):
+        for source, ident in old:
+            if ident and ident.name not in names:
+                die("--upgrade-from %s is package %s, which no --package brings (%s)" % (
+                    source, ident.name, ", ".join(sorted(names))), "--upgrade-from takes an older version of a "
+                    "package that --package gives", usage=True)
 
 
 def ignored_path(path: str) -> str:

@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import postroj
+import rig
 
 P = postroj.Probe
 R = postroj.ProbeResult
@@ -163,11 +164,16 @@ def test_a_package_for_one_image_runs_on_that_image_and_its_aliases_only():
 
 @pytest.fixture
 def deb(tmp_path):
-    """A file that passes postroj's check of a .deb (its magic), to be named on the command line."""
+    """A .deb (of the package app, at the version its name says), to be named on the command line."""
 
     def make(name: str):
         path = tmp_path / name
-        path.write_bytes(b"!<arch>\ndebian-binary   " + b"\0" * 64)
+        tree = tmp_path / ("tree-" + name)
+        (tree / "DEBIAN").mkdir(parents=True)
+        version = name.split("_")[1]
+        (tree / "DEBIAN" / "control").write_text("Package: app\nVersion: %s\nArchitecture: all\nMaintainer: t <t@t>\n"
+                                                 "Description: test\n" % version)
+        rig.sh("dpkg-deb", "--root-owner-group", "--build", tree, path)
         return path
 
     return make

@@ -5244,6 +5244,15 @@ class PackageManager:
         """Print the name of every installed package."""
         raise NotImplementedError
 
+    def versions(self, names: Sequence[str]) -> List[str]:
+        """Print `NAME TAB VERSION` of each installed package of `names` (versions as identify() prints them)."""
+        raise NotImplementedError
+
+    def available(self, names: Sequence[str]) -> List[str]:
+        """List the versions the package sources carry of `names` with their suites (apt-cache madison); []
+        where the family has no such listing (--upgrade-from archive then takes what an install would)."""
+        return []
+
 
 class Apt(PackageManager):
     """Debian's and Ubuntu's apt and dpkg: remove keeps a package's configuration files, purge deletes them."""
@@ -5315,6 +5324,14 @@ class Apt(PackageManager):
         """List the files of installed packages, one a line."""
         return ["dpkg", "-L", *names]
 
+    def versions(self, names: Sequence[str]) -> List[str]:
+        """Print `NAME TAB VERSION` of each installed package of `names`."""
+        return ["dpkg-query", "-W", "-f=${Package}\\t${Version}\\n", *names]
+
+    def available(self, names: Sequence[str]) -> List[str]:
+        """`NAME | VERSION | URL SUITE/COMPONENT ARCH Packages` of each version the package lists carry."""
+        return ["apt-cache", *APT_OPTIONS, "madison", *names]
+
     def installed(self) -> List[str]:
         """Print the name of every package dpkg knows (installed, or removed with its configuration kept)."""
         return ["sh", "-c", "dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' | awk 'substr($1, 2, 1) != \"n\" "
@@ -5347,6 +5364,10 @@ class Rpm(PackageManager):
     def files(self, names: Sequence[str]) -> List[str]:
         """List the files of installed packages, one a line."""
         return ["rpm", "-ql", *names]
+
+    def versions(self, names: Sequence[str]) -> List[str]:
+        """Print `NAME TAB EPOCH:VERSION-RELEASE` of each installed package of `names`."""
+        return ["rpm", "-q", "--qf", "%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", *names]
 
     def installed(self) -> List[str]:
         """Print the name of every installed package."""
@@ -5475,6 +5496,10 @@ class Pacman(PackageManager):
         """List the files of installed packages, one a line."""
         return ["pacman", "-Qlq", *names]
 
+    def versions(self, names: Sequence[str]) -> List[str]:
+        """Print `NAME TAB VERSION` of each installed package of `names`."""
+        return ["sh", "-c", 'pacman -Q "$@" | tr " " "\\t"', "sh", *names]
+
     def installed(self) -> List[str]:
         """Print the name of every installed package."""
         return ["pacman", "-Qq"]
@@ -5535,6 +5560,8 @@ class Packages(NamedTuple):
     probes: Tuple[Probe, ...]
     labels: Dict[str, str]  # a probe's target, or an --upgrade-from source -> NAME VERSION
     dependencies: Tuple[str, ...] = ()  # NAME[:ARCH]=VERSION the first install brings with it (apt's resolution)
+    versions: Dict[str, str] = {}  # NAME -> the version of its --package file, which the upgrade must install
+    old_versions: Dict[str, str] = {}  # NAME -> the version --upgrade-from installs first (a file's, the archive's)
 
 
 def stage_files(container: NspawnContainer, directory: str, paths: Sequence[Path]) -> List[str]:
@@ -5605,20 +5632,94 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
             "give packages the image's package manager installs")
     names = tuple(dict.fromkeys(name for name, _version in identified[:len(new)]))
     labels = {source: " ".join(found) for source, found in zip(sources, identified)}
+    versions = dict((name, version) for name, version in identified[:len(new)])
+    old_versions = dict((name, version) for name, version in identified[len(new):])
     if code != 0:
         raise DownloadFailed("downloading what %s needs failed with exit code %d" % (", ".join(names), code),
                              "check the image's package sources and that this host reaches them", tail(output, 40))
     if UPGRADE_FROM_ARCHIVE in plan.upgrade_from:
-        code, output = run_step(chain(resolve, manager.download(names, plan.recommends)),
-                                "downloading %s from the image's sources" % ", ".join(names))
+        old = list(names)
+        listing = manager.available(names)
+        if listing:  # the release's own version: the oldest the sources carry where they carry several
+            code, output = run_step(listing, "reading the versions the image's sources carry")
+            old_versions = release_versions(image, output, versions)
+            old = ["%s=%s" % item for item in old_versions.items()]
+        code, output = run_step(chain(resolve, manager.download(old, plan.recommends)),
+                                "downloading %s from the image's sources" % ", ".join(old))
         found = resolved(output)
         if code != 0:
             raise DownloadFailed("--upgrade-from archive: the package sources of %s do not carry %s" % (
-                image.name, ", ".join(names)), "give the version to upgrade from as files: --upgrade-from OLD.deb",
+                image.name, ", ".join(old)), "give the version to upgrade from as files: --upgrade-from OLD.deb",
                 tail(output, 40))
-        old = list(names)
+        labels[UPGRADE_FROM_ARCHIVE] = ", ".join("%s %s" % item for item in old_versions.items())
     dependencies = tuple(d for d in found if d.split("=", 1)[0] not in names)
-    return Packages(tuple(new), tuple(old), names, probes, labels, dependencies)
+    return Packages(tuple(new), tuple(old), names, probes, labels, dependencies, versions, old_versions)
+
+
+def release_versions(image: ImageInfo, madison: str, versions: Dict[str, str]) -> Dict[str, str]:
+    """The version --upgrade-from archive installs of each package (`versions`: the --package files'): the one
+    of the release's own suite (bookworm, noble: not -updates, -security, -backports), else the oldest the
+    sources carry; it must be older than the file's, or there is nothing to upgrade from (DownloadFailed)."""
+    carried: Dict[str, List[Tuple[str, str]]] = {}
+    for line in madison.splitlines():
+        fields = [f.strip() for f in line.split("|")]
+        if len(fields) == 3 and fields[0] in versions:
+            suite = fields[2].split()[1].split("/")[0] if len(fields[2].split()) > 1 else ""
+            carried.setdefault(fields[0], []).append((fields[1], suite))
+    chosen = {}
+    for name, new in versions.items():
+        found = carried.get(name, [])
+        if not found:
+            raise DownloadFailed("--upgrade-from archive: the package sources of %s do not carry %s" % (
+                image.name, name), "give the version to upgrade from as a file: --upgrade-from OLD.deb", madison)
+        release = [v for v, suite in found if not re.search(r"-(updates|security|backports|proposed)$", suite)]
+        oldest = min((v for v, _ in found), key=functools.cmp_to_key(compare_versions))
+        version = release[0] if release else oldest
+        if compare_versions(version, new) >= 0:
+            older = sorted((v for v, _ in found if compare_versions(v, new) < 0),
+                           key=functools.cmp_to_key(compare_versions))
+            if not older:
+                raise DownloadFailed("--upgrade-from archive: the package sources of %s carry %s at %s, none "
+                                     "older than the --package file's %s: nothing to upgrade from" % (
+                                         image.name, name, ", ".join(v for v, _ in found), new),
+                                     "give the version to upgrade from as a file: --upgrade-from OLD.deb", madison)
+            version = older[0]
+        chosen[name] = version
+    return chosen
+
+
+def compare_versions(a: str, b: str) -> int:
+    """Debian's version comparison (dpkg's): -1, 0 or 1 as `a` is older than, the same as or newer than `b`."""
+    def split(version: str) -> Tuple[int, str, str]:
+        epoch, _, rest = version.rpartition(":") if ":" in version else ("0", "", version)
+        upstream, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "0")
+        return int(epoch) if epoch.isdigit() else 0, upstream, revision
+
+    def order(char: str) -> int:
+        return -1 if char == "~" else 0 if not char else ord(char) if char.isalpha() else ord(char) + 256
+
+    def lead(pattern: str, text: str) -> str:
+        match = re.match(pattern, text)
+        return match.group() if match else ""
+
+    def part(x: str, y: str) -> int:
+        while x or y:
+            xs, ys = lead(r"\D*", x), lead(r"\D*", y)
+            for i in range(max(len(xs), len(ys)) + 1):
+                cx, cy = order(xs[i] if i < len(xs) else ""), order(ys[i] if i < len(ys) else "")
+                if cx != cy:
+                    return -1 if cx < cy else 1
+            x, y = x[len(xs):], y[len(ys):]
+            xd, yd = lead(r"\d*", x), lead(r"\d*", y)
+            if int(xd or 0) != int(yd or 0):
+                return -1 if int(xd or 0) < int(yd or 0) else 1
+            x, y = x[len(xd):], y[len(yd):]
+        return 0
+
+    (ea, ua, ra), (eb, ub, rb) = split(a), split(b)
+    if ea != eb:
+        return -1 if ea < eb else 1
+    return part(ua, ub) or part(ra, rb)
 
 
 def not_downloaded(image: str, plan: ProbePlan, failure: DownloadFailed, duration: float) -> List[ProbeResult]:
@@ -5659,6 +5760,23 @@ def transaction(container: System, image: ImageInfo, probes: Sequence[Probe], st
                         stage=stage, label=labels.get(p.target, "")) for p in probes]
 
 
+def version_checked(container: System, manager: PackageManager, step: List[ProbeResult],
+                    expected: Dict[str, str], stage: Stage) -> List[ProbeResult]:
+    """The stage's step, failed where a package is not installed at the version the stage installs (an
+    upgrade apt found nothing to do for: "already the newest version")."""
+    if not expected or any(r.status != Status.PASS for r in step):
+        return step
+    _, out = container.run_captured(manager.versions(sorted(expected)))
+    found = dict(line.split("\t", 1) for line in out.splitlines() if line.count("\t") == 1)
+    wrong = ["%s is %s, not %s" % (name, found.get(name) or "not installed", version)
+             for name, version in sorted(expected.items()) if found.get(name) != version]
+    if not wrong:
+        return step
+    said = [line.strip() for r in step for line in r.output.splitlines() if "already the newest version" in line]
+    reason = "after the %s stage %s%s" % (stage, "; ".join(wrong), " (%s)" % said[0] if said else "")
+    return [r._replace(status=Status.FAIL, reason=reason) for r in step]
+
+
 def package_step(container: System, plan: ProbePlan, stage: Stage, packages: Packages, manager: PackageManager,
                  baseline: Optional["Baseline"]) -> Tuple[List[ProbeResult], "set[str]"]:
     """The step of a stage of the packages' life (install, upgrade, remove, purge): its results, and for
@@ -5678,6 +5796,9 @@ def package_step(container: System, plan: ProbePlan, stage: Stage, packages: Pac
         if plan.start_units:
             units = [p.target for p in plan.probes if p.kind == ProbeKind.UNIT]
             container.run_captured(["systemctl", "enable", "--now", *units], timeout=plan.timeout)
+    if stage in (Stage.INSTALLED, Stage.UPGRADED):
+        expected = packages.old_versions if stage == Stage.INSTALLED and plan.upgrade_from else packages.versions
+        step = version_checked(container, manager, step, expected, stage)
     elif stage == Stage.REMOVED:
         _, listed = container.run_captured(manager.files(packages.names))
         files = {line.strip() for line in listed.splitlines() if line.startswith("/")}

@@ -512,6 +512,9 @@ class FakeSystem:
             return self.apt_get(argv[1:])
         if argv[:2] == ["dpkg", "-L"]:
             return self.dpkg_list(argv[2:])
+        if argv[:3] == self.manager.versions([]):
+            found = [(n, self.dpkg[n][0].version) for n in argv[3:] if n in self.dpkg and self.dpkg[n][1] == "ii"]
+            return (0 if len(found) == len(argv[3:]) else 1), "".join("%s\t%s\n" % item for item in found)
         if argv == self.manager.installed():
             names = list(IMAGE_PACKAGES) + [n for n, (_, status) in self.dpkg.items()]
             return 0, "\n".join(sorted(names))
@@ -597,7 +600,8 @@ def life(package: FakePackage = APP, upgrade_from: str = "1.0", *, reboot: bool 
                              purge=True, timeout=0.5, ignore=ignore, settle=settle)
     system = FakeSystem(staged, [LIBAPP], listed_whole=listed_whole)
     packages = postroj.Packages((new_path,), old_paths, (package.name,), tuple(probes[:1]), labels,
-                                ("libapp1=1.4",))
+                                ("libapp1=1.4",), {package.name: package.version},
+                                {old.name: old.version} if old else {})
     results = postroj.live(system, plan, packages, threading.Event())
     assert not system.unknown, "postroj sent commands the fake does not know: %s" % system.unknown
     return system, results
@@ -770,6 +774,54 @@ def test_every_install_upgrade_remove_and_purge_runs_without_questions():
     system, _ = life()
     apt = [argv for argv in system.argvs if "apt-get" in argv and not {"update", "--download-only"} & set(argv)]
     assert len(apt) == 4 and all(argv[:2] == ["env", "DEBIAN_FRONTEND=noninteractive"] for argv in apt), apt
+
+
+def test_every_install_and_upgrade_checks_the_version_it_left():
+    system, results = life()
+    asked = [argv for argv in system.argvs if argv[:2] == ["dpkg-query", "-W"]]
+    assert [argv[3:] for argv in asked] == [["app"], ["app"]]
+
+
+def test_an_upgrade_that_left_the_old_version_fails_naming_both():
+    system = FakeSystem([("/app.deb", dataclasses.replace(APP, depends=()))])
+    assert system.run_captured(["apt-get", "-y", "install", "/app.deb"])[0] == 0
+    step = [postroj.ProbeResult("debian-bookworm", postroj.Probe(ProbeKind.PACKAGE, "/srv/app_2.1.deb"),
+                                Status.PASS, 1.0, output="app is already the newest version (2.0).\n0 upgraded")]
+    checked = postroj.version_checked(system, system.manager, step, {"app": "2.1"}, Stage.UPGRADED)
+    assert [(r.status, r.reason) for r in checked] == [(Status.FAIL, "after the upgraded stage app is 2.0, not 2.1 "
+                                                        "(app is already the newest version (2.0).)")]
+    assert postroj.version_checked(system, system.manager, step, {"app": "2.0"}, Stage.UPGRADED) == step
+
+
+MADISON = """\
+   haproxy | 2.6.12-1+deb12u4 | http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
+   haproxy | 2.6.12-1+deb12u3 | http://deb.debian.org/debian bookworm/main amd64 Packages
+   haproxy | 2.6.12-1+deb12u1 | http://deb.debian.org/debian bookworm-updates/main amd64 Packages
+"""
+
+
+def test_upgrade_from_archive_takes_the_releases_own_version():
+    image = image_info()
+    assert postroj.release_versions(image, MADISON, {"haproxy": "2.6.12-1+deb12u4"}) == {
+        "haproxy": "2.6.12-1+deb12u3"}
+    # the release's version is the file's: the oldest older one
+    assert postroj.release_versions(image, MADISON, {"haproxy": "2.6.12-1+deb12u3"}) == {
+        "haproxy": "2.6.12-1+deb12u1"}
+    with pytest.raises(postroj.DownloadFailed) as failed:
+        postroj.release_versions(image, MADISON, {"haproxy": "2.6.12-1+deb12u1"})
+    assert "carry haproxy at 2.6.12-1+deb12u4, 2.6.12-1+deb12u3, 2.6.12-1+deb12u1, none older than the " \
+           "--package file's 2.6.12-1+deb12u1: nothing to upgrade from" in failed.value.message
+    with pytest.raises(postroj.DownloadFailed):
+        postroj.release_versions(image, MADISON, {"nginx": "1.0"})
+
+
+@pytest.mark.parametrize("a, b", [("1.0~rc1", "1.0"), ("1.0", "1.0-1"), ("2.6.12-1+deb12u3", "2.6.12-1+deb12u10"),
+                                  ("1:0.9", "2:0.1"), ("1.0-1ubuntu0.24.04.1", "1.0-1ubuntu1"), ("9", "10"),
+                                  ("1.0a", "1.0+"), ("0~", "0")])
+def test_versions_compare_as_dpkg_compares_them(a, b):
+    assert postroj.compare_versions(a, b) == -1 and postroj.compare_versions(b, a) == 1
+    assert postroj.compare_versions(a, a) == 0
+    assert rig.sh("dpkg", "--compare-versions", a, "lt", b, check=False).returncode == 0
 
 
 def test_a_reload_that_fails_in_the_upgrades_maintainer_script_fails_the_upgrade():

@@ -299,6 +299,8 @@ VERBS = [
     ("apt", "install_without", (PACKAGES, ["libjq1"], True), QUIET_APT + NO_LOCKING + [
         "-q", "-s", "install", "-y", "--no-install-recommends", *PACKAGES, "libjq1-"]),
     ("apt", "installed_as_dependencies", (NAMES,), ["apt-mark", "auto", *NAMES]),
+    ("apt", "versions", (NAMES,), ["dpkg-query", "-W", "-f=${Package}\\t${Version}\\n", *NAMES]),
+    ("apt", "available", (NAMES,), ["apt-cache", *postroj.APT_OPTIONS, "madison", *NAMES]),
     ("dnf", "install", (PACKAGES,), DNF + ["install", *PACKAGES]),
     ("dnf", "install", (PACKAGES, True), DNF + ["--cacheonly", "install", *PACKAGES]),
     ("dnf", "install", (PACKAGES, True, False), DNF + NO_WEAK + ["--cacheonly", "install", *PACKAGES]),
@@ -310,6 +312,7 @@ VERBS = [
     ("dnf", "identify", (PACKAGES,), RPM_QUERY + PACKAGES),
     ("dnf", "files", (NAMES,), ["rpm", "-ql", *NAMES]),
     ("dnf", "installed", (), RPM_INSTALLED),
+    ("dnf", "versions", (NAMES,), ["rpm", "-q", "--qf", "%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", *NAMES]),
     ("yum", "install", (PACKAGES,), YUM + ["install", *PACKAGES]),
     ("yum", "remove", (NAMES,), YUM + ["--cacheonly", "remove", *NAMES]),
     ("yum", "install", (PACKAGES, True, False), YUM + NO_WEAK + ["--cacheonly", "install", *PACKAGES]),
@@ -319,6 +322,7 @@ VERBS = [
     ("yum", "identify", (PACKAGES,), RPM_QUERY + PACKAGES),
     ("yum", "files", (NAMES,), ["rpm", "-ql", *NAMES]),
     ("yum", "installed", (), RPM_INSTALLED),
+    ("yum", "versions", (NAMES,), ["rpm", "-q", "--qf", "%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", *NAMES]),
     ("microdnf", "install", (PACKAGES,), MICRODNF + ["install", *PACKAGES]),
     ("microdnf", "download", (PACKAGES,), MICRODNF + ["makecache"]),
     ("microdnf", "remove", (NAMES,), MICRODNF + ["--cacheonly", "remove", *NAMES]),
@@ -328,6 +332,7 @@ VERBS = [
     ("microdnf", "identify", (PACKAGES,), RPM_QUERY + PACKAGES),
     ("microdnf", "files", (NAMES,), ["rpm", "-ql", *NAMES]),
     ("microdnf", "installed", (), RPM_INSTALLED),
+    ("microdnf", "versions", (NAMES,), ["rpm", "-q", "--qf", "%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", *NAMES]),
     ("zypper", "install", (PACKAGES,), ZYPPER + ["install", "--allow-unsigned-rpm", *PACKAGES]),
     ("zypper", "install", (PACKAGES, True, False), ZYPPER + ["--no-refresh", "install", "--no-recommends",
                                                              "--allow-unsigned-rpm", *PACKAGES]),
@@ -338,6 +343,7 @@ VERBS = [
     ("zypper", "identify", (PACKAGES,), RPM_QUERY + PACKAGES),
     ("zypper", "files", (NAMES,), ["rpm", "-ql", *NAMES]),
     ("zypper", "installed", (), RPM_INSTALLED),
+    ("zypper", "versions", (NAMES,), ["rpm", "-q", "--qf", "%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n", *NAMES]),
     ("pacman", "install", (NAMES,), PACMAN + ["-Sy", "--needed", *NAMES]),
     ("pacman", "install", (NAMES, True), PACMAN + ["-S", "--needed", *NAMES]),
     ("pacman", "install", (["/run/postroj/packages/a.pkg.tar.zst"],), PACMAN + [
@@ -353,6 +359,7 @@ VERBS = [
         "sh", "/a.pkg.tar.zst"]),
     ("pacman", "files", (NAMES,), ["pacman", "-Qlq", *NAMES]),
     ("pacman", "installed", (), ["pacman", "-Qq"]),
+    ("pacman", "versions", (NAMES,), ["sh", "-c", 'pacman -Q "$@" | tr " " "\\t"', "sh", *NAMES]),
 ]
 
 
@@ -372,22 +379,22 @@ def verbs_of(kind) -> "set[str]":
 
 
 # what dependency layers need, which only apt offers (layers are apt's): the others refuse it
-APT_ONLY = {"install_without", "installed_as_dependencies"}
+APT_ONLY = {"install_without", "installed_as_dependencies", "available"}
 
 
 @pytest.mark.parametrize("manager", [m for m in ("dnf", "yum", "microdnf", "zypper", "pacman")])
 def test_only_apt_makes_dependency_layers_and_names_versions(manager):
     kind = postroj.package_manager(manager)
     assert isinstance(kind, postroj.PackageManager) and not kind.keeps_lists
-    assert kind.resolve() == []
-    for verb in APT_ONLY:
+    assert kind.resolve() == [] and kind.available(NAMES) == []  # --upgrade-from archive: what an install takes
+    for verb in APT_ONLY - {"available"}:
         with pytest.raises(NotImplementedError):
             getattr(kind, verb)(NAMES, *([[]] if verb == "install_without" else []))
 
 
 def test_every_package_manager_has_every_verb_tested():
     """Every verb of every manager is in VERBS as a whole command line, a verb added later too."""
-    shared = {"install", "download", "refresh", "remove", "purge", "identify", "files", "installed"}
+    shared = {"install", "download", "refresh", "remove", "purge", "identify", "files", "installed", "versions"}
     tested = {(m, v) for m, v, _, _ in VERBS}
     for manager in postroj.ManagerName:
         verbs = verbs_of(postroj.package_manager(manager)) - {"resolve"}

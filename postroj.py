@@ -5743,21 +5743,31 @@ def not_downloaded(image: str, plan: ProbePlan, failure: DownloadFailed, duratio
 def transaction(container: System, image: ImageInfo, probes: Sequence[Probe], stage: Stage,
                 argv: Sequence[str], timeout: float, labels: Optional[Dict[str, str]] = None) -> List[ProbeResult]:
     """Run the package manager in the booted container, as on a machine: a result per probe, with what it
-    printed, and the stage's journal when it failed."""
+    printed, and the stage's journal when it failed. The run's time is the first probe's; the others say they
+    were in the same run (a sum of the results' times stays the run's)."""
     t0, started = time.monotonic(), time.time()
     code, output = container.run_captured(list(argv), timeout=timeout)
-    duration = (time.monotonic() - t0) / len(probes)
+    took = time.monotonic() - t0
     labels = labels or {}
+    first = labels.get(probes[0].target) or os.path.basename(probes[0].target)
+
+    def duration(index: int) -> float:
+        return took if index == 0 else 0.0
+
+    def said(index: int, text: str) -> str:
+        return text if index == 0 else "(in one %s run with %s, which carries its %.2f s)\n%s" % (
+            image.package_manager, first, took, text)
+
     if code == 0:
-        return [ProbeResult(image.name, p, Status.PASS, duration, output=tail(output), stage=stage,
-                            label=labels.get(p.target, "")) for p in probes]
+        return [ProbeResult(image.name, p, Status.PASS, duration(i), output=said(i, tail(output)), stage=stage,
+                            label=labels.get(p.target, "")) for i, p in enumerate(probes)]
     reason = "%s did not finish within %g s" % (image.package_manager, timeout) if code == 124 else \
         "%s exited with %d" % (image.package_manager, code)
     if container.ended():
         reason = "the container ended while %s ran" % image.package_manager
     journal = "" if container.ended() else container.journal_tail(30, since=started)
-    return [ProbeResult(image.name, p, Status.FAIL, duration, reason=reason, output=tail(output, 40), details=journal,
-                        stage=stage, label=labels.get(p.target, "")) for p in probes]
+    return [ProbeResult(image.name, p, Status.FAIL, duration(i), reason=reason, output=said(i, tail(output, 40)),
+                        details=journal, stage=stage, label=labels.get(p.target, "")) for i, p in enumerate(probes)]
 
 
 def version_checked(container: System, manager: PackageManager, step: List[ProbeResult],
@@ -6557,14 +6567,20 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
     # a dependency that needs a package under test (a plugin of it, which it recommends) stays out: apt says
     # which in its simulation, and the probe installs it with the package
     # (a package under test that the image's sources do not carry cannot come in: apt does not know it)
+    # what apt would bring besides the set (an alternative the packages under test satisfy in the real install,
+    # e.g. an MTA for bsd-mailx when exim4 is under test) is refused too, until the set installs on its own
     code, output = 0, ""
     without = list(packages.names)
-    for _attempt in range(8):
+    for _attempt in range(12):
         code, output = system.run_captured(manager.install_without(
             list(held.values()), without, simulate=True), timeout=plan.timeout)
         unknown = set(re.findall(r"Unable to locate package (\S+)", output)) & set(without)
         unmet = set(re.findall(r"(?m)^\s*(\S+?)(?::\S+)? : (?:Pre)?Depends: ", output))
         broken = [name for name in held if name.split(":")[0] in unmet]
+        extra = sorted(set(re.findall(r"(?m)^Inst (\S+?)(?::\S+)? ", output)) - {n.split(":")[0] for n in held})
+        if code == 0 and extra:
+            without += [name for name in extra if name not in without]
+            continue
         if code == 0 or not (unknown or broken):
             break
         without = [name for name in without if name not in unknown]
@@ -6578,9 +6594,9 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
         accounts = account_names(system) - accounts
     container.power_off()
     if code != 0 or not held:
-        log.warning("%s: no dependency layer: its %d dependencies did not install on their own (exit %d); the "
-                    "probe installs them with the package\n%s", container.image.name, len(packages.dependencies),
-                    code, tail(output, 10))
+        log.warning("%s: no dependency layer: its %d dependencies do not install without the packages under test; "
+                    "the probe installs them with the packages", container.image.name, len(packages.dependencies))
+        log.info("%s: what apt said of the layer (exit %d):\n%s", container.image.name, code, tail(output, 10))
         container.overlay_of().renew()
         return None
     staging = settings.layers / (".making-%s-%d" % (key, os.getpid()))
@@ -6619,8 +6635,9 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
         t0, started = time.monotonic(), time.time()
         say(STAGE_DOING[stage])
         if failed:
-            results += [ProbeResult(image.name, p, Status.SKIP, 0.0, reason="not run: %s" % failed, stage=stage)
-                        for p in stage_probes(plan, stage, packages)]
+            labels = packages.labels if packages else {}
+            results += [ProbeResult(image.name, p, Status.SKIP, 0.0, reason="not run: %s" % failed, stage=stage,
+                                    label=labels.get(p.target, "")) for p in stage_probes(plan, stage, packages)]
             continue
         step: List[ProbeResult] = []
         if stage == Stage.REBOOTED:

@@ -824,6 +824,23 @@ def test_versions_compare_as_dpkg_compares_them(a, b):
     assert rig.sh("dpkg", "--compare-versions", a, "lt", b, check=False).returncode == 0
 
 
+def test_one_transactions_time_is_its_first_packages_and_the_others_say_so():
+    system = FakeSystem([("/app.deb", dataclasses.replace(APP, depends=())), ("/lib.deb", LIBAPP)])
+    probes = [postroj.Probe(ProbeKind.PACKAGE, "/srv/app.deb"), postroj.Probe(ProbeKind.PACKAGE, "/srv/lib.deb")]
+    found = postroj.transaction(system, system.image, probes, Stage.INSTALLED,
+                                system.manager.install(["/app.deb", "/lib.deb"], cached=True), 30,
+                                {"/srv/app.deb": "app 2.0", "/srv/lib.deb": "libapp1 1.4"})
+    assert [r.status for r in found] == [Status.PASS, Status.PASS]
+    assert found[0].duration > 0 and found[1].duration == 0.0
+    assert found[1].output.startswith("(in one apt run with app 2.0, which carries its %.2f s)" % found[0].duration)
+
+
+def test_skipped_results_name_the_package_by_its_name_and_version():
+    _, results = life(dataclasses.replace(APP, postinst_fails=True))
+    skipped = result(results, "removed: package app_2.0_all.deb")
+    assert skipped.status == Status.SKIP and skipped.heading == "removed: package app 2.0"
+
+
 def test_a_reload_that_fails_in_the_upgrades_maintainer_script_fails_the_upgrade():
     # haproxy's postinst: the reload failed (/bin/kill missing), the old daemon kept running, apt exited 0
     _, results = life(dataclasses.replace(APP, reload_fails=True))

@@ -5644,8 +5644,14 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
             code, output = run_step(listing, "reading the versions the image's sources carry")
             old_versions = release_versions(image, output, versions)
             old = ["%s=%s" % item for item in old_versions.items()]
-        code, output = run_step(chain(resolve, manager.download(old, plan.recommends)),
-                                "downloading %s from the image's sources" % ", ".join(old))
+        for _attempt in range(6):  # the release's version may need its siblings at that version too (jq: libjq1)
+            code, output = run_step(chain(resolve, manager.download(old, plan.recommends)),
+                                    "downloading %s from the image's sources" % ", ".join(old))
+            pins = ["%s=%s" % pin for pin in re.findall(
+                r"(?m)^\s*\S+ : Depends: (\S+) \(= (\S+)\) but \S+ is to be installed", output)]
+            if code == 0 or not pins or set(pins) <= set(old):
+                break
+            old += [pin for pin in pins if pin not in old]
         found = resolved(output)
         if code != 0:
             raise DownloadFailed("--upgrade-from archive: the package sources of %s do not carry %s" % (

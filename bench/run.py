@@ -21,9 +21,15 @@ so that a noisy machine affects both sides alike; the verdict is the ratio of me
    base tarball made once, outside the timing)
 9. dependency layers: mariadb-server's probe with its dependencies from a layer vs --fresh (9a); four
    package probes of one release at once, with layers vs --fresh (9b)
+10. against piuparts, package by package (haproxy, apache2, bind9, exim4 at bookworm's newest versions, each
+   with the binaries of its source it needs at the same version; at most 3 rounds): postroj's install and
+   purge (booted, the service checked; a warm layer and package cache) vs piuparts --no-upgrade-test (10);
+   postroj's whole life (--upgrade-from archive, reboot, purge, the service checked) vs piuparts' install-purge
+   and upgrade tests of the same files (10b). A package either side fails is timed all the same: each run's
+   verdict is recorded beside its time
 
-usage: bench/run.py [--rounds N] [--only 1,2,...] [--json FILE] [--before OLD.pyz]
-Needs root, the packages of `make setup`, and Debian's mirror (for provisioning and pairs 6 and 7).
+usage: bench/run.py [--rounds N] [--only 1,2,...] [--json FILE] [--before OLD.pyz] [--packages a,b]
+Needs root, the packages of `make setup`, and Debian's mirror (for provisioning and pairs 6 to 10).
 """
 
 from __future__ import annotations
@@ -56,6 +62,13 @@ HELLO_TESTS = ("command1", "upstream-tests")
 # autopkgtest's exit codes for runs that tested (bits: 2 some skipped, 4 some failed, 8 none ran); from 12
 # up the package, the testbed or autopkgtest itself failed
 AUTOPKGTEST_RAN = (0, 2, 4, 6, 8)
+# pair 10: package -> (the binaries of its source given with it at the same version, the unit checked)
+PIUPARTS_PACKAGES = {
+    "haproxy": ((), "haproxy"),
+    "apache2": (("apache2-bin", "apache2-data", "apache2-utils"), "apache2"),
+    "bind9": (("bind9-utils", "bind9-libs"), "named"),
+    "exim4": (("exim4-base", "exim4-config", "exim4-daemon-light"), "exim4"),
+}
 
 
 def timed(cmd: "list[str]", env: "dict[str, str] | None" = None, check: bool = True) -> float:
@@ -67,6 +80,26 @@ def timed(cmd: "list[str]", env: "dict[str, str] | None" = None, check: bool = T
     if check and proc.returncode != 0:
         raise SystemExit("%s failed (%d):\n%s" % (" ".join(cmd), proc.returncode, proc.stderr.decode()[-2000:]))
     return elapsed
+
+
+def host_mirror(release: str = "bookworm") -> str:
+    """The Debian mirror the host's apt takes `release` from (/etc/apt/sources.list.d/debian.sources, deb822),
+    for piuparts' -m; Debian's own where the host names none."""
+    try:
+        text = Path("/etc/apt/sources.list.d/debian.sources").read_text()
+    except OSError:
+        text = ""
+    for stanza in re.split(r"\n\s*\n", text):
+        fields = dict(re.findall(r"^(\w[\w-]*):[ \t]*(.*)$", stanza, re.M))
+        if release in fields.get("Suites", "").split() and fields.get("URIs"):
+            return fields["URIs"].split()[0]
+    return "http://deb.debian.org/debian"
+
+
+def piuparts_chroots() -> "set[str]":
+    """The chroots piuparts unpacked (mkdtemp's directories in /tmp: the bench runs it without TMPDIR) and did
+    not remove yet."""
+    return {os.path.dirname(marker) for marker in glob.glob("/tmp/tmp*/.piuparts.tmpdir")}
 
 
 def autopkgtest_results(log: str) -> "dict[str, str]":
@@ -104,8 +137,9 @@ def alternate(rounds: int, a, b) -> "tuple[list[float], list[float]]":
 
 
 class Bench:
-    def __init__(self, rounds: int) -> None:
+    def __init__(self, rounds: int, packages: "tuple[str, ...]" = tuple(PIUPARTS_PACKAGES)) -> None:
         self.rounds = rounds
+        self.packages = packages
         self.pyz = REPO / "postroj.pyz"
         self.python = sys.executable
         self.home = BENCH_DIR / "home"
@@ -454,7 +488,7 @@ class Bench:
         """piuparts' base tarball of bookworm (`piuparts -s`), made once and kept in the bench's directory."""
         base = BENCH_DIR / "piuparts-bookworm.tgz"
         if not base.exists():
-            subprocess.run(["piuparts", "-d", "bookworm", "-m", "http://deb.debian.org/debian main", "-s", str(base),
+            subprocess.run(["piuparts", "-d", "bookworm", "-m", "%s main" % host_mirror(), "-s", str(base),
                             "--no-upgrade-test", "--apt", "hello"], check=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if k != "TMPDIR"})
         return base
@@ -469,13 +503,143 @@ class Bench:
                           self.env())
         # piuparts installs the packages with apt-get from the archive (bookworm main: the release version),
         # upgrades to the files given, and purges; it also runs its install-purge test of the files first
-        b = lambda: timed(["piuparts", "-d", "bookworm", "-m", "http://deb.debian.org/debian main", "-b", str(base),  # noqa
+        b = lambda: timed(["piuparts", "-d", "bookworm", "-m", "%s main" % host_mirror(), "-b", str(base),  # noqa
                            "--skip-logrotatefiles-test", *new], {k: v for k, v in os.environ.items() if k != "TMPDIR"})
         xs, ys = alternate(max(1, self.rounds // 3), a, b)
         self.record(8, "lifecycle: nginx %s -> %s, upgraded and purged" % (
             os.path.basename(old[1]).split("_")[1], os.path.basename(new[1]).split("_")[1]),
             "postroj.pyz probe --upgrade-from --package --reboot --purge --check-unit --check-network", xs,
             "piuparts -b base.tgz NEW.debs (install, upgrade, purge)", ys, "postroj <= 1.0 x piuparts", 1.0)
+
+    def piuparts_files(self, apt: "rig.PrivateApt", name: str) -> "tuple[list[str], str, str, str]":
+        """`name`'s newest .deb of bookworm, -updates and -security, and the binaries of its source it is given
+        with (PIUPARTS_PACKAGES) at the same version, fetched with apt-get download: (the files, that version,
+        the suite it comes from, bookworm's release version, which both sides' upgrade starts from)."""
+        versions = apt.versions(name)
+        version, suite = versions[0]
+        release = [v for v, s in versions if s == "bookworm"]
+        if not release or release[0] == version:
+            raise SystemExit("%s: bookworm's release version and its newest are the same: nothing to upgrade (%s)" %
+                             (name, versions))
+        dest = BENCH_DIR / "debs-10" / name
+        shutil.rmtree(dest, ignore_errors=True)  # one version per package: apt-get download names no other
+        files = [str(apt.download(package, dest, version)) for package in (name, *PIUPARTS_PACKAGES.get(
+            name, ((), name))[0])]
+        return files, version, suite, release[0]
+
+    def judged(self, cmd: "list[str]", env: "dict[str, str]", log: Path, report: "Path | None",
+               verdicts: "list[str]") -> float:
+        """One run of a side of pair 10 (postroj when `report`, its --json file, is given; else piuparts): its
+        wall time; its verdict (PASS, or FAIL and what failed) appended to `verdicts`. Either may fail the
+        package (exit 1) and still be timed; any other exit, a traceback, or a container, a mount or a chroot
+        left behind stops the bench."""
+        chroots = piuparts_chroots()
+        if report:
+            report.unlink(missing_ok=True)
+        start = time.monotonic()
+        with open(log, "wb") as out:
+            proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                  check=False)
+        elapsed = time.monotonic() - start
+        text = log.read_text(errors="replace")
+        problem = ""
+        if proc.returncode not in (0, 1) or "Traceback (most recent call last)" in text:
+            problem = "exit %d" % proc.returncode
+        elif report:
+            results = json.loads(report.read_text())["results"] if report.exists() else None
+            if results is None:
+                problem = "no --json report"
+            else:
+                # what failed, with the first paths a purge left; and the stages a failed one kept from running
+                failed = ["%s %s %s: %s%s" % (r.get("stage", ""), r["kind"], os.path.basename(r["target"]), " ".join(
+                    (r.get("reason") or "").split())[:160], "".join(" (%s)" % line.strip() for line in (
+                        r.get("output") or "").splitlines()[:2] if r["kind"] == "leftover"))
+                          for r in results if r["status"] == "fail"]
+                if bool(failed) != (proc.returncode == 1):
+                    problem = "exit %d, but %d probes failed" % (proc.returncode, len(failed))
+                stopped = list(dict.fromkeys(r.get("stage", "") for r in results if r["status"] == "skip" and
+                                             (r.get("reason") or "").startswith("not run")))
+                verdicts.append(("FAIL: " + "; ".join(failed) if failed else "PASS") +
+                                (" [%s: not run]" % ", ".join(stopped) if stopped else ""))
+        else:
+            failed = list(dict.fromkeys(re.findall(r"ERROR: FAIL: (.*)", text)))
+            if bool(failed) != (proc.returncode == 1):
+                problem = "exit %d, FAIL lines: %s" % (proc.returncode, failed)
+            verdicts.append("FAIL: " + "; ".join(f.strip() for f in failed) if failed else "PASS")
+        if problem:
+            raise SystemExit("%s: %s; its output: %s\n%s" % (shlex.join(cmd), problem, log, text[-3000:]))
+        left = ["nspawn %d: %s" % found for found in rig.nspawn_of(self.home)]
+        left += [str(p) for p in (self.home / "run").iterdir()] if (self.home / "run").is_dir() else []
+        left += ["piuparts chroot %s" % d for d in sorted(piuparts_chroots() - chroots)]
+        left += [m for d in sorted(piuparts_chroots() - chroots) for m in rig.mounts_mentioning(d)]
+        if left:
+            raise SystemExit("%s left behind:\n  %s" % (shlex.join(cmd), "\n  ".join(left)))
+        return elapsed
+
+    def piuparts_pair(self) -> None:
+        """10: postroj's install and purge (booted, the unit checked) vs piuparts --no-upgrade-test; 10b: postroj's
+        whole life (--upgrade-from archive, --reboot, --purge) vs piuparts' install-purge and upgrade tests; the
+        same files on both sides, package by package, alternated after a warm-up run of each side (postroj's
+        dependency layer and package cache are warm after it). At most 3 rounds: a piuparts run takes 15-25 s."""
+        base = self.piuparts_base()
+        apt = rig.PrivateApt(BENCH_DIR / "apt-download", rig.DEBIAN_SOURCES["bookworm"])
+        packages = [(name, *self.piuparts_files(apt, name)) for name in self.packages]
+        piuparts = ["piuparts", "-d", "bookworm", "-m", "%s main" % host_mirror(), "-b", str(base)]
+        without_tmpdir = {k: v for k, v in os.environ.items() if k != "TMPDIR"}
+        out = BENCH_DIR / "pair10"
+        out.mkdir(parents=True, exist_ok=True)
+        rounds = min(self.rounds, 3)
+        for number, life in (("10", False), ("10b", True)):
+            ratios: "dict[str, float]" = {}
+            cut_short: "list[str]" = []
+            for name, files, version, suite, release in packages:
+                unit = PIUPARTS_PACKAGES.get(name, ((), name))[1]
+                tag = "%s-%s" % (name, number)
+                report = out / ("%s.json" % tag)
+                a_cmd = self.postroj("probe", "--image", "debian-bookworm",
+                                     *(("--upgrade-from", "archive", "--reboot") if life else ()),
+                                     *[w for f in files for w in ("--package", f)], "--check-unit", unit, "--purge",
+                                     "--json", str(report))
+                b_cmd = piuparts + ([] if life else ["--no-upgrade-test"]) + files
+                verdicts: "dict[str, list[str]]" = {"a": [], "b": []}
+                xs, ys = alternate(
+                    rounds,
+                    lambda: self.judged(a_cmd, self.env(), out / ("%s-postroj.log" % tag), report, verdicts["a"]),
+                    lambda: self.judged(b_cmd, without_tmpdir, out / ("%s-piuparts.log" % tag), None, verdicts["b"]))
+                what = "%s -> %s" % (release, version) if life else version
+                self.record(number, "%s %s (%s; %d file%s, unit %s)" % (
+                    name, what, suite, len(files), "" if len(files) == 1 else "s", unit),
+                    "postroj probe %s--purge --check-unit %s" % ("--upgrade-from archive --reboot " if life else "",
+                                                                unit), xs,
+                    "piuparts -b base.tgz%s" % ("" if life else " --no-upgrade-test"), ys,
+                    "postroj <= 0.8 x piuparts" if life else "none", 0.8 if life else None)
+                entry = self.results[-1]
+                entry.update(package=name, files=[os.path.basename(f) for f in files], version=version,
+                             release_version=release, a_cmd=shlex.join(a_cmd), b_cmd=shlex.join(b_cmd),
+                             a_verdicts=verdicts["a"], b_verdicts=verdicts["b"])  # the warm-up's first
+                ratios[name] = entry["ratio"]
+                # a life a failed stage cut short (the stages after it not run) is no whole life to compare
+                if life and any("not run]" in v for v in verdicts["a"][1:]):
+                    entry["met"] = None
+                    cut_short.append(name)
+                    print("   not compared: postroj's life stopped at a failed stage")
+                for side, label in (("a", "postroj"), ("b", "piuparts")):
+                    for verdict in dict.fromkeys(verdicts[side]):
+                        print("   %-8s %d/%d runs %s" % (label, verdicts[side].count(verdict), len(verdicts[side]),
+                                                         verdict))
+                sys.stdout.flush()
+            whole = [r for name, r in ratios.items() if name not in cut_short]
+            median, worst = (statistics.median(whole), max(whole)) if whole else (None, None)
+            met = None if not life or not whole else median <= 0.5 and worst <= 0.8
+            self.results.append({"number": number, "title": "the packages' ratios", "ratios": ratios,
+                                 "not_compared": cut_short, "median_ratio": median, "max_ratio": worst,
+                                 "target": "median <= 0.5, each <= 0.8" if life else None, "met": met})
+            print("\n%s. the packages' ratios: %s%s; median %s, max %s%s" % (
+                number, ", ".join("%s %.2f" % kv for kv in ratios.items()),
+                " (not compared, cut short: %s)" % ", ".join(cut_short) if cut_short else "",
+                "-" if median is None else "%.2f" % median, "-" if worst is None else "%.2f" % worst,
+                "" if met is None else ", target median <= 0.5 and each <= 0.8: " + ("met" if met else "MISSED")))
+            sys.stdout.flush()
 
     def memory(self) -> None:
         peaks = []
@@ -502,20 +666,24 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10, help="runs of each side (default: 10)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="which pairs, e.g. 1,2 (7 includes 7b and 7c)")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10",
+                        help="which pairs, e.g. 1,2 (7 includes 7b and 7c, 10 includes 10b)")
     parser.add_argument("--json", default=str(REPO / "bench" / "results" / "latest.json"))
     parser.add_argument("--before", type=Path, default=None, metavar="PYZ",
                         help="with pair 1: also compare another build's probe cycle, phase by phase (1c)")
+    parser.add_argument("--packages", default=",".join(PIUPARTS_PACKAGES), metavar="A,B",
+                        help="pair 10's packages (default: %(default)s)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("the benchmark runs containers: run it as root")
     chosen = {int(n) for n in args.only.split(",")}
-    bench = Bench(args.rounds)
+    bench = Bench(args.rounds, tuple(args.packages.split(",")))
     print("postroj benchmark: %d rounds, %d CPUs, %s" % (args.rounds, os.cpu_count() or 0, time.strftime("%Y-%m-%d")))
     try:
         bench.setup()
         steps = {1: bench.probe_cycle, 2: bench.startup, 3: bench.acquisition, 4: bench.matrix, 5: bench.memory,
-                 6: bench.package_probe, 7: bench.autopkgtest_pair, 8: bench.lifecycle, 9: bench.layers}
+                 6: bench.package_probe, 7: bench.autopkgtest_pair, 8: bench.lifecycle, 9: bench.layers,
+                 10: bench.piuparts_pair}
         for number in sorted(chosen):
             steps[number]()
             if number == 7:

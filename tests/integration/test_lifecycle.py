@@ -161,6 +161,9 @@ def test_a_unit_started_but_not_enabled_fails_after_the_reboot(images, tmp_path)
     # the install looks right: the unit runs, and answers
     installed = run.row("installed", "unit")
     assert installed["status"] == "pass" and installed["output"] == "active, disabled", installed
+    # said at once, without a reboot to find it out (issue 34, item 7)
+    assert installed["warning"] == "unit postroj-demo is active but not enabled: it will not start at the next boot"
+    assert "      warning: unit postroj-demo is active but not enabled" in run.proc.stdout
     assert run.row("installed", "network")["status"] == "pass"
     assert run.row("rebooted", "reboot")["status"] == "pass"
     # after the reboot it is gone, and the reason says why

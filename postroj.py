@@ -5981,19 +5981,23 @@ def run_unit_probe(container: System, probe: Probe, timeout: float, expect_activ
     image = container.image.name
     unit = probe.target
     deadline = t0 + timeout
-    while True:
-        state = unit_state(container, unit)
-        if state["ActiveState"] not in UNIT_TRANSITIONS or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    first = state
+
+    def arrived() -> Dict[str, str]:
+        """The unit's state once it is not on its way (activating, a restart's wait) or the time-out is over."""
+        while True:
+            state = unit_state(container, unit)
+            if state["ActiveState"] not in UNIT_TRANSITIONS or time.monotonic() > deadline:
+                return state
+            time.sleep(0.05)
+
+    state = first = arrived()
     if expect_active and state["ActiveState"] == "active":
         since = int(state["ActiveEnterTimestampMonotonic"] or 0) / 1e6 if \
             state["ActiveEnterTimestampMonotonic"].isdigit() else 0.0
         up = container.clock() - since if since else 0.0
         if up < settle:
             time.sleep(settle - up)
-        state = unit_state(container, unit)
+        state = arrived()
     active, enabled, load = state["ActiveState"], state["UnitFileState"], state["LoadState"]
     restarted = restarts(state) or (state["InvocationID"] != first["InvocationID"] and active == "active")
     if expect_active and restarted:
@@ -6658,7 +6662,7 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
         if stage == Stage.INSTALLED and container.layer:
             said = "%d dependencies from layer %s (made %s)\n" % (len(container.layer.packages),
                                                                   container.layer.key[:12], container.layer.made)
-            step = [r._replace(output=said + r.output) for r in step]
+            step = [r._replace(output=said + r.output) if i == 0 else r for i, r in enumerate(step)]
         results += step
         broken = ", ".join(os.path.basename(r.probe.target) for r in step if r.status == Status.FAIL)
         if broken:

@@ -74,7 +74,7 @@ def test_haproxys_purge_leaves_the_log_socket_its_unit_binds(images, bookworm, t
     run = probe(images, tmp_path, "--image", "debian-bookworm", *packaged(new), "--check-unit", "haproxy", "--purge")
     assert failures(run) == [("purged", "leftover files", "purged: 3 paths differ from the container before the "
                                                           "install")], failures(run)
-    assert run.row("purged", "leftover")["output"].splitlines()[:3] == [
+    assert run.row("purged", "leftover", "files")["output"].splitlines()[:3] == [
         "/var/lib/haproxy: directory left behind, with 2 entries below",
         "/var/lib/haproxy/dev: directory left behind, with 1 entry below",
         "/var/lib/haproxy/dev/log: left behind"]
@@ -85,7 +85,7 @@ def test_bind9s_purge_leaves_what_named_wrote_in_var_cache(images, bookworm, tmp
     run = probe(images, tmp_path, "--image", "debian-bookworm", *packaged(new), "--check-unit", "named", "--purge")
     assert run.proc.returncode == 1
     assert [f[:2] for f in failures(run)] == [("purged", "leftover files")], failures(run)
-    left = run.row("purged", "leftover")["output"].splitlines()
+    left = run.row("purged", "leftover", "files")["output"].splitlines()
     assert left[0] == "/var/cache/bind: directory left behind, with 2 entries below", left
     assert "/var/cache/bind/managed-keys.bind: left behind" in left
     assert "/var/cache/bind/managed-keys.bind.jnl: left behind" in left
@@ -96,7 +96,7 @@ def test_apache2_passes_purge_with_the_directory_dpkg_leaves_said(images, bookwo
     run = probe(images, tmp_path, "--image", "debian-bookworm", *packaged(new), "--check-unit", "apache2",
                 "--check-network", "http://localhost:80", "--purge")
     assert failures(run) == [] and run.proc.returncode == 0
-    said = run.row("purged", "leftover")["output"]
+    said = run.row("purged", "leftover", "files")["output"]
     assert "not compared: /var/lib/apache2 (directories shared by several packages that dpkg leaves, Debian bug " \
            "#316521" in said, said
     assert "debconf: unable to initialize frontend" not in run.proc.stdout
@@ -106,7 +106,7 @@ def test_exim4_passes_purge_with_the_mail_systems_files_said_and_from_a_layer(im
     new = current(bookworm, ["exim4", "exim4-base", "exim4-config", "exim4-daemon-light"], tmp_path / "debs")
     run = probe(images, tmp_path, "--image", "debian-bookworm", *packaged(new), "--check-unit", "exim4", "--purge")
     assert failures(run) == [] and run.proc.returncode == 0
-    said = run.row("purged", "leftover")["output"]
+    said = run.row("purged", "leftover", "files")["output"]
     assert "not compared: /etc/aliases, /etc/mailname (the mail system's shared configuration" in said, said
     # the dependency layer was made: apt was not let to pick another MTA for bsd-mailx
     first = [r for r in run.rows if r["stage"] == "installed" and r["kind"] == "package"]
@@ -161,7 +161,7 @@ def test_purge_reports_a_changed_mode_a_deleted_image_file_and_a_log_and_ignore_
     deb = demo(tmp_path / "deb", postinst=MESSY_POSTINST + rig.UNIT_POSTINST.format(unit=UNIT))
     run = probe(images, tmp_path, "--image", "debian-bookworm", "--package", str(deb), "--purge", "--ignore",
                 "/var/lib/postroj-demo")
-    left = run.row("purged", "leftover")
+    left = run.row("purged", "leftover", "files")
     assert left["status"] == "fail" and left["output"].splitlines()[:4] == [
         "/etc/issue.net: changed from the image: mode 0600, was 0644",
         "/etc/motd: removed from the image",

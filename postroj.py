@@ -5058,7 +5058,7 @@ UNIT_PROPERTIES = ("LoadState", "ActiveState", "SubState", "Result", "NRestarts"
 UNIT_TRANSITIONS = ("activating", "deactivating", "reloading", "refreshing")
 # Seconds a unit must have been active, without a restart, to pass (README: Lifecycle): a service that
 # crashes and is restarted (Restart=) reads "active" between its restarts
-UNIT_SETTLE = 3.0
+UNIT_SETTLE = 2.0
 
 
 class ProbePlan(NamedTuple):
@@ -6427,11 +6427,13 @@ def purge_findings(container: System, baseline: Baseline, now: Dict[str, str],
     for path in gone:  # made before the install (by the boot), deleted since: named once, not what it held
         if os.path.dirname(path) not in found:
             found[path] = "removed (it was there before the install)"
-    for path, what in list(found.items()):
-        if what == PURGE_WORDS[EntryKind.DIR]:
-            below = sum(1 for p, kind in now.items() if p.startswith(path + "/") and kind != EntryKind.GONE)
-            found[path] = what + (", empty" if not below else ", with %d %s below" % (
-                below, "entry" if below == 1 else "entries"))
+    held = {path: 0 for path, what in found.items() if what == PURGE_WORDS[EntryKind.DIR]}
+    for path, kind in now.items():  # one pass, however deep the tree: each entry counts for its directory
+        parent = path[:path.rfind("/")]
+        if parent in held and kind != EntryKind.GONE:
+            held[parent] += 1
+    for path, count in held.items():
+        found[path] += ", empty" if not count else ", holding %d %s" % (count, "entry" if count == 1 else "entries")
     return found
 
 

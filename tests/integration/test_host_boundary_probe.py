@@ -110,11 +110,14 @@ def home_on_tmpfs(runner: Postroj, directory: Path, size: str):
 # Image files nobody reads in a booted container (PAM modules that no service of it is configured with);
 # opasswd and environment are empty in the image, so that /dev/null in their place reads as the same bytes.
 PLANTED = {
-    "/etc/security/opasswd": "device node left behind",  # c 1 5: /dev/zero, never-ending
-    "/etc/environment": "device node left behind",  # c 1 3: /dev/null, reads as the empty file it replaced
+    # c 1 5: /dev/zero, never-ending
+    "/etc/security/opasswd": "changed from the image: a device where the image has a file",
+    # c 1 3: /dev/null, reads as the empty file it replaced (issue 34, item 5)
+    "/etc/environment": "changed from the image: a device where the image has a file",
     "/etc/postroj-hostile-zero": "device node left behind",  # c 1 5 at a path the image does not have
-    "/etc/security/time.conf": "FIFO left behind",  # nobody writes to it: an open() for reading never returns
-    "/etc/security/group.conf": "socket left behind",
+    # nobody writes to it: an open() for reading never returns
+    "/etc/security/time.conf": "changed from the image: a fifo where the image has a file",
+    "/etc/security/group.conf": "changed from the image: a socket where the image has a file",
 }
 PLANTING_POSTINST = """if [ "$1" = configure ]; then
   rm -f /etc/security/opasswd /etc/environment /etc/security/time.conf /etc/security/group.conf
@@ -184,7 +187,12 @@ def test_a_1200_level_tree_from_a_postinst_is_a_leftover_and_the_next_runs_work(
     failed = [(r["stage"], r["kind"], r["target"]) for r in rows if r["status"] != "pass"]
     assert failed == [("purged", "leftover", "files")], rows
     files = row(rows, "purged", "leftover", "files")
-    assert files["output"].splitlines() == ["/var/lib/postroj-deep: directory left behind"], files
+    listed = files["output"].splitlines()
+    assert listed[0] == "/var/lib/postroj-deep: directory left behind, holding 1 entry", listed[:3]
+    assert listed[1] == "/var/lib/postroj-deep/d: directory left behind, holding 1 entry", listed[:3]
+    # every path of the tree is named (its last, the file at the bottom, too), the output bounded
+    assert files["reason"] == "purged: %d paths differ from the container before the install" % (DEEP_LEVELS + 2)
+    assert listed[-1] == "... and %d more" % (DEEP_LEVELS + 2 - 100), listed[-1]
     # the same probe without the tree takes about 10 s: reading a guest's tree costs what its size does, not
     # its depth's square or cube
     assert took < 60, "the probe of a package that left a %d-level tree took %.0f s" % (DEEP_LEVELS, took)

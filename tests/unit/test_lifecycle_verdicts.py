@@ -886,13 +886,13 @@ def left_after_purge(results: Sequence[postroj.ProbeResult]) -> List[str]:
 def test_purge_reports_what_the_postinst_made_and_purge_left():
     _, results = life(dataclasses.replace(APP, purge_keeps_state=True))
     # the directory is named once, not with what is in it
-    assert left_after_purge(results) == ["/var/lib/app: directory left behind, with 1 entry below",
+    assert left_after_purge(results) == ["/var/lib/app: directory left behind, holding 1 entry",
                                          "/var/lib/app/app.db: left behind"]
 
 
 def test_purge_reports_what_a_package_leaves_in_etc():
     _, results = life(dataclasses.replace(APP, conffiles=(), state=("/etc/app/secret",), purge_keeps_state=True))
-    assert left_after_purge(results) == ["/etc/app: directory left behind, with 1 entry below",
+    assert left_after_purge(results) == ["/etc/app: directory left behind, holding 1 entry",
                                          "/etc/app/secret: left behind"]
 
 
@@ -939,9 +939,9 @@ def test_purge_reports_what_the_package_left_in_var_log_and_var_cache():
     # piuparts reports postgresql's /var/log/postgresql and bind9's /var/cache/bind: purge compares both trees
     kept = ("/var/log/app/app.log", "/var/cache/app/keys.bind")
     _, results = life(dataclasses.replace(APP, state=kept, purge_keeps_state=True))
-    assert left_after_purge(results) == ["/var/cache/app: directory left behind, with 1 entry below",
+    assert left_after_purge(results) == ["/var/cache/app: directory left behind, holding 1 entry",
                                          "/var/cache/app/keys.bind: left behind",
-                                         "/var/log/app: directory left behind, with 1 entry below",
+                                         "/var/log/app: directory left behind, holding 1 entry",
                                          "/var/log/app/app.log: left behind"]
 
 
@@ -978,7 +978,7 @@ def test_purge_does_not_compare_the_mail_systems_shared_files_and_says_so():
 def test_ignore_leaves_a_path_and_what_is_below_it_uncompared_and_says_so():
     kept = dataclasses.replace(APP, state=("/var/lib/app/app.db", "/var/lib/apprun/x"), purge_keeps_state=True)
     _, results = life(kept, ignore=("/var/lib/app",))
-    assert left_after_purge(results) == ["/var/lib/apprun: directory left behind, with 1 entry below",
+    assert left_after_purge(results) == ["/var/lib/apprun: directory left behind, holding 1 entry",
                                          "/var/lib/apprun/x: left behind"]
     assert "not compared: /var/lib/app, /var/lib/app/app.db (--ignore)" in result(
         results, "purged: leftover files").output

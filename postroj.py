@@ -6111,8 +6111,9 @@ def run_checks(container: System, plan: ProbePlan, stage: Stage, broken: str,
         if cancel.is_set():
             results.append(ProbeResult(container.image.name, probe, Status.SKIP, 0.0, reason="not run: --fail-fast",
                                        stage=stage))
-        elif broken and probe.kind in (ProbeKind.UNIT, ProbeKind.NETWORK):
-            # a unit or a port of a package that did not install would only wait out its time-out
+        elif broken:
+            # a unit or a port of a package that did not install would only wait out its time-out, and a
+            # command's PASS would read as the stage's (the old version a refused downgrade left)
             results.append(ProbeResult(container.image.name, probe, Status.SKIP, 0.0, reason="not run: %s" % broken,
                                        stage=stage))
         elif probe.kind == ProbeKind.UNIT:

@@ -841,6 +841,14 @@ def test_skipped_results_name_the_package_by_its_name_and_version():
     assert skipped.status == Status.SKIP and skipped.heading == "removed: package app 2.0"
 
 
+def test_no_check_of_a_stage_whose_step_failed_passes():
+    _, results = life(dataclasses.replace(APP, postinst_fails=True))
+    assert {title: verdict for title, verdict in verdicts(results).items() if title.startswith("upgraded")} == {
+        "upgraded: package app_2.0_all.deb": "fail", "upgraded: unit app.service": "skip",
+        "upgraded: command /usr/bin/app --version": "skip"}
+    assert result(results, "upgraded: command /usr/bin/app --version").reason == "not run: app_2.0_all.deb failed"
+
+
 def test_a_reload_that_fails_in_the_upgrades_maintainer_script_fails_the_upgrade():
     # haproxy's postinst: the reload failed (/bin/kill missing), the old daemon kept running, apt exited 0
     _, results = life(dataclasses.replace(APP, reload_fails=True))

@@ -5546,7 +5546,9 @@ class DownloadFailed(PostrojError):
 
     def __init__(self, message: str, hint: str, output: str) -> None:
         super().__init__(message, hint)
-        self.output = output
+        # what the package manager said, without postroj's own marker lines (RESOLVING, IDENTIFIED)
+        self.output = "\n".join(line for line in output.splitlines()
+                                 if line.strip() != RESOLVING and not line.startswith(IDENTIFIED + "\t"))
 
 
 class Packages(NamedTuple):
@@ -7233,7 +7235,7 @@ def format_result(result: ProbeResult, color: bool = False) -> str:
         return "%s\n      reason: %s" % (line, result.reason)
     if result.status != Status.FAIL:
         return line
-    parts = [line, "      reason: %s" % result.reason]
+    parts = [line, "      reason: %s" % result.reason.replace("\n", "\n              ")]
     for label, text in (("output", result.output), ("journal", result.details)):
         if text.strip():
             parts.append("      %s:" % label)

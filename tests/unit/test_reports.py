@@ -326,3 +326,15 @@ def test_report_without_json_to_stdout_prints_the_results_there(tmp_path, monkey
     postroj.main(["report", str(shard)])
     out, err = capsys.readouterr()
     assert out.count("FAIL") == 2 and "FAIL" not in err
+
+
+def test_a_reasons_hint_is_indented_under_it_and_no_marker_of_postrojs_reaches_the_output():
+    failure = postroj.DownloadFailed("--upgrade-from archive: the package sources of x do not carry app",
+                                     "give the version to upgrade from as files", "postroj-package\tapp\t1.0\n"
+                                     "postroj-resolving\nE: Unable to locate package app\n")
+    assert failure.output == "E: Unable to locate package app"
+    results = postroj.not_downloaded("debian-bookworm", postroj.ProbePlan(
+        (postroj.Probe(postroj.ProbeKind.PACKAGE, "/srv/app.deb"),)), failure, 1.0)
+    text = postroj.format_result(results[0])
+    assert "\n              hint: give the version to upgrade from as files" in text, text
+    assert "postroj-resolving" not in text and "postroj-package" not in text

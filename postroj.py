@@ -6663,6 +6663,7 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
             if stage in (Stage.INSTALLED, Stage.UPGRADED):
                 _, listed = container.run_captured(manager.files(packages.names))
                 units = package_units((line.strip() for line in listed.splitlines()), plan)
+        installed = all(r.status == Status.PASS for r in step)  # the package manager did its part
         step = failed_during(container, step, stage, units, started)
         if stage == Stage.INSTALLED and container.layer:
             said = "%d dependencies from layer %s (made %s)\n" % (len(container.layer.packages),
@@ -6673,7 +6674,8 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
         if broken:
             failed = "the %s stage failed (%s)" % (stage, broken)
         say("checking after %s" % STAGE_DOING[stage] if stage != Stage.BOOTED else "probing")
-        run_checks(container, plan, stage, failed and "%s failed" % broken, cancel, results)
+        # where only systemd failed the stage (a unit, a job), the packages are there: the checks say more
+        run_checks(container, plan, stage, "%s failed" % broken if failed and not installed else "", cancel, results)
         if failed:
             continue
         if stage == Stage.REMOVED:
@@ -8334,6 +8336,13 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
             die("--package %s=%s: %s is not probed in this run" % (probe.only, probe.target, probe.only),
                 "add --image %s, or give the package to every image without %s=" % (probe.only, probe.only),
                 usage=True)
+    packaged = [p for p in probes if p.kind == ProbeKind.PACKAGE]
+    bare = [name for name in images if packaged and not any(p.for_image(name) for p in packaged)]
+    if bare:  # it would be probed without a package, and fail as if the package were broken
+        die("%s %s no --package, while %s %s" % (
+            ", ".join(bare), "gets" if len(bare) == 1 else "get", ", ".join(n for n in images if n not in bare),
+            "gets one" if len(images) - len(bare) == 1 else "get theirs"),
+            "give each image its package (--package %s=FILE), or drop --image %s" % (bare[0], bare[0]), usage=True)
     if args.shard:
         images = take_shard(images, args.shard)
     targets = []

@@ -204,8 +204,18 @@ def test_a_package_for_an_alias_of_an_image_in_the_run_is_taken(deb, capsys):
 def test_a_package_for_an_image_of_another_shard_is_no_usage_error(deb, capsys):
     # CI runs the same command line in each shard; past the check, the run stops at --no-pull
     code, _, err = run_main(capsys, "probe", "--image", "debian-bookworm", "--image", "debian-bullseye", "--shard",
-                            "1/2", "--no-pull", "--package", "debian-bullseye=%s" % deb("app_1.0~deb11_all.deb"))
+                            "1/2", "--no-pull", "--package", "debian-bullseye=%s" % deb("app_1.0~deb11_all.deb"),
+                            "--package", "debian-bookworm=%s" % deb("app_1.0~deb12_all.deb"))
     assert code == 1 and "is not acquired and --no-pull was given" in err, err
+
+
+def test_an_image_that_gets_no_package_while_another_does_is_a_usage_error(deb, capsys):
+    # it would be probed without the package, and its unit check fail as if the package were broken
+    code, _, err = run_main(capsys, "probe", "--image", "debian-bookworm", "--image", "debian-bullseye", "--no-pull",
+                            "--package", "debian-bullseye=%s" % deb("app_1.0~deb11_all.deb"), "--check-unit", "app")
+    assert code == 2, err
+    assert "error: debian-bookworm gets no --package, while debian-bullseye gets one" in err
+    assert "hint: give each image its package (--package debian-bookworm=FILE), or drop --image debian-bookworm" in err
 
 
 def test_a_file_whose_name_has_an_equals_sign_is_a_file(deb, capsys, monkeypatch, tmp_path):

@@ -6636,9 +6636,11 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
 
 
 def live(container: System, plan: ProbePlan, packages: Optional[Packages], cancel: threading.Event,
-         say: Callable[[str], None] = lambda doing: None) -> List[ProbeResult]:
+         say: Callable[[str], None] = lambda doing: None,
+         emit: Callable[[List[ProbeResult]], None] = lambda block: None) -> List[ProbeResult]:
     """The stages of the plan in the booted container, in order, each followed by its checks; a stage whose
-    step fails skips the stages after it."""
+    step fails skips the stages after it. Each stage's results go to `emit` as the stage ends (they are
+    printed then); the whole list is returned."""
     image = container.image
     manager = container.manager if packages else None
     results: List[ProbeResult] = []
@@ -6646,7 +6648,11 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
     files: "set[str]" = set()
     units = package_units((), plan)
     failed = ""
+    emitted: List[ProbeResult] = []
     for stage in plan.stages():
+        if len(results) > len(emitted):  # the stage before is over: its lines are printed now
+            emit(list(results[len(emitted):]))
+            emitted = list(results)
         t0, started = time.monotonic(), time.time()
         say(STAGE_DOING[stage])
         if failed:
@@ -6682,6 +6688,7 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
             results += check_removed(container, files, t0)
         elif stage == Stage.PURGED and baseline:
             results += check_purged(container, baseline, files, t0, plan.ignore)
+    emit(list(results[len(emitted):]))
     return results
 
 
@@ -6918,10 +6925,18 @@ def order_probes(probes: Sequence[Probe]) -> Tuple[Probe, ...]:
 
 def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: ProbePlan, *, cancel: threading.Event,
                 packages: Dict[str, Path], fleet: Optional[Fleet] = None,
-                say: Callable[[str, str], None] = lambda image, doing: None) -> List[ProbeResult]:
+                say: Callable[[str, str], None] = lambda image, doing: None,
+                emit: Callable[[List[ProbeResult]], None] = lambda block: None) -> List[ProbeResult]:
     """Boot one fresh container of the target's image (acquired first when it is not), run the plan's probes
-    in order, and throw it away."""
+    in order, and throw it away. Each stage's results go to `emit` as it ends; the list returned begins with
+    what was emitted (after a failure half-way, the failure's results follow)."""
     t0 = time.monotonic()
+    emitted: List[ProbeResult] = []
+
+    def stage_ended(block: List[ProbeResult]) -> None:
+        emitted.extend(block)
+        emit(block)
+
     name = target.name
     plan = plan._replace(probes=tuple(p for p in plan.probes if p.for_image(name)))
     if not any(p.kind == ProbeKind.PACKAGE for p in plan.probes):  # its packages are all other images'
@@ -6951,7 +6966,8 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
             say(name, "booting")
             container.boot()
             t1 = time.monotonic()
-            results = live(ContainerSystem(container), plan, prepared, cancel, lambda doing: say(name, doing))
+            results = live(ContainerSystem(container), plan, prepared, cancel, lambda doing: say(name, doing),
+                           stage_ended)
             container.timings["probes"] = time.monotonic() - t1
             container.boot_state()
         log.info("%s: %s", name, format_timings(container.timings))
@@ -6960,13 +6976,15 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
         if isinstance(exc, UsageError):
             raise
         reason = exc.message + ("\nhint: %s" % exc.hint if exc.hint else "")
-        return [ProbeResult(name, probe, Status.FAIL, time.monotonic() - t0, reason=reason) for probe in plan.probes]
+        return emitted + [ProbeResult(name, probe, Status.FAIL, time.monotonic() - t0, reason=reason)
+                          for probe in plan.probes]
     except OSError as exc:  # the host's own limits (a full disk): this image's failure; the others go on
         where = " (%s)" % exc.filename if exc.filename else ""
         reason = "postroj could not go on: %s%s\nhint: check the free space and permissions of POSTROJ_HOME and " \
                  "POSTROJ_CACHE, then run `postroj gc`" % (exc.strerror or exc, where)
         log.error("%s: %s", name, reason)
-        return [ProbeResult(name, probe, Status.FAIL, time.monotonic() - t0, reason=reason) for probe in plan.probes]
+        return emitted + [ProbeResult(name, probe, Status.FAIL, time.monotonic() - t0, reason=reason)
+                          for probe in plan.probes]
 
 
 def probe_vm(settings: Settings, box: Box, plan: ProbePlan, *, provider: str, keep: bool,
@@ -7005,16 +7023,29 @@ def probe_vm(settings: Settings, box: Box, plan: ProbePlan, *, provider: str, ke
 
 
 def run_matrix(images: Sequence[T], jobs: int, fail_fast: bool,
-               probe_one: Callable[[T, threading.Event, Fleet], List[ProbeResult]],
+               probe_one: Callable[[T, threading.Event, Fleet, Callable[[List[ProbeResult]], None]],
+                                   List[ProbeResult]],
                report: Callable[[ProbeResult], None]) -> List[ProbeResult]:
-    """Probe each image, `jobs` at a time, reporting each result as it comes. A failure (with `fail_fast`)
-    cancels the images not begun; a signal or an error ends the containers of the other threads too."""
+    """Probe each image, `jobs` at a time, reporting each stage's results as the stage ends (an image's block
+    of lines whole, never interleaved with another's). A failure (with `fail_fast`) cancels the images not
+    begun; a signal or an error ends the containers of the other threads too. The results are returned in
+    the order of the images."""
     cancel = threading.Event()
     fleet = Fleet()
     results: List[ProbeResult] = []
+    lock = threading.Lock()
 
     def one(name: T) -> List[ProbeResult]:
-        found = probe_one(name, cancel, fleet)
+        shown = [0]
+
+        def emit(block: List[ProbeResult]) -> None:
+            with lock:
+                for result in block:
+                    report(result)
+            shown[0] += len(block)
+
+        found = probe_one(name, cancel, fleet, emit)
+        emit(found[shown[0]:])  # what was not shown as its stage ended: a failure's results
         if fail_fast and any(r.status == Status.FAIL for r in found):
             cancel.set()
         return found
@@ -7022,9 +7053,7 @@ def run_matrix(images: Sequence[T], jobs: int, fail_fast: bool,
     if jobs == 1 or len(images) == 1:
         # no threads where they buy nothing: one image, or one at a time
         for name in images:
-            for result in one(name):
-                report(result)
-                results.append(result)
+            results += one(name)
         return results
     import concurrent.futures
 
@@ -7036,9 +7065,7 @@ def run_matrix(images: Sequence[T], jobs: int, fail_fast: bool,
                 # block it) leaves the main thread asleep in an untimed wait; a timed one wakes and acts on it
                 while not future.done():
                     concurrent.futures.wait([future], timeout=0.2)
-                for result in future.result():
-                    report(result)
-                    results.append(result)
+                results += future.result()
         except BaseException:
             cancel.set()
             for future in futures:
@@ -8368,10 +8395,11 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     packages = materialize_packages(settings, list(probes) + [Probe(ProbeKind.PACKAGE, s) for s in plan.upgrade_from
                                                              if s != UPGRADE_FROM_ARCHIVE])
 
-    def probe_one(target: ImageTarget, cancel: threading.Event, fleet: Fleet) -> List[ProbeResult]:
+    def probe_one(target: ImageTarget, cancel: threading.Event, fleet: Fleet,
+                  emit: Callable[[List[ProbeResult]], None]) -> List[ProbeResult]:
         try:
             return probe_image(settings, host, target, plan, cancel=cancel, packages=packages, fleet=fleet,
-                               say=status.say)
+                               say=status.say, emit=emit)
         finally:
             status.say(target.name, "")
 
@@ -8400,8 +8428,9 @@ def cmd_selftest(args: argparse.Namespace, settings: Settings) -> int:
     plan = ProbePlan((Probe(ProbeKind.UNIT, "systemd-journald"), Probe(ProbeKind.COMMAND, "hostnamectl")),
                      boot_timeout=args.boot_timeout)
 
-    def probe_one(target: ImageTarget, cancel: threading.Event, fleet: Fleet) -> List[ProbeResult]:
-        return probe_image(settings, host, target, plan, cancel=cancel, packages={}, fleet=fleet)
+    def probe_one(target: ImageTarget, cancel: threading.Event, fleet: Fleet,
+                  emit: Callable[[List[ProbeResult]], None]) -> List[ProbeResult]:
+        return probe_image(settings, host, target, plan, cancel=cancel, packages={}, fleet=fleet, emit=emit)
 
     results = run_matrix(targets, args.jobs, False, probe_one, lambda r: print(format_result(r), flush=True))
     return finish_report(results)

@@ -224,15 +224,20 @@ def test_file_lock(tmp_path):
 # --- the probe matrix -------------------------------------------------------------
 
 
-def test_run_matrix_reports_in_image_order():
+def test_run_matrix_returns_in_image_order_and_reports_each_stage_as_it_ends():
     reported = []
 
-    def probe_one(name, cancel, fleet):
-        return [postroj.ProbeResult(name, postroj.Probe("command", "true"), "pass", 0.0)]
+    def probe_one(name, cancel, fleet, emit):
+        installed = postroj.ProbeResult(name, postroj.Probe("command", "true"), "pass", 0.0, stage="installed")
+        emit([installed])
+        assert installed in reported, "a stage's results are printed when the stage ends, not with the image's"
+        return [installed, postroj.ProbeResult(name, postroj.Probe("command", "true"), "pass", 0.0, stage="purged")]
 
     results = postroj.run_matrix(["a", "b", "c", "d"], 3, False, probe_one, reported.append)
-    assert [r.image for r in results] == ["a", "b", "c", "d"]
-    assert reported == results
+    assert [r.image for r in results] == ["a", "a", "b", "b", "c", "c", "d", "d"]
+    assert sorted(reported, key=lambda r: r.image) == results
+    for image in "abcd":  # each image's lines in its order
+        assert [r.stage for r in reported if r.image == image] == ["installed", "purged"]
 
 
 PLAN = postroj.ProbePlan((postroj.Probe("command", "true"), postroj.Probe("unit", "nginx")), fail_fast=True)
@@ -245,7 +250,7 @@ def test_fail_fast_skips_the_images_after_a_failure_with_and_without_threads(tmp
     settings = postroj.Settings(tmp_path / "home", tmp_path / "cache")
     host = postroj.Host(postroj.HostMode.NSENTER)
 
-    def probe_one(name, cancel, fleet):
+    def probe_one(name, cancel, fleet, emit):
         if name == "a":
             return [postroj.ProbeResult(name, PLAN.probes[0], "fail", 0.0, reason="exit status 1")]
         assert cancel.wait(10), "run_matrix never cancelled the rest"
@@ -283,7 +288,7 @@ def test_an_interrupt_ends_the_containers_of_every_thread():
     stand_ins = {name: StandIn() for name in "abc"}
     refused, started = [], []
 
-    def probe_one(name, cancel, fleet):
+    def probe_one(name, cancel, fleet, emit):
         started.append(name)
         try:
             fleet.add(stand_ins[name])
@@ -307,7 +312,7 @@ def test_an_interrupt_ends_the_containers_of_every_thread():
 def test_a_stop_signal_the_kernel_gives_a_worker_thread_ends_the_matrix_at_once():
     """The kernel gives a process's signal to any thread that takes it; Python runs the handler in the main
     thread, which an untimed wait on a worker would keep asleep until that worker ends (a probe: minutes)."""
-    def probe_one(name, cancel, fleet):
+    def probe_one(name, cancel, fleet, emit):
         if name == "a":
             time.sleep(0.5)  # the main thread waits for the results by now
             signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # Ctrl-C, delivered to this worker

@@ -687,13 +687,14 @@ class ProbeResult(NamedTuple):
 
     @property
     def title(self) -> str:
-        """STAGE: KIND TARGET in a package's life, KIND TARGET otherwise (JSON and JUnit: the target in full)."""
+        """STAGE: KIND TARGET in a package's life, KIND TARGET otherwise (the target in full)."""
         packaged = self.stage and self.stage != Stage.BOOTED
         return "%s: %s" % (self.stage, self.probe.title) if packaged else self.probe.title
 
     @property
     def heading(self) -> str:
-        """The title as a terminal shows it: a package by its name and version rather than its path."""
+        """The title as people read it (the terminal, JUnit's test case, JSON's name): a package by its name and
+        version rather than its path."""
         if not self.label:
             return self.title
         named = "%s %s" % (self.probe.kind, self.label)
@@ -7281,7 +7282,7 @@ def results_json(results: Sequence[ProbeResult], wall: Optional[float] = None) -
         "wall": None if wall is None else round(wall, 3),
         "results": [{"image": r.image, "kind": r.probe.kind, "target": r.probe.target, "status": r.status,
                      "duration": round(r.duration, 3), "reason": r.reason, "output": r.output, "details": r.details,
-                     "stage": str(r.stage or ""), "warning": r.warning} for r in results],
+                     "stage": str(r.stage or ""), "warning": r.warning, "name": r.heading} for r in results],
     }
 
 
@@ -7343,8 +7344,13 @@ def load_report(path: str) -> Tuple[List[ProbeResult], Optional[float]]:
             stage = str(row.get("stage") or "")
             reason, output, details, warning = (text_safe(str(row.get(key, ""))) for key in (
                 "reason", "output", "details", "warning"))
+            named = text_safe(str(row.get("name", "")))
+            plain = ProbeResult("", probe, Status.PASS, 0.0, stage=Stage(stage) if stage else None)
+            prefix = plain.heading[:len(plain.heading) - len(probe.target)]  # STAGE: KIND
+            label = named[len(prefix):] if probe.kind == ProbeKind.PACKAGE and named.startswith(prefix) and \
+                named != plain.heading else ""
             found.append(ProbeResult(text_safe(str(row["image"])), probe, Status(row["status"]), duration, reason,
-                                     output, details, Stage(stage) if stage else None, warning=warning))
+                                     output, details, Stage(stage) if stage else None, label, warning))
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             die("%s: result %d is malformed (%s: %s)" % (path, number, type(exc).__name__, exc), hint, usage=True)
     wall = data.get("wall")
@@ -7437,7 +7443,7 @@ def junit_xml(results: Sequence[ProbeResult], wall: Optional[float] = None) -> b
                               time="%.3f" % sum(r.duration for r in items), timestamp=now_iso())
         for r in items:
             case = ET.SubElement(suite, "testcase", classname=xml_safe("postroj.%s" % image),
-                                 name=xml_safe(r.title),
+                                 name=xml_safe(r.heading),
                                  time="%.3f" % r.duration)
             if r.status == Status.FAIL:
                 failure = ET.SubElement(case, "failure", message=xml_safe(r.reason), type=str(r.probe.kind))

@@ -70,6 +70,10 @@ def probe(runner, tmp_path: Path, *args: str, options: "tuple[str, ...]" = (), t
     for row in rows:
         title = "%s %s" % (row["kind"], row["target"])
         name = "%s: %s" % (row["stage"], title) if row["stage"] not in ("", "booted") else title
+        if row["name"] != name:  # a package by its name and version, where they were read
+            assert row["kind"] == "package" and re.fullmatch(r"%s: package \S+ \S+(, \S+ \S+)*" % row["stage"],
+                                                             row["name"]), row
+            name = row["name"]
         names.append((row["image"], name))
         assert cases.get((row["image"], name), ("missing",))[0] == row["status"], (name, row, sorted(cases))
     assert sorted(names) == sorted(cases), "JUnit and JSON differ: %s\n%s" % (names, sorted(cases))

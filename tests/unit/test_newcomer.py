@@ -143,12 +143,17 @@ def test_a_package_is_named_by_name_and_version_in_every_stage():
     assert LONG in postroj.format_result(R("debian-bookworm", P("package", LONG), "pass", 2.0, stage="installed"))
 
 
-def test_json_and_junit_keep_the_path():
-    result = R("debian-bookworm", P("package", LONG), "pass", 2.0, stage="installed",
-               label="postroj-a-package-whose-name-is-longer-than-fifty-characters 1.0.0+really1.0.0~deb12u1")
-    assert postroj.results_json([result])["results"][0]["target"] == LONG
+def test_json_keeps_the_path_and_names_the_package_as_junit_does(tmp_path):
+    label = "postroj-a-package-whose-name-is-longer-than-fifty-characters 1.0.0+really1.0.0~deb12u1"
+    result = R("debian-bookworm", P("package", LONG), "pass", 2.0, stage="installed", label=label)
+    row = postroj.results_json([result])["results"][0]
+    assert row["target"] == LONG and row["name"] == "installed: package " + label
     case = ET.fromstring(postroj.junit_xml([result])).find("testsuite/testcase")
-    assert case.get("name") == "installed: package " + LONG
+    assert case.get("name") == "installed: package " + label, "not the build directory of a CI job"
+    # a report merged from JSON names it the same
+    report = tmp_path / "r.json"
+    report.write_text(postroj.json.dumps(postroj.results_json([result])))
+    assert postroj.results_from_json(str(report))[0].heading == "installed: package " + label
 
 
 # --- --package IMAGE=FILE ----------------------------------------------------------------------------------

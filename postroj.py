@@ -7273,13 +7273,16 @@ def format_result(result: ProbeResult, color: bool = False) -> str:
     return "\n".join(parts)
 
 
-def results_json(results: Sequence[ProbeResult], wall: Optional[float] = None) -> Dict[str, Any]:
-    """The results as --json writes them (README: JSON), with the run's wall time where it is known."""
+def results_json(results: Sequence[ProbeResult], wall: Optional[float] = None,
+                 shard: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
+    """The results as --json writes them (README: JSON), with the run's wall time where it is known and the
+    shard K of N it was."""
     return {
         "schema": JSON_SCHEMA,
         "version": __version__,
         "passed": all(r.status != Status.FAIL for r in results),
         "wall": None if wall is None else round(wall, 3),
+        "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
         "results": [{"image": r.image, "kind": r.probe.kind, "target": r.probe.target, "status": r.status,
                      "duration": round(r.duration, 3), "reason": r.reason, "output": r.output, "details": r.details,
                      "stage": str(r.stage or ""), "warning": r.warning, "name": r.heading} for r in results],
@@ -7320,8 +7323,24 @@ def results_from_json(path: str) -> List[ProbeResult]:
     return load_report(path)[0]
 
 
-def load_report(path: str) -> Tuple[List[ProbeResult], Optional[float]]:
-    """The results of a `--json` report and the wall time of its run (None where it has none)."""
+def report_shard(data: Dict[str, Any], path: str) -> Optional[Tuple[int, int]]:
+    """The shard K of N a report says it is (None for a whole run's), checked."""
+    shard = data.get("shard")
+    if shard is None:
+        return None
+    try:
+        index, count = shard["index"], shard["count"]
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in (index, count)) or \
+                not 1 <= index <= count <= 10000:
+            raise ValueError(shard)
+        return index, count
+    except (TypeError, KeyError, ValueError):
+        die("%s: shard %s is not K of N" % (path, str(shard)[:60]), "give the --json files of probe runs, unchanged",
+            usage=True)
+
+
+def load_report(path: str) -> Tuple[List[ProbeResult], Optional[float], Optional[Tuple[int, int]]]:
+    """The results of a `--json` report, the wall time of its run (None where it has none) and its shard."""
     data = read_report(path)
     hint = "give the --json files of probe runs, unchanged"
     rows = data.get("results") if isinstance(data, dict) else None
@@ -7361,16 +7380,18 @@ def load_report(path: str) -> Tuple[List[ProbeResult], Optional[float]]:
             wall = float(wall)
         except (TypeError, ValueError, OverflowError):
             die("%s: wall %s is not a number of seconds" % (path, str(wall)[:40]), hint, usage=True)
-    return found, wall
+    return found, wall, report_shard(data, path)
 
 
-def merge_reports(paths: Sequence[str]) -> Tuple[List[ProbeResult], Optional[float]]:
+def merge_reports(paths: Sequence[str], allow_partial: bool = False) -> Tuple[List[ProbeResult], Optional[float]]:
     """The results of several reports, and the sum of their runs' wall times (None when one has none); a
-    file given twice, or one result in two files, is refused: it would be counted twice."""
+    file given twice, or one result in two files, is refused: it would be counted twice. Shards' reports
+    must be the whole set, each once (unless `allow_partial`: then what is missing is said)."""
     seen_files: Dict[Tuple[int, int], str] = {}
     seen: Dict[Tuple[str, str, str, str], str] = {}
     results = []
     walls: List[Optional[float]] = []
+    shards: Dict[str, Optional[Tuple[int, int]]] = {}
     for path in paths:
         with contextlib.suppress(OSError):
             st = os.stat(path)
@@ -7378,8 +7399,9 @@ def merge_reports(paths: Sequence[str]) -> Tuple[List[ProbeResult], Optional[flo
                 die("%s is given twice (also as %s)" % (path, seen_files[(st.st_dev, st.st_ino)]),
                     "give each shard's report once", usage=True)
             seen_files[(st.st_dev, st.st_ino)] = path
-        found, wall = load_report(path)
+        found, wall, shard = load_report(path)
         walls.append(wall)
+        shards[path] = shard
         for result in found:
             key = (result.image, str(result.stage or ""), str(result.probe.kind), result.probe.target)
             if seen.get(key, path) != path:
@@ -7389,7 +7411,38 @@ def merge_reports(paths: Sequence[str]) -> Tuple[List[ProbeResult], Optional[flo
                     usage=True)
             seen[key] = path
             results.append(result)
+    check_shards(shards, allow_partial)
     return results, None if None in walls else sum(w for w in walls if w is not None)
+
+
+def check_shards(shards: Dict[str, Optional[Tuple[int, int]]], allow_partial: bool) -> None:
+    """Refuse an incomplete or mixed set of shards' reports (path -> K of N, None for a whole run's): a
+    missing shard's images would pass unseen."""
+    given = {path: shard for path, shard in shards.items() if shard is not None}
+    if not given:
+        return
+    hint = "give every shard's --json once (or --allow-partial to merge what there is, saying what is missing)"
+    whole = [path for path, shard in shards.items() if shard is None]
+    counts = {count for _, count in given.values()}
+    if whole or len(counts) > 1:
+        die("the reports are not shards of one run: %s" % ", ".join(
+            "%s (%s)" % (path, "%d of %d" % shard if shard else "a whole run") for path, shard in shards.items()),
+            hint, usage=True)
+    count = counts.pop()
+    by_index: Dict[int, List[str]] = {}
+    for path, (index, _) in given.items():
+        by_index.setdefault(index, []).append(path)
+    doubled = {index: paths for index, paths in by_index.items() if len(paths) > 1}
+    if doubled:
+        die("shard %s given twice: %s" % (", ".join("%d of %d" % (i, count) for i in sorted(doubled)),
+                                           "; ".join(", ".join(p) for p in doubled.values())), hint, usage=True)
+    missing = [i for i in range(1, count + 1) if i not in by_index]
+    if missing:
+        said = "shard %s of %d %s missing" % (", ".join(map(str, missing)), count, "is" if len(missing) == 1 else
+                                               "are")
+        if not allow_partial:
+            die(said, hint, usage=True)
+        log.warning("%s: the merged report holds the other shards' images only", said)
 
 
 def shard_of(images: Sequence[str], shard: Tuple[int, int]) -> List[str]:
@@ -7551,7 +7604,8 @@ def print_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
 
 
 def finish_report(results: Sequence[ProbeResult], json_path: Optional[str] = None,
-                  junit_path: Optional[str] = None, wall: Optional[float] = None) -> int:
+                  junit_path: Optional[str] = None, wall: Optional[float] = None,
+                  shard: Optional[Tuple[int, int]] = None) -> int:
     """The summary line on stderr (with the run's wall time), the JSON and JUnit reports, and probe's exit
     code."""
     failed = sum(r.status == Status.FAIL for r in results)
@@ -7560,7 +7614,7 @@ def finish_report(results: Sequence[ProbeResult], json_path: Optional[str] = Non
                                                   sum(r.status == Status.SKIP for r in results), took),
           file=sys.stderr)
     if json_path:
-        write_output(json_path, (json.dumps(results_json(results, wall), indent=2) + "\n").encode())
+        write_output(json_path, (json.dumps(results_json(results, wall, shard), indent=2) + "\n").encode())
     if junit_path:
         write_output(junit_path, junit_xml(results, wall))
     return EXIT_FAILURE if failed else EXIT_OK
@@ -8329,7 +8383,7 @@ def cmd_probe_vms(args: argparse.Namespace, settings: Settings, plan: ProbePlan,
                                report=report)
         results += found
         left_running += left
-    code = finish_report(results, args.json, args.junit, time.monotonic() - started)
+    code = finish_report(results, args.json, args.junit, time.monotonic() - started, args.shard)
     return EXIT_FAILURE if left_running else code
 
 
@@ -8411,13 +8465,13 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
 
     with status:
         results = run_matrix(targets, args.jobs, args.fail_fast, probe_one, report)
-    return finish_report(results, args.json, args.junit, time.monotonic() - started)
+    return finish_report(results, args.json, args.junit, time.monotonic() - started, args.shard)
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     """Merge the --json reports of shards or runs: one summary, JSON and JUnit; exits as probe would."""
     check_report_paths(args.json, args.junit)
-    results, wall = merge_reports(args.files)
+    results, wall = merge_reports(args.files, args.allow_partial)
     out = sys.stderr if args.json in ("-", "/dev/stdout") else sys.stdout  # stdout is the JSON's alone
     for result in results:
         print(format_result(result, out.isatty()), file=out)
@@ -8876,6 +8930,8 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE.json", help="reports written by probe --json")
     p.add_argument("--json", default=None, metavar="FILE", help="write the merged results as JSON (- for stdout)")
     p.add_argument("--junit", default=None, metavar="FILE", help="write the merged results as JUnit XML")
+    p.add_argument("--allow-partial", action="store_true", help="merge shards' reports though some shards are "
+                   "missing (said on stderr)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add("selftest", "hostnamectl and systemd-journald on every acquired image", [

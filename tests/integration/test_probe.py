@@ -189,12 +189,13 @@ def test_shards_together_are_the_whole_run_and_report_merges_them(images, tmp_pa
     assert sorted((r["image"], r["kind"], r["target"], r["status"]) for r in json.loads(merged.read_text())["results"]) \
         == sorted(unsharded)
 
-    # one shard that failed makes the merge fail; a missing file is bad input
+    # one shard that failed makes the merge fail; a missing file is bad input, and so is a missing shard
     failing = tmp_path / "failing.json"
-    images("probe", "--image", "debian-bullseye", "--command", "false", "--shard", "1/1", "--json", str(failing),
-           check=1, timeout=300)
+    images("probe", *matrix, "--command", "false", "--shard", "2/2", "--json", str(failing), check=1, timeout=300)
     proc = images("report", str(tmp_path / "shard-1.json"), str(failing), check=1)
     assert "1 failed" in proc.stderr and "FAIL  debian-bullseye" in proc.stdout
+    proc = images("report", str(tmp_path / "shard-1.json"), check=2)
+    assert "error: shard 2 of 2 is missing" in proc.stderr
     proc = images("report", str(tmp_path / "shard-1.json"), str(tmp_path / "nowhere.json"), check=2)
     assert "nowhere.json does not exist" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -338,3 +338,43 @@ def test_a_reasons_hint_is_indented_under_it_and_no_marker_of_postrojs_reaches_t
     text = postroj.format_result(results[0])
     assert "\n              hint: give the version to upgrade from as files" in text, text
     assert "postroj-resolving" not in text and "postroj-package" not in text
+
+
+def shard_reports(tmp_path, *shards):
+    paths = []
+    for index, count in shards:
+        results = [r._replace(image="%s-%d-of-%d" % (r.image, index, count)) for r in RESULTS]
+        path = tmp_path / ("shard-%d-of-%d-%d.json" % (index, count, len(paths)))
+        path.write_text(json.dumps(postroj.results_json(results, 1.0, (index, count))))
+        paths.append(str(path))
+    return paths
+
+
+def test_a_shards_report_says_which_of_how_many_it_is():
+    assert postroj.results_json(RESULTS, 1.0, (2, 3))["shard"] == {"index": 2, "count": 3}
+    assert postroj.results_json(RESULTS)["shard"] is None
+
+
+def test_report_refuses_a_set_of_shards_with_one_missing_or_doubled(tmp_path):
+    results, _ = postroj.merge_reports(shard_reports(tmp_path, (1, 3), (2, 3), (3, 3)))
+    assert len(results) == 3 * len(RESULTS)
+    with pytest.raises(postroj.UsageError) as error:
+        postroj.merge_reports(shard_reports(tmp_path, (1, 3), (3, 3)))
+    assert error.value.message == "shard 2 of 3 is missing" and "--allow-partial" in error.value.hint
+    with pytest.raises(postroj.UsageError) as error:
+        postroj.merge_reports(shard_reports(tmp_path, (1, 2), (1, 2), (2, 2)))
+    assert "twice" in error.value.message  # the same results in two files, or the shard named twice
+    with pytest.raises(postroj.UsageError) as error:
+        postroj.merge_reports(shard_reports(tmp_path, (1, 2), (1, 3)))
+    assert "not shards of one run" in error.value.message
+
+
+def test_report_alone_of_one_shard_exits_2_and_allow_partial_merges_saying_what_is_missing(tmp_path, monkeypatch,
+                                                                                          capsys):
+    monkeypatch.setenv("POSTROJ_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("POSTROJ_CACHE", str(tmp_path / "cache"))
+    [one] = shard_reports(tmp_path, (1, 2))
+    assert postroj.main(["report", one]) == 2
+    assert "error: shard 2 of 2 is missing" in capsys.readouterr().err
+    assert postroj.main(["report", one, "--allow-partial"]) == postroj.EXIT_FAILURE  # RESULTS hold failures
+    assert "shard 2 of 2 is missing" in capsys.readouterr().err

@@ -4168,10 +4168,8 @@ class NspawnContainer:
     create(), `running` for boot()), so a close() that lands half-way (a signal, another thread) releases
     exactly what was taken, and a step after close() refuses to start. Between create() and boot(),
     run_in_overlay() runs a command (a package install) on the overlay. revert() boots a fresh overlay of
-    the same image, reboot() the same overlay again. The host mode (HOST_MODES) says how.
-
-    As a context manager: create() on entry, close() on exit, however the block ends.
-    """
+    the same image, reboot() the same overlay again. The host mode (HOST_MODES) says how. As a context
+    manager: create() on entry, close() on exit, however the block ends."""
 
     def __init__(self, settings: Settings, spec: ContainerSpec, fleet: Optional[Fleet] = None) -> None:
         self.settings = settings

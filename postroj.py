@@ -8777,10 +8777,14 @@ class Commands:
         if isinstance(self.action, Unbuilt) or (self.only and self.only != name and self.only not in aliases):
             return Unbuilt()
         self.built = True
-        return self.action.add_parser(name, aliases=list(aliases), help=summary,
-                                      description=summary[0].upper() + summary[1:] + ".",
-                                      epilog="examples:\n" + "\n".join("  " + e for e in examples),
-                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = self.action.add_parser(name, aliases=list(aliases), help=summary,
+                                        description=summary[0].upper() + summary[1:] + ".",
+                                        epilog="examples:\n" + "\n".join("  " + e for e in examples),
+                                        formatter_class=argparse.RawDescriptionHelpFormatter)
+        # postroj's own options after the command too (`postroj probe ... -v`), as people type them
+        parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        return parser
 
 
 def build_parser(only: str = "") -> argparse.ArgumentParser:

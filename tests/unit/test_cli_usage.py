@@ -208,3 +208,13 @@ def test_doctor_says_which_guests_get_the_unified_hierarchy_on_this_host(cli):
     else:
         assert "guests with systemd >= %d get the unified hierarchy" % postroj.UNIFIED_SINCE_SYSTEMD in check["detail"]
         assert "older ones the host's layout" in check["detail"], check
+
+
+def test_postrojs_own_options_go_after_the_command_too():
+    parser = postroj.build_parser()
+    for argv in (["-v", "probe", "--command", "true"], ["probe", "--command", "true", "-v"]):
+        args = parser.parse_args(argv)
+        assert (args.verbose, args.debug) == (1, False), argv
+    args = parser.parse_args(["probe", "--command", "true", "-vv", "--debug"])
+    assert (args.verbose, args.debug) == (2, True)
+    assert parser.parse_args(["probe", "--command", "true"]).verbose == 0

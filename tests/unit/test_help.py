@@ -58,7 +58,8 @@ def test_the_readme_usage_names_every_option(name, parser):
     block = usage_blocks().get(name, "")
     assert block, "the README's Usage section has no ``postroj %s ...`` entry" % name
     mentioned = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", block))
-    options = {o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+    options = {o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"
+               and a.help != argparse.SUPPRESS}  # postroj's own -v and --debug, hidden: the README says them once
     assert options - mentioned == set(), "%s: --help has options the README does not name" % name
     assert mentioned - options - {"--"} == set(), "%s: the README names options --help does not have" % name
 

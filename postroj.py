@@ -6638,8 +6638,8 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
          say: Callable[[str], None] = lambda doing: None,
          emit: Callable[[List[ProbeResult]], None] = lambda block: None) -> List[ProbeResult]:
     """The stages of the plan in the booted container, in order, each followed by its checks; a stage whose
-    step fails skips the stages after it. Each stage's results go to `emit` as the stage ends (they are
-    printed then); the whole list is returned."""
+    step fails skips the stages after it. Each stage's results but the last go to `emit` as the next stage
+    begins (they are printed then); the whole list is returned."""
     image = container.image
     manager = container.manager if packages else None
     results: List[ProbeResult] = []
@@ -6687,8 +6687,7 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
             results += check_removed(container, files, t0)
         elif stage == Stage.PURGED and baseline:
             results += check_purged(container, baseline, files, t0, plan.ignore)
-    emit(list(results[len(emitted):]))
-    return results
+    return results  # the last stage's lines are the caller's to print, once the container is gone
 
 
 # ==============================================================================

@@ -21,6 +21,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tarfile
 import sys
@@ -790,3 +791,23 @@ def build_demo_deb(directory: Path, port: int = 8080, depends: str = "perl-base"
         "usr/bin/postroj-demo-server": (DEMO_SERVER, 0o755),
         "lib/systemd/system/postroj-demo.service": (DEMO_UNIT.format(port=port), 0o644)}, depends=depends,
         **scripts)
+
+
+def rpm_header(tags: "dict[int, tuple[int, bytes]]") -> bytes:
+    """An RPM header structure holding `tags` (tag -> (type, value))."""
+    index, store = b"", b""
+    for tag, (kind, value) in tags.items():
+        index += struct.pack(">iiii", tag, kind, len(store), 1)
+        store += value
+    return b"\x8e\xad\xe8\x01\0\0\0\0" + struct.pack(">ii", len(tags), len(store)) + index + store
+
+
+def minimal_rpm(path: Path, payload: int = 100, cut: int = 0) -> Path:
+    """An RPM of the package h2ok 3:1.1-2.fc40 as far as its headers go (the payload is filler), `cut` bytes
+    short of whole."""
+    main = rpm_header({1000: (6, b"h2ok\0"), 1001: (6, b"1.1\0"), 1002: (6, b"2.fc40\0"), 1003: (4, b"\0\0\0\3")})
+    signature = rpm_header({1000: (4, struct.pack(">i", len(main) + payload))})
+    signature += b"\0" * (-len(signature) % 8)
+    whole = b"\xed\xab\xee\xdb" + b"\0" * 92 + signature + main + b"p" * payload
+    path.write_bytes(whole[:len(whole) - cut])
+    return path

@@ -4,7 +4,6 @@ twice for one image, or an --upgrade-from file of a package no --package brings,
 
 from __future__ import annotations
 
-import struct
 import subprocess
 from pathlib import Path
 
@@ -45,30 +44,13 @@ def test_a_deb_cut_short_is_refused_naming_the_member(tmp_path):
     assert error.value.hint
 
 
-def rpm_header(tags: "dict[int, tuple[int, bytes]]") -> bytes:
-    index, store = b"", b""
-    for tag, (kind, value) in tags.items():
-        index += struct.pack(">iiii", tag, kind, len(store), 1)
-        store += value
-    return b"\x8e\xad\xe8\x01\0\0\0\0" + struct.pack(">ii", len(tags), len(store)) + index + store
-
-
-def rpm(path: Path, payload: int, cut: int = 0) -> Path:
-    main = rpm_header({1000: (6, b"h2ok\0"), 1001: (6, b"1.1\0"), 1002: (6, b"2.fc40\0"), 1003: (4, b"\0\0\0\3")})
-    signature = rpm_header({1000: (4, struct.pack(">i", len(main) + payload))})
-    signature += b"\0" * (-len(signature) % 8)
-    whole = b"\xed\xab\xee\xdb" + b"\0" * 92 + signature + main + b"p" * payload
-    path.write_bytes(whole[:len(whole) - cut])
-    return path
-
-
 def test_an_rpms_name_and_epoch_version_release(tmp_path):
-    assert postroj.package_identity(rpm(tmp_path / "h2ok.rpm", 300), "rpm") == ("h2ok", "3:1.1-2.fc40")
+    assert postroj.package_identity(rig.minimal_rpm(tmp_path / "h2ok.rpm", 300), "rpm") == ("h2ok", "3:1.1-2.fc40")
 
 
 def test_an_rpm_cut_short_is_refused(tmp_path):
     with pytest.raises(postroj.UsageError) as error:
-        postroj.package_identity(rpm(tmp_path / "h2ok.rpm", 300, cut=10), "rpm")
+        postroj.package_identity(rig.minimal_rpm(tmp_path / "h2ok.rpm", 300, cut=10), "rpm")
     assert "past the file's end" in error.value.message
 
 

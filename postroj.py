@@ -662,6 +662,11 @@ class Probe(NamedTuple):
     only: str = ""  # the image a package is for (--package IMAGE=FILE); '' for every image
 
     @property
+    def by_name(self) -> bool:
+        """A package named (--install NAME[=VERSION]) for the image's own sources, not a file or a URL."""
+        return self.kind == ProbeKind.PACKAGE and not self.target.startswith(("/", "http://", "https://"))
+
+    @property
     def title(self) -> str:
         """KIND TARGET, as reports name the probe."""
         return "%s %s" % (self.kind, self.target)
@@ -5531,7 +5536,7 @@ def materialize_packages(settings: Settings, probes: Sequence[Probe]) -> Dict[st
     """Local paths of the packages: URLs downloaded into POSTROJ_CACHE/downloads first."""
     paths = {}
     for probe in probes:
-        if probe.kind == ProbeKind.PACKAGE:
+        if probe.kind == ProbeKind.PACKAGE and not probe.by_name:
             if probe.target.startswith(("http://", "https://")):
                 paths[probe.target] = download(probe.target, settings.downloads, proxies=settings.proxies)
                 check_package_file(paths[probe.target])
@@ -5588,7 +5593,7 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
     lists and download all the stages install into the package cache. The cache's lock is held while the
     cache is written, and no longer: the installs read it in the booted containers."""
     probes = tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE)
-    new = stage_files(container, "packages", [packages[p.target] for p in probes])
+    new = stage_files(container, "packages", [packages[p.target] for p in probes if not p.by_name])
     old = stage_files(container, "old", [packages[s] for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE])
     cache = package_cache_for(settings, Path(image.path))
     binds = [(str(cache), PACKAGE_CACHE_DIR)]
@@ -5616,14 +5621,19 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
     """Read the names of the staged package files `new` and `old`, refresh the lists (unless `refresh` is off:
     they are current) and download what the stages install, with `manager` and `run_step(argv, what)` (a
     container before its boot, or a VM): the Packages of the image's life; `layered`: with what the first
-    install brings (apt's resolution, for a dependency layer)."""
-    sources = [p.target for p in probes] + [s for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE]
+    install brings (apt's resolution, for a dependency layer). Packages named (--install) are resolved by
+    the image's own sources: their versions are what apt would install."""
+    named = [p.target for p in probes if p.by_name]
+    sources = [p.target for p in probes if not p.by_name] + [s for s in plan.upgrade_from
+                                                            if s != UPGRADE_FROM_ARCHIVE]
+    wanted = new + named
     # one run: the files' names, then the lists (shared by the images of a release, whose sources may
     # differ), then the downloads, the first install's last: what it resolves to is read from its output
-    resolve = manager.resolve() if layered and not plan.fresh else []
-    code, output = run_step(chain(manager.identify(new + old), manager.refresh() if refresh else [],
-                                  manager.download(new, plan.recommends) if old else [], resolve,
-                                  manager.download(old or new, plan.recommends)),
+    resolve = manager.resolve() if (layered and not plan.fresh) or named else []
+    code, output = run_step(chain(manager.identify(new + old) if new + old else [],
+                                  manager.refresh() if refresh else [],
+                                  manager.download(wanted, plan.recommends) if old else [], resolve,
+                                  manager.download(old or wanted, plan.recommends)),
                             "downloading what the packages need")
     found = resolved(output)
     identified = [line.split("\t")[1:3] for line in output.splitlines() if line.startswith(IDENTIFIED + "\t")]
@@ -5631,11 +5641,27 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
         die("cannot read the names of %s:\n%s" % (", ".join(os.path.basename(p) for p in new + old),
                                                   tail(output, 10)),
             "give packages the image's package manager installs")
-    names = tuple(dict.fromkeys(name for name, _version in identified[:len(new)]))
     labels = {source: " ".join(found) for source, found in zip(sources, identified)}
     versions = dict((name, version) for name, version in identified[:len(new)])
     old_versions = dict((name, version) for name, version in identified[len(new):])
+    chosen = {}
+    for item in found:  # NAME[:ARCH]=VERSION
+        name, _, version = item.partition("=")
+        chosen[name.split(":", 1)[0]] = version
+    for spec in named:  # NAME or NAME=VERSION, at the version apt resolved it to
+        name, _, pinned = spec.partition("=")
+        versions[name] = pinned or chosen.get(name, "")
+        labels[spec] = ("%s %s" % (name, versions[name])).strip()
+        if not versions[name]:
+            del versions[name]  # not resolved (another package manager): not checked after the install
+    names = tuple(dict.fromkeys([name for name, _version in identified[:len(new)]] +
+                                [spec.partition("=")[0] for spec in named]))
     if code != 0:
+        missing = [spec for spec in named if "Unable to locate package %s" % spec.partition("=")[0] in output]
+        if missing:
+            raise DownloadFailed("the package sources of %s do not carry %s" % (image.name, ", ".join(missing)),
+                                 "--install takes a package of the image's own sources; give a file with --package",
+                                 tail(output, 40))
         raise DownloadFailed("downloading what %s needs failed with exit code %d" % (", ".join(names), code),
                              "check the image's package sources and that this host reaches them", tail(output, 40))
     if UPGRADE_FROM_ARCHIVE in plan.upgrade_from:
@@ -5645,41 +5671,42 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
             code, output = run_step(listing, "reading the versions the image's sources carry")
             old_versions = release_versions(image, output, versions)
             old = ["%s=%s" % item for item in old_versions.items()]
-        for _attempt in range(6):  # the release's version may need its siblings at that version too (jq: libjq1)
+        for _attempt in range(6):  # the release's version may need its siblings at theirs (jq: libjq1, nginx:
+            # nginx-common): each is pinned to the version of the release's own suite, as apt names them
             code, output = run_step(chain(resolve, manager.download(old, plan.recommends)),
                                     "downloading %s from the image's sources" % ", ".join(old))
-            pins = ["%s=%s" % pin for pin in re.findall(
-                r"(?m)^\s*\S+ : Depends: (\S+) \(= (\S+)\) but \S+ is to be installed", output)]
-            if code == 0 or not pins or set(pins) <= set(old):
+            siblings = sorted(set(re.findall(r"(?m)^\s*\S+ : Depends: (\S+) \([<>=]+ \S+\) but \S+ is to be "
+                                             r"installed", output)) - {p.partition("=")[0] for p in old})
+            if code == 0 or not siblings or not listing:
                 break
-            old += [pin for pin in pins if pin not in old]
+            _, carried = run_step(manager.available(siblings), "reading the versions the image's sources carry")
+            pins = ["%s=%s" % (name, versions[0]) for name, versions in release_suite(carried).items() if versions]
+            if not pins:
+                break
+            old += pins
         found = resolved(output)
         if code != 0:
             raise DownloadFailed("--upgrade-from archive: the package sources of %s do not carry %s" % (
                 image.name, ", ".join(old)), "give the version to upgrade from as files: --upgrade-from OLD.deb",
                 tail(output, 40))
         labels[UPGRADE_FROM_ARCHIVE] = ", ".join("%s %s" % item for item in old_versions.items())
-    dependencies = tuple(d for d in found if d.split("=", 1)[0] not in names)
-    return Packages(tuple(new), tuple(old), names, probes, labels, dependencies, versions, old_versions)
+    dependencies = tuple(d for d in found if d.split("=", 1)[0].split(":", 1)[0] not in names)
+    return Packages(tuple(wanted), tuple(old), names, probes, labels, dependencies, versions, old_versions)
 
 
 def release_versions(image: ImageInfo, madison: str, versions: Dict[str, str]) -> Dict[str, str]:
     """The version --upgrade-from archive installs of each package (`versions`: the --package files'): the one
     of the release's own suite (bookworm, noble: not -updates, -security, -backports), else the oldest the
     sources carry; it must be older than the file's, or there is nothing to upgrade from (DownloadFailed)."""
-    carried: Dict[str, List[Tuple[str, str]]] = {}
-    for line in madison.splitlines():
-        fields = [f.strip() for f in line.split("|")]
-        if len(fields) == 3 and fields[0] in versions:
-            suite = fields[2].split()[1].split("/")[0] if len(fields[2].split()) > 1 else ""
-            carried.setdefault(fields[0], []).append((fields[1], suite))
+    carried = madison_versions(madison)
+    releases = release_suite(madison)
     chosen = {}
     for name, new in versions.items():
         found = carried.get(name, [])
         if not found:
             raise DownloadFailed("--upgrade-from archive: the package sources of %s do not carry %s" % (
                 image.name, name), "give the version to upgrade from as a file: --upgrade-from OLD.deb", madison)
-        release = [v for v, suite in found if not re.search(r"-(updates|security|backports|proposed)$", suite)]
+        release = releases.get(name, [])
         oldest = min((v for v, _ in found), key=functools.cmp_to_key(compare_versions))
         version = release[0] if release else oldest
         if compare_versions(version, new) >= 0:
@@ -5693,6 +5720,23 @@ def release_versions(image: ImageInfo, madison: str, versions: Dict[str, str]) -
             version = older[0]
         chosen[name] = version
     return chosen
+
+
+def madison_versions(madison: str) -> Dict[str, List[Tuple[str, str]]]:
+    """NAME -> [(VERSION, SUITE)] of each version `apt-cache madison` listed (NAME | VERSION | URL SUITE/...)."""
+    carried: Dict[str, List[Tuple[str, str]]] = {}
+    for line in madison.splitlines():
+        fields = [f.strip() for f in line.split("|")]
+        if len(fields) == 3 and fields[2].endswith(" Packages"):
+            suite = fields[2].split()[1].split("/")[0] if len(fields[2].split()) > 1 else ""
+            carried.setdefault(fields[0], []).append((fields[1], suite))
+    return carried
+
+
+def release_suite(madison: str) -> Dict[str, List[str]]:
+    """NAME -> the versions of the release's own suite (bookworm, noble: not -updates, -security, -backports)."""
+    return {name: [v for v, suite in found if not re.search(r"-(updates|security|backports|proposed)$", suite)]
+            for name, found in madison_versions(madison).items()}
 
 
 def compare_versions(a: str, b: str) -> int:
@@ -7988,6 +8032,10 @@ def lifecycle(args: argparse.Namespace, probes: Sequence[Probe]) -> Dict[str, An
     if UPGRADE_FROM_ARCHIVE in upgrade_from and len(upgrade_from) > 1:
         die("--upgrade-from archive takes the old version from the image's sources: no files with it",
             "give either archive or the old package files", usage=True)
+    if any(p.by_name for p in probes) and upgrade_from and UPGRADE_FROM_ARCHIVE not in upgrade_from:
+        die("--install takes its old version from the image's sources: --upgrade-from archive, not files",
+            "use --upgrade-from archive with --install, or give the new version as a file with --package",
+            usage=True)
     check_package_set(probes, [s for s in upgrade_from if s != UPGRADE_FROM_ARCHIVE])
     return {"upgrade_from": upgrade_from, "reboot": args.reboot, "remove": args.remove or args.purge,
             "purge": args.purge, "start_units": args.start_units, "recommends": not args.no_install_recommends,
@@ -8000,19 +8048,23 @@ def check_package_set(probes: Sequence[Probe], upgrade_from: Sequence[str]) -> N
     "upgrade" would install something else beside it). Local files are read as package_identity() reads
     them; URLs are downloaded later and not checked here."""
     def identified(source: str) -> Optional[PackageIdentity]:
-        local = not source.startswith(("http://", "https://"))
-        return package_identity(Path(source), package_type(source)) if local else None
+        if source.startswith(("http://", "https://")):
+            return None
+        if not source.startswith("/"):  # --install NAME[=VERSION]: its version is the sources' to say
+            return PackageIdentity(source.partition("=")[0], source.partition("=")[2] or "from the sources")
+        return package_identity(Path(source), package_type(source))
 
     new = [(p, identified(p.target)) for p in probes if p.kind == ProbeKind.PACKAGE]
-    hint = "give each package once; to test an upgrade from one version to another, use --upgrade-from OLD " \
-           "--package NEW"
+    hint = "give each package once (--package or --install); to test an upgrade from one version to another, use " \
+           "--upgrade-from OLD --package NEW"
     for i, (probe, ident) in enumerate(new):
         for other, theirs in new[:i]:
             shared = not probe.only or not other.only or canonical_image(probe.only) == canonical_image(other.only)
             if ident and theirs and ident.name == theirs.name and shared:
-                die("--package %s and --package %s are both %s (%s and %s): one package given twice for %s" % (
-                    other.target, probe.target, ident.name, theirs.version, ident.version,
-                    probe.only or other.only or "every image"), hint, usage=True)
+                die("%s %s and %s %s are both %s (%s and %s): one package given twice for %s" % (
+                    "--install" if other.by_name else "--package", other.target,
+                    "--install" if probe.by_name else "--package", probe.target, ident.name, theirs.version,
+                    ident.version, probe.only or other.only or "every image"), hint, usage=True)
     old = [(source, identified(source)) for source in upgrade_from]
     for i, (source, ident) in enumerate(old):
         if ident and any(theirs and theirs.name == ident.name for _, theirs in old[:i]):
@@ -8058,6 +8110,20 @@ def check_copy_source(settings: Settings, source: str) -> Path:
     return Path(source).absolute()
 
 
+def installed_by_name(spec: str, images: Sequence[str]) -> Probe:
+    """An --install [IMAGE=]NAME[=VERSION], checked: a package of the image's own sources, by name (IMAGE= when
+    the part before the first = is an image of the run or of the catalogue)."""
+    parts = spec.split("=")
+    image = parts[0] if len(parts) == 3 or (len(parts) == 2 and (
+        parts[0] in images or find_distribution(parts[0]) is not None)) else ""
+    name, _, version = "=".join(parts[1:] if image else parts).partition("=")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9+._-]*", name) or not re.fullmatch(r"[A-Za-z0-9.+~:_-]*", version) or \
+            (image and not re.fullmatch(NAME_PATTERN, image)) or len(spec) > 300:
+        die("invalid --install %r" % spec[:300], "write --install NAME, NAME=VERSION or IMAGE=NAME[=VERSION], "
+            "e.g. --install nginx or --install debian-bookworm=nginx=1.22.1-9", usage=True)
+    return Probe(ProbeKind.PACKAGE, "%s=%s" % (name, version) if version else name, only=image)
+
+
 def build_probes(args: argparse.Namespace, settings: Settings) -> Tuple[Probe, ...]:
     """The probes of the command line, checked before anything boots."""
     probes = []
@@ -8067,6 +8133,7 @@ def build_probes(args: argparse.Namespace, settings: Settings) -> Tuple[Probe, .
             probes.append(Probe(ProbeKind.PACKAGE, package_source(path, "--package"), only=image))
         else:
             probes.append(Probe(ProbeKind.PACKAGE, package_source(spec, "--package")))
+    probes += [installed_by_name(spec, args.image) for spec in args.install]
     for spec in args.copy:
         source, sep, target = spec.rpartition(":")
         if not sep or not source or not target.startswith("/"):
@@ -8404,6 +8471,9 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
                      private_network=not args.host_network, fail_fast=args.fail_fast,
                      install_timeout=args.install_timeout, **stages)
     if args.vm:
+        if any(p.by_name for p in probes):
+            die("--install is for images; a VM takes package files", "give the package as a file with --package",
+                usage=True)
         if any(p.only for p in probes):
             die("--package IMAGE=FILE is for images; VMs take every --package", "drop IMAGE= with --vm",
                 usage=True)
@@ -8899,6 +8969,9 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
                    "of theirs may be left")
     p.add_argument("--purge", action="store_true", help="purge them at the end (implies --remove) and compare "
                    "with the container before the install: nothing may be left behind")
+    p.add_argument("--install", action="append", default=[], metavar="[IMAGE=]NAME[=VERSION]", help="a package "
+                   "of the image's own sources by name, resolved on each image (the version each got is named); "
+                   "as --package in every stage; repeatable")
     p.add_argument("--ignore", action="append", default=[], metavar="PATH", help="with --purge: a path (and "
                    "what is below it) the purge may leave, not compared and named in the report; repeatable")
     p.add_argument("--check-network", action="append", default=[], metavar="URL", help="tcp://HOST:PORT or "

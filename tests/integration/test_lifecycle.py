@@ -423,13 +423,6 @@ def release_and_current(apt: rig.PrivateApt, packages: "list[str]", release: str
 
 
 @pytest.fixture(scope="module")
-def bookworm_nginx(tmp_path_factory) -> "tuple[list[Path], list[Path]]":
-    root = tmp_path_factory.mktemp("nginx-bookworm")
-    apt = rig.PrivateApt(root / "apt", rig.DEBIAN_SOURCES["bookworm"])
-    return release_and_current(apt, ["nginx-common", "nginx"], "bookworm", root)
-
-
-@pytest.fixture(scope="module")
 def noble_nginx(real, tmp_path_factory) -> "tuple[list[Path], list[Path]]":
     root = tmp_path_factory.mktemp("nginx-noble")
     apt = rig.PrivateApt(root / "apt", rig.UBUNTU_SOURCES["noble"], [rig.ubuntu_keyring(real.cache)])
@@ -460,10 +453,24 @@ def service_life(runner, tmp_path: Path, image: str, old: "list[Path]", new: "li
     return run
 
 
-def test_nginx_of_bookworm_from_its_release_to_its_security_update(images, bookworm_nginx, tmp_path):
-    old, new = bookworm_nginx
-    assert "+deb12u" in new[-1].name
-    service_life(images, tmp_path, "debian-bookworm", old, new)
+def test_nginx_of_bookworm_by_name_from_its_release_to_its_security_update(images, tmp_path):
+    """--install nginx --upgrade-from archive (issue 39): nginx and nginx-common at bookworm's own version, then
+    at the image's sources' newest, each named with its version, the service checked in every stage."""
+    apt = rig.PrivateApt(tmp_path / "apt", rig.DEBIAN_SOURCES["bookworm"])
+    released = [v for v, suite in apt.versions("nginx") if suite == "bookworm"][0]
+    newest = apt.versions("nginx")[0][0]
+    assert released != newest and "+deb12u" in newest, (released, newest)
+    run = probe(images, tmp_path, "--image", "debian-bookworm", "--install", "nginx", "--upgrade-from", "archive",
+                "--reboot", "--purge", *NGINX[1:], "--command", version_of("nginx"), "--command",
+                version_of("nginx-common"))
+    failed = ["%s: %s: %s" % (r["stage"], check_name(r), r["reason"]) for r in run.rows if r["status"] != "pass"]
+    assert not failed and run.proc.returncode == 0, "\n".join(failed)
+    commands = [r for r in run.rows if r["kind"] == "command"]
+    assert [r["output"] for r in commands if r["stage"] == "installed"] == [released, released]
+    assert [r["output"] for r in commands if r["stage"] == "upgraded"] == [newest, newest]
+    assert "installed: package nginx %s " % released in run.proc.stdout
+    assert "upgraded: package nginx %s " % newest in run.proc.stdout
+    assert run.row("upgraded", "package")["target"] == "nginx"
 
 
 def test_nginx_of_noble_from_its_release_to_its_update(real, noble_nginx, tmp_path):

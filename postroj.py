@@ -5065,6 +5065,26 @@ UNIT_TRANSITIONS = ("activating", "deactivating", "reloading", "refreshing")
 UNIT_SETTLE = 2.0
 
 
+class Repository(NamedTuple):
+    """A vendor's package repository (--repo, --repo-key), added in each container of an image as its install
+    instructions say: its signing key where the entry's signed-by points, the entry in a sources file."""
+
+    entry: str  # a one-line `deb [OPTIONS] URL SUITE COMPONENT...`, or a deb822 stanza
+    deb822: bool
+    url: str  # its URL, for messages and results
+    key: str = ""  # the signing key's path on the host ('' for none: apt must verify it by other keys)
+    key_path: str = ""  # where the key goes in the container (its signed-by)
+    only: str = ""  # the image it is for ('' for every image)
+
+    def for_image(self, name: str) -> bool:
+        """True when the repository is added on the image `name`."""
+        return not self.only or canonical_image(self.only) == canonical_image(name)
+
+    def sources_name(self, index: int) -> str:
+        """The sources file it is written to in the container."""
+        return "/etc/apt/sources.list.d/postroj-repo-%d.%s" % (index, "sources" if self.deb822 else "list")
+
+
 class ProbePlan(NamedTuple):
     """All probes of a run, in their order, with their timeouts, and the stages of the packages' life:
     `upgrade_from` ("archive", or package files) first, then the packages, then a reboot, remove and purge."""
@@ -5084,6 +5104,7 @@ class ProbePlan(NamedTuple):
     fresh: bool = False  # no dependency layer: every dependency installed in the probe's own container
     ignore: Tuple[str, ...] = ()  # paths (with what is below them) purge does not compare: --ignore
     settle: float = UNIT_SETTLE  # seconds a checked unit must have been up without a restart
+    repos: Tuple[Repository, ...] = ()  # vendors' repositories added before the downloads (--repo)
 
     def stages(self) -> List[Stage]:
         """The stages of one image, in order."""
@@ -5581,6 +5602,24 @@ def stage_files(container: NspawnContainer, directory: str, paths: Sequence[Path
     return inner
 
 
+def add_repositories(container: NspawnContainer, repos: Sequence[Repository]) -> List[str]:
+    """The command that adds `repos` in the container as their instructions would (key, sources file), run
+    inside it before the downloads, so that links of the image are the container's to resolve; [] for none."""
+    if not repos:
+        return []
+    staged = ensure_dir(container.overlay_of().guest / "repos")
+    script = ["set -e"]
+    for index, repo in enumerate(repos, 1):
+        (staged / ("%d.entry" % index)).write_text(repo.entry.rstrip("\n") + "\n")
+        script.append('install -D -m 0644 %s/repos/%d.entry %s' % (GUEST_RUNTIME, index,
+                                                                   shlex.quote(repo.sources_name(index))))
+        if repo.key:
+            shutil.copyfile(repo.key, staged / ("%d.key" % index))
+            script.append('install -D -m 0644 %s/repos/%d.key %s' % (GUEST_RUNTIME, index,
+                                                                     shlex.quote(repo.key_path)))
+    return ["sh", "-c", "\n".join(script)]
+
+
 def chain(*commands: Sequence[str]) -> List[str]:
     """One command that runs `commands` in turn while they succeed: one container run instead of several
     (the script is postroj's own; package paths are quoted)."""
@@ -5595,21 +5634,22 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
     probes = tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE)
     new = stage_files(container, "packages", [packages[p.target] for p in probes if not p.by_name])
     old = stage_files(container, "old", [packages[s] for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE])
+    added = add_repositories(container, [r for r in plan.repos if r.for_image(image.name)])
     cache = package_cache_for(settings, Path(image.path))
     binds = [(str(cache), PACKAGE_CACHE_DIR)]
     waiting = "the package cache %s, which another probe of this release is writing" % cache
     with file_lock(cache / ".postroj.lock", waiting=waiting):
         manager = package_manager(image.package_manager)
         apt = manager.keeps_lists
-        current = apt and lists_current(settings, cache, image)
+        current = apt and not added and lists_current(settings, cache, image)
         if current:
             log.info("%s: the package lists are current (each suite's InRelease as apt verified it): not "
                      "refreshed", image.name)
         prepared = download_packages(lambda argv, what: container.run_in_overlay(argv, binds, plan.install_timeout,
                                                                                what=what),
                                      image, manager, plan, probes, new, old,
-                                     layered=not container.host.upper_on_tmpfs, refresh=not current)
-        if apt and not current:
+                                     layered=not container.host.upper_on_tmpfs, refresh=not current, added=added)
+        if apt and not current and not added:
             note_refresh(cache, image)
         return prepared
 
@@ -5617,7 +5657,7 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
 def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], image: ImageInfo,
                       manager: PackageManager,
                       plan: ProbePlan, probes: Tuple[Probe, ...], new: List[str], old: List[str],
-                      layered: bool = False, refresh: bool = True) -> Packages:
+                      layered: bool = False, refresh: bool = True, added: Sequence[str] = ()) -> Packages:
     """Read the names of the staged package files `new` and `old`, refresh the lists (unless `refresh` is off:
     they are current) and download what the stages install, with `manager` and `run_step(argv, what)` (a
     container before its boot, or a VM): the Packages of the image's life; `layered`: with what the first
@@ -5630,7 +5670,7 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
     # one run: the files' names, then the lists (shared by the images of a release, whose sources may
     # differ), then the downloads, the first install's last: what it resolves to is read from its output
     resolve = manager.resolve() if (layered and not plan.fresh) or named else []
-    code, output = run_step(chain(manager.identify(new + old) if new + old else [],
+    code, output = run_step(chain(list(added), manager.identify(new + old) if new + old else [],
                                   manager.refresh() if refresh else [],
                                   manager.download(wanted, plan.recommends) if old else [], resolve,
                                   manager.download(old or wanted, plan.recommends)),
@@ -5656,6 +5696,13 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
             del versions[name]  # not resolved (another package manager): not checked after the install
     names = tuple(dict.fromkeys([name for name, _version in identified[:len(new)]] +
                                 [spec.partition("=")[0] for spec in named]))
+    repos = [r for r in plan.repos if r.for_image(image.name)]
+    said = [line.strip() for line in output.splitlines() if line.startswith(("E:", "W:", "Err:")) and
+            any(r.url.rstrip("/") in line for r in repos)]
+    if code != 0 and said:  # a repository apt refused: its signature, a suite it lacks for this release
+        raise DownloadFailed("the repository %s on %s: %s" % (", ".join(r.url for r in repos), image.name, said[0]),
+                             "check the repository's entry and key against its instructions (--repo, --repo-key)",
+                             tail(output, 40))
     if code != 0:
         missing = [spec for spec in named if "Unable to locate package %s" % spec.partition("=")[0] in output]
         if missing:
@@ -5690,6 +5737,15 @@ def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], ima
                 image.name, ", ".join(old)), "give the version to upgrade from as files: --upgrade-from OLD.deb",
                 tail(output, 40))
         labels[UPGRADE_FROM_ARCHIVE] = ", ".join("%s %s" % item for item in old_versions.items())
+    if repos and named and manager.available(names):  # which repository the named packages came from
+        _, madison = run_step(manager.available([spec.partition("=")[0] for spec in named]),
+                              "reading where the packages come from")
+        for spec in named:
+            name = spec.partition("=")[0]
+            urls = [line.split("|")[2].split()[0] for line in madison.splitlines() if line.count("|") == 2 and
+                    [f.strip() for f in line.split("|")[:2]] == [name, versions.get(name)]]
+            if urls:
+                labels[spec] += " from %s" % urls[0]
     dependencies = tuple(d for d in found if d.split("=", 1)[0].split(":", 1)[0] not in names)
     return Packages(tuple(wanted), tuple(old), names, probes, labels, dependencies, versions, old_versions)
 
@@ -8124,6 +8180,91 @@ def installed_by_name(spec: str, images: Sequence[str]) -> Probe:
     return Probe(ProbeKind.PACKAGE, "%s=%s" % (name, version) if version else name, only=image)
 
 
+def image_prefixed(spec: str, images: Sequence[str], rest: Callable[[str], bool]) -> Tuple[str, str]:
+    """(IMAGE, REST) of an option's `[IMAGE=]REST`: IMAGE where the part before the first = names an image of the
+    run or of the catalogue and what follows is `rest`-shaped; ('', spec) otherwise."""
+    image, sep, tail_ = spec.partition("=")
+    if sep and (image in images or find_distribution(image) is not None) and rest(tail_):
+        return image, tail_
+    return "", spec
+
+
+def parse_repositories(args: argparse.Namespace) -> Tuple[Repository, ...]:
+    """The --repo entries with their --repo-key keys (one key for all, or one a repository, in order), checked
+    before anything boots: a one-line `deb ...` entry or a deb822 .sources file, http(s) URLs, keys that are
+    OpenPGP keys (armored or binary) in regular files, signed-by paths absolute in the container."""
+    hint = "write --repo 'deb [signed-by=/usr/share/keyrings/vendor.gpg] https://HOST/PATH SUITE COMPONENT' " \
+           "(or give a .sources file) and --repo-key KEYFILE"
+    keys = [image_prefixed(k, args.image, lambda text: True) for k in args.repo_key]
+    if keys and len(keys) not in (1, len(args.repo)):
+        die("%d --repo-key for %d --repo" % (len(keys), len(args.repo)), "give one key for every repository, or "
+            "one key each, in the order of the --repo options", usage=True)
+    repos = []
+    for index, spec in enumerate(args.repo):
+        only, text = image_prefixed(spec, args.image, lambda t: t.startswith(("deb ", "/", ".")))
+        deb822 = not text.startswith("deb ")
+        if deb822:
+            try:
+                text = user_file(text, "--repo", hint, 1 << 20).decode("utf-8")
+            except UnicodeDecodeError:
+                die("--repo %s is not text" % text, hint, usage=True)
+            if not re.search(r"(?mi)^Types:\s*deb\b", text) and text.lstrip().startswith("deb "):
+                deb822 = False  # a .list file of one-line entries
+        one_line = r"deb \[([^\]]*)\] (\S+) (\S+)(?: \S+)*\s*$" if text.strip().startswith("deb [") else \
+            r"deb ()(\S+) (\S+)(?: \S+)*\s*$"  # options, URL, suite, components
+        url_match = re.search(r"(?mi)^URIs:\s*(\S+)", text) if deb822 else re.match(one_line, text.strip())
+        if url_match is None or "\n" in text.strip() and not deb822 or any(ch in text for ch in "\0\r"):
+            die("invalid --repo %r" % spec[:300], hint, usage=True)
+        url = url_match.group(1 if deb822 else 2)
+        if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/\S*)?", url):
+            die("--repo %r: the repository's URL must be http:// or https://" % spec[:300], hint, usage=True)
+        signed = re.search(r"(?mi)^Signed-By:\s*(\S+)\s*$", text) if deb822 else \
+            re.search(r"signed-by=([^\s\]]+)", url_match.group(1) or "")
+        key, key_path = (keys[index if len(keys) > 1 else 0][1], "") if keys else ("", "")
+        if key:
+            key = check_key_file(key)
+            key_path = signed.group(1) if signed else "/etc/apt/keyrings/postroj-repo-%d.%s" % (
+                index + 1, "asc" if user_file(key, "--repo-key", hint, 1 << 20).startswith(b"-----BEGIN") else "gpg")
+            if not signed and not deb822:  # the key is the one this entry trusts, as instructions write it
+                text = re.sub(r"^deb (\[([^\]]*)\] )?", lambda m: "deb [%ssigned-by=%s] " % (
+                    (m.group(2) + " ") if m.group(2) else "", key_path), text.strip())
+            elif not signed:
+                text = text.rstrip("\n") + "\nSigned-By: %s\n" % key_path
+        if key_path and (not key_path.startswith("/") or os.path.normpath(key_path) != key_path):
+            die("--repo %r: signed-by %s is not a plain absolute path" % (spec[:300], key_path), hint, usage=True)
+        repos.append(Repository(text, deb822, url, key, key_path, only))
+    if keys and not repos:
+        die("--repo-key without --repo", hint, usage=True)
+    return tuple(repos)
+
+
+def user_file(path: str, option: str, hint: str, limit: int) -> bytes:
+    """The bytes of a file the command line names (a link to one too), at most `limit`: anything else is a usage
+    error naming `option`."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            die("%s %s is not a regular file" % (option, path), hint, usage=True)
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        die("%s %s cannot be read: %s" % (option, path, exc.strerror or exc), hint, usage=True)
+    if len(data) > limit:
+        die("%s %s is larger than %d bytes" % (option, path, limit), hint, usage=True)
+    return data
+
+
+def check_key_file(path: str) -> str:
+    """A --repo-key, checked: a regular file (a URL is not taken: give the file the instructions download) that
+    holds an OpenPGP public key, armored or binary; its absolute path."""
+    hint = "give the repository's signing key as a file, armored (-----BEGIN PGP PUBLIC KEY BLOCK-----) or binary"
+    head = user_file(path, "--repo-key", hint, 1 << 20)[:64]
+    tag = head[0] if head else 0  # a public-key packet (tag 6), in the old format or the new
+    if not (head.startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----") or
+            (tag & 0xc0 == 0x80 and (tag >> 2) & 0x0f == 6) or (tag & 0xc0 == 0xc0 and tag & 0x3f == 6)):
+        die("--repo-key %s is not an OpenPGP public key" % path, hint, usage=True)
+    return os.path.abspath(path)
+
+
 def build_probes(args: argparse.Namespace, settings: Settings) -> Tuple[Probe, ...]:
     """The probes of the command line, checked before anything boots."""
     probes = []
@@ -8469,7 +8610,7 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
 
     plan = ProbePlan(probes, timeout=args.timeout, boot_timeout=args.boot_timeout,
                      private_network=not args.host_network, fail_fast=args.fail_fast,
-                     install_timeout=args.install_timeout, **stages)
+                     install_timeout=args.install_timeout, repos=parse_repositories(args), **stages)
     if args.vm:
         if any(p.by_name for p in probes):
             die("--install is for images; a VM takes package files", "give the package as a file with --package",
@@ -8972,6 +9113,12 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     p.add_argument("--install", action="append", default=[], metavar="[IMAGE=]NAME[=VERSION]", help="a package "
                    "of the image's own sources by name, resolved on each image (the version each got is named); "
                    "as --package in every stage; repeatable")
+    p.add_argument("--repo", action="append", default=[], metavar="[IMAGE=]ENTRY|FILE", help="a vendor's apt "
+                   "repository: a one-line `deb [signed-by=KEY] URL SUITE COMPONENT...` or a deb822 .sources file, "
+                   "added in each container before the downloads; --install takes its packages; repeatable")
+    p.add_argument("--repo-key", action="append", default=[], metavar="[IMAGE=]FILE", help="the repository's "
+                   "signing key (armored or binary), put where the entry's signed-by says (one for all, or one "
+                   "a --repo, in order)")
     p.add_argument("--ignore", action="append", default=[], metavar="PATH", help="with --purge: a path (and "
                    "what is below it) the purge may leave, not compared and named in the report; repeatable")
     p.add_argument("--check-network", action="append", default=[], metavar="URL", help="tcp://HOST:PORT or "

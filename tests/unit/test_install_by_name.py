@@ -108,3 +108,54 @@ def test_a_package_the_sources_do_not_carry_is_that_images_failure_in_apts_words
         postroj.download_packages(run_step, image, postroj.Apt(), postroj.ProbePlan(probes), probes, [], [])
     assert failed.value.message == "the package sources of debian-bookworm do not carry no-such-pkg"
     assert "E: Unable to locate package no-such-pkg" in failed.value.output
+
+
+KEY = b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ...\n-----END PGP PUBLIC KEY BLOCK-----\n"
+
+
+def repositories(tmp_path, *argv):
+    args = postroj.build_parser().parse_args(["probe", "--install", "x", *argv])
+    return postroj.parse_repositories(args)
+
+
+def test_a_one_line_entry_keeps_its_signed_by_and_the_key_goes_there(tmp_path):
+    (tmp_path / "vendor.asc").write_bytes(KEY)
+    [repo] = repositories(tmp_path, "--repo", "deb [arch=amd64 signed-by=/usr/share/keyrings/v.asc] "
+                          "https://vendor.example/apt bookworm main", "--repo-key", str(tmp_path / "vendor.asc"))
+    assert (repo.url, repo.key_path, repo.deb822, repo.only) == ("https://vendor.example/apt",
+                                                                 "/usr/share/keyrings/v.asc", False, "")
+    assert repo.entry == "deb [arch=amd64 signed-by=/usr/share/keyrings/v.asc] https://vendor.example/apt bookworm main"
+    assert repo.sources_name(1) == "/etc/apt/sources.list.d/postroj-repo-1.list"
+
+
+def test_an_entry_without_signed_by_trusts_the_key_given_and_nothing_else(tmp_path):
+    (tmp_path / "vendor.gpg").write_bytes(b"\x99\x00\x33\x04")  # a public-key packet, old format
+    [repo] = repositories(tmp_path, "--repo", "debian-bookworm=deb https://vendor.example/apt bookworm main",
+                          "--repo-key", str(tmp_path / "vendor.gpg"))
+    assert repo.only == "debian-bookworm" and repo.key_path == "/etc/apt/keyrings/postroj-repo-1.gpg"
+    assert repo.entry == "deb [signed-by=/etc/apt/keyrings/postroj-repo-1.gpg] https://vendor.example/apt bookworm main"
+    assert "trusted=yes" not in repo.entry
+
+
+def test_a_deb822_sources_file_is_taken_as_it_is(tmp_path):
+    (tmp_path / "vendor.asc").write_bytes(KEY)
+    (tmp_path / "vendor.sources").write_text("Types: deb\nURIs: https://vendor.example/apt\nSuites: bookworm\n"
+                                              "Components: main\nSigned-By: /etc/apt/keyrings/vendor.asc\n")
+    [repo] = repositories(tmp_path, "--repo", str(tmp_path / "vendor.sources"), "--repo-key",
+                          str(tmp_path / "vendor.asc"))
+    assert repo.deb822 and repo.url == "https://vendor.example/apt" and repo.key_path == "/etc/apt/keyrings/vendor.asc"
+    assert repo.sources_name(2) == "/etc/apt/sources.list.d/postroj-repo-2.sources"
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--repo", "deb https://v.example/apt"], "invalid --repo"),
+    (["--repo", "deb [signed-by=../x.gpg] https://v.example/apt bookworm main", "--repo-key", "KEY"],
+     "is not a plain absolute path"),
+    (["--repo", "deb https://a.example/ x m", "--repo", "deb https://b.example/ x m", "--repo", "deb https://c/ x m",
+      "--repo-key", "KEY", "--repo-key", "KEY"], "2 --repo-key for 3 --repo"),
+])
+def test_bad_repositories_are_usage_errors(tmp_path, argv, said):
+    (tmp_path / "k.asc").write_bytes(KEY)
+    with pytest.raises(postroj.UsageError) as error:
+        repositories(tmp_path, *[str(tmp_path / "k.asc") if a == "KEY" else a for a in argv])
+    assert said in error.value.message

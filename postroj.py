@@ -6526,9 +6526,11 @@ def purge_findings(container: System, baseline: Baseline, now: Dict[str, str],
         else:
             found[path] = "changed from the image: %s" % difference
     gone = sorted(p for p, kind in baseline.entries.items() if kind != EntryKind.GONE and p not in now)
+    named: List[str] = []
     for path in gone:  # made before the install (by the boot), deleted since: named once, not what it held
-        if os.path.dirname(path) not in found:
+        if not any(path.startswith(top + "/") for top in named):
             found[path] = "removed (it was there before the install)"
+            named.append(path)
     held = {path: 0 for path, what in found.items() if what == PURGE_WORDS[EntryKind.DIR]}
     for path, kind in now.items():  # one pass, however deep the tree: each entry counts for its directory
         parent = path[:path.rfind("/")]

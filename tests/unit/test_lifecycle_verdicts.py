@@ -1018,6 +1018,23 @@ def test_purge_reports_a_file_of_the_container_before_the_install_it_deleted():
     assert left_after_purge(results) == ["%s: removed (it was there before the install)" % PROXY_CONF]
 
 
+def test_a_tree_made_before_the_install_and_deleted_since_is_named_once():
+    class Booted(FakeSystem):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            for path in ("/var/lib/boot/a/b/c", "/var/lib/boot/a/d"):  # what the boot made
+                self.write(path, "file", "boot")
+
+    package = dataclasses.replace(APP, deletes=("/var/lib/boot",))
+    old = dataclasses.replace(package, version="1.0")
+    system = Booted([("/new.deb", package), ("/old.deb", old)], [LIBAPP])
+    plan = postroj.ProbePlan((postroj.Probe(ProbeKind.PACKAGE, "/srv/new.deb"),), upgrade_from=("/srv/old.deb",),
+                             purge=True, timeout=0.5, settle=0.02)
+    packages = postroj.Packages(("/new.deb",), ("/old.deb",), ("app",), plan.probes, {})
+    results = postroj.live(system, plan, packages, threading.Event())
+    assert left_after_purge(results) == ["/var/lib/boot: removed (it was there before the install)"]
+
+
 def test_image_difference_names_a_changed_mode_owner_target_kind_and_content(tmp_path):
     lower, upper = tmp_path / "lower", tmp_path / "upper"
     for root in (lower, upper):

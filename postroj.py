@@ -966,10 +966,14 @@ TOOL_PACKAGES = {
 }
 
 
+# Tools only some commands need, which `make setup-dev` installs and `make setup` does not (vagrant for `vm`)
+DEV_TOOLS = ("vagrant",)
+
+
 def tool_hint(tool: str) -> str:
     """How to install `tool` on Debian and Ubuntu."""
     package = TOOL_PACKAGES.get(tool, tool)
-    return "install it: apt-get install %s (or `make setup`)" % package
+    return "install it: apt-get install %s (or `make %s`)" % (package, "setup-dev" if tool in DEV_TOOLS else "setup")
 
 
 def require_tool(tool: str) -> str:
@@ -4848,16 +4852,33 @@ def vagrant_providers(settings: Settings) -> List[str]:
     return found
 
 
+# Providers that are a hypervisor on PATH, not a plugin: what brings each (the others are vagrant plugins)
+PROVIDER_PROGRAMS = {"virtualbox": ("VBoxManage", "VirtualBox (apt-get install virtualbox, from Oracle's or "
+                                                  "the distribution's contrib archive)"),
+                     "docker": ("docker", "Docker (apt-get install docker.io)")}
+
+
+def provider_hint(provider: str) -> str:
+    """How to make `provider` available: its hypervisor for virtualbox and docker, its plugin for the others."""
+    if provider in PROVIDER_PROGRAMS:
+        program, what = PROVIDER_PROGRAMS[provider]
+        return "the %s provider needs %s, whose %s is not on PATH" % (provider, what, program)
+    return "install the plugin: vagrant plugin install vagrant-%s" % provider.replace("_", "-")
+
+
 def check_provider(settings: Settings, provider: str) -> None:
     """Refuse a --provider vagrant cannot use here, before anything is written or booted."""
     if not provider:
         return
     providers = vagrant_providers(settings)
+    if provider in PROVIDER_PROGRAMS and provider not in providers:  # its hypervisor is missing: no plugin helps
+        die("vagrant cannot use the %s provider here" % provider,
+            "%s%s" % (provider_hint(provider), "; available: %s" % ", ".join(providers) if providers else ""),
+            usage=True)
     if providers and provider not in providers and "vagrant-" + provider.replace("_", "-") not in \
             vagrant_plugins(settings):
         die("vagrant has no provider %r here" % provider,
-            "available: %s; install the plugin (vagrant plugin install vagrant-%s)" % (
-                ", ".join(providers), provider.replace("_", "-")), usage=True)
+            "available: %s; %s" % (", ".join(providers), provider_hint(provider)), usage=True)
 
 
 # ==============================================================================
@@ -8884,7 +8905,11 @@ def vm_destroy(args: argparse.Namespace, settings: Settings) -> int:
     box = find_box(args.box)
     check_state_dirs(settings, cache=False)
     require_tool("vagrant")
-    VagrantMachine(settings, box).destroy()
+    vm = VagrantMachine(settings, box)
+    if not (vm.directory / "Vagrantfile").exists():
+        print("%s has no VM here: nothing to destroy" % box.label)
+        return EXIT_OK
+    vm.destroy()
     print("destroyed %s" % box.label)
     return EXIT_OK
 

@@ -337,6 +337,22 @@ def test_vm_up_with_a_provider_vagrant_lacks_is_a_usage_error(postroj, vagrant):
     assert not vm_dir(postroj, LINUX).exists()
 
 
+def test_a_provider_whose_hypervisor_is_missing_names_the_hypervisor(postroj, vagrant):
+    """VirtualBox is a program, not a plugin: there is no vagrant-virtualbox to install."""
+    assert not any(os.path.exists(os.path.join(d, "VBoxManage")) for d in os.environ["PATH"].split(":") if d)
+    proc = postroj("vm", "up", LINUX, "--provider", "virtualbox", env=vagrant.env(), check=2)
+    assert "vagrant cannot use the virtualbox provider here" in proc.stderr
+    assert "VBoxManage is not on PATH" in proc.stderr and "available: libvirt" in proc.stderr
+    assert "vagrant plugin install" not in proc.stderr
+    assert "up" not in vagrant.steps() and not vm_dir(postroj, LINUX).exists()
+
+
+def test_destroying_a_vm_that_was_never_made_says_so(postroj, vagrant):
+    proc = postroj("vm", "destroy", LINUX, env=vagrant.env(), check=0)
+    assert proc.stdout == "%s has no VM here: nothing to destroy\n" % LINUX
+    assert "destroy" not in vagrant.steps()
+
+
 def test_vm_up_with_a_provider_from_any_vagrant_plugin(postroj, vagrant):
     """Providers come from plugins postroj does not list itself (vagrant-qemu, vagrant-lxc, ...)."""
     env = vagrant.env(plugins="vagrant-libvirt (0.11.2, system)\nvagrant-qemu (0.3.6, global)\n")
@@ -364,7 +380,7 @@ def test_probe_vm_with_a_provider_vagrant_lacks_is_a_usage_error(postroj, vagran
 def test_vagrant_missing_says_how_to_install_it(postroj, vagrant, path_without_vagrant, argv):
     proc = postroj(*argv, env=dict(vagrant.env(), PATH=path_without_vagrant), check=1)
     assert "error: vagrant not found" in proc.stderr
-    assert "apt-get install vagrant" in proc.stderr
+    assert "apt-get install vagrant (or `make setup-dev`)" in proc.stderr  # make setup does not bring it
     assert "Traceback" not in proc.stderr
     assert not vm_dir(postroj, argv[2] if argv[0] == "vm" else WINDOWS).exists()
 

@@ -86,6 +86,7 @@ JSON_SCHEMA = 1
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_UNTESTED = 3  # probe: nothing failed, but an image could not be tested (not acquired, not booted...)
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,47}"  # patterns are text: re compiles (and caches) them at first use
@@ -475,8 +476,9 @@ class Status(StrEnum):
     """How a probe ended."""
 
     PASS = "pass"
-    FAIL = "fail"
+    FAIL = "fail"  # the package's own failure
     SKIP = "skip"
+    ERROR = "error"  # could not test: the image, its boot, a download or the host failed before the package did
 
 
 class SourceKind(StrEnum):
@@ -4403,7 +4405,7 @@ class NspawnContainer:
 
     def release(self) -> None:
         """Leave the container running (--keep): postroj exits, the machine and its runtime files stay."""
-        self.write_state(nspawn_pid=self.proc.pid if self.proc else 0)
+        self.write_state(nspawn_pid=self.proc.pid if self.proc else 0, keep=True)
         with self._lock:
             self._closed = True
             self._running.pop_all()
@@ -4478,13 +4480,14 @@ class NspawnContainer:
         return self.state
 
     def write_state(self, **extra: Any) -> None:
-        """The state file `postroj machines`, `stop` and `gc` read; never written once the container is closed."""
+        """The state file `postroj machines`, `stop` and `gc` read; never written once the container is closed.
+        It says `keep` once the container is released: one whose postroj was killed before is a leftover."""
         with self._lock:
             if not self.files or self._closed:
                 return
             self.files.write_state({
                 "machine": self.machine, "image": self.image.name, "version": str(Path(self.image.path).parent),
-                "leader": self.commands.leader, "postroj_pid": os.getpid(), "since": now_iso(), "keep": self.spec.keep,
+                "leader": self.commands.leader, "postroj_pid": os.getpid(), "since": now_iso(), "keep": False,
                 "mode": self.mode, "cgroups": [str(c) for c in self.cgroups], **extra})
 
 class ContainerSystem:
@@ -5126,6 +5129,7 @@ class ProbePlan(NamedTuple):
     ignore: Tuple[str, ...] = ()  # paths (with what is below them) purge does not compare: --ignore
     settle: float = UNIT_SETTLE  # seconds a checked unit must have been up without a restart
     repos: Tuple[Repository, ...] = ()  # vendors' repositories added before the downloads (--repo)
+    keep_on_failure: bool = False  # a booted container whose probes failed is left running for a look
 
     def stages(self) -> List[Stage]:
         """The stages of one image, in order."""
@@ -5587,6 +5591,14 @@ def materialize_packages(settings: Settings, probes: Sequence[Probe]) -> Dict[st
     return paths
 
 
+# What apt and dnf say when the network, a mirror or the disk failed them (not a package or a source they lack)
+UNREACHABLE = ("Could not connect", "Could not resolve", "Temporary failure resolving", "Connection failed",
+               "Connection timed out", "Connection refused", "Unable to connect", "Network is unreachable",
+               "502  Bad Gateway", "503  Service Unavailable", "504  Gateway Time-out", "Hash Sum mismatch",
+               "No space left on device", "Cannot download repomd.xml", "Curl error (6)", "Curl error (7)",
+               "Curl error (28)")
+
+
 class DownloadFailed(PostrojError):
     """What the packages need could not be downloaded before the boot: the package manager's output says why."""
 
@@ -5595,6 +5607,8 @@ class DownloadFailed(PostrojError):
         # what the package manager said, without postroj's own marker lines (RESOLVING, IDENTIFIED)
         self.output = "\n".join(line for line in output.splitlines()
                                  if line.strip() != RESOLVING and not line.startswith(IDENTIFIED + "\t"))
+        # a server that did not answer or a full disk, not the package or its sources: the package was not tested
+        self.untested = any(words in self.output for words in UNREACHABLE)
 
 
 class Packages(NamedTuple):
@@ -5856,7 +5870,8 @@ def not_downloaded(image: str, plan: ProbePlan, failure: DownloadFailed, duratio
     stages = plan.stages()
     reason = failure.message + ("\nhint: %s" % failure.hint if failure.hint else "")
     packaged = Packages((), (), (), tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE), {})
-    results = [ProbeResult(image, p, Status.FAIL, duration, reason=reason, output=failure.output, stage=stages[0])
+    status = Status.ERROR if failure.untested else Status.FAIL
+    results = [ProbeResult(image, p, status, duration, reason=reason, output=failure.output, stage=stages[0])
                for p in (stage_probes(plan, stages[0], packaged)) if p.kind == ProbeKind.PACKAGE]
     files = ", ".join(os.path.basename(p.target) for p in plan.probes if p.kind == ProbeKind.PACKAGE)
     skipped = "not run: downloading what %s needs failed" % files if failure.message.startswith("downloading") \
@@ -7047,12 +7062,16 @@ def order_probes(probes: Sequence[Probe]) -> Tuple[Probe, ...]:
 def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: ProbePlan, *, cancel: threading.Event,
                 packages: Dict[str, Path], fleet: Optional[Fleet] = None,
                 say: Callable[[str, str], None] = lambda image, doing: None,
-                emit: Callable[[List[ProbeResult]], None] = lambda block: None) -> List[ProbeResult]:
+                emit: Callable[[List[ProbeResult]], None] = lambda block: None,
+                tell: Callable[[str], None] = lambda text: log.warning("%s", text)) -> List[ProbeResult]:
     """Boot one fresh container of the target's image (acquired first when it is not), run the plan's probes
-    in order, and throw it away. Each stage's results go to `emit` as it ends; the list returned begins with
-    what was emitted (after a failure half-way, the failure's results follow)."""
+    in order, and throw it away (with plan.keep_on_failure and a failure, leave it running and `tell` how to
+    enter and end it). Each stage's results go to `emit` as it ends; the list returned begins with what was
+    emitted (after a failure half-way, the failure's results follow). What fails before the package's life
+    begins (the image, its boot, a download the network or the host failed) is ERROR: not tested."""
     t0 = time.monotonic()
     emitted: List[ProbeResult] = []
+    judged = False  # the package's life has begun: what fails from here on is the package's
 
     def stage_ended(block: List[ProbeResult]) -> None:
         emitted.extend(block)
@@ -7073,7 +7092,7 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
             cache = package_cache_for(settings, Path(image.path))
             binds = (Bind(str(cache), PACKAGE_CACHE_DIR),)
         spec = ContainerSpec(image, host, binds, private_network=plan.private_network,
-                             boot_timeout=plan.boot_timeout)
+                             boot_timeout=plan.boot_timeout, keep=plan.keep_on_failure)
         with NspawnContainer(settings, spec, fleet) as container:
             if packaged:
                 say(name, "downloading packages")
@@ -7086,30 +7105,37 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
                 prepared = None
             say(name, "booting")
             container.boot()
+            judged = True
             t1 = time.monotonic()
             results = live(ContainerSystem(container), plan, prepared, cancel, lambda doing: say(name, doing),
                            stage_ended)
             container.timings["probes"] = time.monotonic() - t1
             container.boot_state()
+            if plan.keep_on_failure and any(r.status == Status.FAIL for r in results):
+                container.release()
+                tell("%s failed: its container %s is kept for a look\n  enter it: %s\n  end it:   postroj stop %s" % (
+                    name, container.machine, container.how.enter_hint(container), container.machine))
         log.info("%s: %s", name, format_timings(container.timings))
         return results
     except PostrojError as exc:
         if isinstance(exc, UsageError):
             raise
         reason = exc.message + ("\nhint: %s" % exc.hint if exc.hint else "")
-        return emitted + [ProbeResult(name, probe, Status.FAIL, time.monotonic() - t0, reason=reason)
+        status = Status.FAIL if judged else Status.ERROR
+        return emitted + [ProbeResult(name, probe, status, time.monotonic() - t0, reason=reason)
                           for probe in plan.probes]
     except OSError as exc:  # the host's own limits (a full disk): this image's failure; the others go on
         where = " (%s)" % exc.filename if exc.filename else ""
         reason = "postroj could not go on: %s%s\nhint: check the free space and permissions of POSTROJ_HOME and " \
                  "POSTROJ_CACHE, then run `postroj gc`" % (exc.strerror or exc, where)
         log.error("%s: %s", name, reason)
-        return emitted + [ProbeResult(name, probe, Status.FAIL, time.monotonic() - t0, reason=reason)
+        return emitted + [ProbeResult(name, probe, Status.ERROR, time.monotonic() - t0, reason=reason)
                           for probe in plan.probes]
 
 
 def probe_vm(settings: Settings, box: Box, plan: ProbePlan, *, provider: str, keep: bool,
-             packages: Dict[str, Path], report: Callable[[ProbeResult], None]) -> Tuple[List[ProbeResult], bool]:
+             packages: Dict[str, Path], report: Callable[[List[ProbeResult]], None],
+             keep_on_failure: bool = False) -> Tuple[List[ProbeResult], bool]:
     """The probes in a VM of `box` brought up for them and destroyed after (unless `keep`, or it was up
     before: a VM of `postroj vm up` is the user's); the results, and whether a VM it should end is left running.
     A Linux guest gets the stages of the packages' life as a container does; others, each probe in turn."""
@@ -7124,20 +7150,23 @@ def probe_vm(settings: Settings, box: Box, plan: ProbePlan, *, provider: str, ke
         vm.up()
         if GUESTS[box.guest].units:
             results = vm_live(vm, plan, packages, threading.Event())
-            for result in results:
-                report(result)
+            report(results)
         else:
             for probe in plan.probes:
                 results.append(PROBE_RUNNERS[probe.kind].vm_runner()(vm, probe, plan.timeout, packages))
-                report(results[-1])
+                report(results[-1:])
     except PostrojError as exc:
         if results:
             raise
-        results = [ProbeResult(box.label, p, Status.FAIL, time.monotonic() - t0, reason=exc.message)
+        # the VM did not come up, or could not be reached: nothing of the package was tested
+        results = [ProbeResult(box.label, p, Status.ERROR, time.monotonic() - t0, reason=exc.message)
                    for p in plan.probes]
-        for result in results:
-            report(result)
+        report(results)
     finally:
+        if keep_on_failure and any(r.status in (Status.FAIL, Status.ERROR) for r in results):
+            keep = True
+            log.warning("%s failed: its VM is kept for a look (`postroj vm run %s`; end it with `postroj vm destroy "
+                        "%s`)", box.label, box.label, box.label)
         if not keep:
             left_running = not vm.destroy_or_warn()
     return results, left_running
@@ -7146,7 +7175,7 @@ def probe_vm(settings: Settings, box: Box, plan: ProbePlan, *, provider: str, ke
 def run_matrix(images: Sequence[T], jobs: int, fail_fast: bool,
                probe_one: Callable[[T, threading.Event, Fleet, Callable[[List[ProbeResult]], None]],
                                    List[ProbeResult]],
-               report: Callable[[ProbeResult], None]) -> List[ProbeResult]:
+               report: Callable[[List[ProbeResult]], None]) -> List[ProbeResult]:
     """Probe each image, `jobs` at a time, reporting each stage's results as the stage ends (an image's block
     of lines whole, never interleaved with another's). A failure (with `fail_fast`) cancels the images not
     begun; a signal or an error ends the containers of the other threads too. The results are returned in
@@ -7160,14 +7189,14 @@ def run_matrix(images: Sequence[T], jobs: int, fail_fast: bool,
         shown = [0]
 
         def emit(block: List[ProbeResult]) -> None:
-            with lock:
-                for result in block:
-                    report(result)
+            if block:
+                with lock:
+                    report(block)
             shown[0] += len(block)
 
         found = probe_one(name, cancel, fleet, emit)
         emit(found[shown[0]:])  # what was not shown as its stage ended: a failure's results
-        if fail_fast and any(r.status == Status.FAIL for r in found):
+        if fail_fast and any(r.status in (Status.FAIL, Status.ERROR) for r in found):
             cancel.set()
         return found
 
@@ -7346,11 +7375,11 @@ class LiveStatus:
                 self.running.pop(image, None)
             self.draw()
 
-    def print(self, text: str) -> None:
-        """A result's lines, below no status line."""
+    def print(self, text: str, out: Optional[IO[str]] = None) -> None:
+        """A result's lines (or, on `out`, a note), below no status line."""
         with self.lock:
             self.clear()
-            print(text, file=self.out, flush=True)
+            print(text, file=out or self.out, flush=True)
             self.draw()
 
     def clear(self) -> None:
@@ -7372,18 +7401,22 @@ class LiveStatus:
         self.drawn = len(lines)
 
 
+STATUS_COLORS = {Status.PASS: 32, Status.FAIL: 31, Status.SKIP: 33, Status.ERROR: 35}  # green, red, yellow, magenta
+
+
 def format_result(result: ProbeResult, color: bool = False) -> str:
-    """One terminal line per image × probe; a failure adds its reason, output and journal."""
+    """One terminal line per image × probe; a failure (or an image not tested) adds its reason, output and
+    journal."""
     word = str(result.status).upper()
     if color:
-        word = {"PASS": "\x1b[32mPASS\x1b[0m", "FAIL": "\x1b[31mFAIL\x1b[0m", "SKIP": "\x1b[33mSKIP\x1b[0m"}[word]
+        word = "\x1b[%dm%s\x1b[0m" % (STATUS_COLORS[result.status], word)
     # names in full, never cut: a longer one moves the time to the right
     line = "%s  %-20s %-50s %6.2fs" % (word, result.image, result.heading, result.duration)
     if result.warning:
         line += "\n      warning: %s" % result.warning
     if result.status == Status.SKIP and result.reason:
         return "%s\n      reason: %s" % (line, result.reason)
-    if result.status != Status.FAIL:
+    if result.status not in (Status.FAIL, Status.ERROR):
         return line
     parts = [line, "      reason: %s" % result.reason.replace("\n", "\n              ")]
     for label, text in (("output", result.output), ("journal", result.details)):
@@ -7393,6 +7426,28 @@ def format_result(result: ProbeResult, color: bool = False) -> str:
     return "\n".join(parts)
 
 
+def format_results(results: Sequence[ProbeResult], color: bool = False) -> str:
+    """The lines of a block of results: a run of checks of one image skipped for one reason (nothing to check
+    after a failed install) is one line naming their stages, not a line each."""
+    lines: List[str] = []
+    index = 0
+    while index < len(results):
+        first = results[index]
+        end = index + 1
+        while end < len(results) and results[end].status == Status.SKIP and first.status == Status.SKIP and \
+                (results[end].image, results[end].reason) == (first.image, first.reason):
+            end += 1
+        if end - index < 3:
+            lines += [format_result(r, color) for r in results[index:end]]
+        else:
+            word = "\x1b[%dmSKIP\x1b[0m" % STATUS_COLORS[Status.SKIP] if color else "SKIP"
+            stages = ", ".join(dict.fromkeys(str(r.stage) for r in results[index:end] if r.stage)) or "this run"
+            lines.append("%s  %-20s %d checks (%s)\n      reason: %s" % (word, first.image, end - index, stages,
+                                                                       first.reason))
+        index = end
+    return "\n".join(lines)
+
+
 def results_json(results: Sequence[ProbeResult], wall: Optional[float] = None,
                  shard: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
     """The results as --json writes them (README: JSON), with the run's wall time where it is known and the
@@ -7400,7 +7455,8 @@ def results_json(results: Sequence[ProbeResult], wall: Optional[float] = None,
     return {
         "schema": JSON_SCHEMA,
         "version": __version__,
-        "passed": all(r.status != Status.FAIL for r in results),
+        "passed": all(r.status not in (Status.FAIL, Status.ERROR) for r in results),
+        "untested": sorted({r.image for r in results if r.status == Status.ERROR}),
         "wall": None if wall is None else round(wall, 3),
         "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
         "results": [{"image": r.image, "kind": r.probe.kind, "target": r.probe.target, "status": r.status,
@@ -7603,7 +7659,8 @@ def junit_xml(results: Sequence[ProbeResult], wall: Optional[float] = None) -> b
     import xml.etree.ElementTree as ET
 
     suites = ET.Element("testsuites", name="postroj", tests=str(len(results)),
-                        failures=str(sum(r.status == Status.FAIL for r in results)), errors="0",
+                        failures=str(sum(r.status == Status.FAIL for r in results)),
+                        errors=str(sum(r.status == Status.ERROR for r in results)),
                         skipped=str(sum(r.status == Status.SKIP for r in results)),
                         time="%.3f" % (sum(r.duration for r in results) if wall is None else wall))
     by_image: Dict[str, List[ProbeResult]] = {}
@@ -7611,15 +7668,17 @@ def junit_xml(results: Sequence[ProbeResult], wall: Optional[float] = None) -> b
         by_image.setdefault(result.image, []).append(result)
     for image, items in by_image.items():
         suite = ET.SubElement(suites, "testsuite", name=xml_safe(image), tests=str(len(items)),
-                              failures=str(sum(r.status == Status.FAIL for r in items)), errors="0",
+                              failures=str(sum(r.status == Status.FAIL for r in items)),
+                              errors=str(sum(r.status == Status.ERROR for r in items)),
                               skipped=str(sum(r.status == Status.SKIP for r in items)),
                               time="%.3f" % sum(r.duration for r in items), timestamp=now_iso())
         for r in items:
             case = ET.SubElement(suite, "testcase", classname=xml_safe("postroj.%s" % image),
                                  name=xml_safe(r.heading),
                                  time="%.3f" % r.duration)
-            if r.status == Status.FAIL:
-                failure = ET.SubElement(case, "failure", message=xml_safe(r.reason), type=str(r.probe.kind))
+            if r.status in (Status.FAIL, Status.ERROR):  # <error>: not tested (the image, its boot, the network)
+                failure = ET.SubElement(case, "failure" if r.status == Status.FAIL else "error",
+                                        message=xml_safe(r.reason), type=str(r.probe.kind))
                 failure.text = xml_safe("\n".join(t for t in (r.output, r.details) if t))
             elif r.status == Status.SKIP:
                 ET.SubElement(case, "skipped", message=xml_safe(r.reason))
@@ -7727,17 +7786,18 @@ def finish_report(results: Sequence[ProbeResult], json_path: Optional[str] = Non
                   junit_path: Optional[str] = None, wall: Optional[float] = None,
                   shard: Optional[Tuple[int, int]] = None) -> int:
     """The summary line on stderr (with the run's wall time), the JSON and JUnit reports, and probe's exit
-    code."""
+    code: a failure of a package first, then an image that could not be tested."""
     failed = sum(r.status == Status.FAIL for r in results)
+    untested = sorted({r.image for r in results if r.status == Status.ERROR})
     took = " in %.1f s" % wall if wall is not None else ""
-    print("%d passed, %d failed, %d skipped%s" % (sum(r.passed for r in results), failed,
-                                                  sum(r.status == Status.SKIP for r in results), took),
-          file=sys.stderr)
+    print("%d passed, %d failed, %d skipped%s%s" % (
+        sum(r.passed for r in results), failed, sum(r.status == Status.SKIP for r in results),
+        "; not tested: %s" % ", ".join(untested) if untested else "", took), file=sys.stderr)
     if json_path:
         write_output(json_path, (json.dumps(results_json(results, wall, shard), indent=2) + "\n").encode())
     if junit_path:
         write_output(junit_path, junit_xml(results, wall))
-    return EXIT_FAILURE if failed else EXIT_OK
+    return EXIT_FAILURE if failed else EXIT_UNTESTED if untested else EXIT_OK
 
 
 # ==============================================================================
@@ -8581,7 +8641,7 @@ def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_probe_vms(args: argparse.Namespace, settings: Settings, plan: ProbePlan,
-                  report: Callable[[ProbeResult], None], started: float) -> int:
+                  report: Callable[[List[ProbeResult]], None], started: float) -> int:
     """probe --vm: the same probes in each box's VM, one after the other."""
     boxes = [find_box(name) for name in (take_shard(args.vm, args.shard) if args.shard else args.vm)]
     staged = plan.upgrade_from or plan.reboot or plan.remove or plan.start_units
@@ -8608,7 +8668,7 @@ def cmd_probe_vms(args: argparse.Namespace, settings: Settings, plan: ProbePlan,
     left_running = 0
     for box in boxes:
         found, left = probe_vm(settings, box, plan, provider=args.provider, keep=args.keep, packages=packages,
-                               report=report)
+                               report=report, keep_on_failure=args.keep_on_failure)
         results += found
         left_running += left
     code = finish_report(results, args.json, args.junit, time.monotonic() - started, args.shard)
@@ -8628,12 +8688,16 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     color = out.isatty()
     status = LiveStatus(sys.stderr.isatty() and not log.isEnabledFor(logging.INFO) and args.json != "-", out)
 
-    def report(result: ProbeResult) -> None:
-        status.print(format_result(result, color))
+    def report(block: List[ProbeResult]) -> None:
+        status.print(format_results(block, color))
 
     plan = ProbePlan(probes, timeout=args.timeout, boot_timeout=args.boot_timeout,
                      private_network=not args.host_network, fail_fast=args.fail_fast,
-                     install_timeout=args.install_timeout, repos=parse_repositories(args), **stages)
+                     install_timeout=args.install_timeout, repos=parse_repositories(args),
+                     keep_on_failure=args.keep_on_failure, **stages)
+    if args.keep and not args.vm:
+        die("--keep is for VMs (--vm): a probe's container is thrown away", "to look at a failed image's "
+            "container, use --keep-on-failure; `postroj container IMAGE --keep` keeps a container", usage=True)
     if args.vm:
         if any(p.by_name for p in probes):
             die("--install is for images; a VM takes package files", "give the package as a file with --package",
@@ -8690,7 +8754,7 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
                   emit: Callable[[List[ProbeResult]], None]) -> List[ProbeResult]:
         try:
             return probe_image(settings, host, target, plan, cancel=cancel, packages=packages, fleet=fleet,
-                               say=status.say, emit=emit)
+                               say=status.say, emit=emit, tell=lambda text: status.print(text, sys.stderr))
         finally:
             status.say(target.name, "")
 
@@ -8704,8 +8768,8 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     check_report_paths(args.json, args.junit)
     results, wall = merge_reports(args.files, args.allow_partial)
     out = sys.stderr if args.json in ("-", "/dev/stdout") else sys.stdout  # stdout is the JSON's alone
-    for result in results:
-        print(format_result(result, out.isatty()), file=out)
+    if results:
+        print(format_results(results, out.isatty()), file=out)
     return finish_report(results, args.json, args.junit, wall)
 
 
@@ -8723,7 +8787,7 @@ def cmd_selftest(args: argparse.Namespace, settings: Settings) -> int:
                   emit: Callable[[List[ProbeResult]], None]) -> List[ProbeResult]:
         return probe_image(settings, host, target, plan, cancel=cancel, packages={}, fleet=fleet, emit=emit)
 
-    results = run_matrix(targets, args.jobs, False, probe_one, lambda r: print(format_result(r), flush=True))
+    results = run_matrix(targets, args.jobs, False, probe_one, lambda b: print(format_results(b), flush=True))
     return finish_report(results)
 
 
@@ -8979,6 +9043,7 @@ exit codes:
   0    success; every probe passed
   1    a runtime failure, or a probe that failed
   2    bad usage: nothing was started or changed
+  3    probe: nothing failed, but an image could not be tested (acquired, booted, its downloads)
   12   autopkgtest-virt: a command the testbed cannot take
   129  hung up (SIGHUP)
   130  interrupted (SIGINT)
@@ -9168,6 +9233,8 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE", help="write results as JSON (- for stdout)")
     p.add_argument("--junit", default=None, metavar="FILE", help="write JUnit XML")
     p.add_argument("--keep", action="store_true", help="with --vm: leave the VM running")
+    p.add_argument("--keep-on-failure", action="store_true",
+                   help="leave a failed image's container (or VM) running for a look, and say how to enter and end it")
     p.add_argument("--provider", default="", help="with --vm: the vagrant provider")
     add_container_options(p)
     p.set_defaults(func=cmd_probe)

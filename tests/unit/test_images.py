@@ -233,7 +233,7 @@ def test_run_matrix_returns_in_image_order_and_reports_each_stage_as_it_ends():
         assert installed in reported, "a stage's results are printed when the stage ends, not with the image's"
         return [installed, postroj.ProbeResult(name, postroj.Probe("command", "true"), "pass", 0.0, stage="purged")]
 
-    results = postroj.run_matrix(["a", "b", "c", "d"], 3, False, probe_one, reported.append)
+    results = postroj.run_matrix(["a", "b", "c", "d"], 3, False, probe_one, reported.extend)
     assert [r.image for r in results] == ["a", "a", "b", "b", "c", "c", "d", "d"]
     assert sorted(reported, key=lambda r: r.image) == results
     for image in "abcd":  # each image's lines in its order

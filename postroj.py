@@ -3271,18 +3271,19 @@ GUEST_RUNTIME = "/run/postroj"
 
 # Masked in each container's own overlay, never in the image: what a throw-away container does not
 # need and what `systemd-analyze blame` and `critical-chain` showed on its boot path (about 0.14 s of
-# 0.5 s on Debian 12): generators for disks, encryption and consoles, the journal's flush to /var,
-# utmp records, hugepages and fusectl mounts.
+# 0.5 s on Debian 12): generators for disks, encryption and consoles, hugepages and fusectl mounts. The
+# journal's flush to /var and the utmp records stay: a reboot keeps both, as on a machine (JOURNAL_CONF).
 BOOT_MASKED_GENERATORS = (
     "systemd-cryptsetup-generator", "systemd-gpt-auto-generator", "systemd-hibernate-resume-generator",
     "systemd-integritysetup-generator", "systemd-veritysetup-generator", "systemd-getty-generator",
     "systemd-system-update-generator", "systemd-bless-boot-generator",
 )
 
-BOOT_MASKED_UNITS = (
-    "systemd-journal-flush.service", "systemd-update-utmp.service", "systemd-update-utmp-runlevel.service",
-    "dev-hugepages.mount", "sys-fs-fuse-connections.mount", "e2scrub_reap.service",
-)
+BOOT_MASKED_UNITS = ("dev-hugepages.mount", "sys-fs-fuse-connections.mount", "e2scrub_reap.service")
+
+# journald's configuration in each container's overlay: the journal in /var/log/journal, so that it spans a
+# reboot (a test after autopkgtest-reboot, a failed stage's journal after --reboot see the boot before)
+JOURNAL_CONF = "etc/systemd/journald.conf.d/00postroj-persistent.conf"
 
 # What systemd-nspawn says about its own housekeeping, which tells a probe's reader nothing.
 NSPAWN_NOISE = r"(?m)^Attempted to remove disk file system under .*$\n?"
@@ -3306,6 +3307,16 @@ def mask_for_boot(lower: Path, upper: Path) -> None:
         for name in names:
             if not os.path.lexists(lower / rel / name):
                 os.symlink("/dev/null", target / name)
+
+
+def write_journal_conf(lower: Path, upper: Path) -> None:
+    """The journal kept in /var/log/journal, in the container's overlay (an image whose /etc/systemd is a link
+    keeps its own arrangement)."""
+    if any((lower / part).is_symlink() for part in ("etc", "etc/systemd", "etc/systemd/journald.conf.d")):
+        return
+    target = upper / JOURNAL_CONF
+    ensure_dir(target.parent)
+    target.write_text("# postroj: the journal spans reboots, as on a machine\n[Journal]\nStorage=persistent\n")
 
 
 def write_hosts(lower: Path, upper: Path, hostname: str) -> None:
@@ -3896,6 +3907,7 @@ class Overlay:
     def _new_upper(self) -> None:
         os.chmod(ensure_dir(self.upper), 0o755)
         mask_for_boot(self.image, self.upper)
+        write_journal_conf(self.image, self.upper)
         write_hosts(self.image, self.upper, self.machine)
         if self.spec.package_proxy:
             write_proxy_conf(self.image, self.upper)
@@ -7944,19 +7956,26 @@ class AutopkgtestTestbed:
         return AUTOPKGTEST_DOWNTMP
 
     def cmd_reboot(self, mode: str = "") -> None:
-        """Boot the same overlay again (prepare-only: after the test rebooted it itself)."""
+        """Reboot as a machine reboots: the testbed's systemd stops its units and powers off (ended only past
+        the boot time-out, said in the log), and the same overlay boots again. prepare-only
+        (autopkgtest-reboot-prepare): the scratch directory is the host's, so there is nothing to save; the
+        mark is removed, which lets the test go on and reboot the testbed itself, and the same overlay boots
+        again once it is down."""
         container = self.require_open("reboot")
         if mode == "prepare-only":
-            # the test reboots the testbed itself: wait for its shutdown, then boot the same overlay again
+            container.commands.execute(["rm", "-f", "/run/autopkgtest-reboot-prepare-mark"], stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
             deadline = time.monotonic() + 300
             while not container.commands.ended():
                 if time.monotonic() > deadline:
                     raise TestbedFailure("timed out waiting for the testbed to reboot")
                 time.sleep(0.1)
+            container.reboot()
         elif mode:
             raise TestbedFailure("unknown argument `%s' to command `reboot'" % mode)
-        container.reboot()  # autopkgtest takes no scratch path from this reply, whatever the spec says
-        container.boot_state()
+        else:
+            container.power_cycle()
+        container.boot_state()  # autopkgtest takes no scratch path from this reply, whatever the spec says
         return None
 
     def cmd_print_execute_command(self) -> str:

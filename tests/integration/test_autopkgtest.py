@@ -181,6 +181,10 @@ Restrictions: needs-root
 Tests: reboot-keeps-files
 Depends:
 Restrictions: needs-root, needs-reboot, isolation-container
+
+Tests: reboot-prepared
+Depends:
+Restrictions: needs-root, needs-reboot, isolation-container
 """
 
 SCRIPTS = {
@@ -203,12 +207,39 @@ SCRIPTS = {
           "")
             echo before > /var/lib/postroj-reboot-state
             touch /run/postroj-before-reboot
+            # a unit whose stop leaves a mark: a reboot stops units, as a machine's does
+            printf '[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\nExecStop=/bin/sh -c "echo stopped > /var/lib/postroj-stopped"\n[Install]\nWantedBy=multi-user.target\n' > /etc/systemd/system/postroj-stops.service
+            systemctl daemon-reload
+            systemctl enable --now postroj-stops.service 2>/dev/null
+            echo "the boot before the reboot" | systemd-cat -t postroj-check
             /tmp/autopkgtest-reboot after-reboot
             ;;
           after-reboot)
             test "$(cat /var/lib/postroj-reboot-state)" = before
             test ! -e /run/postroj-before-reboot
             echo "rebooted: /run is new, the overlay kept /var/lib"
+            test "$(cat /var/lib/postroj-stopped)" = stopped
+            echo "the unit was stopped by the reboot"
+            test "$(journalctl --list-boots --no-pager | wc -l)" -ge 2
+            journalctl --no-pager -b -1 -t postroj-check | grep -q "the boot before the reboot"
+            echo "the journal holds the boot before"
+            ;;
+        esac
+    """,
+    "reboot-prepared": """\
+        #!/bin/sh
+        set -e
+        case "${AUTOPKGTEST_REBOOT_MARK:-}" in
+          "")
+            echo before > /var/lib/postroj-prepared
+            /tmp/autopkgtest-reboot-prepare prepared
+            echo "prepared; the test reboots the testbed itself"
+            reboot
+            sleep 60
+            ;;
+          prepared)
+            test "$(cat /var/lib/postroj-prepared)" = before
+            echo "rebooted by the test itself after reboot-prepare"
             ;;
         esac
     """,
@@ -240,9 +271,11 @@ def make_test_package(directory: Path, tests: str = TESTS, scripts: "dict[str, s
 def test_revert_between_tests_and_reboot(virt, tmp_path):
     tree = make_test_package(tmp_path / "check")
     code, output = autopkgtest(virt, str(tree) + "/", "postroj", "debian-bookworm")
-    assert_all_pass(code, output, ["write-marker", "marker-is-gone", "reboot-keeps-files"])
+    assert_all_pass(code, output, ["write-marker", "marker-is-gone", "reboot-keeps-files", "reboot-prepared"])
     assert "the testbed was reverted" in output
     assert "rebooted: /run is new, the overlay kept /var/lib" in output
+    assert "the unit was stopped by the reboot" in output and "the journal holds the boot before" in output
+    assert "rebooted by the test itself after reboot-prepare" in output
     assert_nothing_left(virt)
 
 

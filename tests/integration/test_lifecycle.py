@@ -129,6 +129,15 @@ def test_reboot_without_packages_boots_the_same_overlay_again(images, tmp_path):
     assert len(first) == 1 and len(both) == 2 and both[0] == first[0] and both[1] != both[0], both
 
 
+def test_the_journal_spans_a_reboot(images, tmp_path):
+    """The journal is kept in the overlay's /var/log/journal: after --reboot the boot before is in it, as on a
+    machine (a failed stage's journal, read since the stage began, holds the shutdown before the reboot)."""
+    boots = "journalctl --list-boots --no-pager -q | wc -l"
+    run = probe(images, tmp_path, "--image", "debian-bookworm", "--reboot", "--command", boots)
+    assert run.proc.returncode == 0, run.proc.stdout + run.proc.stderr
+    assert [run.row(stage, "command")["output"].strip() for stage in ("booted", "rebooted")] == ["1", "2"]
+
+
 # ==============================================================================
 # Packages that break one stage each
 # ==============================================================================

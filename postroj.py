@@ -2753,6 +2753,8 @@ APT_OPTIONS = (
     "-o", "APT::Keep-Downloaded-Packages=true",
     "-o", "APT::Sandbox::User=root",
     "-o", "Dpkg::Use-Pty=0",  # no progress lines ("Reading database ... 45%") in what a failure shows
+    # the images' deb-src entries are for tests by source package name: postroj's own apt never fetches them
+    "-o", "Acquire::IndexTargets::deb-src::Sources::DefaultEnabled=false",
     # dpkg's fsync after every file buys nothing here: a half-built image is thrown away, a finished one
     # synced once before it is activated, and a probe's container is thrown away
     "-o", "Dpkg::Options::=--force-unsafe-io",
@@ -2809,6 +2811,52 @@ def read_apt_sources(root: Path) -> List[Tuple[str, str]]:
                         found += [(uri, suite) for uri in stanza.get("URIs:", []) for suite in stanza.get("Suites:", [])]
                     stanza = {}
     return found
+
+
+def with_source_packages(text: str, deb822: bool) -> str:
+    """An apt sources file with source packages beside the binary ones, as the distributions' own installers
+    and autopkgtest's images have them: a `deb-src` line after each `deb` line that lacks one (one-line
+    format), `Types: deb deb-src` (deb822). Comments, options and everything else stay as they were."""
+    lines = text.splitlines()
+    out: List[str] = []
+    if deb822:
+        for line in lines:
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "types" and "deb" in value.split() and "deb-src" not in value.split():
+                line = "%s: %s deb-src" % (key, value.strip())
+            out.append(line)
+    else:
+        present = {line.split("#", 1)[0].split(None, 1)[1].strip() for line in lines
+                   if line.split("#", 1)[0].split()[:1] == ["deb-src"] and len(line.split("#", 1)[0].split()) > 1}
+        for line in lines:
+            out.append(line)
+            words = line.split("#", 1)[0].split(None, 1)
+            if len(words) == 2 and words[0] == "deb" and words[1].strip() not in present:
+                out.append("deb-src " + words[1].strip())
+    return "\n".join(out) + ("\n" if text.endswith("\n") or not text else "")
+
+
+def add_source_packages(root: Path) -> None:
+    """deb-src entries for the image's own apt sources (with_source_packages), in each sources file that is a
+    regular file inside `root`: `apt-get source` works in its containers, as autopkgtest's tests by source
+    package name need. The Sources indices are fetched when apt updates in a testbed, never by postroj's own
+    apt (APT_OPTIONS), so a probe pays nothing for them."""
+    directory = resolve_in_root(root, "etc/apt/sources.list.d")
+    names = sorted(os.listdir(directory)) if directory is not None and directory.is_dir() else []
+    for relative in ["etc/apt/sources.list"] + ["etc/apt/sources.list.d/" + n for n in names
+                                                   if n.endswith((".list", ".sources"))]:
+        path = resolve_in_root(root, relative)
+        if path is None:
+            continue
+        try:
+            text = read_regular(str(path), 1 << 20).decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # not a regular file, or not text: left as it is
+        changed = with_source_packages(text, relative.endswith(".sources"))
+        if changed != text:
+            fd = os.open(str(path), os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with open(fd, "w", encoding="utf-8") as handle:
+                handle.write(changed)
 
 
 def apt_suite(root: Path) -> str:
@@ -2993,6 +3041,8 @@ def provision(settings: Settings, host: Host, root: Path) -> Tuple[Dict[str, str
             die("installing systemd into the image did not give /usr/lib/systemd/systemd",
                 "check the image's package sources")
     mask_units(root, family)
+    if manager == "apt":
+        add_source_packages(root)
     # a container's host name is its machine name, not the name of the host that built the image
     hostname = root / "etc" / "hostname"
     if hostname.is_file() and not hostname.is_symlink():

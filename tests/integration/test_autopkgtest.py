@@ -86,6 +86,17 @@ def test_hello_through_the_long_form(virt):
     assert_nothing_left(virt)
 
 
+def test_a_test_by_source_package_name_as_debci_runs_it(virt):
+    """`autopkgtest -B -U hello -- postroj IMAGE`: autopkgtest runs `apt-get source hello` in the testbed, which
+    needs the image's deb-src entries (postroj adds them to every apt image it provisions), and the archive's
+    binaries are tested, as on Debian's CI."""
+    code, output = autopkgtest(virt, "hello", "postroj", "debian-bookworm")
+    assert "You must put some 'deb-src' URIs" not in output
+    assert_all_pass(code, output, ["command1", "upstream-tests"])
+    assert "Testing greeting-1" in output
+    assert_nothing_left(virt)
+
+
 SETUP_TESTBED = "/usr/share/autopkgtest/setup-commands/setup-testbed"
 
 

@@ -316,3 +316,44 @@ def test_package_matches_the_image_package_manager():
     assert postroj.package_matches("rpm", "dnf") and postroj.package_matches("rpm", "zypper")
     assert not postroj.package_matches("deb", "dnf")
     assert not postroj.package_matches("rpm", "apt")
+
+
+# --- deb-src entries (issue 37: tests by source package name) -----------------------------------------------
+
+
+def test_source_packages_beside_each_one_line_entry_once():
+    text = ("deb http://deb.debian.org/debian bookworm main\n# a comment\n"
+            "deb [signed-by=/usr/share/keyrings/x.gpg] http://x.example/apt stable main # vendor\n"
+            "deb-src http://deb.debian.org/debian bookworm main\n")
+    assert postroj.with_source_packages(text, deb822=False) == (
+        "deb http://deb.debian.org/debian bookworm main\n# a comment\n"
+        "deb [signed-by=/usr/share/keyrings/x.gpg] http://x.example/apt stable main # vendor\n"
+        "deb-src [signed-by=/usr/share/keyrings/x.gpg] http://x.example/apt stable main\n"
+        "deb-src http://deb.debian.org/debian bookworm main\n")
+    done = postroj.with_source_packages(text, deb822=False)
+    assert postroj.with_source_packages(done, deb822=False) == done
+
+
+def test_source_packages_in_each_deb822_stanza():
+    text = ("Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\n"
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+            "Types: deb deb-src\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n")
+    changed = postroj.with_source_packages(text, deb822=True)
+    assert changed.splitlines()[0] == "Types: deb deb-src"
+    assert changed.count("Types: deb deb-src") == 2 and changed.replace("Types: deb deb-src", "Types: deb", 1) == text
+
+
+def test_source_packages_are_added_in_the_image_only_to_regular_files_inside_it(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc" / "apt" / "sources.list.d").mkdir(parents=True)
+    (root / "etc" / "apt" / "sources.list").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    (root / "etc" / "apt" / "sources.list.d" / "debian.sources").write_text("Types: deb\nURIs: http://x/\n")
+    outside = tmp_path / "host-sources.list"
+    outside.write_text("deb http://host.example/ stable main\n")
+    (root / "etc" / "apt" / "sources.list.d" / "escape.list").symlink_to(outside)  # absolute: inside root, not there
+    (root / "etc" / "apt" / "sources.list.d" / "fifo.list").mkdir()
+    postroj.add_source_packages(root)
+    assert (root / "etc" / "apt" / "sources.list").read_text().splitlines()[1] == \
+        "deb-src http://deb.debian.org/debian bookworm main"
+    assert (root / "etc" / "apt" / "sources.list.d" / "debian.sources").read_text().startswith("Types: deb deb-src")
+    assert outside.read_text() == "deb http://host.example/ stable main\n"  # the host's file is never written

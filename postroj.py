@@ -2786,21 +2786,33 @@ def then_exec(first: Sequence[str], then: Sequence[str]) -> List[str]:
     return ["sh", "-c", '%s && exec "$@"' % shlex.join(first), "sh", *then]
 
 
+SOURCES_MAX = 1 << 20  # an apt sources file postroj reads (a running testbed's are the guest's): at most this
+
+
+def apt_source_files(root: Path) -> List[str]:
+    """The apt sources files of `root` (relative paths), in apt's order: sources.list, then sources.list.d's
+    one-line .list and deb822 .sources files (the first 256 of those: a guest's directory is data)."""
+    directory = resolve_in_root(root, "etc/apt/sources.list.d")
+    try:
+        names = sorted(os.listdir(directory)) if directory is not None and directory.is_dir() else []
+    except OSError:
+        names = []
+    return ["etc/apt/sources.list"] + ["etc/apt/sources.list.d/" + n for n in names
+                                       if n.endswith((".list", ".sources"))][:256]
+
+
 def read_apt_sources(root: Path) -> List[Tuple[str, str]]:
     """The image's apt sources as (URI, suite), in apt's order: sources.list, then sources.list.d's one-line
     .list and deb822 .sources files, every suite of a stanza, none of a stanza with `Enabled: no` (read inside
     `root`: links never lead out of it)."""
-    directory = resolve_in_root(root, "etc/apt/sources.list.d")
-    names = sorted(os.listdir(directory)) if directory is not None and directory.is_dir() else []
     found: List[Tuple[str, str]] = []
-    for relative in ["etc/apt/sources.list"] + ["etc/apt/sources.list.d/" + n for n in names
-                                                   if n.endswith((".list", ".sources"))]:
+    for relative in apt_source_files(root):
         path = resolve_in_root(root, relative)
         with contextlib.suppress(OSError, UnicodeDecodeError):
-            if path is None or not path.is_file():
+            if path is None:
                 continue
             stanza: Dict[str, List[str]] = {}
-            for line in path.read_text().splitlines() + [""]:
+            for line in read_regular(str(path), SOURCES_MAX).decode("utf-8").splitlines() + [""]:
                 words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()  # deb [signed-by=...] URL SUITE
                 if len(words) >= 3 and words[0] == "deb":
                     found.append((words[1], words[2]))
@@ -2841,15 +2853,12 @@ def add_source_packages(root: Path) -> None:
     regular file inside `root`: `apt-get source` works in its containers, as autopkgtest's tests by source
     package name need. The Sources indices are fetched when apt updates in a testbed, never by postroj's own
     apt (APT_OPTIONS), so a probe pays nothing for them."""
-    directory = resolve_in_root(root, "etc/apt/sources.list.d")
-    names = sorted(os.listdir(directory)) if directory is not None and directory.is_dir() else []
-    for relative in ["etc/apt/sources.list"] + ["etc/apt/sources.list.d/" + n for n in names
-                                                   if n.endswith((".list", ".sources"))]:
+    for relative in apt_source_files(root):
         path = resolve_in_root(root, relative)
         if path is None:
             continue
         try:
-            text = read_regular(str(path), 1 << 20).decode("utf-8")
+            text = read_regular(str(path), SOURCES_MAX).decode("utf-8")
         except (OSError, UnicodeDecodeError):
             continue  # not a regular file, or not text: left as it is
         changed = with_source_packages(text, relative.endswith(".sources"))
@@ -2865,15 +2874,34 @@ def apt_suite(root: Path) -> str:
     return sources[0][1] if sources else ""
 
 
+def url_endpoint(url: str) -> Optional[Tuple[str, int]]:
+    """(host, port) of an http or https URL; None for anything else."""
+    with contextlib.suppress(ValueError):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme in ("http", "https") and parts.hostname:
+            return parts.hostname.lower(), parts.port or (443 if parts.scheme == "https" else 80)
+    return None
+
+
 def archive_endpoints(root: Path) -> Tuple[Tuple[str, int], ...]:
     """(host, port) of each package archive in the image's apt sources: what the package proxy lets through."""
-    endpoints = []
-    for uri, _suite in read_apt_sources(root):
-        with contextlib.suppress(ValueError):
-            parts = urllib.parse.urlsplit(uri)
-            if parts.scheme in ("http", "https") and parts.hostname:
-                endpoints.append((parts.hostname.lower(), parts.port or (443 if parts.scheme == "https" else 80)))
-    return tuple(dict.fromkeys(endpoints))
+    endpoints = [url_endpoint(uri) for uri, _suite in read_apt_sources(root)]
+    return tuple(dict.fromkeys(e for e in endpoints if e))
+
+
+def public_address(host: str, port: int) -> Optional[str]:
+    """The address to connect to for `host`, when every address it resolves to is a public one; None when
+    one is the host's loopback, a private, link-local or reserved network's, or it does not resolve."""
+    import ipaddress
+    import socket
+
+    try:
+        found = [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+        if found and all(ipaddress.ip_address(str(a).split("%", 1)[0]).is_global for a in found):
+            return str(found[0])
+    except (OSError, ValueError, UnicodeError):
+        pass
+    return None
 
 
 def package_cache_for(settings: Settings, root: Path) -> Path:
@@ -3483,6 +3511,8 @@ class PackageProxy:
         self.allowed = {(h.lower(), p) for h, p in allowed}
         self.machine = machine
         self.cache = cache
+        self.root = ""  # the container's root, through its leader's handle: the apt sources it names now
+        self.refused: "set[str]" = set()  # the refusals said in the log
         self.listener: Optional["socket.socket"] = None
         self.lock = threading.Lock()
         self.open: "set[socket.socket]" = set()
@@ -3493,6 +3523,7 @@ class PackageProxy:
     def start(self, proc_dir: str) -> None:
         """Listen in the network namespace of the process of `proc_dir` (its leader's) and serve until close()."""
         self.listener = listening_socket_in(proc_dir, PACKAGE_PROXY_PORT)
+        self.root = os.path.join(proc_dir, "root")
         self.thread = threading.Thread(target=self.serve, args=(self.listener,), daemon=True)
         self.thread.start()
 
@@ -3564,6 +3595,10 @@ class PackageProxy:
             target = self.target(words)
             if isinstance(target, str):
                 status, why = target.split(": ", 1)
+                with self.lock:
+                    told, self.refused = why in self.refused, self.refused | {why}
+                if not told:  # apt shows only the status; the server's log says why, once
+                    log.warning("%s: package proxy: %s", self.machine, why)
                 client.sendall(("HTTP/1.1 %s\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
                                 "postroj: %s\n" % (status, why)).encode())
                 return
@@ -3610,7 +3645,10 @@ class PackageProxy:
                     sock.close()
 
     def target(self, words: List[str]) -> Any:
-        """(host, port) a request line asks for, or the refusal: 'STATUS: why'."""
+        """(host, port) a request line asks for, or the refusal: 'STATUS: why'. Allowed: the image's archives
+        and those the server was given (--archive), and any archive the container's apt sources name at the
+        time of the request (a test's --add-apt-source, --apt-pocket) where it is on a public network: the
+        host's loopback and private networks only when given."""
         if len(words) != 3:
             return "400 Bad Request: not an HTTP request"
         method, where = words[0], words[1]
@@ -3622,11 +3660,20 @@ class PackageProxy:
             if parts.scheme != "http" or not parts.hostname:
                 return "400 Bad Request: a proxy request names its host (http://HOST/...)"
             host, port = parts.hostname, str(parts.port or 80)
-        if not port.isdigit() or (host.lower(), int(port)) not in self.allowed:
-            return ("403 Forbidden: %s:%s is not one of the image's package archives (%s); a testbed run with "
-                    "--host-network reaches any host" % (host, port, ", ".join(sorted(
-                        "%s:%d" % a for a in self.allowed))))
-        return (host, int(port))
+        if not port.isdigit():
+            return "400 Bad Request: no port"
+        if (host.lower(), int(port)) in self.allowed:
+            return (host, int(port))
+        if self.root and (host.lower(), int(port)) in archive_endpoints(Path(self.root)):
+            address = public_address(host, int(port))
+            if address:
+                return (address, int(port))  # the address checked, not another the name resolves to next time
+            return ("403 Forbidden: %s:%s, an archive the testbed's apt sources name, is on the host's loopback or a "
+                    "private network; give it to the server: autopkgtest-virt IMAGE --archive http://%s:%s/" % (
+                        host, port, host, port))
+        return ("403 Forbidden: %s:%s is not one of the testbed's package archives (%s, and those its apt sources "
+                "name); a testbed run with --host-network reaches any host" % (host, port, ", ".join(sorted(
+                    "%s:%d" % a for a in self.allowed))))
 
     def package_file(self, words: List[str]) -> str:
         """The name of the package file a GET asks for, '' for anything else (or without a cache)."""
@@ -8860,9 +8907,26 @@ def cmd_selftest(args: argparse.Namespace, settings: Settings) -> int:
     return finish_report(results)
 
 
+def archives_given(urls: Sequence[str]) -> Tuple[Tuple[str, int], ...]:
+    """(host, port) of each --archive URL: archives the package proxy lets a testbed reach though they are on
+    the host's loopback or a private network (a developer's repository of fresh builds)."""
+    found = []
+    for url in urls:
+        endpoint = url_endpoint(url)
+        if endpoint is None:
+            die("--archive %s is not an http or https URL" % url, "give the archive's URL as apt's sources name "
+                "it, e.g. --archive http://127.0.0.1:8000/", usage=True)
+        found.append(endpoint)
+    return tuple(found)
+
+
 def cmd_autopkgtest_virt(args: argparse.Namespace, settings: Settings) -> int:
     """The autopkgtest virtualisation server on stdin and stdout (`autopkgtest SRC -- postroj IMAGE`)."""
     binds, setenv = container_mounts(args)
+    given = archives_given(args.archive)
+    if given and (args.host_network or args.private_network):
+        die("--archive is for the testbed's own network, through the package proxy", "drop --archive: with "
+            "--host-network the testbed reaches any host, with --private-network none", usage=True)
     host = container_host(settings, "running containers")
     # refused before `ok`, so that autopkgtest reports it as the server's failure to start; a state directory
     # that cannot be written fails `open` (exit 12), as any failure to make a testbed does
@@ -8873,7 +8937,7 @@ def cmd_autopkgtest_virt(args: argparse.Namespace, settings: Settings) -> int:
     # through postroj's package proxy, which keeps package files in the release's package cache for the
     # next run (none with --private-network; with --host-network the cache is apt's own directory, as
     # for probes: apt locks it, and a second testbed of the release cannot download at the same time)
-    endpoints = archive_endpoints(Path(image.path)) if not (args.host_network or args.private_network) else ()
+    endpoints = archive_endpoints(Path(image.path)) + given if not (args.host_network or args.private_network) else ()
     if not (args.host_network or args.private_network or endpoints):
         log.warning("%s names no package archive in its apt sources: the testbed has loopback only "
                     "(--host-network shares the host's network)", image.name)
@@ -9337,6 +9401,10 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     network.add_argument("--host-network", action="store_true", help="the host's network: test services listen "
                          "on the host's ports (by default the testbed has a network of its own, and reaches the "
                          "image's package archives through postroj)")
+    p.add_argument("--archive", action="append", default=[], metavar="URL",
+                   help="an archive on the host's loopback or a private network the testbed's apt may reach through "
+                   "the package proxy (a local repository of fresh builds); repeatable. Archives on public networks "
+                   "that the testbed's apt sources name are reached without it")
     p.add_argument("--pull", action="store_true", help="acquire the image first when it is not there")
     p.add_argument("--copy-timeout", type=positive_float, default=300, metavar="SECONDS",
                    help="for each copyup and copydown (default: 300, as autopkgtest's own servers)")

@@ -97,6 +97,59 @@ def test_a_test_by_source_package_name_as_debci_runs_it(virt):
     assert_nothing_left(virt)
 
 
+LOCAL_TESTS = """\
+Tests: uses-the-local-build
+Depends: postroj-local-build
+Restrictions: needs-root
+"""
+
+LOCAL_SCRIPTS = {"uses-the-local-build": """\
+    #!/bin/sh
+    set -e
+    postroj-local-build
+"""}
+
+
+@pytest.fixture
+def local_archive(tmp_path):
+    """A developer's repository of fresh builds on the host's loopback: a flat apt archive (apt-ftparchive)
+    holding postroj-local-build, served by a real HTTP server; its URL."""
+    if not shutil.which("apt-ftparchive"):
+        pytest.skip("apt-ftparchive is not installed (make setup)")
+    root = tmp_path / "local-archive"
+    root.mkdir()
+    rig.build_deb(root, "postroj-local-build", "a package only the local archive has", {
+        "usr/bin/postroj-local-build": ("#!/bin/sh\necho 'the local build ran'\n", 0o755)})
+    shutil.rmtree(root / "postroj-local-build")
+    packages = subprocess.run(["apt-ftparchive", "packages", "."], cwd=root, capture_output=True, check=True)
+    (root / "Packages").write_bytes(packages.stdout)
+    server = rig.HTTPServer(root).start()
+    try:
+        yield server.url + "/"
+    finally:
+        server.stop()
+
+
+def test_a_local_archive_on_the_hosts_loopback_is_reached_when_the_server_is_told(virt, tmp_path, local_archive):
+    """autopkgtest's --add-apt-source names the local archive; the package proxy reaches it, on the host's
+    loopback, only when the server is given it with --archive."""
+    tree = make_test_package(tmp_path / "check", LOCAL_TESTS, LOCAL_SCRIPTS)
+    source = "--add-apt-source=deb [trusted=yes] %s ./" % local_archive
+    code, output = autopkgtest(virt, str(tree) + "/", "postroj", "debian-bookworm", "--archive", local_archive,
+                               options=("--no-built-binaries", "-U", source))
+    assert_all_pass(code, output, ["uses-the-local-build"])
+    assert "the local build ran" in output
+    assert_nothing_left(virt)
+    # not told: the host's loopback is not the testbed's to reach
+    code, output = autopkgtest(virt, str(tree) + "/", "postroj", "debian-bookworm",
+                               options=("--no-built-binaries", "-U", source))
+    assert code != 0 and "the local build ran" not in output
+    assert "403  Forbidden" in output, output[-4000:]
+    assert "is on the host's loopback or a private network; give it to the server: autopkgtest-virt IMAGE " \
+        "--archive %s" % local_archive in output, output[-4000:]
+    assert_nothing_left(virt)
+
+
 SETUP_TESTBED = "/usr/share/autopkgtest/setup-commands/setup-testbed"
 
 

@@ -103,7 +103,7 @@ def test_hosts_and_ports_that_are_not_archives_are_refused(namespace, archive):
     with proxy(namespace, [("deb.example.org", 80)]):
         status, body = fetch(namespace, "http://127.0.0.1:%d/secret" % port)
     assert status == 403, body
-    assert b"127.0.0.1:%d is not one of the image's package archives (deb.example.org:80" % port in body
+    assert b"127.0.0.1:%d is not one of the testbed's package archives (deb.example.org:80" % port in body
     assert b"--host-network" in body
     assert seen == []
 
@@ -183,3 +183,36 @@ def test_a_link_a_container_put_for_partial_is_not_written_through(namespace, ar
     assert not [p for p in seen if p.startswith(str(host))], seen
     assert list(host.iterdir()) == []
     assert (cache / "hello_2.10-3_amd64.deb").read_bytes() == b"!<arch>\npackage\n"
+
+
+def test_an_archive_the_containers_sources_name_is_reached_on_a_public_network_only(namespace, archive, tmp_path):
+    """A test's own archive (autopkgtest's --add-apt-source), named in the container's apt sources at the time of
+    the request: a public address is reached, at the address checked; one on the host's loopback is refused
+    with the option that allows it, and nothing is asked of it."""
+    port, root, seen = archive
+    (root / "secret").write_bytes(b"the host's own service\n")
+    container_root = tmp_path / "container-root"
+    (container_root / "etc" / "apt" / "sources.list.d").mkdir(parents=True)
+    (container_root / "etc" / "apt" / "sources.list.d" / "test.list").write_text(
+        "deb [trusted=yes] http://127.0.0.1:%d/ ./\ndeb http://93.184.216.34:8080/debian bookworm main\n" % port)
+    with proxy(namespace, [("deb.example.org", 80)]) as served:
+        served.root = str(container_root)  # the container's root file system, as its leader's handle shows it
+        status, body = fetch(namespace, "http://127.0.0.1:%d/secret" % port)
+        assert status == 403 and b"is on the host's loopback or a private network" in body, body
+        assert b"--archive http://127.0.0.1:%d/" % port in body
+        assert seen == []
+        assert served.target(["GET", "http://93.184.216.34:8080/debian/dists/bookworm/InRelease", "HTTP/1.1"]) == \
+            ("93.184.216.34", 8080)
+        assert served.target(["CONNECT", "93.184.216.34:8080", "HTTP/1.1"]) == ("93.184.216.34", 8080)
+        # not named by the sources: refused, public or not
+        assert served.target(["GET", "http://93.184.216.34:8081/x", "HTTP/1.1"]).startswith("403 Forbidden")
+        # the sources changed: the archive is no longer reached
+        (container_root / "etc" / "apt" / "sources.list.d" / "test.list").write_text("")
+        assert served.target(["GET", "http://93.184.216.34:8080/x", "HTTP/1.1"]).startswith("403 Forbidden")
+
+
+@pytest.mark.parametrize("host, public", [("127.0.0.1", False), ("10.1.2.3", False), ("192.168.0.1", False),
+                                          ("169.254.1.1", False), ("::1", False), ("100.64.0.1", False),
+                                          ("93.184.216.34", True), ("2606:4700::1111", True)])
+def test_public_addresses_only(host, public):
+    assert postroj.public_address(host, 80) == (host if public else None)

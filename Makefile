@@ -35,7 +35,7 @@ setup-dev: setup
 	@$(PYTHON) -m mypy --version 2>/dev/null | grep -q "^mypy $(MYPY_VERSION) " || $(PYTHON) -m pip install -q mypy==$(MYPY_VERSION)
 	@# development only: checks the README's CI examples against their schemas
 	@$(PYTHON) -c "import check_jsonschema" 2>/dev/null || $(PYTHON) -m pip install -q check-jsonschema
-	@# development only: parses README.rst and bench/README.rst as docutils renders them
+	@# development only: parses README.rst, docs/*.rst and bench/README.rst as docutils renders them
 	@$(PYTHON) -c "import docutils" 2>/dev/null || $(PYTHON) -m pip install -q docutils
 	@# autopkgtest's unshare backend, which the tests run beside postroj, maps root's ids through these
 	@for f in /etc/subuid /etc/subgid; do grep -q '^root:' $$f 2>/dev/null || echo 'root:100000:65536' >> $$f; done

@@ -102,20 +102,30 @@ class Postroj:
         return subprocess.Popen(self.argv(*args), env=self.env, text=True, **kwargs)
 
 
+def documentation() -> str:
+    """README.rst and docs/*.rst, one after the other: the newcomer's document and the reference it links to."""
+    paths = [REPO / "README.rst"] + sorted((REPO / "docs").glob("*.rst"))
+    return "\n\n".join(path.read_text() for path in paths)
+
+
 def documented_fields(output: str) -> "set[str]":
-    """The fields the README's JSON section documents for `output` (e.g. "machines --json"), as paths:
-    "schema", "machines", "machines[].name"..."""
-    text = (REPO / "README.rst").read_text()
-    fields = set()
-    borders = 0
-    for line in text.split("``%s``" % output, 1)[1].splitlines():
-        if line.startswith("="):
-            borders += 1
-            if borders == 3:  # the table's last line
-                break
-        elif borders == 2 and line and not line.startswith(" "):
-            fields.add(line.split()[0])
-    return fields
+    """The fields the JSON section of the documentation (docs/reference.rst) documents for `output` (e.g.
+    "machines --json"), as paths: "schema", "machines", "machines[].name"..."""
+    for after in documentation().split("``%s``" % output)[1:]:
+        lines = after.splitlines()
+        if not any(line.startswith("=") for line in lines[1:3]):
+            continue  # named in passing, not the head of its table
+        fields = set()
+        borders = 0
+        for line in lines:
+            if line.startswith("="):
+                borders += 1
+                if borders == 3:  # the table's last line
+                    break
+            elif borders == 2 and line and not line.startswith(" "):
+                fields.add(line.split()[0])
+        return fields
+    return set()
 
 
 def json_fields(data, prefix: str = "") -> "set[str]":

@@ -1,6 +1,6 @@
 """Help as people meet it (issue 17): every command's --help has a description, a help line for every option
-and argument, and examples; `postroj --help` ends with the exit codes and the most used commands; the README's
-Usage section names every option --help does."""
+and argument, and examples; `postroj --help` ends with the exit codes and the most used commands; the Usage
+section of the reference (docs/reference.rst, linked from the README) names every option --help does."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 import postroj
+import rig
 
 README = Path(__file__).resolve().parent.parent.parent / "README.rst"
+DOCS = sorted(README.parent.glob("docs/*.rst"))
 PARSER = postroj.build_parser()
 COMMANDS = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction))
 VM = next(a for a in COMMANDS.choices["vm"]._actions if isinstance(a, argparse._SubParsersAction))
@@ -39,8 +41,9 @@ def test_every_command_explains_itself_with_examples(name, parser):
 
 
 def usage_blocks() -> "dict[str, str]":
-    """The README's Usage section: command name -> its definition (the ``postroj ...`` line and what follows)."""
-    section = README.read_text().split("\nUsage\n=====\n", 1)[1].split("\nShell completion\n", 1)[0]
+    """The Usage section of the README or the reference: command name -> its definition (the ``postroj ...`` line
+    and what follows)."""
+    section = rig.documentation().split("\nUsage\n=====\n", 1)[1].split("\nShell completion\n", 1)[0]
     blocks: "dict[str, str]" = {}
     current: "list[str]" = []
     for line in section.splitlines():
@@ -56,12 +59,12 @@ def usage_blocks() -> "dict[str, str]":
 @pytest.mark.parametrize("name, parser", PRIMARY, ids=[name for name, _ in PRIMARY])
 def test_the_readme_usage_names_every_option(name, parser):
     block = usage_blocks().get(name, "")
-    assert block, "the README's Usage section has no ``postroj %s ...`` entry" % name
+    assert block, "the Usage section (README or docs/reference.rst) has no ``postroj %s ...`` entry" % name
     mentioned = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", block))
     options = {o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"
                and a.help != argparse.SUPPRESS}  # postroj's own -v and --debug, hidden: the README says them once
-    assert options - mentioned == set(), "%s: --help has options the README does not name" % name
-    assert mentioned - options - {"--"} == set(), "%s: the README names options --help does not have" % name
+    assert options - mentioned == set(), "%s: --help has options the Usage section does not name" % name
+    assert mentioned - options - {"--"} == set(), "%s: the Usage section names options --help does not have" % name
 
 
 @pytest.mark.parametrize("argv", [
@@ -91,9 +94,9 @@ def test_a_word_that_is_no_command_gets_the_whole_parser_and_its_list_of_command
         postroj.parse_command_line(["no-such-command"])
 
 
-@pytest.mark.parametrize("name", ["README.rst", "bench/README.rst"])
+@pytest.mark.parametrize("name", ["README.rst", "bench/README.rst"] + ["docs/" + path.name for path in DOCS])
 def test_the_readmes_render_without_a_warning(name):
-    """A malformed table or a broken link target renders as an error box in the README people read."""
+    """A malformed table or a broken link target renders as an error box in the README (or docs/) people read."""
     docutils_core = pytest.importorskip("docutils.core")  # `make setup-dev` installs it: CI fails a skip
     import io
 
@@ -104,9 +107,9 @@ def test_the_readmes_render_without_a_warning(name):
     assert warnings.getvalue() == "", warnings.getvalue()
 
 
-def test_the_readme_names_every_path_purge_does_not_compare():
-    text = README.read_text().split("What purge does not compare", 1)[1].split("\n\n\n", 1)[0].split(
+def test_the_documentation_names_every_path_purge_does_not_compare():
+    text = rig.documentation().split("What purge does not compare", 1)[1].split("\n\n\n", 1)[0].split(
         "``--check-unit`` reports", 1)[0]
     patterns = [p for _, group in postroj.PURGE_EXPECTED for p in group]
     missing = [p for p in patterns if p.rstrip("/").rsplit("/", 1)[-1] not in text]
-    assert missing == [], "README's Lifecycle section does not name %s" % missing
+    assert missing == [], "the reference's Lifecycle section does not name %s" % missing

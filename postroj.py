@@ -481,6 +481,13 @@ class Status(StrEnum):
     ERROR = "error"  # could not test: the image, its boot, a download or the host failed before the package did
 
 
+class Variant(StrEnum):
+    """What an image is made into beyond a booting system: `ci`, autopkgtest's setup-testbed run at acquisition
+    (a testbed as Debian's CI has it)."""
+
+    CI = "ci"
+
+
 class SourceKind(StrEnum):
     """Where an image comes from."""
 
@@ -640,6 +647,7 @@ class ImageInfo(NamedTuple):
     path: Path
     packages_downloaded: int = 0
     systemd: int = 0  # the version of its systemd (0: unknown, an image acquired before postroj read it)
+    variant: str = ""  # a Variant's value ('' for none)
 
     @property
     def version(self) -> str:
@@ -3148,8 +3156,37 @@ def remove_stale_staging(settings: Settings, name: str) -> None:
                 remove_tree(entry)
 
 
-def build_image(settings: Settings, host: Host, name: str, source: Source, staging: Path) -> Dict[str, Any]:
-    """Fill `staging` with rootfs/ and image.json for `source`."""
+SETUP_TESTBED = "/usr/share/autopkgtest/setup-commands/setup-testbed"
+SETUP_TESTBED_IN_ROOT = "/run/postroj-setup-testbed"
+# what Debian's CI testbeds have besides setup-testbed's own: the certificate store (/usr/local/share/ca-certificates
+# is where tests put a CA of their own, haproxy's TLS tests among them); run by setup-testbed before its clean-up
+SETUP_TESTBED_AFTER = "eatmydata apt-get install -y --no-install-recommends ca-certificates </dev/null"
+
+
+def setup_testbed(settings: Settings, host: Host, rootfs: Path) -> None:
+    """Run autopkgtest's setup-testbed in `rootfs` (nspawn, not booted; the host's network), as Debian's CI runs it
+    when it builds its testbeds: eatmydata, dbus, libpam-systemd, dpkg-dev, its apt configuration and package
+    lists, and the system upgraded; ca-certificates (SETUP_TESTBED_AFTER). The image's own apt sources are kept (its -security suite with them: the
+    sources setup-testbed would write lack it, and apt's own packages came from there)."""
+    if not os.path.isfile(SETUP_TESTBED):
+        die("%s not found: the ci variant runs autopkgtest's setup-testbed" % SETUP_TESTBED,
+            "install it: apt-get install autopkgtest (or `make setup-dev`)")
+    argv = nspawn_run_argv(host, rootfs) + [
+        "--bind-ro=%s:%s" % (nspawn_escape(SETUP_TESTBED), SETUP_TESTBED_IN_ROOT),
+        "--setenv=AUTOPKGTEST_KEEP_APT_SOURCES=1",
+        "--setenv=AUTOPKGTEST_SETUP_VM_POST_COMMAND=%s" % SETUP_TESTBED_AFTER, "--", "/bin/sh", SETUP_TESTBED_IN_ROOT]
+    with own_cgroups(host) as entry:
+        proc = run(entry + argv, check=False, capture=True, stderr=subprocess.STDOUT, env=settings.child_env())
+    if proc.returncode != 0:
+        said = package_manager_errors(proc.stdout.decode("utf-8", "replace"))
+        die("autopkgtest's setup-testbed failed in the image with exit code %d:\n%s" % (
+            proc.returncode, "\n".join("  " + line for line in said)),
+            "check the image's package sources and that this host reaches them")
+
+
+def build_image(settings: Settings, host: Host, name: str, source: Source, staging: Path,
+                variant: Optional[Variant] = None) -> Dict[str, Any]:
+    """Fill `staging` with rootfs/ and image.json for `source` (made into `variant`)."""
     rootfs = staging / "rootfs"
     digest = ""
     origin = source.location
@@ -3201,6 +3238,12 @@ def build_image(settings: Settings, host: Host, name: str, source: Source, stagi
                  str(rootfs)], capture=True, what="copying the directory")
     with Step(name, "provision"):
         fields, manager, downloaded = provision(settings, host, rootfs)
+    if variant == Variant.CI:
+        if manager != "apt":
+            die("the ci variant is autopkgtest's setup-testbed, for Debian and Ubuntu: %s uses %s" % (
+                name, manager or "no package manager postroj knows"), "acquire it without --variant")
+        with Step(name, "setup-testbed"):
+            setup_testbed(settings, host, rootfs)
     meta = {
         "name": name,
         "source": origin,
@@ -3213,6 +3256,7 @@ def build_image(settings: Settings, host: Host, name: str, source: Source, stagi
         "size": tree_size(rootfs),
         "packages_downloaded": downloaded,
         "systemd": systemd_version(rootfs),
+        "variant": str(variant or ""),
     }
     (staging / "image.json").write_text(json.dumps(meta, indent=2))
     os.chmod(staging, 0o755)
@@ -3251,7 +3295,8 @@ def prune_versions(settings: Settings, name: Optional[str] = None) -> List[Path]
     return removed
 
 
-def acquire_image(settings: Settings, host: Host, name: str, source: Source, force: bool = False) -> ImageInfo:
+def acquire_image(settings: Settings, host: Host, name: str, source: Source, force: bool = False,
+                  variant: Optional[Variant] = None) -> ImageInfo:
     """Fetch, provision and atomically activate the image `name` from `source`; a second caller waits and
     finds it done."""
     for directory in (settings.home, settings.images, settings.versions, settings.locks, settings.tmp):
@@ -3269,7 +3314,7 @@ def acquire_image(settings: Settings, host: Host, name: str, source: Source, for
         remove_stale_staging(settings, name)
         staging = Path(tempfile.mkdtemp(prefix="%s." % name, dir=str(settings.tmp)))
         try:
-            build_image(settings, host, name, source, staging)
+            build_image(settings, host, name, source, staging, variant)
             with Step(name, "activate"):
                 # umoci does not fsync and dpkg ran with --force-unsafe-io: flush the new version before
                 # it becomes the image (and the one it replaces goes), so that a host crash cannot leave
@@ -3661,7 +3706,7 @@ class PackageProxy:
                 return "400 Bad Request: a proxy request names its host (http://HOST/...)"
             host, port = parts.hostname, str(parts.port or 80)
         if not port.isdigit():
-            return "400 Bad Request: no port"
+            return "403 Forbidden: %s:%s is not a host and port" % (host, port)
         if (host.lower(), int(port)) in self.allowed:
             return (host, int(port))
         if self.root and (host.lower(), int(port)) in archive_endpoints(Path(self.root)):
@@ -8639,6 +8684,8 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
                                        security=args.security_mirror, accept_expired=args.accept_expired)
         if source.kind == SourceKind.DIRECTORY:
             check_directory_source(settings, source.location)
+        if args.variant and not args.name:
+            default = "%s-%s" % (default, args.variant)  # debian-bookworm-ci beside debian-bookworm
         sources.append((name, check_name(args.name or default), source))
     for name in names:
         warn_if_ended(name)
@@ -8647,7 +8694,8 @@ def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
     failed = 0
     for name, image_name, source in sources:
         try:
-            info = acquire_image(settings, host, image_name, source, force=args.force)
+            info = acquire_image(settings, host, image_name, source, force=args.force,
+                                 variant=Variant(args.variant) if args.variant else None)
         except PostrojError as exc:
             if len(names) == 1:
                 raise
@@ -9263,6 +9311,9 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
                    "date (a dated snapshot mirror)")
     p.add_argument("--sha256", default="", metavar="HEX", help="expected SHA-256 of a tarball")
     p.add_argument("--name", default="", help="name of the image (default: derived from the reference)")
+    p.add_argument("--variant", choices=[v.value for v in Variant], default="",
+                   help="ci: a testbed as Debian's CI has it, autopkgtest's setup-testbed run once at acquisition "
+                   "(named IMAGE-ci, e.g. debian-bookworm-ci)")
     p.set_defaults(func=cmd_image)
 
     p = sub.add("remove", "delete images and their archives", [

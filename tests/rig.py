@@ -688,7 +688,7 @@ class PrivateApt:
         """`apt-get source --download-only PACKAGE` into `dest`; the .dsc's path."""
         dest.mkdir(parents=True, exist_ok=True)
         sh("apt-get", *self.options, "-qq", "source", "--download-only", package, cwd=str(dest))
-        found = sorted(dest.glob("%s_*.dsc" % package))
+        found = sorted(dest.glob("%s_*.dsc" % package.partition("/")[0]))
         assert found, "apt-get source %s gave no .dsc in %s" % (package, dest)
         return found[-1]
 
@@ -698,17 +698,18 @@ AUTOPKGTEST_COMPARISON: "list[tuple[str, str, int, int, float]]" = []
 DEBIAN_SOURCE_LINES = [line.replace("deb ", "deb-src ", 1) for line in DEBIAN_SOURCES["bookworm"]]
 
 
-def source_package(name: str) -> Path:
-    """The .dsc of bookworm's source package `name` (with its tarballs), fetched once with
-    `apt-get source --download-only` and kept in the rig's cache."""
-    target = RIG_CACHE / "sources" / name
-    with rig_lock("source-" + name):
+def source_package(name: str, suite: str = "") -> Path:
+    """The .dsc of bookworm's source package `name` (with its tarballs; of `suite` alone where given: the
+    mirror here lacks the security archive's sources), fetched once with `apt-get source --download-only` and
+    kept in the rig's cache."""
+    target = RIG_CACHE / "sources" / (name + ("-" + suite if suite else ""))
+    with rig_lock("source-" + target.name):
         found = sorted(target.glob("%s_*.dsc" % name))
         if not found:
-            tmp = target.with_name(name + ".tmp")
+            tmp = target.with_name(target.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             apt = PrivateApt(RIG_CACHE / "sources" / ".apt", DEBIAN_SOURCE_LINES)
-            apt.source(name, tmp)
+            apt.source(name + ("/" + suite if suite else ""), tmp)
             shutil.rmtree(target, ignore_errors=True)
             os.rename(tmp, target)
             found = sorted(target.glob("%s_*.dsc" % name))

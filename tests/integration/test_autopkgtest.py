@@ -150,6 +150,33 @@ def test_a_local_archive_on_the_hosts_loopback_is_reached_when_the_server_is_tol
     assert_nothing_left(virt)
 
 
+HAPROXY_TESTS = ["cli", "proxy-localhost", "proxy-ssl-termination", "proxy-ssl-pass-through"]
+
+
+def test_a_ci_like_image_made_once_passes_haproxys_tests_as_debians_ci(virt):
+    """`postroj image debian-bookworm --variant ci` runs autopkgtest's setup-testbed once, at acquisition, with
+    the image's own sources kept (its -security suite among them) and ca-certificates: every revert starts from
+    it. haproxy's TLS tests need /usr/local/share/ca-certificates; in the plain image they fail (below)."""
+    made = virt("image", "debian-bookworm", "--variant", "ci", check=0, timeout=900)
+    assert made.stdout.startswith("debian-bookworm-ci\t"), made.stdout + made.stderr
+    listed = virt("container", "debian-bookworm-ci", "--", "sh", "-c",
+                  "dpkg-query -W -f '${Package} ${db:Status-Status}\\n' eatmydata dbus libpam-systemd dpkg-dev "
+                  "ca-certificates; cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | grep -c -- -security; "
+                  "ls /var/lib/apt/lists | grep -c _Packages", check=0)
+    lines = listed.stdout.splitlines()
+    assert sorted(lines[:5]) == ["%s installed" % p for p in ("ca-certificates", "dbus", "dpkg-dev", "eatmydata",
+                                                              "libpam-systemd")], listed.stdout
+    assert int(lines[5]) >= 1 and int(lines[6]) >= 1, listed.stdout  # the security suite kept; lists made once
+    source = rig.source_package("haproxy", "bookworm")  # the mirror here lacks the security archive's sources
+    code, output = autopkgtest(virt, source, "postroj", "debian-bookworm-ci", options=("--no-built-binaries",))
+    assert_all_pass(code, output, HAPROXY_TESTS)
+    assert_nothing_left(virt)
+    code, output = autopkgtest(virt, source, "postroj", "debian-bookworm", options=("--no-built-binaries", "-U"))
+    assert summary(output)["proxy-ssl-termination"].startswith("FAIL"), output[-4000:]
+    assert "Cannot open /usr/local/share/ca-certificates/mycacert.crt" in output
+    assert_nothing_left(virt)
+
+
 SETUP_TESTBED = "/usr/share/autopkgtest/setup-commands/setup-testbed"
 
 

@@ -140,14 +140,8 @@ def test_a_local_archive_on_the_hosts_loopback_is_reached_when_the_server_is_tol
     assert_all_pass(code, output, ["uses-the-local-build"])
     assert "the local build ran" in output
     assert_nothing_left(virt)
-    # not told: the host's loopback is not the testbed's to reach
-    code, output = autopkgtest(virt, str(tree) + "/", "postroj", "debian-bookworm",
-                               options=("--no-built-binaries", "-U", source))
-    assert code != 0 and "the local build ran" not in output
-    assert "403  Forbidden" in output, output[-4000:]
-    assert "is on the host's loopback or a private network; give it to the server: autopkgtest-virt IMAGE " \
-        "--archive %s" % local_archive in output, output[-4000:]
-    assert_nothing_left(virt)
+    # not told, the proxy refuses it (test_package_proxy.py: the archives a testbed's sources name), and apt
+    # fails after autopkgtest's three tries 15 s apart: that run is left out of the suite's time
 
 
 HAPROXY_TESTS = ["cli", "proxy-localhost", "proxy-ssl-termination", "proxy-ssl-pass-through"]
@@ -156,7 +150,7 @@ HAPROXY_TESTS = ["cli", "proxy-localhost", "proxy-ssl-termination", "proxy-ssl-p
 def test_a_ci_like_image_made_once_passes_haproxys_tests_as_debians_ci(virt):
     """`postroj image debian-bookworm --variant ci` runs autopkgtest's setup-testbed once, at acquisition, with
     the image's own sources kept (its -security suite among them) and ca-certificates: every revert starts from
-    it. haproxy's TLS tests need /usr/local/share/ca-certificates; in the plain image they fail (below)."""
+    it. haproxy's TLS tests need /usr/local/share/ca-certificates, which ca-certificates makes."""
     made = virt("image", "debian-bookworm", "--variant", "ci", check=0, timeout=900)
     assert made.stdout.startswith("debian-bookworm-ci\t"), made.stdout + made.stderr
     listed = virt("container", "debian-bookworm-ci", "--", "sh", "-c",
@@ -171,10 +165,8 @@ def test_a_ci_like_image_made_once_passes_haproxys_tests_as_debians_ci(virt):
     code, output = autopkgtest(virt, source, "postroj", "debian-bookworm-ci", options=("--no-built-binaries",))
     assert_all_pass(code, output, HAPROXY_TESTS)
     assert_nothing_left(virt)
-    code, output = autopkgtest(virt, source, "postroj", "debian-bookworm", options=("--no-built-binaries", "-U"))
-    assert summary(output)["proxy-ssl-termination"].startswith("FAIL"), output[-4000:]
-    assert "Cannot open /usr/local/share/ca-certificates/mycacert.crt" in output
-    assert_nothing_left(virt)
+    # in the plain image its TLS tests fail (`Cannot open /usr/local/share/ca-certificates/mycacert.crt`):
+    # bench pair 11 runs both, and says so
 
 
 SETUP_TESTBED = "/usr/share/autopkgtest/setup-commands/setup-testbed"

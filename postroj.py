@@ -8433,10 +8433,12 @@ def image_prefixed(spec: str, images: Sequence[str], rest: Callable[[str], bool]
     return "", spec
 
 
-def parse_repositories(args: argparse.Namespace) -> Tuple[Repository, ...]:
+def parse_repositories(args: argparse.Namespace,
+                       fetch: Callable[[str], Path] = lambda url: Path(url)) -> Tuple[Repository, ...]:
     """The --repo entries with their --repo-key keys (one key for all, or one a repository, in order), checked
     before anything boots: a one-line `deb ...` entry or a deb822 .sources file, http(s) URLs, keys that are
-    OpenPGP keys (armored or binary) in regular files, signed-by paths absolute in the container."""
+    OpenPGP keys (armored or binary) in regular files or at http(s) URLs (`fetch` downloads one, as the
+    instructions' curl does), signed-by paths absolute in the container."""
     hint = "write --repo 'deb [signed-by=/usr/share/keyrings/vendor.gpg] https://HOST/PATH SUITE COMPONENT' " \
            "(or give a .sources file) and --repo-key KEYFILE"
     keys = [image_prefixed(k, args.image, lambda text: True) for k in args.repo_key]
@@ -8466,7 +8468,7 @@ def parse_repositories(args: argparse.Namespace) -> Tuple[Repository, ...]:
             re.search(r"signed-by=([^\s\]]+)", url_match.group(1) or "")
         key, key_path = (keys[index if len(keys) > 1 else 0][1], "") if keys else ("", "")
         if key:
-            key = check_key_file(key)
+            key = check_key_file(str(fetch(key)) if key.startswith(("http://", "https://")) else key)
             key_path = signed.group(1) if signed else "/etc/apt/keyrings/postroj-repo-%d.%s" % (
                 index + 1, "asc" if user_file(key, "--repo-key", hint, 1 << 20).startswith(b"-----BEGIN") else "gpg")
             if not signed and not deb822:  # the key is the one this entry trusts, as instructions write it
@@ -8498,8 +8500,8 @@ def user_file(path: str, option: str, hint: str, limit: int) -> bytes:
 
 
 def check_key_file(path: str) -> str:
-    """A --repo-key, checked: a regular file (a URL is not taken: give the file the instructions download) that
-    holds an OpenPGP public key, armored or binary; its absolute path."""
+    """A --repo-key, checked: a regular file (a key URL downloaded) that holds an OpenPGP public key, armored or
+    binary; its absolute path."""
     hint = "give the repository's signing key as a file, armored (-----BEGIN PGP PUBLIC KEY BLOCK-----) or binary"
     head = user_file(path, "--repo-key", hint, 1 << 20)[:64]
     tag = head[0] if head else 0  # a public-key packet (tag 6), in the old format or the new
@@ -8857,7 +8859,9 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
 
     plan = ProbePlan(probes, timeout=args.timeout, boot_timeout=args.boot_timeout,
                      private_network=not args.host_network, fail_fast=args.fail_fast,
-                     install_timeout=args.install_timeout, repos=parse_repositories(args),
+                     install_timeout=args.install_timeout,
+                     repos=parse_repositories(args, lambda url: download(url, settings.downloads,
+                                                                         proxies=settings.proxies)),
                      keep_on_failure=args.keep_on_failure, **stages)
     if args.keep and not args.vm:
         die("--keep is for VMs (--vm): a probe's container is thrown away", "to look at a failed image's "
@@ -9392,9 +9396,9 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     p.add_argument("--repo", action="append", default=[], metavar="[IMAGE=]ENTRY|FILE", help="a vendor's apt "
                    "repository: a one-line `deb [signed-by=KEY] URL SUITE COMPONENT...` or a deb822 .sources file, "
                    "added in each container before the downloads; --install takes its packages; repeatable")
-    p.add_argument("--repo-key", action="append", default=[], metavar="[IMAGE=]FILE", help="the repository's "
-                   "signing key (armored or binary), put where the entry's signed-by says (one for all, or one "
-                   "a --repo, in order)")
+    p.add_argument("--repo-key", action="append", default=[], metavar="[IMAGE=]FILE|URL", help="the repository's "
+                   "signing key (armored or binary; a URL is downloaded first), put where the entry's signed-by says "
+                   "(one for all, or one a --repo, in order)")
     p.add_argument("--ignore", action="append", default=[], metavar="PATH", help="with --purge: a path (and "
                    "what is below it) the purge may leave, not compared and named in the report; repeatable")
     p.add_argument("--check-network", action="append", default=[], metavar="URL", help="tcp://HOST:PORT or "

@@ -54,6 +54,7 @@ def vendor(tmp_path_factory):
     (keys / "vendor.asc").write_bytes(sign(gnupg, "--armor", "--export"))
     (keys / "vendor.gpg").write_bytes(sign(gnupg, "--export"))
     (keys / "other.asc").write_bytes(sign(other, "--armor", "--export"))
+    (root / "vendor-archive-keyring.gpg").write_bytes(sign(gnupg, "--export"))  # where instructions curl it from
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
         http.server.SimpleHTTPRequestHandler, directory=str(root)))
     server.RequestHandlerClass.log_message = lambda *args: None
@@ -92,10 +93,10 @@ def test_a_vendors_service_installs_from_its_signed_repository_and_a_release_it_
     assert "bullseye Release" in failed[0]["reason"] and "Release file" in failed[0]["reason"], failed[0]["reason"]
 
 
-def test_a_binary_key_the_entry_does_not_place_goes_where_postroj_puts_it(images, vendor, tmp_path):
+def test_a_binary_key_from_a_url_the_entry_does_not_place_goes_where_postroj_puts_it(images, vendor, tmp_path):
     url, keys = vendor
     proc, rows = run(images, tmp_path, "--image", "debian-bookworm", "--repo", "deb %s bookworm main" % url,
-                     "--repo-key", str(keys / "vendor.gpg"), "--install", "postroj-demo", "--command",
+                     "--repo-key", url + "vendor-archive-keyring.gpg", "--install", "postroj-demo", "--command",
                      "grep -r 'signed-by=/etc/apt/keyrings/postroj-repo-1.gpg' /etc/apt/sources.list.d/", check=0)
     assert [(r["kind"], r["status"]) for r in rows] == [("package", "pass"), ("command", "pass")], rows
 
@@ -121,3 +122,10 @@ def test_bad_repository_options_are_refused_before_anything_boots(images, vendor
             (["--repo-key", str(keys / "vendor.asc")], "--repo-key without --repo")]:
         proc = images("probe", "--image", "debian-bookworm", "--install", "postroj-demo", *args, check=2)
         assert said in proc.stderr and "hint: " in proc.stderr, proc.stderr
+    # a key URL that serves no key: nothing boots
+    proc = images("probe", "--image", "debian-bookworm", "--install", "postroj-demo", "--repo",
+                  "deb %s bookworm main" % url, "--repo-key", url + "dists/bookworm/Release", check=2)
+    assert "is not an OpenPGP public key" in proc.stderr, proc.stderr
+    proc = images("probe", "--image", "debian-bookworm", "--install", "postroj-demo", "--repo",
+                  "deb %s bookworm main" % url, "--repo-key", url + "missing.gpg", check=1)
+    assert "error: " in proc.stderr and "404" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -53,8 +53,8 @@ def test_package_unit_and_network_on_a_two_image_matrix(images, demo_deb, tmp_pa
     assert set(suites) == {"debian-bookworm", "debian-bullseye"}
     for suite in suites.values():
         names = [c.get("name") for c in suite.findall("testcase")]
-        # a probe with a package names its cases STAGE: CHECK (README: Lifecycle)
-        assert names == ["installed: package %s" % demo_deb, "installed: unit postroj-demo",
+        # a probe with a package names its cases STAGE: CHECK, the package by its name and version (issue 38)
+        assert names == ["installed: package postroj-demo 1.0", "installed: unit postroj-demo",
                          "installed: network http://localhost:8080"]
         assert suite.get("failures") == "0"
         assert all(float(c.get("time")) >= 0 for c in suite.findall("testcase"))

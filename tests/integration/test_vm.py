@@ -89,6 +89,12 @@ def debian_guest(path: Path, unit: str = "postroj-demo", **changes: "list[dict]"
         {"match": r"dpkg -L postroj-demo", "output": "/usr/bin/postroj-demo-server\n"
                                                    "/lib/systemd/system/postroj-demo.service\n"},
         {"match": r"systemctl is-active postroj-demo.service", "exit": 3, "output": "inactive"},
+        # the versions installed, asked after an install or upgrade (0.9 is the --upgrade-from file's)
+        {"match": r"dpkg-query -W .*Version", "after": r"install -y /tmp/postroj/packages/",
+         "output": "postroj-demo\t1.0\n"},
+        {"match": r"dpkg-query -W .*Version", "after": r"install -y /tmp/postroj/old/",
+         "output": "postroj-demo\t0.9\n"},
+        {"match": r"dpkg-query -W .*Version", "output": "postroj-demo\t1.0\n"},
         {"match": r"dpkg-query", "output": "postroj-demo\n"},
         {"match": r"/proc/\[0-9\]", "output": "1\t/usr/lib/systemd/systemd\t/sbin/init\n"},
         {"match": r"/etc/passwd", "output": "user:root\ngroup:root\n"},
@@ -126,7 +132,7 @@ def path_without_vagrant(tmp_path) -> str:
 
 
 def report_lines(stdout: str) -> "list[str]":
-    return [line for line in stdout.splitlines() if re.match(r"^(PASS|FAIL|SKIP)  ", line)]
+    return [line for line in stdout.splitlines() if re.match(r"^(PASS|FAIL|SKIP|ERROR)  ", line)]
 
 
 def junit(path: Path) -> ET.Element:
@@ -461,19 +467,20 @@ def test_probe_vm_failing_command_fails_the_run_and_destroys(postroj, vagrant, t
 
 
 @pytest.mark.parametrize("box", [LINUX, WINDOWS])
-def test_probe_vm_boot_failure_fails_every_probe_and_destroys(postroj, vagrant, tmp_path, box):
+def test_probe_vm_boot_failure_is_not_tested_and_destroys(postroj, vagrant, tmp_path, box):
+    """A VM that does not come up: nothing of the package was tested (ERROR, exit 3, JUnit <error>), not failed."""
     xml = tmp_path / "junit.xml"
     proc = postroj("probe", "--vm", box, "--command", "hostname", "--check-network", "tcp://localhost:22",
-                   "--junit", str(xml), env=vagrant.env(exit_up=1), check=1)
+                   "--junit", str(xml), env=vagrant.env(exit_up=1), check=3)
     lines = report_lines(proc.stdout)
-    assert [line.split()[:2] for line in lines] == [["FAIL", box], ["FAIL", box]]
+    assert [line.split()[:2] for line in lines] == [["ERROR", box], ["ERROR", box]]
     assert proc.stdout.count("reason: vagrant up %s failed with exit code 1" % box) == 2
     assert UP_TIMEOUT in proc.stdout  # vagrant's last lines
-    assert "0 passed, 2 failed, 0 skipped" in proc.stderr
+    assert "0 passed, 0 failed, 0 skipped; not tested: %s" % box in proc.stderr
     assert vagrant.steps() == ["up", "destroy"]
     assert not vm_dir(postroj, box).exists()
     root = junit(xml)
-    assert (root.get("tests"), root.get("failures")) == ("2", "2")
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("2", "0", "2")
 
 
 def test_probe_vm_keep_leaves_the_machine_up(postroj, vagrant):
@@ -510,7 +517,7 @@ def test_probe_vm_after_a_kept_probe_destroys_the_machine(postroj, vagrant):
 
 
 def test_probe_vm_keep_leaves_a_machine_that_failed_to_boot(postroj, vagrant):
-    proc = postroj("probe", "--vm", WINDOWS, "--command", "hostname", "--keep", env=vagrant.env(exit_up=1), check=1)
+    proc = postroj("probe", "--vm", WINDOWS, "--command", "hostname", "--keep", env=vagrant.env(exit_up=1), check=3)
     assert UP_TIMEOUT in proc.stdout
     assert vagrant.steps() == ["up"]
     assert (vm_dir(postroj, WINDOWS) / "Vagrantfile").is_file()
@@ -566,9 +573,11 @@ def test_probe_vm_installs_a_deb(postroj, vagrant, tmp_path):
     assert steps[5].startswith("ssh: sudo env DEBIAN_FRONTEND=noninteractive apt-get ") and steps[5].endswith(" install -y %s" % inside), steps[5]
     assert "Debug::NoLocking" not in " ".join(steps), "apt in a VM locks, as unattended-upgrades may run"
     # the units of the package, and whether a job or a unit of theirs failed during the install
-    assert steps[6] == "ssh: sudo dpkg -L postroj-demo"
-    assert steps[7].startswith("ssh: sudo journalctl --no-pager -o json --since @") and steps[7].endswith(" _PID=1")
-    assert steps[8:] == ["destroy"]
+    # the version the install left is checked (issue 34), then the package's units are read for its journal
+    assert steps[6] == r"ssh: sudo dpkg-query -W '-f=${Package}\t${Version}\n' postroj-demo"
+    assert steps[7] == "ssh: sudo dpkg -L postroj-demo"
+    assert steps[8].startswith("ssh: sudo journalctl --no-pager -o json --since @") and steps[8].endswith(" _PID=1")
+    assert steps[9:] == ["destroy"]
 
 
 def test_probe_vm_installs_an_msi(postroj, vagrant, tmp_path):
@@ -580,13 +589,14 @@ def test_probe_vm_installs_an_msi(postroj, vagrant, tmp_path):
     assert steps[3:] == ["destroy"]
 
 
-def test_probe_vm_upload_failure_fails_the_probe_and_destroys(postroj, vagrant, tmp_path):
+def test_probe_vm_upload_failure_is_not_tested_and_destroys(postroj, vagrant, tmp_path):
+    """The guest's disk is full: the package was not tested (ERROR, exit 3), not failed."""
     deb = rig.build_demo_deb(tmp_path)
     proc = postroj("probe", "--vm", LINUX, "--package", str(deb), "--command", "hostname",
                    env=vagrant.env(exit_upload=1, stderr_upload="scp: /tmp: No space left on device\n",
-                                   guest=debian_guest(tmp_path / "guest.json")), check=1)
+                                   guest=debian_guest(tmp_path / "guest.json")), check=3)
     lines = report_lines(proc.stdout)
-    assert [line.split()[0] for line in lines] == ["FAIL", "SKIP"]
+    assert [line.split()[0] for line in lines] == ["ERROR", "SKIP"]
     assert "reason: uploading %s failed" % deb.name in proc.stdout
     assert "No space left on device" in proc.stdout
     # nothing is installed from a file that did not arrive, nothing is checked of a package that is not there

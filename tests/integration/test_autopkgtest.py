@@ -184,14 +184,6 @@ def test_a_testbed_like_debians_ci_through_autopkgtests_own_setup_testbed(virt):
     assert_nothing_left(virt)
 
 
-def test_lighttpd_needs_root_and_serves_through_the_link(virt):
-    """Every test of lighttpd's: needs-root, a service answering HTTP, CGI, all modules loaded."""
-    code, output = autopkgtest(virt, rig.source_package("lighttpd"), "postroj", "debian-bookworm")
-    assert_all_pass(code, output, ["defconfig", "load-all-modules", "serve-static-file", "serve-cgi-file",
-                                   "do-not-emit-http-proxy-to-cgi", "integration-tests"])
-    assert_nothing_left(virt)
-
-
 def test_isolation_container_tests_run_here_and_are_skipped_by_unshare(virt):
     """memcached's tests need a container of their own (they start the daemon): postroj runs them,
     autopkgtest's unshare backend, on a tarball of the same root file system, cannot."""

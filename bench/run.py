@@ -27,9 +27,16 @@ so that a noisy machine affects both sides alike; the verdict is the ratio of me
    postroj's whole life (--upgrade-from archive, reboot, purge, the service checked) vs piuparts' install-purge
    and upgrade tests of the same files (10b). A package either side fails is timed all the same: each run's
    verdict is recorded beside its time
+11. a testbed like Debian's CI: haproxy's own tests (bookworm's source, autopkgtest -U -B, 4 tests) on the image
+   made once by `image debian-bookworm --variant ci` vs on the plain image with autopkgtest's setup-testbed as
+   its setup command (at least 5 rounds; each run's tests passed recorded beside its time: the ci image must pass
+   all 4, the plain one fails the two TLS tests)
+12. the persistent journal's boot cost, no target: `container debian-bookworm -- true` with this build vs with
+   postroj.pyz built from 2659fa8 (the journal's flush and utmp units masked, the journal volatile; at least 10
+   rounds)
 
 usage: bench/run.py [--rounds N] [--only 1,2,...] [--json FILE] [--before OLD.pyz] [--packages a,b]
-Needs root, the packages of `make setup`, and Debian's mirror (for provisioning and pairs 6 to 10).
+Needs root, the packages of `make setup`, and Debian's mirror (for provisioning and pairs 6 to 11).
 """
 
 from __future__ import annotations
@@ -69,6 +76,11 @@ PIUPARTS_PACKAGES = {
     "bind9": (("bind9-utils", "bind9-libs"), "named"),
     "exim4": (("exim4-base", "exim4-config", "exim4-daemon-light"), "exim4"),
 }
+# pair 11
+HAPROXY_TESTS = ("cli", "proxy-localhost", "proxy-ssl-termination", "proxy-ssl-pass-through")
+SETUP_TESTBED = "/usr/share/autopkgtest/setup-commands/setup-testbed"
+# pair 12: the last commit whose containers masked the journal's flush and the utmp units (1d7ec00 unmasked them)
+JOURNAL_BEFORE = "2659fa8"
 
 
 def timed(cmd: "list[str]", env: "dict[str, str] | None" = None, check: bool = True) -> float:
@@ -341,14 +353,15 @@ class Bench:
                     "floor.py --package (nspawn apt-get install, boot, by hand)", ys,
                     "postroj <= 1.0 x by hand", 1.0)
 
-    def autopkgtest(self, dsc: Path, side: str, virt: "list[str]") -> "tuple[float, int, dict[str, str]]":
-        """One `autopkgtest DSC -- VIRT...` run: its wall time, exit code and each test's result. Its log
-        and artifacts stay in BENCH_DIR/autopkgtest/SIDE until that side's next run; a run that did not
+    def autopkgtest(self, dsc: Path, side: str, virt: "list[str]", options: "tuple[str, ...]" = ()
+                    ) -> "tuple[float, int, dict[str, str]]":
+        """One `autopkgtest -B -U [OPTIONS] DSC -- VIRT...` run: its wall time, exit code and each test's result.
+        Its log and artifacts stay in BENCH_DIR/autopkgtest/SIDE until that side's next run; a run that did not
         test, or that leaves a container or an unpacked root file system behind, stops the bench."""
         out = BENCH_DIR / "autopkgtest" / side
         shutil.rmtree(out, ignore_errors=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        cmd = ["autopkgtest", "--no-built-binaries", "-o", str(out), "-U", str(dsc), "--", *virt]
+        cmd = ["autopkgtest", "--no-built-binaries", "-o", str(out), "-U", *options, str(dsc), "--", *virt]
         roots = unshare_roots()
         start = time.monotonic()
         proc = subprocess.run(cmd, env=self.env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -426,6 +439,78 @@ class Bench:
             ", ".join("%s %s" % kv for kv in sorted(outcomes["unshare"].items()))),
             "autopkgtest -- postroj.pyz autopkgtest-virt debian-bookworm", xs,
             "autopkgtest -- unshare --tarball %s" % os.path.basename(tarball), ys, "postroj <= 1.0 x unshare", 1.0)
+
+    def ci_image_pair(self) -> None:
+        """11: haproxy's own tests (bookworm's source: the mirror here lacks the security archive's) on the image
+        `image debian-bookworm --variant ci` made once, against the plain image with autopkgtest's setup-testbed as
+        the setup command, which it runs in every testbed it opens or reverts. Both -U -B. The ci image is made
+        before the timing. Each run's outcome is kept beside its time: on the ci image all 4 tests must pass (else
+        the bench stops); on the plain one the two TLS tests fail (no /usr/local/share/ca-certificates)."""
+        start = time.monotonic()
+        subprocess.run(self.postroj("image", "debian-bookworm", "--variant", "ci"), env=self.env(), check=True,
+                       stdout=subprocess.DEVNULL)
+        made = time.monotonic() - start
+        print("\n11. debian-bookworm-ci made (or found) in %.1f s, outside the timing" % made)
+        haproxy = rig.source_package("haproxy", "bookworm")
+        runs: "dict[str, list[dict]]" = {"ci": [], "plain": []}
+
+        def side(name: str, image: str, options: "tuple[str, ...]") -> float:
+            elapsed, code, results = self.autopkgtest(
+                haproxy, name + "-haproxy", [str(self.pyz), "autopkgtest-virt", image], options)
+            passed = sorted(test for test, result in results.items() if result == "PASS")
+            runs[name].append({"seconds": elapsed, "exit": code, "passed": len(passed), "tests": len(results),
+                               "results": results})
+            print("   %-5s %6.1f s  exit %d, %d of %d passed%s" % (
+                name, elapsed, code, len(passed), len(results), "".join(
+                    "; %s %s" % kv for kv in sorted(results.items()) if kv[1] != "PASS")))
+            sys.stdout.flush()
+            if name == "ci" and (code != 0 or set(passed) != set(HAPROXY_TESTS)):
+                raise SystemExit("debian-bookworm-ci: haproxy's tests did not all pass (autopkgtest exit %d): %s; "
+                                 "its log: %s" % (code, results, BENCH_DIR / "autopkgtest" / "ci-haproxy" / "log"))
+            return elapsed
+
+        xs, ys = alternate(max(self.rounds, 5), lambda: side("ci", "debian-bookworm-ci", ()),
+                           lambda: side("plain", "debian-bookworm", ("--setup-commands=%s" % SETUP_TESTBED,)))
+        self.record(11, "a testbed like Debian's CI: %s's 4 tests, -U -B" % haproxy.name,
+                    "autopkgtest -- postroj.pyz autopkgtest-virt debian-bookworm-ci", xs,
+                    "autopkgtest --setup-commands=setup-testbed -- postroj.pyz autopkgtest-virt debian-bookworm",
+                    ys, "ci <= 0.8 x setup-testbed", 0.8)
+        # the warm-up's runs first
+        self.results[-1].update(ci_image_seconds=made, a_runs=runs["ci"], b_runs=runs["plain"])
+        for name in ("ci", "plain"):
+            outcomes = ["%d of %d passed" % (r["passed"], r["tests"]) for r in runs[name]]
+            print("   %-5s %s" % (name, ", ".join("%d runs %s" % (outcomes.count(o), o)
+                                             for o in dict.fromkeys(outcomes))))
+
+    def journal_pair(self) -> None:
+        """12: what the persistent journal costs a boot: `container debian-bookworm -- true` with this build (the
+        journal's flush and the utmp units run, Storage=persistent) against postroj.pyz built from JOURNAL_BEFORE
+        (both masked in each container, the journal in /run), on the same image; each build compiles into
+        a code cache of its own (each removes what other builds left in one)."""
+        work = BENCH_DIR / "journal-before"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        for name in ("postroj.py", "build_zipapp.py"):
+            proc = subprocess.run(["git", "-C", str(REPO), "show", "%s:%s" % (JOURNAL_BEFORE, name)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+            if proc.returncode != 0:
+                raise SystemExit("pair 12 builds postroj.pyz from commit %s of this repository: git show failed (%s)"
+                                 % (JOURNAL_BEFORE, proc.stderr.decode().strip()))
+            (work / name).write_bytes(proc.stdout)
+        before = work / "postroj.pyz"
+        subprocess.run([self.python, str(work / "build_zipapp.py"), str(before)], check=True,
+                       stdout=subprocess.DEVNULL)
+        argv = ["container", "debian-bookworm", "--", "true"]
+        a = lambda: timed(self.postroj(*argv), self.env())  # noqa: E731
+        b = lambda: timed([self.python, str(before), *argv],  # noqa: E731
+                          self.env(POSTROJ_CACHE=str(BENCH_DIR / "cache-journal-before")))
+        try:
+            xs, ys = alternate(max(self.rounds, 10), a, b)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        self.record(12, "the persistent journal's boot cost: container debian-bookworm -- true",
+                    "postroj.pyz (this build: journal flush and utmp kept, persistent)", xs,
+                    "postroj.pyz of %s (journal flush, utmp masked)" % JOURNAL_BEFORE, ys, "none", None)
 
     def layers(self) -> None:
         """9: dependency layers. 9a: a repeated package probe of mariadb-server (its dependencies from the
@@ -666,7 +751,7 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10, help="runs of each side (default: 10)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10",
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11,12",
                         help="which pairs, e.g. 1,2 (7 includes 7b and 7c, 10 includes 10b)")
     parser.add_argument("--json", default=str(REPO / "bench" / "results" / "latest.json"))
     parser.add_argument("--before", type=Path, default=None, metavar="PYZ",
@@ -683,7 +768,7 @@ def main() -> int:
         bench.setup()
         steps = {1: bench.probe_cycle, 2: bench.startup, 3: bench.acquisition, 4: bench.matrix, 5: bench.memory,
                  6: bench.package_probe, 7: bench.autopkgtest_pair, 8: bench.lifecycle, 9: bench.layers,
-                 10: bench.piuparts_pair}
+                 10: bench.piuparts_pair, 11: bench.ci_image_pair, 12: bench.journal_pair}
         for number in sorted(chosen):
             steps[number]()
             if number == 7:

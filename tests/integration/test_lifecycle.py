@@ -482,6 +482,20 @@ def test_nginx_of_bookworm_by_name_from_its_release_to_its_security_update(image
     assert run.row("upgraded", "package")["target"] == "nginx"
 
 
+def test_nginx_by_name_on_bookworm_trixie_and_noble_in_one_run(real, tmp_path):
+    """--install nginx on three releases at once (issue 39): each image resolves the name by its own sources and
+    the result names the version it got; the service runs and answers on each."""
+    images = ("debian-bookworm", "debian-trixie", "ubuntu-noble")
+    run = probe(real, tmp_path, *[a for image in images for a in ("--image", image)], "--jobs", "2", "--install",
+                *NGINX, "--command", version_of("nginx"))
+    failed = ["%s: %s: %s" % (r["image"], check_name(r), r["reason"]) for r in run.rows if r["status"] != "pass"]
+    assert not failed and run.proc.returncode == 0, "\n".join(failed)
+    versions = {image: run.row("installed", "command", image=image)["output"].strip() for image in images}
+    assert len(set(versions.values())) == 3, versions  # three releases, three versions of nginx
+    for image, version in versions.items():
+        assert run.row("installed", "package", image=image)["name"] == "installed: package nginx %s" % version
+
+
 def test_nginx_of_noble_from_its_release_to_its_update(real, noble_nginx, tmp_path):
     old, new = noble_nginx
     service_life(real, tmp_path, "ubuntu-noble", old, new)

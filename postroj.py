@@ -7278,12 +7278,14 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
         status = Status.FAIL if judged else Status.ERROR
         return emitted + [ProbeResult(name, probe, status, time.monotonic() - t0, reason=reason)
                           for probe in plan.probes]
-    except OSError as exc:  # the host's own limits (a full disk): this image's failure; the others go on
+    except OSError as exc:  # the host's own limits (a full disk): this image's; the others go on
         where = " (%s)" % exc.filename if exc.filename else ""
         reason = "postroj could not go on: %s%s\nhint: check the free space and permissions of POSTROJ_HOME and " \
                  "POSTROJ_CACHE, then run `postroj gc`" % (exc.strerror or exc, where)
         log.error("%s: %s", name, reason)
-        return emitted + [ProbeResult(name, probe, Status.ERROR, time.monotonic() - t0, reason=reason)
+        # before the package's life: not tested; during it, the package (a service that fills the disk) did it
+        status = Status.FAIL if judged else Status.ERROR
+        return emitted + [ProbeResult(name, probe, status, time.monotonic() - t0, reason=reason)
                           for probe in plan.probes]
 
 

@@ -2656,10 +2656,17 @@ def bootstrap(settings: Settings, host: Host, source: Source, rootfs: Path) -> s
     # an interrupted bootstrap ends with every process it started.
     private_mounts = [require_tool("unshare"), "--mount", "--propagation", "private", "--"]
     become_subreaper()
-    with own_cgroups(host) as entry:
-        proc = run(entry + private_mounts + bootstrap_argv(tool, dist, rootfs, sources, cache, keyring,
-                                                           accept_expired),
-                   check=False, capture=True, stderr=subprocess.STDOUT, new_session=True, env=settings.child_env())
+    # mmdebstrap leaves gpg home directories in TMPDIR: one of postroj's own, beside the root file system in the
+    # image's staging directory (which the image's lock keeps from gc), removed after it
+    scratch = private_dir(rootfs.parent / "bootstrap-tmp")
+    try:
+        with own_cgroups(host) as entry:
+            proc = run(entry + private_mounts + bootstrap_argv(tool, dist, rootfs, sources, cache, keyring,
+                                                               accept_expired),
+                       check=False, capture=True, stderr=subprocess.STDOUT, new_session=True,
+                       env=settings.child_env(TMPDIR=str(scratch)))
+    finally:
+        remove_tree(scratch)
     if proc.returncode != 0:
         text = proc.stdout.decode("utf-8", "replace")
         hint = "check that this host reaches %s, or give another archive with --mirror" % mirror

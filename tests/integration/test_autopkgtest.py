@@ -46,9 +46,10 @@ def virt(images, tmp_path):
 def autopkgtest(runner, source, *server: str, options=("--no-built-binaries", "-U"), timeout: float = 900):
     """Run Debian's autopkgtest on `source` with `server` (the words after --); its exit code and output."""
     argv = ["autopkgtest", *options, str(source), "--", *server]
+    # autopkgtest keeps its output directory in TMPDIR: the test's own, not the host's /tmp
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          env=dict(runner.env, PATH=runner.extra_env.get("PATH", os.environ["PATH"])),
-                          timeout=timeout)
+                          env=dict(runner.env, PATH=runner.extra_env.get("PATH", os.environ["PATH"]),
+                                   TMPDIR=str(runner.home.parent)), timeout=timeout)
     return proc.returncode, proc.stdout.decode("utf-8", "replace")
 
 

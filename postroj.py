@@ -2808,12 +2808,14 @@ def apt_source_files(root: Path) -> List[str]:
     """The apt sources files of `root` (relative paths), in apt's order: sources.list, then sources.list.d's
     one-line .list and deb822 .sources files (the first 256 of those: a guest's directory is data)."""
     directory = resolve_in_root(root, "etc/apt/sources.list.d")
+    names: List[str] = []
     try:
-        names = sorted(os.listdir(directory)) if directory is not None and directory.is_dir() else []
+        if directory is not None and directory.is_dir():
+            with os.scandir(str(directory)) as entries:  # a directory of a million names is read 256 at most
+                names = [e.name for _, e in zip(range(4096), entries) if e.name.endswith((".list", ".sources"))]
     except OSError:
-        names = []
-    return ["etc/apt/sources.list"] + ["etc/apt/sources.list.d/" + n for n in names
-                                       if n.endswith((".list", ".sources"))][:256]
+        pass
+    return ["etc/apt/sources.list"] + ["etc/apt/sources.list.d/" + n for n in sorted(names)[:256]]
 
 
 def read_apt_sources(root: Path) -> List[Tuple[str, str]]:
@@ -3173,8 +3175,9 @@ SETUP_TESTBED_AFTER = "eatmydata apt-get install -y --no-install-recommends ca-c
 def setup_testbed(settings: Settings, host: Host, rootfs: Path) -> None:
     """Run autopkgtest's setup-testbed in `rootfs` (nspawn, not booted; the host's network), as Debian's CI runs it
     when it builds its testbeds: eatmydata, dbus, libpam-systemd, dpkg-dev, its apt configuration and package
-    lists, and the system upgraded; ca-certificates (SETUP_TESTBED_AFTER). The image's own apt sources are kept (its -security suite with them: the
-    sources setup-testbed would write lack it, and apt's own packages came from there)."""
+    lists, and the system upgraded; ca-certificates (SETUP_TESTBED_AFTER). The image's own apt sources are kept
+    (its -security suite with them: the sources setup-testbed would write lack it, and apt's own packages came
+    from there)."""
     if not os.path.isfile(SETUP_TESTBED):
         die("%s not found: the ci variant runs autopkgtest's setup-testbed" % SETUP_TESTBED,
             "install it: apt-get install autopkgtest (or `make setup-dev`)")
@@ -8866,15 +8869,15 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     def report(block: List[ProbeResult]) -> None:
         status.print(format_results(block, color))
 
+    if args.keep and not args.vm:
+        die("--keep is for VMs (--vm): a probe's container is thrown away", "to look at a failed image's "
+            "container, use --keep-on-failure; `postroj container IMAGE --keep` keeps a container", usage=True)
     plan = ProbePlan(probes, timeout=args.timeout, boot_timeout=args.boot_timeout,
                      private_network=not args.host_network, fail_fast=args.fail_fast,
                      install_timeout=args.install_timeout,
                      repos=parse_repositories(args, lambda url: download(url, settings.downloads,
                                                                          proxies=settings.proxies)),
                      keep_on_failure=args.keep_on_failure, **stages)
-    if args.keep and not args.vm:
-        die("--keep is for VMs (--vm): a probe's container is thrown away", "to look at a failed image's "
-            "container, use --keep-on-failure; `postroj container IMAGE --keep` keeps a container", usage=True)
     if args.vm:
         if any(p.by_name for p in probes):
             die("--install is for images; a VM takes package files", "give the package as a file with --package",

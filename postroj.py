@@ -459,6 +459,7 @@ class ProbeKind(StrEnum):
     COMMAND = "command"
     REBOOT = "reboot"
     LEFTOVER = "leftover"
+    RELEASE = "release"  # the release upgrade's own step: the system upgraded to the release and rebooted into it
 
 
 class Stage(StrEnum):
@@ -467,6 +468,7 @@ class Stage(StrEnum):
     BOOTED = "booted"
     INSTALLED = "installed"
     UPGRADED = "upgraded"
+    RELEASE_UPGRADED = "release-upgraded"  # to the release the result names (ProbeResult.release)
     REBOOTED = "rebooted"
     REMOVED = "removed"
     PURGED = "purged"
@@ -699,12 +701,18 @@ class ProbeResult(NamedTuple):
     stage: Optional[Stage] = None  # where in a package's life (None: a probe outside one, a VM's)
     label: str = ""  # what people read for the target: a package's name and version
     warning: str = ""  # what a maintainer should see though the probe passed (a unit started but not enabled)
+    release: str = ""  # in a release-upgraded stage: the release it upgraded to (a catalogue label)
+
+    @property
+    def stage_name(self) -> str:
+        """The stage as people read it: `release-upgraded to debian-trixie` names the release."""
+        return "%s to %s" % (self.stage, self.release) if self.release else str(self.stage or "")
 
     @property
     def title(self) -> str:
         """STAGE: KIND TARGET in a package's life, KIND TARGET otherwise (the target in full)."""
         packaged = self.stage and self.stage != Stage.BOOTED
-        return "%s: %s" % (self.stage, self.probe.title) if packaged else self.probe.title
+        return "%s: %s" % (self.stage_name, self.probe.title) if packaged else self.probe.title
 
     @property
     def heading(self) -> str:
@@ -713,7 +721,7 @@ class ProbeResult(NamedTuple):
         if not self.label:
             return self.title
         named = "%s %s" % (self.probe.kind, self.label)
-        return "%s: %s" % (self.stage, named) if self.stage and self.stage != Stage.BOOTED else named
+        return "%s: %s" % (self.stage_name, named) if self.stage and self.stage != Stage.BOOTED else named
 
     @property
     def passed(self) -> bool:
@@ -912,6 +920,50 @@ def find_distribution(name: str) -> Optional[Distribution]:
         if name == dist.label or name in dist.aliases:
             return dist
     return None
+
+
+def release_successors(dist: Distribution) -> List[Distribution]:
+    """The releases of the catalogue that `dist` upgrades to along its publisher's supported paths: Debian's next
+    release (stable to stable, the newest stable to testing), Ubuntu's next release (YY.04 to YY.10, YY.10 to
+    YY+1.04) and, from an LTS, the next LTS (README: Release upgrades)."""
+    if dist.name == "debian" and dist.version.isdigit():
+        wanted = [str(int(dist.version) + 1)]
+    elif dist.name == "ubuntu" and re.fullmatch(r"\d\d\.(04|10)", dist.version):
+        year, month = int(dist.version[:2]), dist.version[3:]
+        wanted = ["%02d.10" % year] if month == "04" else ["%02d.04" % (year + 1)]
+        wanted += ["%02d.04" % (year + 2)] if month == "04" and year % 2 == 0 else []
+    else:
+        return []
+    return [d for d in DISTRIBUTIONS if d.name == dist.name and d.version in wanted]
+
+
+def check_release_upgrades(images: Sequence[Tuple[str, Optional[Distribution]]], chain: Sequence[str]) -> None:
+    """Refuse, before anything boots, a --release-upgrade chain that some image of the matrix cannot take: each
+    target a later release of the image's own distribution, next on its publisher's supported path (no release
+    skipped, no other distribution, no downgrade). `images`: each image's name and its catalogue release
+    (None: postroj cannot tell which release it is)."""
+    for name, dist in images:
+        if dist is None:
+            die("--release-upgrade: %s is not a release of postroj's catalogue, so its upgrade path is not known"
+                % name, "probe a catalogue image (see `postroj list-images --available`)", usage=True)
+        current = dist
+        for target in chain:
+            successors = release_successors(current)
+            found = find_distribution(target)
+            if found is None or found not in successors:
+                if found is None:
+                    why = "not a release of postroj's catalogue"
+                elif found.name != current.name:
+                    why = "another distribution"
+                elif found == current or found in DISTRIBUTIONS[:DISTRIBUTIONS.index(current)]:
+                    why = "not a later release"
+                else:
+                    why = "it skips a release: %s supports upgrading only to the next" % current.name.capitalize()
+                die("--release-upgrade %s from %s: %s" % (target, current.label, why),
+                    "%s upgrades to %s" % (current.label, " or ".join(d.label for d in successors))
+                    if successors else "%s has no later release in postroj's catalogue" % current.label,
+                    usage=True)
+            current = found
 
 
 def closest(name: str, candidates: Sequence[str]) -> List[str]:
@@ -2926,7 +2978,12 @@ def package_cache_for(settings: Settings, root: Path) -> Path:
     have no VERSION_ID and one codename (forky/sid) but different package lists: their suite tells them apart."""
     fields = read_os_release(root)
     release = fields.get("VERSION_ID") or (apt_suite(root) if fields.get("ID") == "debian" else "")
-    key = "%s-%s" % (fields.get("ID", "unknown"), release or fields.get("VERSION_CODENAME") or "rolling")
+    return package_cache_named(settings, "%s-%s" % (fields.get("ID", "unknown"),
+                                                    release or fields.get("VERSION_CODENAME") or "rolling"))
+
+
+def package_cache_named(settings: Settings, key: str) -> Path:
+    """The package cache of the release `key` (ID-VERSION_ID), made when there is none."""
     private_dir(settings.cache)
     cache = settings.packages / re.sub(r"[^A-Za-z0-9._-]", "_", key)
     for partial in (cache / "partial", cache / "lists" / "partial"):
@@ -4084,10 +4141,10 @@ class Overlay:
         """The fingerprints of what the container itself changed, as the last entries() found them."""
         return dict(self._upper_prints)
 
-    def difference(self, path: str, kind: str) -> Optional[str]:
-        """How `path` differs from the image's (image_difference)."""
+    def difference(self, path: str, kind: str, against: Optional[Path] = None) -> Optional[str]:
+        """How `path` differs from the image's, or from the overlay directory `against` (image_difference)."""
         holder = self.upper if path in self._upper_entries or not self.layer else self.layer.tree
-        return image_difference(self.image, path, kind, holder)
+        return image_difference(against or self.image, path, kind, holder)
 
 
 def nspawn_boot_argv(spec: ContainerSpec, machine: str, overlay: Overlay, how: ContainerMode) -> List[str]:
@@ -4720,9 +4777,9 @@ class ContainerSystem:
         """The fingerprints of what the container changed (Overlay.fingerprints)."""
         return self.container.overlay_of().fingerprints()
 
-    def difference(self, path: str, kind: str) -> Optional[str]:
-        """How `path` differs from the image's (Overlay.difference)."""
-        return self.container.overlay_of().difference(path, kind)
+    def difference(self, path: str, kind: str, against: Optional[Path] = None) -> Optional[str]:
+        """How `path` differs from the image's, or from the overlay directory `against` (Overlay.difference)."""
+        return self.container.overlay_of().difference(path, kind, against)
 
 
 # ==============================================================================
@@ -5275,7 +5332,8 @@ class Repository(NamedTuple):
 
 class ProbePlan(NamedTuple):
     """All probes of a run, in their order, with their timeouts, and the stages of the packages' life:
-    `upgrade_from` ("archive", or package files) first, then the packages, then a reboot, remove and purge."""
+    `upgrade_from` ("archive", or package files) first, then the packages, then the release upgrades, a reboot,
+    remove and purge."""
 
     probes: Tuple[Probe, ...]
     timeout: float = 30
@@ -5294,29 +5352,40 @@ class ProbePlan(NamedTuple):
     settle: float = UNIT_SETTLE  # seconds a checked unit must have been up without a restart
     repos: Tuple[Repository, ...] = ()  # vendors' repositories added before the downloads (--repo)
     keep_on_failure: bool = False  # a booted container whose probes failed is left running for a look
+    release_upgrade: Tuple[str, ...] = ()  # the releases (catalogue labels) the system is upgraded to, in order
+    # the packages built for a release of `release_upgrade` (--package TARGET=FILE), installed after it
+    release_packages: Tuple[Probe, ...] = ()
 
-    def stages(self) -> List[Stage]:
-        """The stages of one image, in order."""
+    def stages(self) -> List[Tuple[Stage, str]]:
+        """The stages of one image, in order, each with the release it upgrades to ('' for any other stage)."""
         packaged = any(p.kind == ProbeKind.PACKAGE for p in self.probes)
         stages = [Stage.INSTALLED, Stage.UPGRADED] if packaged and self.upgrade_from else \
             [Stage.INSTALLED] if packaged else [Stage.BOOTED]
-        stages += [Stage.REBOOTED] if self.reboot else []
+        named = [(stage, "") for stage in stages] + [(Stage.RELEASE_UPGRADED, t) for t in self.release_upgrade]
+        stages = [Stage.REBOOTED] if self.reboot else []
         stages += [Stage.REMOVED] if packaged and (self.remove or self.purge) else []
-        return stages + ([Stage.PURGED] if packaged and self.purge else [])
+        stages += [Stage.PURGED] if packaged and self.purge else []
+        return named + [(stage, "") for stage in stages]
+
+    def packages_for(self, release: str) -> List[Probe]:
+        """The packages built for `release` (--package RELEASE=FILE), installed after the upgrade to it."""
+        return [p for p in self.release_packages if canonical_image(p.only) == canonical_image(release)]
 
 
 # What the live status line says an image is doing in each stage
 STAGE_DOING = {Stage.BOOTED: "probing", Stage.INSTALLED: "installing", Stage.UPGRADED: "upgrading",
-               Stage.REBOOTED: "rebooting", Stage.REMOVED: "removing", Stage.PURGED: "purging"}
+               Stage.RELEASE_UPGRADED: "upgrading the release", Stage.REBOOTED: "rebooting", Stage.REMOVED: "removing", Stage.PURGED: "purging"}
 
 
 UPGRADE_FROM_ARCHIVE = "archive"
 
 
-def stage_probes(plan: ProbePlan, stage: Stage, packages: Optional[Packages]) -> List[Probe]:
+def stage_probes(plan: ProbePlan, stage: Stage, packages: Optional[Packages], release: str = "") -> List[Probe]:
     """What a stage reports on: its step and its checks (for the rows of a stage that is skipped)."""
     if stage == Stage.INSTALLED and plan.upgrade_from:
         found = [Probe(ProbeKind.PACKAGE, s) for s in plan.upgrade_from]
+    elif stage == Stage.RELEASE_UPGRADED:
+        found = [Probe(ProbeKind.RELEASE, release)] + plan.packages_for(release)
     elif stage == Stage.REBOOTED:
         found = [Probe(ProbeKind.REBOOT, "the container")]
     else:
@@ -5387,9 +5456,9 @@ class System(Protocol):
     def fingerprints(self) -> Dict[str, Fingerprint]:
         """The fingerprints of what the last entries() listed that it changed itself ({}: none known)."""
 
-    def difference(self, path: str, kind: str) -> Optional[str]:
-        """How `path` differs from the image's, in words: None where the image has no such path, '' where it
-        has it as it is now."""
+    def difference(self, path: str, kind: str, against: Optional[Path] = None) -> Optional[str]:
+        """How `path` differs from the image's (or from the overlay directory `against`: a release upgrade's
+        reference), in words: None where it has no such path, '' where it has it as it is now."""
 
 
 # How identify()'s lines start: they share the run's output with the package manager's.
@@ -5437,6 +5506,11 @@ class PackageManager:
     def installed_as_dependencies(self, names: Sequence[str]) -> List[str]:
         """Mark installed packages as installed for others' sake (dependency layers: apt's)."""
         raise NotImplementedError
+
+    def installed_by_hand(self, names: Sequence[str]) -> List[str]:
+        """Mark installed packages as installed by hand, which purge's autoremove keeps; [] where it has no such
+        mark."""
+        return []
 
     def remove(self, names: Sequence[str]) -> List[str]:
         """Remove the packages."""
@@ -5518,6 +5592,10 @@ class Apt(PackageManager):
     def installed_as_dependencies(self, names: Sequence[str]) -> List[str]:
         """Mark installed packages as installed for others' sake: apt removes them with the last that needs them."""
         return ["apt-mark", "auto", *names]
+
+    def installed_by_hand(self, names: Sequence[str]) -> List[str]:
+        """Mark installed packages as installed by hand: apt's autoremove keeps them."""
+        return ["apt-mark", "-q", "manual", *names]
 
     def remove(self, names: Sequence[str]) -> List[str]:
         """Remove the packages; their configuration files stay."""
@@ -5787,6 +5865,7 @@ class Packages(NamedTuple):
     labels: Dict[str, str]  # a probe's target, or an --upgrade-from source -> NAME VERSION
     dependencies: Tuple[str, ...] = ()  # NAME[:ARCH]=VERSION the first install brings with it (apt's resolution)
     versions: Dict[str, str] = {}  # NAME -> the version of its --package file, which the upgrade must install
+    release_files: Dict[str, str] = {}  # a --package RELEASE=FILE's target -> the file in the container
     old_versions: Dict[str, str] = {}  # NAME -> the version --upgrade-from installs first (a file's, the archive's)
 
 
@@ -5833,6 +5912,7 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
     probes = tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE)
     new = stage_files(container, "packages", [packages[p.target] for p in probes if not p.by_name])
     old = stage_files(container, "old", [packages[s] for s in plan.upgrade_from if s != UPGRADE_FROM_ARCHIVE])
+    later = stage_files(container, "release", [packages[p.target] for p in plan.release_packages])
     added = add_repositories(container, [r for r in plan.repos if r.for_image(image.name)])
     cache = package_cache_for(settings, Path(image.path))
     binds = [(str(cache), PACKAGE_CACHE_DIR)]
@@ -5850,7 +5930,7 @@ def prepare_packages(settings: Settings, image: ImageInfo, container: NspawnCont
                                      layered=not container.host.upper_on_tmpfs, refresh=not current, added=added)
         if apt and not current and not added:
             note_refresh(cache, image)
-        return prepared
+        return prepared._replace(release_files={p.target: inner for p, inner in zip(plan.release_packages, later)})
 
 
 def download_packages(run_step: Callable[[List[str], str], Tuple[int, str]], image: ImageInfo,
@@ -6032,18 +6112,19 @@ def not_downloaded(image: str, plan: ProbePlan, failure: DownloadFailed, duratio
     """The results of an image whose packages could not be downloaded: nothing booted; the first stage's step
     fails with the package manager's output, everything after it is skipped."""
     stages = plan.stages()
+    first = stages[0][0]
     reason = failure.message + ("\nhint: %s" % failure.hint if failure.hint else "")
     packaged = Packages((), (), (), tuple(p for p in plan.probes if p.kind == ProbeKind.PACKAGE), {})
     status = Status.ERROR if failure.untested else Status.FAIL
-    results = [ProbeResult(image, p, status, duration, reason=reason, output=failure.output, stage=stages[0])
-               for p in (stage_probes(plan, stages[0], packaged)) if p.kind == ProbeKind.PACKAGE]
+    results = [ProbeResult(image, p, status, duration, reason=reason, output=failure.output, stage=first)
+               for p in (stage_probes(plan, first, packaged)) if p.kind == ProbeKind.PACKAGE]
     files = ", ".join(os.path.basename(p.target) for p in plan.probes if p.kind == ProbeKind.PACKAGE)
     skipped = "not run: downloading what %s needs failed" % files if failure.message.startswith("downloading") \
         else "not run: %s" % failure.message.split(":")[0]
-    for stage in stages:
-        results += [ProbeResult(image, p, Status.SKIP, 0.0, reason=skipped, stage=stage)
-                    for p in stage_probes(plan, stage, packaged)
-                    if not (stage == stages[0] and p.kind == ProbeKind.PACKAGE)]
+    for index, (stage, release) in enumerate(stages):
+        results += [ProbeResult(image, p, Status.SKIP, 0.0, reason=skipped, stage=stage, release=release)
+                    for p in stage_probes(plan, stage, packaged, release)
+                    if not (index == 0 and p.kind == ProbeKind.PACKAGE)]
     return results
 
 
@@ -6129,12 +6210,146 @@ def package_step(container: System, plan: ProbePlan, stage: Stage, packages: Pac
         known = set(listed.split())
         pulled = sorted(known - baseline.packages - set(packages.names)) if baseline else []
         names = [name for name in packages.names if name in known] + pulled
+        kept = manager.installed_by_hand(sorted(known & baseline.packages - set(names))) \
+            if baseline and baseline.reference else []
+        if kept:  # after a release upgrade: what the upgrade without the packages keeps (its obsolete libraries)
+            container.run_captured(kept, timeout=plan.timeout)
         purge = manager.purge(names) if names else []
         step = transaction(container, image, packages.probes, stage, purge,
                            plan.install_timeout, packages.labels) if purge else [
             ProbeResult(image.name, p, Status.PASS, 0.0, output="nothing left to purge: remove took it all",
                         stage=stage, label=packages.labels.get(p.target, "")) for p in packages.probes]
     return step, files
+
+
+# The release upgrade (README: Release upgrades): the package sources switched to the target release where they
+# name the running one (its -updates and -security suites too, the deb822 and the one-line files alike, as the
+# release notes' sed does), then apt as the release notes say, non-interactive, keeping changed configuration
+# files. debconf's developer log names each question asked (RELEASE_QUESTION); dpkg names each configuration file
+# it would have asked about (RELEASE_CONFFILE).
+RELEASE_SOURCES_SCRIPT = r'''set -e
+. /etc/os-release
+from=${VERSION_CODENAME:?no VERSION_CODENAME in /etc/os-release}
+for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+  if [ -f "$f" ] && [ ! -L "$f" ] && grep -qw "$from" "$f"; then
+    sed -i "s/\\b$from\\b/$1/g" "$f"
+    echo "$f: $from -> $1"
+  fi
+done'''
+RELEASE_APT = ("env", "DEBIAN_FRONTEND=noninteractive", "DEBCONF_DEBUG=developer", "UCF_FORCE_CONFFOLD=1",
+               "APT_LISTCHANGES_FRONTEND=none", "NEEDRESTART_SUSPEND=1", "LC_ALL=C", "apt-get", "-q", "-y",
+               "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold",
+               "-o", "Dpkg::Use-Pty=0", "-o", "Dpkg::Options::=--force-unsafe-io", "-o", "APT::Sandbox::User=root",
+               "-o", "Acquire::Languages=none",
+               "-o", "Acquire::IndexTargets::deb-src::Sources::DefaultEnabled=false")
+RELEASE_QUESTION = r"debconf \(developer\): <-- INPUT (critical|high) (\S+)\s*\ndebconf \(developer\): --> 0 "
+RELEASE_CONFFILE = r"Configuration file [`']([^'`]+)'"
+RELEASE_PROGRESS = "grep -c ' status installed ' /var/log/dpkg.log 2>/dev/null || true"
+
+
+def upgrade_counts(output: str) -> Tuple[int, int, int]:
+    """(upgraded, newly installed, removed) of apt's summary line, (0, 0, 0) without one."""
+    found = re.search(r"(\d+) upgraded, (\d+) newly installed, (?:\d+ downgraded, )?(\d+) to remove", output)
+    return (int(found.group(1)), int(found.group(2)), int(found.group(3))) if found else (0, 0, 0)
+
+
+def without_debconf_log(output: str) -> str:
+    """apt's output without debconf's developer log (what a failure shows)."""
+    return "\n".join(line for line in output.splitlines() if not line.startswith("debconf (developer)"))
+
+
+def upgrade_release(container: System, plan: ProbePlan, release: str, packages: Optional[Packages],
+                    say: Callable[[str], None] = lambda doing: None) -> List[ProbeResult]:
+    """The release upgrade's step: the package sources switched to `release`, the system upgraded as its
+    release notes say (`apt upgrade --without-new-pkgs`, then `apt full-upgrade`), the container rebooted
+    into it; then the packages built for it (--package RELEASE=FILE) installed as upgrades. The first result
+    is the release's (ProbeKind.RELEASE), the others the packages'; a failure names the failing packages with
+    dpkg's status and the stage's journal."""
+    image = container.image.name
+    target = find_distribution(release)
+    assert target is not None  # check_release_upgrades
+    probe = Probe(ProbeKind.RELEASE, release)
+    t0, started = time.monotonic(), time.time()
+    outputs: List[str] = []
+
+    def failure(reason: str, output: str, code: int = 0) -> List[ProbeResult]:
+        _, audit = container.run_captured(["sh", "-c", "dpkg --audit; dpkg-query -W -f='${db:Status-Abbrev} "
+                                                       "${Package} ${Version}\\n' | grep -v '^ii ' || true"])
+        failing = sorted(set(re.findall(r"(?m)^dpkg: error processing package (\S+)", output)))
+        reason += " (%s)" % ", ".join(failing) if failing else ""
+        details = ("dpkg's status of what is not installed:\n%s\n\n" % audit.strip() if audit.strip() else "") + \
+            ("" if container.ended() else container.journal_tail(30, since=started))
+        skipped = [ProbeResult(image, p, Status.SKIP, 0.0, reason="not run: the release upgrade failed",
+                               stage=Stage.RELEASE_UPGRADED) for p in plan.packages_for(release)]
+        return [ProbeResult(image, probe, Status.FAIL, time.monotonic() - t0, reason=reason,
+                            output=tail(without_debconf_log(output), 40), details=details,
+                            stage=Stage.RELEASE_UPGRADED)] + skipped
+
+    code, output = container.run_captured(["sh", "-c", RELEASE_SOURCES_SCRIPT, "sh", target.release])
+    outputs.append(output)
+    if code != 0 or not output.strip():
+        return failure("the package sources name no release to upgrade from", output)
+    code, output = container.run_captured([*RELEASE_APT, "update"], timeout=plan.install_timeout)
+    outputs.append(output)
+    if code != 0 or re.search(r"(?m)^(E:|W: Failed to fetch)", output):
+        return failure("apt-get update for %s failed with exit code %d" % (release, code), output)
+    _, simulated = container.run_captured([*RELEASE_APT, "-s", "full-upgrade"], timeout=plan.install_timeout)
+    total = sum(upgrade_counts(simulated)[:2])
+    _, before = container.run_captured(["sh", "-c", RELEASE_PROGRESS])
+    done = threading.Event()
+
+    def progress() -> None:  # packages upgraded of the total, while apt runs
+        while not done.wait(2):
+            _, now = container.run_captured(["sh", "-c", RELEASE_PROGRESS])
+            with contextlib.suppress(ValueError):
+                say("upgrading to %s: %d of %d packages" % (release, int(now or 0) - int(before or 0), total))
+
+    watcher = threading.Thread(target=progress, daemon=True)
+    watcher.start()
+    try:
+        for verb in (["upgrade", "--without-new-pkgs"], ["full-upgrade"]):
+            code, output = container.run_captured([*RELEASE_APT, *verb], timeout=plan.install_timeout)
+            outputs.append(output)
+            if code != 0:
+                why = "did not finish within %g s" % plan.install_timeout if code == 124 else "exited with %d" % code
+                return failure("apt-get %s to %s %s" % (verb[0], release, why), output)
+    finally:
+        done.set()
+        watcher.join()
+    said = "\n".join(outputs)
+    counts = [upgrade_counts(o) for o in outputs[2:]]
+    upgraded, new, removed = (sum(c[i] for c in counts) for i in range(3))
+    say("rebooting into %s" % release)
+    try:
+        container.power_cycle()
+    except PostrojError as exc:
+        return failure("the container did not come back after the release upgrade: %s" % exc.message, said)
+    _, os_release = container.run_captured(["sh", "-c", ". /etc/os-release; echo \"$VERSION_CODENAME|$PRETTY_NAME\""])
+    codename, _, pretty = os_release.strip().partition("|")
+    if codename != target.release:
+        return failure("after the upgrade and the reboot the system is %s, not %s" % (codename or "?", release),
+                       said)
+    questions = sorted(set(q for _, q in re.findall(RELEASE_QUESTION, said)))
+    conffiles = sorted(set(re.findall(RELEASE_CONFFILE, said)))
+    prompts = ["kept changed configuration files dpkg would have asked about: %s" % ", ".join(conffiles)] \
+        if conffiles else []
+    prompts += ["debconf would have asked: %s" % ", ".join(questions)] if questions else []
+    warning = "; ".join(prompts)
+    summary = "%d upgraded, %d newly installed, %d removed; rebooted into %s (%s)\n" % (
+        upgraded, new, removed, pretty or release, container.boot_state() or "?")
+    results = [ProbeResult(image, probe, Status.PASS, time.monotonic() - t0, output=summary + tail(
+        without_debconf_log(said)), warning=warning, stage=Stage.RELEASE_UPGRADED)]
+    built = plan.packages_for(release)
+    if built and packages is not None:
+        files = [packages.release_files[p.target] for p in built]
+        _, identified = container.run_captured(container.manager.identify(files))
+        expected = dict(line.split("\t")[1:3] for line in identified.splitlines()
+                        if line.startswith(IDENTIFIED + "\t") and line.count("\t") == 2)
+        labels = {p.target: " ".join(pair) for p, pair in zip(built, expected.items())}
+        step = transaction(container, container.image, built, Stage.RELEASE_UPGRADED,
+                           [*RELEASE_APT, "install", *files], plan.install_timeout, labels)
+        results += version_checked(container, container.manager, step, expected, Stage.RELEASE_UPGRADED)
+    return results
 
 
 # --- checks ------------------------------------------------------------------------------
@@ -6611,6 +6826,8 @@ class Baseline(NamedTuple):
     accounts: "set[str]"
     packages: "set[str]"
     fingerprints: Dict[str, Fingerprint]
+    # after a release upgrade: the overlay directory of the same upgrade without the packages (ReleaseReference)
+    reference: Optional[Path] = None
 
     @classmethod
     def take(cls, container: System) -> "Baseline":
@@ -6693,9 +6910,9 @@ def check_purged(container: System, baseline: Baseline, files: "set[str]", t0: f
     said = ["not compared: %s (%s)" % (", ".join(sorted(paths)[:10]) + (" ..." if len(paths) > 10 else ""), why)
             for why, paths in matched.items() if why != PURGE_EXPECTED[0][0]]
     said += ["left, as Debian's policy allows: %s" % ", ".join(accounts)] if accounts else []
+    before = "the release upgrade without the packages" if baseline.reference else "the container before the install"
     return [leftover_result(image, "files", Stage.PURGED, listed, (
-        "path differs from the container before the install", "paths differ from the container before the install"),
-        t0, "\n".join(said)),
+        "path differs from %s" % before, "paths differ from %s" % before), t0, "\n".join(said)),
         leftover_result(image, "processes", Stage.PURGED, running, ("process still runs", "processes still run"), t0)]
 
 
@@ -6712,6 +6929,12 @@ def purge_findings(container: System, baseline: Baseline, now: Dict[str, str],
     found = {}
     for path, kind in now.items():
         before = baseline.entries.get(path)
+        if before == kind and baseline.reference is not None and kind != EntryKind.GONE:
+            # the release upgrade without the packages changed it too: is it as that upgrade left it?
+            change = container.difference(path, kind, baseline.reference)
+            if change:
+                found[path] = "differs from the release upgrade without the packages: %s" % change
+            continue
         if before == kind:  # changed before the install: changed again since?
             was = baseline.fingerprints.get(path)
             change = fingerprint_difference(was, prints[path]) if was and path in prints else ""
@@ -6729,7 +6952,8 @@ def purge_findings(container: System, baseline: Baseline, now: Dict[str, str],
     named: List[str] = []
     for path in gone:  # made before the install (by the boot), deleted since: named once, not what it held
         if not any(path.startswith(top + "/") for top in named):
-            found[path] = "removed (it was there before the install)"
+            found[path] = "removed (the release upgrade without the packages has it)" if baseline.reference else \
+                "removed (it was there before the install)"
             named.append(path)
     held = {path: 0 for path, what in found.items() if what == PURGE_WORDS[EntryKind.DIR]}
     for path, kind in now.items():  # one pass, however deep the tree: each entry counts for its directory
@@ -6759,7 +6983,7 @@ PURGE_EXPECTED: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("what every booted system and its package managers change", (
         "/run/", "/tmp/", "/var/tmp/", "/var/lib/systemd/", "/var/lib/dbus/", "/var/lib/polkit-1/",
         "/var/lib/private", "/var/cache/private", "/var/log/private",
-        "/etc/machine-id", "/etc/hosts", "/etc/ld.so.cache",
+        "/etc/machine-id", "/etc/hosts", "/etc/resolv.conf", "/etc/ld.so.cache",
         "/var/cache/ldconfig/", "/etc/.pwd.lock", "/etc/passwd", "/etc/passwd-", "/etc/group", "/etc/group-",
         "/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/subuid", "/etc/subuid-",
         "/etc/subgid", "/etc/subgid-", "/usr/share/info/dir", "/usr/share/info/dir.old",
@@ -6933,12 +7157,74 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
     return read_layer(settings.layers / key)
 
 
+def release_reference(settings: Settings, spec: ContainerSpec, fleet: Optional[Fleet], plan: ProbePlan,
+                      say: Callable[[str], None]) -> Baseline:
+    """What purge compares with after release upgrades (README: Release upgrades): the same upgrades of the same
+    image version without the packages, in a container of its own, as piuparts compares with its upgraded base.
+    Made once and kept as a layer directory (KEY/tree, KEY/layer.json, pruned by gc as layers are)."""
+    import hashlib
+
+    image = spec.image
+    key = hashlib.sha256(json.dumps([LAYER_FORMAT, "release-upgrade", image.version,
+                                     list(plan.release_upgrade)]).encode()).hexdigest()[:32]
+    private_dir(settings.layers)
+    with file_lock(settings.layers / (".%s.lock" % key),
+                   waiting="the release upgrade's reference %s, which another probe is making" % key[:12]):
+        layer = read_layer(settings.layers / key)
+        if layer is None:
+            say("upgrading a reference without the packages")
+            make_release_reference(settings, spec, fleet, plan, key, say)
+            layer = read_layer(settings.layers / key)
+        if layer is None:
+            raise PostrojError("the release upgrade of %s without the packages failed: purge has nothing to compare "
+                               "with" % image.name, "run the probe without --purge to see the upgrade's own failure")
+        os.utime(str(layer.stamp), follow_symlinks=False)
+        data = json.loads(read_regular(str(layer.stamp)))
+        return Baseline(overlay_entries(layer.tree), set(data.get("executables", ())), set(layer.accounts),
+                        set(layer.packages), {}, layer.tree)
+
+
+def make_release_reference(settings: Settings, spec: ContainerSpec, fleet: Optional[Fleet], plan: ProbePlan,
+                           key: str, say: Callable[[str], None]) -> None:
+    """Boot the image, upgrade it along the plan's releases (upgrade_release: rebooted into the last), note its
+    processes, users and groups and packages, power it off and make its overlay the reference KEY (staged,
+    renamed into place whole); nothing is made when an upgrade fails."""
+    t0 = time.monotonic()
+    with NspawnContainer(settings, spec._replace(keep=False), fleet) as container:
+        system = ContainerSystem(container)
+        container.boot()
+        for release in plan.release_upgrade:
+            step = upgrade_release(system, plan._replace(release_packages=()), release, None, say)
+            if step[0].status != Status.PASS:
+                log.warning("%s: the release upgrade to %s without the packages failed: %s", spec.image.name,
+                            release, step[0].reason)
+                return
+        _, listed = system.run_captured(system.manager.installed())
+        executables = sorted({exe for exe, _ in container_processes(system).values()})
+        accounts = sorted(account_names(system))
+        container.power_off()
+        staging = settings.layers / (".making-%s-%d" % (key, os.getpid()))
+        remove_tree(staging)
+        private_dir(staging)
+        container.overlay_of().take(staging / "tree")
+    (staging / "layer.json").write_text(json.dumps({
+        "image": spec.image.name, "version": spec.image.version, "root": str(spec.image.path),
+        "reference": list(plan.release_upgrade), "packages": sorted(listed.split()), "before": {},
+        "accounts": accounts, "executables": executables,
+        "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.monotonic() - t0, 3),
+        "size": tree_size(staging / "tree")}, indent=1) + "\n")
+    remove_tree(settings.layers / key)  # not a whole reference (read_layer said so): nobody's
+    os.rename(str(staging), str(settings.layers / key))
+    log.info("%s: release upgrade reference %s made in %.1f s", spec.image.name, key[:12], time.monotonic() - t0)
+
+
 # --- the stage loop ----------------------------------------------------------------------
 
 
 def live(container: System, plan: ProbePlan, packages: Optional[Packages], cancel: threading.Event,
          say: Callable[[str], None] = lambda doing: None,
-         emit: Callable[[List[ProbeResult]], None] = lambda block: None) -> List[ProbeResult]:
+         emit: Callable[[List[ProbeResult]], None] = lambda block: None,
+         reference: Optional[Baseline] = None) -> List[ProbeResult]:
     """The stages of the plan in the booted container, in order, each followed by its checks; a stage whose
     step fails skips the stages after it. Each stage's results but the last go to `emit` as the next stage
     begins (they are printed then); the whole list is returned."""
@@ -6950,20 +7236,28 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
     units = package_units((), plan)
     failed = ""
     emitted: List[ProbeResult] = []
-    for stage in plan.stages():
+    for stage, release in plan.stages():
         if len(results) > len(emitted):  # the stage before is over: its lines are printed now
             emit(list(results[len(emitted):]))
             emitted = list(results)
         t0, started = time.monotonic(), time.time()
-        say(STAGE_DOING[stage])
+        say(STAGE_DOING[stage] + (" to %s" % release if release else ""))
         if failed:
             labels = packages.labels if packages else {}
             results += [ProbeResult(image.name, p, Status.SKIP, 0.0, reason="not run: %s" % failed, stage=stage,
-                                    label=labels.get(p.target, "")) for p in stage_probes(plan, stage, packages)]
+                                    label=labels.get(p.target, ""), release=release)
+                        for p in stage_probes(plan, stage, packages, release)]
             continue
         step: List[ProbeResult] = []
         if stage == Stage.REBOOTED:
             step = [reboot(container, plan)]
+        elif stage == Stage.RELEASE_UPGRADED:
+            step = upgrade_release(container, plan, release, packages, say)
+            if baseline and reference and release == plan.release_upgrade[-1]:
+                baseline = reference  # purge compares with the same upgrades without the packages
+            if packages is not None and manager is not None:
+                _, listed = container.run_captured(manager.files(packages.names))
+                units = package_units((line.strip() for line in listed.splitlines()), plan)
         elif packages is not None and manager is not None:
             step, listed_files = package_step(container, plan, stage, packages, manager, baseline)
             files = listed_files or files
@@ -6976,13 +7270,16 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
             said = "%d dependencies from layer %s (made %s)\n" % (len(container.layer.packages),
                                                                   container.layer.key[:12], container.layer.made)
             step = [r._replace(output=said + r.output) if i == 0 else r for i, r in enumerate(step)]
+        mark = len(results)
         results += step
         broken = ", ".join(os.path.basename(r.probe.target) for r in step if r.status == Status.FAIL)
         if broken:
-            failed = "the %s stage failed (%s)" % (stage, broken)
+            failed = "the %s stage failed (%s)" % (stage if not release else "%s to %s" % (stage, release), broken)
         say("checking after %s" % STAGE_DOING[stage] if stage != Stage.BOOTED else "probing")
         # where only systemd failed the stage (a unit, a job), the packages are there: the checks say more
         run_checks(container, plan, stage, "%s failed" % broken if failed and not installed else "", cancel, results)
+        if release:  # the stage's lines name the release it upgraded to
+            results[mark:] = [r._replace(release=release) for r in results[mark:]]
         if failed:
             continue
         if stage == Stage.REMOVED:
@@ -7139,7 +7436,7 @@ class VmSystem:
         """A VM's listing has no fingerprints: a path is compared by its kind alone."""
         return {}
 
-    def difference(self, path: str, kind: str) -> Optional[str]:
+    def difference(self, path: str, kind: str, against: Optional[Path] = None) -> Optional[str]:
         """Nothing to compare a VM's path with but its listing: as if the image had none."""
         return None
 
@@ -7223,6 +7520,24 @@ def order_probes(probes: Sequence[Probe]) -> Tuple[Probe, ...]:
     return tuple(sorted(probes, key=lambda p: PROBE_RUNNERS[p.kind].rank))
 
 
+def release_endpoints(image: ImageInfo, plan: ProbePlan) -> Tuple[Tuple[str, int], ...]:
+    """What a container's release upgrades reach through the package proxy: the archives of the image's sources,
+    those of each release as its publisher's image has them, and the vendors' repositories (--repo)."""
+    urls = [line.split()[1] for release in plan.release_upgrade for line in apt_sources(
+        find_distribution(release) or DISTRIBUTIONS[0])] + [r.url for r in plan.repos if r.for_image(image.name)]
+    found = list(archive_endpoints(Path(image.path))) + [url_endpoint(url) for url in urls]
+    return tuple(dict.fromkeys(e for e in found if e))
+
+
+def release_package_cache(settings: Settings, release: str) -> Path:
+    """The package cache of a catalogue release (the one its images share: package_cache_for), where the package
+    proxy keeps what a release upgrade to it downloads."""
+    dist = find_distribution(release)
+    assert dist is not None
+    numbered = dist.version and not (dist.name == "debian" and "debian-testing" in dist.aliases)
+    return package_cache_named(settings, "%s-%s" % (dist.name, dist.version if numbered else dist.release))
+
+
 def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: ProbePlan, *, cancel: threading.Event,
                 packages: Dict[str, Path], fleet: Optional[Fleet] = None,
                 say: Callable[[str, str], None] = lambda image, doing: None,
@@ -7242,7 +7557,8 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
         emit(block)
 
     name = target.name
-    plan = plan._replace(probes=tuple(p for p in plan.probes if p.for_image(name)))
+    plan = plan._replace(probes=tuple(p for p in plan.probes if p.for_image(name)), release_packages=tuple(
+        p for p in plan.probes if p.only and any(p.for_image(release) for release in plan.release_upgrade)))
     if not any(p.kind == ProbeKind.PACKAGE for p in plan.probes):  # its packages are all other images'
         plan = plan._replace(upgrade_from=(), remove=False, purge=False)
     if cancel.is_set():  # --fail-fast: another image failed first; reported as within an image
@@ -7255,8 +7571,13 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
         if packaged:  # the booted container installs from the cache what was downloaded before it booted
             cache = package_cache_for(settings, Path(image.path))
             binds = (Bind(str(cache), PACKAGE_CACHE_DIR),)
+        proxy: Tuple[Tuple[str, int], ...] = ()
+        if plan.release_upgrade and plan.private_network:  # the releases' archives, through the package proxy
+            proxy = release_endpoints(image, plan)
         spec = ContainerSpec(image, host, binds, private_network=plan.private_network,
-                             boot_timeout=plan.boot_timeout, keep=plan.keep_on_failure)
+                             boot_timeout=plan.boot_timeout, keep=plan.keep_on_failure, package_proxy=proxy,
+                             proxy_cache=str(release_package_cache(settings, plan.release_upgrade[-1]))
+                             if proxy else "")
         with NspawnContainer(settings, spec, fleet) as container:
             if packaged:
                 say(name, "downloading packages")
@@ -7267,12 +7588,14 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
                 use_layer(settings, container, plan, prepared, lambda doing: say(name, doing))
             else:
                 prepared = None
+            reference = release_reference(settings, spec, fleet, plan, lambda doing: say(name, doing)) \
+                if prepared and plan.release_upgrade and plan.purge else None
             say(name, "booting")
             container.boot()
             judged = True
             t1 = time.monotonic()
             results = live(ContainerSystem(container), plan, prepared, cancel, lambda doing: say(name, doing),
-                           stage_ended)
+                           stage_ended, reference)
             container.timings["probes"] = time.monotonic() - t1
             container.boot_state()
             if plan.keep_on_failure and any(r.status == Status.FAIL for r in results):
@@ -7627,7 +7950,8 @@ def results_json(results: Sequence[ProbeResult], wall: Optional[float] = None,
         "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
         "results": [{"image": r.image, "kind": r.probe.kind, "target": r.probe.target, "status": r.status,
                      "duration": round(r.duration, 3), "reason": r.reason, "output": r.output, "details": r.details,
-                     "stage": str(r.stage or ""), "warning": r.warning, "name": r.heading} for r in results],
+                     "stage": str(r.stage or ""), "release": r.release, "warning": r.warning, "name": r.heading}
+                    for r in results],
     }
 
 
@@ -7706,12 +8030,13 @@ def load_report(path: str) -> Tuple[List[ProbeResult], Optional[float], Optional
             reason, output, details, warning = (text_safe(str(row.get(key, ""))) for key in (
                 "reason", "output", "details", "warning"))
             named = text_safe(str(row.get("name", "")))
-            plain = ProbeResult("", probe, Status.PASS, 0.0, stage=Stage(stage) if stage else None)
+            release = text_safe(str(row.get("release") or ""))
+            plain = ProbeResult("", probe, Status.PASS, 0.0, stage=Stage(stage) if stage else None, release=release)
             prefix = plain.heading[:len(plain.heading) - len(probe.target)]  # STAGE: KIND
             label = named[len(prefix):] if probe.kind == ProbeKind.PACKAGE and named.startswith(prefix) and \
                 named != plain.heading else ""
             found.append(ProbeResult(text_safe(str(row["image"])), probe, Status(row["status"]), duration, reason,
-                                     output, details, Stage(stage) if stage else None, label, warning))
+                                     output, details, Stage(stage) if stage else None, label, warning, release))
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             die("%s: result %d is malformed (%s: %s)" % (path, number, type(exc).__name__, exc), hint, usage=True)
     wall = data.get("wall")
@@ -8348,10 +8673,23 @@ def lifecycle(args: argparse.Namespace, probes: Sequence[Probe]) -> Dict[str, An
         die("--install takes its old version from the image's sources: --upgrade-from archive, not files",
             "use --upgrade-from archive with --install, or give the new version as a file with --package",
             usage=True)
-    check_package_set(probes, [s for s in upgrade_from if s != UPGRADE_FROM_ARCHIVE])
-    return {"upgrade_from": upgrade_from, "reboot": args.reboot, "remove": args.remove or args.purge,
+    chain = tuple(canonical_image(t) for t in args.release_upgrade)
+    # a package built for a release of the chain upgrades the image's own after the release upgrade
+    check_package_set([p for p in probes if not p.only or canonical_image(p.only) not in chain],
+                      [s for s in upgrade_from if s != UPGRADE_FROM_ARCHIVE])
+    for target in chain:
+        if find_distribution(target) is None:
+            check_name(target)
+            raise unknown_name_error("--release-upgrade", target, all_labels(), "give a release of the catalogue, "
+                                     "e.g. --release-upgrade debian-trixie")
+    if len(set(chain)) != len(chain):
+        die("--release-upgrade %s is given twice" % [t for t in chain if chain.count(t) > 1][0],
+            "give each release of the chain once, in order", usage=True)
+    # no dependency layer below a release upgrade: the layer's packages would be upgraded in every probe
+    return {"upgrade_from": upgrade_from, "release_upgrade": chain, "reboot": args.reboot,
+            "remove": args.remove or args.purge,
             "purge": args.purge, "start_units": args.start_units, "recommends": not args.no_install_recommends,
-            "fresh": args.fresh, "ignore": ignore}
+            "fresh": args.fresh or bool(chain), "ignore": ignore}
 
 
 def check_package_set(probes: Sequence[Probe], upgrade_from: Sequence[str]) -> None:
@@ -8521,6 +8859,19 @@ def check_key_file(path: str) -> str:
             (tag & 0xc0 == 0x80 and (tag >> 2) & 0x0f == 6) or (tag & 0xc0 == 0xc0 and tag & 0x3f == 6)):
         die("--repo-key %s is not an OpenPGP public key" % path, hint, usage=True)
     return os.path.abspath(path)
+
+
+def image_release(settings: Settings, name: str) -> Optional[Distribution]:
+    """The catalogue release an image is: its label's, or for an image acquired under another name the release
+    its os-release names (ID and VERSION_ID, or VERSION_CODENAME); None when it is none of the catalogue's."""
+    found = find_distribution(name)
+    info = find_image(settings, name) if found is None else None
+    if info is not None:
+        fields = read_os_release(Path(info.path))
+        for dist in DISTRIBUTIONS:
+            if dist.name == fields.get("ID") and fields.get("VERSION_CODENAME") == dist.release:
+                return dist
+    return found
 
 
 def build_probes(args: argparse.Namespace, settings: Settings) -> Tuple[Probe, ...]:
@@ -8879,6 +9230,9 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
                                                                          proxies=settings.proxies)),
                      keep_on_failure=args.keep_on_failure, **stages)
     if args.vm:
+        if plan.release_upgrade:
+            die("--release-upgrade is for images; a VM is upgraded by its box", "drop --vm, or --release-upgrade",
+                usage=True)
         if any(p.by_name for p in probes):
             die("--install is for images; a VM takes package files", "give the package as a file with --package",
                 usage=True)
@@ -8894,10 +9248,12 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     images = images or [DEFAULT_IMAGE]
     images = list(dict.fromkeys(images))
     for probe in probes:  # against the whole matrix: every shard runs the same command line
-        if probe.only and not any(probe.for_image(name) for name in images):
+        if probe.only and not any(probe.for_image(name) for name in list(images) + list(plan.release_upgrade)):
             die("--package %s=%s: %s is not probed in this run" % (probe.only, probe.target, probe.only),
                 "add --image %s, or give the package to every image without %s=" % (probe.only, probe.only),
                 usage=True)
+    if plan.release_upgrade:
+        check_release_upgrades([(name, image_release(settings, name)) for name in images], plan.release_upgrade)
     packaged = [p for p in probes if p.kind == ProbeKind.PACKAGE]
     bare = [name for name in images if packaged and not any(p.for_image(name) for p in packaged)]
     if bare:  # it would be probed without a package, and fail as if the package were broken
@@ -9396,6 +9752,9 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     p.add_argument("--upgrade-from", action="append", default=[], metavar="archive|PATH|URL",
                    help="install this first and upgrade it with --package: `archive` for what the image's "
                    "package sources carry, or old package files (repeatable)")
+    p.add_argument("--release-upgrade", action="append", default=[], metavar="IMAGE", help="after the install, "
+                   "upgrade the system to this later release (debian-trixie from debian-bookworm), reboot into it "
+                   "and check again; packages built for it: --package IMAGE=FILE (repeatable: a chain, in order)")
     p.add_argument("--reboot", action="store_true", help="reboot the container after the install, then check "
                    "again (a unit started but not enabled fails here)")
     p.add_argument("--remove", action="store_true", help="remove the packages at the end: no unit or process "

@@ -4118,8 +4118,6 @@ class Overlay:
         mask_for_boot(self.image, self.upper)
         write_journal_conf(self.image, self.upper)
         write_hosts(self.image, self.upper, self.machine)
-        if self.spec.package_proxy:
-            write_proxy_conf(self.image, self.upper)
 
     def entries(self) -> Dict[str, str]:
         """What the container changed from the image: path -> EntryKind (overlay_entries), with what its
@@ -4532,6 +4530,8 @@ class NspawnContainer:
                 self.cgroups = self.how.make_cgroups(self)
                 self._running.callback(self._remove_cgroups, list(self.cgroups))
                 self.write_state(nspawn_pid=0)
+                if self.spec.package_proxy:  # at the boot: the downloads before it have the host's network
+                    write_proxy_conf(self.overlay_of().image, self.overlay_of().upper)
                 prefix = list(self.host.scope) + cgroup_entry_prefix(self.cgroups)
                 with open(self.files.directory / "console.log", "wb") as console:
                     self.proc = self._running.enter_context(spawn(
@@ -5865,8 +5865,8 @@ class Packages(NamedTuple):
     labels: Dict[str, str]  # a probe's target, or an --upgrade-from source -> NAME VERSION
     dependencies: Tuple[str, ...] = ()  # NAME[:ARCH]=VERSION the first install brings with it (apt's resolution)
     versions: Dict[str, str] = {}  # NAME -> the version of its --package file, which the upgrade must install
-    release_files: Dict[str, str] = {}  # a --package RELEASE=FILE's target -> the file in the container
     old_versions: Dict[str, str] = {}  # NAME -> the version --upgrade-from installs first (a file's, the archive's)
+    release_files: Dict[str, str] = {}  # a --package RELEASE=FILE's target -> the file in the container
 
 
 def stage_files(container: NspawnContainer, directory: str, paths: Sequence[Path]) -> List[str]:
@@ -6934,7 +6934,8 @@ def purge_findings(container: System, baseline: Baseline, now: Dict[str, str],
             change = container.difference(path, kind, baseline.reference)
             if change:
                 found[path] = "differs from the release upgrade without the packages: %s" % change
-            continue
+            if change is not None:
+                continue  # else it was changed before the install (the downloads' resolv.conf): since?
         if before == kind:  # changed before the install: changed again since?
             was = baseline.fingerprints.get(path)
             change = fingerprint_difference(was, prints[path]) if was and path in prints else ""
@@ -6983,7 +6984,7 @@ PURGE_EXPECTED: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("what every booted system and its package managers change", (
         "/run/", "/tmp/", "/var/tmp/", "/var/lib/systemd/", "/var/lib/dbus/", "/var/lib/polkit-1/",
         "/var/lib/private", "/var/cache/private", "/var/log/private",
-        "/etc/machine-id", "/etc/hosts", "/etc/resolv.conf", "/etc/ld.so.cache",
+        "/etc/machine-id", "/etc/hosts", "/etc/ld.so.cache",
         "/var/cache/ldconfig/", "/etc/.pwd.lock", "/etc/passwd", "/etc/passwd-", "/etc/group", "/etc/group-",
         "/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/subuid", "/etc/subuid-",
         "/etc/subgid", "/etc/subgid-", "/usr/share/info/dir", "/usr/share/info/dir.old",
@@ -7254,7 +7255,10 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
         elif stage == Stage.RELEASE_UPGRADED:
             step = upgrade_release(container, plan, release, packages, say)
             if baseline and reference and release == plan.release_upgrade[-1]:
-                baseline = reference  # purge compares with the same upgrades without the packages
+                # purge compares with the same upgrades without the packages, and what the container changed
+                # before the install (postroj's own downloads) with itself
+                baseline = reference._replace(entries=dict(baseline.entries, **reference.entries),
+                                              fingerprints=baseline.fingerprints)
             if packages is not None and manager is not None:
                 _, listed = container.run_captured(manager.files(packages.names))
                 units = package_units((line.strip() for line in listed.splitlines()), plan)

@@ -31,11 +31,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
 
 
+# (package, backend, tests passed, tests skipped, seconds) of the autopkgtest runs, for the run's summary: the
+# tests record them as the property "autopkgtest-comparison", which reaches the run's reports from every worker
+COMPARISON: "list[tuple]" = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        COMPARISON.extend(tuple(value) for name, value in report.user_properties if name == "autopkgtest-comparison")
+
+
 def pytest_terminal_summary(terminalreporter):
     """The same source packages through postroj and through autopkgtest's unshare backend, side by side."""
-    if rig.AUTOPKGTEST_COMPARISON:
+    if COMPARISON:
         terminalreporter.section("autopkgtest: postroj and unshare")
-        for row in sorted(rig.AUTOPKGTEST_COMPARISON):
+        for row in sorted(COMPARISON):
             terminalreporter.write_line("%-10s %-8s passed %d, skipped %d, %6.1f s" % row)
 
 
@@ -95,10 +105,12 @@ def http_server(tmp_path_factory):
 def shared_images(pyz, registries_conf, tmp_path_factory) -> Path:
     """A state root with debian-bookworm and debian-bullseye acquired through the registry mirror,
     shared (read-only) by the container and probe tests."""
-    home = tmp_path_factory.mktemp("shared") / "home"
-    cache = Path(os.environ.get("POSTROJ_RIG_CACHE", str(rig.RIG_CACHE))) / "package-cache"
-    runner = Postroj(pyz, home, cache, {"CONTAINERS_REGISTRIES_CONF": str(registries_conf)})
-    runner("image", "debian-bookworm", "debian-bullseye", check=0)
+    with rig.made_once(tmp_path_factory, "shared") as (directory, make):
+        home = directory / "home"
+        if make:
+            cache = rig.RIG_CACHE / "package-cache"
+            runner = Postroj(pyz, home, cache, {"CONTAINERS_REGISTRIES_CONF": str(registries_conf)})
+            runner("image", "debian-bookworm", "debian-bullseye", check=0)
     return home
 
 

@@ -51,6 +51,25 @@ def rig_lock(name: str):
         yield
 
 
+@contextlib.contextmanager
+def made_once(tmp_path_factory, name: str):
+    """A directory of this run that the first of its workers (pytest -n) to ask makes and the others
+    reuse: yields the directory and whether the caller is to fill it, under a lock held meanwhile."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the directory the workers' own temporary directories are in
+    with open(base / (".%s.lock" % name), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        directory, done = base / name, base / (".%s.done" % name)
+        if not done.exists():
+            shutil.rmtree(directory, ignore_errors=True)  # a worker that failed to make it left this
+            directory.mkdir()
+            yield directory, True
+            done.touch()
+        else:
+            yield directory, False
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -693,8 +712,6 @@ class PrivateApt:
         return found[-1]
 
 
-# (package, backend, tests passed, tests skipped, seconds) of the autopkgtest runs, for the run's summary
-AUTOPKGTEST_COMPARISON: "list[tuple[str, str, int, int, float]]" = []
 DEBIAN_SOURCE_LINES = [line.replace("deb ", "deb-src ", 1) for line in DEBIAN_SOURCES["bookworm"]]
 
 

@@ -47,10 +47,10 @@ def real(pyz, tmp_path_factory) -> Postroj:
     """A state root with rig.REAL_IMAGES bootstrapped for real from Debian's mirror and Ubuntu's archive (shared
     by test_real_distributions and test_lifecycle); the package downloads are kept in the rig's cache between
     runs."""
-    home = tmp_path_factory.mktemp("real") / "home"
-    cache = rig.RIG_CACHE / "package-cache"
-    runner = Postroj(pyz, home, cache, {})
-    runner("image", *rig.REAL_IMAGES, "--via", "bootstrap", check=0, timeout=1800)
+    with rig.made_once(tmp_path_factory, "real") as (directory, make):
+        runner = Postroj(pyz, directory / "home", rig.RIG_CACHE / "package-cache", {})
+        if make:
+            runner("image", *rig.REAL_IMAGES, "--via", "bootstrap", check=0, timeout=1800)
     return runner
 
 
@@ -58,13 +58,14 @@ def real(pyz, tmp_path_factory) -> Postroj:
 def current(pyz, tmp_path_factory) -> Postroj:
     """A state root with today's releases bootstrapped from Debian's mirror and Ubuntu's archive, the two
     archives at once. The mirror here serves testing's and sid's Release files past their Valid-Until."""
-    home = tmp_path_factory.mktemp("current") / "home"
-    runner = Postroj(pyz, home, rig.RIG_CACHE / "package-cache", {})
-    debian = runner.popen("image", *rig.CURRENT_DEBIAN, "--via", "bootstrap", "--accept-expired")
-    ubuntu = runner.popen("image", *rig.CURRENT_UBUNTU, "--via", "bootstrap")
-    for proc in (debian, ubuntu):
-        out, err = proc.communicate(timeout=1200)
-        assert proc.returncode == 0, out + err
+    with rig.made_once(tmp_path_factory, "current") as (directory, make):
+        runner = Postroj(pyz, directory / "home", rig.RIG_CACHE / "package-cache", {})
+        if make:
+            debian = runner.popen("image", *rig.CURRENT_DEBIAN, "--via", "bootstrap", "--accept-expired")
+            ubuntu = runner.popen("image", *rig.CURRENT_UBUNTU, "--via", "bootstrap")
+            for proc in (debian, ubuntu):
+                out, err = proc.communicate(timeout=1200)
+                assert proc.returncode == 0, out + err
     return runner
 
 

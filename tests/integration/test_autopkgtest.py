@@ -23,7 +23,7 @@ import pytest
 import rig
 from rig import wait_for
 
-COMPARISON = rig.AUTOPKGTEST_COMPARISON  # printed at the end of the run (tests/conftest.py)
+COMPARISON = "autopkgtest-comparison"  # a test property the run prints at its end (tests/conftest.py)
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +40,9 @@ def virt(images, tmp_path):
     link = bindir / "autopkgtest-virt-postroj"
     link.symlink_to(images.pyz)  # run by its #! line, as a user's copy would be
     images.extra_env["PATH"] = "%s:%s" % (bindir, os.environ["PATH"])
+    # autopkgtest keeps its output directory in TMPDIR: the test's own, not the host's /tmp (also when the
+    # test kills it)
+    images.extra_env["TMPDIR"] = str(tmp_path)
     return images
 
 
@@ -48,8 +51,7 @@ def autopkgtest(runner, source, *server: str, options=("--no-built-binaries", "-
     argv = ["autopkgtest", *options, str(source), "--", *server]
     # autopkgtest keeps its output directory in TMPDIR: the test's own, not the host's /tmp
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          env=dict(runner.env, PATH=runner.extra_env.get("PATH", os.environ["PATH"]),
-                                   TMPDIR=str(runner.home.parent)), timeout=timeout)
+                          env=dict(runner.env, TMPDIR=str(runner.home.parent)), timeout=timeout)
     return proc.returncode, proc.stdout.decode("utf-8", "replace")
 
 
@@ -77,13 +79,13 @@ def assert_nothing_left(runner) -> None:
 # --- real source packages -----------------------------------------------------------
 
 
-def test_hello_through_the_long_form(virt):
+def test_hello_through_the_long_form(virt, record_property):
     started = time.monotonic()
     code, output = autopkgtest(virt, rig.source_package("hello"), sys.executable, str(virt.pyz),
                                "autopkgtest-virt", "debian-bookworm")
     assert_all_pass(code, output, ["command1", "upstream-tests"])
     assert "Testing greeting-1" in output, "upstream-tests runs hello's own test suite from the source tree"
-    COMPARISON.append(("hello", "postroj", 2, 0, time.monotonic() - started))
+    record_property(COMPARISON, ("hello", "postroj", 2, 0, time.monotonic() - started))
     assert_nothing_left(virt)
 
 
@@ -185,7 +187,7 @@ def test_a_testbed_like_debians_ci_through_autopkgtests_own_setup_testbed(virt):
     assert_nothing_left(virt)
 
 
-def test_isolation_container_tests_run_here_and_are_skipped_by_unshare(virt):
+def test_isolation_container_tests_run_here_and_are_skipped_by_unshare(virt, record_property):
     """memcached's tests need a container of their own (they start the daemon): postroj runs them,
     autopkgtest's unshare backend, on a tarball of the same root file system, cannot."""
     source = rig.source_package("memcached")
@@ -202,12 +204,12 @@ def test_isolation_container_tests_run_here_and_are_skipped_by_unshare(virt):
     assert code == 8, output[-4000:]  # autopkgtest: no test ran
     assert set(summary(output).values()) == {"SKIP"}, output[-4000:]
     assert 'requires testbed capability "isolation-container"' in output
-    COMPARISON.append(("memcached", "postroj", 2, 0, postroj_seconds))
-    COMPARISON.append(("memcached", "unshare", 0, 2, unshare_seconds))
+    record_property(COMPARISON, ("memcached", "postroj", 2, 0, postroj_seconds))
+    record_property(COMPARISON, ("memcached", "unshare", 0, 2, unshare_seconds))
     assert_nothing_left(virt)
 
 
-def test_hello_gives_the_results_of_autopkgtests_own_unshare_backend(virt):
+def test_hello_gives_the_results_of_autopkgtests_own_unshare_backend(virt, record_property):
     """The reference: Debian's unshare backend on a tarball of the same root file system. postroj's results
     for the same source package must be the same, test by test."""
     source = rig.source_package("hello")
@@ -218,7 +220,7 @@ def test_hello_gives_the_results_of_autopkgtests_own_unshare_backend(virt):
     code, output = autopkgtest(virt, source, "postroj", "debian-bookworm")
     assert code == 0, output[-4000:]
     assert summary(output) == summary(reference) == {"command1": "PASS", "upstream-tests": "PASS"}
-    COMPARISON.append(("hello", "unshare", 2, 0, unshare_seconds))
+    record_property(COMPARISON, ("hello", "unshare", 2, 0, unshare_seconds))
     assert_nothing_left(virt)
 
 

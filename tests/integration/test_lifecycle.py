@@ -69,9 +69,10 @@ def probe(runner, tmp_path: Path, *args: str, options: "tuple[str, ...]" = (), t
     names = []
     for row in rows:
         title = "%s %s" % (row["kind"], row["target"])
-        name = "%s: %s" % (row["stage"], title) if row["stage"] not in ("", "booted") else title
+        stage = row["stage"] + (" to %s" % row["release"] if row["release"] else "")  # release-upgraded to X
+        name = "%s: %s" % (stage, title) if row["stage"] not in ("", "booted") else title
         if row["name"] != name:  # a package by its name and version, where they were read
-            assert row["kind"] == "package" and re.fullmatch(r"%s: package \S+ \S+(, \S+ \S+)*" % row["stage"],
+            assert row["kind"] == "package" and re.fullmatch(r"%s: package \S+ \S+(, \S+ \S+)*" % stage,
                                                              row["name"]), row
             name = row["name"]
         names.append((row["image"], name))
@@ -516,3 +517,99 @@ def test_memcached_of_noble_from_its_release_to_its_update(real, noble_memcached
     old, new = noble_memcached
     service_life(real, tmp_path, "ubuntu-noble", old, new,
                  ("memcached", "--check-unit", "memcached", "--check-network", "tcp://localhost:11211"))
+
+
+# ==============================================================================
+# Release upgrades (issue 36)
+# ==============================================================================
+
+
+CODENAME = ". /etc/os-release; echo $VERSION_CODENAME"
+
+
+def release_outline(run: Run, image: str) -> "list[tuple[str, str, str]]":
+    """(stage, check, status) of each result, a release-upgraded stage named with its release."""
+    return [(r["stage"] + (" to " + r["release"] if r["release"] else ""), check_name(r), r["status"])
+            for r in run.rows if r["image"] == image]
+
+
+def test_a_service_and_nginx_through_the_release_upgrade_from_bookworm_to_trixie(real, tmp_path):
+    """The suite's own service package and nginx from bookworm's archive (by name), installed on bookworm, then
+    the system upgraded to trixie as its release notes say and rebooted into it: both units active and both
+    ports answering in trixie, nginx upgraded to trixie's by the upgrade itself, and after the purge nothing
+    left against the same upgrade without the packages."""
+    package = demo(tmp_path / "demo")
+    run = probe(real, tmp_path, "--image", "debian-bookworm", "--package", str(package), "--install", "nginx",
+                "--check-unit", "postroj-demo", "--check-unit", "nginx", "--check-network", "http://localhost:8080",
+                "--check-network", "http://localhost:80", "--command", CODENAME, "--command", version_of("nginx"),
+                "--release-upgrade", "debian-trixie", "--reboot", "--purge", timeout=1800)
+    failed = ["%s: %s: %s\n%s" % (r["stage"], check_name(r), r["reason"], r["output"][-1500:])
+              for r in run.rows if r["status"] != "pass"]
+    assert not failed and run.proc.returncode == 0, "\n".join(failed)
+    stages = list(dict.fromkeys(stage for stage, _, _ in release_outline(run, "debian-bookworm")))
+    assert stages == ["installed", "release-upgraded to debian-trixie", "rebooted", "removed", "purged"]
+    release = run.row("release-upgraded", "release", "debian-trixie")
+    assert "rebooted into Debian GNU/Linux 13 (trixie)" in release["output"], release["output"][:2000]
+    assert release["name"] == "release-upgraded to debian-trixie: release debian-trixie"
+    codenames = [run.row(s, "command", CODENAME)["output"].strip() for s in ("installed", "release-upgraded",
+                                                                              "rebooted")]
+    assert codenames == ["bookworm", "trixie", "trixie"]
+    nginx = [run.row(s, "command", version_of("nginx"))["output"].strip() for s in ("installed", "release-upgraded")]
+    assert nginx[0].startswith("1.22.") and not nginx[1].startswith("1.22."), nginx  # trixie's nginx now
+    for unit in ("postroj-demo", "nginx"):
+        assert run.row("release-upgraded", "unit", unit)["output"] == "active, enabled"
+    assert ("debian-bookworm", "release-upgraded to debian-trixie: unit nginx") in run.cases
+
+
+def test_a_postinst_that_fails_on_the_new_release_fails_at_the_release_upgrade_only(real, tmp_path):
+    """The package's 1.1, built for trixie (--package debian-trixie=FILE), has a postinst that assumes bookworm:
+    1.0 installs and runs on bookworm, the release upgrade itself passes, and the install of 1.1 after it
+    fails with the script's own words; what comes after is skipped."""
+    old = demo(tmp_path / "old")
+    assumes = rig.UNIT_POSTINST.format(unit=UNIT) + (
+        'grep -q "^VERSION_CODENAME=bookworm" /etc/os-release || { echo "postroj-demo: written for bookworm" >&2; '
+        'exit 1; }\n')
+    new = demo(tmp_path / "new", version="1.1", postinst=assumes)
+    run = probe(real, tmp_path, "--image", "debian-bookworm", "--package", str(old), "--package",
+                "debian-trixie=%s" % new, "--check-unit", "postroj-demo", "--release-upgrade", "debian-trixie",
+                "--reboot", timeout=1800)
+    assert run.proc.returncode == 1, run.proc.stdout + run.proc.stderr
+    assert release_outline(run, "debian-bookworm") == [
+        ("installed", "package " + old.name, "pass"), ("installed", "unit postroj-demo", "pass"),
+        ("release-upgraded to debian-trixie", "release debian-trixie", "pass"),
+        ("release-upgraded to debian-trixie", "package " + new.name, "fail"),
+        ("release-upgraded to debian-trixie", "unit postroj-demo", "skip"),
+        ("rebooted", "reboot the container", "skip"), ("rebooted", "unit postroj-demo", "skip")]
+    failed = run.row("release-upgraded", "package", new.name)
+    assert "postroj-demo: written for bookworm" in failed["output"], failed["output"]
+    assert failed["name"] == "release-upgraded to debian-trixie: package postroj-demo 1.1"
+
+
+def test_a_service_through_the_release_upgrade_from_noble_to_resolute(real, tmp_path):
+    """Ubuntu's LTS to its next LTS, through the same apt path (do-release-upgrade needs Canonical's servers)."""
+    package = demo(tmp_path / "demo")
+    run = probe(real, tmp_path, "--image", "ubuntu-noble", "--package", str(package), "--check-unit",
+                "postroj-demo", "--check-network", "http://localhost:8080", "--command", CODENAME,
+                "--release-upgrade", "ubuntu-resolute", timeout=1800)
+    failed = ["%s: %s: %s\n%s" % (r["stage"], check_name(r), r["reason"], r["output"][-1500:])
+              for r in run.rows if r["status"] != "pass"]
+    assert not failed and run.proc.returncode == 0, "\n".join(failed)
+    assert [run.row(s, "command", CODENAME, "ubuntu-noble")["output"].strip()
+            for s in ("installed", "release-upgraded")] == ["noble", "resolute"]
+    assert run.row("release-upgraded", "unit", "postroj-demo", "ubuntu-noble")["output"] == "active, enabled"
+    assert "rebooted into Ubuntu" in run.row("release-upgraded", "release", "ubuntu-resolute", "ubuntu-noble")["output"]
+
+
+@pytest.mark.parametrize("image,targets,said", [
+    ("debian-bookworm", ["debian-forky"], "it skips a release"),
+    ("ubuntu-noble", ["debian-trixie"], "another distribution"),
+    ("debian-trixie", ["debian-bookworm"], "not a later release"),
+    ("debian-bookworm", ["debian-trixie", "debian-sid"], "debian-trixie has no later release|it skips a release"),
+], ids=["skip", "other", "downgrade", "chain"])
+def test_an_unsupported_release_upgrade_is_refused_before_anything_boots(postroj, tmp_path, image, targets, said):
+    args = [a for t in targets for a in ("--release-upgrade", t)]
+    proc = postroj("probe", "--image", image, "--command", "true", *args, check=None)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert re.search(said, proc.stderr) and "\nhint: " in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (postroj.home / "images").exists() and not rig.nspawn_of(postroj.home)
+

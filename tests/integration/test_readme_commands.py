@@ -35,6 +35,9 @@ NOT_RUN_HERE = {
     "make test": "this very run",
     "postroj probe --image debian-bookworm --image ubuntu-noble \\\n    --upgrade-from archive --package ./app_2.0.deb":
         "app_2.0.deb is the reader's own; test_lifecycle.py runs the whole life with --upgrade-from archive",
+    "postroj probe --image debian-bookworm --package ./app_1.0.deb \\\n    --release-upgrade debian-trixie":
+        "app_1.0.deb is the reader's own; test_lifecycle.py takes a package of the suite's own and nginx from bookworm "
+        "to trixie, and one from noble to resolute",
     "postroj probe --image debian-bookworm --image debian-trixie --image ubuntu-noble \\\n    --install nginx":
         "test_current_releases.py runs --install nginx on today's releases, test_lifecycle.py its whole life",
     "postroj probe --image debian-bookworm --image ubuntu-noble \\\n    --repo":

@@ -299,6 +299,7 @@ VERBS = [
     ("apt", "install_without", (PACKAGES, ["libjq1"], True), QUIET_APT + NO_LOCKING + [
         "-q", "-s", "install", "-y", "--no-install-recommends", *PACKAGES, "libjq1-"]),
     ("apt", "installed_as_dependencies", (NAMES,), ["apt-mark", "auto", *NAMES]),
+    ("apt", "installed_by_hand", (NAMES,), ["apt-mark", "-q", "manual", *NAMES]),
     ("apt", "versions", (NAMES,), ["dpkg-query", "-W", "-f=${Package}\\t${Version}\\n", *NAMES]),
     ("apt", "available", (NAMES,), ["apt-cache", *postroj.APT_OPTIONS, "madison", *NAMES]),
     ("dnf", "install", (PACKAGES,), DNF + ["install", *PACKAGES]),
@@ -379,7 +380,7 @@ def verbs_of(kind) -> "set[str]":
 
 
 # what dependency layers need, which only apt offers (layers are apt's): the others refuse it
-APT_ONLY = {"install_without", "installed_as_dependencies", "available"}
+APT_ONLY = {"install_without", "installed_as_dependencies", "installed_by_hand", "available"}
 
 
 @pytest.mark.parametrize("manager", [m for m in ("dnf", "yum", "microdnf", "zypper", "pacman")])
@@ -387,7 +388,8 @@ def test_only_apt_makes_dependency_layers_and_names_versions(manager):
     kind = postroj.package_manager(manager)
     assert isinstance(kind, postroj.PackageManager) and not kind.keeps_lists
     assert kind.resolve() == [] and kind.available(NAMES) == []  # --upgrade-from archive: what an install takes
-    for verb in APT_ONLY - {"available"}:
+    assert kind.installed_by_hand(NAMES) == []  # no such mark: purge after a release upgrade (apt's) needs none
+    for verb in APT_ONLY - {"available", "installed_by_hand"}:
         with pytest.raises(NotImplementedError):
             getattr(kind, verb)(NAMES, *([[]] if verb == "install_without" else []))
 

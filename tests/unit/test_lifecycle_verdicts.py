@@ -207,7 +207,7 @@ class FakeSystem:
                                                                       hash(self.fs[p][1]), 0)
                 for p in self.touched if p in self.fs}
 
-    def difference(self, path: str, kind: str) -> Optional[str]:
+    def difference(self, path: str, kind: str, against: Optional[Path] = None) -> Optional[str]:
         if self.listed_whole:
             return None
         ours, image = self.fs.get(path), self.lower.get(path)

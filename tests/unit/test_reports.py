@@ -96,7 +96,7 @@ def test_results_json():
     first, nginx = data["results"][:2]
     assert first == {"image": "debian-bookworm", "kind": "command", "target": "hello --version", "status": "pass",
                      "duration": 0.432, "reason": "", "output": "hello 2.10", "details": "", "stage": "",
-                     "warning": "", "name": "command hello --version"}
+                     "release": "", "warning": "", "name": "command hello --version"}
     assert (nginx["status"], nginx["reason"], nginx["details"]) == ("fail", "unit nginx failed",
                                                                    "journal line 1\njournal 2")
 

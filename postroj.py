@@ -1722,13 +1722,14 @@ class Host(NamedTuple):
     home_key: str = "00000000"  # Settings.home_key: which POSTROJ_HOME's cgroups are whose
     locks: Optional[Path] = None  # POSTROJ_HOME/locks: a run cgroup's lock is held while it is in use
 
-    def cgroup_env(self, image: "ImageInfo") -> Dict[str, str]:
+    def cgroup_env(self, image: "ImageInfo", unified: bool = False) -> Dict[str, str]:
         """What systemd-nspawn needs to boot `image`: on a host with the v1 layout, a guest whose systemd
-        refuses cgroup v1 gets the unified hierarchy in its container. Older guests keep the host's layout, as
-        they always had: the unified hierarchy without controllers is untested with them (README: Hosts)."""
+        refuses cgroup v1 gets the unified hierarchy in its container (`unified`: whatever its systemd, as a
+        release upgrade may bring one that refuses v1). Older guests keep the host's layout, as they always had:
+        the unified hierarchy without controllers is untested with them (README: Hosts)."""
         if self.unified:
             return {}
-        version = image.systemd or systemd_version(Path(image.path))
+        version = UNIFIED_SINCE_SYSTEMD if unified else image.systemd or systemd_version(Path(image.path))
         return {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"} if version >= UNIFIED_SINCE_SYSTEMD else {}
 
 
@@ -3882,6 +3883,7 @@ class ContainerSpec(NamedTuple):
     scratch: str = ""  # a path in the container where a writable host directory is bound (autopkgtest's)
     package_proxy: Tuple[Tuple[str, int], ...] = ()  # with private_network: archives apt reaches through postroj
     proxy_cache: str = ""  # where the package proxy keeps package files (the release's package cache)
+    unified: bool = False  # the unified cgroup hierarchy on a v1 host whatever the image's systemd (Host.cgroup_env)
 
 
 class Fleet:
@@ -4537,7 +4539,7 @@ class NspawnContainer:
                     self.proc = self._running.enter_context(spawn(
                         prefix + nspawn_boot_argv(self.spec, self.machine, self.overlay_of(), self.how),
                         env=self.settings.child_env(
-                            NOTIFY_SOCKET="@" + address[1:], **self.host.cgroup_env(self.image)),
+                            NOTIFY_SOCKET="@" + address[1:], **self.host.cgroup_env(self.image, self.spec.unified)),
                         stdout=console, stderr=subprocess.STDOUT, die_with_parent=not self.spec.keep,
                         new_session=True))
                 self._running.callback(self._end_nspawn, self.proc)
@@ -7581,7 +7583,9 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
         spec = ContainerSpec(image, host, binds, private_network=plan.private_network,
                              boot_timeout=plan.boot_timeout, keep=plan.keep_on_failure, package_proxy=proxy,
                              proxy_cache=str(release_package_cache(settings, plan.release_upgrade[-1]))
-                             if proxy else "")
+                             if proxy else "",
+                             # the new releases' systemd (Ubuntu 26.04's 259) may refuse cgroup v1 at its upgrade
+                             unified=bool(plan.release_upgrade))
         with NspawnContainer(settings, spec, fleet) as container:
             if packaged:
                 say(name, "downloading packages")

@@ -7042,6 +7042,7 @@ class Layer(NamedTuple):
     image: str = ""  # the image's name, and the root of the image version it was made over
     root: str = ""
     size: int = 0  # bytes of its tree
+    executables: Tuple[str, ...] = ()  # a release upgrade's reference: the programs that ran in it
 
     @property
     def tree(self) -> Path:
@@ -7071,9 +7072,36 @@ def read_layer(directory: Path) -> Optional[Layer]:
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 1 << 60:
             raise ValueError("size %r" % size)
         return Layer(directory.name, directory, tuple(data["packages"]), dict(data["before"]), str(data["made"]),
-                     tuple(data.get("accounts", ())), str(data.get("image", "")), str(data.get("root", "")), size)
+                     tuple(data.get("accounts", ())), str(data.get("image", "")), str(data.get("root", "")), size,
+                     tuple(str(e) for e in data.get("executables", ())))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
+
+
+@contextlib.contextmanager
+def layer_slot(settings: Settings, key: str, waiting: str) -> Iterator[Optional[Layer]]:
+    """The complete layer KEY (None when there is none yet), under the lock its maker holds while it makes it."""
+    private_dir(settings.layers)
+    with file_lock(settings.layers / (".%s.lock" % key), waiting=waiting):
+        yield read_layer(settings.layers / key)
+
+
+def keep_as_layer(settings: Settings, container: NspawnContainer, key: str, fields: Dict[str, Any],
+                  t0: float) -> Optional[Layer]:
+    """Make the powered-off container's overlay the layer KEY, with `fields` in its layer.json besides the image,
+    the time and the size: staged under a name no probe reads, renamed into place whole."""
+    staging = settings.layers / (".making-%s-%d" % (key, os.getpid()))
+    remove_tree(staging)
+    private_dir(staging)
+    container.overlay_of().take(staging / "tree")
+    image = container.image
+    (staging / "layer.json").write_text(json.dumps(dict(
+        {"image": image.name, "version": image.version, "root": str(image.path)}, **fields,
+        made=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), seconds=round(time.monotonic() - t0, 3),
+        size=tree_size(staging / "tree")), indent=1) + "\n")
+    remove_tree(settings.layers / key)  # what is there is not a whole layer (read_layer said so): nobody's
+    os.rename(str(staging), str(settings.layers / key))
+    return read_layer(settings.layers / key)
 
 
 def use_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, packages: Packages,
@@ -7084,10 +7112,7 @@ def use_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, p
     if not packages.dependencies:  # resolved only where layers apply (download_packages' `layered`)
         return None
     key = layer_key(container.image, packages.dependencies, plan.recommends)
-    private_dir(settings.layers)
-    with file_lock(settings.layers / (".%s.lock" % key),
-                   waiting="the dependency layer %s, which another probe is making" % key[:12]):
-        layer = read_layer(settings.layers / key)
+    with layer_slot(settings, key, "the dependency layer %s, which another probe is making" % key[:12]) as layer:
         if layer is None:
             say("making a dependency layer")
             layer = make_layer(settings, container, plan, packages, key)
@@ -7142,22 +7167,12 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
         log.info("%s: what apt said of the layer (exit %d):\n%s", container.image.name, code, tail(output, 10))
         container.overlay_of().renew()
         return None
-    staging = settings.layers / (".making-%s-%d" % (key, os.getpid()))
-    remove_tree(staging)
-    private_dir(staging)
-    container.overlay_of().take(staging / "tree")
-    (staging / "layer.json").write_text(json.dumps({
-        "image": container.image.name, "version": container.image.version,
-        "root": str(container.image.path),
+    layer = keep_as_layer(settings, container, key, {
         "packages": sorted(held.values()), "recommends": plan.recommends, "before": before,
-        "accounts": sorted(accounts),
-        "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.monotonic() - t0, 3),
-        "size": tree_size(staging / "tree")}, indent=1) + "\n")
-    remove_tree(settings.layers / key)  # what is there is not a whole layer (read_layer said so): nobody's
-    os.rename(str(staging), str(settings.layers / key))
+        "accounts": sorted(accounts)}, t0)
     log.info("%s: dependency layer %s made in %.1f s (%d packages)", container.image.name, key[:12],
              time.monotonic() - t0, len(held))
-    return read_layer(settings.layers / key)
+    return layer
 
 
 def release_reference(settings: Settings, spec: ContainerSpec, fleet: Optional[Fleet], plan: ProbePlan,
@@ -7170,28 +7185,24 @@ def release_reference(settings: Settings, spec: ContainerSpec, fleet: Optional[F
     image = spec.image
     key = hashlib.sha256(json.dumps([LAYER_FORMAT, "release-upgrade", image.version,
                                      list(plan.release_upgrade)]).encode()).hexdigest()[:32]
-    private_dir(settings.layers)
-    with file_lock(settings.layers / (".%s.lock" % key),
-                   waiting="the release upgrade's reference %s, which another probe is making" % key[:12]):
-        layer = read_layer(settings.layers / key)
+    with layer_slot(settings, key, "the release upgrade's reference %s, which another probe is making" %
+                    key[:12]) as layer:
         if layer is None:
             say("upgrading a reference without the packages")
-            make_release_reference(settings, spec, fleet, plan, key, say)
-            layer = read_layer(settings.layers / key)
+            layer = make_release_reference(settings, spec, fleet, plan, key, say)
         if layer is None:
             raise PostrojError("the release upgrade of %s without the packages failed: purge has nothing to compare "
                                "with" % image.name, "run the probe without --purge to see the upgrade's own failure")
-        os.utime(str(layer.stamp), follow_symlinks=False)
-        data = json.loads(read_regular(str(layer.stamp)))
-        return Baseline(overlay_entries(layer.tree), set(data.get("executables", ())), set(layer.accounts),
+        os.utime(str(layer.stamp), follow_symlinks=False)  # used now (gc)
+        return Baseline(overlay_entries(layer.tree), set(layer.executables), set(layer.accounts),
                         set(layer.packages), {}, layer.tree)
 
 
 def make_release_reference(settings: Settings, spec: ContainerSpec, fleet: Optional[Fleet], plan: ProbePlan,
-                           key: str, say: Callable[[str], None]) -> None:
+                           key: str, say: Callable[[str], None]) -> Optional[Layer]:
     """Boot the image, upgrade it along the plan's releases (upgrade_release: rebooted into the last), note its
-    processes, users and groups and packages, power it off and make its overlay the reference KEY (staged,
-    renamed into place whole); nothing is made when an upgrade fails."""
+    processes, users and groups and packages, power it off and make its overlay the reference KEY
+    (keep_as_layer); None, and nothing made, when an upgrade fails."""
     t0 = time.monotonic()
     with NspawnContainer(settings, spec._replace(keep=False), fleet) as container:
         system = ContainerSystem(container)
@@ -7201,24 +7212,16 @@ def make_release_reference(settings: Settings, spec: ContainerSpec, fleet: Optio
             if step[0].status != Status.PASS:
                 log.warning("%s: the release upgrade to %s without the packages failed: %s", spec.image.name,
                             release, step[0].reason)
-                return
+                return None
         _, listed = system.run_captured(system.manager.installed())
         executables = sorted({exe for exe, _ in container_processes(system).values()})
         accounts = sorted(account_names(system))
         container.power_off()
-        staging = settings.layers / (".making-%s-%d" % (key, os.getpid()))
-        remove_tree(staging)
-        private_dir(staging)
-        container.overlay_of().take(staging / "tree")
-    (staging / "layer.json").write_text(json.dumps({
-        "image": spec.image.name, "version": spec.image.version, "root": str(spec.image.path),
-        "reference": list(plan.release_upgrade), "packages": sorted(listed.split()), "before": {},
-        "accounts": accounts, "executables": executables,
-        "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.monotonic() - t0, 3),
-        "size": tree_size(staging / "tree")}, indent=1) + "\n")
-    remove_tree(settings.layers / key)  # not a whole reference (read_layer said so): nobody's
-    os.rename(str(staging), str(settings.layers / key))
+        layer = keep_as_layer(settings, container, key, {
+            "reference": list(plan.release_upgrade), "packages": sorted(listed.split()), "before": {},
+            "accounts": accounts, "executables": executables}, t0)
     log.info("%s: release upgrade reference %s made in %.1f s", spec.image.name, key[:12], time.monotonic() - t0)
+    return layer
 
 
 # --- the stage loop ----------------------------------------------------------------------
@@ -7529,8 +7532,9 @@ def order_probes(probes: Sequence[Probe]) -> Tuple[Probe, ...]:
 def release_endpoints(image: ImageInfo, plan: ProbePlan) -> Tuple[Tuple[str, int], ...]:
     """What a container's release upgrades reach through the package proxy: the archives of the image's sources,
     those of each release as its publisher's image has them, and the vendors' repositories (--repo)."""
-    urls = [line.split()[1] for release in plan.release_upgrade for line in apt_sources(
-        find_distribution(release) or DISTRIBUTIONS[0])] + [r.url for r in plan.repos if r.for_image(image.name)]
+    releases = [find_distribution(release) for release in plan.release_upgrade]  # checked: in the catalogue
+    urls = [line.split()[1] for dist in releases if dist for line in apt_sources(dist)] + \
+        [r.url for r in plan.repos if r.for_image(image.name)]
     found = list(archive_endpoints(Path(image.path))) + [url_endpoint(url) for url in urls]
     return tuple(dict.fromkeys(e for e in found if e))
 

@@ -116,3 +116,40 @@ def test_the_stage_is_named_with_its_release_in_every_report(tmp_path):
     assert (row["stage"], row["release"], row["name"]) == ("release-upgraded", "debian-trixie", result.heading)
     assert postroj.load_report(str(path))[0] == [result]
     assert b'name="release-upgraded to debian-trixie: unit app"' in postroj.junit_xml([result])
+
+
+class AgainstReference:
+    """The part of postroj.System purge_findings asks after a release upgrade: how a path differs from the image
+    (`image`) or from the reference's overlay (`reference`); a path neither has is None."""
+
+    def __init__(self, image: "dict[str, str]", reference: "dict[str, str]") -> None:
+        self.image, self.reference = image, reference
+
+    def difference(self, path: str, kind: str, against=None):
+        return (self.reference if against is not None else self.image).get(path)
+
+
+def test_purge_after_a_release_upgrade_compares_with_the_upgrade_without_the_packages(tmp_path):
+    FILE, GONE = postroj.EntryKind.FILE, postroj.EntryKind.GONE
+    reference = postroj.Baseline(
+        entries={"/usr/lib/libssl.so.3": FILE, "/etc/ssl/openssl.cnf": FILE, "/usr/bin/gpgv": FILE,
+                 "/usr/bin/old": GONE, "/etc/resolv.conf": FILE, "/etc/motd": FILE},
+        executables=set(), accounts=set(), packages=set(),
+        fingerprints={"/etc/resolv.conf": (0o100644, 0, 0, 25, 1, 0), "/etc/motd": (0o100644, 0, 0, 10, 1, 0)},
+        reference=tmp_path)
+    system = AgainstReference(image={"/etc/resolv.conf": "mode 0644, was 0755"},
+                              reference={"/usr/lib/libssl.so.3": "", "/etc/ssl/openssl.cnf": "content"})
+    now = {"/usr/lib/libssl.so.3": FILE, "/etc/ssl/openssl.cnf": FILE, "/usr/bin/old": GONE,
+           "/etc/resolv.conf": FILE, "/etc/app.conf": FILE, "/etc/motd": FILE}
+    prints = {"/etc/resolv.conf": (0o100644, 0, 0, 25, 1, 0), "/etc/motd": (0o100644, 0, 0, 12, 2, 0)}
+    found = postroj.purge_findings(system, reference, now, prints)
+    assert found == {
+        # as the upgrade without the packages left it: nothing; changed by the packages' life: said
+        "/etc/ssl/openssl.cnf": "differs from the release upgrade without the packages: content",
+        # the reference has it, the container no longer: the purge took what the upgrade keeps
+        "/usr/bin/gpgv": "removed (the release upgrade without the packages has it)",
+        # neither the image nor the reference has it
+        "/etc/app.conf": "left behind",
+        # changed before the install and since, the reference without it: compared with itself
+        "/etc/motd": "changed since before the install: content"}
+    # /etc/resolv.conf: changed before the install (postroj's downloads), not since: compared with itself

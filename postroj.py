@@ -2864,7 +2864,7 @@ def apt_source_files(root: Path) -> List[str]:
     names: List[str] = []
     try:
         if directory is not None and directory.is_dir():
-            with os.scandir(str(directory)) as entries:  # a directory of a million names is read 256 at most
+            with os.scandir(str(directory)) as entries:  # a directory of a million names: 4096 read, 256 kept
                 names = [e.name for _, e in zip(range(4096), entries) if e.name.endswith((".list", ".sources"))]
     except OSError:
         pass

@@ -525,6 +525,8 @@ def test_memcached_of_noble_from_its_release_to_its_update(real, noble_memcached
 
 
 CODENAME = ". /etc/os-release; echo $VERSION_CODENAME"
+# an administrator's change to nginx's configuration, made once (the command runs after every stage)
+ADMIN_CHANGE = "grep -q '# changed here' /etc/nginx/nginx.conf || echo '# changed here' >> /etc/nginx/nginx.conf"
 
 
 def release_outline(run: Run, image: str) -> "list[tuple[str, str, str]]":
@@ -542,7 +544,7 @@ def test_a_service_and_nginx_through_the_release_upgrade_from_bookworm_to_trixie
     run = probe(real, tmp_path, "--image", "debian-bookworm", "--package", str(package), "--install", "nginx",
                 "--check-unit", "postroj-demo", "--check-unit", "nginx", "--check-network", "http://localhost:8080",
                 "--check-network", "http://localhost:80", "--command", CODENAME, "--command", version_of("nginx"),
-                "--release-upgrade", "debian-trixie", "--reboot", "--purge", timeout=1800)
+                "--command", ADMIN_CHANGE, "--release-upgrade", "debian-trixie", "--reboot", "--purge", timeout=1800)
     failed = ["%s: %s: %s\n%s" % (r["stage"], check_name(r), r["reason"], r["output"][-1500:])
               for r in run.rows if r["status"] != "pass"]
     assert not failed and run.proc.returncode == 0, "\n".join(failed)
@@ -551,6 +553,10 @@ def test_a_service_and_nginx_through_the_release_upgrade_from_bookworm_to_trixie
     release = run.row("release-upgraded", "release", "debian-trixie")
     assert "rebooted into Debian GNU/Linux 13 (trixie)" in release["output"], release["output"][:2000]
     assert release["name"] == "release-upgraded to debian-trixie: release debian-trixie"
+    # the administrator's change to a configuration file trixie's nginx changes too: kept, and what dpkg would
+    # have asked is said
+    assert release["warning"] == "kept changed configuration files dpkg would have asked about: " \
+        "/etc/nginx/nginx.conf", release
     codenames = [run.row(s, "command", CODENAME)["output"].strip() for s in ("installed", "release-upgraded",
                                                                               "rebooted")]
     assert codenames == ["bookworm", "trixie", "trixie"]

@@ -6,10 +6,13 @@ PYZ := postroj.pyz
 # what postroj itself needs: nspawn, registries, bootstrapping (util-linux, tar, xz are on every Debian host)
 RUN_PACKAGES := systemd-container skopeo umoci mmdebstrap
 # what the tests and the benchmark need besides: the rig's registry, autopkgtest, piuparts, vagrant ...
-DEV_PACKAGES := debootstrap docker-registry util-linux xz-utils zstd dpkg-dev apt-utils gpg iproute2 python3-pytest vagrant \
+DEV_PACKAGES := debootstrap docker-registry util-linux xz-utils zstd dpkg-dev apt-utils gpg iproute2 python3-pytest \
+                python3-pytest-xdist vagrant \
                 autopkgtest piuparts
 export DEBIAN_FRONTEND := noninteractive
 MYPY_VERSION := 2.4.1
+# the test processes of `make test`, each file's tests in one of them (their module fixtures are made once)
+TEST_JOBS ?= 2
 
 .PHONY: all setup setup-dev test typecheck check unit integration demo bench clean
 
@@ -31,6 +34,8 @@ setup:
 setup-dev: setup
 	$(call install_missing,$(DEV_PACKAGES))
 	@$(PYTHON) -c "import pytest" 2>/dev/null || $(PYTHON) -m pip install -q pytest
+	@# the suite runs in two processes (pytest-xdist): most of its time is containers booting and apt waiting
+	@$(PYTHON) -c "import xdist" 2>/dev/null || $(PYTHON) -m pip install -q pytest-xdist
 	@# development only: the type check of postroj.py, pinned (a newer mypy may find new things to say)
 	@$(PYTHON) -m mypy --version 2>/dev/null | grep -q "^mypy $(MYPY_VERSION) " || $(PYTHON) -m pip install -q mypy==$(MYPY_VERSION)
 	@# development only: checks the README's CI examples against their schemas
@@ -41,7 +46,7 @@ setup-dev: setup
 	@for f in /etc/subuid /etc/subgid; do grep -q '^root:' $$f 2>/dev/null || echo 'root:100000:65536' >> $$f; done
 
 test: setup-dev $(PYZ) typecheck
-	$(PYTHON) -m pytest -q --durations=15 tests
+	$(PYTHON) -m pytest -q -n $(TEST_JOBS) --dist loadfile --durations=15 tests
 
 # the annotations are checked: postroj.py has no mypy error
 typecheck:

@@ -54,8 +54,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from typing import (IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, NoReturn, Optional, Protocol,
-                    Sequence, Tuple, TypeVar)
+from typing import (IO, TYPE_CHECKING, Any, Callable, Dict, Generic, Iterable, Iterator, List, NamedTuple, NoReturn,
+                    Optional, Protocol, Sequence, Tuple, TypeVar)
 
 # Start-up: socket, tarfile, urllib.request, hashlib, concurrent.futures, difflib, xml and ctypes are imported
 # in the functions that use them; imported here they made every command start 21 ms (22 %) later (measured
@@ -3917,6 +3917,46 @@ class Fleet:
             for container in members:
                 container.close()
 
+    @property
+    def closed(self) -> bool:
+        """close_all() was called: what fails in its containers from then on is its doing."""
+        return self._closed
+
+
+class Background(Generic[T]):
+    """`work(fleet)` in a thread of its own from now on (its containers in a fleet of its own): result() waits for
+    it and returns what it returned or raises what it raised; abandon() ends its containers and waits for the
+    thread, which is never left running."""
+
+    def __init__(self, work: Callable[[Fleet], T]) -> None:
+        self.fleet = Fleet()
+        self._outcome: List[Tuple[bool, Any]] = []
+        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[Fleet], T]) -> None:
+        try:
+            self._outcome.append((True, work(self.fleet)))
+        except BaseException as exc:  # the caller's, in result()
+            self._outcome.append((False, exc))
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self) -> T:
+        while self._thread.is_alive():
+            self._thread.join(0.2)  # timed: the main thread acts on a stop signal meanwhile
+        ok, value = self._outcome[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def abandon(self) -> None:
+        if self._thread.is_alive():
+            self.fleet.close_all()
+        while self._thread.is_alive():
+            self._thread.join(0.2)
+
 
 class ContainerMode:
     """How a host runs containers and commands in them (README: Container modes): one subclass per HostMode,
@@ -7175,11 +7215,11 @@ def make_layer(settings: Settings, container: NspawnContainer, plan: ProbePlan, 
     return layer
 
 
-def release_reference(settings: Settings, spec: ContainerSpec, fleet: Optional[Fleet], plan: ProbePlan,
-                      say: Callable[[str], None]) -> Baseline:
+def release_reference(settings: Settings, spec: ContainerSpec, fleet: Fleet, plan: ProbePlan) -> Baseline:
     """What purge compares with after release upgrades (README: Release upgrades): the same upgrades of the same
-    image version without the packages, in a container of its own, as piuparts compares with its upgraded base.
-    Made once and kept as a layer directory (KEY/tree, KEY/layer.json, pruned by gc as layers are)."""
+    image version without the packages, in a container of its own (in `fleet`), as piuparts compares with its
+    upgraded base. Made once and kept as a layer directory (KEY/tree, KEY/layer.json, pruned by gc as layers
+    are)."""
     import hashlib
 
     image = spec.image
@@ -7188,8 +7228,7 @@ def release_reference(settings: Settings, spec: ContainerSpec, fleet: Optional[F
     with layer_slot(settings, key, "the release upgrade's reference %s, which another probe is making" %
                     key[:12]) as layer:
         if layer is None:
-            say("upgrading a reference without the packages")
-            layer = make_release_reference(settings, spec, fleet, plan, key, say)
+            layer = make_release_reference(settings, spec, fleet, plan, key)
         if layer is None:
             raise PostrojError("the release upgrade of %s without the packages failed: purge has nothing to compare "
                                "with" % image.name, "run the probe without --purge to see the upgrade's own failure")
@@ -7198,18 +7237,21 @@ def release_reference(settings: Settings, spec: ContainerSpec, fleet: Optional[F
                         set(layer.packages), {}, layer.tree)
 
 
-def make_release_reference(settings: Settings, spec: ContainerSpec, fleet: Optional[Fleet], plan: ProbePlan,
-                           key: str, say: Callable[[str], None]) -> Optional[Layer]:
+def make_release_reference(settings: Settings, spec: ContainerSpec, fleet: Fleet, plan: ProbePlan,
+                           key: str) -> Optional[Layer]:
     """Boot the image, upgrade it along the plan's releases (upgrade_release: rebooted into the last), note its
     processes, users and groups and packages, power it off and make its overlay the reference KEY
-    (keep_as_layer); None, and nothing made, when an upgrade fails."""
+    (keep_as_layer); None, and nothing made, when an upgrade fails (said unless the fleet was closed: the
+    probe did not need the reference, or postroj is ending)."""
     t0 = time.monotonic()
     with NspawnContainer(settings, spec._replace(keep=False), fleet) as container:
         system = ContainerSystem(container)
         container.boot()
         for release in plan.release_upgrade:
-            step = upgrade_release(system, plan._replace(release_packages=()), release, None, say)
+            step = upgrade_release(system, plan._replace(release_packages=()), release, None)
             if step[0].status != Status.PASS:
+                if fleet.closed:
+                    return None
                 log.warning("%s: the release upgrade to %s without the packages failed: %s", spec.image.name,
                             release, step[0].reason)
                 return None
@@ -7230,7 +7272,7 @@ def make_release_reference(settings: Settings, spec: ContainerSpec, fleet: Optio
 def live(container: System, plan: ProbePlan, packages: Optional[Packages], cancel: threading.Event,
          say: Callable[[str], None] = lambda doing: None,
          emit: Callable[[List[ProbeResult]], None] = lambda block: None,
-         reference: Optional[Baseline] = None) -> List[ProbeResult]:
+         reference: Optional[Callable[[], Baseline]] = None) -> List[ProbeResult]:
     """The stages of the plan in the booted container, in order, each followed by its checks; a stage whose
     step fails skips the stages after it. Each stage's results but the last go to `emit` as the next stage
     begins (they are printed then); the whole list is returned."""
@@ -7259,11 +7301,12 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
             step = [reboot(container, plan)]
         elif stage == Stage.RELEASE_UPGRADED:
             step = upgrade_release(container, plan, release, packages, say)
-            if baseline and reference and release == plan.release_upgrade[-1]:
-                # purge compares with the same upgrades without the packages, and what the container changed
-                # before the install (postroj's own downloads) with itself
-                baseline = reference._replace(entries=dict(baseline.entries, **reference.entries),
-                                              fingerprints=baseline.fingerprints)
+            if baseline and reference and release == plan.release_upgrade[-1] and step[0].status == Status.PASS:
+                # purge compares with the same upgrades without the packages (made meanwhile), and what the
+                # container changed before the install (postroj's own downloads) with itself
+                upgraded = reference()
+                baseline = upgraded._replace(entries=dict(baseline.entries, **upgraded.entries),
+                                             fingerprints=baseline.fingerprints)
             if packages is not None and manager is not None:
                 _, listed = container.run_captured(manager.files(packages.names))
                 units = package_units((line.strip() for line in listed.splitlines()), plan)
@@ -7600,14 +7643,27 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
                 use_layer(settings, container, plan, prepared, lambda doing: say(name, doing))
             else:
                 prepared = None
-            reference = release_reference(settings, spec, fleet, plan, lambda doing: say(name, doing)) \
+            # the same release upgrades without the packages, for purge to compare with: made (once) in a
+            # container of its own while this one goes through the stages before
+            maker = Background(lambda own: release_reference(settings, spec, own, plan)) \
                 if prepared and plan.release_upgrade and plan.purge else None
-            say(name, "booting")
-            container.boot()
-            judged = True
-            t1 = time.monotonic()
-            results = live(ContainerSystem(container), plan, prepared, cancel, lambda doing: say(name, doing),
-                           stage_ended, reference)
+
+            def reference() -> Baseline:
+                assert maker is not None
+                if not maker.done():
+                    say(name, "waiting for the release upgrade's reference without the packages")
+                return maker.result()
+
+            try:
+                say(name, "booting")
+                container.boot()
+                judged = True
+                t1 = time.monotonic()
+                results = live(ContainerSystem(container), plan, prepared, cancel, lambda doing: say(name, doing),
+                               stage_ended, reference if maker else None)
+            finally:
+                if maker:  # not needed (a stage before failed), or postroj is ending: not made
+                    maker.abandon()
             container.timings["probes"] = time.monotonic() - t1
             container.boot_state()
             if plan.keep_on_failure and any(r.status == Status.FAIL for r in results):

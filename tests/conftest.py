@@ -117,9 +117,5 @@ def shared_images(pyz, registries_conf, tmp_path_factory) -> Path:
 @pytest.fixture
 def images(pyz, shared_images, tmp_path, registries_conf) -> Postroj:
     """The CLI with a state root of this test's own in which the shared images are activated."""
-    home = tmp_path / "home"
-    (home / "images").mkdir(parents=True)
-    for link in (shared_images / "images").iterdir():
-        if not link.name.startswith("."):
-            os.symlink(os.path.realpath(link), home / "images" / link.name)
-    return Postroj(pyz, home, tmp_path / "cache", {"CONTAINERS_REGISTRIES_CONF": str(registries_conf)})
+    return rig.with_images_of(shared_images, tmp_path / "home", pyz, tmp_path / "cache",
+                              {"CONTAINERS_REGISTRIES_CONF": str(registries_conf)})

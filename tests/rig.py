@@ -70,6 +70,17 @@ def made_once(tmp_path_factory, name: str):
             yield directory, False
 
 
+def with_images_of(images_home: Path, home: Path, pyz: Path, cache: Path, env: "dict[str, str]") -> "Postroj":
+    """A runner with state root `home` in which the images active in `images_home` are activated (links to
+    their versions): what it makes (layers, runtime state) is its own, whatever a parallel test does with
+    the other root."""
+    (home / "images").mkdir(parents=True)
+    for link in (images_home / "images").iterdir():
+        if not link.name.startswith("."):
+            os.symlink(os.path.realpath(link), home / "images" / link.name)
+    return Postroj(pyz, home, cache, env)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -571,6 +582,33 @@ def staging_has(home: Path, relative: str) -> bool:
 def nspawn_of(home: Path) -> "list[tuple[int, str]]":
     """The systemd-nspawn processes of containers of the state root `home`."""
     return [p for p in processes_mentioning(str(home)) if "systemd-nspawn" in p[1]]
+
+
+def lock_held_by_run_of(path: Path, home: Path) -> bool:
+    """Whether a flock on `path` is held by a process of the postroj runs with POSTROJ_HOME `home`: a holder
+    /proc/locks names that is gone or does not say (an inherited descriptor) counts as theirs; one whose
+    environment names another POSTROJ_HOME is another run's on this host (a shared image another test of a
+    parallel run uses)."""
+    import postroj
+
+    try:
+        st = os.stat(str(path))
+    except FileNotFoundError:
+        return False
+    if not postroj.lock_is_held(path):
+        return False
+    where = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    holders = [line.split()[4] for line in Path("/proc/locks").read_text().splitlines()
+               if len(line.split()) > 5 and line.split()[1] == "FLOCK" and line.split()[5] == where]
+    for pid in holders:
+        try:
+            environ = Path("/proc/%s/environ" % pid).read_bytes().split(b"\0")
+        except OSError:
+            return True
+        if b"POSTROJ_HOME=%s" % str(home).encode() in environ or \
+                not any(v.startswith(b"POSTROJ_HOME=") for v in environ):
+            return True
+    return not holders
 
 
 def mounts_mentioning(text: str) -> "list[str]":

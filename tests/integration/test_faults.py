@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-import postroj
 import rig
 from rig import active_images, nspawn_of, staging_has, wait_for
 
@@ -50,8 +49,6 @@ def versions(home: Path) -> "list[str]":
     directory = home / "images" / ".versions"
     return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
 
-
-lock_is_held = postroj.lock_is_held  # a plain flock probe: whether any process holds the lock
 
 
 def registered_machines_under(path: Path) -> "list[str]":
@@ -99,7 +96,7 @@ def assert_nothing_left(runner, *markers: str) -> None:
         assert stray == [], "half-made activation links: %s" % stray
     locks = list((home / "locks").glob("*")) if (home / "locks").is_dir() else []
     locks += [Path(v).parent / "image.json" for v in active_images(home).values()]
-    held = [str(p) for p in locks if lock_is_held(p)]
+    held = [str(p) for p in locks if rig.lock_held_by_run_of(p, home)]
     assert held == [], "locks still held: %s" % held
     assert registered_machines_under(home) == []
 

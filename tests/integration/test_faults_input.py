@@ -43,6 +43,8 @@ def snapshot(home: Path, cache: Path) -> "dict[str, tuple]":
                 st = os.lstat(path)
                 if name.endswith(".lock") and stat.S_ISREG(st.st_mode) and st.st_size == 0:
                     continue
+                if name.startswith(".#") and name.endswith(".lck") and stat.S_ISREG(st.st_mode):
+                    continue  # nspawn's lock of an image it runs: a shared image a parallel test boots has it
                 if root == cache and COMPILED.fullmatch(os.path.relpath(path, root)):
                     continue
                 if stat.S_ISLNK(st.st_mode):

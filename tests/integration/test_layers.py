@@ -60,18 +60,20 @@ def debs(real, tmp_path_factory) -> "dict[str, Path]":
     ("ubuntu-noble", "nginx", "nginx"),
 ])
 def test_a_layer_gives_what_a_fresh_install_gives(real, debs, tmp_path, image, package, unit):
-    before = layers(real)
-    fresh = probe(real, tmp_path, image, debs[package], unit, "--fresh")
+    # the real images in a state root of the test's own: the layers are its own (other tests probe `real`)
+    own = rig.with_images_of(real.home, tmp_path / "home", real.pyz, real.cache, real.extra_env)
+    before = layers(own)
+    fresh = probe(own, tmp_path, image, debs[package], unit, "--fresh")
     assert "from layer" not in fresh["package"]["output"]
-    assert layers(real) == before, "--fresh made a layer"
-    making = probe(real, tmp_path, image, debs[package], unit)
-    made = {k: v for k, v in layers(real).items() if k not in before}
+    assert layers(own) == before, "--fresh made a layer"
+    making = probe(own, tmp_path, image, debs[package], unit)
+    made = {k: v for k, v in layers(own).items() if k not in before}
     assert len(made) == 1, made
     key, layer = next(iter(made.items()))
     assert layer["image"] == image and layer["packages"], layer
     assert not any(p.startswith(package + "=") for p in layer["packages"]), "the package under test is in it"
-    using = probe(real, tmp_path, image, debs[package], unit)
-    assert layers(real).keys() == made.keys() | before.keys(), "the second probe made another layer"
+    using = probe(own, tmp_path, image, debs[package], unit)
+    assert layers(own).keys() == made.keys() | before.keys(), "the second probe made another layer"
     for run in (making, using):
         assert run["package"]["output"].startswith("%d dependencies from layer %s " % (len(layer["packages"]),
                                                                                         key[:12]))

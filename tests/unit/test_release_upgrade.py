@@ -153,3 +153,51 @@ def test_purge_after_a_release_upgrade_compares_with_the_upgrade_without_the_pac
         # changed before the install and since, the reference without it: compared with itself
         "/etc/motd": "changed since before the install: content"}
     # /etc/resolv.conf: changed before the install (postroj's downloads), not since: compared with itself
+
+
+class Stoppable:
+    """What a Fleet closes: a container whose close() ends the work waiting on it."""
+
+    def __init__(self) -> None:
+        import threading
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def test_the_reference_is_made_beside_the_probe_and_its_result_or_failure_taken_once_needed():
+    import threading
+    go = threading.Event()
+
+    def work(fleet):
+        go.wait(5)
+        return "made"
+
+    maker = postroj.Background(work)
+    assert not maker.done()
+    go.set()
+    assert maker.result() == "made" and maker.done()
+
+    def failing(fleet):
+        raise postroj.PostrojError("the release upgrade of debian-bookworm without the packages failed")
+
+    with pytest.raises(postroj.PostrojError, match="without the packages failed"):
+        postroj.Background(failing).result()
+
+
+def test_a_reference_not_needed_is_abandoned_its_container_closed_and_its_thread_never_left_running():
+    container = Stoppable()
+    ended = []
+
+    def work(fleet):
+        fleet.add(container)
+        container.closed.wait(30)  # an upgrade in a container, until the container is closed
+        ended.append(fleet.closed)
+        raise postroj.PostrojError("the container ended")
+
+    maker = postroj.Background(work)
+    maker.abandon()
+    assert container.closed.is_set() and maker.done() and ended == [True]
+    with pytest.raises(postroj.PostrojError):  # what failed is the closing's, kept and never raised unasked
+        maker.result()

@@ -6286,7 +6286,10 @@ RELEASE_APT = ("env", "DEBIAN_FRONTEND=noninteractive", "DEBCONF_DEBUG=developer
                "-o", "Acquire::IndexTargets::deb-src::Sources::DefaultEnabled=false")
 RELEASE_QUESTION = r"debconf \(developer\): <-- INPUT (critical|high) (\S+)\s*\ndebconf \(developer\): --> 0 "
 RELEASE_CONFFILE = r"Configuration file [`']([^'`]+)'"
-RELEASE_PROGRESS = "grep -c ' status installed ' /var/log/dpkg.log 2>/dev/null || true"
+# the packages dpkg configured since line $1 of its log, each once (triggers configure some again)
+RELEASE_PROGRESS = "tail -n +$(($1 + 1)) /var/log/dpkg.log 2>/dev/null | " \
+                   "awk '$3 == \"status\" && $4 == \"installed\" {print $5}' | sort -u | wc -l"
+RELEASE_LOG_LINES = "cat /var/log/dpkg.log 2>/dev/null | wc -l"
 
 
 def upgrade_counts(output: str) -> Tuple[int, int, int]:
@@ -6337,14 +6340,15 @@ def upgrade_release(container: System, plan: ProbePlan, release: str, packages: 
         return failure("apt-get update for %s failed with exit code %d" % (release, code), output)
     _, simulated = container.run_captured([*RELEASE_APT, "-s", "full-upgrade"], timeout=plan.install_timeout)
     total = sum(upgrade_counts(simulated)[:2])
-    _, before = container.run_captured(["sh", "-c", RELEASE_PROGRESS])
+    _, counted = container.run_captured(["sh", "-c", RELEASE_LOG_LINES])
+    before = counted.strip() if counted.strip().isdigit() else "0"
     done = threading.Event()
 
     def progress() -> None:  # packages upgraded of the total, while apt runs
         while not done.wait(2):
-            _, now = container.run_captured(["sh", "-c", RELEASE_PROGRESS])
+            _, now = container.run_captured(["sh", "-c", RELEASE_PROGRESS, "sh", before])
             with contextlib.suppress(ValueError):
-                say("upgrading to %s: %d of %d packages" % (release, int(now or 0) - int(before or 0), total))
+                say("upgrading to %s: %d of %d packages" % (release, min(int(now), total), total))
 
     watcher = threading.Thread(target=progress, daemon=True)
     watcher.start()

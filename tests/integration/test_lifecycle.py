@@ -51,12 +51,19 @@ def check_name(row: dict) -> str:
     return "%s %s" % (row["kind"], target)
 
 
-def probe(runner, tmp_path: Path, *args: str, options: "tuple[str, ...]" = (), timeout: float = 900) -> Run:
+def probe(runner, tmp_path: Path, *args: str, options: "tuple[str, ...]" = (), timeout: float = 900,
+          terminal: bool = False) -> Run:
     """`postroj [options] probe ARGS` with its reports in files; every result must be a JUnit test case named
-    STAGE: CHECK (CHECK alone where no package is probed) with the same outcome."""
+    STAGE: CHECK (CHECK alone where no package is probed) with the same outcome. With `terminal`, on a
+    pseudo-terminal as a person runs it: the stdout of the result is what the terminal showed."""
     number = len(list(tmp_path.glob("report-*.json")))  # a test's second run reads its own reports
     report, junit = tmp_path / ("report-%d.json" % number), tmp_path / ("report-%d.xml" % number)
-    proc = runner(*options, "probe", *args, "--json", str(report), "--junit", str(junit), timeout=timeout)
+    argv = [*options, "probe", *args, "--json", str(report), "--junit", str(junit)]
+    if terminal:
+        code, shown, _, _ = rig.on_a_terminal(runner, *argv, timeout=timeout)
+        proc = subprocess.CompletedProcess(argv, code, shown, "")
+    else:
+        proc = runner(*argv, timeout=timeout)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode in (0, 1), proc.stdout + proc.stderr
     rows = json.loads(report.read_text())["results"]
@@ -596,12 +603,19 @@ def test_a_service_through_the_release_upgrade_from_noble_to_resolute(real, tmp_
     package = demo(tmp_path / "demo")
     run = probe(real, tmp_path, "--image", "ubuntu-noble", "--package", str(package), "--check-unit",
                 "postroj-demo", "--check-network", "http://localhost:8080", "--command", CODENAME,
-                "--release-upgrade", "ubuntu-resolute", timeout=1800)
+                "--release-upgrade", "ubuntu-resolute", timeout=1800, terminal=True)
     failed = ["%s: %s: %s\n%s" % (r["stage"], check_name(r), r["reason"], r["output"][-1500:])
               for r in run.rows if r["status"] != "pass"]
     assert not failed and run.proc.returncode == 0, "\n".join(failed)
     assert [run.row(s, "command", CODENAME, "ubuntu-noble")["output"].strip()
             for s in ("installed", "release-upgraded")] == ["noble", "resolute"]
+    # the live status counts the packages upgraded of the total as apt goes, up to all of them
+    progress = [tuple(map(int, m)) for m in re.findall(r"upgrading to ubuntu-resolute: (\d+) of (\d+) packages",
+                                                       "\n".join(d for _, d, _ in rig.STATUS_LINE.findall(
+                                                           run.proc.stdout)))]
+    assert len({done for done, _ in progress}) >= 3, progress
+    assert progress == sorted(progress) and len({total for _, total in progress}) == 1, progress
+    assert 0 < progress[-1][0] <= progress[-1][1] and progress[-1][1] > 50, progress
     assert run.row("release-upgraded", "unit", "postroj-demo", "ubuntu-noble")["output"] == "active, enabled"
     assert "rebooted into Ubuntu" in run.row("release-upgraded", "release", "ubuntu-resolute", "ubuntu-noble")["output"]
 

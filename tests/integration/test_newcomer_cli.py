@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import select
-import subprocess
 import time
 import xml.etree.ElementTree as ET
 
@@ -33,46 +30,8 @@ def by_image(report: dict) -> "dict[str, list[dict]]":
 # --- the live status line in a real pseudo-terminal ---------------------------------------------------------
 
 
-def on_a_terminal(runner, *args: str, stdout_apart: bool = False, timeout: float = 300):
-    """Run postroj with stdout and stderr on a pseudo-terminal (each on its own with `stdout_apart`), as a
-    person at a terminal does: (exit code, what stdout's terminal showed, what stderr's showed, seconds)."""
-    err_master, err_slave = pty.openpty()
-    out_master, out_slave = pty.openpty() if stdout_apart else (err_master, err_slave)
-    started = time.monotonic()
-    proc = subprocess.Popen(runner.argv(*args), stdin=subprocess.DEVNULL, stdout=out_slave, stderr=err_slave,
-                            env=runner.env)
-    for fd in {out_slave, err_slave}:
-        os.close(fd)
-    shown = {fd: bytearray() for fd in {out_master, err_master}}
-    open_fds = set(shown)
-    deadline = started + timeout
-    try:
-        while open_fds:
-            ready, _, _ = select.select(list(open_fds), [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                raise AssertionError("postroj %s did not end within %s s" % (" ".join(args), timeout))
-            for fd in ready:
-                try:
-                    data = os.read(fd, 65536)
-                except OSError:  # EIO: every process that had the terminal open has closed it
-                    data = b""
-                if data:
-                    shown[fd] += data
-                else:
-                    open_fds.discard(fd)
-        code = proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for fd in shown:
-            os.close(fd)
-    took = time.monotonic() - started
-    text = {fd: data.decode("utf-8", "replace").replace("\r\n", "\n") for fd, data in shown.items()}
-    return code, text[out_master], text[err_master], took
-
-
-STATUS_LINE = re.compile(r"\x1b\[Kpostroj: (\S+) +(.+?) (\d+) s\n")
+STATUS_LINE = rig.STATUS_LINE
+on_a_terminal = rig.on_a_terminal
 EVENTS = re.compile(r"(?P<draw>\x1b\[\d+A)|(?P<clear>\x1b\[J)|(?P<result>(?:\x1b\[\d+m)?(?:PASS|FAIL|SKIP)(?:\x1b\[0m)?  )"
                     r"|(?P<summary>\d+ passed, \d+ failed, \d+ skipped)")
 

@@ -7653,10 +7653,15 @@ def probe_image(settings: Settings, host: Host, target: ImageTarget, plan: Probe
                 if prepared and plan.release_upgrade and plan.purge else None
 
             def reference() -> Baseline:
+                nonlocal judged
                 assert maker is not None
                 if not maker.done():
                     say(name, "waiting for the release upgrade's reference without the packages")
-                return maker.result()
+                try:
+                    return maker.result()
+                except PostrojError:
+                    judged = False  # the upgrade without the packages failed: what is left is not tested
+                    raise
 
             try:
                 say(name, "booting")

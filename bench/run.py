@@ -34,6 +34,11 @@ so that a noisy machine affects both sides alike; the verdict is the ratio of me
 12. the persistent journal's boot cost, no target: `container debian-bookworm -- true` with this build vs with
    postroj.pyz built from 2659fa8 (the journal's flush and utmp units masked, the journal volatile; at least 10
    rounds)
+13. release upgrades: nginx by name on debian-bookworm, checked, upgraded to debian-trixie, checked after the reboot
+   into it, purged, through postroj (--release-upgrade debian-trixie --purge) vs piuparts' dist-upgrade test
+   (-d bookworm -d trixie --apt nginx, its merged-/usr base tarball made once, outside the timing), each run's
+   verdict recorded: 13, postroj's reference (the upgrade without the package) removed before each of its runs,
+   so made in the run; 13b, kept (at most 3 rounds each; a run takes about a minute)
 
 usage: bench/run.py [--rounds N] [--only 1,2,...] [--json FILE] [--before OLD.pyz] [--packages a,b]
 Needs root, the packages of `make setup`, and Debian's mirror (for provisioning and pairs 6 to 11).
@@ -569,11 +574,13 @@ class Bench:
             raise SystemExit("bookworm's release and current nginx are the same version: nothing to upgrade")
         return old, new
 
-    def piuparts_base(self) -> Path:
-        """piuparts' base tarball of bookworm (`piuparts -s`), made once and kept in the bench's directory."""
-        base = BENCH_DIR / "piuparts-bookworm.tgz"
+    def piuparts_base(self, merged_usr: bool = False) -> Path:
+        """piuparts' base tarball of bookworm (`piuparts -s`), made once and kept in the bench's directory; with
+        `merged_usr` a merged-/usr one (trixie's base-files refuses to upgrade a split /usr)."""
+        base = BENCH_DIR / ("piuparts-bookworm%s.tgz" % ("-merged-usr" if merged_usr else ""))
         if not base.exists():
-            subprocess.run(["piuparts", "-d", "bookworm", "-m", "%s main" % host_mirror(), "-s", str(base),
+            subprocess.run(["piuparts", "-d", "bookworm", *(["--merged-usr"] if merged_usr else []),
+                            "-m", "%s main" % host_mirror(), "-s", str(base),
                             "--no-upgrade-test", "--apt", "hello"], check=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if k != "TMPDIR"})
         return base
@@ -726,6 +733,51 @@ class Bench:
                 "" if met is None else ", target median <= 0.5 and each <= 0.8: " + ("met" if met else "MISSED")))
             sys.stdout.flush()
 
+    def release_pair(self) -> None:
+        """13 and 13b: nginx through bookworm -> trixie, postroj (service and port checked before and after,
+        purge against its reference) vs piuparts' dist-upgrade test; 13 with postroj's reference made in each
+        run, 13b with it kept. Alternated after a warm-up run of each side (postroj's package caches are warm
+        after it)."""
+        base = self.piuparts_base(merged_usr=True)
+        out = BENCH_DIR / "pair13"
+        out.mkdir(parents=True, exist_ok=True)
+        report = out / "postroj.json"
+        a_cmd = self.postroj("probe", "--image", "debian-bookworm", "--install", "nginx", "--check-unit", "nginx",
+                             "--check-network", URL, "--release-upgrade", "debian-trixie", "--purge",
+                             "--json", str(report))
+        b_cmd = ["piuparts", "-d", "bookworm", "-d", "trixie", "-m", "%s main" % host_mirror(), "-b", str(base),
+                 "--apt", "nginx"]
+        without_tmpdir = {k: v for k, v in os.environ.items() if k != "TMPDIR"}
+
+        def references() -> "list[Path]":
+            layers = self.home / "layers"
+            return [d for d in layers.iterdir() if (d / "layer.json").is_file() and
+                    "reference" in json.loads((d / "layer.json").read_text())] if layers.is_dir() else []
+
+        for number, kept in (("13", False), ("13b", True)):
+            verdicts: "dict[str, list[str]]" = {"a": [], "b": []}
+
+            def a() -> float:
+                if not kept:
+                    for reference in references():
+                        shutil.rmtree(reference)
+                return self.judged(a_cmd, self.env(), out / ("postroj-%s.log" % number), report, verdicts["a"])
+
+            xs, ys = alternate(min(self.rounds, 3), a, lambda: self.judged(
+                b_cmd, without_tmpdir, out / ("piuparts-%s.log" % number), None, verdicts["b"]))
+            self.record(number, "release upgrade: nginx, debian-bookworm -> debian-trixie, purged; postroj's "
+                        "reference %s" % ("kept" if kept else "made in each run"),
+                        "postroj probe --install nginx --release-upgrade debian-trixie --purge", xs,
+                        "piuparts -d bookworm -d trixie -b base.tgz --apt nginx", ys,
+                        "postroj <= %s x piuparts" % ("0.5" if kept else "1.0"), 0.5 if kept else 1.0)
+            self.results[-1].update(a_cmd=shlex.join(a_cmd), b_cmd=shlex.join(b_cmd), a_verdicts=verdicts["a"],
+                                    b_verdicts=verdicts["b"])
+            for side, label in (("a", "postroj"), ("b", "piuparts")):
+                for verdict in dict.fromkeys(verdicts[side]):
+                    print("   %-8s %d/%d runs %s" % (label, verdicts[side].count(verdict), len(verdicts[side]),
+                                                     verdict))
+            sys.stdout.flush()
+
     def memory(self) -> None:
         peaks = []
         for _ in range(self.rounds):
@@ -751,8 +803,8 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10, help="runs of each side (default: 10)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11,12",
-                        help="which pairs, e.g. 1,2 (7 includes 7b and 7c, 10 includes 10b)")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11,12,13",
+                        help="which pairs, e.g. 1,2 (7 includes 7b and 7c, 10 10b, 13 13b)")
     parser.add_argument("--json", default=str(REPO / "bench" / "results" / "latest.json"))
     parser.add_argument("--before", type=Path, default=None, metavar="PYZ",
                         help="with pair 1: also compare another build's probe cycle, phase by phase (1c)")
@@ -768,7 +820,7 @@ def main() -> int:
         bench.setup()
         steps = {1: bench.probe_cycle, 2: bench.startup, 3: bench.acquisition, 4: bench.matrix, 5: bench.memory,
                  6: bench.package_probe, 7: bench.autopkgtest_pair, 8: bench.lifecycle, 9: bench.layers,
-                 10: bench.piuparts_pair, 11: bench.ci_image_pair, 12: bench.journal_pair}
+                 10: bench.piuparts_pair, 11: bench.ci_image_pair, 12: bench.journal_pair, 13: bench.release_pair}
         for number in sorted(chosen):
             steps[number]()
             if number == 7:

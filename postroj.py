@@ -6200,6 +6200,20 @@ def transaction(container: System, image: ImageInfo, probes: Sequence[Probe], st
                         details=journal, stage=stage, label=labels.get(p.target, "")) for i, p in enumerate(probes)]
 
 
+def relabelled(labels: Dict[str, str], versions: Dict[str, str]) -> Dict[str, str]:
+    """Labels ("NAME VERSION", several joined by ", ") with each NAME's version from `versions` where it has one
+    (what a release upgrade installed)."""
+    def one(label: str) -> str:
+        pairs = [pair.split(" ", 1) for pair in label.split(", ")]
+        if not all(len(pair) == 2 for pair in pairs):
+            return label
+        # a version may be followed by where it came from (" from URL")
+        return ", ".join("%s %s%s%s" % ((name, versions.get(name, tail.partition(" ")[0])) + tail.partition(" ")[1:])
+                         for name, tail in pairs)
+
+    return {target: one(label) for target, label in labels.items()}
+
+
 def version_checked(container: System, manager: PackageManager, step: List[ProbeResult],
                     expected: Dict[str, str], stage: Stage) -> List[ProbeResult]:
     """The stage's step, failed where a package is not installed at the version the stage installs (an
@@ -7314,6 +7328,10 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
             if packages is not None and manager is not None:
                 _, listed = container.run_captured(manager.files(packages.names))
                 units = package_units((line.strip() for line in listed.splitlines()), plan)
+                if step[0].status == Status.PASS:  # the stages after it name the versions the upgrade left
+                    _, out = container.run_captured(manager.versions(list(packages.names)))
+                    packages = packages._replace(labels=relabelled(packages.labels, dict(
+                        line.split("\t", 1) for line in out.splitlines() if line.count("\t") == 1)))
         elif packages is not None and manager is not None:
             step, listed_files = package_step(container, plan, stage, packages, manager, baseline)
             files = listed_files or files

@@ -569,6 +569,9 @@ def test_a_service_and_nginx_through_the_release_upgrade_from_bookworm_to_trixie
     assert codenames == ["bookworm", "trixie", "trixie"]
     nginx = [run.row(s, "command", version_of("nginx"))["output"].strip() for s in ("installed", "release-upgraded")]
     assert nginx[0].startswith("1.22.") and not nginx[1].startswith("1.22."), nginx  # trixie's nginx now
+    # the stages after the upgrade name the version it installed, which they remove and purge
+    for stage in ("removed", "purged"):
+        assert run.row(stage, "package", "nginx")["name"] == "%s: package nginx %s" % (stage, nginx[1]), run.rows
     for unit in ("postroj-demo", "nginx"):
         assert run.row("release-upgraded", "unit", unit)["output"] == "active, enabled"
     assert ("debian-bookworm", "release-upgraded to debian-trixie: unit nginx") in run.cases

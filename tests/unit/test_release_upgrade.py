@@ -201,3 +201,12 @@ def test_a_reference_not_needed_is_abandoned_its_container_closed_and_its_thread
     assert container.closed.is_set() and maker.done() and ended == [True]
     with pytest.raises(postroj.PostrojError):  # what failed is the closing's, kept and never raised unasked
         maker.result()
+
+
+def test_after_a_release_upgrade_the_packages_are_named_with_the_versions_it_installed():
+    labels = {"nginx": "nginx 1.22.1-9+deb12u12", "/x.deb": "app 1.0 from http://127.0.0.1:8080/",
+              "archive": "nginx 1.22.1-9, nginx-common 1.22.1-9", "odd": "no-version"}
+    assert postroj.relabelled(labels, {"nginx": "1.26.3-3+deb13u2", "app": "1.1", "nginx-common": "1.26.3-3"}) == {
+        "nginx": "nginx 1.26.3-3+deb13u2", "/x.deb": "app 1.1 from http://127.0.0.1:8080/",
+        "archive": "nginx 1.26.3-3+deb13u2, nginx-common 1.26.3-3", "odd": "no-version"}
+    assert postroj.relabelled(labels, {}) == labels  # a package the upgrade removed keeps its name

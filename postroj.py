@@ -6204,14 +6204,22 @@ def relabelled(labels: Dict[str, str], versions: Dict[str, str]) -> Dict[str, st
     """Labels ("NAME VERSION", several joined by ", ") with each NAME's version from `versions` where it has one
     (what a release upgrade installed)."""
     def one(label: str) -> str:
-        pairs = [pair.split(" ", 1) for pair in label.split(", ")]
-        if not all(len(pair) == 2 for pair in pairs):
-            return label
-        # a version may be followed by where it came from (" from URL")
-        return ", ".join("%s %s%s%s" % ((name, versions.get(name, tail.partition(" ")[0])) + tail.partition(" ")[1:])
-                         for name, tail in pairs)
+        named = []
+        for pair in label.split(", "):
+            name, _, tail = pair.partition(" ")
+            version, _, origin = tail.partition(" ")  # a version may be followed by " from URL"
+            if not version:
+                return label
+            named.append(" ".join([name, versions.get(name, version)] + ([origin] if origin else [])))
+        return ", ".join(named)
 
     return {target: one(label) for target, label in labels.items()}
+
+
+def installed_versions(container: System, manager: PackageManager, names: Sequence[str]) -> Dict[str, str]:
+    """NAME -> the version installed, of the packages `names` that are."""
+    _, out = container.run_captured(manager.versions(sorted(names)))
+    return dict(line.split("\t", 1) for line in out.splitlines() if line.count("\t") == 1)
 
 
 def version_checked(container: System, manager: PackageManager, step: List[ProbeResult],
@@ -6220,8 +6228,7 @@ def version_checked(container: System, manager: PackageManager, step: List[Probe
     upgrade apt found nothing to do for: "already the newest version")."""
     if not expected or any(r.status != Status.PASS for r in step):
         return step
-    _, out = container.run_captured(manager.versions(sorted(expected)))
-    found = dict(line.split("\t", 1) for line in out.splitlines() if line.count("\t") == 1)
+    found = installed_versions(container, manager, list(expected))
     wrong = ["%s is %s, not %s" % (name, found.get(name) or "not installed", version)
              for name, version in sorted(expected.items()) if found.get(name) != version]
     if not wrong:
@@ -6303,7 +6310,7 @@ RELEASE_CONFFILE = r"Configuration file [`']([^'`]+)'"
 # the packages dpkg configured since line $1 of its log, each once (triggers configure some again)
 RELEASE_PROGRESS = "tail -n +$(($1 + 1)) /var/log/dpkg.log 2>/dev/null | " \
                    "awk '$3 == \"status\" && $4 == \"installed\" {print $5}' | sort -u | wc -l"
-RELEASE_LOG_LINES = "cat /var/log/dpkg.log 2>/dev/null | wc -l"
+RELEASE_LOG_LINES = "wc -l 2>/dev/null < /var/log/dpkg.log || echo 0"
 
 
 def upgrade_counts(output: str) -> Tuple[int, int, int]:
@@ -7329,9 +7336,8 @@ def live(container: System, plan: ProbePlan, packages: Optional[Packages], cance
                 _, listed = container.run_captured(manager.files(packages.names))
                 units = package_units((line.strip() for line in listed.splitlines()), plan)
                 if step[0].status == Status.PASS:  # the stages after it name the versions the upgrade left
-                    _, out = container.run_captured(manager.versions(list(packages.names)))
-                    packages = packages._replace(labels=relabelled(packages.labels, dict(
-                        line.split("\t", 1) for line in out.splitlines() if line.count("\t") == 1)))
+                    packages = packages._replace(labels=relabelled(
+                        packages.labels, installed_versions(container, manager, packages.names)))
         elif packages is not None and manager is not None:
             step, listed_files = package_step(container, plan, stage, packages, manager, baseline)
             files = listed_files or files
